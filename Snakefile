@@ -1,0 +1,34 @@
+# tunnelscope: which layers of a pretrained image network transfer out of distribution?
+# Run: snakemake --cores N [--configfile config/FILE.yaml]. See README.md.
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+# The library's config module is torch-free, so the DAG builds fast without the heavy stack.
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+# The embedded default applies only when no --configfile is given: Snakemake would otherwise
+# deep-merge it into the user's config (its datasets and overrides would leak into every study).
+if not workflow.overwrite_configfiles:
+    workflow.configfile(str(Path(workflow.basedir) / "config.yaml"))
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/prepare.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/embed.smk"
+include: "workflow/rules/probe.smk"
+include: "workflow/rules/metrics.smk"
+include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/figures.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.aggregate.output,
+        rules.overview_figure.output,
+        expand(f"{RESULTS}/cells/{{cell}}/figure.png", cell=CELLS),

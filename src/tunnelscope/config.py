@@ -1,0 +1,204 @@
+"""Study configuration: validation, cell expansion and per-stage parameters.
+
+Imported by the Snakefile while the DAG is built, so it must stay light: no torch, no data.
+Every ``*_params`` function returns a plain, sorted, builtin-typed dict holding exactly the keys
+that stage uses; the rules pass them as ``params`` so that Snakemake reruns a job exactly when a
+setting that changes its result changes.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+# Facts about each architecture needed before any model is built (cell variables, analysis).
+# stem: first conv kernel size; spatial_reduction: downsampling factor of the first two stages.
+ARCHS = {
+    "vggm11": {"family": "cnn", "depth": 11, "stem": 3, "spatial_reduction": 4},
+    "vggm17": {"family": "cnn", "depth": 17, "stem": 3, "spatial_reduction": 4},
+    "vggm11-dagger": {"family": "cnn", "depth": 11, "stem": 3, "spatial_reduction": 1},
+    "vggm17-dagger": {"family": "cnn", "depth": 17, "stem": 3, "spatial_reduction": 1},
+}
+
+CELL_VARIABLES = ("arch", "id_dataset", "resolution", "augmentation", "seed")
+
+
+class ConfigError(ValueError):
+    """A config problem, described in one line that names the offending key."""
+
+
+def _path(parts) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "<top level>"
+
+
+def _one_line(error: jsonschema.ValidationError) -> str:
+    where = _path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
+        return f"{where}: unknown key {', '.join(map(repr, extra))}{hint}"
+    if error.validator == "enum":
+        return f"{where}: {error.instance!r} is not one of {', '.join(map(str, error.validator_value))}"
+    if error.validator == "required":
+        return f"{where}: {error.message}"
+    return f"{where}: {error.message}"
+
+
+def _deepest(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
+    # if/then failures wrap the useful error; report the most specific one.
+    while error.context:
+        error = max(error.context, key=lambda e: len(e.absolute_path))
+    return error
+
+
+def _fill_defaults(schema: dict, data, root: dict):
+    """Insert schema defaults into ``data`` in place (objects only; not inside overrides)."""
+    if "$ref" in schema:
+        schema = root["$defs"][schema["$ref"].split("/")[-1]]
+    if not isinstance(data, dict):
+        return
+    for sub in schema.get("allOf", []):
+        cond = sub.get("if", {}).get("properties", {})
+        if all(data.get(k) == v.get("const") for k, v in cond.items()):
+            _fill_defaults(sub.get("then", {}), data, root)
+    for key, sub in schema.get("properties", {}).items():
+        if key == "overrides":
+            data.setdefault(key, [])
+            continue
+        if key not in data and isinstance(sub, dict) and "default" in sub:
+            data[key] = copy.deepcopy(sub["default"])
+        if key in data and isinstance(sub, dict):
+            _fill_defaults(sub, data[key], root)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key in data:
+            if key not in schema.get("properties", {}):
+                _fill_defaults(extra, data[key], root)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One backbone: the variables that define it and its resolved settings."""
+
+    id: str
+    arch: str
+    id_dataset: str
+    resolution: int
+    augmentation: str
+    seed: int
+    model: dict
+    training: dict
+
+    @property
+    def variables(self) -> dict:
+        return {k: getattr(self, k) for k in CELL_VARIABLES}
+
+
+def cell_id(arch: str, id_dataset: str, resolution: int, augmentation: str, seed: int) -> str:
+    return f"{arch}_{id_dataset}_r{resolution}_{augmentation}_s{seed}"
+
+
+def load_schema(path: str | Path) -> dict:
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def validate(config: dict, schema: dict) -> dict:
+    """Return a validated copy of ``config`` with defaults filled; raise ConfigError."""
+    config = copy.deepcopy(config)
+    if not isinstance(config, dict):
+        raise ConfigError("<top level>: the config must be a mapping of keys to values")
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), e.message))
+    if errors:
+        raise ConfigError(_one_line(_deepest(jsonschema.exceptions.best_match(errors))))
+    _fill_defaults(schema, config, schema)
+    names = set(config["datasets"])
+    for i, name in enumerate(config["grid"]["id_dataset"]):
+        if name not in names:
+            raise ConfigError(f"grid.id_dataset[{i}]: unknown dataset {name!r}; defined: {', '.join(sorted(names))}")
+    for i, name in enumerate(config["ood_sets"]):
+        if name not in names:
+            raise ConfigError(f"ood_sets[{i}]: unknown dataset {name!r}; defined: {', '.join(sorted(names))}")
+    for i, entry in enumerate(config["overrides"]):
+        for key, value in entry["where"].items():
+            if value not in config["grid"].get(key, []):
+                raise ConfigError(
+                    f"overrides[{i}].where.{key}: {value!r} matches no cell; grid levels: "
+                    f"{', '.join(map(str, config['grid'][key]))}"
+                )
+    return config
+
+
+class Study:
+    """A validated config, expanded into cells, with the parameters of every stage."""
+
+    def __init__(self, config: dict, schema: dict):
+        self.config = validate(config, schema)
+        grid = self.config["grid"]
+        self.cells: dict[str, Cell] = {}
+        for combo in itertools.product(*(grid[k] for k in CELL_VARIABLES)):
+            variables = dict(zip(CELL_VARIABLES, combo))
+            model = dict(self.config["model"])
+            training = dict(self.config["training"])
+            for entry in self.config["overrides"]:
+                if all(variables[k] == v for k, v in entry["where"].items()):
+                    model.update(entry.get("model", {}))
+                    training.update(entry.get("training", {}))
+            cid = cell_id(**variables)
+            self.cells[cid] = Cell(id=cid, model=model, training=training, **variables)
+
+    @property
+    def results(self) -> str:
+        return self.config["results"]
+
+    def eval_sets(self, cell: str) -> list[str]:
+        """The ID set first, then every OOD set other than the ID set."""
+        id_set = self.cells[cell].id_dataset
+        return [id_set] + [d for d in self.config["ood_sets"] if d != id_set]
+
+    def prepared(self) -> list[tuple[str, int]]:
+        """Every (dataset, resolution) pair some cell needs."""
+        pairs = {(d, c.resolution) for cid, c in self.cells.items() for d in self.eval_sets(cid)}
+        return sorted(pairs)
+
+    # --- per-stage params: exactly the keys the stage uses, sorted, builtin types ---
+
+    def prepare_params(self, dataset: str, resolution: int) -> dict:
+        spec = self.config["datasets"][dataset]
+        return _sorted({"dataset": dataset, "resolution": int(resolution), "spec": spec})
+
+    def pretrain_params(self, cell: str) -> dict:
+        c = self.cells[cell]
+        return _sorted({**c.variables, "model": c.model, "training": c.training})
+
+    def embed_params(self, cell: str, eval_set: str) -> dict:
+        c = self.cells[cell]
+        embed = {k: v for k, v in self.config["embed"].items() if k != "batch_size"}
+        return _sorted({**c.variables, "model": c.model, "eval_set": eval_set, **embed})
+
+    def probe_params(self, cell: str, eval_set: str) -> dict:
+        c = self.cells[cell]
+        role = "id" if eval_set == c.id_dataset else "ood"
+        return _sorted({**c.variables, "eval_set": eval_set, "role": role, **self.config["probe"]})
+
+    def metrics_params(self, cell: str) -> dict:
+        c = self.cells[cell]
+        return _sorted({**c.variables, **ARCHS[c.arch], **self.config["metrics"]})
+
+
+def _sorted(value):
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, (list, tuple)):
+        return [_sorted(v) for v in value]
+    return value

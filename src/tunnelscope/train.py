@@ -1,0 +1,245 @@
+"""Backbone pretraining: the paper recipe (AdamW, label smoothing, warm-up then cosine).
+
+Images live in memory as uint8 tensors on the training device; batches are converted,
+augmented and normalised there, so the loop never waits on a decoder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from .config import ARCHS, CELL_VARIABLES, cell_id
+from .datasets import Prepared
+from .io import atomic_path, write_json
+from .models import build_model, count_parameters
+
+log = logging.getLogger("tunnelscope.train")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def to_input(images_uint8: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> normalised float (N, 3, H, W)."""
+    x = images_uint8.permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def random_resized_crop_flip(x: torch.Tensor, generator: torch.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
+    """RandomResizedCrop(R, scale, ratio) + HorizontalFlip(0.5), a different crop per image.
+
+    Same sampling rule as torchvision's RandomResizedCrop (up to 10 tries of area and log-ratio,
+    else the whole image), but all crops of a batch are applied by one ``grid_sample`` call:
+    torchvision's transform handles one crop per call, which would mean a Python loop per image.
+    """
+    n, _, h, w = x.shape
+    tries = 10
+    area = torch.empty(n, tries).uniform_(scale[0], scale[1], generator=generator)
+    log_ratio = torch.empty(n, tries).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    aspect = torch.exp(log_ratio)
+    cw = torch.sqrt(area * aspect)  # crop width as a fraction of the image width
+    ch = torch.sqrt(area / aspect)
+    ok = (cw <= 1) & (ch <= 1)
+    first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((n,), -1))
+    rows = torch.arange(n)
+    cw = torch.where(first >= 0, cw[rows, first.clamp(min=0)], torch.ones(n))
+    ch = torch.where(first >= 0, ch[rows, first.clamp(min=0)], torch.ones(n))
+    cx = (torch.rand(n, generator=generator) * 2 - 1) * (1 - cw)
+    cy = (torch.rand(n, generator=generator) * 2 - 1) * (1 - ch)
+    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = cw * flip
+    theta[:, 0, 2] = cx
+    theta[:, 1, 1] = ch
+    theta[:, 1, 2] = cy
+    grid = F.affine_grid(theta.to(x.device, x.dtype), [n, 3, h, w], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def lr_schedule(optimizer, warmup_steps: int, total_steps: int):
+    """Linear warm-up to the base lr, then cosine to 0, stepped once per batch."""
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup_steps), eta_min=0.0)
+    if warmup_steps == 0:
+        return cosine
+    warm = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1e-3, end_factor=1.0, total_iters=warmup_steps)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warm, cosine], milestones=[warmup_steps])
+
+
+def split_validation(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded per-class split of indices into (train, val)."""
+    rng = np.random.default_rng([seed, 7919])
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = int(round(fraction * len(idx)))
+        val.append(idx[:k])
+        train.append(idx[k:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+@torch.no_grad()
+def accuracy(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> float:
+    if len(labels) == 0:
+        return float("nan")
+    model.eval()
+    correct = 0
+    for i in range(0, len(labels), batch_size):
+        logits = model(to_input(images[i : i + batch_size]))
+        correct += (logits.argmax(1) == labels[i : i + batch_size]).sum().item()
+    return correct / len(labels)
+
+
+def _fingerprint(params: dict) -> str:
+    return json.dumps(params, sort_keys=True)
+
+
+def pretrain(params: dict, data: Prepared, checkpoint: str, train_log: str, info_path: str, state_path: str, threads: int = 1) -> dict:
+    """Train one cell's backbone; write checkpoint, per-epoch log and cell info.
+
+    ``state_path`` holds the full training state after every epoch; a rerun with the same
+    params resumes from it (after a crash or a cluster pre-emption) and deletes it at the end.
+    """
+    torch.set_num_threads(max(1, threads))
+    device = pick_device()
+    cfg, seed = params["training"], params["seed"]
+    torch.manual_seed(seed)
+    cell = cell_id(**{k: params[k] for k in CELL_VARIABLES})
+
+    train = data.splits["train"]
+    tr_idx, val_idx = split_validation(train.labels, cfg["val_fraction"], seed)
+    images = torch.from_numpy(train.images).to(device)
+    labels = torch.from_numpy(train.labels).to(device)
+    x_tr, y_tr, x_val, y_val = images[tr_idx], labels[tr_idx], images[val_idx], labels[val_idx]
+    test = data.splits["test"]
+    x_te, y_te = torch.from_numpy(test.images).to(device), torch.from_numpy(test.labels).to(device)
+
+    model = build_model(params["arch"], data.num_classes, params["model"]["width"]).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    steps_per_epoch = math.ceil(len(y_tr) / cfg["batch_size"])
+    scheduler = lr_schedule(optimizer, cfg["warmup_epochs"] * steps_per_epoch, cfg["epochs"] * steps_per_epoch)
+    gen = torch.Generator().manual_seed(seed)
+    history: list[dict] = []
+    start_epoch = 0
+
+    state_file = Path(state_path)
+    if state_file.exists():
+        state = torch.load(state_file, map_location=device, weights_only=True)
+        if state["fingerprint"] == _fingerprint(params):
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            gen.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            history, start_epoch = json.loads(state["history"]), int(state["epoch"])
+            log.info("resuming %s from saved state after epoch %d", cell, start_epoch)
+        else:
+            log.info("ignoring saved state %s: it was made with other settings", state_file)
+
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
+    for epoch in range(start_epoch, cfg["epochs"]):
+        model.train()
+        t0 = time.perf_counter()
+        order = torch.randperm(len(y_tr), generator=gen).to(device)
+        total_loss, correct = 0.0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"{cell} epoch {epoch + 1}/{cfg['epochs']}", leave=False, mininterval=1.0)
+        for step in bar:
+            idx = order[step * cfg["batch_size"] : (step + 1) * cfg["batch_size"]]
+            x = to_input(x_tr[idx])
+            if params["augmentation"] == "rrc_flip":
+                x = random_resized_crop_flip(x, gen)
+            logits = model(x)
+            loss = loss_fn(logits, y_tr[idx])
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"cell {cell}: non-finite training loss ({loss.item()}) in epoch {epoch + 1}, step {step + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.item() * len(idx)
+            correct += (logits.argmax(1) == y_tr[idx]).sum().item()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": total_loss / len(y_tr),
+            "train_acc": correct / len(y_tr),
+            "val_acc": accuracy(model, x_val, y_val),
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - t0,
+        }
+        history.append(row)
+        log.info("%s epoch %d/%d loss %.4f train %.3f val %.3f (%.1fs)", cell, row["epoch"], cfg["epochs"], row["train_loss"], row["train_acc"], row["val_acc"], row["seconds"])
+        _save_state(state_file, model, optimizer, scheduler, gen, params, history, epoch + 1)
+
+    test_acc = accuracy(model, x_te, y_te)
+    n_params = count_parameters(model)
+    info = {
+        **{k: params[k] for k in CELL_VARIABLES},
+        **ARCHS[params["arch"]],
+        "width": params["model"]["width"],
+        "id_classes": data.num_classes,
+        "n_train": int(len(y_tr)),
+        "params": n_params,
+        "gamma": n_params / len(y_tr),
+        "num_layers": len(model.probe_points()),
+        "final_train_acc": history[-1]["train_acc"],
+        "final_val_acc": history[-1]["val_acc"],
+        "test_acc": test_acc,
+        "device": str(device),
+    }
+    meta = {"tunnelscope": json.dumps({"params": params, "num_classes": data.num_classes}, sort_keys=True)}
+    with atomic_path(checkpoint) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp, metadata=meta)
+    with atomic_path(train_log) as tmp:
+        pd.DataFrame(history).to_csv(tmp, index=False)
+    write_json(info, info_path)
+    state_file.unlink(missing_ok=True)
+    log.info("%s done: test accuracy %.3f, %d parameters", cell, test_acc, n_params)
+    return info
+
+
+def _save_state(path: Path, model, optimizer, scheduler, gen, params, history, epoch):
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "generator": gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "history": json.dumps(history),
+        "epoch": epoch,
+        "fingerprint": _fingerprint(params),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_backbone(checkpoint: str, device=None):
+    """Rebuild a pretrained backbone from its safetensors checkpoint (no pickle involved)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(checkpoint, framework="pt") as fh:
+            meta = json.loads(fh.metadata()["tunnelscope"])
+        weights = load_file(checkpoint)
+    except Exception as exc:  # safetensors raises several types for corrupt files
+        raise RuntimeError(f"{checkpoint}: not a readable tunnelscope checkpoint ({exc})") from exc
+    p = meta["params"]
+    model = build_model(p["arch"], meta["num_classes"], p["model"]["width"])
+    model.load_state_dict(weights)
+    return model.to(device or "cpu").eval(), meta

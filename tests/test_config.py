@@ -1,0 +1,86 @@
+import copy
+
+import pytest
+
+from tunnelscope.config import ARCHS, ConfigError, Study, validate
+
+
+def test_default_config_has_at_least_four_cells_and_two_ood_sets(default_config, schema):
+    study = Study(default_config, schema)
+    assert len(study.cells) >= 4
+    assert len(default_config["ood_sets"]) >= 2
+    assert all(c.arch.startswith("vggm") for c in study.cells.values())
+
+
+def test_schema_architectures_match_the_registry(schema):
+    assert schema["properties"]["grid"]["properties"]["arch"]["items"]["enum"] == list(ARCHS)
+
+
+@pytest.mark.parametrize(
+    "edit,expected",
+    [
+        (lambda c: c.update(colour="red"), "unknown key 'colour'"),
+        (lambda c: c["training"].update(epoch=3), "training: unknown key 'epoch'"),
+        (lambda c: c["grid"].update(arch=["resnet99"]), "grid.arch[0]: 'resnet99' is not one of"),
+        (lambda c: c.update(ood_sets=["imagenet-r"]), "ood_sets[0]: unknown dataset 'imagenet-r'"),
+        (lambda c: c["grid"].update(id_dataset=["nope"]), "grid.id_dataset[0]: unknown dataset 'nope'"),
+        (lambda c: c["grid"].update(resolution=[0]), "grid.resolution[0]"),
+        (lambda c: c["training"].update(lr=-1.0), "training.lr"),
+        (lambda c: c["grid"].update(augmentation=[]), "grid.augmentation"),
+        (lambda c: c["datasets"]["shapes"].update(family="blobs"), "datasets.shapes.family: 'blobs'"),
+        (lambda c: c.update(overrides=[{"where": {"resolution": 99}, "training": {"epochs": 1}}]), "overrides[0].where.resolution: 99 matches no cell"),
+    ],
+)
+def test_bad_configs_give_one_line_naming_the_key(default_config, schema, edit, expected):
+    config = copy.deepcopy(default_config)
+    edit(config)
+    with pytest.raises(ConfigError) as info:
+        validate(config, schema)
+    message = str(info.value)
+    assert expected in message and "\n" not in message
+
+
+def test_defaults_are_filled(default_config, schema):
+    del default_config["training"]["warmup_epochs"]
+    config = validate(default_config, schema)
+    assert config["training"]["warmup_epochs"] == 1
+    assert config["datasets"]["shapes"]["seed"] == 0
+    assert config["datasets"]["digits"]["test_fraction"] == 0.2
+
+
+def test_overrides_change_only_the_matching_cells(default_config, schema):
+    default_config["overrides"] = [{"where": {"resolution": 32, "augmentation": "none"}, "training": {"epochs": 2}}]
+    study = Study(default_config, schema)
+    changed = [cid for cid, c in study.cells.items() if c.training["epochs"] == 2]
+    assert changed == ["vggm11_shapes_r32_none_s0"]
+
+
+def test_stage_params_are_sorted_builtin_and_minimal(default_config, schema):
+    study = Study(default_config, schema)
+    cell = "vggm11_shapes_r32_none_s0"
+
+    def check(value):
+        if isinstance(value, dict):
+            assert list(value) == sorted(value)
+            for v in value.values():
+                check(v)
+        elif isinstance(value, list):
+            for v in value:
+                check(v)
+        else:
+            assert type(value) in (str, int, float, bool)
+
+    pretrain = study.pretrain_params(cell)
+    probe = study.probe_params(cell, "digits")
+    embed = study.embed_params(cell, "digits")
+    for params in (pretrain, probe, embed, study.metrics_params(cell), study.prepare_params("digits", 32)):
+        check(params)
+    assert "probe" not in pretrain and "C" not in pretrain
+    assert "training" not in probe and probe["role"] == "ood"
+    assert "batch_size" not in embed  # does not change results
+    assert study.probe_params(cell, "shapes")["role"] == "id"
+
+
+def test_eval_sets_put_the_id_set_first(default_config, schema):
+    study = Study(default_config, schema)
+    assert study.eval_sets("vggm11_shapes_r48_none_s0") == ["shapes", "shapes-novel", "glyphs", "digits"]

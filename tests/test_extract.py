@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tunnelscope.extract import embed_images, pool
+from tunnelscope.io import read_embeddings, write_embeddings
+from tunnelscope.models import build_model
+from tunnelscope.train import to_input
+
+
+def _manual_conv_outputs(model, x):
+    """Walk model.features by hand, keeping each conv output: what a plain forward computes."""
+    outs = []
+    for module in model.features:
+        x = module(x)
+        if isinstance(module, torch.nn.Conv2d):
+            outs.append(x.clone())
+    return outs
+
+
+@pytest.mark.parametrize("arch", ["vggm11", "vggm17-dagger"])
+def test_captured_embeddings_equal_a_plain_forward(arch):
+    torch.manual_seed(0)
+    model = build_model(arch, 5, 0.125).eval()
+    images = np.random.default_rng(0).integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
+    captured = embed_images(model, model.probe_points(), images, "avg2x2", batch_size=4, dtype=np.float32)
+    with torch.no_grad():
+        expected = _manual_conv_outputs(model, to_input(torch.from_numpy(images)))
+    assert sorted(captured) == list(range(1, len(expected) + 1))
+    for index, out in enumerate(expected, start=1):
+        ref = pool(out, "avg2x2").numpy()
+        np.testing.assert_allclose(captured[index], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_in_place_relu_after_the_conv_does_not_change_the_capture():
+    # VGGm's ReLU is in place right after BN; the conv output captured must keep its negatives.
+    model = build_model("vggm11", 5, 0.125).eval()
+    images = np.random.default_rng(1).integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8)
+    captured = embed_images(model, model.probe_points(), images, "avg1x1", dtype=np.float32)
+    assert (captured[1] < 0).any()
+
+
+def test_pooling_rules():
+    t = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    assert pool(t, "avg2x2").shape == (2, 12)
+    assert torch.allclose(pool(t, "avg2x2"), F.adaptive_avg_pool2d(t, 2).flatten(1))
+    small = torch.randn(2, 5, 1, 1)
+    assert torch.equal(pool(small, "avg2x2"), small.flatten(1))  # already <= 2x2: as is
+    assert torch.allclose(pool(t, "avg1x1"), t.mean((2, 3)))
+    tokens = torch.randn(2, 7, 6)
+    assert torch.allclose(pool(tokens, "avg2x2"), tokens.mean(1))
+
+
+def test_parquet_round_trip_keeps_vectors_and_metadata(tmp_path):
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(9, 12)).astype(np.float16)
+    labels = np.arange(9) % 3
+    splits = np.array(["train"] * 6 + ["test"] * 3)
+    path = tmp_path / "layer_001.parquet"
+    write_embeddings(path, vectors, labels, splits, np.arange(9), {"layer": 1, "layer_name": "features.0"})
+    meta, back, back_labels, back_splits = read_embeddings(path)
+    assert meta["layer"] == 1 and meta["dim"] == 12 and meta["dtype"] == "float16"
+    assert back.dtype == np.float32 and np.array_equal(back, vectors.astype(np.float32))
+    assert back_labels.tolist() == labels.tolist() and back_splits.tolist() == splits.tolist()
+
+
+def test_corrupt_embedding_file_is_named(tmp_path):
+    path = tmp_path / "layer_001.parquet"
+    path.write_bytes(b"not parquet")
+    with pytest.raises(RuntimeError, match="layer_001.parquet"):
+        read_embeddings(path)

@@ -1,0 +1,82 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tunnelscope import metrics
+
+
+def test_tunnel_hand_computed():
+    id_curve = [0.2, 0.4, 0.6, 0.8, 0.9]
+    ood = [0.3, 0.6, 0.5, 0.4, 0.3]
+    m = metrics.tunnel_metrics(id_curve, ood, id_classes=10, ood_classes=5)
+    assert m["ood_best_layer"] == 2 and m["tunnel"] and m["tunnel_start"] == 2
+    assert m["tunnel_length"] == 3
+    assert m["ood_retained"] == pytest.approx(50.0)
+    assert m["alignment"] == pytest.approx((0.9 - 0.1) * (0.3 - 0.2))
+    # Pearson by hand.
+    x, y = np.array(id_curve), np.array(ood)
+    r = ((x - x.mean()) * (y - y.mean())).sum() / math.sqrt(((x - x.mean()) ** 2).sum() * ((y - y.mean()) ** 2).sum())
+    assert m["pearson"] == pytest.approx(r)
+
+
+def test_no_tunnel_when_the_last_layer_is_best():
+    m = metrics.tunnel_metrics([0.1, 0.5, 0.9], [0.2, 0.3, 0.4], 10, 10)
+    assert not m["tunnel"] and m["tunnel_length"] == 0 and m["ood_retained"] == 100.0
+    assert m["tunnel_start"] == 3
+
+
+def test_tie_with_the_last_layer_is_no_tunnel():
+    m = metrics.tunnel_metrics([0.1, 0.5, 0.9, 0.9], [0.2, 0.6, 0.5, 0.6], 10, 10)
+    assert m["ood_best_layer"] == 2  # first of the tied maxima
+    assert not m["tunnel"] and m["ood_retained"] == 100.0
+
+
+def test_constant_curve_has_no_tunnel_and_undefined_pearson():
+    m = metrics.tunnel_metrics([0.1, 0.5, 0.9], [0.5, 0.5, 0.5], 10, 10)
+    assert not m["tunnel"] and math.isnan(m["pearson"])
+
+
+def test_id_tunnel_start_rule():
+    curve = [0.2, 0.5, 0.93, 0.97, 0.96, 1.0]
+    assert metrics.id_tunnel_start(curve, 0.95) == 4
+    assert metrics.id_tunnel_start(curve, 0.98) == 6
+    assert metrics.id_tunnel_start(curve, 0.9) == 3
+
+
+@pytest.mark.parametrize("value,name", [(100, "negligible"), (95, "negligible"), (94.9, "weak"), (90, "weak"), (85, "medium"), (80, "medium"), (79.99, "strong"), (10, "strong")])
+def test_strength_bands(value, name):
+    assert metrics.strength(value) == name
+
+
+def test_normalise():
+    assert metrics.normalise([0.2, 0.4]).tolist() == [0.5, 1.0]
+    assert metrics.normalise([0.0, 0.0]).tolist() == [0.0, 0.0]
+
+
+def test_mismatched_curves_are_rejected():
+    with pytest.raises(ValueError):
+        metrics.tunnel_metrics([0.1, 0.2], [0.1, 0.2, 0.3], 10, 10)
+
+
+def _probe_rows(eval_set, role, curve, n_classes):
+    return pd.DataFrame({"eval_set": eval_set, "role": role, "layer": np.arange(1, len(curve) + 1), "test_acc": curve, "n_classes": n_classes})
+
+
+def test_cell_metrics_table():
+    probes = pd.concat(
+        [
+            _probe_rows("idset", "id", [0.2, 0.6, 0.9], 10),
+            _probe_rows("oodA", "ood", [0.5, 0.8, 0.4], 4),
+            _probe_rows("oodB", "ood", [0.1, 0.2, 0.3], 2),
+        ]
+    )
+    info = dict(arch="vggm11", id_dataset="idset", resolution=32, augmentation="none", seed=0, family="cnn", stem=3, spatial_reduction=4, depth=11, id_classes=10, gamma=2.0, params=100, width=1.0)
+    table = metrics.cell_metrics(probes, info, [0.95]).set_index("ood_set")
+    assert table.loc["oodA", "ood_retained"] == pytest.approx(50.0)
+    assert table.loc["oodB", "ood_retained"] == 100.0
+    # Mean retained 75 -> strong.
+    assert set(table.strength) == {"strong"}
+    assert table.loc["oodA", "id_start_95"] == 3
+    assert table.loc["oodA", "arch"] == "vggm11"

@@ -1,0 +1,116 @@
+"""Integration: the real snakemake CLI on a tiny config in a temporary directory."""
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+TINY = {
+    "results": "out",
+    "datasets": {
+        "toy": {"source": "synthetic", "family": "shapes", "classes": 4, "train_per_class": 24, "test_per_class": 8},
+        "toy-glyphs": {"source": "synthetic", "family": "glyphs", "classes": 3, "train_per_class": 12, "test_per_class": 6},
+        "digits": {"source": "sklearn_digits"},
+    },
+    "grid": {"arch": ["vggm11"], "id_dataset": ["toy"], "resolution": [32], "augmentation": ["none", "rrc_flip"], "seed": [0]},
+    "ood_sets": ["toy-glyphs", "digits"],
+    "model": {"width": 0.125},
+    "training": {"epochs": 1, "batch_size": 32, "warmup_epochs": 0},
+    "probe": {"max_iter": 50},
+}
+CELLS = ["vggm11_toy_r32_none_s0", "vggm11_toy_r32_rrc_flip_s0"]
+EVAL_SETS = ["toy", "toy-glyphs", "digits"]
+
+
+def snakemake(workdir, *args):
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile", str(workdir / "tiny.yaml"), "--cores", "2", *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def planned_jobs(output: str) -> set[tuple[str, str]]:
+    """(rule, wildcards) of every job a dry run lists."""
+    jobs = set()
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", output):
+        head = re.match(r"(?:local)?rule (\w+):", block.strip())
+        if head:
+            wildcards = re.search(r"^\s+wildcards: (.*)$", block, re.M)
+            jobs.add((head.group(1), wildcards.group(1) if wildcards else ""))
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("study")
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    snakemake(workdir)
+    return workdir
+
+
+def test_all_outputs_exist_and_parse(study):
+    out = study / "out"
+    curves = pd.read_parquet(out / "aggregate/curves.parquet")
+    assert set(curves.eval_set) == set(EVAL_SETS)
+    assert len(curves) == len(CELLS) * len(EVAL_SETS) * 10  # 10 probed layers of VGGm-11
+    assert curves.test_acc.between(0, 1).all()
+    metrics = pd.read_parquet(out / "aggregate/metrics.parquet")
+    assert len(metrics) == len(CELLS) * 2
+    assert metrics.ood_retained.between(0, 100).all()
+    assert pd.read_csv(out / "aggregate/metrics.csv").shape == metrics.shape
+    for cell in CELLS:
+        info = json.loads((out / "cells" / cell / "cell.json").read_text())
+        assert info["num_layers"] == 10 and info["id_classes"] == 4
+        log = pd.read_csv(out / "cells" / cell / "train_log.csv")
+        assert log.epoch.tolist() == [1]
+        layers = sorted((out / "cells" / cell / "embeddings" / "digits").glob("layer_*.parquet"))
+        assert len(layers) == 10
+        table = pd.read_parquet(layers[0])
+        assert {"sample_id", "split", "label", "embedding"} <= set(table.columns)
+        assert len(table) == 1797  # every digit image, train and test
+        assert len(table.embedding.iloc[0]) == 8 * 4  # 64 x 0.125 channels, 2x2 pooling
+        for fig in ("figure.png",):
+            with Image.open(out / "cells" / cell / fig) as img:
+                assert img.size[0] > 300
+        assert (out / "cells" / cell / "figure.pdf").stat().st_size > 1000
+        assert (study / "logs" / "pretrain" / f"{cell}.log").read_text().strip()
+    with Image.open(out / "figures/tunnel_curves.png") as img:
+        assert np.asarray(img).std() > 0
+
+
+def test_second_dry_run_has_nothing_to_do(study):
+    assert "Nothing to be done" in snakemake(study, "-n")
+
+
+def test_editing_one_cell_reruns_exactly_its_chain(study):
+    config = dict(TINY, overrides=[{"where": {"augmentation": "rrc_flip"}, "training": {"epochs": 2}}])
+    (study / "tiny.yaml").write_text(yaml.safe_dump(config))
+    try:
+        jobs = planned_jobs(snakemake(study, "-n"))
+    finally:
+        (study / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    cell = "vggm11_toy_r32_rrc_flip_s0"
+    expected = {("pretrain", f"cell={cell}"), ("cell_metrics", f"cell={cell}"), ("cell_figure", f"cell={cell}")}
+    expected |= {(rule, f"cell={cell}, eval_set={e}") for rule in ("embed", "probe") for e in EVAL_SETS}
+    expected |= {("aggregate", ""), ("overview_figure", ""), ("all", "")}
+    assert jobs == expected
+
+
+def test_invalid_config_fails_before_any_job_with_one_line(tmp_path):
+    bad = dict(TINY, grid=dict(TINY["grid"], arch=["vggm99"]))
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(bad))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(tmp_path / "tiny.yaml"), "--cores", "1"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "grid.arch[0]: 'vggm99' is not one of" in result.stderr
+    assert not (tmp_path / "out").exists()

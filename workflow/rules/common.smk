@@ -1,0 +1,28 @@
+# Shared state of the DAG: the validated study, its cells, and path helpers.
+import re
+import sys
+
+from tunnelscope.config import ConfigError, Study, load_schema
+
+try:
+    STUDY = Study(config, load_schema(workflow.source_path("../schemas/config.schema.yaml")))
+except ConfigError as error:
+    sys.exit(f"tunnelscope: config error: {error}")
+
+RESULTS = STUDY.results
+CELLS = sorted(STUDY.cells)
+ENV = "../../envs/tunnelscope.yaml"
+
+wildcard_constraints:
+    cell="|".join(map(re.escape, CELLS)),
+    dataset=r"[A-Za-z][A-Za-z0-9-]*",
+    eval_set=r"[A-Za-z][A-Za-z0-9-]*",
+    res=r"\d+",
+
+
+def embed_dirs(wc):
+    return [f"{RESULTS}/cells/{wc.cell}/embeddings/{e}" for e in STUDY.eval_sets(wc.cell)]
+
+
+def probe_tables(wc):
+    return [f"{RESULTS}/cells/{wc.cell}/probes/{e}.parquet" for e in STUDY.eval_sets(wc.cell)]

@@ -1,0 +1,22 @@
+rule embed:
+    """One forward pass per image of an eval set; one Parquet file per probed layer."""
+    input:
+        checkpoint=rules.pretrain.output.checkpoint,
+        data=lambda wc: f"{RESULTS}/prepared/{wc.eval_set}/r{STUDY.cells[wc.cell].resolution}.npz",
+    output:
+        directory(f"{RESULTS}/cells/{{cell}}/embeddings/{{eval_set}}"),
+    params:
+        settings=lambda wc: STUDY.embed_params(wc.cell, wc.eval_set),
+    threads: 2
+    resources:
+        gpu=1,
+        # Images per forward pass: a resource, not a param, because it does not change results.
+        embed_batch=lambda wc: STUDY.config["embed"]["batch_size"],
+    log:
+        "logs/embed/{cell}_{eval_set}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/embed/{{cell}}_{{eval_set}}.tsv"
+    conda:
+        ENV
+    script:
+        "../scripts/embed.py"

@@ -1,0 +1,30 @@
+rule cell_figure:
+    """Per cell: probe accuracy per eval set, and the normalised tunnel view with its star."""
+    input:
+        probe_tables,
+    output:
+        png=report(f"{RESULTS}/cells/{{cell}}/figure.png", caption="../report/cell_figure.rst", category="Cells"),
+        pdf=f"{RESULTS}/cells/{{cell}}/figure.pdf",
+    params:
+        title=lambda wc: wc.cell,
+    log:
+        "logs/cell_figure/{cell}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/cell_figure.py"
+
+
+rule overview_figure:
+    """All cells' normalised tunnel curves on one page."""
+    input:
+        rules.aggregate.output.curves,
+    output:
+        png=report(f"{RESULTS}/figures/tunnel_curves.png", caption="../report/tunnel_curves.rst", category="Overview"),
+        pdf=f"{RESULTS}/figures/tunnel_curves.pdf",
+    log:
+        "logs/overview_figure.log",
+    conda:
+        ENV
+    script:
+        "../scripts/overview_figure.py"

@@ -1,0 +1,12 @@
+from tunnelscope.embed_job import embed_eval_set
+from tunnelscope.joblog import job_logging
+
+with job_logging(snakemake.log[0]):
+    embed_eval_set(
+        snakemake.params.settings,
+        checkpoint=snakemake.input.checkpoint,
+        data_path=snakemake.input.data,
+        out_dir=snakemake.output[0],
+        batch_size=snakemake.resources.embed_batch,
+        threads=snakemake.threads,
+    )

@@ -1,0 +1,8 @@
+from tunnelscope import datasets
+from tunnelscope.joblog import job_logging
+
+with job_logging(snakemake.log[0]) as log:
+    s = snakemake.params.settings
+    data = datasets.prepare(s["dataset"], s["spec"], s["resolution"])
+    datasets.save(data, snakemake.output[0])
+    log.info("%s at %dpx: %s", s["dataset"], s["resolution"], {k: len(v) for k, v in data.splits.items()})
