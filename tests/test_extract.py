@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from tunnelscope.extract import embed_images, pool
 from tunnelscope.io import read_embeddings, write_embeddings
-from tunnelscope.models import build_model
+from tunnelscope.models import build_model, probe_points
 from tunnelscope.train import to_input
 
 
@@ -24,21 +24,21 @@ def test_captured_embeddings_equal_a_plain_forward(arch):
     torch.manual_seed(0)
     model = build_model(arch, 5, 0.125).eval()
     images = np.random.default_rng(0).integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
-    captured = embed_images(model, model.probe_points(), images, "avg2x2", batch_size=4, dtype=np.float32)
+    captured = embed_images(model, probe_points(model), images, ["avg2x2"], batch_size=4, dtype=np.float32)
     with torch.no_grad():
         expected = _manual_conv_outputs(model, to_input(torch.from_numpy(images)))
-    assert sorted(captured) == list(range(1, len(expected) + 1))
+    assert sorted(i for i, _ in captured) == list(range(1, len(expected) + 1))
     for index, out in enumerate(expected, start=1):
         ref = pool(out, "avg2x2").numpy()
-        np.testing.assert_allclose(captured[index], ref, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(captured[(index, "avg2x2")], ref, rtol=1e-5, atol=1e-5)
 
 
 def test_in_place_relu_after_the_conv_does_not_change_the_capture():
     # VGGm's ReLU is in place right after BN; the conv output captured must keep its negatives.
     model = build_model("vggm11", 5, 0.125).eval()
     images = np.random.default_rng(1).integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8)
-    captured = embed_images(model, model.probe_points(), images, "avg1x1", dtype=np.float32)
-    assert (captured[1] < 0).any()
+    captured = embed_images(model, probe_points(model), images, ["avg1x1"], dtype=np.float32)
+    assert (captured[(1, "avg1x1")] < 0).any()
 
 
 def test_pooling_rules():
@@ -50,6 +50,23 @@ def test_pooling_rules():
     assert torch.allclose(pool(t, "avg1x1"), t.mean((2, 3)))
     tokens = torch.randn(2, 7, 6)
     assert torch.allclose(pool(tokens, "avg2x2"), tokens.mean(1))
+    assert torch.allclose(pool(tokens, "token_mean", prefix_tokens=1), tokens[:, 1:].mean(1))
+    assert torch.equal(pool(tokens, "cls", prefix_tokens=1), tokens[:, 0])
+    assert pool(t, "avg4x4").shape == (2, 3 * 16)
+    with pytest.raises(ValueError, match="class token"):
+        pool(tokens, "cls")
+    with pytest.raises(ValueError, match="'avg3'"):
+        pool(t, "avg3")
+
+
+def test_several_poolings_from_one_forward():
+    model = build_model("vggm11", 5, 0.125).eval()
+    calls = []
+    model.features[0].register_forward_hook(lambda m, a, o: calls.append(1))
+    images = np.zeros((3, 32, 32, 3), dtype=np.uint8)
+    out = embed_images(model, probe_points(model), images, ["avg2x2", "avg1x1", "avg4x4"], batch_size=8)
+    assert len(calls) == 1  # one forward pass for all three poolings
+    assert out[(3, "avg2x2")].shape == (3, 16 * 4) and out[(3, "avg1x1")].shape == (3, 16) and out[(3, "avg4x4")].shape == (3, 16 * 16)
 
 
 def test_parquet_round_trip_keeps_vectors_and_metadata(tmp_path):

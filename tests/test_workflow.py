@@ -73,7 +73,7 @@ def test_all_outputs_exist_and_parse(study):
         assert info["num_layers"] == 10 and info["id_classes"] == 4
         log = pd.read_csv(out / "cells" / cell / "train_log.csv")
         assert log.epoch.tolist() == [1]
-        layers = sorted((out / "cells" / cell / "embeddings" / "digits").glob("layer_*.parquet"))
+        layers = sorted((out / "cells" / cell / "embeddings" / "digits" / "avg2x2").glob("layer_*.parquet"))
         assert len(layers) == 10
         table = pd.read_parquet(layers[0])
         assert {"sample_id", "split", "label", "embedding"} <= set(table.columns)
@@ -114,3 +114,22 @@ def test_invalid_config_fails_before_any_job_with_one_line(tmp_path):
     assert result.returncode != 0
     assert "grid.arch[0]: 'vggm99' is not one of" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_paper_vit_and_a_timm_model_run_through_the_workflow(tmp_path):
+    config = dict(
+        TINY,
+        grid=dict(TINY["grid"], arch=["vit-t", "timm/resnet18"], augmentation=["none"]),
+        ood_sets=["toy-glyphs"],
+        embed={"pooling": ["avg2x2", "avg1x1"]},
+    )
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    snakemake(tmp_path)
+    curves = pd.read_parquet(tmp_path / "out/aggregate/curves.parquet")
+    layers = curves.groupby("arch").layer.max().to_dict()
+    assert layers == {"vit-t": 12, "timm/resnet18": 8}
+    cells = pd.read_parquet(tmp_path / "out/aggregate/cells.parquet").set_index("arch")
+    assert cells.loc["vit-t", "family"] == "vit" and cells.loc["timm/resnet18", "family"] == "cnn"
+    # Both poolings were written from the one embed job per eval set.
+    embed = tmp_path / "out/cells/timm-resnet18_toy_r32_none_s0/embeddings/toy-glyphs"
+    assert len(list((embed / "avg1x1").glob("*.parquet"))) == len(list((embed / "avg2x2").glob("*.parquet"))) == 8

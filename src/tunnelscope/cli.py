@@ -1,8 +1,9 @@
-"""Command-line entry point: ``tunnelscope validate CONFIG``."""
+"""Command-line entry point: ``tunnelscope validate CONFIG`` and ``tunnelscope layers ARCH``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -32,6 +33,35 @@ def _validate(args) -> int:
     return 0
 
 
+def _layers(args) -> int:
+    from .extract import layer_shapes, pool
+    from .models import build_model, count_parameters, probe_points
+
+    try:
+        model = build_model(args.arch, args.classes, args.width, args.resolution)
+    except (ValueError, RuntimeError) as exc:
+        print(f"tunnelscope: {exc}", file=sys.stderr)
+        return 1
+    import torch
+
+    points = probe_points(model)
+    shapes = layer_shapes(model, points, args.resolution)
+    layers = []
+    for p in points:
+        dim = pool(torch.zeros((1, *shapes[p.index])), args.pooling, p.prefix_tokens).shape[1]
+        layers.append({"index": p.index, "name": p.name, "side": p.side, "shape": list(shapes[p.index]), "dim": int(dim)})
+    report = {"arch": args.arch, "params": count_parameters(model), "layers": layers}
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"{args.arch}: {report['params']:,} parameters ({args.classes} classes, {args.resolution}px, width {args.width}); {len(layers)} probe points, pooling {args.pooling}")
+    print(f"{'index':>5}  {'module':<28} {'side':<6} {'shape':<18} {'dim':>6}")
+    for row in layers:
+        shape = "x".join(map(str, row["shape"]))
+        print(f"{row['index']:>5}  {row['name']:<28} {row['side']:<6} {shape:<18} {row['dim']:>6}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tunnelscope", description="Layer-wise OOD transfer of image networks.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,6 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     val.add_argument("config", help="YAML config file, e.g. config.yaml")
     val.add_argument("--schema", default=str(SCHEMA), help="JSON schema (default: the repository's)")
     val.set_defaults(func=_validate)
+    lay = sub.add_parser("layers", help="list an architecture's probe points, shapes and pooled dims")
+    lay.add_argument("arch", help="a paper architecture (vggm11, resnet18, vit-t, ...), timm/NAME or torchvision/NAME")
+    lay.add_argument("--resolution", type=int, default=224, help="input resolution in pixels (default 224)")
+    lay.add_argument("--classes", type=int, default=100, help="classifier outputs, for the parameter count (default 100)")
+    lay.add_argument("--width", type=float, default=1.0, help="channel multiplier of the paper architectures (default 1.0)")
+    lay.add_argument("--pooling", default="avg2x2", help="pooling for the reported dims (default avg2x2)")
+    lay.add_argument("--json", action="store_true", help="print one JSON object: arch, params, layers")
+    lay.set_defaults(func=_layers)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,13 @@ ARCHS = {
     "vggm17": {"family": "cnn", "depth": 17, "stem": 3, "spatial_reduction": 4},
     "vggm11-dagger": {"family": "cnn", "depth": 11, "stem": 3, "spatial_reduction": 1},
     "vggm17-dagger": {"family": "cnn", "depth": 17, "stem": 3, "spatial_reduction": 1},
+    "resnet18": {"family": "cnn", "depth": 18, "stem": 7, "spatial_reduction": 4},
+    "resnet34": {"family": "cnn", "depth": 34, "stem": 7, "spatial_reduction": 4},
+    "vit-t": {"family": "vit", "depth": 12, "stem": 8, "spatial_reduction": 8},
+    "vit-t-plus": {"family": "vit", "depth": 18, "stem": 8, "spatial_reduction": 8},
 }
+# Beyond the paper's architectures: any timm or torchvision model by name.
+EXTERNAL_ARCH = re.compile(r"^(timm|torchvision)/[A-Za-z0-9_.]+$")
 
 CELL_VARIABLES = ("arch", "id_dataset", "resolution", "augmentation", "seed")
 
@@ -48,15 +55,20 @@ def _one_line(error: jsonschema.ValidationError) -> str:
         return f"{where}: unknown key {', '.join(map(repr, extra))}{hint}"
     if error.validator == "enum":
         return f"{where}: {error.instance!r} is not one of {', '.join(map(str, error.validator_value))}"
-    if error.validator == "required":
-        return f"{where}: {error.message}"
+    if error.validator == "anyOf":
+        options = [str(v) for sub in error.validator_value for v in sub.get("enum", [])]
+        options += [sub["description"] for sub in error.validator_value if "description" in sub]
+        return f"{where}: {error.instance!r} is not one of {', '.join(options)}"
     return f"{where}: {error.message}"
 
 
 def _deepest(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
     # if/then failures wrap the useful error; report the most specific one.
     while error.context:
-        error = max(error.context, key=lambda e: len(e.absolute_path))
+        deeper = max(error.context, key=lambda e: len(e.absolute_path))
+        if len(deeper.absolute_path) == len(error.absolute_path) and error.validator == "anyOf":
+            break  # alternatives for this very value: name them all
+        error = deeper
     return error
 
 
@@ -104,7 +116,7 @@ class Cell:
 
 
 def cell_id(arch: str, id_dataset: str, resolution: int, augmentation: str, seed: int) -> str:
-    return f"{arch}_{id_dataset}_r{resolution}_{augmentation}_s{seed}"
+    return f"{arch.replace('/', '-')}_{id_dataset}_r{resolution}_{augmentation}_s{seed}"
 
 
 def load_schema(path: str | Path) -> dict:
@@ -118,10 +130,17 @@ def validate(config: dict, schema: dict) -> dict:
     if not isinstance(config, dict):
         raise ConfigError("<top level>: the config must be a mapping of keys to values")
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), e.message))
+    errors = list(validator.iter_errors(config))
     if errors:
-        raise ConfigError(_one_line(_deepest(jsonschema.exceptions.best_match(errors))))
+        # The most specific error; not jsonschema's best_match, which splits anyOf alternatives.
+        raise ConfigError(_one_line(_deepest(max(errors, key=lambda e: len(e.absolute_path)))))
     _fill_defaults(schema, config, schema)
+    embed, probe = config["embed"], config["probe"]
+    if isinstance(embed["pooling"], str):
+        embed["pooling"] = [embed["pooling"]]
+    probe.setdefault("pooling", embed["pooling"][0])
+    if probe["pooling"] not in embed["pooling"]:
+        raise ConfigError(f"probe.pooling: {probe['pooling']!r} is not written by embed.pooling ({', '.join(embed['pooling'])})")
     names = set(config["datasets"])
     for i, name in enumerate(config["grid"]["id_dataset"]):
         if name not in names:
@@ -193,7 +212,7 @@ class Study:
 
     def metrics_params(self, cell: str) -> dict:
         c = self.cells[cell]
-        return _sorted({**c.variables, **ARCHS[c.arch], **self.config["metrics"]})
+        return _sorted({**c.variables, **self.config["metrics"]})
 
 
 def _sorted(value):

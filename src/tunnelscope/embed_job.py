@@ -11,6 +11,7 @@ import torch
 from . import datasets
 from .extract import embed_images
 from .io import atomic_dir, write_embeddings
+from .models import probe_points
 from .train import load_backbone, pick_device
 
 log = logging.getLogger("tunnelscope.embed")
@@ -28,26 +29,28 @@ def embed_eval_set(params: dict, checkpoint: str, data_path: str, out_dir: str, 
     torch.set_num_threads(max(1, threads))
     device = pick_device()
     model, _ = load_backbone(checkpoint, device)
-    points = model.probe_points()
+    points = probe_points(model)
     data = datasets.load(data_path)
     # Train and test go through the model in one stream: one forward pass per image.
     images = np.concatenate([data.splits[s].images for s in datasets.SPLITS])
     labels = np.concatenate([data.splits[s].labels for s in datasets.SPLITS])
     split = np.concatenate([np.full(len(data.splits[s]), s) for s in datasets.SPLITS])
     sample_id = np.concatenate([np.arange(len(data.splits[s])) for s in datasets.SPLITS])
+    poolings = params["pooling"]
     vectors = embed_images(
-        model, points, images, params["pooling"], batch_size, np.dtype(params["dtype"]), device, desc=f"embed {params['eval_set']}"
+        model, points, images, poolings, batch_size, np.dtype(params["dtype"]), device, desc=f"embed {params['eval_set']}"
     )
     common = {
         "eval_set": params["eval_set"],
         "num_classes": data.num_classes,
         "num_layers": len(points),
-        "pooling": params["pooling"],
         "checkpoint": checkpoint,
         "checkpoint_sha256": file_sha256(checkpoint),
     }
     with atomic_dir(out_dir) as tmp:
-        for point in points:
-            meta = {**common, "layer": point.index, "layer_name": point.name, "side": point.side}
-            write_embeddings(tmp / f"layer_{point.index:03d}.parquet", vectors[point.index], labels, split, sample_id, meta)
-            log.info("layer %3d %-20s dim %5d", point.index, point.name, vectors[point.index].shape[1])
+        for pooling in poolings:
+            for point in points:
+                meta = {**common, "layer": point.index, "layer_name": point.name, "side": point.side, "pooling": pooling}
+                data_ = vectors[(point.index, pooling)]
+                write_embeddings(tmp / pooling / f"layer_{point.index:03d}.parquet", data_, labels, split, sample_id, meta)
+                log.info("layer %3d %-24s %-10s dim %5d", point.index, point.name, pooling, data_.shape[1])

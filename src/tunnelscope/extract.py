@@ -15,46 +15,61 @@ from .models import ProbePoint
 from .train import to_input
 
 
-def pool(t: torch.Tensor, pooling: str) -> torch.Tensor:
+POOLINGS = ("avg2x2", "avg1x1", "avg4x4", "token_mean", "cls")
+
+
+def pool(t: torch.Tensor, pooling: str, prefix_tokens: int = 0) -> torch.Tensor:
     """Pool one captured tensor to a vector per sample.
 
-    CNN maps (N, C, H, W): ``avg2x2`` = adaptive average to 2x2 then flatten (maps already at
-    most 2x2 are flattened as they are, as in the paper); ``avg1x1`` = global average.
-    Token sequences (N, T, D): mean over tokens.
+    CNN maps (N, C, H, W): ``avgKxK`` = adaptive average to KxK then flatten (maps already at
+    most KxK are flattened as they are, as in the paper); ``token_mean`` = global average.
+    Token sequences (N, T, D): ``cls`` = the first (class) token; any other pooling = mean over
+    the patch tokens (prefix tokens excluded).
     """
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; known: {', '.join(POOLINGS)}")
     if t.ndim == 4:
-        if pooling == "avg1x1":
-            return t.mean(dim=(2, 3))
-        if pooling == "avg2x2":
-            if t.shape[-2] <= 2 and t.shape[-1] <= 2:
-                return t.flatten(1)
-            return F.adaptive_avg_pool2d(t, 2).flatten(1)
-        raise ValueError(f"unknown pooling {pooling!r}")
+        if pooling == "cls":
+            raise ValueError("pooling 'cls' needs a token sequence, got a feature map")
+        k = 1 if pooling == "token_mean" else int(pooling[3])
+        if t.shape[-2] <= k and t.shape[-1] <= k:
+            return t.flatten(1)
+        return F.adaptive_avg_pool2d(t, k).flatten(1)
     if t.ndim == 3:
-        return t.mean(dim=1)
+        if pooling == "cls":
+            if prefix_tokens < 1:
+                raise ValueError("pooling 'cls' needs a model with a class token")
+            return t[:, 0]
+        return t[:, prefix_tokens:].mean(dim=1)
     if t.ndim == 2:
         return t
     raise ValueError(f"cannot pool a tensor of shape {tuple(t.shape)}")
 
 
 class LayerCapture:
-    """Context manager: hooks on the probe points collect pooled tensors of each forward."""
+    """Context manager: hooks on the probe points collect pooled tensors of each forward.
 
-    def __init__(self, model: torch.nn.Module, points: list[ProbePoint], pooling: str):
-        self.model, self.points, self.pooling = model, points, pooling
-        self.batch: dict[int, torch.Tensor] = {}
+    ``batch`` maps (probe index, pooling) to the pooled tensor; with ``poolings=()`` the raw
+    tensors are kept instead (shape inspection).
+    """
+
+    def __init__(self, model: torch.nn.Module, points: list[ProbePoint], poolings=("avg2x2",)):
+        self.model, self.points, self.poolings = model, points, tuple(poolings)
+        self.batch: dict = {}
         self._handles = []
 
     def __enter__(self):
         modules = dict(self.model.named_modules())
         for point in self.points:
-            if point.name not in modules:
-                raise KeyError(f"probe point {point.name!r} is not a module of the model")
+            for name in (point.name, point.post):
+                if name and name not in modules:
+                    raise KeyError(f"probe point {point.index}: {name!r} is not a module of the model")
             module = modules[point.name]
+            post = modules[point.post] if point.post else None
             if point.side == "output":
-                hook = module.register_forward_hook(self._output_hook(point.index))
+                hook = module.register_forward_hook(lambda m, args, out, p=point, f=post: self._store(p, f, out))
             else:
-                hook = module.register_forward_pre_hook(self._input_hook(point.index))
+                hook = module.register_forward_pre_hook(lambda m, args, p=point, f=post: self._store(p, f, args[0]))
             self._handles.append(hook)
         return self
 
@@ -63,24 +78,41 @@ class LayerCapture:
             h.remove()
         self._handles.clear()
 
-    def _store(self, index: int, tensor: torch.Tensor):
-        if index in self.batch:
-            raise RuntimeError(f"probe point {index} fired twice in one forward pass (a reused module)")
+    def _store(self, point: ProbePoint, post, tensor: torch.Tensor):
+        if isinstance(tensor, (tuple, list)):
+            tensor = tensor[0]
+        if any(key[0] == point.index for key in self.batch):
+            raise RuntimeError(f"probe point {point.index} ({point.name}) ran twice in one forward pass; probe a module that runs once")
+        tensor = tensor.detach()
+        if post is not None:
+            tensor = post(tensor)
+        if not self.poolings:
+            self.batch[(point.index, None)] = tensor.clone()
         # Pool (and so copy) at once: a later in-place op cannot change what was captured.
-        self.batch[index] = pool(tensor.detach(), self.pooling).float()
+        for pooling in self.poolings:
+            self.batch[(point.index, pooling)] = pool(tensor, pooling, point.prefix_tokens).float()
 
-    def _output_hook(self, index):
-        return lambda module, args, output: self._store(index, output)
-
-    def _input_hook(self, index):
-        return lambda module, args: self._store(index, args[0])
-
-    def take(self) -> dict[int, torch.Tensor]:
-        missing = [p.index for p in self.points if p.index not in self.batch]
+    def take(self) -> dict:
+        fired = {index for index, _ in self.batch}
+        missing = [p.index for p in self.points if p.index not in fired]
         if missing:
-            raise RuntimeError(f"probe points {missing} did not fire in the forward pass")
+            raise RuntimeError(f"probe points {missing} did not run in the forward pass")
         out, self.batch = self.batch, {}
         return out
+
+
+@torch.no_grad()
+def layer_shapes(model: torch.nn.Module, points: list[ProbePoint], resolution: int) -> dict[int, tuple]:
+    """Per probe index, the captured tensor's shape for one image (no batch dim)."""
+    was_training = model.training
+    device = next(model.parameters()).device
+    model.eval()
+    try:
+        with LayerCapture(model, points, poolings=()) as capture:
+            model(torch.zeros(1, 3, resolution, resolution, device=device))
+            return {index: tuple(t.shape[1:]) for (index, _), t in capture.take().items()}
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -88,21 +120,24 @@ def embed_images(
     model: torch.nn.Module,
     points: list[ProbePoint],
     images: np.ndarray,
-    pooling: str = "avg2x2",
+    poolings=("avg2x2",),
     batch_size: int = 256,
     dtype=np.float16,
     device: torch.device | str = "cpu",
     desc: str = "embed",
 ) -> dict[int, np.ndarray]:
-    """Embeddings of ``images`` (N, H, W, 3 uint8) at every probe point: {index: (N, D)}."""
+    """Embeddings of ``images`` (N, H, W, 3 uint8) at every probe point, for every pooling.
+
+    Returns {(index, pooling): (N, D) array}; each image goes through the model once.
+    """
     model.eval()
-    out: dict[int, np.ndarray] = {}
-    with LayerCapture(model, points, pooling) as capture:
+    out: dict[tuple, np.ndarray] = {}
+    with LayerCapture(model, points, poolings) as capture:
         for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, mininterval=1.0):
             x = to_input(torch.from_numpy(images[start : start + batch_size]).to(device))
             model(x)
-            for index, vectors in capture.take().items():
-                if index not in out:
-                    out[index] = np.empty((len(images), vectors.shape[1]), dtype=dtype)
-                out[index][start : start + len(x)] = vectors.cpu().numpy()
+            for key, vectors in capture.take().items():
+                if key not in out:
+                    out[key] = np.empty((len(images), vectors.shape[1]), dtype=dtype)
+                out[key][start : start + len(x)] = vectors.cpu().numpy()
     return out

@@ -1,13 +1,24 @@
 """Backbones and their probe points.
 
-VGGm follows PROTOCOL.md exactly at width 1.0: 3x3 conv + BN + ReLU stacks, 2x2 max-pools,
-global average pool, one Linear head; VGGm-dagger drops the max-pools of the first two stages.
-``width`` scales every channel count so small studies run on a CPU.
+Paper architectures (PROTOCOL.md, exact at width 1.0; ``width`` scales channel counts):
+- VGGm-11/-17: 3x3 conv + BN + ReLU stacks, 2x2 max-pools, global average pool, one Linear;
+  VGGm-dagger drops the max-pools of the first two stages. Probe: each conv output (before BN).
+- ResNet-18/-34: the ImageNet ResNet (7x7 stride-2 stem + max-pool at every resolution), with
+  torchvision's module names so torchvision weights load. Probe: the input of the stem conv and
+  of conv1, conv2 of every block (layer 1 = the normalised image).
+- ViT-T/-T+: patch 8, width 192, 3 heads, no class token, fixed 2-D sin-cos positions, final
+  LayerNorm -> token mean -> Linear. Probe: each block output through the final LayerNorm.
+
+Any timm model (``timm/NAME``) or torchvision classification model (``torchvision/NAME``):
+probe points are enumerated at block granularity, see ``enumerate_blocks``.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -19,6 +30,8 @@ _VGGM_STAGES = {
     "vggm11": [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]],
     "vggm17": [[64, 64], [128, 128], [256] * 4, [512] * 4, [512] * 4],
 }
+_RESNET_BLOCKS = {"resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}
+_VIT_DEPTH = {"vit-t": 12, "vit-t-plus": 18}
 
 
 @dataclass(frozen=True)
@@ -26,6 +39,12 @@ class ProbePoint:
     index: int  # 1..L
     name: str  # module name in model.named_modules()
     side: str  # "output" or "input" of that module
+    post: str = ""  # module applied to the captured tensor before pooling (ViT: final norm)
+    prefix_tokens: int = 0  # leading non-patch tokens (class/register tokens) of a token sequence
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(1, round(channels * width))
 
 
 class VGGm(nn.Module):
@@ -35,7 +54,7 @@ class VGGm(nn.Module):
         in_ch = 3
         for s, stage in enumerate(stages):
             for channels in stage:
-                out_ch = max(1, round(channels * width))
+                out_ch = _scaled(channels, width)
                 layers += [nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)]
                 in_ch = out_ch
             if pool_first_stages or s >= 2:
@@ -64,12 +83,178 @@ class VGGm(nn.Module):
         return [ProbePoint(i + 1, n, "output") for i, n in enumerate(names)]
 
 
-def build_model(arch: str, num_classes: int, width: float = 1.0) -> nn.Module:
+class BasicBlock(nn.Module):
+    """torchvision's BasicBlock with separate ReLUs, so no module runs twice per forward."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or in_ch != out_ch:
+            self.downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+
+    def forward(self, x):
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu2(out + identity)
+
+
+class ResNet(nn.Module):
+    def __init__(self, blocks: list[int], num_classes: int, width: float = 1.0):
+        super().__init__()
+        chans = [_scaled(c, width) for c in (64, 128, 256, 512)]
+        self.conv1 = nn.Conv2d(3, chans[0], 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(chans[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        in_ch = chans[0]
+        for i, (n, ch) in enumerate(zip(blocks, chans)):
+            stage = [BasicBlock(in_ch if b == 0 else ch, ch, 2 if (b == 0 and i > 0) else 1) for b in range(n)]
+            self.add_module(f"layer{i + 1}", nn.Sequential(*stage))
+            in_ch = ch
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_ch, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(self.avgpool(x).flatten(1))
+
+    def probe_points(self) -> list[ProbePoint]:
+        """Inputs of the stem conv and of conv1/conv2 of every block (downsample convs excluded)."""
+        names = ["conv1"] + [n for n, m in self.named_modules() if re.fullmatch(r"layer\d\.\d+\.conv[12]", n)]
+        return [ProbePoint(i + 1, n, "input") for i, n in enumerate(names)]
+
+
+def _paper_vit(depth: int, num_classes: int, resolution: int, width: float = 1.0) -> nn.Module:
+    from timm.layers import build_sincos2d_pos_embed
+    from timm.models.vision_transformer import VisionTransformer
+
+    heads = 3
+    dim = heads * max(1, round(64 * width))  # width scales the head dim, keeping 3 heads
+    if resolution % 8:
+        raise ValueError(f"ViT with patch 8 needs a resolution divisible by 8, got {resolution}")
+    model = VisionTransformer(
+        img_size=resolution,
+        patch_size=8,
+        num_classes=num_classes,
+        global_pool="avg",
+        embed_dim=dim,
+        depth=depth,
+        num_heads=heads,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        class_token=False,
+        fc_norm=False,  # final LayerNorm on every token, then the mean (PROTOCOL)
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        drop_path_rate=0.1,
+    )
+    # Fixed 2-D sin-cos positions: a buffer, so it is neither trained nor counted as a parameter.
+    grid = resolution // 8
+    del model.pos_embed
+    model.register_buffer("pos_embed", build_sincos2d_pos_embed([grid, grid], dim).unsqueeze(0), persistent=False)
+    return model
+
+
+def _vit_probe_points(model: nn.Module) -> list[ProbePoint]:
+    prefix = int(getattr(model, "num_prefix_tokens", 0))
+    return [ProbePoint(i + 1, f"blocks.{i}", "output", post="norm", prefix_tokens=prefix) for i in range(len(model.blocks))]
+
+
+# Block classes of timm and torchvision CNNs and transformers; see enumerate_blocks.
+_BLOCK_CLASS = re.compile(r"(Block|Bottleneck|InvertedResidual|DepthwiseSeparableConv|EdgeResidual|MBConv|Residual|CNBlock)$")
+
+
+def enumerate_blocks(model: nn.Module) -> list[ProbePoint]:
+    """Probe points at block granularity for any timm or torchvision model.
+
+    A block is a module whose class name ends in Block, Bottleneck, InvertedResidual,
+    DepthwiseSeparableConv, EdgeResidual, MBConv or Residual (ResNet blocks, ConvNeXt blocks,
+    MobileNet/EfficientNet blocks, transformer blocks, ...); only the outermost such modules
+    count, in forward order, and each is captured at its output. Models with a ``blocks``
+    attribute and prefix tokens (class/register tokens) record them so pooling can skip them.
+    """
+    names: list[str] = []
+    for name, module in model.named_modules():
+        if name and _BLOCK_CLASS.search(type(module).__name__) and not any(name.startswith(p + ".") for p in names):
+            names.append(name)
+    if not names:
+        raise ValueError(f"found no blocks in {type(model).__name__}; give probe points explicitly")
+    prefix = int(getattr(model, "num_prefix_tokens", 0))
+    return [ProbePoint(i + 1, n, "output", prefix_tokens=prefix) for i, n in enumerate(names)]
+
+
+def probe_points(model: nn.Module) -> list[ProbePoint]:
+    if hasattr(model, "probe_points"):
+        return model.probe_points()
+    if getattr(model, "tunnelscope_arch", "") in _VIT_DEPTH:
+        return _vit_probe_points(model)
+    return enumerate_blocks(model)
+
+
+def build_model(arch: str, num_classes: int, width: float = 1.0, resolution: int = 224) -> nn.Module:
+    """A freshly initialised backbone. ``resolution`` matters for ViTs (positions, patches)."""
+    if arch.startswith("timm/"):
+        return _timm_model(arch.removeprefix("timm/"), num_classes, resolution)
+    if arch.startswith("torchvision/"):
+        import torchvision
+
+        return torchvision.models.get_model(arch.removeprefix("torchvision/"), weights=None, num_classes=num_classes)
     if arch not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
-    base = arch.removesuffix("-dagger")
-    return VGGm(_VGGM_STAGES[base], num_classes, width, pool_first_stages=not arch.endswith("-dagger"))
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}, timm/NAME, torchvision/NAME")
+    if arch.startswith("vggm"):
+        base = arch.removesuffix("-dagger")
+        return VGGm(_VGGM_STAGES[base], num_classes, width, pool_first_stages=not arch.endswith("-dagger"))
+    if arch in _RESNET_BLOCKS:
+        return ResNet(_RESNET_BLOCKS[arch], num_classes, width)
+    model = _paper_vit(_VIT_DEPTH[arch], num_classes, resolution, width)
+    model.tunnelscope_arch = arch
+    return model
+
+
+def _timm_model(name: str, num_classes: int, resolution: int) -> nn.Module:
+    import timm
+
+    try:
+        # Transformers need the input size for their position embeddings and patch grid.
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, img_size=resolution)
+    except TypeError:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes)
+    except RuntimeError as exc:
+        raise ValueError(f"timm/{name}: {exc}") from exc
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def describe(model: nn.Module, arch: str, resolution: int) -> dict:
+    """Variables of a built model used by the analysis: family, depth, stem, spatial reduction."""
+    if arch in ARCHS:
+        return dict(ARCHS[arch])
+    points = probe_points(model)
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    from .extract import layer_shapes
+
+    shapes = layer_shapes(model, points, resolution)
+    first = shapes[points[0].index]
+    is_tokens = len(first) == 2
+    grid = math.isqrt(first[0] - points[0].prefix_tokens) if is_tokens else first[-1]
+    return {
+        "family": "vit" if is_tokens else "cnn",
+        "depth": len(points),
+        "stem": first_conv.kernel_size[0] if first_conv is not None else 0,
+        "spatial_reduction": resolution // max(1, grid),
+    }

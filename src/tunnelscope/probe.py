@@ -44,9 +44,9 @@ def layer_files(embed_dir: str | Path) -> list[Path]:
 
 def probe_layers(embed_dir: str, params: dict) -> pd.DataFrame:
     """Probe every layer of one (cell, eval set): one row per layer."""
-    front = {k: params[k] for k in ("arch", "id_dataset", "resolution", "augmentation", "seed", "eval_set", "role")}
+    front = {k: params[k] for k in ("arch", "id_dataset", "resolution", "augmentation", "seed", "eval_set", "role", "pooling")}
     rows = []
-    files = layer_files(embed_dir)
+    files = layer_files(Path(embed_dir) / params["pooling"])
     for path in tqdm(files, desc=f"probe {params['eval_set']}", leave=False):
         meta, x, y, split = read_embeddings(path)
         train, test = split == "train", split == "test"

@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .config import ARCHS, CELL_VARIABLES, cell_id
+from .config import CELL_VARIABLES, cell_id
 from .datasets import Prepared
 from .io import atomic_path, write_json
-from .models import build_model, count_parameters
+from .models import build_model, count_parameters, describe, probe_points
 
 log = logging.getLogger("tunnelscope.train")
 
@@ -130,7 +130,7 @@ def pretrain(params: dict, data: Prepared, checkpoint: str, train_log: str, info
     test = data.splits["test"]
     x_te, y_te = torch.from_numpy(test.images).to(device), torch.from_numpy(test.labels).to(device)
 
-    model = build_model(params["arch"], data.num_classes, params["model"]["width"]).to(device)
+    model = build_model(params["arch"], data.num_classes, params["model"]["width"], params["resolution"]).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     steps_per_epoch = math.ceil(len(y_tr) / cfg["batch_size"])
     scheduler = lr_schedule(optimizer, cfg["warmup_epochs"] * steps_per_epoch, cfg["epochs"] * steps_per_epoch)
@@ -191,13 +191,13 @@ def pretrain(params: dict, data: Prepared, checkpoint: str, train_log: str, info
     n_params = count_parameters(model)
     info = {
         **{k: params[k] for k in CELL_VARIABLES},
-        **ARCHS[params["arch"]],
+        **describe(model, params["arch"], params["resolution"]),
         "width": params["model"]["width"],
         "id_classes": data.num_classes,
         "n_train": int(len(y_tr)),
         "params": n_params,
         "gamma": n_params / len(y_tr),
-        "num_layers": len(model.probe_points()),
+        "num_layers": len(probe_points(model)),
         "final_train_acc": history[-1]["train_acc"],
         "final_val_acc": history[-1]["val_acc"],
         "test_acc": test_acc,
@@ -240,6 +240,6 @@ def load_backbone(checkpoint: str, device=None):
     except Exception as exc:  # safetensors raises several types for corrupt files
         raise RuntimeError(f"{checkpoint}: not a readable tunnelscope checkpoint ({exc})") from exc
     p = meta["params"]
-    model = build_model(p["arch"], meta["num_classes"], p["model"]["width"])
+    model = build_model(p["arch"], meta["num_classes"], p["model"]["width"], p["resolution"])
     model.load_state_dict(weights)
     return model.to(device or "cpu").eval(), meta
