@@ -87,3 +87,38 @@ def test_corrupt_embedding_file_is_named(tmp_path):
     path.write_bytes(b"not parquet")
     with pytest.raises(RuntimeError, match="layer_001.parquet"):
         read_embeddings(path)
+
+
+class _Reused(torch.nn.Module):
+    """Applies the same conv twice: a reused module."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(torch.relu(self.conv(x)))
+
+
+def test_a_reused_module_is_captured_per_call():
+    from tunnelscope.models import ProbePoint
+
+    model = _Reused().eval()
+    points = [ProbePoint(1, "conv", "output", call=0), ProbePoint(2, "conv", "output", call=1), ProbePoint(3, "conv", "input", call=1)]
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 8, 8, 3), dtype=np.uint8)
+    out = embed_images(model, points, images, ["avg1x1"], dtype=np.float32)
+    with torch.no_grad():
+        x = to_input(torch.from_numpy(images))
+        first = model.conv(x)
+        second = model.conv(torch.relu(first))
+    np.testing.assert_allclose(out[(1, "avg1x1")], first.mean((2, 3)).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[(2, "avg1x1")], second.mean((2, 3)).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[(3, "avg1x1")], torch.relu(first).mean((2, 3)).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_capture_side_can_be_switched():
+    model = build_model("vggm11", 5, 0.125)
+    inputs = probe_points(model, "input")
+    assert {p.side for p in inputs} == {"input"} and len(inputs) == 10
+    with pytest.raises(ValueError):
+        probe_points(model, "middle")

@@ -44,7 +44,7 @@ def _layers(args) -> int:
         return 1
     import torch
 
-    points = probe_points(model)
+    points = probe_points(model, args.side)
     shapes = layer_shapes(model, points, args.resolution)
     layers = []
     for p in points:
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     lay.add_argument("--classes", type=int, default=100, help="classifier outputs, for the parameter count (default 100)")
     lay.add_argument("--width", type=float, default=1.0, help="channel multiplier of the paper architectures (default 1.0)")
     lay.add_argument("--pooling", default="avg2x2", help="pooling for the reported dims (default avg2x2)")
+    lay.add_argument("--side", default="default", choices=["default", "input", "output"], help="capture side (default: the paper's per architecture)")
     lay.add_argument("--json", action="store_true", help="print one JSON object: arch, params, layers")
     lay.set_defaults(func=_layers)
     args = parser.parse_args(argv)

@@ -29,7 +29,7 @@ def embed_eval_set(params: dict, checkpoint: str, data_path: str, out_dir: str, 
     torch.set_num_threads(max(1, threads))
     device = pick_device()
     model, _ = load_backbone(checkpoint, device)
-    points = probe_points(model)
+    points = probe_points(model, params["side"])
     data = datasets.load(data_path)
     # Train and test go through the model in one stream: one forward pass per image.
     images = np.concatenate([data.splits[s].images for s in datasets.SPLITS])

@@ -56,21 +56,28 @@ class LayerCapture:
     def __init__(self, model: torch.nn.Module, points: list[ProbePoint], poolings=("avg2x2",)):
         self.model, self.points, self.poolings = model, points, tuple(poolings)
         self.batch: dict = {}
+        self._calls: dict[str, int] = {}
         self._handles = []
 
     def __enter__(self):
         modules = dict(self.model.named_modules())
+        by_module: dict[str, dict[tuple[str, int], ProbePoint]] = {}
         for point in self.points:
             for name in (point.name, point.post):
                 if name and name not in modules:
                     raise KeyError(f"probe point {point.index}: {name!r} is not a module of the model")
-            module = modules[point.name]
-            post = modules[point.post] if point.post else None
-            if point.side == "output":
-                hook = module.register_forward_hook(lambda m, args, out, p=point, f=post: self._store(p, f, out))
-            else:
-                hook = module.register_forward_pre_hook(lambda m, args, p=point, f=post: self._store(p, f, args[0]))
-            self._handles.append(hook)
+            by_module.setdefault(point.name, {})[(point.side, point.call)] = point
+        # One hook per module and side; a module that runs several times per forward (a
+        # reused module) is captured at the call each probe point names.
+        for name, wanted in by_module.items():
+            module = modules[name]
+            for side in {s for s, _ in wanted}:
+                if side == "output":
+                    hook = module.register_forward_hook(lambda m, args, out, n=name, w=wanted: self._on_call(n, w, "output", out))
+                else:
+                    hook = module.register_forward_pre_hook(lambda m, args, n=name, w=wanted: self._on_call(n, w, "input", args[0]))
+                self._handles.append(hook)
+        self._post = {p.post: modules[p.post] for p in self.points if p.post}
         return self
 
     def __exit__(self, *exc):
@@ -78,14 +85,20 @@ class LayerCapture:
             h.remove()
         self._handles.clear()
 
-    def _store(self, point: ProbePoint, post, tensor: torch.Tensor):
+    def _on_call(self, name: str, wanted: dict, side: str, tensor):
+        key = (name, side)
+        call = self._calls.get(key, 0)
+        self._calls[key] = call + 1
+        point = wanted.get((side, call))
+        if point is not None:
+            self._store(point, tensor)
+
+    def _store(self, point: ProbePoint, tensor: torch.Tensor):
         if isinstance(tensor, (tuple, list)):
             tensor = tensor[0]
-        if any(key[0] == point.index for key in self.batch):
-            raise RuntimeError(f"probe point {point.index} ({point.name}) ran twice in one forward pass; probe a module that runs once")
         tensor = tensor.detach()
-        if post is not None:
-            tensor = post(tensor)
+        if point.post:
+            tensor = self._post[point.post](tensor)
         if not self.poolings:
             self.batch[(point.index, None)] = tensor.clone()
         # Pool (and so copy) at once: a later in-place op cannot change what was captured.
@@ -98,6 +111,7 @@ class LayerCapture:
         if missing:
             raise RuntimeError(f"probe points {missing} did not run in the forward pass")
         out, self.batch = self.batch, {}
+        self._calls.clear()
         return out
 
 

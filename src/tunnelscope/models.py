@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -41,6 +41,7 @@ class ProbePoint:
     side: str  # "output" or "input" of that module
     post: str = ""  # module applied to the captured tensor before pooling (ViT: final norm)
     prefix_tokens: int = 0  # leading non-patch tokens (class/register tokens) of a token sequence
+    call: int = 0  # which call of the module within one forward (for modules run more than once)
 
 
 def _scaled(channels: int, width: float) -> int:
@@ -196,12 +197,19 @@ def enumerate_blocks(model: nn.Module) -> list[ProbePoint]:
     return [ProbePoint(i + 1, n, "output", prefix_tokens=prefix) for i, n in enumerate(names)]
 
 
-def probe_points(model: nn.Module) -> list[ProbePoint]:
+def probe_points(model: nn.Module, side: str = "default") -> list[ProbePoint]:
+    """The model's probe points; ``side`` "input"/"output" overrides where each is captured."""
     if hasattr(model, "probe_points"):
-        return model.probe_points()
-    if getattr(model, "tunnelscope_arch", "") in _VIT_DEPTH:
-        return _vit_probe_points(model)
-    return enumerate_blocks(model)
+        points = model.probe_points()
+    elif getattr(model, "tunnelscope_arch", "") in _VIT_DEPTH:
+        points = _vit_probe_points(model)
+    else:
+        points = enumerate_blocks(model)
+    if side == "default":
+        return points
+    if side not in ("input", "output"):
+        raise ValueError(f"capture side must be default, input or output, got {side!r}")
+    return [replace(p, side=side) for p in points]
 
 
 def build_model(arch: str, num_classes: int, width: float = 1.0, resolution: int = 224) -> nn.Module:
