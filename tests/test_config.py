@@ -13,7 +13,7 @@ def test_default_config_has_at_least_four_cells_and_two_ood_sets(default_config,
 
 
 def test_schema_architectures_match_the_registry(schema):
-    assert schema["properties"]["grid"]["properties"]["arch"]["items"]["anyOf"][0]["enum"] == list(ARCHS)
+    assert schema["$defs"]["grid_block"]["properties"]["arch"]["items"]["anyOf"][0]["enum"] == list(ARCHS)
 
 
 @pytest.mark.parametrize(
@@ -84,3 +84,38 @@ def test_stage_params_are_sorted_builtin_and_minimal(default_config, schema):
 def test_eval_sets_put_the_id_set_first(default_config, schema):
     study = Study(default_config, schema)
     assert study.eval_sets("vggm11_shapes_r48_none_s0") == ["shapes", "shapes-novel", "glyphs", "digits"]
+
+
+def test_grid_blocks_join_and_take_their_own_ood_sets(default_config, schema):
+    default_config["grid"] = [
+        {"arch": ["vggm11"], "id_dataset": ["shapes"], "resolution": [32]},
+        {"arch": ["vggm17"], "id_dataset": ["glyphs"], "resolution": [32], "augmentation": ["rrc_flip"], "ood_sets": ["digits", "shapes"]},
+    ]
+    study = Study(default_config, schema)
+    assert sorted(study.cells) == ["vggm11_shapes_r32_none_s0", "vggm17_glyphs_r32_rrc_flip_s0"]
+    assert study.eval_sets("vggm17_glyphs_r32_rrc_flip_s0") == ["glyphs", "digits", "shapes"]
+    assert study.eval_sets("vggm11_shapes_r32_none_s0") == ["shapes", "shapes-novel", "glyphs", "digits"]
+
+
+def test_duplicate_cells_across_blocks_are_rejected(default_config, schema):
+    block = {"arch": ["vggm11"], "id_dataset": ["shapes"], "resolution": [32]}
+    default_config["grid"] = [block, dict(block, resolution=[32, 48])]
+    with pytest.raises(ConfigError, match="grid\\[1\\]: duplicate cell vggm11_shapes_r32_none_s0"):
+        Study(default_config, schema)
+
+
+def test_source_fingerprint_follows_the_tree(tmp_path):
+    from tunnelscope.config import source_fingerprint
+
+    assert source_fingerprint(str(tmp_path / "absent")) == "missing"
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "a.png").write_bytes(b"x")
+    before = source_fingerprint(str(tmp_path))
+    assert source_fingerprint(str(tmp_path)) == before
+    import os
+    import time
+
+    time.sleep(0.01)
+    (tmp_path / "cat" / "b.png").write_bytes(b"y")
+    os.utime(tmp_path / "cat", ns=(time.time_ns(), time.time_ns()))
+    assert source_fingerprint(str(tmp_path)) != before

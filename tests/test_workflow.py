@@ -133,3 +133,21 @@ def test_paper_vit_and_a_timm_model_run_through_the_workflow(tmp_path):
     # Both poolings were written from the one embed job per eval set.
     embed = tmp_path / "out/cells/timm-resnet18_toy_r32_none_s0/embeddings/toy-glyphs"
     assert len(list((embed / "avg1x1").glob("*.parquet"))) == len(list((embed / "avg2x2").glob("*.parquet"))) == 8
+
+
+def test_paper_grid_dry_run_without_data(tmp_path):
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(REPO / "config/paper.yaml"), "-n", "--cores", "8"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
+    assert counts["pretrain"] == "64" and counts["probe"] == "576" and counts["embed"] == "576"
+
+
+def test_missing_dataset_root_stops_before_any_job(tmp_path):
+    config = dict(TINY, datasets=dict(TINY["datasets"], real={"source": "imagefolder", "root": str(tmp_path / "no-such-dir")}), ood_sets=["real"])
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(tmp_path / "tiny.yaml"), "--cores", "1"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert f"datasets.real.root: directory {tmp_path / 'no-such-dir'} not found" in result.stderr
+    assert not (tmp_path / "out").exists()

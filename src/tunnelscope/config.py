@@ -9,6 +9,7 @@ setting that changes its result changes.
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import re
 from dataclasses import dataclass
@@ -109,6 +110,7 @@ class Cell:
     seed: int
     model: dict
     training: dict
+    ood_sets: tuple = ()
 
     @property
     def variables(self) -> dict:
@@ -141,20 +143,28 @@ def validate(config: dict, schema: dict) -> dict:
     probe.setdefault("pooling", embed["pooling"][0])
     if probe["pooling"] not in embed["pooling"]:
         raise ConfigError(f"probe.pooling: {probe['pooling']!r} is not written by embed.pooling ({', '.join(embed['pooling'])})")
+    blocks = config["grid"] if isinstance(config["grid"], list) else [config["grid"]]
+    for block in blocks:
+        _fill_defaults(schema["$defs"]["grid_block"], block, schema)
+    config["grid"] = blocks
     names = set(config["datasets"])
-    for i, name in enumerate(config["grid"]["id_dataset"]):
-        if name not in names:
-            raise ConfigError(f"grid.id_dataset[{i}]: unknown dataset {name!r}; defined: {', '.join(sorted(names))}")
-    for i, name in enumerate(config["ood_sets"]):
-        if name not in names:
-            raise ConfigError(f"ood_sets[{i}]: unknown dataset {name!r}; defined: {', '.join(sorted(names))}")
+    defined = ", ".join(sorted(names))
+    for b, block in enumerate(blocks):
+        where = f"grid[{b}]" if len(blocks) > 1 else "grid"
+        for i, name in enumerate(block["id_dataset"]):
+            if name not in names:
+                raise ConfigError(f"{where}.id_dataset[{i}]: unknown dataset {name!r}; defined: {defined}")
+        if "ood_sets" not in block and "ood_sets" not in config:
+            raise ConfigError(f"{where}: no ood_sets, neither in the block nor at the top level")
+        for prefix, ood in ((f"{where}.", block.get("ood_sets")), ("", config.get("ood_sets"))):
+            for i, name in enumerate(ood or []):
+                if name not in names:
+                    raise ConfigError(f"{prefix}ood_sets[{i}]: unknown dataset {name!r}; defined: {defined}")
     for i, entry in enumerate(config["overrides"]):
         for key, value in entry["where"].items():
-            if value not in config["grid"].get(key, []):
-                raise ConfigError(
-                    f"overrides[{i}].where.{key}: {value!r} matches no cell; grid levels: "
-                    f"{', '.join(map(str, config['grid'][key]))}"
-                )
+            levels = [v for block in blocks for v in block[key]]
+            if value not in levels:
+                raise ConfigError(f"overrides[{i}].where.{key}: {value!r} matches no cell; grid levels: {', '.join(map(str, dict.fromkeys(levels)))}")
     return config
 
 
@@ -163,18 +173,23 @@ class Study:
 
     def __init__(self, config: dict, schema: dict):
         self.config = validate(config, schema)
-        grid = self.config["grid"]
         self.cells: dict[str, Cell] = {}
-        for combo in itertools.product(*(grid[k] for k in CELL_VARIABLES)):
-            variables = dict(zip(CELL_VARIABLES, combo))
-            model = dict(self.config["model"])
-            training = dict(self.config["training"])
-            for entry in self.config["overrides"]:
-                if all(variables[k] == v for k, v in entry["where"].items()):
-                    model.update(entry.get("model", {}))
-                    training.update(entry.get("training", {}))
-            cid = cell_id(**variables)
-            self.cells[cid] = Cell(id=cid, model=model, training=training, **variables)
+        for b, block in enumerate(self.config["grid"]):
+            ood_sets = tuple(block.get("ood_sets", self.config.get("ood_sets", [])))
+            for combo in itertools.product(*(block[k] for k in CELL_VARIABLES)):
+                cell = self._cell(dict(zip(CELL_VARIABLES, combo)), ood_sets)
+                if cell.id in self.cells:
+                    raise ConfigError(f"grid[{b}]: duplicate cell {cell.id} (already defined by an earlier grid block)")
+                self.cells[cell.id] = cell
+
+    def _cell(self, variables: dict, ood_sets: tuple) -> Cell:
+        model = dict(self.config["model"])
+        training = dict(self.config["training"])
+        for entry in self.config["overrides"]:
+            if all(variables[k] == v for k, v in entry["where"].items()):
+                model.update(entry.get("model", {}))
+                training.update(entry.get("training", {}))
+        return Cell(id=cell_id(**variables), model=model, training=training, ood_sets=ood_sets, **variables)
 
     @property
     def results(self) -> str:
@@ -182,19 +197,32 @@ class Study:
 
     def eval_sets(self, cell: str) -> list[str]:
         """The ID set first, then every OOD set other than the ID set."""
-        id_set = self.cells[cell].id_dataset
-        return [id_set] + [d for d in self.config["ood_sets"] if d != id_set]
+        c = self.cells[cell]
+        return [c.id_dataset] + [d for d in c.ood_sets if d != c.id_dataset]
 
     def prepared(self) -> list[tuple[str, int]]:
         """Every (dataset, resolution) pair some cell needs."""
         pairs = {(d, c.resolution) for cid, c in self.cells.items() for d in self.eval_sets(cid)}
         return sorted(pairs)
 
+    def missing_roots(self, prepared_exists) -> list[str]:
+        """One message per dataset whose root is missing while its cache still has to be built."""
+        problems = []
+        for name in sorted({d for d, _ in self.prepared()}):
+            spec = self.config["datasets"][name]
+            pending = any(not prepared_exists(d, r) for d, r in self.prepared() if d == name)
+            if "root" in spec and pending and not spec.get("download") and not Path(spec["root"]).is_dir():
+                problems.append(f"datasets.{name}.root: directory {spec['root']} not found")
+        return problems
+
     # --- per-stage params: exactly the keys the stage uses, sorted, builtin types ---
 
     def prepare_params(self, dataset: str, resolution: int) -> dict:
         spec = self.config["datasets"][dataset]
-        return _sorted({"dataset": dataset, "resolution": int(resolution), "spec": spec})
+        params = {"dataset": dataset, "resolution": int(resolution), "spec": spec}
+        if "root" in spec:
+            params["source_fingerprint"] = source_fingerprint(spec["root"])
+        return _sorted(params)
 
     def pretrain_params(self, cell: str) -> dict:
         c = self.cells[cell]
@@ -213,6 +241,29 @@ class Study:
     def metrics_params(self, cell: str) -> dict:
         c = self.cells[cell]
         return _sorted({**c.variables, **self.config["metrics"]})
+
+
+def source_fingerprint(root: str, max_entries: int = 20000) -> str:
+    """A cheap stamp of a dataset directory: names, sizes and mtimes two levels deep.
+
+    Adding, removing or renaming files in a class folder changes that folder's mtime, so the
+    prepared cache is rebuilt; a missing root gives "missing" (dry runs work without data).
+    """
+    base = Path(root)
+    if not base.exists():
+        return "missing"
+    digest = hashlib.sha1()
+    entries = [base]
+    for level in range(2):
+        children = []
+        for entry in entries:
+            if entry.is_dir():
+                children += sorted(entry.iterdir())
+        entries = children[:max_entries]
+        for entry in entries:
+            st = entry.stat()
+            digest.update(f"{entry.relative_to(base)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def _sorted(value):

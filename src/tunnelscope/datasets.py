@@ -1,20 +1,42 @@
 """Dataset sources and the prepared-image cache.
 
 ``prepare`` turns a dataset spec (a ``datasets:`` entry of the config) into uint8 images at one
-resolution, split into train and test, saved as one ``.npz`` per (dataset, resolution). Training
-and extraction read that file instead of decoding or rendering images again.
+resolution through the paper's eval transform, split into train and test, saved as one ``.npz``
+per (dataset, resolution). Training and extraction read that file instead of decoding and
+resizing the same images again every epoch.
+
+The readers below parse each dataset's official on-disk layout (the one torchvision's
+downloader produces) and return file paths, so decoding runs threaded in ``transform_split``.
+torchvision's dataset classes are used only to download: they verify the MD5 of the official
+archives and so refuse any other copy (a re-packed mirror, or the small files the tests write),
+and they decode one image per ``__getitem__``.
 """
 
 from __future__ import annotations
 
+import logging
+import pickle
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
 from . import synthetic
 from .io import atomic_path
 
+log = logging.getLogger("tunnelscope.datasets")
+
 SPLITS = ("train", "test")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif"}
+
+
+class DatasetError(RuntimeError):
+    """A problem with a dataset on disk, naming the offending path."""
 
 
 @dataclass
@@ -34,49 +56,341 @@ class Prepared:
     splits: dict[str, Split]
 
 
-def prepare(name: str, spec: dict, resolution: int) -> Prepared:
+@dataclass
+class RawSplit:
+    """Images before the transform: file paths or HxWxC uint8 arrays, with labels."""
+
+    items: list
+    labels: np.ndarray
+
+
+# ---------------------------------------------------------------- eval transform
+
+
+def eval_transform(image: Image.Image, resolution: int) -> np.ndarray:
+    """The paper's eval transform up to normalisation: RGB, Resize(shorter side =
+    int(256/224 * R), bicubic), CenterCrop(R). Normalisation happens on the device later."""
+    from torchvision.transforms import functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    image = image.convert("RGB")
+    image = TF.resize(image, int(256 / 224 * resolution), interpolation=InterpolationMode.BICUBIC)
+    return np.asarray(TF.center_crop(image, [resolution, resolution]), dtype=np.uint8)
+
+
+def _load_item(item, resolution: int) -> np.ndarray | None:
+    if isinstance(item, np.ndarray):
+        return eval_transform(Image.fromarray(item.squeeze()), resolution)
+    try:
+        with Image.open(item) as img:
+            img.load()
+            return eval_transform(img, resolution)
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        return exc  # type: ignore[return-value]
+
+
+def transform_split(raw: RawSplit, resolution: int, on_bad_image: str, threads: int = 1, desc: str = "") -> Split:
+    """Decode and transform every image (threads: PIL releases the GIL while decoding)."""
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        results = list(tqdm(pool.map(lambda it: _load_item(it, resolution), raw.items), total=len(raw.items), desc=desc, leave=False, mininterval=2.0))
+    keep = []
+    for i, res in enumerate(results):
+        if isinstance(res, Exception):
+            if on_bad_image == "error":
+                raise DatasetError(f"{raw.items[i]}: unreadable image ({res}); set on_bad_image: skip to leave such files out")
+            log.warning("skipping unreadable image %s (%s)", raw.items[i], res)
+        else:
+            keep.append(i)
+    skipped = len(results) - len(keep)
+    if skipped:
+        log.warning("%s: skipped %d unreadable images of %d", desc, skipped, len(results))
+    if not keep:
+        raise DatasetError(f"{desc}: no readable images")
+    images = np.stack([results[i] for i in keep])
+    return Split(images, raw.labels[keep].astype(np.int64))
+
+
+# ---------------------------------------------------------------- sources
+
+
+def _need_dir(path: Path) -> Path:
+    if not path.is_dir():
+        raise DatasetError(f"{path}: dataset directory not found")
+    return path
+
+
+def _need_file(path: Path) -> Path:
+    if not path.is_file():
+        raise DatasetError(f"{path}: dataset file not found")
+    return path
+
+
+def _class_folders(root: Path, classes: list[str] | None) -> list[str]:
+    found = sorted(p.name for p in _need_dir(root).iterdir() if p.is_dir() and not p.name.startswith("."))
+    if classes is None:
+        if not found:
+            raise DatasetError(f"{root}: no class folders")
+        return found
+    missing = [c for c in classes if c not in found]
+    if missing:
+        raise DatasetError(f"{root}: class list does not match the tree; missing folders: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+    return list(classes)
+
+
+def _folder_split(root: Path, classes: list[str]) -> RawSplit:
+    items, labels = [], []
+    for label, cls in enumerate(classes):
+        files = sorted(p for p in (root / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DatasetError(f"{root / cls}: empty class folder (no image files)")
+        items += files
+        labels += [label] * len(files)
+    return RawSplit(items, np.array(labels, dtype=np.int64))
+
+
+def _stratified(raw: RawSplit, test_fraction: float, seed: int) -> dict[str, RawSplit]:
+    """Seeded per-class split; each class keeps at least one train image."""
+    rng = np.random.default_rng([seed, 4001])
+    train, test = [], []
+    for c in np.unique(raw.labels):
+        idx = rng.permutation(np.flatnonzero(raw.labels == c))
+        k = min(len(idx) - 1, int(round(test_fraction * len(idx))))
+        test += idx[:k].tolist()
+        train += idx[k:].tolist()
+    pick = lambda idx: RawSplit([raw.items[i] for i in sorted(idx)], raw.labels[sorted(idx)])  # noqa: E731
+    return {"train": pick(train), "test": pick(test)}
+
+
+def _class_list(spec: dict) -> list[str] | None:
+    if "classes" in spec and isinstance(spec["classes"], list):
+        return [str(c) for c in spec["classes"]]
+    if "class_list" in spec:
+        path = Path(spec["class_list"])
+        return [line.strip() for line in _need_file(path).read_text().splitlines() if line.strip()]
+    return None
+
+
+def _imagefolder(spec: dict, root: Path, default_classes: list[str] | None = None, test_dir: str = "test") -> dict[str, RawSplit]:
+    classes = _class_list(spec) or default_classes
+    if spec.get("layout", "split_dirs") == "single":
+        classes = _class_folders(root, classes)
+        return _stratified(_folder_split(root, classes), spec["test_fraction"], spec["seed"])
+    train_root, test_root = _need_dir(root / "train"), _need_dir(root / test_dir)
+    classes = _class_folders(train_root, classes)
+    test_classes = _class_folders(test_root, None)
+    if missing := sorted(set(classes) - set(test_classes)):
+        raise DatasetError(f"{test_root}: no folders for classes {', '.join(missing[:5])}")
+    return {"train": _folder_split(train_root, classes), "test": _folder_split(test_root, classes)}
+
+
+def _single_tree(spec: dict, root: Path, subdir: str) -> dict[str, RawSplit]:
+    """NINCO / ImageNet-R: one tree of class folders, split per class with a seeded 80/20."""
+    tree = root / subdir if (root / subdir).is_dir() else root
+    classes = _class_folders(tree, _class_list(spec))
+    return _stratified(_folder_split(tree, classes), spec["test_fraction"], spec["seed"])
+
+
+def _unpickle(path: Path) -> dict:
+    # CIFAR's official format is a Python pickle; read only files the user pointed us at.
+    try:
+        with open(_need_file(path), "rb") as fh:
+            return pickle.load(fh, encoding="latin1")
+    except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+        raise DatasetError(f"{path}: not a readable CIFAR batch ({exc})") from exc
+
+
+def _cifar(root: Path, hundred: bool) -> dict[str, RawSplit]:
+    if hundred:
+        base = _need_dir(root / "cifar-100-python")
+        files, key = {"train": ["train"], "test": ["test"]}, "fine_labels"
+    else:
+        base = _need_dir(root / "cifar-10-batches-py")
+        files, key = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}, "labels"
+    out = {}
+    for split, names in files.items():
+        batches = [_unpickle(base / n) for n in names]
+        data = np.concatenate([np.asarray(b["data"], dtype=np.uint8).reshape(-1, 3, 32, 32) for b in batches])
+        labels = np.concatenate([np.asarray(b[key], dtype=np.int64) for b in batches])
+        out[split] = RawSplit(list(data.transpose(0, 2, 3, 1)), labels)
+    return out
+
+
+def _stl10(root: Path) -> dict[str, RawSplit]:
+    base = _need_dir(root / "stl10_binary")
+    out = {}
+    for split in SPLITS:
+        raw = np.fromfile(_need_file(base / f"{split}_X.bin"), dtype=np.uint8)
+        labels = np.fromfile(_need_file(base / f"{split}_y.bin"), dtype=np.uint8).astype(np.int64) - 1
+        if raw.size != len(labels) * 3 * 96 * 96:
+            raise DatasetError(f"{base / f'{split}_X.bin'}: size does not match {len(labels)} labels of 3x96x96 images")
+        # Stored column-major per channel: (N, C, W, H).
+        images = raw.reshape(-1, 3, 96, 96).transpose(0, 3, 2, 1)
+        out[split] = RawSplit(list(images), labels)
+    return out
+
+
+def _cub(root: Path) -> dict[str, RawSplit]:
+    base = _need_dir(root / "CUB_200_2011")
+
+    def table(name):
+        rows = [line.split() for line in _need_file(base / name).read_text().splitlines() if line.strip()]
+        return {int(r[0]): r[1] for r in rows}
+
+    paths, labels, is_train = table("images.txt"), table("image_class_labels.txt"), table("train_test_split.txt")
+    out = {}
+    for split, flag in (("train", "1"), ("test", "0")):
+        ids = sorted(i for i in paths if is_train[i] == flag)
+        out[split] = RawSplit([base / "images" / paths[i] for i in ids], np.array([int(labels[i]) - 1 for i in ids], dtype=np.int64))
+    return out
+
+
+def _flowers(root: Path) -> dict[str, RawSplit]:
+    from scipy.io import loadmat
+
+    base = _need_dir(root / "flowers-102")
+    labels = loadmat(_need_file(base / "imagelabels.mat"))["labels"].ravel().astype(np.int64) - 1
+    sets = loadmat(_need_file(base / "setid.mat"))
+    out = {}
+    # The release trains on 'trnid' and tests on 'valid' (PROTOCOL.md).
+    for split, key in (("train", "trnid"), ("test", "valid")):
+        ids = np.sort(sets[key].ravel())
+        out[split] = RawSplit([base / "jpg" / f"image_{i:05d}.jpg" for i in ids], labels[ids - 1])
+    return out
+
+
+def _aircraft(root: Path) -> dict[str, RawSplit]:
+    base = _need_dir(root / "fgvc-aircraft-2013b" / "data")
+    classes = [line.strip() for line in _need_file(base / "variants.txt").read_text().splitlines() if line.strip()]
+    index = {c: i for i, c in enumerate(classes)}
+    out = {}
+    for split, name in (("train", "trainval"), ("test", "test")):
+        listing = _need_file(base / f"images_variant_{name}.txt")
+        items, labels = [], []
+        for line in listing.read_text().splitlines():
+            if not line.strip():
+                continue
+            image_id, variant = line.strip().split(" ", 1)
+            if variant not in index:
+                raise DatasetError(f"{listing}: variant {variant!r} is not in variants.txt")
+            items.append(base / "images" / f"{image_id}.jpg")
+            labels.append(index[variant])
+        out[split] = RawSplit(items, np.array(labels, dtype=np.int64))
+    return out
+
+
+def _pets(root: Path) -> dict[str, RawSplit]:
+    base = _need_dir(root / "oxford-iiit-pet")
+    out = {}
+    for split, name in (("train", "trainval"), ("test", "test")):
+        rows = [line.split() for line in _need_file(base / "annotations" / f"{name}.txt").read_text().splitlines() if line.strip()]
+        items = [base / "images" / f"{r[0]}.jpg" for r in rows]
+        out[split] = RawSplit(items, np.array([int(r[1]) - 1 for r in rows], dtype=np.int64))
+    return out
+
+
+def _download(source: str, root: Path) -> None:
+    """Fetch a dataset with torchvision's downloader (checksummed), then read it as usual."""
+    import torchvision.datasets as tvd
+
+    if source in ("cifar10", "cifar100"):
+        cls = tvd.CIFAR10 if source == "cifar10" else tvd.CIFAR100
+        for train in (True, False):
+            cls(str(root), train=train, download=True)
+        return
+    by_split = {"stl10": (tvd.STL10, ("train", "test")), "flowers102": (tvd.Flowers102, ("train",)), "fgvc_aircraft": (tvd.FGVCAircraft, ("trainval",)), "oxford_pets": (tvd.OxfordIIITPet, ("trainval",))}
+    if source not in by_split:
+        raise DatasetError(f"{root}: {source} cannot be downloaded automatically; place it there by hand")
+    cls, splits = by_split[source]
+    for split in splits:
+        cls(str(root), split=split, download=True)
+
+
+def load_source(spec: dict) -> dict[str, RawSplit]:
+    """Raw train/test splits of a file-based dataset spec."""
+    source = spec["source"]
+    root = Path(spec["root"])
+    if spec.get("download"):
+        _download(source, root)
+    if source == "imagefolder":
+        splits = _imagefolder(spec, _need_dir(root))
+    elif source == "imagenet100":
+        listed = resources.files("tunnelscope").joinpath("resources/imagenet100.txt").read_text().split()
+        splits = _imagefolder(spec, _need_dir(root), default_classes=listed, test_dir="val")
+    elif source in ("cifar10", "cifar100"):
+        splits = _cifar(root, source == "cifar100")
+    elif source == "stl10":
+        splits = _stl10(root)
+    elif source == "cub200":
+        splits = _cub(root)
+    elif source == "flowers102":
+        splits = _flowers(root)
+    elif source == "ninco":
+        splits = _single_tree(spec, _need_dir(root), "NINCO_OOD_classes")
+    elif source == "imagenet_r":
+        splits = _single_tree(spec, _need_dir(root), "imagenet-r")
+    elif source == "fgvc_aircraft":
+        splits = _aircraft(root)
+    elif source == "oxford_pets":
+        splits = _pets(root)
+    else:
+        raise ValueError(f"unknown dataset source {source!r}")
+    return _subset(splits, spec)
+
+
+def _subset(splits: dict[str, RawSplit], spec: dict) -> dict[str, RawSplit]:
+    """First ``first_classes`` classes; ``per_class`` seeded random train images per class."""
+    k, n = spec.get("first_classes"), spec.get("per_class")
+    if k:
+        splits = {s: _select(r, r.labels < k) for s, r in splits.items()}
+    if n:
+        rng = np.random.default_rng([spec.get("seed", 0), 104729])
+        train = splits["train"]
+        keep = np.zeros(len(train.labels), dtype=bool)
+        for c in np.unique(train.labels):
+            idx = np.flatnonzero(train.labels == c)
+            if len(idx) < n:
+                raise DatasetError(f"{spec['root']}: class {c} has {len(idx)} train images, fewer than per_class={n}")
+            keep[rng.choice(idx, size=n, replace=False)] = True
+        splits = {**splits, "train": _select(train, keep)}
+    return splits
+
+
+def _select(raw: RawSplit, mask: np.ndarray) -> RawSplit:
+    return RawSplit([it for it, m in zip(raw.items, mask) if m], raw.labels[mask])
+
+
+def _num_classes(splits: dict[str, RawSplit]) -> int:
+    return int(max(int(r.labels.max()) for r in splits.values() if len(r.labels)) + 1)
+
+
+# ---------------------------------------------------------------- prepare / cache
+
+
+def prepare(name: str, spec: dict, resolution: int, threads: int = 1) -> Prepared:
     source = spec["source"]
     if source == "synthetic":
         splits = {
             split: Split(
                 *synthetic.generate(
-                    spec["family"],
-                    spec["classes"],
-                    spec[f"{split}_per_class"],
-                    resolution,
-                    split,
-                    seed=spec["seed"],
-                    class_offset=spec["class_offset"],
+                    spec["family"], spec["classes"], spec[f"{split}_per_class"], resolution, split, seed=spec["seed"], class_offset=spec["class_offset"]
                 )
             )
             for split in SPLITS
         }
         return Prepared(name, resolution, spec["classes"], splits)
-    if source == "sklearn_digits":
-        return _sklearn_digits(name, spec, resolution)
-    raise ValueError(f"datasets.{name}.source: unknown source {source!r}")
+    raw = _sklearn_digits(spec) if source == "sklearn_digits" else load_source(spec)
+    splits = {s: transform_split(raw[s], resolution, spec.get("on_bad_image", "error"), threads, desc=f"{name}/{s}") for s in SPLITS}
+    return Prepared(name, resolution, _num_classes(raw), splits)
 
 
-def _sklearn_digits(name: str, spec: dict, resolution: int) -> Prepared:
-    """scikit-learn's bundled 8x8 handwritten digits (real scans), upscaled to RGB."""
-    from PIL import Image
+def _sklearn_digits(spec: dict) -> dict[str, RawSplit]:
+    """scikit-learn's bundled 8x8 handwritten digits (real scans), stratified split."""
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     gray = (digits.images / 16.0 * 255.0).round().astype(np.uint8)
-    # Bicubic, as the paper's eval transform resizes with bicubic interpolation.
-    big = np.stack([np.asarray(Image.fromarray(g).resize((resolution, resolution), Image.BICUBIC)) for g in gray])
-    rgb = np.repeat(big[..., None], 3, axis=-1)
-    labels = digits.target.astype(np.int64)
-    idx_train, idx_test = train_test_split(
-        np.arange(len(labels)), test_size=spec["test_fraction"], stratify=labels, random_state=spec["seed"]
-    )
-    splits = {
-        "train": Split(rgb[np.sort(idx_train)], labels[np.sort(idx_train)]),
-        "test": Split(rgb[np.sort(idx_test)], labels[np.sort(idx_test)]),
-    }
-    return Prepared(name, resolution, 10, splits)
+    raw = RawSplit(list(gray), digits.target.astype(np.int64))
+    return _stratified(raw, spec["test_fraction"], spec["seed"])
 
 
 def save(prepared: Prepared, path: str) -> None:
@@ -94,5 +408,5 @@ def load(path: str, name: str = "") -> Prepared:
         with np.load(path, allow_pickle=False) as z:
             splits = {s: Split(z[f"{s}_images"], z[f"{s}_labels"]) for s in SPLITS}
             return Prepared(name, int(z["resolution"]), int(z["num_classes"]), splits)
-    except (OSError, KeyError, ValueError) as exc:
-        raise RuntimeError(f"{path}: not a readable prepared dataset ({exc}); delete it and rerun") from exc
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise DatasetError(f"{path}: not a readable prepared dataset ({exc}); delete it and rerun") from exc

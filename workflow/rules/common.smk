@@ -1,6 +1,7 @@
 # Shared state of the DAG: the validated study, its cells, and path helpers.
 import re
 import sys
+from pathlib import Path
 
 from tunnelscope.config import ConfigError, Study, load_schema
 
@@ -26,3 +27,11 @@ def embed_dirs(wc):
 
 def probe_tables(wc):
     return [f"{RESULTS}/cells/{wc.cell}/probes/{e}.parquet" for e in STUDY.eval_sets(wc.cell)]
+
+
+onstart:
+    # Before any job runs (never in a dry run): every dataset root that a pending prepare job
+    # reads must exist, so a typo fails now rather than hours into the run.
+    missing = STUDY.missing_roots(lambda ds, res: Path(f"{RESULTS}/prepared/{ds}/r{res}.npz").exists())
+    if missing:
+        sys.exit("tunnelscope: " + "; ".join(missing))

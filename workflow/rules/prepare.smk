@@ -4,6 +4,7 @@ rule prepare:
         f"{RESULTS}/prepared/{{dataset}}/r{{res}}.npz",
     params:
         settings=lambda wc: STUDY.prepare_params(wc.dataset, int(wc.res)),
+    threads: 2
     log:
         "logs/prepare/{dataset}_r{res}.log",
     conda:

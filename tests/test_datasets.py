@@ -1,0 +1,233 @@
+"""Dataset readers on tiny files written in each dataset's real on-disk format."""
+
+import pickle
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tunnelscope import datasets
+from tunnelscope.datasets import DatasetError, eval_transform, load_source, prepare
+
+RNG = np.random.default_rng(0)
+
+
+def _image(path: Path, size=(20, 14), mode="RGB"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
+    Image.fromarray(RNG.integers(0, 256, size=shape, dtype=np.uint8), mode=None).convert(mode).save(path)
+
+
+def _spec(source, root, **extra):
+    return {"source": source, "root": str(root), "seed": 0, "test_fraction": 0.2, "on_bad_image": "error", "layout": "split_dirs", **extra}
+
+
+@pytest.fixture()
+def folder_tree(tmp_path):
+    """root/{train,test}/CLASS with JPEG, PNG and grayscale files."""
+    for split, n in (("train", 3), ("test", 2)):
+        for c, ext, mode in (("cat", "jpg", "RGB"), ("dog", "png", "RGB"), ("emu", "JPEG", "L")):
+            for i in range(n):
+                _image(tmp_path / split / c / f"{i}.{ext}", mode=mode)
+    return tmp_path
+
+
+def test_eval_transform_resizes_then_center_crops():
+    img = Image.fromarray(np.zeros((30, 60), dtype=np.uint8))  # grayscale, wide
+    out = eval_transform(img, 32)
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+
+
+def test_imagefolder_split_dirs(folder_tree):
+    data = prepare("pets", _spec("imagefolder", folder_tree), 16)
+    assert data.num_classes == 3
+    assert len(data.splits["train"]) == 9 and len(data.splits["test"]) == 6
+    assert data.splits["train"].images.shape == (9, 16, 16, 3)
+    assert data.splits["train"].labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+
+
+def test_imagefolder_class_list_orders_labels_and_must_match(folder_tree):
+    raw = load_source(_spec("imagefolder", folder_tree, classes=["emu", "cat"]))
+    assert raw["train"].labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert all("emu" in str(p) for p in raw["train"].items[:3])
+    with pytest.raises(DatasetError, match="missing folders: yak"):
+        load_source(_spec("imagefolder", folder_tree, classes=["cat", "yak"]))
+
+
+def test_single_tree_split_is_seeded_and_stratified(tmp_path):
+    for c in ("a", "b"):
+        for i in range(10):
+            _image(tmp_path / c / f"{i}.png")
+    spec = _spec("imagefolder", tmp_path, layout="single")
+    first, again = load_source(spec), load_source(spec)
+    other = load_source(dict(spec, seed=1))
+    assert np.bincount(first["test"].labels).tolist() == [2, 2]
+    assert first["test"].items == again["test"].items
+    assert first["test"].items != other["test"].items
+    assert not set(first["test"].items) & set(first["train"].items)
+
+
+def test_missing_root_empty_class_and_bad_images_are_named(folder_tree, tmp_path):
+    with pytest.raises(DatasetError, match="nowhere: dataset directory not found"):
+        load_source(_spec("imagefolder", tmp_path / "nowhere"))
+    (folder_tree / "train" / "fox").mkdir()
+    (folder_tree / "test" / "fox").mkdir()
+    with pytest.raises(DatasetError, match="fox: empty class folder"):
+        load_source(_spec("imagefolder", folder_tree))
+    (folder_tree / "train" / "fox").rmdir()
+    (folder_tree / "test" / "fox").rmdir()
+    good = folder_tree / "train" / "cat" / "0.jpg"
+    good.write_bytes(good.read_bytes()[:40])  # truncated JPEG
+    with pytest.raises(DatasetError, match="0.jpg: unreadable image"):
+        prepare("x", _spec("imagefolder", folder_tree), 16)
+    data = prepare("x", _spec("imagefolder", folder_tree, on_bad_image="skip"), 16)
+    assert len(data.splits["train"]) == 8
+
+
+def _write_cifar(root: Path, hundred: bool, n_train=6, n_test=4):
+    base = root / ("cifar-100-python" if hundred else "cifar-10-batches-py")
+    base.mkdir(parents=True)
+    key = "fine_labels" if hundred else "labels"
+
+    def batch(n, offset):
+        return {"data": RNG.integers(0, 256, size=(n, 3072), dtype=np.uint8), key: [(i + offset) % 5 for i in range(n)]}
+
+    names = {"train": ["train"], "test": ["test"]} if hundred else {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+    for split, files in names.items():
+        for name in files:
+            with open(base / name, "wb") as fh:
+                pickle.dump(batch(n_train if split == "train" else n_test, 0), fh)
+
+
+@pytest.mark.parametrize("hundred", [False, True])
+def test_cifar_pickles(tmp_path, hundred):
+    _write_cifar(tmp_path, hundred)
+    data = prepare("c", _spec("cifar100" if hundred else "cifar10", tmp_path), 32)
+    n_train = 6 if hundred else 30
+    assert len(data.splits["train"]) == n_train and len(data.splits["test"]) == 4
+    assert data.num_classes == 5 and data.splits["test"].images.shape == (4, 32, 32, 3)
+
+
+def test_cifar_image_layout_is_channel_planes(tmp_path):
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    red = np.zeros((1, 3, 32, 32), dtype=np.uint8)
+    red[:, 0] = 255
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(base / name, "wb") as fh:
+            pickle.dump({"data": red.reshape(1, -1), "labels": [0]}, fh)
+    img = load_source(_spec("cifar10", tmp_path))["test"].items[0]
+    assert img.shape == (32, 32, 3) and img[..., 0].min() == 255 and img[..., 1].max() == 0
+
+
+def test_stl10_binary(tmp_path):
+    base = tmp_path / "stl10_binary"
+    base.mkdir()
+    for split, n in (("train", 4), ("test", 3)):
+        x = np.zeros((n, 3, 96, 96), dtype=np.uint8)
+        x[:, 1, :, :48] = 200  # green in the left half of the image (column-major storage)
+        x.transpose(0, 1, 3, 2).tofile(base / f"{split}_X.bin")  # STL stores (N, C, W, H)
+        np.arange(1, n + 1, dtype=np.uint8).tofile(base / f"{split}_y.bin")
+    raw = load_source(_spec("stl10", tmp_path))
+    img = raw["train"].items[0]
+    assert img.shape == (96, 96, 3) and img[:, :48, 1].min() == 200 and img[:, 48:, 1].max() == 0
+    assert raw["test"].labels.tolist() == [0, 1, 2]
+
+
+def test_cub200_official_split(tmp_path):
+    base = tmp_path / "CUB_200_2011"
+    rows, labels, split = [], [], []
+    for i in range(1, 7):
+        cls = 1 + (i - 1) % 2
+        rel = f"{cls:03d}.Bird/img_{i}.jpg"
+        _image(base / "images" / rel)
+        rows.append(f"{i} {rel}")
+        labels.append(f"{i} {cls}")
+        split.append(f"{i} {1 if i <= 4 else 0}")
+    (base / "images.txt").write_text("\n".join(rows))
+    (base / "image_class_labels.txt").write_text("\n".join(labels))
+    (base / "train_test_split.txt").write_text("\n".join(split))
+    raw = load_source(_spec("cub200", tmp_path))
+    assert len(raw["train"].items) == 4 and raw["test"].labels.tolist() == [0, 1]
+
+
+def test_flowers102_release_splits(tmp_path):
+    from scipy.io import savemat
+
+    base = tmp_path / "flowers-102"
+    for i in range(1, 9):
+        _image(base / "jpg" / f"image_{i:05d}.jpg")
+    savemat(base / "imagelabels.mat", {"labels": np.array([[1, 1, 2, 2, 3, 3, 1, 2]])})
+    savemat(base / "setid.mat", {"trnid": np.array([[1, 3, 5]]), "valid": np.array([[2, 4, 6]]), "tstid": np.array([[7, 8]])})
+    raw = load_source(_spec("flowers102", tmp_path))
+    assert [p.name for p in raw["test"].items] == ["image_00002.jpg", "image_00004.jpg", "image_00006.jpg"]
+    assert raw["train"].labels.tolist() == [0, 1, 2]
+
+
+def test_fgvc_aircraft_variants(tmp_path):
+    base = tmp_path / "fgvc-aircraft-2013b" / "data"
+    for i in range(4):
+        _image(base / "images" / f"{1000 + i}.jpg")
+    (base / "variants.txt").write_text("707-320\nA300B4\n")
+    (base / "images_variant_trainval.txt").write_text("1000 707-320\n1001 A300B4\n1002 A300B4\n")
+    (base / "images_variant_test.txt").write_text("1003 707-320\n")
+    raw = load_source(_spec("fgvc_aircraft", tmp_path))
+    assert raw["train"].labels.tolist() == [0, 1, 1] and raw["test"].labels.tolist() == [0]
+
+
+def test_oxford_pets_trainval_test(tmp_path):
+    base = tmp_path / "oxford-iiit-pet"
+    for name in ("Abyssinian_1", "Abyssinian_2", "beagle_1"):
+        _image(base / "images" / f"{name}.jpg")
+    (base / "annotations").mkdir()
+    (base / "annotations" / "trainval.txt").write_text("Abyssinian_1 1 1 1\nbeagle_1 2 2 1\n")
+    (base / "annotations" / "test.txt").write_text("Abyssinian_2 1 1 1\n")
+    data = prepare("pets", _spec("oxford_pets", tmp_path), 24)
+    assert data.splits["train"].labels.tolist() == [0, 1] and data.splits["test"].images.shape == (1, 24, 24, 3)
+
+
+@pytest.mark.parametrize("source,subdir", [("ninco", "NINCO_OOD_classes"), ("imagenet_r", "imagenet-r")])
+def test_single_tree_ood_sets_split_80_20(tmp_path, source, subdir):
+    for c in ("x", "y"):
+        for i in range(5):
+            _image(tmp_path / subdir / c / f"{i}.jpg")
+    raw = load_source(_spec(source, tmp_path))
+    assert np.bincount(raw["test"].labels).tolist() == [1, 1] and len(raw["train"].items) == 8
+
+
+def test_imagenet100_class_list_and_subsets(tmp_path):
+    wnids = resources.files("tunnelscope").joinpath("resources/imagenet100.txt").read_text().split()
+    assert len(wnids) == len(set(wnids)) == 100
+    for wnid in wnids[:12]:
+        for i in range(3):
+            _image(tmp_path / "train" / wnid / f"{wnid}_{i}.JPEG", size=(8, 8))
+        _image(tmp_path / "val" / wnid / f"val_{wnid}.JPEG", size=(8, 8))
+    with pytest.raises(DatasetError, match="class list does not match the tree"):
+        load_source(_spec("imagenet100", tmp_path))
+    raw = load_source(_spec("imagenet100", tmp_path, first_classes=10, per_class=2, classes=wnids[:12]))
+    assert np.bincount(raw["train"].labels).tolist() == [2] * 10
+    assert len(raw["test"].items) == 10
+    again = load_source(_spec("imagenet100", tmp_path, first_classes=10, per_class=2, classes=wnids[:12]))
+    assert raw["train"].items == again["train"].items
+    with pytest.raises(DatasetError, match="fewer than per_class=5"):
+        load_source(_spec("imagenet100", tmp_path, per_class=5, classes=wnids[:12]))
+
+
+def test_sklearn_digits_are_real_and_stratified():
+    data = prepare("digits", {"source": "sklearn_digits", "test_fraction": 0.2, "seed": 0}, 32)
+    assert data.num_classes == 10
+    assert len(data.splits["train"]) + len(data.splits["test"]) == 1797
+    assert data.splits["test"].images.shape[1:] == (32, 32, 3)
+
+
+def test_prepared_cache_round_trip_and_corruption(tmp_path):
+    data = prepare("toy", {"source": "synthetic", "family": "shapes", "classes": 2, "train_per_class": 3, "test_per_class": 2, "seed": 0, "class_offset": 0}, 16)
+    path = tmp_path / "toy.npz"
+    datasets.save(data, str(path))
+    back = datasets.load(str(path))
+    assert np.array_equal(back.splits["train"].images, data.splits["train"].images) and back.num_classes == 2
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(DatasetError, match="toy.npz"):
+        datasets.load(str(path))
