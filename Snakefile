@@ -23,6 +23,7 @@ include: "workflow/rules/embed.smk"
 include: "workflow/rules/probe.smk"
 include: "workflow/rules/metrics.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/analysis.smk"
 include: "workflow/rules/figures.smk"
 
 
@@ -30,5 +31,6 @@ rule all:
     default_target: True
     input:
         rules.aggregate.output,
+        rules.analysis.output,
         rules.overview_figure.output,
         expand(f"{RESULTS}/cells/{{cell}}/figure.png", cell=CELLS),

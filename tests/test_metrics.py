@@ -78,5 +78,5 @@ def test_cell_metrics_table():
     assert table.loc["oodB", "ood_retained"] == 100.0
     # Mean retained 75 -> strong.
     assert set(table.strength) == {"strong"}
-    assert table.loc["oodA", "id_start_95"] == 3
+    assert table.loc["oodA", "id_start_95"] == 3 and table.loc["oodA", "id_tunnel_length_95"] == 0
     assert table.loc["oodA", "arch"] == "vggm11"

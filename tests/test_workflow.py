@@ -86,6 +86,12 @@ def test_all_outputs_exist_and_parse(study):
         assert (study / "logs" / "pretrain" / f"{cell}.log").read_text().strip()
     with Image.open(out / "figures/tunnel_curves.png") as img:
         assert np.asarray(img).std() > 0
+    stats = pd.read_parquet(out / "aggregate/layer_stats.parquet")
+    assert len(stats) == len(CELLS) * 10 and stats.cka_to_last.between(0, 1.0001).all()
+    for name in ("shap_slopes", "shap_fit", "paired_tests", "level_means"):
+        assert len(pd.read_csv(out / "analysis" / f"{name}.csv")) > 0
+    slopes = pd.read_csv(out / "analysis/shap_slopes.csv")
+    assert list(slopes.columns[:3]) == ["target", "variable", "slope"]
 
 
 def test_second_dry_run_has_nothing_to_do(study):
@@ -100,9 +106,9 @@ def test_editing_one_cell_reruns_exactly_its_chain(study):
     finally:
         (study / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     cell = "vggm11_toy_r32_rrc_flip_s0"
-    expected = {("pretrain", f"cell={cell}"), ("cell_metrics", f"cell={cell}"), ("cell_figure", f"cell={cell}")}
+    expected = {(rule, f"cell={cell}") for rule in ("pretrain", "cell_metrics", "cell_figure", "layer_stats")}
     expected |= {(rule, f"cell={cell}, eval_set={e}") for rule in ("embed", "probe") for e in EVAL_SETS}
-    expected |= {("aggregate", ""), ("overview_figure", ""), ("all", "")}
+    expected |= {("aggregate", ""), ("analysis", ""), ("overview_figure", ""), ("all", "")}
     assert jobs == expected
 
 

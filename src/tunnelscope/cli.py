@@ -1,4 +1,4 @@
-"""Command-line entry point: ``tunnelscope validate CONFIG`` and ``tunnelscope layers ARCH``."""
+"""Command-line entry point: ``tunnelscope validate | layers | analyze``."""
 
 from __future__ import annotations
 
@@ -62,6 +62,22 @@ def _layers(args) -> int:
     return 0
 
 
+def _analyze(args) -> int:
+    import logging
+
+    from .analysis import TableError, analyze, read_table
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        results = analyze(read_table(args.table), args.out)
+    except TableError as exc:
+        print(f"tunnelscope: {args.table}: {exc}", file=sys.stderr)
+        return 1
+    fit = results["shap_fit"].set_index("target").r2
+    print(f"wrote {', '.join(f'{k}.csv' for k in results)} to {args.out}; in-sample R2: " + ", ".join(f"{t} {r:.2f}" for t, r in fit.items()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tunnelscope", description="Layer-wise OOD transfer of image networks.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     lay.add_argument("--side", default="default", choices=["default", "input", "output"], help="capture side (default: the paper's per architecture)")
     lay.add_argument("--json", action="store_true", help="print one JSON object: arch, params, layers")
     lay.set_defaults(func=_layers)
+    ana = sub.add_parser("analyze", help="SHAP slopes, paired tests and level means of a (backbone x OOD set) table")
+    ana.add_argument("table", help="CSV or Parquet: ood_retained, pearson, alignment, family, stem, spatial_reduction, augmentation, resolution, id_classes, gamma, depth")
+    ana.add_argument("--out", required=True, help="output directory for the four CSV tables")
+    ana.set_defaults(func=_analyze)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -238,6 +238,10 @@ class Study:
         role = "id" if eval_set == c.id_dataset else "ood"
         return _sorted({**c.variables, "eval_set": eval_set, "role": role, **self.config["probe"]})
 
+    def layer_stats_params(self, cell: str) -> dict:
+        c = self.cells[cell]
+        return _sorted({**c.variables, "pooling": self.config["probe"]["pooling"], **self.config["layer_stats"]})
+
     def metrics_params(self, cell: str) -> dict:
         c = self.cells[cell]
         return _sorted({**c.variables, **self.config["metrics"]})

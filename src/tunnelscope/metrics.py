@@ -86,7 +86,9 @@ def cell_metrics(probes: pd.DataFrame, cell_info: dict, id_thresholds: list[floa
             raise ValueError(f"eval set {eval_set}: {len(ood)} layers probed, ID has {len(id_curve)}")
         row = {"ood_set": eval_set, **tunnel_metrics(id_curve, ood.test_acc.to_numpy(), id_classes, int(ood.n_classes.iloc[0]))}
         for thr in id_thresholds:
-            row[f"id_start_{round(thr * 100)}"] = id_tunnel_start(id_curve, thr)
+            start = id_tunnel_start(id_curve, thr)
+            row[f"id_start_{round(thr * 100)}"] = start
+            row[f"id_tunnel_length_{round(thr * 100)}"] = len(id_curve) - start
         rows.append(row)
     table = pd.DataFrame(rows)
     table["strength"] = strength(table.ood_retained.mean()) if len(table) else None

@@ -1,9 +1,10 @@
 rule aggregate:
-    """Tidy tables over all cells: probe curves, tunnel metrics, cell facts (Parquet + CSV)."""
+    """Tidy tables over all cells: probe curves, tunnel metrics, layer statistics, cell facts."""
     input:
         probes=[f"{RESULTS}/cells/{c}/probes/{e}.parquet" for c in CELLS for e in STUDY.eval_sets(c)],
         metrics=expand(f"{RESULTS}/cells/{{cell}}/metrics.parquet", cell=CELLS),
         info=expand(f"{RESULTS}/cells/{{cell}}/cell.json", cell=CELLS),
+        layer_stats=expand(f"{RESULTS}/cells/{{cell}}/layer_stats.parquet", cell=CELLS),
     output:
         curves=f"{RESULTS}/aggregate/curves.parquet",
         curves_csv=f"{RESULTS}/aggregate/curves.csv",
@@ -11,6 +12,8 @@ rule aggregate:
         metrics_csv=f"{RESULTS}/aggregate/metrics.csv",
         cells=f"{RESULTS}/aggregate/cells.parquet",
         cells_csv=f"{RESULTS}/aggregate/cells.csv",
+        layer_stats=f"{RESULTS}/aggregate/layer_stats.parquet",
+        layer_stats_csv=f"{RESULTS}/aggregate/layer_stats.csv",
     log:
         "logs/aggregate.log",
     conda:

@@ -1,0 +1,31 @@
+rule layer_stats:
+    """Per layer on the ID set's test split: numerical rank, RankMe, NC1, CKA to the last layer."""
+    input:
+        lambda wc: f"{RESULTS}/cells/{wc.cell}/embeddings/{STUDY.cells[wc.cell].id_dataset}",
+    output:
+        f"{RESULTS}/cells/{{cell}}/layer_stats.parquet",
+    params:
+        settings=lambda wc: STUDY.layer_stats_params(wc.cell),
+    log:
+        "logs/layer_stats/{cell}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/layer_stats.py"
+
+
+rule analysis:
+    """SHAP slopes, paired comparisons and level means over the aggregate metrics table."""
+    input:
+        rules.aggregate.output.metrics,
+    output:
+        slopes=f"{RESULTS}/analysis/shap_slopes.csv",
+        fit=f"{RESULTS}/analysis/shap_fit.csv",
+        paired=f"{RESULTS}/analysis/paired_tests.csv",
+        means=f"{RESULTS}/analysis/level_means.csv",
+    log:
+        "logs/analysis.log",
+    conda:
+        ENV
+    script:
+        "../scripts/analysis.py"
