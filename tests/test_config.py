@@ -75,7 +75,8 @@ def test_stage_params_are_sorted_builtin_and_minimal(default_config, schema):
     embed = study.embed_params(cell, "digits")
     for params in (pretrain, probe, embed, study.metrics_params(cell), study.prepare_params("digits", 32)):
         check(params)
-    assert "probe" not in pretrain and "C" not in pretrain
+    assert "probe" not in pretrain and "l2_grid" not in pretrain
+    assert "C" not in probe and "paper" not in probe and "l2_grid" in probe
     assert "training" not in probe and probe["role"] == "ood"
     assert "batch_size" not in embed  # does not change results
     assert study.probe_params(cell, "shapes")["role"] == "id"

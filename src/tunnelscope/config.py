@@ -34,6 +34,13 @@ ARCHS = {
 EXTERNAL_ARCH = re.compile(r"^(timm|torchvision)/[A-Za-z0-9_.]+$")
 
 CELL_VARIABLES = ("arch", "id_dataset", "resolution", "augmentation", "seed")
+# The probe settings each solver reads, so that changing another solver's settings reruns nothing.
+PROBE_KEYS = {
+    "common": ["solver", "pooling", "seed"],
+    "lbfgs": ["standardize", "max_iter", "l2_grid", "val_fraction", "select_max_iter", "tol"],
+    "sklearn": ["standardize", "max_iter", "C"],
+    "paper": ["paper"],
+}
 
 
 class ConfigError(ValueError):
@@ -236,7 +243,9 @@ class Study:
     def probe_params(self, cell: str, eval_set: str) -> dict:
         c = self.cells[cell]
         role = "id" if eval_set == c.id_dataset else "ood"
-        return _sorted({**c.variables, "eval_set": eval_set, "role": role, **self.config["probe"]})
+        probe = self.config["probe"]
+        used = PROBE_KEYS["common"] + PROBE_KEYS[probe["solver"]]
+        return _sorted({**c.variables, "eval_set": eval_set, "role": role, **{k: probe[k] for k in used}})
 
     def layer_stats_params(self, cell: str) -> dict:
         c = self.cells[cell]

@@ -1,7 +1,8 @@
 rule probe:
     """Fit one linear probe per layer of one (cell, eval set), all layers in this job."""
     input:
-        rules.embed.output,
+        embeddings=rules.embed.output,
+        info=rules.pretrain.output.info,
     output:
         f"{RESULTS}/cells/{{cell}}/probes/{{eval_set}}.parquet",
     params:

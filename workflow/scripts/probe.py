@@ -1,6 +1,11 @@
+import json
+
 from tunnelscope.io import write_table
 from tunnelscope.joblog import job_logging
 from tunnelscope.probe import probe_layers
 
 with job_logging(snakemake.log[0]):
-    write_table(probe_layers(snakemake.input[0], snakemake.params.settings), snakemake.output[0])
+    with open(snakemake.input.info) as fh:
+        family = json.load(fh)["family"]
+    table = probe_layers(snakemake.input.embeddings[0], snakemake.params.settings, family)
+    write_table(table, snakemake.output[0])

@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+import torch
+
+from tunnelscope.probe import fit_lbfgs_probe, fit_paper_probes, fit_sklearn_probe, fit_softmax, stratified_holdout
+
+RNG = np.random.default_rng(0)
+LBFGS = {"standardize": True, "val_fraction": 0.2, "seed": 0, "l2_grid": [1e-1, 1e-3], "select_max_iter": 50, "max_iter": 300, "tol": 1e-6}
+
+
+def blobs(n=300, d=8, c=3, spread=1.0):
+    centers = RNG.normal(size=(c, d)) * 3
+    y = RNG.integers(0, c, size=n)
+    return (centers[y] + RNG.normal(size=(n, d)) * spread).astype(np.float32), y
+
+
+def test_softmax_matches_sklearn_at_the_same_l2():
+    x, y = blobs(spread=3.0)
+    l2 = 1e-2
+    w, n_iter, converged = fit_softmax(torch.from_numpy(x), torch.from_numpy(y), 3, l2, max_iter=500, tol=1e-7)
+    from sklearn.linear_model import LogisticRegression
+
+    ref = LogisticRegression(C=1 / (l2 * len(y)), tol=1e-10, max_iter=5000).fit(x.astype(np.float64), y)
+    assert converged
+    np.testing.assert_allclose(w[:-1].numpy().T - w[:-1].numpy().T.mean(0), ref.coef_ - ref.coef_.mean(0), atol=2e-3)
+
+
+def test_lbfgs_probe_selects_on_validation_and_scores_test():
+    x, y = blobs()
+    result = fit_lbfgs_probe(x[:200], y[:200], x[200:], y[200:], 3, LBFGS)
+    assert result["test_acc"] > 0.9 and result["l2"] in LBFGS["l2_grid"] and result["converged"]
+
+
+def test_holdout_is_stratified_and_seeded():
+    y = np.repeat(np.arange(3), 10)
+    fit, val = stratified_holdout(y, 0.2, 0)
+    assert np.bincount(y[val]).tolist() == [2, 2, 2] and not set(fit) & set(val)
+    assert np.array_equal(val, stratified_holdout(y, 0.2, 0)[1])
+
+
+def test_sklearn_reference_solver():
+    x, y = blobs()
+    result = fit_sklearn_probe(x[:200], y[:200], x[200:], y[200:], 1.0, 300, True)
+    assert result["test_acc"] > 0.9 and result["converged"]
+
+
+def test_paper_recipe_trains_every_layer_in_one_pass():
+    x, y = blobs(d=6)
+    layers = [(x[:200], x[200:]), (x[:200, :3], x[200:, :3])]
+    params = {"seed": 0, "lr": None, "weight_decay": None, "epochs": 15, "batch_size": 32, "label_smoothing": 0.1, "report": "last"}
+    rows = fit_paper_probes(layers, y[:200], y[200:], 3, params)
+    assert len(rows) == 2 and rows[0]["test_acc"] > 0.85 and rows[0]["epoch"] == 15
+    best = fit_paper_probes(layers, y[:200], y[200:], 3, dict(params, report="best_test"))
+    assert all(b["test_acc"] >= r["test_acc"] - 1e-9 for b, r in zip(best, rows))
