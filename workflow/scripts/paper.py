@@ -1,0 +1,20 @@
+from pathlib import Path
+
+import pandas as pd
+
+from tunnelscope.io import read_table
+from tunnelscope.joblog import job_logging
+from tunnelscope.paper import build
+
+with job_logging(snakemake.log[0]):
+    i = snakemake.input
+    build(
+        read_table(i.curves),
+        read_table(i.metrics),
+        read_table(i.layer_stats),
+        pd.read_csv(i.slopes),
+        pd.read_csv(i.paired),
+        pd.read_csv(i.means),
+        snakemake.params.config,
+        Path(snakemake.output.page).parent,
+    )
