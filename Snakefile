@@ -25,6 +25,7 @@ include: "workflow/rules/metrics.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/paper.smk"
 
 
 rule all:
@@ -32,5 +33,6 @@ rule all:
     input:
         rules.aggregate.output,
         rules.analysis.output,
+        rules.paper.output,
         rules.overview_figure.output,
         expand(f"{RESULTS}/cells/{{cell}}/figure.png", cell=CELLS),

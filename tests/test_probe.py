@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 import torch
 
 from tunnelscope.probe import fit_lbfgs_probe, fit_paper_probes, fit_sklearn_probe, fit_softmax, stratified_holdout
@@ -52,3 +51,10 @@ def test_paper_recipe_trains_every_layer_in_one_pass():
     assert len(rows) == 2 and rows[0]["test_acc"] > 0.85 and rows[0]["epoch"] == 15
     best = fit_paper_probes(layers, y[:200], y[200:], 3, dict(params, report="best_test"))
     assert all(b["test_acc"] >= r["test_acc"] - 1e-9 for b, r in zip(best, rows))
+
+
+def test_non_converged_probes_are_flagged():
+    x, y = blobs(spread=3.0)
+    quick = dict(LBFGS, max_iter=1, select_max_iter=1)
+    assert fit_lbfgs_probe(x[:200], y[:200], x[200:], y[200:], 3, quick)["converged"] is False
+    assert fit_sklearn_probe(x[:200], y[:200], x[200:], y[200:], 1.0, 1, True)["converged"] is False

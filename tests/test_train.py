@@ -41,3 +41,19 @@ def test_validation_split_is_stratified_and_seeded():
     assert len(val) == 8 and np.bincount(labels[val]).tolist() == [2, 2, 2, 2]
     assert not set(train) & set(val)
     assert np.array_equal(val, split_validation(labels, 0.2, seed=0)[1])
+
+
+def test_gpu_slots_are_claimed_one_job_each(tmp_path):
+    from tunnelscope.train import _HELD_LOCKS, claim_slot
+
+    held = len(_HELD_LOCKS)
+    try:
+        assert claim_slot(2, str(tmp_path)) == 0
+        assert claim_slot(2, str(tmp_path)) == 1  # slot 0 is locked by the first claim
+        assert claim_slot(2, str(tmp_path)) is None
+    finally:
+        for handle in _HELD_LOCKS[held:]:
+            handle.close()
+        del _HELD_LOCKS[held:]
+    assert claim_slot(1, str(tmp_path)) == 0  # released locks are free again
+    _HELD_LOCKS.pop().close()

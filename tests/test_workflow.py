@@ -11,51 +11,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import REPO
+from conftest import CELLS, EVAL_SETS, REPO, TINY, planned_jobs, snakemake
 
 pytestmark = pytest.mark.integration
-
-TINY = {
-    "results": "out",
-    "datasets": {
-        "toy": {"source": "synthetic", "family": "shapes", "classes": 4, "train_per_class": 24, "test_per_class": 8},
-        "toy-glyphs": {"source": "synthetic", "family": "glyphs", "classes": 3, "train_per_class": 12, "test_per_class": 6},
-        "digits": {"source": "sklearn_digits"},
-    },
-    "grid": {"arch": ["vggm11"], "id_dataset": ["toy"], "resolution": [32], "augmentation": ["none", "rrc_flip"], "seed": [0]},
-    "ood_sets": ["toy-glyphs", "digits"],
-    "model": {"width": 0.125},
-    "training": {"epochs": 1, "batch_size": 32, "warmup_epochs": 0},
-    "probe": {"max_iter": 50},
-}
-CELLS = ["vggm11_toy_r32_none_s0", "vggm11_toy_r32_rrc_flip_s0"]
-EVAL_SETS = ["toy", "toy-glyphs", "digits"]
-
-
-def snakemake(workdir, *args):
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile", str(workdir / "tiny.yaml"), "--cores", "2", *args]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr
-
-
-def planned_jobs(output: str) -> set[tuple[str, str]]:
-    """(rule, wildcards) of every job a dry run lists."""
-    jobs = set()
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", output):
-        head = re.match(r"(?:local)?rule (\w+):", block.strip())
-        if head:
-            wildcards = re.search(r"^\s+wildcards: (.*)$", block, re.M)
-            jobs.add((head.group(1), wildcards.group(1) if wildcards else ""))
-    return jobs
-
-
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("study")
-    (workdir / "tiny.yaml").write_text(yaml.safe_dump(TINY))
-    snakemake(workdir)
-    return workdir
 
 
 def test_all_outputs_exist_and_parse(study):
@@ -108,7 +66,7 @@ def test_editing_one_cell_reruns_exactly_its_chain(study):
     cell = "vggm11_toy_r32_rrc_flip_s0"
     expected = {(rule, f"cell={cell}") for rule in ("pretrain", "cell_metrics", "cell_figure", "layer_stats")}
     expected |= {(rule, f"cell={cell}, eval_set={e}") for rule in ("embed", "probe") for e in EVAL_SETS}
-    expected |= {("aggregate", ""), ("analysis", ""), ("overview_figure", ""), ("all", "")}
+    expected |= {("aggregate", ""), ("analysis", ""), ("overview_figure", ""), ("paper", ""), ("all", "")}
     assert jobs == expected
 
 
@@ -157,3 +115,12 @@ def test_missing_dataset_root_stops_before_any_job(tmp_path):
     assert result.returncode != 0
     assert f"datasets.real.root: directory {tmp_path / 'no-such-dir'} not found" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_two_runs_of_the_same_config_give_identical_tables(study, tmp_path):
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    snakemake(tmp_path)
+    for name in ("curves", "metrics", "layer_stats"):
+        first = pd.read_parquet(study / "out/aggregate" / f"{name}.parquet")
+        second = pd.read_parquet(tmp_path / "out/aggregate" / f"{name}.parquet")
+        pd.testing.assert_frame_equal(first, second, check_exact=True, obj=name)

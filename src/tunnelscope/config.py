@@ -71,12 +71,17 @@ def _one_line(error: jsonschema.ValidationError) -> str:
 
 
 def _deepest(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
-    # if/then failures wrap the useful error; report the most specific one.
+    """The most specific error inside if/then and anyOf wrappers.
+
+    For anyOf, branches whose type does not fit the value are ignored; when only value checks
+    (enum, pattern) remain, the anyOf error itself is kept so that all options get named.
+    """
     while error.context:
-        deeper = max(error.context, key=lambda e: len(e.absolute_path))
-        if len(deeper.absolute_path) == len(error.absolute_path) and error.validator == "anyOf":
-            break  # alternatives for this very value: name them all
-        error = deeper
+        depth = len(error.absolute_path)
+        relevant = [e for e in error.context if not (e.validator == "type" and len(e.absolute_path) == depth)]
+        if error.validator == "anyOf" and all(e.validator in ("enum", "pattern") and len(e.absolute_path) == depth for e in relevant):
+            break
+        error = max(relevant or error.context, key=lambda e: len(e.absolute_path))
     return error
 
 
@@ -233,12 +238,16 @@ class Study:
 
     def pretrain_params(self, cell: str) -> dict:
         c = self.cells[cell]
-        return _sorted({**c.variables, "model": c.model, "training": c.training})
+        return _sorted({**c.variables, "model": c.model, "training": c.training, "compute": self._compute()})
 
     def embed_params(self, cell: str, eval_set: str) -> dict:
         c = self.cells[cell]
         embed = {k: v for k, v in self.config["embed"].items() if k != "batch_size"}
-        return _sorted({**c.variables, "model": c.model, "eval_set": eval_set, **embed})
+        return _sorted({**c.variables, "model": c.model, "eval_set": eval_set, **embed, "compute": self._compute()})
+
+    def _compute(self) -> dict:
+        """Result-affecting compute settings (precision); channels_last is a speed knob only."""
+        return {"precision": self.config["compute"]["precision"]}
 
     def probe_params(self, cell: str, eval_set: str) -> dict:
         c = self.cells[cell]

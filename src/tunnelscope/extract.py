@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .models import ProbePoint
-from .train import to_input
+from .train import autocast, to_input
 
 
 POOLINGS = ("avg2x2", "avg1x1", "avg4x4", "token_mean", "cls")
@@ -139,7 +139,8 @@ def embed_images(
     dtype=np.float16,
     device: torch.device | str = "cpu",
     desc: str = "embed",
-) -> dict[int, np.ndarray]:
+    precision: str = "fp32",
+) -> dict[tuple, np.ndarray]:
     """Embeddings of ``images`` (N, H, W, 3 uint8) at every probe point, for every pooling.
 
     Returns {(index, pooling): (N, D) array}; each image goes through the model once.
@@ -149,7 +150,8 @@ def embed_images(
     with LayerCapture(model, points, poolings) as capture:
         for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, mininterval=1.0):
             x = to_input(torch.from_numpy(images[start : start + batch_size]).to(device))
-            model(x)
+            with autocast(torch.device(device), precision):
+                model(x)
             for key, vectors in capture.take().items():
                 if key not in out:
                     out[key] = np.empty((len(images), vectors.shape[1]), dtype=dtype)

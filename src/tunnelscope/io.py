@@ -82,6 +82,26 @@ def write_embeddings(path, vectors: np.ndarray, labels: np.ndarray, splits: np.n
         pq.write_table(table, tmp, compression="zstd")
 
 
+def _fixed_size_list_to_numpy(column: pa.ChunkedArray, dim: int) -> np.ndarray:
+    """(N, dim) float32 straight from the Arrow value buffers.
+
+    Written by hand because pyarrow's to_numpy() on half floats builds Python objects (tens of
+    times slower than reading the file); the buffers are plain IEEE halves or floats.
+    """
+    parts = []
+    for chunk in column.chunks:
+        values = chunk.flatten()  # honours the chunk's offset
+        dtype = np.float16 if values.type == pa.float16() else np.float32
+        buf = np.frombuffer(values.buffers()[1], dtype=dtype, count=values.offset + len(values))[values.offset :]
+        parts.append(buf.reshape(-1, dim))
+    out = np.empty((sum(len(p) for p in parts), dim), dtype=np.float32)
+    row = 0
+    for part in parts:
+        out[row : row + len(part)] = part
+        row += len(part)
+    return out
+
+
 def read_embeddings(path) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
     """Return (metadata, vectors float32 (N, D), labels (N,), splits (N,) str)."""
     try:
@@ -89,8 +109,7 @@ def read_embeddings(path) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
         meta = json.loads(table.schema.metadata[b"tunnelscope"])
     except (OSError, pa.ArrowException, KeyError, TypeError) as exc:
         raise RuntimeError(f"{path}: not a readable tunnelscope embedding file ({exc})") from exc
-    emb = table.column("embedding").combine_chunks()
-    vectors = emb.values.to_numpy(zero_copy_only=False).reshape(len(emb), meta["dim"]).astype(np.float32)
+    vectors = _fixed_size_list_to_numpy(table.column("embedding"), meta["dim"])
     labels = table.column("label").to_numpy()
     splits = np.asarray(table.column("split").combine_chunks().cast(pa.string()).to_numpy(zero_copy_only=False))
     return meta, vectors, labels, splits

@@ -6,7 +6,10 @@ linear algebra on one matrix; no maintained library computes NC1 or RankMe.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 
 
 def _project(x: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -80,12 +83,8 @@ def layer_stats(layers: dict[int, np.ndarray], labels: np.ndarray) -> list[dict]
     return rows
 
 
-def embed_dir_stats(embed_dir: str, params: dict) -> "pd.DataFrame":
+def embed_dir_stats(embed_dir: str, params: dict) -> pd.DataFrame:
     """Layer statistics of one cell from its ID embeddings (one split, seeded subsample)."""
-    from pathlib import Path
-
-    import pandas as pd
-
     from .io import read_embeddings
 
     layers, rows, labels = {}, None, None

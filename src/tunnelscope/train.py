@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,8 +32,44 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+_HELD_LOCKS: list = []  # open lock files keep their GPU claimed until the process exits
+
+
+def claim_slot(count: int, lock_dir: str) -> int | None:
+    """Index of the first of ``count`` slots whose lock file this process could lock, else None."""
+    import fcntl
+
+    for index in range(count):
+        handle = open(os.path.join(lock_dir, f"tunnelscope-gpu{index}.lock"), "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        _HELD_LOCKS.append(handle)
+        return index
+    return None
+
+
 def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA when present, else CPU. On a multi-GPU workstation each job locks a free GPU, so
+    concurrent jobs (at most the profile's ``gpu`` count) never share one; under SLURM the
+    scheduler's CUDA_VISIBLE_DEVICES already isolates the job."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    count = torch.cuda.device_count()
+    if count == 1 or "SLURM_JOB_ID" in os.environ:
+        return torch.device("cuda:0")
+    index = claim_slot(count, os.environ.get("TUNNELSCOPE_GPU_LOCK_DIR", tempfile.gettempdir()))
+    if index is None:
+        log.warning("all %d GPUs are claimed by other jobs; sharing cuda:0", count)
+        index = 0
+    return torch.device(f"cuda:{index}")
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast when asked for (meant for GPUs); a no-op context for fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def to_input(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -110,7 +148,7 @@ def _fingerprint(params: dict) -> str:
     return json.dumps(params, sort_keys=True)
 
 
-def pretrain(params: dict, data: Prepared, checkpoint: str, train_log: str, info_path: str, state_path: str, threads: int = 1) -> dict:
+def pretrain(params: dict, data: Prepared, checkpoint: str, train_log: str, info_path: str, state_path: str, threads: int = 1, channels_last: bool = False) -> dict:
     """Train one cell's backbone; write checkpoint, per-epoch log and cell info.
 
     ``state_path`` holds the full training state after every epoch; a rerun with the same
@@ -131,6 +169,9 @@ def pretrain(params: dict, data: Prepared, checkpoint: str, train_log: str, info
     x_te, y_te = torch.from_numpy(test.images).to(device), torch.from_numpy(test.labels).to(device)
 
     model = build_model(params["arch"], data.num_classes, params["model"]["width"], params["resolution"]).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    precision = params["compute"]["precision"]
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     steps_per_epoch = math.ceil(len(y_tr) / cfg["batch_size"])
     scheduler = lr_schedule(optimizer, cfg["warmup_epochs"] * steps_per_epoch, cfg["epochs"] * steps_per_epoch)
@@ -140,7 +181,11 @@ def pretrain(params: dict, data: Prepared, checkpoint: str, train_log: str, info
 
     state_file = Path(state_path)
     if state_file.exists():
-        state = torch.load(state_file, map_location=device, weights_only=True)
+        try:
+            # weights_only: a state file is data; a crafted pickle is refused, never executed.
+            state = torch.load(state_file, map_location=device, weights_only=True)
+        except Exception as exc:  # UnpicklingError, RuntimeError (truncated zip), EOFError, ...
+            raise RuntimeError(f"{state_file}: resume state cannot be loaded safely ({type(exc).__name__}); delete it to train from scratch") from exc
         if state["fingerprint"] == _fingerprint(params):
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -164,8 +209,9 @@ def pretrain(params: dict, data: Prepared, checkpoint: str, train_log: str, info
             x = to_input(x_tr[idx])
             if params["augmentation"] == "rrc_flip":
                 x = random_resized_crop_flip(x, gen)
-            logits = model(x)
-            loss = loss_fn(logits, y_tr[idx])
+            with autocast(device, precision):
+                logits = model(x)
+                loss = loss_fn(logits, y_tr[idx])
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"cell {cell}: non-finite training loss ({loss.item()}) in epoch {epoch + 1}, step {step + 1}")
             optimizer.zero_grad(set_to_none=True)

@@ -9,7 +9,7 @@ rule embed:
         settings=lambda wc: STUDY.embed_params(wc.cell, wc.eval_set),
     threads: 2
     resources:
-        gpu=1,
+        channels_last=lambda wc: int(STUDY.config["compute"]["channels_last"]),
         # Images per forward pass: a resource, not a param, because it does not change results.
         embed_batch=lambda wc: STUDY.config["embed"]["batch_size"],
     log:

@@ -12,7 +12,7 @@ rule pretrain:
         state=lambda wc: f"{RESULTS}/cells/{wc.cell}/train_state.pt",
     threads: 2
     resources:
-        gpu=1,
+        channels_last=lambda wc: int(STUDY.config["compute"]["channels_last"]),
     log:
         "logs/pretrain/{cell}.log",
     benchmark:

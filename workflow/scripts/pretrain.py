@@ -12,4 +12,5 @@ with job_logging(snakemake.log[0]):
         info_path=out.info,
         state_path=snakemake.params.state,
         threads=snakemake.threads,
+        channels_last=bool(snakemake.resources.channels_last),
     )

@@ -1,0 +1,45 @@
+"""Shared helpers of the benchmark scripts: timing and appending to RESULTS.md."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, nothing appended: checks that the script runs (CI)")
+    p.add_argument("--append", action="store_true", help="append the figures to benchmarks/RESULTS.md")
+    return p
+
+
+def best_of(fn, repeats: int = 3) -> float:
+    """Best wall time of ``repeats`` calls (warm: the first call is not special-cased)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def machine() -> str:
+    import numpy
+    import torch
+
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, numpy {numpy.__version__}"
+
+
+def report(title: str, lines: list[str], args) -> None:
+    command = "python " + " ".join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv))
+    text = "\n".join(["", f"### {title} ({time.strftime('%Y-%m-%d')})", f"Command: `{command}`; {machine()}", "", *lines]) + "\n"
+    print(text)
+    if args.append and not args.smoke:
+        with open(RESULTS, "a") as fh:
+            fh.write(text)

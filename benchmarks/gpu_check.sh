@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One prepared GPU check for a CUDA machine (issue 6): extraction overhead (1), probe solver (2)
+# and training loop (5) on the device, plus a bf16 pretrain/embed smoke run of the tiny config.
+# Usage: bash benchmarks/gpu_check.sh [OUTDIR]   (never needed for CI)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-gpu-check}
+mkdir -p "$out"
+python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))" | tee "$out/device.txt"
+python benchmarks/bench_extract.py --images 20000 --width 1.0 --batch 512 | tee "$out/extract.md"
+python benchmarks/bench_train.py --images 20000 --width 1.0 | tee "$out/train.md"
+python benchmarks/bench_probe.py | tee "$out/probe.md"
+cat > "$out/bf16.yaml" <<YAML
+results: $out/study
+datasets:
+  toy: {source: synthetic, family: shapes, classes: 10, train_per_class: 200, test_per_class: 50}
+  glyphs: {source: synthetic, family: glyphs, classes: 10, train_per_class: 100, test_per_class: 50}
+grid: {arch: [vggm11, resnet18, vit-t], id_dataset: [toy], resolution: [32]}
+ood_sets: [glyphs]
+training: {epochs: 2}
+compute: {precision: bf16, channels_last: true}
+YAML
+snakemake --cores 4 --configfile "$out/bf16.yaml" 2>&1 | tail -3
+grep -h device "$out"/study/cells/*/cell.json
