@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +29,6 @@ ARCHS = {
     "vit-t": {"family": "vit", "depth": 12, "stem": 8, "spatial_reduction": 8},
     "vit-t-plus": {"family": "vit", "depth": 18, "stem": 8, "spatial_reduction": 8},
 }
-# Beyond the paper's architectures: any timm or torchvision model by name.
-EXTERNAL_ARCH = re.compile(r"^(timm|torchvision)/[A-Za-z0-9_.]+$")
 
 CELL_VARIABLES = ("arch", "id_dataset", "resolution", "augmentation", "seed")
 # The probe settings each solver reads, so that changing another solver's settings reruns nothing.

@@ -14,11 +14,12 @@ from pathlib import Path
 import pandas as pd
 
 from .analysis import VARIABLES
+from .config import CELL_VARIABLES
 from .io import atomic_path
 from .metrics import normalise
 from .plots import _save, _style, plt, sns
 
-CELL_COLUMNS = ["arch", "id_dataset", "resolution", "augmentation", "seed"]
+CELL_COLUMNS = list(CELL_VARIABLES)
 STRENGTHS = ["negligible", "weak", "medium", "strong"]
 PACKAGES = ["tunnelscope", "torch", "torchvision", "timm", "snakemake", "numpy", "pandas", "scikit-learn", "scipy", "shap", "pyarrow", "matplotlib", "seaborn"]
 
