@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -17,16 +18,15 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def chromium():
-    path = shutil.which("chromium")
-    if path is None:
+    """Debian's chromium and chromium-driver, installed with apt-get when absent."""
+    if shutil.which("chromium") is None or shutil.which("chromedriver") is None:
         if os.geteuid() != 0:
-            pytest.fail("chromium is missing and this user cannot apt-get install it")
+            pytest.fail("chromium / chromium-driver are missing and this user cannot apt-get install them")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"]):
             result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
             assert result.returncode == 0, result.stderr[-2000:]
-        path = shutil.which("chromium")
-    return path
+    return shutil.which("chromium")
 
 
 def _browse(chromium, page, tmp_path, *mode):
@@ -71,14 +71,46 @@ def test_paper_page_renders_every_figure(study, chromium, tmp_path):
     assert pixels.std() > 10  # not blank
 
 
-def test_snakemake_report_builds_and_renders(study, chromium, tmp_path):
+def _report_images(report, chromium):
+    """Open every figure of a Snakemake report through its UI; (category, natural, shown) widths."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    options.binary_location = chromium
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    driver.implicitly_wait(5)
+    seen = []
+    try:
+        for category in ("Overview", "Cells", "Variables", "Analysis", "Representations"):
+            driver.get(f"file://{report}")
+            driver.find_element(By.LINK_TEXT, category).click()
+            for i in range(len(driver.find_elements(By.CSS_SELECTOR, "a[iconname=eye]"))):
+                driver.find_elements(By.CSS_SELECTOR, "a[iconname=eye]")[i].click()
+                time.sleep(0.3)
+                shown = driver.execute_script(
+                    "return Array.from(document.images).filter(i => !i.src.startsWith('data:image/svg'))"
+                    ".map(i => [i.complete ? i.naturalWidth : 0, i.getBoundingClientRect().width])"
+                )
+                seen += [(category, natural, width) for natural, width in shown]
+        driver.save_screenshot(str(report.with_suffix(".png")))
+    finally:
+        driver.quit()
+    return seen
+
+
+def test_snakemake_report_renders_every_figure(study, chromium, tmp_path):
     report = tmp_path / "report.html"
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(study), "--configfile", str(study / "tiny.yaml"), "--report", str(report)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    text = report.read_text()
-    assert "SHAP slopes per variable" in text and "data:image/png;base64" in text or "image/png" in text
-    shot = tmp_path / "report.png"
-    _browse(chromium, report, tmp_path, f"--screenshot={shot}")
-    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
-    assert pixels.std() > 10
+    assert "SHAP slopes per variable" in report.read_text()
+    seen = _report_images(report, chromium)
+    # overview + 2 cell figures + variables + SHAP + strength + layer statistics
+    assert len(seen) == 7, seen
+    assert all(natural > 0 and width > 0 for _, natural, width in seen), seen
+    pixels = np.asarray(Image.open(report.with_suffix(".png")).convert("L"), dtype=float)
+    assert pixels.std() > 10  # not blank
