@@ -1,7 +1,8 @@
 import numpy as np
 import torch
 
-from tunnelscope.probe import fit_lbfgs_probe, fit_paper_probes, fit_sklearn_probe, fit_softmax, stratified_holdout
+from tunnelscope.datasets import stratified_split
+from tunnelscope.probe import fit_lbfgs_probe, fit_paper_probes, fit_sklearn_probe, fit_softmax
 
 RNG = np.random.default_rng(0)
 LBFGS = {"standardize": True, "val_fraction": 0.2, "seed": 0, "l2_grid": [1e-1, 1e-3], "select_max_iter": 50, "max_iter": 300, "tol": 1e-6}
@@ -32,9 +33,9 @@ def test_lbfgs_probe_selects_on_validation_and_scores_test():
 
 def test_holdout_is_stratified_and_seeded():
     y = np.repeat(np.arange(3), 10)
-    fit, val = stratified_holdout(y, 0.2, 0)
+    fit, val = stratified_split(y, 0.2, 0, stream=2718)
     assert np.bincount(y[val]).tolist() == [2, 2, 2] and not set(fit) & set(val)
-    assert np.array_equal(val, stratified_holdout(y, 0.2, 0)[1])
+    assert np.array_equal(val, stratified_split(y, 0.2, 0, stream=2718)[1])
 
 
 def test_sklearn_reference_solver():

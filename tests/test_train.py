@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from tunnelscope.train import lr_schedule, random_resized_crop_flip, split_validation
+from tunnelscope.datasets import stratified_split
+from tunnelscope.train import lr_schedule, random_resized_crop_flip
 
 
 def test_random_resized_crop_is_per_image_and_seeded():
@@ -37,10 +38,10 @@ def test_schedule_warms_up_then_decays_to_zero():
 
 def test_validation_split_is_stratified_and_seeded():
     labels = np.repeat(np.arange(4), 10)
-    train, val = split_validation(labels, 0.2, seed=0)
+    train, val = stratified_split(labels, 0.2, seed=0, stream=7919)
     assert len(val) == 8 and np.bincount(labels[val]).tolist() == [2, 2, 2, 2]
     assert not set(train) & set(val)
-    assert np.array_equal(val, split_validation(labels, 0.2, seed=0)[1])
+    assert np.array_equal(val, stratified_split(labels, 0.2, seed=0, stream=7919)[1])
 
 
 def test_gpu_slots_are_claimed_one_job_each(tmp_path):

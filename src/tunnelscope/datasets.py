@@ -148,17 +148,28 @@ def _folder_split(root: Path, classes: list[str]) -> RawSplit:
     return RawSplit(items, np.array(labels, dtype=np.int64))
 
 
+def stratified_split(labels: np.ndarray, fraction: float, seed: int, stream: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded per-class split of indices into sorted (kept, held out).
+
+    ``round(fraction * n)`` of each class is held out, but every class keeps at least one
+    sample. ``stream`` separates the random streams of the different splits made from one seed
+    (dataset test split, pretraining validation, probe validation).
+    """
+    rng = np.random.default_rng([seed, stream])
+    kept, held = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = min(len(idx) - 1, int(round(fraction * len(idx))))
+        held.append(idx[:k])
+        kept.append(idx[k:])
+    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
+
+
 def _stratified(raw: RawSplit, test_fraction: float, seed: int) -> dict[str, RawSplit]:
-    """Seeded per-class split; each class keeps at least one train image."""
-    rng = np.random.default_rng([seed, 4001])
-    train, test = [], []
-    for c in np.unique(raw.labels):
-        idx = rng.permutation(np.flatnonzero(raw.labels == c))
-        k = min(len(idx) - 1, int(round(test_fraction * len(idx))))
-        test += idx[:k].tolist()
-        train += idx[k:].tolist()
-    pick = lambda idx: RawSplit([raw.items[i] for i in sorted(idx)], raw.labels[sorted(idx)])  # noqa: E731
-    return {"train": pick(train), "test": pick(test)}
+    """A dataset without an official split: seeded, stratified train/test."""
+    held = np.zeros(len(raw.labels), dtype=bool)
+    held[stratified_split(raw.labels, test_fraction, seed, stream=4001)[1]] = True
+    return {"train": _select(raw, ~held), "test": _select(raw, held)}
 
 
 def _class_list(spec: dict) -> list[str] | None:

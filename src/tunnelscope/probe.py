@@ -24,11 +24,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .config import CELL_VARIABLES
+from .datasets import stratified_split
 from .io import read_embeddings
 
 log = logging.getLogger("tunnelscope.probe")
 
-CELL_KEYS = ("arch", "id_dataset", "resolution", "augmentation", "seed", "eval_set", "role", "pooling")
+CELL_KEYS = (*CELL_VARIABLES, "eval_set", "role", "pooling")
 
 
 # ---------------------------------------------------------------- L-BFGS solver
@@ -76,18 +78,6 @@ def _accuracy(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
     return float(((x @ w[:-1] + w[-1]).argmax(1) == y).float().mean()) if len(y) else float("nan")
 
 
-def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded per-class split of indices into (fit, validation); every class keeps a fit sample."""
-    rng = np.random.default_rng([seed, 2718])
-    fit, val = [], []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        k = min(len(idx) - 1, int(round(fraction * len(idx))))
-        val.append(idx[:k])
-        fit.append(idx[k:])
-    return np.sort(np.concatenate(fit)), np.sort(np.concatenate(val))
-
-
 def fit_lbfgs_probe(x_train, y_train, x_test, y_test, n_classes: int, params: dict, device="cpu") -> dict:
     """Choose the L2 strength on a validation split, refit on all training data, score test."""
     xtr = torch.as_tensor(x_train, dtype=torch.float32, device=device)
@@ -96,7 +86,7 @@ def fit_lbfgs_probe(x_train, y_train, x_test, y_test, n_classes: int, params: di
     yte = torch.as_tensor(y_test, dtype=torch.long, device=device)
     if params["standardize"]:
         xtr, xte = _standardise(xtr, xte)
-    fit_idx, val_idx = stratified_holdout(np.asarray(y_train), params["val_fraction"], params["seed"])
+    fit_idx, val_idx = stratified_split(np.asarray(y_train), params["val_fraction"], params["seed"], stream=2718)
     fit_idx, val_idx = torch.as_tensor(fit_idx, device=device), torch.as_tensor(val_idx, device=device)
     grid = sorted(params["l2_grid"], reverse=True)  # strong to weak: each fit warm-starts the next
     best, w = None, None

@@ -85,6 +85,7 @@ def layer_stats(layers: dict[int, np.ndarray], labels: np.ndarray) -> list[dict]
 
 def embed_dir_stats(embed_dir: str, params: dict) -> pd.DataFrame:
     """Layer statistics of one cell from its ID embeddings (one split, seeded subsample)."""
+    from .config import CELL_VARIABLES
     from .io import read_embeddings
 
     layers, rows, labels = {}, None, None
@@ -99,5 +100,5 @@ def embed_dir_stats(embed_dir: str, params: dict) -> pd.DataFrame:
         layers[meta["layer"]] = x[rows]
     if not layers:
         raise FileNotFoundError(f"{embed_dir}: no embeddings for pooling {params['pooling']}")
-    front = {k: params[k] for k in ("arch", "id_dataset", "resolution", "augmentation", "seed")}
+    front = {k: params[k] for k in CELL_VARIABLES}
     return pd.DataFrame([{**front, **row} for row in layer_stats(layers, labels)])

@@ -14,7 +14,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -22,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from .config import CELL_VARIABLES, cell_id
-from .datasets import Prepared
+from .datasets import Prepared, stratified_split
 from .io import atomic_path, write_json
 from .models import build_model, count_parameters, describe, probe_points
 
@@ -120,18 +119,6 @@ def lr_schedule(optimizer, warmup_steps: int, total_steps: int):
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [warm, cosine], milestones=[warmup_steps])
 
 
-def split_validation(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded per-class split of indices into (train, val)."""
-    rng = np.random.default_rng([seed, 7919])
-    train, val = [], []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        k = int(round(fraction * len(idx)))
-        val.append(idx[:k])
-        train.append(idx[k:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
-
-
 @torch.no_grad()
 def accuracy(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> float:
     if len(labels) == 0:
@@ -161,7 +148,7 @@ def pretrain(params: dict, data: Prepared, checkpoint: str, train_log: str, info
     cell = cell_id(**{k: params[k] for k in CELL_VARIABLES})
 
     train = data.splits["train"]
-    tr_idx, val_idx = split_validation(train.labels, cfg["val_fraction"], seed)
+    tr_idx, val_idx = stratified_split(train.labels, cfg["val_fraction"], seed, stream=7919)
     images = torch.from_numpy(train.images).to(device)
     labels = torch.from_numpy(train.labels).to(device)
     x_tr, y_tr, x_val, y_val = images[tr_idx], labels[tr_idx], images[val_idx], labels[val_idx]
