@@ -1,4 +1,6 @@
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
@@ -56,6 +58,24 @@ def test_parquet_round_trip_keeps_vectors_and_metadata(tmp_path):
     assert meta["layer"] == 1 and meta["dim"] == 12 and meta["dtype"] == "float16"
     assert back.dtype == np.float32 and np.array_equal(back, vectors.astype(np.float32))
     assert back_labels.tolist() == labels.tolist() and back_splits.tolist() == splits.tolist()
+
+
+def test_parquet_round_trip_float32_over_several_row_groups(tmp_path):
+    vectors = np.random.default_rng(1).normal(size=(4500, 1024)).astype(np.float32)
+    path = tmp_path / "layer_002.parquet"
+    write_embeddings(path, vectors, np.zeros(4500, int), np.full(4500, "train"), np.arange(4500), {"layer": 2})
+    assert pq.ParquetFile(path).metadata.num_row_groups >= 2  # decoded on parallel threads
+    meta, back, _, _ = read_embeddings(path)
+    assert meta["dtype"] == "float32" and np.array_equal(back, vectors)
+
+
+def test_files_written_with_a_list_column_still_read(tmp_path):
+    vectors = np.arange(12, dtype=np.float16).reshape(3, 4)
+    table = pa.table({"sample_id": [0, 1, 2], "split": ["train", "train", "test"], "label": pa.array([0, 1, 0], pa.int32()), "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 4)})
+    path = tmp_path / "layer_001.parquet"
+    pq.write_table(table.replace_schema_metadata({b"tunnelscope": b'{"dim": 4, "dtype": "float16"}'}), path)
+    _, back, labels, splits = read_embeddings(path)
+    assert np.array_equal(back, vectors.astype(np.float32)) and labels.tolist() == [0, 1, 0] and splits.tolist() == ["train", "train", "test"]
 
 
 def test_corrupt_embedding_file_is_named(tmp_path):

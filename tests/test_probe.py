@@ -2,10 +2,10 @@ import numpy as np
 import torch
 
 from tunnelscope.datasets import stratified_split
-from tunnelscope.probe import fit_lbfgs_probe, fit_paper_probes, fit_sklearn_probe, fit_softmax
+from tunnelscope.probe import fit_lbfgs_probe, fit_paper_probes, fit_sklearn_probe, fit_softmax, principal_axes
 
 RNG = np.random.default_rng(0)
-LBFGS = {"standardize": True, "val_fraction": 0.2, "seed": 0, "l2_grid": [1e-1, 1e-3], "select_max_iter": 50, "max_iter": 300, "tol": 1e-6}
+LBFGS = {"standardize": True, "val_fraction": 0.2, "seed": 0, "l2_grid": [1e-1, 1e-3], "select_max_iter": 50, "max_iter": 300, "tol": 1e-6, "precision": "fp32"}
 
 
 def blobs(n=300, d=8, c=3, spread=1.0):
@@ -23,6 +23,35 @@ def test_softmax_matches_sklearn_at_the_same_l2():
     ref = LogisticRegression(C=1 / (l2 * len(y)), tol=1e-10, max_iter=5000).fit(x.astype(np.float64), y)
     assert converged
     np.testing.assert_allclose(w[:-1].numpy().T - w[:-1].numpy().T.mean(0), ref.coef_ - ref.coef_.mean(0), atol=2e-3)
+
+
+def correlated(n=400, d=12, c=3):
+    """Features that are mixtures of a few factors: an ill-conditioned problem."""
+    x, y = blobs(n, 3, c, spread=2.0)
+    mix = RNG.normal(size=(3, d))
+    return (x @ mix + 0.05 * RNG.normal(size=(n, d))).astype(np.float32), y
+
+
+def test_preconditioned_fit_reaches_the_sklearn_optimum():
+    x, y = correlated()
+    x = x - x.mean(0)
+    l2 = 1e-3
+    eigenvalues, axes = principal_axes(torch.from_numpy(x))
+    rotated, _, converged = fit_softmax(torch.from_numpy(x) @ axes, torch.from_numpy(y), 3, l2, max_iter=2000, tol=1e-6, eigenvalues=eigenvalues)
+    back = (axes @ rotated[:-1]).numpy()  # weights in the original basis
+    from sklearn.linear_model import LogisticRegression
+
+    ref = LogisticRegression(C=1 / (l2 * len(y)), tol=1e-12, max_iter=100000).fit(x.astype(np.float64), y)
+    assert converged
+    np.testing.assert_allclose(back.T, ref.coef_, atol=3e-3)
+
+
+def test_bf16_products_keep_accuracy():
+    x, y = correlated()
+    one_l2 = dict(LBFGS, tol=1e-4, l2_grid=[1e-3])
+    full = fit_lbfgs_probe(x[:300], y[:300], x[300:], y[300:], 3, one_l2)
+    half = fit_lbfgs_probe(x[:300], y[:300], x[300:], y[300:], 3, dict(one_l2, precision="bf16"))
+    assert full["test_acc"] > 0.8 and abs(half["test_acc"] - full["test_acc"]) <= 0.02
 
 
 def test_lbfgs_probe_selects_on_validation_and_scores_test():

@@ -34,7 +34,7 @@ CELL_VARIABLES = ("arch", "id_dataset", "resolution", "augmentation", "seed")
 # The probe settings each solver reads, so that changing another solver's settings reruns nothing.
 PROBE_KEYS = {
     "common": ["solver", "pooling", "seed"],
-    "lbfgs": ["standardize", "max_iter", "l2_grid", "val_fraction", "select_max_iter", "tol"],
+    "lbfgs": ["standardize", "max_iter", "l2_grid", "val_fraction", "select_max_iter", "tol", "precision"],
     "sklearn": ["standardize", "max_iter", "C"],
     "paper": ["paper"],
 }
