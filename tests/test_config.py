@@ -98,7 +98,7 @@ def test_stage_params_are_sorted_builtin_and_minimal(default_config, schema):
     pretrain = study.pretrain_params(cell)
     probe = study.probe_params(cell, "digits")
     embed = study.embed_params(cell, "digits")
-    for params in (pretrain, probe, embed, study.metrics_params(cell), study.prepare_params("digits", 32)):
+    for params in (pretrain, probe, embed, study.metrics_params(cell), study.prepare_params("digits", "r32")):
         check(params)
     assert "probe" not in pretrain and "l2_grid" not in pretrain
     assert "C" not in probe and "paper" not in probe and "l2_grid" in probe

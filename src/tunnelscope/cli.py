@@ -44,7 +44,7 @@ def _layers(args) -> int:
         return 1
     import torch
 
-    points = probe_points(model, args.side)
+    points = probe_points(model, args.side, args.probe_points)
     shapes = layer_shapes(model, points, args.resolution)
     layers = []
     for p in points:
@@ -54,7 +54,7 @@ def _layers(args) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"{args.arch}: {report['params']:,} parameters ({args.classes} classes, {args.resolution}px, width {args.width}); {len(layers)} probe points, pooling {args.pooling}")
+    print(f"{args.arch}: {report['params']:,} parameters ({args.classes} classes, {args.resolution}px, width {args.width}); {len(layers)} probe points ({args.probe_points}), pooling {args.pooling}")
     print(f"{'index':>5}  {'module':<28} {'side':<6} {'shape':<18} {'dim':>6}")
     for row in layers:
         shape = "x".join(map(str, row["shape"]))
@@ -92,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     lay.add_argument("--width", type=float, default=1.0, help="channel multiplier of the paper architectures (default 1.0)")
     lay.add_argument("--pooling", default="avg2x2", help="pooling for the reported dims (default avg2x2)")
     lay.add_argument("--side", default="default", choices=["default", "input", "output"], help="capture side (default: the paper's per architecture)")
+    lay.add_argument(
+        "--probe-points",
+        default="default",
+        choices=["default", "blocks", "paper"],
+        help="enumeration: the architecture's own (default), blocks, or paper (Harun et al. Sec. 4.2: every transformer block, every Conv2d, each ConvNeXt block's depthwise conv)",
+    )
     lay.add_argument("--json", action="store_true", help="print one JSON object: arch, params, layers")
     lay.set_defaults(func=_layers)
     ana = sub.add_parser("analyze", help="SHAP slopes, paired tests and level means of a (backbone x OOD set) table")

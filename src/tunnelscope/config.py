@@ -120,6 +120,13 @@ class Cell:
     model: dict
     training: dict
     ood_sets: tuple = ()
+    pretrained: dict | None = None  # the pretrained entry of a published backbone
+
+    @property
+    def transform(self) -> str:
+        """Tag of the prepared-image cache its eval sets come from."""
+        p = self.pretrained or DEFAULT_TRANSFORM
+        return transform_tag(self.resolution, p["interpolation"], p["crop_pct"])
 
     @property
     def variables(self) -> dict:
@@ -156,10 +163,16 @@ def validate(config: dict, schema: dict) -> dict:
     for block in blocks:
         _fill_defaults(schema["$defs"]["grid_block"], block, schema)
     config["grid"] = blocks
+    _check_pretrained(config["pretrained"])
     names = set(config["datasets"])
     defined = ", ".join(sorted(names))
     for b, block in enumerate(blocks):
         where = f"grid[{b}]" if len(blocks) > 1 else "grid"
+        for i, arch in enumerate(block["arch"]):
+            if arch not in ARCHS and "/" not in arch and arch not in config["pretrained"]:
+                known = ", ".join([*ARCHS, "timm/NAME", "torchvision/NAME"])
+                named = ", ".join(sorted(config["pretrained"])) or "none defined"
+                raise ConfigError(f"{where}.arch[{i}]: {arch!r} is not one of {known} or a name under pretrained ({named})")
         for i, name in enumerate(block["id_dataset"]):
             if name not in names:
                 raise ConfigError(f"{where}.id_dataset[{i}]: unknown dataset {name!r}; defined: {defined}")
@@ -175,6 +188,34 @@ def validate(config: dict, schema: dict) -> dict:
             if value not in levels:
                 raise ConfigError(f"overrides[{i}].where.{key}: {value!r} matches no cell; grid levels: {', '.join(map(str, dict.fromkeys(levels)))}")
     return config
+
+
+def _check_pretrained(entries: dict) -> None:
+    for name, spec in entries.items():
+        if not (spec.get("weights") or spec.get("hf_cache") or spec["download"]):
+            raise ConfigError(f"pretrained.{name}: give weights (a local file), hf_cache (a local Hugging Face cache) or download: true")
+        if spec.get("hf_cache") and not spec["arch"].startswith("timm/"):
+            raise ConfigError(f"pretrained.{name}.hf_cache: only timm models load from a Hugging Face cache; use weights for {spec['arch']}")
+
+
+DEFAULT_TRANSFORM = {"interpolation": "bicubic", "crop_pct": 0.875}
+
+
+def transform_tag(resolution: int, interpolation: str = "bicubic", crop_pct: float = 0.875) -> str:
+    """Name of a prepared-image cache: ``r224`` for the paper's eval transform, else e.g.
+    ``r224-bilinear-c0.95``."""
+    tag = f"r{int(resolution)}"
+    if (interpolation, crop_pct) != tuple(DEFAULT_TRANSFORM.values()):
+        tag += f"-{interpolation}-c{crop_pct:g}"
+    return tag
+
+
+def parse_transform_tag(tag: str) -> dict:
+    resolution, *rest = tag.removeprefix("r").split("-")
+    out = {"resolution": int(resolution)}
+    if rest:
+        out.update(interpolation=rest[0], crop_pct=float(rest[1].removeprefix("c")))
+    return out
 
 
 class Study:
@@ -198,7 +239,10 @@ class Study:
             if all(variables[k] == v for k, v in entry["where"].items()):
                 model.update(entry.get("model", {}))
                 training.update(entry.get("training", {}))
-        return Cell(id=cell_id(**variables), model=model, training=training, ood_sets=ood_sets, **variables)
+        pretrained = self.config["pretrained"].get(variables["arch"])
+        if pretrained:
+            model = {**model, "width": 1.0, "probe_points": pretrained["probe_points"]}
+        return Cell(id=cell_id(**variables), model=model, training=training, ood_sets=ood_sets, pretrained=pretrained, **variables)
 
     @property
     def results(self) -> str:
@@ -209,10 +253,19 @@ class Study:
         c = self.cells[cell]
         return [c.id_dataset] + [d for d in c.ood_sets if d != c.id_dataset]
 
-    def prepared(self) -> list[tuple[str, int]]:
-        """Every (dataset, resolution) pair some cell needs."""
-        pairs = {(d, c.resolution) for cid, c in self.cells.items() for d in self.eval_sets(cid)}
+    def trained_cells(self) -> list[str]:
+        return sorted(c for c in self.cells if self.cells[c].pretrained is None)
+
+    def pretrained_cells(self) -> list[str]:
+        return sorted(c for c in self.cells if self.cells[c].pretrained is not None)
+
+    def prepared(self) -> list[tuple[str, str]]:
+        """Every (dataset, transform tag) pair some cell needs."""
+        pairs = {(d, c.transform) for cid, c in self.cells.items() for d in self.eval_sets(cid)}
         return sorted(pairs)
+
+    def prepared_path(self, dataset: str, cell: str) -> str:
+        return f"{self.results}/prepared/{dataset}/{self.cells[cell].transform}.npz"
 
     def missing_roots(self, prepared_exists) -> list[str]:
         """One message per dataset whose root is missing while its cache still has to be built."""
@@ -226,9 +279,9 @@ class Study:
 
     # --- per-stage params: exactly the keys the stage uses, sorted, builtin types ---
 
-    def prepare_params(self, dataset: str, resolution: int) -> dict:
+    def prepare_params(self, dataset: str, transform: str) -> dict:
         spec = self.config["datasets"][dataset]
-        params = {"dataset": dataset, "resolution": int(resolution), "spec": spec}
+        params = {"dataset": dataset, **parse_transform_tag(transform), "spec": spec}
         if "root" in spec:
             params["source_fingerprint"] = source_fingerprint(spec["root"])
         return _sorted(params)
@@ -236,6 +289,10 @@ class Study:
     def pretrain_params(self, cell: str) -> dict:
         c = self.cells[cell]
         return _sorted({**c.variables, "model": c.model, "training": c.training, "compute": self._compute()})
+
+    def import_params(self, cell: str) -> dict:
+        c = self.cells[cell]
+        return _sorted({**c.variables, "model": c.model, "pretrained": c.pretrained})
 
     def embed_params(self, cell: str, eval_set: str) -> dict:
         c = self.cells[cell]

@@ -19,6 +19,7 @@ import pickle
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 from pathlib import Path
 
@@ -67,32 +68,33 @@ class RawSplit:
 # ---------------------------------------------------------------- eval transform
 
 
-def eval_transform(image: Image.Image, resolution: int) -> np.ndarray:
+def eval_transform(image: Image.Image, resolution: int, interpolation: str = "bicubic", crop_pct: float = 0.875) -> np.ndarray:
     """The paper's eval transform up to normalisation: RGB, Resize(shorter side =
-    int(256/224 * R), bicubic), CenterCrop(R). Normalisation happens on the device later."""
+    int(R / crop_pct), bicubic), CenterCrop(R), with crop_pct = 224/256. Published models may
+    name another interpolation and crop_pct. Normalisation happens on the device later."""
     from torchvision.transforms import functional as TF
     from torchvision.transforms import InterpolationMode
 
     image = image.convert("RGB")
-    image = TF.resize(image, int(256 / 224 * resolution), interpolation=InterpolationMode.BICUBIC)
+    image = TF.resize(image, int(resolution / crop_pct), interpolation=InterpolationMode(interpolation))
     return np.asarray(TF.center_crop(image, [resolution, resolution]), dtype=np.uint8)
 
 
-def _load_item(item, resolution: int) -> np.ndarray | None:
+def _load_item(item, transform) -> np.ndarray | None:
     if isinstance(item, np.ndarray):
-        return eval_transform(Image.fromarray(item.squeeze()), resolution)
+        return transform(Image.fromarray(item.squeeze()))
     try:
         with Image.open(item) as img:
             img.load()
-            return eval_transform(img, resolution)
+            return transform(img)
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         return exc  # type: ignore[return-value]
 
 
-def transform_split(raw: RawSplit, resolution: int, on_bad_image: str, threads: int = 1, desc: str = "") -> Split:
+def transform_split(raw: RawSplit, transform, on_bad_image: str, threads: int = 1, desc: str = "") -> Split:
     """Decode and transform every image (threads: PIL releases the GIL while decoding)."""
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        results = list(tqdm(pool.map(lambda it: _load_item(it, resolution), raw.items), total=len(raw.items), desc=desc, leave=False, mininterval=2.0))
+        results = list(tqdm(pool.map(lambda it: _load_item(it, transform), raw.items), total=len(raw.items), desc=desc, leave=False, mininterval=2.0))
     keep = []
     for i, res in enumerate(results):
         if isinstance(res, Exception):
@@ -377,7 +379,7 @@ def _num_classes(splits: dict[str, RawSplit]) -> int:
 # ---------------------------------------------------------------- prepare / cache
 
 
-def prepare(name: str, spec: dict, resolution: int, threads: int = 1) -> Prepared:
+def prepare(name: str, spec: dict, resolution: int, threads: int = 1, interpolation: str = "bicubic", crop_pct: float = 0.875) -> Prepared:
     source = spec["source"]
     if source == "synthetic":
         splits = {
@@ -390,7 +392,8 @@ def prepare(name: str, spec: dict, resolution: int, threads: int = 1) -> Prepare
         }
         return Prepared(name, resolution, spec["classes"], splits)
     raw = _sklearn_digits(spec) if source == "sklearn_digits" else load_source(spec)
-    splits = {s: transform_split(raw[s], resolution, spec.get("on_bad_image", "error"), threads, desc=f"{name}/{s}") for s in SPLITS}
+    transform = partial(eval_transform, resolution=resolution, interpolation=interpolation, crop_pct=crop_pct)
+    splits = {s: transform_split(raw[s], transform, spec.get("on_bad_image", "error"), threads, desc=f"{name}/{s}") for s in SPLITS}
     return Prepared(name, resolution, _num_classes(raw), splits)
 
 

@@ -28,10 +28,11 @@ def file_sha256(path: str) -> str:
 def embed_eval_set(params: dict, checkpoint: str, data_path: str, out_dir: str, batch_size: int = 256, threads: int = 1, channels_last: bool = False) -> None:
     torch.set_num_threads(max(1, threads))
     device = pick_device()
-    model, _ = load_backbone(checkpoint, device)
+    model, meta = load_backbone(checkpoint, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    points = probe_points(model, params["side"])
+    points = probe_points(model, params["side"], params["model"].get("probe_points", "default"))
+    normalise = {k: tuple(meta[k]) for k in ("mean", "std") if k in meta}  # published models' own
     data = datasets.load(data_path)
     # Train and test go through the model in one stream: one forward pass per image.
     images = np.concatenate([data.splits[s].images for s in datasets.SPLITS])
@@ -40,7 +41,7 @@ def embed_eval_set(params: dict, checkpoint: str, data_path: str, out_dir: str, 
     sample_id = np.concatenate([np.arange(len(data.splits[s])) for s in datasets.SPLITS])
     poolings = params["pooling"]
     vectors = embed_images(
-        model, points, images, poolings, batch_size, np.dtype(params["dtype"]), device, desc=f"embed {params['eval_set']}", precision=params["compute"]["precision"]
+        model, points, images, poolings, batch_size, np.dtype(params["dtype"]), device, desc=f"embed {params['eval_set']}", precision=params["compute"]["precision"], **normalise
     )
     common = {
         "eval_set": params["eval_set"],

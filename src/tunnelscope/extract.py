@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .models import ProbePoint
-from .train import autocast, to_input
+from .train import IMAGENET_MEAN, IMAGENET_STD, autocast, to_input
 
 
 POOLINGS = ("avg2x2", "avg1x1", "avg4x4", "token_mean", "cls")
@@ -140,6 +140,8 @@ def embed_images(
     device: torch.device | str = "cpu",
     desc: str = "embed",
     precision: str = "fp32",
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
 ) -> dict[tuple, np.ndarray]:
     """Embeddings of ``images`` (N, H, W, 3 uint8) at every probe point, for every pooling.
 
@@ -149,7 +151,7 @@ def embed_images(
     out: dict[tuple, np.ndarray] = {}
     with LayerCapture(model, points, poolings) as capture:
         for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, mininterval=1.0):
-            x = to_input(torch.from_numpy(images[start : start + batch_size]).to(device))
+            x = to_input(torch.from_numpy(images[start : start + batch_size]).to(device), mean, std)
             with autocast(torch.device(device), precision):
                 model(x)
             for key, vectors in capture.take().items():

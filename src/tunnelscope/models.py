@@ -197,9 +197,53 @@ def enumerate_blocks(model: nn.Module) -> list[ProbePoint]:
     return [ProbePoint(i + 1, n, "output", prefix_tokens=prefix) for i, n in enumerate(names)]
 
 
-def probe_points(model: nn.Module, side: str = "default") -> list[ProbePoint]:
-    """The model's probe points; ``side`` "input"/"output" overrides where each is captured."""
-    if hasattr(model, "probe_points"):
+def _is_depthwise(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels == module.out_channels
+
+
+def enumerate_paper(model: nn.Module) -> list[ProbePoint]:
+    """Probe points of Harun et al. (2024, Sec. 4.2) for published ImageNet backbones.
+
+    Transformers (a ``blocks`` list of modules with attention): every block's output, through
+    the final norm as for the paper ViTs. ConvNeXt-like CNNs (depthwise convs): each block's
+    depthwise conv output. Other CNNs: every Conv2d output (downsample convs included), in
+    module order.
+    """
+    blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, nn.Sequential) and any(hasattr(b, "attn") for b in blocks):
+        prefix = int(getattr(model, "num_prefix_tokens", 0))
+        post = "norm" if isinstance(getattr(model, "norm", None), nn.LayerNorm) else ""
+        return [ProbePoint(i + 1, f"blocks.{i}", "output", post=post, prefix_tokens=prefix) for i in range(len(blocks))]
+    encoder = [n for n, m in model.named_modules() if re.fullmatch(r"encoder\.layers\.encoder_layer_\d+", n)]
+    if encoder:  # torchvision VisionTransformer: class token first, final norm ``encoder.ln``
+        return [ProbePoint(i + 1, n, "output", post="encoder.ln", prefix_tokens=1) for i, n in enumerate(encoder)]
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"{type(model).__name__}: the paper enumeration needs transformer blocks or Conv2d layers")
+    chosen = [n for n, m in convs if _is_depthwise(m)] if any(_is_depthwise(m) for _, m in convs) and _has_block(model, "ConvNeXtBlock", "CNBlock") else [n for n, _ in convs]
+    return [ProbePoint(i + 1, n, "output") for i, n in enumerate(chosen)]
+
+
+def _has_block(model: nn.Module, *class_names: str) -> bool:
+    return any(type(m).__name__ in class_names for m in model.modules())
+
+
+ENUMERATIONS = ("default", "blocks", "paper")
+
+
+def probe_points(model: nn.Module, side: str = "default", enumeration: str = "default") -> list[ProbePoint]:
+    """The model's probe points; ``side`` "input"/"output" overrides where each is captured.
+
+    ``enumeration``: "default" = the paper architectures' own rules, blocks for timm and
+    torchvision models; "blocks" = ``enumerate_blocks``; "paper" = ``enumerate_paper``.
+    """
+    if enumeration == "blocks":
+        points = enumerate_blocks(model)
+    elif enumeration == "paper":
+        points = enumerate_paper(model)
+    elif enumeration != "default":
+        raise ValueError(f"probe point enumeration must be one of {', '.join(ENUMERATIONS)}, got {enumeration!r}")
+    elif hasattr(model, "probe_points"):
         points = model.probe_points()
     elif getattr(model, "tunnelscope_arch", "") in _VIT_DEPTH:
         points = _vit_probe_points(model)
@@ -248,11 +292,11 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def describe(model: nn.Module, arch: str, resolution: int) -> dict:
+def describe(model: nn.Module, arch: str, resolution: int, points: list[ProbePoint] | None = None) -> dict:
     """Variables of a built model used by the analysis: family, depth, stem, spatial reduction."""
     if arch in ARCHS:
         return dict(ARCHS[arch])
-    points = probe_points(model)
+    points = points or probe_points(model)
     first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     from .extract import layer_shapes
 
@@ -265,4 +309,115 @@ def describe(model: nn.Module, arch: str, resolution: int) -> dict:
         "depth": len(points),
         "stem": first_conv.kernel_size[0] if first_conv is not None else 0,
         "spatial_reduction": resolution // max(1, grid),
+    }
+
+
+# ---------------------------------------------------------------- published (pretrained) weights
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file or a PyTorch checkpoint, loaded without running code.
+
+    Wrappers ``{"state_dict": ...}`` / ``{"model": ...}`` and DistributedDataParallel's
+    ``module.`` prefix are unwrapped, as found in most released checkpoints.
+    """
+    try:
+        if str(path).endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch and safetensors raise many types for unreadable files
+        raise ValueError(f"{path}: not a readable safetensors file or PyTorch state dict ({exc})") from exc
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: holds no state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _classifier_prefix(model: nn.Module) -> str:
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return linears[-1] + "." if linears else "\0"
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str, arch: str) -> None:
+    """Load ``state`` into ``model`` or say in one line why it does not fit.
+
+    Only the classifier may be missing (self-supervised checkpoints have none); every other
+    parameter and buffer must be present with the model's shape, and nothing may be left over.
+    """
+    own = model.state_dict()
+    head = _classifier_prefix(model)
+    missing = [k for k in own if k not in state and not k.startswith(head)]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model" for k in state if k in own and state[k].shape != own[k].shape]
+    problems = []
+    if wrong:
+        hint = " (num_classes must match the checkpoint's classifier)" if wrong[0].startswith(head) else ""
+        problems.append(f"{len(wrong)} shape mismatches, first: {wrong[0]}{hint}")
+    if missing:
+        problems.append(f"{len(missing)} missing, first: {missing[0]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected, first: {unexpected[0]}")
+    if problems:
+        raise ValueError(f"{source} does not fit {arch}: " + "; ".join(problems))
+    model.load_state_dict(state, strict=False)
+
+
+def load_pretrained(spec: dict, resolution: int) -> nn.Module:
+    """``spec['arch']`` with published weights: a local file, a local Hugging Face cache, or
+    (only with ``download: true``) a download through timm or torchvision."""
+    arch = spec["arch"]
+    if spec.get("weights"):
+        model = build_model(arch, spec["num_classes"], 1.0, resolution)
+        state = {k: v for k, v in read_state_dict(spec["weights"]).items() if not k.startswith(tuple(spec.get("ignore_prefixes", ())))}
+        load_weights(model, state, spec["weights"], arch)
+        return model.eval()
+    name = arch.split("/", 1)[1]
+    if arch.startswith("timm/"):
+        import os
+
+        if not spec.get("download"):
+            os.environ["HF_HUB_OFFLINE"] = "1"  # read before huggingface_hub is first imported
+        import timm
+
+        def create(**size):
+            return timm.create_model(name, pretrained=True, num_classes=spec["num_classes"], cache_dir=spec.get("hf_cache"), **size)
+
+        try:
+            try:
+                return create(img_size=resolution).eval()  # transformers: positions for this size
+            except TypeError:
+                return create().eval()
+        except Exception as exc:  # hub and file errors come in many types
+            where = spec.get("hf_cache") or "the default Hugging Face cache"
+            raise ValueError(f"{arch}: no weights found in {where} ({type(exc).__name__}: {exc})") from exc
+    import torchvision
+
+    return torchvision.models.get_model(name, weights="DEFAULT").eval()
+
+
+def model_preprocessing(model: nn.Module, arch: str) -> dict:
+    """The normalisation, interpolation and crop a published model was evaluated with."""
+    if arch.startswith("timm/"):
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        return {
+            "mean": list(cfg.get("mean", (0.485, 0.456, 0.406))),
+            "std": list(cfg.get("std", (0.229, 0.224, 0.225))),
+            "interpolation": cfg.get("interpolation", "bicubic"),
+            "crop_pct": float(cfg.get("crop_pct", 0.875)),
+            "resolution": int(cfg.get("input_size", (3, 224, 224))[-1]),
+        }
+    import torchvision
+
+    transform = torchvision.models.get_model_weights(arch.split("/", 1)[1]).DEFAULT.transforms()
+    return {
+        "mean": list(transform.mean),
+        "std": list(transform.std),
+        "interpolation": transform.interpolation.value,
+        "crop_pct": transform.crop_size[0] / transform.resize_size[0],
+        "resolution": int(transform.crop_size[0]),
     }

@@ -71,11 +71,11 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def to_input(images_uint8: torch.Tensor) -> torch.Tensor:
+def to_input(images_uint8: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> normalised float (N, 3, H, W)."""
     x = images_uint8.permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    mean = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
@@ -222,15 +222,16 @@ def pretrain(params: dict, data: Prepared, checkpoint: str, train_log: str, info
 
     test_acc = accuracy(model, x_te, y_te)
     n_params = count_parameters(model)
+    points = probe_points(model, "default", params["model"].get("probe_points", "default"))
     info = {
         **{k: params[k] for k in CELL_VARIABLES},
-        **describe(model, params["arch"], params["resolution"]),
+        **describe(model, params["arch"], params["resolution"], points),
         "width": params["model"]["width"],
         "id_classes": data.num_classes,
         "n_train": int(len(y_tr)),
         "params": n_params,
         "gamma": n_params / len(y_tr),
-        "num_layers": len(probe_points(model)),
+        "num_layers": len(points),
         "final_train_acc": history[-1]["train_acc"],
         "final_val_acc": history[-1]["val_acc"],
         "test_acc": test_acc,
@@ -260,6 +261,47 @@ def _save_state(path: Path, model, optimizer, scheduler, gen, params, history, e
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+def import_pretrained(params: dict, checkpoint: str, train_log: str, info_path: str) -> dict:
+    """A published backbone in place of pretraining: load its weights (clear error when they do
+    not fit the architecture) and write the same three outputs as ``pretrain``."""
+    from .models import load_pretrained, model_preprocessing
+
+    spec = params["pretrained"]
+    model = load_pretrained(spec, params["resolution"])
+    own = model_preprocessing(model, spec["arch"])
+    used = {"mean": spec["mean"] or own["mean"], "std": spec["std"] or own["std"], "interpolation": spec["interpolation"], "crop_pct": spec["crop_pct"], "resolution": params["resolution"]}
+    for key in ("interpolation", "crop_pct", "resolution"):
+        if used[key] != own[key] and not (key == "crop_pct" and abs(used[key] - own[key]) < 1e-3):
+            log.warning("%s: %s %s differs from the model's own %s (set pretrained.%s.%s to match)", params["arch"], key, used[key], own[key], params["arch"], key)
+    n_params = count_parameters(model)
+    points = probe_points(model, "default", params["model"].get("probe_points", "default"))
+    info = {
+        **{k: params[k] for k in CELL_VARIABLES},
+        **describe(model, spec["arch"], params["resolution"], points),
+        "width": 1.0,
+        "id_classes": spec["num_classes"],
+        "n_train": spec["n_train"],
+        "params": n_params,
+        "gamma": n_params / spec["n_train"],
+        "num_layers": len(points),
+        "final_train_acc": None,
+        "final_val_acc": None,
+        "test_acc": None,
+        "source": spec.get("weights") or spec.get("hf_cache") or "download",
+        "preprocessing": used,
+    }
+    # The checkpoint rebuilds the real architecture, so embed treats it like a trained cell's.
+    built = {**params, "arch": spec["arch"], "model": {**params["model"], "width": 1.0}}
+    meta = {"tunnelscope": json.dumps({"params": built, "num_classes": spec["num_classes"], "mean": used["mean"], "std": used["std"]}, sort_keys=True)}
+    with atomic_path(checkpoint) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp, metadata=meta)
+    with atomic_path(train_log) as tmp:
+        pd.DataFrame(columns=["epoch", "train_loss", "train_acc", "val_acc", "lr", "seconds"]).to_csv(tmp, index=False)
+    write_json(info, info_path)
+    log.info("%s: %s with %d parameters, %d probe points", params["arch"], spec["arch"], n_params, len(points))
+    return info
 
 
 def load_backbone(checkpoint: str, device=None):

@@ -12,13 +12,19 @@ except ConfigError as error:
 
 RESULTS = STUDY.results
 CELLS = sorted(STUDY.cells)
+
+
+def cell_pattern(cells):
+    """A wildcard constraint matching exactly these cells (nothing when there are none)."""
+    return "|".join(map(re.escape, cells)) or "(?!)"
+
 ENV = "../../envs/tunnelscope.yaml"
 
 wildcard_constraints:
-    cell="|".join(map(re.escape, CELLS)),
+    cell=cell_pattern(CELLS),
     dataset=r"[A-Za-z][A-Za-z0-9-]*",
     eval_set=r"[A-Za-z][A-Za-z0-9-]*",
-    res=r"\d+",
+    transform=r"r\d+(-[a-z]+-c[0-9.]+)?",
 
 
 def embed_dirs(wc):
@@ -32,6 +38,6 @@ def probe_tables(wc):
 onstart:
     # Before any job runs (never in a dry run): every dataset root that a pending prepare job
     # reads must exist, so a typo fails now rather than hours into the run.
-    missing = STUDY.missing_roots(lambda ds, res: Path(f"{RESULTS}/prepared/{ds}/r{res}.npz").exists())
+    missing = STUDY.missing_roots(lambda ds, transform: Path(f"{RESULTS}/prepared/{ds}/{transform}.npz").exists())
     if missing:
         sys.exit("tunnelscope: " + "; ".join(missing))

@@ -2,7 +2,7 @@ rule embed:
     """One forward pass per image of an eval set; one Parquet file per probed layer."""
     input:
         checkpoint=rules.pretrain.output.checkpoint,
-        data=lambda wc: f"{RESULTS}/prepared/{wc.eval_set}/r{STUDY.cells[wc.cell].resolution}.npz",
+        data=lambda wc: STUDY.prepared_path(wc.eval_set, wc.cell),
     output:
         directory(f"{RESULTS}/cells/{{cell}}/embeddings/{{eval_set}}"),
     params:

@@ -1,12 +1,13 @@
 rule prepare:
-    """Render or load one dataset at one resolution into the prepared-image cache."""
+    """Render or load one dataset through one eval transform (resolution, and for published
+    models their interpolation and crop) into the prepared-image cache."""
     output:
-        f"{RESULTS}/prepared/{{dataset}}/r{{res}}.npz",
+        f"{RESULTS}/prepared/{{dataset}}/{{transform}}.npz",
     params:
-        settings=lambda wc: STUDY.prepare_params(wc.dataset, int(wc.res)),
+        settings=lambda wc: STUDY.prepare_params(wc.dataset, wc.transform),
     threads: 2
     log:
-        "logs/prepare/{dataset}_r{res}.log",
+        "logs/prepare/{dataset}_{transform}.log",
     conda:
         ENV
     script:

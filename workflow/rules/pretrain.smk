@@ -1,11 +1,13 @@
 rule pretrain:
     """Train one cell's backbone on its ID set; checkpoint plus per-epoch log."""
     input:
-        data=lambda wc: f"{RESULTS}/prepared/{STUDY.cells[wc.cell].id_dataset}/r{STUDY.cells[wc.cell].resolution}.npz",
+        data=lambda wc: STUDY.prepared_path(STUDY.cells[wc.cell].id_dataset, wc.cell),
     output:
         checkpoint=f"{RESULTS}/cells/{{cell}}/checkpoint.safetensors",
         train_log=f"{RESULTS}/cells/{{cell}}/train_log.csv",
         info=f"{RESULTS}/cells/{{cell}}/cell.json",
+    wildcard_constraints:
+        cell=cell_pattern(STUDY.trained_cells()),
     params:
         settings=lambda wc: STUDY.pretrain_params(wc.cell),
         # Resume state outside the outputs, so Snakemake keeps it when a job is killed.
@@ -21,3 +23,25 @@ rule pretrain:
         ENV
     script:
         "../scripts/pretrain.py"
+
+
+rule import_pretrained:
+    """A published backbone instead of pretraining: its weights, checked against the architecture."""
+    input:
+        # A weights file is an input, so replacing it reruns the cell.
+        weights=lambda wc: [STUDY.cells[wc.cell].pretrained["weights"]] if STUDY.cells[wc.cell].pretrained.get("weights") else [],
+    output:
+        checkpoint=f"{RESULTS}/cells/{{cell}}/checkpoint.safetensors",
+        train_log=f"{RESULTS}/cells/{{cell}}/train_log.csv",
+        info=f"{RESULTS}/cells/{{cell}}/cell.json",
+    wildcard_constraints:
+        cell=cell_pattern(STUDY.pretrained_cells()),
+    params:
+        settings=lambda wc: STUDY.import_params(wc.cell),
+    threads: 1
+    log:
+        "logs/import_pretrained/{cell}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/import_pretrained.py"
