@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import ConfigError, Study, load_schema
+from .config import ENUMERATIONS, ConfigError, Study, load_schema
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     lay.add_argument(
         "--probe-points",
         default="default",
-        choices=["default", "blocks", "paper"],
+        choices=ENUMERATIONS,
         help="enumeration: the architecture's own (default), blocks, or paper (Harun et al. Sec. 4.2: every transformer block, every Conv2d, each ConvNeXt block's depthwise conv)",
     )
     lay.add_argument("--json", action="store_true", help="print one JSON object: arch, params, layers")

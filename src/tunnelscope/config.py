@@ -31,6 +31,8 @@ ARCHS = {
 }
 
 CELL_VARIABLES = ("arch", "id_dataset", "resolution", "augmentation", "seed")
+# Probe point enumerations (models.probe_points); here so the CLI lists them without torch.
+ENUMERATIONS = ("default", "blocks", "paper")
 # The probe settings each solver reads, so that changing another solver's settings reruns nothing.
 PROBE_KEYS = {
     "common": ["solver", "pooling", "seed"],
@@ -201,7 +203,7 @@ def _check_pretrained(entries: dict) -> None:
 DEFAULT_TRANSFORM = {"interpolation": "bicubic", "crop_pct": 0.875}
 
 
-def transform_tag(resolution: int, interpolation: str = "bicubic", crop_pct: float = 0.875) -> str:
+def transform_tag(resolution: int, interpolation: str, crop_pct: float) -> str:
     """Name of a prepared-image cache: ``r224`` for the paper's eval transform, else e.g.
     ``r224-bilinear-c0.95``."""
     tag = f"r{int(resolution)}"

@@ -28,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from . import synthetic
+from .config import DEFAULT_TRANSFORM
 from .io import atomic_path
 
 log = logging.getLogger("tunnelscope.datasets")
@@ -68,7 +69,7 @@ class RawSplit:
 # ---------------------------------------------------------------- eval transform
 
 
-def eval_transform(image: Image.Image, resolution: int, interpolation: str = "bicubic", crop_pct: float = 0.875) -> np.ndarray:
+def eval_transform(image: Image.Image, resolution: int, interpolation: str = DEFAULT_TRANSFORM["interpolation"], crop_pct: float = DEFAULT_TRANSFORM["crop_pct"]) -> np.ndarray:
     """The paper's eval transform up to normalisation: RGB, Resize(shorter side =
     int(R / crop_pct), bicubic), CenterCrop(R), with crop_pct = 224/256. Published models may
     name another interpolation and crop_pct. Normalisation happens on the device later."""
@@ -379,7 +380,9 @@ def _num_classes(splits: dict[str, RawSplit]) -> int:
 # ---------------------------------------------------------------- prepare / cache
 
 
-def prepare(name: str, spec: dict, resolution: int, threads: int = 1, interpolation: str = "bicubic", crop_pct: float = 0.875) -> Prepared:
+def prepare(name: str, spec: dict, resolution: int, threads: int = 1, **transform) -> Prepared:
+    """One dataset at ``resolution`` through ``eval_transform`` (``transform``: its interpolation
+    and crop_pct when not the paper's)."""
     source = spec["source"]
     if source == "synthetic":
         splits = {
@@ -392,8 +395,7 @@ def prepare(name: str, spec: dict, resolution: int, threads: int = 1, interpolat
         }
         return Prepared(name, resolution, spec["classes"], splits)
     raw = _sklearn_digits(spec) if source == "sklearn_digits" else load_source(spec)
-    transform = partial(eval_transform, resolution=resolution, interpolation=interpolation, crop_pct=crop_pct)
-    splits = {s: transform_split(raw[s], transform, spec.get("on_bad_image", "error"), threads, desc=f"{name}/{s}") for s in SPLITS}
+    splits = {s: transform_split(raw[s], partial(eval_transform, resolution=resolution, **transform), spec.get("on_bad_image", "error"), threads, desc=f"{name}/{s}") for s in SPLITS}
     return Prepared(name, resolution, _num_classes(raw), splits)
 
 

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .models import ProbePoint
-from .train import IMAGENET_MEAN, IMAGENET_STD, autocast, to_input
+from .models import IMAGENET_MEAN, IMAGENET_STD, ProbePoint
+from .train import autocast, to_input
 
 
 POOLINGS = ("avg2x2", "avg1x1", "avg4x4", "token_mean", "cls")

@@ -23,7 +23,11 @@ from functools import partial
 import torch
 from torch import nn
 
-from .config import ARCHS
+from .config import ARCHS, ENUMERATIONS
+
+# Input normalisation of the paper backbones, and of published models that declare no other.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _VGGM_STAGES = {
     # channels per conv, one list per stage; a max-pool closes every stage.
@@ -220,15 +224,9 @@ def enumerate_paper(model: nn.Module) -> list[ProbePoint]:
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError(f"{type(model).__name__}: the paper enumeration needs transformer blocks or Conv2d layers")
-    chosen = [n for n, m in convs if _is_depthwise(m)] if any(_is_depthwise(m) for _, m in convs) and _has_block(model, "ConvNeXtBlock", "CNBlock") else [n for n, _ in convs]
+    convnext = any(type(m).__name__ in ("ConvNeXtBlock", "CNBlock") for m in model.modules())
+    chosen = [n for n, m in convs if _is_depthwise(m) or not convnext]
     return [ProbePoint(i + 1, n, "output") for i, n in enumerate(chosen)]
-
-
-def _has_block(model: nn.Module, *class_names: str) -> bool:
-    return any(type(m).__name__ in class_names for m in model.modules())
-
-
-ENUMERATIONS = ("default", "blocks", "paper")
 
 
 def probe_points(model: nn.Module, side: str = "default", enumeration: str = "default") -> list[ProbePoint]:
@@ -338,9 +336,9 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def _classifier_prefix(model: nn.Module) -> str:
+def _classifier_prefix(model: nn.Module) -> str | None:
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    return linears[-1] + "." if linears else "\0"
+    return linears[-1] + "." if linears else None
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str, arch: str) -> None:
@@ -351,12 +349,12 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str, 
     """
     own = model.state_dict()
     head = _classifier_prefix(model)
-    missing = [k for k in own if k not in state and not k.startswith(head)]
+    missing = [k for k in own if k not in state and not (head and k.startswith(head))]
     unexpected = [k for k in state if k not in own]
     wrong = [f"{k} {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model" for k in state if k in own and state[k].shape != own[k].shape]
     problems = []
     if wrong:
-        hint = " (num_classes must match the checkpoint's classifier)" if wrong[0].startswith(head) else ""
+        hint = " (num_classes must match the checkpoint's classifier)" if head and wrong[0].startswith(head) else ""
         problems.append(f"{len(wrong)} shape mismatches, first: {wrong[0]}{hint}")
     if missing:
         problems.append(f"{len(missing)} missing, first: {missing[0]}")
@@ -405,8 +403,8 @@ def model_preprocessing(model: nn.Module, arch: str) -> dict:
     if arch.startswith("timm/"):
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         return {
-            "mean": list(cfg.get("mean", (0.485, 0.456, 0.406))),
-            "std": list(cfg.get("std", (0.229, 0.224, 0.225))),
+            "mean": list(cfg.get("mean", IMAGENET_MEAN)),
+            "std": list(cfg.get("std", IMAGENET_STD)),
             "interpolation": cfg.get("interpolation", "bicubic"),
             "crop_pct": float(cfg.get("crop_pct", 0.875)),
             "resolution": int(cfg.get("input_size", (3, 224, 224))[-1]),

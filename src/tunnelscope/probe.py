@@ -129,11 +129,11 @@ def fit_lbfgs_probe(x_train, y_train, x_test, y_test, n_classes: int, params: di
     fit_idx, val_idx = torch.as_tensor(fit_idx, device=device), torch.as_tensor(val_idx, device=device)
     grid = sorted(params["l2_grid"], reverse=True)  # strong to weak: each fit warm-starts the next
     best, w = None, None
-    x_fit = xtr[fit_idx].to(dtype)
+    x_fit, y_fit, x_val, y_val = xtr[fit_idx].to(dtype), ytr[fit_idx], xtr[val_idx], ytr[val_idx]
     x_fit_t = x_fit.t().contiguous()
     for l2 in grid:
-        w, _, _ = fit_softmax(x_fit, ytr[fit_idx], n_classes, l2, w, params["select_max_iter"], params["tol"], x_fit_t, eigenvalues)
-        acc = _accuracy(w, xtr[val_idx], ytr[val_idx])
+        w, _, _ = fit_softmax(x_fit, y_fit, n_classes, l2, w, params["select_max_iter"], params["tol"], x_fit_t, eigenvalues)
+        acc = _accuracy(w, x_val, y_val)
         if best is None or acc > best[1]:
             best = (l2, acc, w)
     l2, val_acc, w0 = best

@@ -23,12 +23,9 @@ from tqdm import tqdm
 from .config import CELL_VARIABLES, cell_id
 from .datasets import Prepared, stratified_split
 from .io import atomic_path, write_json
-from .models import build_model, count_parameters, describe, probe_points
+from .models import IMAGENET_MEAN, IMAGENET_STD, build_model, count_parameters, describe, probe_points
 
 log = logging.getLogger("tunnelscope.train")
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 _HELD_LOCKS: list = []  # open lock files keep their GPU claimed until the process exits
@@ -221,31 +218,44 @@ def pretrain(params: dict, data: Prepared, checkpoint: str, train_log: str, info
         _save_state(state_file, model, optimizer, scheduler, gen, params, history, epoch + 1)
 
     test_acc = accuracy(model, x_te, y_te)
-    n_params = count_parameters(model)
-    points = probe_points(model, "default", params["model"].get("probe_points", "default"))
     info = {
-        **{k: params[k] for k in CELL_VARIABLES},
-        **describe(model, params["arch"], params["resolution"], points),
-        "width": params["model"]["width"],
-        "id_classes": data.num_classes,
-        "n_train": int(len(y_tr)),
-        "params": n_params,
-        "gamma": n_params / len(y_tr),
-        "num_layers": len(points),
+        **backbone_info(model, params, params["arch"], data.num_classes, len(y_tr)),
         "final_train_acc": history[-1]["train_acc"],
         "final_val_acc": history[-1]["val_acc"],
         "test_acc": test_acc,
         "device": str(device),
     }
-    meta = {"tunnelscope": json.dumps({"params": params, "num_classes": data.num_classes}, sort_keys=True)}
-    with atomic_path(checkpoint) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp, metadata=meta)
+    save_backbone(model, checkpoint, {"params": params, "num_classes": data.num_classes})
     with atomic_path(train_log) as tmp:
         pd.DataFrame(history).to_csv(tmp, index=False)
     write_json(info, info_path)
     state_file.unlink(missing_ok=True)
-    log.info("%s done: test accuracy %.3f, %d parameters", cell, test_acc, n_params)
+    log.info("%s done: test accuracy %.3f, %d parameters", cell, test_acc, info["params"])
     return info
+
+
+def backbone_info(model, params: dict, arch: str, id_classes: int, n_train: int) -> dict:
+    """The cell.json fields every backbone has: cell variables, the analysis variables of the
+    built ``arch``, size, gamma and the number of probe points."""
+    points = probe_points(model, "default", params["model"].get("probe_points", "default"))
+    n_params = count_parameters(model)
+    return {
+        **{k: params[k] for k in CELL_VARIABLES},
+        **describe(model, arch, params["resolution"], points),
+        "width": params["model"]["width"],
+        "id_classes": id_classes,
+        "n_train": int(n_train),
+        "params": n_params,
+        "gamma": n_params / n_train,
+        "num_layers": len(points),
+    }
+
+
+def save_backbone(model, checkpoint: str, meta: dict) -> None:
+    """Weights as safetensors with ``meta`` (what ``load_backbone`` rebuilds from), atomically."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(checkpoint) as tmp:
+        save_file(state, tmp, metadata={"tunnelscope": json.dumps(meta, sort_keys=True)})
 
 
 def _save_state(path: Path, model, optimizer, scheduler, gen, params, history, epoch):
@@ -273,34 +283,22 @@ def import_pretrained(params: dict, checkpoint: str, train_log: str, info_path: 
     own = model_preprocessing(model, spec["arch"])
     used = {"mean": spec["mean"] or own["mean"], "std": spec["std"] or own["std"], "interpolation": spec["interpolation"], "crop_pct": spec["crop_pct"], "resolution": params["resolution"]}
     for key in ("interpolation", "crop_pct", "resolution"):
-        if used[key] != own[key] and not (key == "crop_pct" and abs(used[key] - own[key]) < 1e-3):
+        if used[key] != own[key] and not (key == "crop_pct" and math.isclose(used[key], own[key], abs_tol=1e-3)):
             log.warning("%s: %s %s differs from the model's own %s (set pretrained.%s.%s to match)", params["arch"], key, used[key], own[key], params["arch"], key)
-    n_params = count_parameters(model)
-    points = probe_points(model, "default", params["model"].get("probe_points", "default"))
     info = {
-        **{k: params[k] for k in CELL_VARIABLES},
-        **describe(model, spec["arch"], params["resolution"], points),
-        "width": 1.0,
-        "id_classes": spec["num_classes"],
-        "n_train": spec["n_train"],
-        "params": n_params,
-        "gamma": n_params / spec["n_train"],
-        "num_layers": len(points),
+        **backbone_info(model, params, spec["arch"], spec["num_classes"], spec["n_train"]),
         "final_train_acc": None,
         "final_val_acc": None,
         "test_acc": None,
         "source": spec.get("weights") or spec.get("hf_cache") or "download",
         "preprocessing": used,
     }
-    # The checkpoint rebuilds the real architecture, so embed treats it like a trained cell's.
-    built = {**params, "arch": spec["arch"], "model": {**params["model"], "width": 1.0}}
-    meta = {"tunnelscope": json.dumps({"params": built, "num_classes": spec["num_classes"], "mean": used["mean"], "std": used["std"]}, sort_keys=True)}
-    with atomic_path(checkpoint) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp, metadata=meta)
+    # The checkpoint names the real architecture, so embed rebuilds it like a trained cell's.
+    save_backbone(model, checkpoint, {"params": {**params, "arch": spec["arch"]}, "num_classes": spec["num_classes"], "mean": used["mean"], "std": used["std"]})
     with atomic_path(train_log) as tmp:
         pd.DataFrame(columns=["epoch", "train_loss", "train_acc", "val_acc", "lr", "seconds"]).to_csv(tmp, index=False)
     write_json(info, info_path)
-    log.info("%s: %s with %d parameters, %d probe points", params["arch"], spec["arch"], n_params, len(points))
+    log.info("%s: %s with %d parameters, %d probe points", params["arch"], spec["arch"], info["params"], info["num_layers"])
     return info
 
 
