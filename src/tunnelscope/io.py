@@ -128,8 +128,7 @@ def _read_vectors(path, file: pq.ParquetFile, dim: int, dtype: str) -> np.ndarra
             values = np.frombuffer(chunk.buffers()[1], dtype=_VECTOR_DTYPES[dtype], count=(chunk.offset + len(chunk)) * dim)
             target[starts[i] : starts[i + 1]] = torch.from_numpy(values[chunk.offset * dim :].reshape(-1, dim))
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = max(1, min(groups, cpus, 4))
+    workers = max(1, min(groups, torch.get_num_threads(), 4))  # the job's thread budget
     blocks = [range(groups)[k::workers] for k in range(workers)]
     if workers == 1:
         decode(blocks[0], file)

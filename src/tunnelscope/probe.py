@@ -225,8 +225,11 @@ def layer_files(embed_dir: str | Path) -> list[Path]:
     return files
 
 
-def probe_layers(embed_dir: str, params: dict, family: str = "cnn") -> pd.DataFrame:
-    """Probe every layer of one (cell, eval set): one row per layer."""
+def probe_layers(embed_dir: str, params: dict, family: str = "cnn", threads: int | None = None) -> pd.DataFrame:
+    """Probe every layer of one (cell, eval set): one row per layer. ``threads`` caps torch's
+    CPU threads (the job's share of the cores; torch's default takes them all)."""
+    if threads:
+        torch.set_num_threads(threads)
     front = {k: params[k] for k in CELL_KEYS}
     device = "cuda" if torch.cuda.is_available() else "cpu"
     metas, data = [], []

@@ -7,5 +7,5 @@ from tunnelscope.probe import probe_layers
 with job_logging(snakemake.log[0]):
     with open(snakemake.input.info) as fh:
         family = json.load(fh)["family"]
-    table = probe_layers(snakemake.input.embeddings[0], snakemake.params.settings, family)
+    table = probe_layers(snakemake.input.embeddings[0], snakemake.params.settings, family, threads=snakemake.threads)
     write_table(table, snakemake.output[0])
