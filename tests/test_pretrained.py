@@ -1,6 +1,7 @@
 """Published backbones: cells that load weights instead of pretraining (issue 10)."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -76,6 +77,23 @@ def test_wrapped_headless_checkpoints_load(tmp_path):
     torch.save({"state_dict": state, "epoch": 100}, tmp_path / "ssl.pth")
     loaded = load_pretrained(spec(tmp_path / "ssl.pth", ignore_prefixes=["projector."]), 32)
     assert torch.equal(loaded.stem[0].weight, model.stem[0].weight)
+
+
+def test_timm_weights_load_from_a_local_hugging_face_cache_without_network(tmp_path):
+    # The hub cache layout: models--ORG--NAME/{refs/main, snapshots/COMMIT/model.safetensors}.
+    repo = tmp_path / "hub" / "models--timm--test_convnext.r160_in1k"
+    (repo / "snapshots" / "c0ffee").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("c0ffee")
+    model = random_model(classes=1000)
+    save_file(model.state_dict(), repo / "snapshots" / "c0ffee" / "model.safetensors")
+    cached = {"arch": ARCH, "hf_cache": str(tmp_path / "hub"), "num_classes": 1000, "download": False}
+    loaded = load_pretrained(cached, 32)
+    assert torch.equal(loaded.stem[0].weight, model.stem[0].weight)
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match=r"timm/test_vit: no weights found in .*hub"):
+        load_pretrained({**cached, "arch": "timm/test_vit"}, 32)
+    assert time.perf_counter() - started < 10  # failed from the cache, no network retries
 
 
 def test_pretrained_entries_are_validated(schema):

@@ -15,6 +15,7 @@ probe points are enumerated at block granularity, see ``enumerate_blocks``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from dataclasses import dataclass, replace
@@ -376,26 +377,40 @@ def load_pretrained(spec: dict, resolution: int) -> nn.Module:
         return model.eval()
     name = arch.split("/", 1)[1]
     if arch.startswith("timm/"):
-        import os
-
-        if not spec.get("download"):
-            os.environ["HF_HUB_OFFLINE"] = "1"  # read before huggingface_hub is first imported
         import timm
 
         def create(**size):
             return timm.create_model(name, pretrained=True, num_classes=spec["num_classes"], cache_dir=spec.get("hf_cache"), **size)
 
         try:
-            try:
-                return create(img_size=resolution).eval()  # transformers: positions for this size
-            except TypeError:
-                return create().eval()
+            with _hub_offline(not spec.get("download")):
+                try:
+                    return create(img_size=resolution).eval()  # transformers: positions for this size
+                except TypeError:
+                    return create().eval()
         except Exception as exc:  # hub and file errors come in many types
             where = spec.get("hf_cache") or "the default Hugging Face cache"
             raise ValueError(f"{arch}: no weights found in {where} ({type(exc).__name__}: {exc})") from exc
     import torchvision
 
     return torchvision.models.get_model(name, weights="DEFAULT").eval()
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool):
+    """Inside, Hugging Face hub requests fail at once and files come from the cache only.
+
+    huggingface_hub reads this flag at call time, so unlike the HF_HUB_OFFLINE environment
+    variable it holds even when the library was imported before.
+    """
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = saved or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
 
 
 def model_preprocessing(model: nn.Module, arch: str) -> dict:
