@@ -19,12 +19,31 @@ def parser(doc: str) -> argparse.ArgumentParser:
     return p
 
 
-def best_of(fn, repeats: int = 3) -> float:
+def add_device_args(p: argparse.ArgumentParser, device: bool = True) -> None:
+    """--device, --precision, --channels-last: both sides of a benchmark run with the same ones."""
+    import torch
+
+    if device:
+        p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: cuda when present")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16 autocast on both sides")
+    p.add_argument("--channels-last", action="store_true", help="NHWC model weights on both sides")
+
+
+def synchronize(device) -> None:
+    """Wait for queued GPU work, so wall times cover it."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_of(fn, repeats: int = 3, device="cpu") -> float:
     """Best wall time of ``repeats`` calls (warm: the first call is not special-cased)."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return min(times)
 
@@ -33,7 +52,8 @@ def machine() -> str:
     import numpy
     import torch
 
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, numpy {numpy.__version__}"
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{platform.machine()}, {os.cpu_count()} cores{gpu}, Python {platform.python_version()}, torch {torch.__version__}, numpy {numpy.__version__}"
 
 
 def report(title: str, lines: list[str], args) -> None:

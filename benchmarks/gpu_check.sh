@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # One prepared GPU check for a CUDA machine (issue 6): extraction overhead (1), probe solver (2)
-# and training loop (5) on the device, plus a bf16 pretrain/embed smoke run of the tiny config.
+# and training loop (5) on the device, in float32 and in bf16 autocast with channels-last, plus a
+# bf16 pretrain/embed smoke run of the tiny config. About 8 minutes on one H200.
 # Usage: bash benchmarks/gpu_check.sh [OUTDIR]   (never needed for CI)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-gpu-check}
 mkdir -p "$out"
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))" | tee "$out/device.txt"
-python benchmarks/bench_extract.py --images 20000 --width 1.0 --batch 512 | tee "$out/extract.md"
-python benchmarks/bench_train.py --images 20000 --width 1.0 | tee "$out/train.md"
-python benchmarks/bench_probe.py | tee "$out/probe.md"
+for mode in "--precision fp32" "--precision bf16 --channels-last"; do
+  python benchmarks/bench_extract.py --images 20000 --width 1.0 --batch 512 $mode | tee -a "$out/extract.md"
+  python benchmarks/bench_train.py --images 20000 --width 1.0 $mode | tee -a "$out/train.md"
+done
+python benchmarks/bench_probe.py --rows 50000 --dims 512 2048 | tee "$out/probe.md"
 cat > "$out/bf16.yaml" <<YAML
 results: $out/study
 datasets:

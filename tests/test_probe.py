@@ -1,8 +1,11 @@
+import subprocess
+import sys
+
 import numpy as np
 import torch
 
 from tunnelscope.datasets import stratified_split
-from tunnelscope.probe import fit_lbfgs_probe, fit_paper_probes, fit_sklearn_probe, fit_softmax, principal_axes
+from tunnelscope.probe import fit_lbfgs_probe, fit_paper_probes, fit_sklearn_probe, fit_softmax, matmul_precision, minimize_lbfgs, prepare_features
 
 RNG = np.random.default_rng(0)
 LBFGS = {"standardize": True, "val_fraction": 0.2, "seed": 0, "l2_grid": [1e-1, 1e-3], "select_max_iter": 50, "max_iter": 300, "tol": 1e-6, "precision": "fp32"}
@@ -36,14 +39,13 @@ def test_preconditioned_fit_reaches_the_sklearn_optimum():
     x, y = correlated()
     x = x - x.mean(0)
     l2 = 1e-3
-    eigenvalues, axes = principal_axes(torch.from_numpy(x))
-    rotated, _, converged = fit_softmax(torch.from_numpy(x) @ axes, torch.from_numpy(y), 3, l2, max_iter=2000, tol=1e-6, eigenvalues=eigenvalues)
-    back = (axes @ rotated[:-1]).numpy()  # weights in the original basis
+    features, _, _, basis = prepare_features(torch.from_numpy(x), standardize=False)
+    w, _, converged = fit_softmax(features, torch.from_numpy(y), 3, l2, max_iter=2000, tol=1e-6, basis=basis)
     from sklearn.linear_model import LogisticRegression
 
     ref = LogisticRegression(C=1 / (l2 * len(y)), tol=1e-12, max_iter=100000).fit(x.astype(np.float64), y)
     assert converged
-    np.testing.assert_allclose(back.T, ref.coef_, atol=3e-3)
+    np.testing.assert_allclose(w[:-1].numpy().T, ref.coef_, atol=3e-3)
 
 
 def test_bf16_products_keep_accuracy():
@@ -88,3 +90,33 @@ def test_non_converged_probes_are_flagged():
     quick = dict(LBFGS, max_iter=1, select_max_iter=1)
     assert fit_lbfgs_probe(x[:200], y[:200], x[200:], y[200:], 3, quick)["converged"] is False
     assert fit_sklearn_probe(x[:200], y[:200], x[200:], y[200:], 1.0, 1, True)["converged"] is False
+
+
+def test_auto_precision_resolves_and_is_recorded():
+    x, y = blobs()
+    assert matmul_precision("fp32") == "fp32" and matmul_precision("bf16") == "bf16"
+    assert matmul_precision("auto") in ("fp32", "bf16")
+    result = fit_lbfgs_probe(x[:200], y[:200], x[200:], y[200:], 3, dict(LBFGS, precision="auto"))
+    assert result["precision"] == matmul_precision("auto") and result["test_acc"] > 0.9
+
+
+def test_lbfgs_probe_does_not_import_torch_dynamo():
+    """torch.optim's constructor imports torch._dynamo (1.4 s per probe job); the solver avoids it."""
+    code = (
+        "import sys, numpy as np\n"
+        "from tunnelscope.probe import fit_lbfgs_probe\n"
+        "rng = np.random.default_rng(0); x = rng.normal(size=(90, 4)).astype(np.float32); y = rng.integers(0, 3, 90)\n"
+        f"fit_lbfgs_probe(x, y, x, y, 3, {LBFGS!r})\n"
+        "assert 'torch._dynamo' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_minimize_lbfgs_reaches_the_minimum_of_a_quadratic():
+    scales = torch.logspace(0, 2, 20, dtype=torch.float64)  # condition number 100
+
+    def fg(u):
+        return float(0.5 * (scales * (u - 1) ** 2).sum()), scales * (u - 1)
+
+    u, n_iter, converged = minimize_lbfgs(fg, torch.zeros(20, dtype=torch.float64), max_iter=200, tol=1e-10)
+    assert converged and n_iter < 120 and float((scales * (u - 1)).abs().max()) <= 1e-10
