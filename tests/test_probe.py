@@ -120,3 +120,17 @@ def test_minimize_lbfgs_reaches_the_minimum_of_a_quadratic():
 
     u, n_iter, converged = minimize_lbfgs(fg, torch.zeros(20, dtype=torch.float64), max_iter=200, tol=1e-10)
     assert converged and n_iter < 120 and float((scales * (u - 1)).abs().max()) <= 1e-10
+
+
+def test_wide_features_are_standardised_without_the_preconditioner(monkeypatch):
+    import tunnelscope.probe as probe
+
+    x, y = correlated()
+    rotated = fit_lbfgs_probe(x[:300], y[:300], x[300:], y[300:], 3, LBFGS)
+    monkeypatch.setattr(probe, "MAX_ROTATED_DIM", 4)
+    features, mean, std, basis = prepare_features(torch.from_numpy(x), standardize=True)
+    assert basis is None
+    np.testing.assert_allclose(features.mean(0).numpy(), 0, atol=1e-5)
+    np.testing.assert_allclose(features.std(0, unbiased=False).numpy(), 1, atol=1e-4)
+    plain = fit_lbfgs_probe(x[:300], y[:300], x[300:], y[300:], 3, LBFGS)
+    assert abs(plain["test_acc"] - rotated["test_acc"]) <= 0.02 and plain["converged"]

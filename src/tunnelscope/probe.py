@@ -37,9 +37,11 @@ CELL_KEYS = (*CELL_VARIABLES, "eval_set", "role", "pooling")
 # ---------------------------------------------------------------- L-BFGS solver
 
 
-# Largest feature dim that gets the eigenbasis preconditioner: its set-up (second-moment matrix and
-# eigh, ~2 n d^2 + d^3) above this costs more than the L-BFGS steps it saves.
-MAX_ROTATED_DIM = 2048
+# Largest feature dim that gets the eigenbasis preconditioner. Its set-up (second-moment matrix,
+# ~d / 2C L-BFGS iterations' worth, and eigh, d^3) paid off up to 512 dims (CIFAR-10 VGGm layer 7:
+# 57 instead of 91 steps) but not above: on real 1,024 / 2,048-dim features the fits took as many
+# or more steps with it, after 0.2 / 1.0 s of set-up (benchmarks/RESULTS.md, session 3).
+MAX_ROTATED_DIM = 512
 _MATMUL_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Relative loss decrease below which a step is indistinguishable from evaluation noise: in float32
 # only no decrease at all; bfloat16 products move loss differences by 2e-5 to 1e-4 of the loss
@@ -71,15 +73,18 @@ def prepare_features(x: torch.Tensor, standardize: bool, dtype: torch.dtype = to
     """
     n, d = x.shape
     mean = x.mean(0) if standardize else torch.zeros(d, device=x.device)
+    std = torch.ones(d, device=x.device)
     centred = x - mean if standardize else x
-    if d > MAX_ROTATED_DIM:
-        std = centred.pow(2).mean(0).sqrt().clamp_min(1e-6) if standardize else torch.ones(d, device=x.device)
-        return (centred / std).to(dtype), mean, std, None
-    moments = centred.t() @ centred / n
-    std = moments.diagonal().sqrt().clamp_min(1e-6) if standardize else torch.ones(d, device=x.device)
-    eigenvalues, axes = torch.linalg.eigh(moments / std[:, None] / std)
-    scaled = centred.mul_(std.reciprocal()) if standardize else centred  # centred is our own copy
-    return scaled.to(dtype), mean, std, (eigenvalues.clamp_min(0), axes)
+    moments = centred.t() @ centred / n if d <= MAX_ROTATED_DIM else None
+    if standardize:  # population variances, off the moments' diagonal where they are computed
+        variance = moments.diagonal() if moments is not None else centred.pow(2).mean(0)
+        std = variance.sqrt().clamp_min(1e-6)
+    basis = None
+    if moments is not None:
+        eigenvalues, axes = torch.linalg.eigh(moments / std[:, None] / std)
+        basis = (eigenvalues.clamp_min(0), axes)
+    features = centred.mul_(std.reciprocal()) if standardize else centred  # centred is our own copy
+    return features.to(dtype), mean, std, basis
 
 
 def _lbfgs_direction(g: torch.Tensor, pairs: list) -> torch.Tensor:
