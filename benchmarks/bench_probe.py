@@ -22,7 +22,7 @@ import torch
 from common import parser, report
 from tunnelscope.datasets import stratified_split
 from tunnelscope.io import read_embeddings, write_embeddings
-from tunnelscope.probe import _accuracy, fit_lbfgs_probe, fit_paper_probes, fit_sklearn_probe, fit_softmax, matmul_precision, prepare_features
+from tunnelscope.probe import _accuracy, _unstandardise, fit_lbfgs_probe, fit_paper_probes, fit_sklearn_probe, fit_softmax, matmul_precision, prepare_features
 
 DEFAULTS = {"standardize": True, "val_fraction": 0.2, "seed": 0, "l2_grid": [1e-1, 1e-2, 1e-3, 1e-4, 1e-5], "select_max_iter": 20, "max_iter": 300, "tol": 1e-4, "precision": "fp32"}
 PAPER = {"seed": 0, "lr": None, "weight_decay": None, "epochs": 30, "batch_size": 128, "label_smoothing": 0.1, "report": "last"}
@@ -51,7 +51,7 @@ def one_fit(x, y, x_test, y_test, n_classes, l2, precision, device):
     """The default solver's fit at a given l2, feature preparation included; test accuracy."""
     features, mean, std, basis = prepare_features(torch.from_numpy(x).to(device), True, DTYPES[precision])
     w, _, _ = fit_softmax(features, torch.from_numpy(y).long().to(device), n_classes, l2, max_iter=DEFAULTS["max_iter"], tol=DEFAULTS["tol"], basis=basis)
-    return _accuracy(w, (torch.from_numpy(x_test).to(device) - mean) / std, torch.from_numpy(y_test).long().to(device))
+    return _accuracy(_unstandardise(w, mean, std), torch.from_numpy(x_test).to(device), torch.from_numpy(y_test).long().to(device))
 
 
 def sklearn_selection(x, y, x_test, y_test):

@@ -24,7 +24,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from .config import ARCHS, ENUMERATIONS
+from .config import ARCHS, DEFAULT_TRANSFORM, ENUMERATIONS
 
 # Input normalisation of the paper backbones, and of published models that declare no other.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -420,8 +420,8 @@ def model_preprocessing(model: nn.Module, arch: str) -> dict:
         return {
             "mean": list(cfg.get("mean", IMAGENET_MEAN)),
             "std": list(cfg.get("std", IMAGENET_STD)),
-            "interpolation": cfg.get("interpolation", "bicubic"),
-            "crop_pct": float(cfg.get("crop_pct", 0.875)),
+            "interpolation": cfg.get("interpolation", DEFAULT_TRANSFORM["interpolation"]),
+            "crop_pct": float(cfg.get("crop_pct", DEFAULT_TRANSFORM["crop_pct"])),
             "resolution": int(cfg.get("input_size", (3, 224, 224))[-1]),
         }
     import torchvision

@@ -230,9 +230,10 @@ def fit_lbfgs_probe(x_train, y_train, x_test, y_test, n_classes: int, params: di
 
     Standardisation is folded into the weights at the end, so only the training rows are ever
     transformed; test rows are scored as they are."""
+    x_raw = torch.as_tensor(x_train, dtype=torch.float32, device=device)  # left as is by prepare_features
     ytr = torch.as_tensor(y_train, dtype=torch.long, device=device)
     precision = matmul_precision(params["precision"], device)
-    xtr, mean, std, basis = prepare_features(torch.as_tensor(x_train, dtype=torch.float32, device=device), params["standardize"], _MATMUL_DTYPE[precision])
+    xtr, mean, std, basis = prepare_features(x_raw, params["standardize"], _MATMUL_DTYPE[precision])
     fit_idx, val_idx = stratified_split(np.asarray(y_train), params["val_fraction"], params["seed"], stream=2718)
     fit_idx, val_idx = torch.as_tensor(fit_idx, device=device), torch.as_tensor(val_idx, device=device)
     x_fit, y_fit, x_val, y_val = xtr[fit_idx], ytr[fit_idx], xtr[val_idx].float(), ytr[val_idx]
@@ -249,7 +250,7 @@ def fit_lbfgs_probe(x_train, y_train, x_test, y_test, n_classes: int, params: di
     xte = torch.as_tensor(x_test, dtype=torch.float32, device=device)
     yte = torch.as_tensor(y_test, dtype=torch.long, device=device)
     return {
-        "train_acc": _accuracy(w, torch.as_tensor(x_train, dtype=torch.float32, device=device), ytr),
+        "train_acc": _accuracy(w, x_raw, ytr),
         "test_acc": _accuracy(w, xte, yte),
         "val_acc": val_acc,
         "l2": l2,

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .config import CELL_VARIABLES
+
 
 def _project(x: np.ndarray, seed: int = 0) -> np.ndarray:
     """Seeded Gaussian random projection to n dims when d > n (rank cannot exceed n anyway)."""
@@ -85,7 +87,6 @@ def layer_stats(layers: dict[int, np.ndarray], labels: np.ndarray) -> list[dict]
 
 def embed_dir_stats(embed_dir: str, params: dict) -> pd.DataFrame:
     """Layer statistics of one cell from its ID embeddings (one split, seeded subsample)."""
-    from .config import CELL_VARIABLES
     from .io import read_embeddings
 
     layers, rows, labels = {}, None, None
