@@ -19,13 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import parser, report
+from common import SCHEMA, parser, report
+from tunnelscope.config import load_schema, section_defaults
 from tunnelscope.datasets import stratified_split
 from tunnelscope.io import read_embeddings, write_embeddings
 from tunnelscope.probe import _accuracy, _unstandardise, fit_lbfgs_probe, fit_paper_probes, fit_sklearn_probe, fit_softmax, matmul_precision, prepare_features
 
 DEFAULTS = {"standardize": True, "val_fraction": 0.2, "seed": 0, "l2_grid": [1e-1, 1e-2, 1e-3, 1e-4, 1e-5], "select_max_iter": 20, "max_iter": 300, "tol": 1e-4, "precision": "fp32"}
-PAPER = {"seed": 0, "lr": None, "weight_decay": None, "epochs": 30, "batch_size": 128, "label_smoothing": 0.1, "report": "last"}
+PAPER = {**section_defaults(load_schema(SCHEMA), "probe")["paper"], "seed": 0}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 

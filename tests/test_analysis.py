@@ -31,7 +31,7 @@ def planted_table(seed=0):
         retained = 70 + 15 * aug + 8 * code_res - 12 * (depth == 17) + rng.normal(0, 1)
         rows.append(
             {
-                "ood_set": ood, "family": "cnn", "stem": 3, "spatial_reduction": 4, "augmentation": "rrc_flip" if aug else "none",
+                "ood_set": ood, "family": "cnn", "stem": 3, "spatial_reduction": 0.5, "augmentation": "rrc_flip" if aug else "none",
                 "resolution": res, "id_classes": 100, "gamma": 0.5, "depth": depth,
                 "ood_retained": retained, "pearson": 0.5 + 0.1 * aug + rng.normal(0, 0.01), "alignment": 0.2 + 0.05 * code_res,
             }
@@ -50,22 +50,41 @@ def test_shap_slopes_recover_planted_effects():
     assert fit.set_index("target").r2["ood_retained"] > 0.9
 
 
-def test_paired_tests_match_on_other_variables():
-    tests = analysis.paired_tests(analysis.check_table(planted_table()))
+def test_automatic_comparisons_pair_every_level_pair_on_the_other_variables():
+    tests, _ = analysis.comparisons(analysis.check_table(planted_table()), "auto")
     aug = tests[(tests.variable == "augmentation") & (tests.target == "ood_retained")].iloc[0]
-    assert aug.n_pairs == 3 * 2 * 4  # resolution x depth x OOD set
+    assert aug.n_pairs == 3 * 2 * 4  # resolution x depth x OOD set, one backbone per pair
     assert aug.mean_to > aug.mean_from and aug.significant and aug.magnitude == "large"
     depth = tests[(tests.variable == "depth") & (tests.target == "ood_retained")].iloc[0]
-    assert depth.cliffs_delta < 0
+    assert depth.cliffs_delta < 0 and depth.n_pairs == 2 * 3 * 4
     res = tests[(tests.variable == "resolution") & (tests.target == "ood_retained")]
-    assert res[["level_from", "level_to"]].values.tolist() == [[32, 64], [64, 128]]
-    single = tests[tests.variable == "stem"]
-    assert set(single.note) == {"not estimable: single level"}
+    assert res[["level_from", "level_to"]].values.tolist() == [[32, 64], [32, 128], [64, 128]]  # not only neighbours
+    assert set(tests.variable) == {"augmentation", "resolution", "depth"}  # single-level variables are not compared
+
+
+def test_declared_comparison_selects_matches_and_pairs_in_order():
+    rng = np.random.default_rng(1)
+    rows = []
+    # Two architectures per stem level, at two resolutions and three OOD sets.
+    for arch, stem, depth in [("a11", 3, 11), ("a17", 3, 17), ("b18", 7, 18), ("b34", 7, 34)]:
+        for res, ood in itertools.product([32, 224], ["x", "y", "z"]):
+            rows.append({"arch": arch, "stem": stem, "depth": depth, "resolution": res, "ood_set": ood, "ood_retained": 90 - stem + rng.normal(), "pearson": 0.5, "alignment": 0.1})
+    table = pd.DataFrame(rows)
+    spec = {"name": "stem 32", "variable": "stem", "where": {"resolution": [32]}, "match": ["resolution", "ood_set"], "pair_order": "depth"}
+    tests, means = analysis.run_comparison(table, spec, 0.05, 200)
+    row = next(t for t in tests if t["target"] == "ood_retained")
+    assert row["n_pairs"] == 2 * 3 and row["n_from"] == row["n_to"] == 6  # a11-b18 and a17-b34 per OOD set
+    assert row["abs_delta"] == 1.0 and row["mean_to"] < row["mean_from"]
+    assert [m["level"] for m in means if m["target"] == "pearson"] == [3, 7]
+    pairs = analysis.pair_rows(table[(table.stem == 3) & (table.resolution == 32)], table[(table.stem == 7) & (table.resolution == 32)], ["ood_set"], "depth")
+    assert sorted(zip(pairs.arch_from, pairs.arch_to)) == [("a11", "b18")] * 3 + [("a17", "b34")] * 3
+    with pytest.raises(analysis.TableError, match="'seed'"):
+        analysis.run_comparison(table, {**spec, "match": ["seed"]}, 0.05, 200)
 
 
 def test_level_means_with_bootstrap_intervals():
-    means = analysis.level_means(analysis.check_table(planted_table()))
-    row = means[(means.variable == "augmentation") & (means.level == 1) & (means.target == "ood_retained")].iloc[0]
+    _, means = analysis.comparisons(analysis.check_table(planted_table()), "auto")
+    row = means[(means.variable == "augmentation") & (means.level == "rrc_flip") & (means.target == "ood_retained")].iloc[0]
     assert row.n == 24 and row.ci_low < row["mean"] < row.ci_high
 
 

@@ -54,6 +54,20 @@ def test_schema_architectures_match_the_registry(schema):
         (lambda c: c["compute"].update(precision="fp8") if "compute" in c else c.update(compute={"precision": "fp8"}), "compute.precision: 'fp8' is not one of fp32, bf16"),
         (lambda c: c.update(overrides=[{"training": {"epochs": 1}}]), "overrides[0]: 'where' is a required property"),
         (lambda c: c.update(overrides=[{"where": {"colour": "red"}}]), "overrides[0].where: unknown key 'colour'"),
+        (lambda c: c.update(overrides=[{"where": {"resolution": [32, 99]}, "training": {"epochs": 1}}]), "overrides[0].where.resolution: 99 matches no cell"),
+        (lambda c: c.update(overrides=[{"where": {"resolution": 32}, "probe": {"paper": {"epoch": 3}}}]), "overrides[0].probe.paper: unknown key 'epoch'"),
+        (lambda c: c["training"].update(checkpoint="best"), "training.checkpoint: 'best' is not one of last, best_val, best_test"),
+        (lambda c: c["training"].update(schedule_step="step"), "training.schedule_step: 'step' is not one of batch, epoch"),
+        (lambda c: c.update(probe={"paper": {"report": "best"}}), "probe.paper.report: 'best' is not one of last, best_test"),
+        (lambda c: c["datasets"]["digits"].update(mean=[0.5, 0.5, 0.5]), "datasets.digits: mean is given without std"),
+        (lambda c: c["model"].update(preprocessing="cifar"), "model.preprocessing: 'cifar' is not one of dataset, imagenet"),
+        (lambda c: c.update(analysis={"comparisons": [{"name": "r", "variable": "resolution", "levels": [32, 96]}]}), "analysis.comparisons[0].levels[1]: 96 is not a resolution of any cell; grid levels: 32, 48"),
+        (lambda c: c.update(analysis={"comparisons": [{"name": "r", "variable": "colour"}]}), "analysis.comparisons[0].variable: 'colour' is not one of"),
+        (lambda c: c.update(analysis={"comparisons": [{"name": "a", "variable": "depth", "where": {"arch": ["vggm99"]}}]}), "analysis.comparisons[0].where.arch[0]: 'vggm99' matches no cell"),
+        (lambda c: c.update(analysis={"comparisons": [{"name": "a", "variable": "stem", "pairs": [[3, 7]]}]}), "analysis.comparisons[0].pairs[0][1]: 7 is not a stem of any cell"),
+        (lambda c: c.update(analysis={"comparisons": [{"name": "a", "variable": "augmentation"}, {"name": "a", "variable": "resolution"}]}), "analysis.comparisons[1].name: 'a' is used by an earlier comparison"),
+        (lambda c: c.update(analysis={"comparisons": [{"name": "a", "variable": "augmentation", "match": ["colour"]}]}), "analysis.comparisons[0].match[0]: 'colour' is not one of"),
+        (lambda c: c.update(analysis={"shap_slope_normalisation": "l2"}), "analysis.shap_slope_normalisation: 'l2' is not one of none, l1"),
     ],
 )
 def test_bad_configs_give_one_line_naming_the_key(default_config, schema, edit, expected):
@@ -93,7 +107,7 @@ def test_stage_params_are_sorted_builtin_and_minimal(default_config, schema):
             for v in value:
                 check(v)
         else:
-            assert type(value) in (str, int, float, bool)
+            assert type(value) in (str, int, float, bool, type(None))
 
     pretrain = study.pretrain_params(cell)
     probe = study.probe_params(cell, "digits")
@@ -145,3 +159,35 @@ def test_source_fingerprint_follows_the_tree(tmp_path):
     (tmp_path / "cat" / "b.png").write_bytes(b"y")
     os.utime(tmp_path / "cat", ns=(time.time_ns(), time.time_ns()))
     assert source_fingerprint(str(tmp_path)) != before
+
+
+def test_cell_level_settings_are_checked_and_named(default_config, schema):
+    config = dict(default_config, training=dict(default_config["training"], checkpoint="best_val", val_fraction=0))
+    with pytest.raises(ConfigError, match="cell vggm11_shapes_r32_none_s0: training.checkpoint best_val needs a validation split"):
+        Study(config, schema)
+    config = dict(default_config, grid=dict(default_config["grid"], arch=["timm/resnet18"]), model={"probe_points": "activations"})
+    with pytest.raises(ConfigError, match="model.probe_points activations is defined for the paper architectures"):
+        Study(config, schema)
+
+
+def test_overrides_select_lists_of_levels_and_set_probe_settings(default_config, schema):
+    default_config["probe"] = {"solver": "paper", "paper": {"epochs": 5}}
+    default_config["overrides"] = [{"where": {"resolution": [32, 48], "augmentation": "rrc_flip"}, "probe": {"paper": {"lr": 0.5}}, "training": {"epochs": 2}}]
+    study = Study(default_config, schema)
+    changed = {cid for cid, c in study.cells.items() if c.training["epochs"] == 2}
+    assert changed == {"vggm11_shapes_r32_rrc_flip_s0", "vggm11_shapes_r48_rrc_flip_s0"}
+    params = study.probe_params("vggm11_shapes_r48_rrc_flip_s0", "digits")["paper"]
+    assert params["lr"] == 0.5 and params["epochs"] == 5 and params["report"] == "last"  # merged key by key
+    assert study.probe_params("vggm11_shapes_r48_none_s0", "digits")["paper"]["lr"] is None
+
+
+def test_cells_keep_grid_order_and_datasets_their_preprocessing(default_config, schema):
+    default_config["grid"] = [{"arch": ["vggm17"], "id_dataset": ["shapes"], "resolution": [48]}, {"arch": ["vggm11"], "id_dataset": ["shapes"], "resolution": [32]}]
+    default_config["datasets"]["digits"].update(mean=[0.5, 0.5, 0.5], std=[0.2, 0.2, 0.2])
+    study = Study(default_config, schema)
+    assert list(study.cells) == ["vggm17_shapes_r48_none_s0", "vggm11_shapes_r32_none_s0"]
+    embed = study.embed_params("vggm11_shapes_r32_none_s0", "digits")
+    assert embed["normalization"] == {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}
+    assert study.embed_params("vggm11_shapes_r32_none_s0", "glyphs")["normalization"]["mean"] == [0.485, 0.456, 0.406]
+    assert "mean" not in study.prepare_params("digits", "r32")["spec"]  # normalisation does not change the prepared images
+    assert study.metrics_params("vggm11_shapes_r32_none_s0")["ood_sets"] == ["shapes-novel", "glyphs", "digits"]

@@ -153,7 +153,7 @@ def test_cub200_official_split(tmp_path):
     assert len(raw["train"].items) == 4 and raw["test"].labels.tolist() == [0, 1]
 
 
-def test_flowers102_release_splits(tmp_path):
+def test_flowers102_official_and_release_splits(tmp_path):
     from scipy.io import savemat
 
     base = tmp_path / "flowers-102"
@@ -161,9 +161,12 @@ def test_flowers102_release_splits(tmp_path):
         _image(base / "jpg" / f"image_{i:05d}.jpg")
     savemat(base / "imagelabels.mat", {"labels": np.array([[1, 1, 2, 2, 3, 3, 1, 2]])})
     savemat(base / "setid.mat", {"trnid": np.array([[1, 3, 5]]), "valid": np.array([[2, 4, 6]]), "tstid": np.array([[7, 8]])})
-    raw = load_source(_spec("flowers102", tmp_path))
-    assert [p.name for p in raw["test"].items] == ["image_00002.jpg", "image_00004.jpg", "image_00006.jpg"]
-    assert raw["train"].labels.tolist() == [0, 1, 2]
+    release = load_source(_spec("flowers102", tmp_path, splits="release"))  # what the paper's code probes
+    assert [p.name for p in release["test"].items] == ["image_00002.jpg", "image_00004.jpg", "image_00006.jpg"]
+    assert release["train"].labels.tolist() == [0, 1, 2]
+    official = load_source(_spec("flowers102", tmp_path))
+    assert [p.name for p in official["test"].items] == ["image_00007.jpg", "image_00008.jpg"]
+    assert len(official["train"].items) == 6 and official["test"].labels.tolist() == [0, 1]
 
 
 def test_fgvc_aircraft_variants(tmp_path):
@@ -213,6 +216,36 @@ def test_imagenet100_class_list_and_subsets(tmp_path):
     assert raw["train"].items == again["train"].items
     with pytest.raises(DatasetError, match="fewer than per_class=5"):
         load_source(_spec("imagenet100", tmp_path, per_class=5, classes=wnids[:12]))
+
+
+def test_subset_classes_in_sorted_folder_order(tmp_path):
+    wnids = resources.files("tunnelscope").joinpath("resources/imagenet100.txt").read_text().split()
+    for wnid in wnids:
+        _image(tmp_path / "train" / wnid / "a.JPEG", size=(8, 8))
+        _image(tmp_path / "val" / wnid / "v.JPEG", size=(8, 8))
+    listed = load_source(_spec("imagenet100", tmp_path, first_classes=3))
+    assert [p.parent.name for p in listed["train"].items] == wnids[:3]  # the CMC list's order
+    release = load_source(_spec("imagenet100", tmp_path, first_classes=3, class_order="sorted"))
+    assert [p.parent.name for p in release["train"].items] == sorted(wnids)[:3] != wnids[:3]
+    assert [p.parent.name for p in release["test"].items] == sorted(wnids)[:3]
+
+
+def test_imagenet_1k_tree_with_per_class_probe_set(tmp_path):
+    for wnid in ("n01440764", "n01443537", "n01484850"):
+        for i in range(4):
+            _image(tmp_path / "train" / wnid / f"{wnid}_{i}.JPEG", size=(10, 12))
+        _image(tmp_path / "val" / wnid / f"ILSVRC2012_val_{wnid}.JPEG", size=(10, 12))
+    raw = load_source(_spec("imagenet", tmp_path, per_class=2))
+    assert np.bincount(raw["train"].labels).tolist() == [2, 2, 2] and raw["test"].labels.tolist() == [0, 1, 2]
+
+
+def test_native_resolution_keeps_images_as_they_are():
+    image = Image.fromarray(RNG.integers(0, 256, size=(32, 32, 3), dtype=np.uint8))
+    kept = eval_transform(image, 32, native=True)
+    assert np.array_equal(kept, np.asarray(image))
+    resized = eval_transform(image, 32)  # Resize(36) then CenterCrop(32): not the original pixels
+    assert resized.shape == kept.shape and not np.array_equal(resized, kept)
+    assert eval_transform(image, 64, native=True).shape == (64, 64, 3)  # other sizes: the eval transform
 
 
 def test_sklearn_digits_are_real_and_stratified():

@@ -72,11 +72,22 @@ def test_cell_metrics_table():
             _probe_rows("oodB", "ood", [0.1, 0.2, 0.3], 2),
         ]
     )
-    info = dict(arch="vggm11", id_dataset="idset", resolution=32, augmentation="none", seed=0, family="cnn", stem=3, spatial_reduction=4, depth=11, id_classes=10, gamma=2.0, params=100, width=1.0)
-    table = metrics.cell_metrics(probes, info, [0.95]).set_index("ood_set")
+    info = dict(arch="vggm11", id_dataset="idset", resolution=32, augmentation="none", seed=0, family="cnn", stem=3, spatial_reduction=0.5, depth=11, id_classes=10, gamma=2.0, params=100, width=1.0, test_acc=0.7)
+    params = {"id_start_thresholds": [0.95], "ood_sets": ["oodB", "oodA"], "alignment_layer": "last", "alignment_id": "probe"}
+    table = metrics.cell_metrics(probes, info, params)
+    assert table.ood_set.tolist() == ["oodB", "oodA"] and table.ood_index.tolist() == [1, 2]  # the config's order
+    table = table.set_index("ood_set")
     assert table.loc["oodA", "ood_retained"] == pytest.approx(50.0)
     assert table.loc["oodB", "ood_retained"] == 100.0
     # Mean retained 75 -> strong.
     assert set(table.strength) == {"strong"}
     assert table.loc["oodA", "id_start_95"] == 3 and table.loc["oodA", "id_tunnel_length_95"] == 0
-    assert table.loc["oodA", "arch"] == "vggm11"
+    assert table.loc["oodA", "arch"] == "vggm11" and table.loc["oodA", "backbone_test_acc"] == 0.7
+    assert table.loc["oodA", "alignment"] == pytest.approx((0.9 - 0.1) * (0.4 - 0.25))
+    # The alternatives of the alignment: at the OOD peak (layer 2), and with the backbone's top-1.
+    at_peak = metrics.cell_metrics(probes, info, {**params, "alignment_layer": "ood_best"}).set_index("ood_set")
+    assert at_peak.loc["oodA", "alignment"] == pytest.approx((0.6 - 0.1) * (0.8 - 0.25))
+    backbone = metrics.cell_metrics(probes, info, {**params, "alignment_id": "backbone"}).set_index("ood_set")
+    assert backbone.loc["oodA", "alignment"] == pytest.approx((0.7 - 0.1) * (0.4 - 0.25))
+    with pytest.raises(ValueError, match="OOD set oodC: no probe rows"):
+        metrics.cell_metrics(probes, info, {**params, "ood_sets": ["oodA", "oodC"]})

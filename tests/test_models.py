@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from tunnelscope.extract import embed_images, layer_shapes, pool
-from tunnelscope.models import build_model, count_parameters, describe, enumerate_blocks, probe_points
+from tunnelscope.models import ProbePoint, build_model, count_parameters, describe, enumerate_blocks, probe_points
 from tunnelscope.train import to_input
 
 PAPER = {
@@ -158,7 +158,32 @@ def test_block_enumeration_per_family():
 
 def test_describe_external_models():
     vit = build_model("timm/deit_tiny_patch16_224", 5, resolution=64)
-    assert describe(vit, "timm/deit_tiny_patch16_224", 64) == {"family": "vit", "depth": 12, "stem": 16, "spatial_reduction": 16}
+    info = describe(vit, "timm/deit_tiny_patch16_224", 64)
+    assert {k: info[k] for k in ("family", "depth", "stem", "spatial_reduction")} == {"family": "vit", "depth": 12, "stem": 16, "spatial_reduction": 1.0}
     cnn = build_model("timm/resnet18", 5, resolution=64)
     info = describe(cnn, "timm/resnet18", 64)
-    assert info["family"] == "cnn" and info["stem"] == 7 and info["spatial_reduction"] == 4
+    # phi = side of the first block's map / input side: stride-2 stem + max-pool = 0.25, as the paper codes ResNets.
+    assert info["family"] == "cnn" and info["stem"] == 7 and info["spatial_reduction"] == 0.25 and info["arch_family"] == "resnet"
+
+
+def test_paper_architectures_are_coded_as_the_released_table():
+    phi = {arch: describe(None, arch, 32)["spatial_reduction"] for arch in ("vggm11", "vggm11-dagger", "resnet18", "vit-t")}
+    assert phi == {"vggm11": 0.5, "vggm11-dagger": 1.0, "resnet18": 0.25, "vit-t": 1.0}  # ViT coded 1.0 as in the table
+    # The CNNs' phi is what the built models do: the map side entering the second stage / input side.
+    for arch in ("vggm11", "vggm11-dagger", "resnet18"):
+        model = build_model(arch, 5, width=0.125, resolution=32)
+        convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+        second_stage = "layer1.0.conv1" if arch == "resnet18" else convs[2]
+        side = layer_shapes(model, [ProbePoint(1, second_stage, "input")], 32)[1][-1]
+        assert side / 32 == phi[arch], arch
+
+
+def test_post_activation_probe_points():
+    vgg = probe_points(build_model("vggm11", 5, width=0.125, resolution=32), enumeration="activations")
+    assert len(vgg) == 10 and all(isinstance(dict(build_model("vggm11", 5, width=0.125).named_modules())[p.name], torch.nn.ReLU) for p in vgg)
+    resnet = [p.name for p in probe_points(build_model("resnet18", 5, width=0.125), enumeration="activations")]
+    assert len(resnet) == 17 and resnet[0] == "relu" and resnet[-1] == "layer4.1.relu2"  # ends at the last block's output
+    vit = probe_points(build_model("vit-t", 5, width=0.125, resolution=32), enumeration="activations")
+    assert [p.name for p in vit] == [f"blocks.{i}" for i in range(12)]
+    with pytest.raises(ValueError, match="activations enumeration is defined for the paper architectures"):
+        probe_points(build_model("timm/resnet18", 5, resolution=32), enumeration="activations")

@@ -1,6 +1,7 @@
 """Crashes, corrupt files, numerical faults and unsafe pickles (issue 8)."""
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -12,12 +13,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import SCHEMA_PATH
 from tunnelscope import io
+from tunnelscope.config import IMAGENET_MEAN, IMAGENET_STD, load_schema, section_defaults
 from tunnelscope.datasets import Prepared, Split
 from tunnelscope.train import load_backbone, pretrain
 
-TRAINING = {"epochs": 3, "batch_size": 32, "lr": 0.01, "weight_decay": 0.05, "label_smoothing": 0.1, "warmup_epochs": 1, "val_fraction": 0.1}
-PARAMS = {"arch": "vggm11", "id_dataset": "toy", "resolution": 32, "augmentation": "rrc_flip", "seed": 0, "model": {"width": 0.125}, "training": TRAINING, "compute": {"precision": "fp32"}}
+TRAINING = {**section_defaults(load_schema(SCHEMA_PATH), "training"), "epochs": 3, "batch_size": 32, "lr": 0.01, "warmup_epochs": 1, "val_fraction": 0.1}
+NORMALIZATION = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+PARAMS = {
+    "arch": "vggm11", "id_dataset": "toy", "resolution": 32, "augmentation": "rrc_flip", "seed": 0, "model": {"width": 0.125},
+    "training": TRAINING, "normalization": NORMALIZATION, "compute": {"precision": "fp32"},
+}
 
 
 def toy_data(n=200):
@@ -69,7 +76,8 @@ SCRIPT = textwrap.dedent(
     from test_reliability import PARAMS, TRAINING, toy_data
     from tunnelscope.train import pretrain
     out = pathlib.Path(sys.argv[1])
-    params = dict(PARAMS, training=dict(TRAINING, epochs=4))
+    # best_val: the kept weights come from the resume state's copy of the best epoch.
+    params = dict(PARAMS, training=dict(TRAINING, epochs=4, checkpoint="best_val"))
     pretrain(params, toy_data(600), out / "ckpt.safetensors", out / "log.csv", out / "info.json", out / "state.pt", threads=1)
     """
 )
@@ -93,6 +101,9 @@ def test_sigkill_mid_training_resumes_to_bitwise_equal_weights(tmp_path):
     subprocess.run([sys.executable, str(script), str(killed)], check=True, timeout=600)
     a, b = load_file(full / "ckpt.safetensors"), load_file(killed / "ckpt.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (full / "log.csv").read_text().splitlines()[0] == (killed / "log.csv").read_text().splitlines()[0]
+    info = [json.loads((d / "info.json").read_text()) for d in (full, killed)]
+    assert info[0]["checkpoint_epoch"] == info[1]["checkpoint_epoch"] and info[0]["test_acc"] == info[1]["test_acc"]
     assert not (killed / "state.pt").exists()
 
 

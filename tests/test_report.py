@@ -54,7 +54,9 @@ def test_paper_outputs_exist(study):
     paper = study / "out/paper"
     for name in ("curves_by_variable", "shap_slopes", "strength_histogram", "layer_stats"):
         assert (paper / f"{name}.png").stat().st_size > 5000 and (paper / f"{name}.pdf").stat().st_size > 1000
-    assert "\\begin{tabular}" in (paper / "level_means.tex").read_text()
+    for name in ("id_accuracy", "ood_accuracy", "ood_retained", "pearson", "alignment", "level_means", "effect_sizes"):
+        assert "\\begin{tabular}" in (paper / "tables" / f"{name}.tex").read_text()
+        assert f"tables/{name}.csv" in (paper / "index.html").read_text()
     assert "vggm11" in (paper / "provenance.json").read_text()
 
 
@@ -107,7 +109,9 @@ def test_snakemake_report_renders_every_figure(study, chromium, tmp_path):
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(study), "--configfile", str(study / "tiny.yaml"), "--report", str(report)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "SHAP slopes per variable" in report.read_text()
+    text = report.read_text()
+    assert "SHAP slopes per variable" in text
+    assert "Laid out like the paper" in text and "Table 11" in text  # the paper tables, with their captions
     seen = _report_images(report, chromium)
     # overview + 2 cell figures + variables + SHAP + strength + layer statistics
     assert len(seen) == 7, seen

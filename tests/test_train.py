@@ -1,9 +1,12 @@
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from test_reliability import PARAMS, TRAINING, toy_data
 from tunnelscope.datasets import stratified_split
-from tunnelscope.train import lr_schedule, random_resized_crop_flip
+from tunnelscope.models import build_model, count_parameters
+from tunnelscope.train import epoch_order, lr_schedule, pretrain, random_resized_crop_flip
 
 
 def test_random_resized_crop_is_per_image_and_seeded():
@@ -58,3 +61,53 @@ def test_gpu_slots_are_claimed_one_job_each(tmp_path):
         del _HELD_LOCKS[held:]
     assert claim_slot(1, str(tmp_path)) == 0  # released locks are free again
     _HELD_LOCKS.pop().close()
+
+
+def test_schedule_start_factor_floor_and_per_epoch_stepping():
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([param], lr=1.0)
+    sched = lr_schedule(opt, warmup_steps=5, total_steps=20, start_factor=0.01, min_lr=0.1)  # released CNN code, per epoch
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.01) and lrs[5] == pytest.approx(1.0)
+    assert min(lrs[5:]) > 0.1 and opt.param_groups[0]["lr"] == pytest.approx(0.1)  # cosine down to min_lr
+
+
+def test_repeated_augmentation_order():
+    order = epoch_order(12, 3, torch.Generator().manual_seed(0))
+    assert len(order) == 12 and len(set(order.tolist())) == 4  # n / k distinct images ...
+    assert all(len(set(order[i : i + 3].tolist())) == 1 for i in range(0, 12, 3))  # ... each k times in a row
+    assert torch.equal(epoch_order(12, 1, torch.Generator().manual_seed(0)), torch.randperm(12, generator=torch.Generator().manual_seed(0)))
+
+
+def _pretrain(tmp_path, **training):
+    params = dict(PARAMS, augmentation="none", training=dict(TRAINING, warmup_epochs=0, **training))
+    info = pretrain(params, toy_data(120), tmp_path / "ckpt.safetensors", tmp_path / "log.csv", tmp_path / "info.json", tmp_path / "state.pt")
+    return info, pd.read_csv(tmp_path / "log.csv")
+
+
+def test_best_test_checkpoint_keeps_the_best_epoch(tmp_path):
+    info, log = _pretrain(tmp_path, epochs=4, checkpoint="best_test", val_fraction=0.0)
+    best = int(log.test_acc.idxmax())
+    assert info["checkpoint_rule"] == "best_test" and info["checkpoint_epoch"] == best + 1
+    assert info["test_acc"] == pytest.approx(log.test_acc[best])  # the kept weights score what that epoch scored
+    assert log.val_acc.isna().all() and info["n_fit"] == info["n_train"] == 120  # no hold-out
+
+
+def test_best_val_checkpoint_and_lr_scaling(tmp_path):
+    info, log = _pretrain(tmp_path, epochs=3, checkpoint="best_val", val_fraction=0.2, lr_scaling_batch=64, schedule_step="epoch")
+    assert info["checkpoint_epoch"] == int(log.val_acc.idxmax()) + 1 and "test_acc" not in log
+    assert log.lr[0] == pytest.approx(0.01 * 32 / 64)  # lr x batch / lr_scaling_batch, no warm-up
+    assert info["n_train"] == 120 and info["n_fit"] == 96
+
+
+def test_gamma_is_coded_as_the_paper(tmp_path):
+    info, _ = _pretrain(tmp_path, epochs=1)
+    hundred = count_parameters(build_model("vggm11", 100, 0.125, 32))
+    assert info["gamma_params"] == round(hundred / 1e4) * 1e4 != info["params"]  # a 100-class head, to 0.01M
+    assert info["gamma"] == info["gamma_params"] / 120  # over the whole train split, not what is left after the hold-out
+    full = count_parameters(build_model("vggm11", 100, 1.0, 32))
+    assert round(full / 1e6, 2) == 9.46 and round(round(full / 1e4) * 1e4 / 126_689, 2) == 74.67  # VGGm-11 on ImageNet-100

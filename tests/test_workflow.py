@@ -12,6 +12,7 @@ import yaml
 from PIL import Image
 
 from conftest import CELLS, EVAL_SETS, REPO, TINY, planned_jobs, snakemake
+from tunnelscope.captions import TABLES as PAPER_TABLES
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +51,14 @@ def test_all_outputs_exist_and_parse(study):
         assert len(pd.read_csv(out / "analysis" / f"{name}.csv")) > 0
     slopes = pd.read_csv(out / "analysis/shap_slopes.csv")
     assert list(slopes.columns[:3]) == ["target", "variable", "slope"]
+    paired = pd.read_csv(out / "analysis/paired_tests.csv")
+    assert set(paired.comparison) == {"augmentation"}  # the only variable with two levels
+    assert paired.n_pairs.eq(2).all()  # one per OOD set: the same backbone with and without augmentation
+    retained = pd.read_csv(out / "paper/tables/ood_retained.csv")
+    assert retained.columns.tolist() == ["id_dataset", "backbone", "resolution", "augmentation", "toy-glyphs", "digits", "mean"]
+    assert retained.augmentation.tolist() == ["no aug", "aug"]  # grid order
+    expected = metrics.groupby("augmentation", sort=False).ood_retained.mean().to_numpy()
+    np.testing.assert_allclose(retained["mean"], expected, atol=1e-3)
 
 
 def test_second_dry_run_has_nothing_to_do(study):
@@ -67,6 +76,7 @@ def test_editing_one_cell_reruns_exactly_its_chain(study):
     expected = {(rule, f"cell={cell}") for rule in ("pretrain", "cell_metrics", "cell_figure", "layer_stats")}
     expected |= {(rule, f"cell={cell}, eval_set={e}") for rule in ("embed", "probe") for e in EVAL_SETS}
     expected |= {("aggregate", ""), ("analysis", ""), ("overview_figure", ""), ("paper", ""), ("all", "")}
+    expected |= {("paper_table", f"table={t}") for t in PAPER_TABLES}
     assert jobs == expected
 
 
@@ -124,3 +134,36 @@ def test_two_runs_of_the_same_config_give_identical_tables(study, tmp_path):
         first = pd.read_parquet(study / "out/aggregate" / f"{name}.parquet")
         second = pd.read_parquet(tmp_path / "out/aggregate" / f"{name}.parquet")
         pd.testing.assert_frame_equal(first, second, check_exact=True, obj=name)
+
+
+def test_the_papers_protocol_switched_on_produces_the_papers_tables(tmp_path):
+    """Paper probes reporting the best test epoch, the best-test checkpoint, no hold-out, the
+    released code's schedule and ViT settings, a declared comparison: the tiny study end to end."""
+    config = dict(
+        TINY,
+        grid=[TINY["grid"], {"arch": ["vit-t"], "id_dataset": ["toy"], "resolution": [32], "augmentation": ["none"]}],
+        training={"epochs": 2, "batch_size": 32, "warmup_epochs": 1, "val_fraction": 0, "checkpoint": "best_test", "schedule_step": "epoch", "warmup_start_factor": 0.01},
+        overrides=[{"where": {"arch": "vit-t"}, "model": {"preprocessing": "imagenet"}, "training": {"min_lr": 0.00001}, "probe": {"paper": {"batch_size": 64}}}],
+        probe={"solver": "paper", "paper": {"epochs": 3, "report": "best_test", "reshuffle": False}},
+        analysis={"comparisons": [{"name": "augmentation (VGGm)", "variable": "augmentation", "where": {"arch": ["vggm11"]}, "match": ["arch", "ood_set"]}, {"name": "family", "variable": "family", "where": {"augmentation": ["none"]}, "match": ["ood_index"]}]},
+    )
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    snakemake(tmp_path)
+    out = tmp_path / "out"
+    for cell in [*CELLS, "vit-t_toy_r32_none_s0"]:
+        info = json.loads((out / "cells" / cell / "cell.json").read_text())
+        log = pd.read_csv(out / "cells" / cell / "train_log.csv")
+        assert info["checkpoint_rule"] == "best_test" and info["checkpoint_epoch"] == int(log.test_acc.idxmax()) + 1
+        assert info["n_fit"] == info["n_train"] == 96 and log.val_acc.isna().all()
+    curves = pd.read_parquet(out / "aggregate/curves.parquet")
+    assert set(curves.solver) == {"paper"} and curves.epoch.between(1, 3).all()
+    tables = {name: pd.read_csv(out / "paper/tables" / f"{name}.csv") for name in PAPER_TABLES}
+    assert tables["id_accuracy"].columns.tolist() == ["id_dataset", "backbone", "32 none", "32 rrc_flip"]
+    assert tables["id_accuracy"].backbone.tolist() == ["VGGm-11", "ViT-T"]
+    cells = pd.read_parquet(out / "aggregate/cells.parquet").set_index("arch")
+    assert tables["id_accuracy"].set_index("backbone").loc["ViT-T", "32 none"] == pytest.approx(100 * cells.loc["vit-t", "test_acc"], abs=0.01)
+    assert tables["ood_accuracy"].backbone.tolist() == ["VGGm-11", "VGGm-11", "ViT-T"]
+    assert tables["level_means"].comparison.tolist() == ["augmentation (VGGm)"] * 2 + ["family"] * 2
+    effects = tables["effect_sizes"]
+    assert effects.comparison.tolist() == ["augmentation (VGGm)", "family"] and effects.pairs.tolist() == [2, 2]
+    assert "\\begin{tabular}" in (out / "paper/tables/effect_sizes.tex").read_text()

@@ -1,29 +1,36 @@
-"""Cross-grid analysis (PROTOCOL.md, "Analysis across backbones").
+"""Cross-grid analysis (Harun et al. 2024, Sec. 3.3 and App. C; docs/protocol.md).
 
 Input: one row per (backbone, OOD set) with the targets ``ood_retained`` (percent), ``pearson``,
-``alignment`` and the variables below. Output: SHAP slopes with in-sample R^2, paired
-comparisons per variable (Wilcoxon signed-rank, Cliff's delta), and per-level means with
-bootstrap 95% intervals.
+``alignment``, the eight SHAP variables and, for paired comparisons, whatever identifies a row:
+the cell variables (arch, id_dataset, resolution, augmentation, seed), ``ood_set`` and
+``ood_index``. Output: SHAP slopes with in-sample R^2, paired comparisons (Wilcoxon signed-rank
+on matched pairs, Cliff's delta between the two groups) and per-level means with bootstrap 95%
+intervals, for the comparisons of ``analysis.comparisons``.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import numbers
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .config import CELL_VARIABLES, DERIVED_VARIABLES
+
 log = logging.getLogger("tunnelscope.analysis")
 
 TARGETS = ("ood_retained", "pearson", "alignment")
+# The SHAP model's eight features, as in the paper.
 VARIABLES = ("stem", "spatial_reduction", "family", "augmentation", "resolution", "id_classes", "gamma", "depth")
 NUMERIC = ("stem", "spatial_reduction", "resolution", "id_classes", "gamma", "depth")
-# Held fixed when pairing backbones that differ in one variable; gamma is derived from the
-# architecture and the data size, so it is reported by SHAP but never matched or paired.
-PAIRED = ("stem", "spatial_reduction", "family", "augmentation", "resolution", "id_classes", "depth")
+# Variables the automatic comparisons look at, in this order.
+COMPARED = ("augmentation", "resolution", "id_dataset", "arch", "arch_family", "family", "stem", "spatial_reduction", "depth", "id_classes", "gamma")
 CLIFF_BANDS = ((0.474, "large"), (0.33, "medium"), (0.147, "small"), (0.0, "negligible"))
+DEFAULT_SETTINGS = {"comparisons": "auto", "shap_slope_normalisation": "none", "alpha": 0.05, "bootstrap_resamples": 2000}
 
 
 class TableError(ValueError):
@@ -31,10 +38,15 @@ class TableError(ValueError):
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
+    """A metrics table (CSV or Parquet), or the paper's released table as published."""
+    from .release import is_release_table, from_release
+
     path = Path(path)
     if not path.is_file():
         raise TableError(f"{path}: no such file")
     table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    if is_release_table(table):
+        table = from_release(table)
     return check_table(table)
 
 
@@ -48,13 +60,12 @@ def check_table(table: pd.DataFrame) -> pd.DataFrame:
     bad = sorted(set(table.family.astype(str)) - {"cnn", "vit"})
     if bad:
         raise TableError(f"column 'family' must hold cnn or vit, found {', '.join(bad)}")
-    table = table.copy()
-    table["augmentation"] = augmentation_code(table.augmentation)
-    return table
+    return table.reset_index(drop=True)
 
 
 def augmentation_code(values: pd.Series) -> pd.Series:
     """0 = no augmentation, 1 = augmentation; accepts none/<name>, booleans or 0/1."""
+
     def code(v):
         if isinstance(v, str):
             return 0 if v.lower() in ("none", "no", "false", "0", "") else 1
@@ -71,7 +82,8 @@ def ordinal(values: pd.Series) -> pd.Series:
 
 def encode(table: pd.DataFrame) -> pd.DataFrame:
     """Model features: ordinal codes, and CNN-vs-ViT one-hot."""
-    features = pd.DataFrame({v: ordinal(table[v]) for v in VARIABLES if v != "family"}, index=table.index)
+    coded = table.assign(augmentation=augmentation_code(table.augmentation))
+    features = pd.DataFrame({v: ordinal(coded[v]) for v in VARIABLES if v != "family"}, index=table.index)
     features["family_cnn"] = (table.family == "cnn").astype(float)
     features["family_vit"] = (table.family == "vit").astype(float)
     return features
@@ -81,8 +93,14 @@ def target_values(table: pd.DataFrame, target: str) -> pd.Series:
     return table[target] / 100.0 if target == "ood_retained" else table[target]
 
 
-def shap_slopes(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """SHAP slope per (target, variable) and in-sample R^2 per target."""
+# ---------------------------------------------------------------- SHAP slopes
+
+
+def shap_slopes(table: pd.DataFrame, normalisation: str = "none") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """SHAP slope per (target, variable) and in-sample R^2 per target.
+
+    ``normalisation`` "l1" divides each target's slopes by the sum of their absolute values
+    (the paper's text); "none" keeps them raw (its released code and figures)."""
     import shap
     from sklearn.ensemble import GradientBoostingRegressor
 
@@ -101,8 +119,12 @@ def shap_slopes(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         values = pd.DataFrame(shap.TreeExplainer(model).shap_values(x), columns=x.columns, index=x.index)
         values["family"] = values.pop("family_cnn") + values.pop("family_vit")
         codes = x.drop(columns=["family_cnn", "family_vit"]).assign(family=x.family_vit)
-        for variable in VARIABLES:
-            slopes.append({"target": target, "variable": variable, **_slope(codes[variable], values[variable])})
+        per_target = [{"target": target, "variable": v, **_slope(codes[v], values[v])} for v in VARIABLES]
+        if normalisation == "l1":
+            total = sum(abs(r["slope"]) for r in per_target if not np.isnan(r["slope"]))
+            for r in per_target:
+                r["slope"] = r["slope"] / total if total > 0 else float("nan")
+        slopes += per_target
     return pd.DataFrame(slopes), pd.DataFrame(fits)
 
 
@@ -111,6 +133,9 @@ def _slope(code: pd.Series, shap_values: pd.Series) -> dict:
         return {"slope": float("nan"), "note": "not estimable: single level"}
     x = code / code.max()
     return {"slope": float(np.polyfit(x, shap_values, 1)[0]), "note": ""}
+
+
+# ---------------------------------------------------------------- effect sizes
 
 
 def cliffs_delta(high, low) -> float:
@@ -134,70 +159,158 @@ def cliffs_magnitude(delta: float) -> str:
     return "negligible"
 
 
-def paired_tests(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
-    """For each variable and each pair of consecutive levels: rows matched on every other
-    paired variable, the OOD set and (if present) the seed; Wilcoxon and Cliff's delta."""
-    rows = []
-    extra_keys = [k for k in ("ood_set", "seed") if k in table.columns]
-    for variable in PAIRED:
-        levels = sorted(table[variable].unique())
-        if len(levels) < 2:
-            rows += [{"variable": variable, "target": t, "note": "not estimable: single level"} for t in TARGETS]
+def bootstrap_interval(values: np.ndarray, n_resamples: int) -> tuple[float, float]:
+    """Percentile bootstrap 95% interval of the mean (the mean itself for 0-spread data)."""
+    if len(values) > 1 and np.ptp(values) > 0:
+        ci = stats.bootstrap((values,), np.mean, n_resamples=n_resamples, method="percentile", random_state=0).confidence_interval
+        return float(ci.low), float(ci.high)
+    mean = float(values.mean()) if len(values) else float("nan")
+    return mean, mean
+
+
+# ---------------------------------------------------------------- comparisons
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Number) and not isinstance(value, (bool, np.bool_))
+
+
+def level_mask(column: pd.Series, level) -> pd.Series:
+    """Rows at ``level``; numbers match within 0.1% (configs write gamma to two decimals)."""
+    if _is_number(level) and pd.api.types.is_numeric_dtype(column):
+        return pd.Series(np.isclose(column.astype(float), float(level), rtol=1e-3, atol=0.0), index=column.index)
+    return column.astype(str) == str(level)
+
+
+def select(table: pd.DataFrame, where: dict) -> pd.DataFrame:
+    keep = pd.Series(True, index=table.index)
+    for column, allowed in where.items():
+        if column not in table.columns:
+            raise TableError(f"comparison selects on column {column!r}, which the table lacks")
+        keep &= np.logical_or.reduce([level_mask(table[column], v) for v in allowed])
+    return table[keep]
+
+
+def present_levels(column: pd.Series) -> list:
+    """Distinct values: numbers ascending, others in order of first appearance (grid order)."""
+    values = list(dict.fromkeys(column.dropna().tolist()))
+    return sorted(values) if all(_is_number(v) for v in values) else values
+
+
+def default_match(table: pd.DataFrame, variable: str) -> list[str]:
+    """What a pair holds fixed by default: every cell variable present except the compared one
+    and those that carry it (arch for architecture facts, id_dataset for the class count), plus
+    the OOD set. Without the cell variable that carries them, the derived variables identify a
+    backbone and are matched instead; gamma never is (it moves with architecture and data)."""
+    carriers = set(DERIVED_VARIABLES.get(variable, ())) | {variable}
+    match = [c for c in CELL_VARIABLES if c in table.columns and c not in carriers]
+    for derived, carried_by in DERIVED_VARIABLES.items():
+        if derived not in carriers and derived != "gamma" and derived in table.columns and not all(c in table.columns for c in carried_by):
+            match.append(derived)
+    return match + [c for c in ("ood_set",) if c in table.columns]
+
+
+def auto_comparisons(table: pd.DataFrame) -> list[dict]:
+    """Every variable with two or more levels, every pair of its levels, default matching. A
+    variable that splits the rows exactly as an earlier one does (depth and stem when the grid
+    has two architectures) is the same comparison and is left out, with a log line."""
+    specs, seen = [], {}
+    for variable in COMPARED:
+        if variable not in table.columns or table[variable].nunique() < 2:
             continue
-        keys = [v for v in PAIRED if v != variable] + extra_keys
-        for lo, hi in zip(levels, levels[1:]):
-            a = table[table[variable] == lo].groupby(keys)[list(TARGETS)].mean()
-            b = table[table[variable] == hi].groupby(keys)[list(TARGETS)].mean()
-            both = a.merge(b, left_index=True, right_index=True, suffixes=("_lo", "_hi"))
-            for target in TARGETS:
-                pair = both[[f"{target}_lo", f"{target}_hi"]].dropna()
-                rows.append(_compare(variable, target, lo, hi, pair[f"{target}_lo"].to_numpy(), pair[f"{target}_hi"].to_numpy(), alpha))
-    return pd.DataFrame(rows)
+        groups = tuple(pd.factorize(table[variable].astype(str))[0])
+        if groups in seen:
+            log.info("comparison %s left out: it groups the rows exactly as %s", variable, seen[groups])
+            continue
+        seen[groups] = variable
+        specs.append({"name": variable, "variable": variable})
+    return specs
 
 
-def _compare(variable, target, lo, hi, before, after, alpha) -> dict:
-    row = {"variable": variable, "target": target, "level_from": lo, "level_to": hi, "n_pairs": len(before)}
-    if len(before) == 0:
-        return {**row, "note": "not estimable: no matched pairs"}
-    diff = after - before
-    p = 1.0 if np.allclose(diff, 0) else float(stats.wilcoxon(after, before).pvalue)
+def pair_rows(low: pd.DataFrame, high: pd.DataFrame, match: list[str], pair_order: str | None) -> pd.DataFrame:
+    """One-to-one pairs: rows of the two levels with equal ``match`` values; where several share
+    them, the k-th of one level (in ``pair_order``, else table order) pairs with the k-th of the
+    other. Backbones are never averaged into one pair."""
+    missing = [c for c in match if c not in low.columns]
+    if missing:
+        raise TableError(f"comparison matches on column {missing[0]!r}, which the table lacks")
+    sides = []
+    for frame in (low, high):
+        if pair_order:
+            frame = frame.sort_values(pair_order, kind="stable")
+        sides.append(frame.assign(_rank=frame.groupby(match, sort=False, dropna=False).cumcount()))
+    return sides[0].merge(sides[1], on=[*match, "_rank"], suffixes=("_from", "_to"))
+
+
+def run_comparison(table: pd.DataFrame, spec: dict, alpha: float, n_resamples: int) -> tuple[list[dict], list[dict]]:
+    """(paired test rows, level mean rows) of one comparison."""
+    name, variable = spec["name"], spec["variable"]
+    head = {"comparison": name, "variable": variable}
+    if variable not in table.columns:
+        return [{**head, "target": t, "note": f"not estimable: no column {variable}"} for t in TARGETS], []
+    rows = select(table, spec.get("where", {}))
+    present = present_levels(rows[variable])
+    if spec.get("levels"):
+        levels = [next((p for p in present if level_mask(pd.Series([p]), lv).iloc[0]), lv) for lv in spec["levels"]]
+    else:
+        levels = present
+    means = []
+    for level in levels:
+        group = rows[level_mask(rows[variable], level)]
+        for target in TARGETS:
+            values = group[target].dropna().to_numpy(dtype=float)
+            low, high = bootstrap_interval(values, n_resamples)
+            means.append({**head, "level": level, "target": target, "n": len(values), "mean": float(values.mean()) if len(values) else float("nan"), "ci_low": low, "ci_high": high})
+    if len(levels) < 2 and not spec.get("pairs"):
+        return [{**head, "target": t, "note": "not estimable: single level"} for t in TARGETS], means
+    pairs = spec.get("pairs") or list(itertools.combinations(levels, 2))
+    match = spec.get("match") or default_match(table, variable)
+    tests = []
+    for lo, hi in pairs:
+        a, b = rows[level_mask(rows[variable], lo)], rows[level_mask(rows[variable], hi)]
+        lo, hi = (a[variable].iloc[0] if len(a) else lo), (b[variable].iloc[0] if len(b) else hi)
+        matched = pair_rows(a, b, match, spec.get("pair_order"))
+        for target in TARGETS:
+            pair = matched[[f"{target}_from", f"{target}_to"]].dropna()
+            tests.append(_compare({**head, "target": target, "level_from": lo, "level_to": hi}, a[target].dropna(), b[target].dropna(), pair, alpha))
+    return tests, means
+
+
+def _compare(row: dict, before: pd.Series, after: pd.Series, pair: pd.DataFrame, alpha: float) -> dict:
+    target = row["target"]
+    row = {**row, "n_from": len(before), "n_to": len(after), "n_pairs": len(pair)}
+    if len(before) == 0 or len(after) == 0:
+        return {**row, "note": "not estimable: a level has no rows"}
     delta = cliffs_delta(after, before)
-    return {
-        **row,
-        "mean_from": float(before.mean()),
-        "mean_to": float(after.mean()),
-        "wilcoxon_p": p,
-        "significant": bool(p < alpha),
-        "cliffs_delta": delta,
-        "magnitude": cliffs_magnitude(delta),
-        "note": "",
-    }
+    row.update(mean_from=float(before.mean()), mean_to=float(after.mean()), cliffs_delta=delta, abs_delta=abs(delta), magnitude=cliffs_magnitude(delta))
+    if len(pair) == 0:
+        return {**row, "note": "no matched pairs: Wilcoxon not run"}
+    x, y = pair[f"{target}_to"].to_numpy(), pair[f"{target}_from"].to_numpy()
+    p = 1.0 if np.allclose(x - y, 0) else float(stats.wilcoxon(x, y).pvalue)
+    return {**row, "wilcoxon_p": p, "significant": bool(p < alpha), "note": ""}
 
 
-def level_means(table: pd.DataFrame, n_resamples: int = 2000) -> pd.DataFrame:
-    """Mean of each target per level of each variable, with a percentile bootstrap 95% CI."""
-    rows = []
-    for variable in VARIABLES:
-        for level, group in table.groupby(variable, sort=True):
-            for target in TARGETS:
-                values = group[target].dropna().to_numpy(dtype=float)
-                low = high = float("nan")
-                if len(values) > 1 and np.ptp(values) > 0:
-                    ci = stats.bootstrap((values,), np.mean, n_resamples=n_resamples, method="percentile", random_state=0).confidence_interval
-                    low, high = float(ci.low), float(ci.high)
-                elif len(values):
-                    low = high = float(values.mean())
-                rows.append({"variable": variable, "level": level, "target": target, "n": len(values), "mean": float(values.mean()) if len(values) else float("nan"), "ci_low": low, "ci_high": high})
-    return pd.DataFrame(rows)
+def comparisons(table: pd.DataFrame, specs, alpha: float = 0.05, n_resamples: int = 2000) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(paired tests, level means) of every comparison; ``specs`` "auto" or a list."""
+    tests, means = [], []
+    for spec in auto_comparisons(table) if specs == "auto" else specs:
+        t, m = run_comparison(table, spec, alpha, n_resamples)
+        tests += t
+        means += m
+    columns = ["comparison", "variable", "target", "level_from", "level_to", "n_from", "n_to", "n_pairs", "mean_from", "mean_to", "wilcoxon_p", "significant", "cliffs_delta", "abs_delta", "magnitude", "note"]
+    mean_columns = ["comparison", "variable", "level", "target", "n", "mean", "ci_low", "ci_high"]
+    return pd.DataFrame(tests).reindex(columns=columns), pd.DataFrame(means).reindex(columns=mean_columns)
 
 
-def analyze(table: pd.DataFrame, out_dir: str | Path) -> dict[str, pd.DataFrame]:
+def analyze(table: pd.DataFrame, out_dir: str | Path, settings: dict | None = None) -> dict[str, pd.DataFrame]:
     """Write shap_slopes.csv, shap_fit.csv, paired_tests.csv and level_means.csv to out_dir."""
     from .io import atomic_path
 
+    settings = {**DEFAULT_SETTINGS, **(settings or {})}
     table = check_table(table)
-    slopes, fit = shap_slopes(table)
-    results = {"shap_slopes": slopes, "shap_fit": fit, "paired_tests": paired_tests(table), "level_means": level_means(table)}
+    slopes, fit = shap_slopes(table, settings["shap_slope_normalisation"])
+    paired, means = comparisons(table, settings["comparisons"], settings["alpha"], settings["bootstrap_resamples"])
+    results = {"shap_slopes": slopes, "shap_fit": fit, "paired_tests": paired, "level_means": means}
     out = Path(out_dir)
     for name, frame in results.items():
         with atomic_path(out / f"{name}.csv") as tmp:

@@ -13,6 +13,7 @@ from .config import ENUMERATIONS, ConfigError, Study, load_schema
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+PAPER_PRESET = REPO / "config" / "paper.yaml"
 
 
 def _validate(args) -> int:
@@ -28,7 +29,7 @@ def _validate(args) -> int:
         return 1
     n_eval = sum(len(study.eval_sets(c)) for c in study.cells)
     print(f"{args.config}: valid; {len(study.cells)} cells, {n_eval} probe jobs")
-    for cid in sorted(study.cells):
+    for cid in study.cells:
         print(f"  {cid}: eval sets {', '.join(study.eval_sets(cid))}")
     return 0
 
@@ -44,7 +45,11 @@ def _layers(args) -> int:
         return 1
     import torch
 
-    points = probe_points(model, args.side, args.probe_points)
+    try:
+        points = probe_points(model, args.side, args.probe_points)
+    except ValueError as exc:
+        print(f"tunnelscope: {args.arch}: {exc}", file=sys.stderr)
+        return 1
     shapes = layer_shapes(model, points, args.resolution)
     layers = []
     for p in points:
@@ -62,19 +67,49 @@ def _layers(args) -> int:
     return 0
 
 
+def _is_release(path: str) -> bool:
+    import pandas as pd
+
+    from .release import is_release_table
+
+    try:
+        return path.endswith(".csv") and is_release_table(pd.read_csv(path, nrows=0))
+    except (OSError, ValueError):
+        return False
+
+
 def _analyze(args) -> int:
     import logging
 
-    from .analysis import TableError, analyze, read_table
+    from .analysis import DEFAULT_SETTINGS, TableError, analyze, read_table
+    from .release import release_path
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if (args.table is None) == (not args.paper):
+        print("tunnelscope: analyze needs a TABLE or --paper (the paper's released table), not both", file=sys.stderr)
+        return 2
+    table_path = str(release_path()) if args.paper else args.table
+    # The paper's released table is analysed with the paper's comparisons unless told otherwise.
+    config_path = args.config or (str(PAPER_PRESET) if args.paper or _is_release(table_path) else None)
+    settings = dict(DEFAULT_SETTINGS)
+    if config_path:
+        try:
+            with open(config_path) as fh:
+                settings = Study(yaml.safe_load(fh), load_schema(args.schema)).config["analysis"]
+        except (OSError, yaml.YAMLError) as exc:
+            print(f"tunnelscope: cannot read {config_path}: {exc}", file=sys.stderr)
+            return 2
+        except ConfigError as exc:
+            print(f"tunnelscope: config error in {config_path}: {exc}", file=sys.stderr)
+            return 1
     try:
-        results = analyze(read_table(args.table), args.out)
-    except TableError as exc:
-        print(f"tunnelscope: {args.table}: {exc}", file=sys.stderr)
+        results = analyze(read_table(table_path), args.out, settings)
+    except (TableError, ValueError) as exc:
+        print(f"tunnelscope: {table_path}: {exc}", file=sys.stderr)
         return 1
     fit = results["shap_fit"].set_index("target").r2
-    print(f"wrote {', '.join(f'{k}.csv' for k in results)} to {args.out}; in-sample R2: " + ", ".join(f"{t} {r:.2f}" for t, r in fit.items()))
+    n = results["paired_tests"].comparison.nunique()
+    print(f"wrote {', '.join(f'{k}.csv' for k in results)} to {args.out}; {n} comparisons ({'from ' + config_path if config_path else 'auto'}); in-sample R2: " + ", ".join(f"{t} {r:.2f}" for t, r in fit.items()))
     return 0
 
 
@@ -96,13 +131,22 @@ def main(argv: list[str] | None = None) -> int:
         "--probe-points",
         default="default",
         choices=ENUMERATIONS,
-        help="enumeration: the architecture's own (default), blocks, or paper (Harun et al. Sec. 4.2: every transformer block, every Conv2d, each ConvNeXt block's depthwise conv)",
+        help="enumeration: the architecture's own (default), blocks, paper (Harun et al. Sec. 4.2: every transformer block, every Conv2d, each ConvNeXt block's depthwise conv), or activations (post-ReLU outputs of the paper CNNs)",
     )
     lay.add_argument("--json", action="store_true", help="print one JSON object: arch, params, layers")
     lay.set_defaults(func=_layers)
-    ana = sub.add_parser("analyze", help="SHAP slopes, paired tests and level means of a (backbone x OOD set) table")
-    ana.add_argument("table", help="CSV or Parquet: ood_retained, pearson, alignment, family, stem, spatial_reduction, augmentation, resolution, id_classes, gamma, depth")
-    ana.add_argument("--out", required=True, help="output directory for the four CSV tables")
+    ana = sub.add_parser(
+        "analyze",
+        help="SHAP slopes, paired comparisons and level means of a (backbone x OOD set) table",
+        description="SHAP slopes, paired comparisons and level means of a (backbone x OOD set) table: "
+        "results/aggregate/metrics.csv of a study, any table with the same columns, or the paper's "
+        "released experiments_results.csv exactly as published (backbones and OOD sets recovered from its row order).",
+    )
+    ana.add_argument("table", nargs="?", help="CSV or Parquet: ood_retained, pearson, alignment, family, stem, spatial_reduction, augmentation, resolution, id_classes, gamma, depth (plus arch, id_dataset, seed, ood_set, ood_index for the comparisons)")
+    ana.add_argument("--paper", action="store_true", help="analyse the paper's released table (shipped with tunnelscope) with the comparisons of config/paper.yaml")
+    ana.add_argument("--config", help="a study config whose analysis section (comparisons, SHAP slope normalisation, alpha) to use (default: automatic comparisons; config/paper.yaml's for the released table)")
+    ana.add_argument("--schema", default=str(SCHEMA), help="JSON schema of --config (default: the repository's)")
+    ana.add_argument("--out", required=True, help="output directory for shap_slopes.csv, shap_fit.csv, paired_tests.csv, level_means.csv")
     ana.set_defaults(func=_analyze)
     args = parser.parse_args(argv)
     return args.func(args)

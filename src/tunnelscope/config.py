@@ -11,28 +11,44 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import jsonschema
 import yaml
 
-# Facts about each architecture needed before any model is built (cell variables, analysis).
-# stem: first conv kernel size; spatial_reduction: downsampling factor of the first two stages.
+# Facts about each architecture needed before any model is built (cell variables, analysis),
+# coded as Harun et al. code them in their released results table: stem = first conv kernel or
+# ViT patch size; spatial_reduction = phi = s_out / s_in of the stem and first stage (ViTs are
+# coded 1.0 there although the patch embedding downsamples by 8); depth = nominal depth.
 ARCHS = {
-    "vggm11": {"family": "cnn", "depth": 11, "stem": 3, "spatial_reduction": 4},
-    "vggm17": {"family": "cnn", "depth": 17, "stem": 3, "spatial_reduction": 4},
-    "vggm11-dagger": {"family": "cnn", "depth": 11, "stem": 3, "spatial_reduction": 1},
-    "vggm17-dagger": {"family": "cnn", "depth": 17, "stem": 3, "spatial_reduction": 1},
-    "resnet18": {"family": "cnn", "depth": 18, "stem": 7, "spatial_reduction": 4},
-    "resnet34": {"family": "cnn", "depth": 34, "stem": 7, "spatial_reduction": 4},
-    "vit-t": {"family": "vit", "depth": 12, "stem": 8, "spatial_reduction": 8},
-    "vit-t-plus": {"family": "vit", "depth": 18, "stem": 8, "spatial_reduction": 8},
+    "vggm11": {"label": "VGGm-11", "family": "cnn", "arch_family": "vggm", "depth": 11, "stem": 3, "spatial_reduction": 0.5},
+    "vggm17": {"label": "VGGm-17", "family": "cnn", "arch_family": "vggm", "depth": 17, "stem": 3, "spatial_reduction": 0.5},
+    "vggm11-dagger": {"label": "VGGm†-11", "family": "cnn", "arch_family": "vggm", "depth": 11, "stem": 3, "spatial_reduction": 1.0},
+    "vggm17-dagger": {"label": "VGGm†-17", "family": "cnn", "arch_family": "vggm", "depth": 17, "stem": 3, "spatial_reduction": 1.0},
+    "resnet18": {"label": "ResNet-18", "family": "cnn", "arch_family": "resnet", "depth": 18, "stem": 7, "spatial_reduction": 0.25},
+    "resnet34": {"label": "ResNet-34", "family": "cnn", "arch_family": "resnet", "depth": 34, "stem": 7, "spatial_reduction": 0.25},
+    "vit-t": {"label": "ViT-T", "family": "vit", "arch_family": "vit", "depth": 12, "stem": 8, "spatial_reduction": 1.0},
+    "vit-t-plus": {"label": "ViT-T+", "family": "vit", "arch_family": "vit", "depth": 18, "stem": 8, "spatial_reduction": 1.0},
 }
 
 CELL_VARIABLES = ("arch", "id_dataset", "resolution", "augmentation", "seed")
+# Variables of a cell derived from its architecture and ID data, and the cell variables that
+# determine each: a comparison of one of them lets those vary and matches on the others.
+DERIVED_VARIABLES = {
+    "family": ("arch",),
+    "arch_family": ("arch",),
+    "stem": ("arch",),
+    "spatial_reduction": ("arch",),
+    "depth": ("arch",),
+    "id_classes": ("id_dataset",),
+    "gamma": ("arch", "id_dataset"),
+}
+# Columns a comparison may select rows by or match pairs on, besides the variables.
+PAIR_KEYS = ("ood_set", "ood_index")
 # Probe point enumerations (models.probe_points); here so the CLI lists them without torch.
-ENUMERATIONS = ("default", "blocks", "paper")
+ENUMERATIONS = ("default", "blocks", "paper", "activations")
 # The probe settings each solver reads, so that changing another solver's settings reruns nothing.
 PROBE_KEYS = {
     "common": ["solver", "pooling", "seed"],
@@ -40,6 +56,11 @@ PROBE_KEYS = {
     "sklearn": ["standardize", "max_iter", "C"],
     "paper": ["paper"],
 }
+# Input normalisation of the paper backbones, and of datasets and published models that declare
+# no other.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_TRANSFORM = {"interpolation": "bicubic", "crop_pct": 0.875}
 
 
 class ConfigError(ValueError):
@@ -109,6 +130,14 @@ def _fill_defaults(schema: dict, data, root: dict):
                 _fill_defaults(extra, data[key], root)
 
 
+def section_defaults(schema: dict, name: str) -> dict:
+    """Every default of one settings section of the schema (``training``, ``probe``, ...): the
+    settings a library call outside a study starts from."""
+    settings: dict = {}
+    _fill_defaults(schema["$defs"][name], settings, schema)
+    return settings
+
+
 @dataclass(frozen=True)
 class Cell:
     """One backbone: the variables that define it and its resolved settings."""
@@ -121,14 +150,9 @@ class Cell:
     seed: int
     model: dict
     training: dict
+    probe: dict
     ood_sets: tuple = ()
     pretrained: dict | None = None  # the pretrained entry of a published backbone
-
-    @property
-    def transform(self) -> str:
-        """Tag of the prepared-image cache its eval sets come from."""
-        p = self.pretrained or DEFAULT_TRANSFORM
-        return transform_tag(self.resolution, p["interpolation"], p["crop_pct"])
 
     @property
     def variables(self) -> dict:
@@ -155,9 +179,10 @@ def validate(config: dict, schema: dict) -> dict:
         # The most specific error; not jsonschema's best_match, which splits anyOf alternatives.
         raise ConfigError(_one_line(_deepest(max(errors, key=lambda e: len(e.absolute_path)))))
     _fill_defaults(schema, config, schema)
-    embed, probe = config["embed"], config["probe"]
+    embed = config["embed"]
     if isinstance(embed["pooling"], str):
         embed["pooling"] = [embed["pooling"]]
+    probe = config["probe"]
     probe.setdefault("pooling", embed["pooling"][0])
     if probe["pooling"] not in embed["pooling"]:
         raise ConfigError(f"probe.pooling: {probe['pooling']!r} is not written by embed.pooling ({', '.join(embed['pooling'])})")
@@ -166,6 +191,7 @@ def validate(config: dict, schema: dict) -> dict:
         _fill_defaults(schema["$defs"]["grid_block"], block, schema)
     config["grid"] = blocks
     _check_pretrained(config["pretrained"])
+    _check_datasets(config["datasets"])
     names = set(config["datasets"])
     defined = ", ".join(sorted(names))
     for b, block in enumerate(blocks):
@@ -187,8 +213,10 @@ def validate(config: dict, schema: dict) -> dict:
     for i, entry in enumerate(config["overrides"]):
         for key, value in entry["where"].items():
             levels = [v for block in blocks for v in block[key]]
-            if value not in levels:
-                raise ConfigError(f"overrides[{i}].where.{key}: {value!r} matches no cell; grid levels: {', '.join(map(str, dict.fromkeys(levels)))}")
+            for one in value if isinstance(value, list) else [value]:
+                if one not in levels:
+                    raise ConfigError(f"overrides[{i}].where.{key}: {one!r} matches no cell; grid levels: {', '.join(map(str, dict.fromkeys(levels)))}")
+    _check_comparisons(config["analysis"]["comparisons"], blocks)
     return config
 
 
@@ -200,28 +228,74 @@ def _check_pretrained(entries: dict) -> None:
             raise ConfigError(f"pretrained.{name}.hf_cache: only timm models load from a Hugging Face cache; use weights for {spec['arch']}")
 
 
-DEFAULT_TRANSFORM = {"interpolation": "bicubic", "crop_pct": 0.875}
+def _check_datasets(datasets: dict) -> None:
+    for name, spec in datasets.items():
+        if ("mean" in spec) != ("std" in spec):
+            given, missing = ("mean", "std") if "mean" in spec else ("std", "mean")
+            raise ConfigError(f"datasets.{name}: {given} is given without {missing}; give both or neither")
 
 
-def transform_tag(resolution: int, interpolation: str, crop_pct: float) -> str:
+def _check_comparisons(comparisons, blocks: list[dict]) -> None:
+    """Levels of cell variables (and of architecture facts, when every arch is a paper one) must
+    occur in the grid, so a typo fails before any job instead of giving an empty comparison."""
+    if comparisons == "auto":
+        return
+    grid = {k: {v for block in blocks for v in block[k]} for k in CELL_VARIABLES}
+    for k in ("family", "arch_family", "stem", "spatial_reduction", "depth"):
+        if all(a in ARCHS for a in grid["arch"]):
+            grid[k] = {ARCHS[a][k] for a in grid["arch"]}
+    seen = set()
+    for i, entry in enumerate(comparisons):
+        where = f"analysis.comparisons[{i}]"
+        if entry["name"] in seen:
+            raise ConfigError(f"{where}.name: {entry['name']!r} is used by an earlier comparison")
+        seen.add(entry["name"])
+        known = grid.get(entry["variable"])
+        values = [(f"{where}.levels[{j}]", v) for j, v in enumerate(entry.get("levels", []))]
+        values += [(f"{where}.pairs[{j}][{k}]", v) for j, pair in enumerate(entry.get("pairs", [])) for k, v in enumerate(pair)]
+        for key, value in values:
+            if known is not None and not any(_same_level(value, k) for k in known):
+                raise ConfigError(f"{key}: {value!r} is not a {entry['variable']} of any cell; grid levels: {', '.join(map(str, sorted(known, key=str)))}")
+        if entry.get("levels") and entry.get("pairs"):
+            for j, pair in enumerate(entry["pairs"]):
+                for k, value in enumerate(pair):
+                    if not any(_same_level(value, lv) for lv in entry["levels"]):
+                        raise ConfigError(f"{where}.pairs[{j}][{k}]: {value!r} is not one of the comparison's levels")
+        for key, values in entry.get("where", {}).items():
+            for j, value in enumerate(values):
+                if key in grid and not any(_same_level(value, k) for k in grid[key]):
+                    raise ConfigError(f"{where}.where.{key}[{j}]: {value!r} matches no cell; grid levels: {', '.join(map(str, sorted(grid[key], key=str)))}")
+
+
+def _same_level(a, b) -> bool:
+    """Level equality; numbers within 0.1% (gamma is written to two decimals in configs)."""
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(a, b, rel_tol=1e-3)
+    return str(a) == str(b)
+
+
+def transform_tag(resolution: int, interpolation: str = DEFAULT_TRANSFORM["interpolation"], crop_pct: float = DEFAULT_TRANSFORM["crop_pct"], native: bool = False) -> str:
     """Name of a prepared-image cache: ``r224`` for the paper's eval transform, else e.g.
-    ``r224-bilinear-c0.95``."""
+    ``r224-bilinear-c0.95``; ``-native`` when images already at the resolution are kept as they
+    are (CIFAR at 32 in the paper's CNN release)."""
     tag = f"r{int(resolution)}"
     if (interpolation, crop_pct) != tuple(DEFAULT_TRANSFORM.values()):
         tag += f"-{interpolation}-c{crop_pct:g}"
-    return tag
+    return tag + ("-native" if native else "")
 
 
 def parse_transform_tag(tag: str) -> dict:
     resolution, *rest = tag.removeprefix("r").split("-")
-    out = {"resolution": int(resolution)}
+    out = {"resolution": int(resolution), "native": rest[-1:] == ["native"]}
+    if out["native"]:
+        rest = rest[:-1]
     if rest:
         out.update(interpolation=rest[0], crop_pct=float(rest[1].removeprefix("c")))
     return out
 
 
 class Study:
-    """A validated config, expanded into cells, with the parameters of every stage."""
+    """A validated config, expanded into cells (in grid order), with the parameters of every stage."""
 
     def __init__(self, config: dict, schema: dict):
         self.config = validate(config, schema)
@@ -237,14 +311,24 @@ class Study:
     def _cell(self, variables: dict, ood_sets: tuple) -> Cell:
         model = dict(self.config["model"])
         training = dict(self.config["training"])
+        probe = copy.deepcopy(self.config["probe"])
         for entry in self.config["overrides"]:
-            if all(variables[k] == v for k, v in entry["where"].items()):
+            if all(variables[k] in (v if isinstance(v, list) else [v]) for k, v in entry["where"].items()):
                 model.update(entry.get("model", {}))
                 training.update(entry.get("training", {}))
+                for key, value in entry.get("probe", {}).items():
+                    probe[key] = {**probe[key], **value} if key == "paper" else value
         pretrained = self.config["pretrained"].get(variables["arch"])
         if pretrained:
             model = {**model, "width": 1.0, "probe_points": pretrained["probe_points"]}
-        return Cell(id=cell_id(**variables), model=model, training=training, ood_sets=ood_sets, pretrained=pretrained, **variables)
+        cid = cell_id(**variables)
+        if model.get("probe_points") == "activations" and variables["arch"] not in ARCHS:
+            raise ConfigError(f"cell {cid}: model.probe_points activations is defined for the paper architectures ({', '.join(ARCHS)}), not {variables['arch']}")
+        if training["checkpoint"] == "best_val" and training["val_fraction"] == 0:
+            raise ConfigError(f"cell {cid}: training.checkpoint best_val needs a validation split (training.val_fraction > 0)")
+        if probe["pooling"] not in self.config["embed"]["pooling"]:
+            raise ConfigError(f"cell {cid}: overrides set probe.pooling {probe['pooling']!r}, which embed.pooling ({', '.join(self.config['embed']['pooling'])}) does not write")
+        return Cell(id=cid, model=model, training=training, probe=probe, ood_sets=ood_sets, pretrained=pretrained, **variables)
 
     @property
     def results(self) -> str:
@@ -252,8 +336,11 @@ class Study:
 
     def eval_sets(self, cell: str) -> list[str]:
         """The ID set first, then every OOD set other than the ID set."""
+        return [self.cells[cell].id_dataset, *self.ood_sets(cell)]
+
+    def ood_sets(self, cell: str) -> list[str]:
         c = self.cells[cell]
-        return [c.id_dataset] + [d for d in c.ood_sets if d != c.id_dataset]
+        return [d for d in c.ood_sets if d != c.id_dataset]
 
     def trained_cells(self) -> list[str]:
         return sorted(c for c in self.cells if self.cells[c].pretrained is None)
@@ -261,13 +348,32 @@ class Study:
     def pretrained_cells(self) -> list[str]:
         return sorted(c for c in self.cells if self.cells[c].pretrained is not None)
 
+    def transform(self, cell: str, dataset: str) -> str:
+        """Tag of the prepared-image cache a cell reads ``dataset`` from."""
+        c = self.cells[cell]
+        if c.pretrained:
+            return transform_tag(c.resolution, c.pretrained["interpolation"], c.pretrained["crop_pct"])
+        native = c.model["preprocessing"] == "dataset" and self.config["datasets"][dataset].get("native_resolution") == c.resolution
+        return transform_tag(c.resolution, native=native)
+
+    def normalization(self, cell: str, dataset: str) -> dict | None:
+        """Mean/std a trained cell normalises ``dataset`` with: the dataset's own where it declares
+        them and the cell's ``model.preprocessing`` is ``dataset``, else ImageNet's. None for a
+        published model, which uses its own (recorded in its checkpoint)."""
+        c = self.cells[cell]
+        if c.pretrained:
+            return None
+        spec = self.config["datasets"][dataset]
+        if c.model["preprocessing"] == "dataset" and "mean" in spec:
+            return {"mean": list(spec["mean"]), "std": list(spec["std"])}
+        return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+
     def prepared(self) -> list[tuple[str, str]]:
         """Every (dataset, transform tag) pair some cell needs."""
-        pairs = {(d, c.transform) for cid, c in self.cells.items() for d in self.eval_sets(cid)}
-        return sorted(pairs)
+        return sorted({(d, self.transform(c, d)) for c in self.cells for d in self.eval_sets(c)})
 
     def prepared_path(self, dataset: str, cell: str) -> str:
-        return f"{self.results}/prepared/{dataset}/{self.cells[cell].transform}.npz"
+        return f"{self.results}/prepared/{dataset}/{self.transform(cell, dataset)}.npz"
 
     def missing_roots(self, prepared_exists) -> list[str]:
         """One message per dataset whose root is missing while its cache still has to be built."""
@@ -283,6 +389,8 @@ class Study:
 
     def prepare_params(self, dataset: str, transform: str) -> dict:
         spec = self.config["datasets"][dataset]
+        # mean/std are applied on the device later; they do not change the prepared images.
+        spec = {k: v for k, v in spec.items() if k not in ("mean", "std")}
         params = {"dataset": dataset, **parse_transform_tag(transform), "spec": spec}
         if "root" in spec:
             params["source_fingerprint"] = source_fingerprint(spec["root"])
@@ -290,7 +398,8 @@ class Study:
 
     def pretrain_params(self, cell: str) -> dict:
         c = self.cells[cell]
-        return _sorted({**c.variables, "model": c.model, "training": c.training, "compute": self._compute()})
+        norm = self.normalization(cell, c.id_dataset)
+        return _sorted({**c.variables, "model": c.model, "training": c.training, "normalization": norm, "compute": self._compute()})
 
     def import_params(self, cell: str) -> dict:
         c = self.cells[cell]
@@ -299,7 +408,8 @@ class Study:
     def embed_params(self, cell: str, eval_set: str) -> dict:
         c = self.cells[cell]
         embed = {k: v for k, v in self.config["embed"].items() if k != "batch_size"}
-        return _sorted({**c.variables, "model": c.model, "eval_set": eval_set, **embed, "compute": self._compute()})
+        norm = self.normalization(cell, eval_set)
+        return _sorted({**c.variables, "model": c.model, "eval_set": eval_set, **embed, "normalization": norm, "compute": self._compute()})
 
     def _compute(self) -> dict:
         """Result-affecting compute settings (precision); channels_last is a speed knob only."""
@@ -308,17 +418,19 @@ class Study:
     def probe_params(self, cell: str, eval_set: str) -> dict:
         c = self.cells[cell]
         role = "id" if eval_set == c.id_dataset else "ood"
-        probe = self.config["probe"]
-        used = PROBE_KEYS["common"] + PROBE_KEYS[probe["solver"]]
-        return _sorted({**c.variables, "eval_set": eval_set, "role": role, **{k: probe[k] for k in used}})
+        used = PROBE_KEYS["common"] + PROBE_KEYS[c.probe["solver"]]
+        return _sorted({**c.variables, "eval_set": eval_set, "role": role, **{k: c.probe[k] for k in used}})
 
     def layer_stats_params(self, cell: str) -> dict:
         c = self.cells[cell]
-        return _sorted({**c.variables, "pooling": self.config["probe"]["pooling"], **self.config["layer_stats"]})
+        return _sorted({**c.variables, "pooling": c.probe["pooling"], **self.config["layer_stats"]})
 
     def metrics_params(self, cell: str) -> dict:
         c = self.cells[cell]
-        return _sorted({**c.variables, **self.config["metrics"]})
+        return _sorted({**c.variables, "ood_sets": self.ood_sets(cell), **self.config["metrics"]})
+
+    def analysis_params(self) -> dict:
+        return _sorted(self.config["analysis"])
 
 
 def source_fingerprint(root: str, max_entries: int = 20000) -> str:

@@ -69,15 +69,24 @@ class RawSplit:
 # ---------------------------------------------------------------- eval transform
 
 
-def eval_transform(image: Image.Image, resolution: int, interpolation: str = DEFAULT_TRANSFORM["interpolation"], crop_pct: float = DEFAULT_TRANSFORM["crop_pct"]) -> np.ndarray:
+def eval_transform(
+    image: Image.Image,
+    resolution: int,
+    interpolation: str = DEFAULT_TRANSFORM["interpolation"],
+    crop_pct: float = DEFAULT_TRANSFORM["crop_pct"],
+    native: bool = False,
+) -> np.ndarray:
     """The paper's eval transform up to normalisation: RGB, Resize(shorter side =
     int(R / crop_pct), bicubic), CenterCrop(R), with crop_pct = 224/256. Published models may
-    name another interpolation and crop_pct. Normalisation happens on the device later."""
+    name another interpolation and crop_pct. ``native``: an image whose shorter side is already
+    R is only centre-cropped (CIFAR at 32 in the released CNN code). Normalisation happens on
+    the device later."""
     from torchvision.transforms import functional as TF
     from torchvision.transforms import InterpolationMode
 
     image = image.convert("RGB")
-    image = TF.resize(image, int(resolution / crop_pct), interpolation=InterpolationMode(interpolation))
+    if not (native and min(image.size) == resolution):
+        image = TF.resize(image, int(resolution / crop_pct), interpolation=InterpolationMode(interpolation))
     return np.asarray(TF.center_crop(image, [resolution, resolution]), dtype=np.uint8)
 
 
@@ -175,17 +184,22 @@ def _stratified(raw: RawSplit, test_fraction: float, seed: int) -> dict[str, Raw
     return {"train": _select(raw, ~held), "test": _select(raw, held)}
 
 
-def _class_list(spec: dict) -> list[str] | None:
+def _class_list(spec: dict, default: list[str] | None = None) -> list[str] | None:
+    """The spec's class list (``classes``, ``class_list``, else ``default``) in label order:
+    as listed, or sorted by name with ``class_order: sorted``."""
+    classes = default
     if "classes" in spec and isinstance(spec["classes"], list):
-        return [str(c) for c in spec["classes"]]
-    if "class_list" in spec:
+        classes = [str(c) for c in spec["classes"]]
+    elif "class_list" in spec:
         path = Path(spec["class_list"])
-        return [line.strip() for line in _need_file(path).read_text().splitlines() if line.strip()]
-    return None
+        classes = [line.strip() for line in _need_file(path).read_text().splitlines() if line.strip()]
+    if classes is not None and spec.get("class_order") == "sorted":
+        classes = sorted(classes)
+    return classes
 
 
 def _imagefolder(spec: dict, root: Path, default_classes: list[str] | None = None, test_dir: str = "test") -> dict[str, RawSplit]:
-    classes = _class_list(spec) or default_classes
+    classes = _class_list(spec, default_classes)
     if spec.get("layout", "split_dirs") == "single":
         classes = _class_folders(root, classes)
         return _stratified(_folder_split(root, classes), spec["test_fraction"], spec["seed"])
@@ -258,16 +272,21 @@ def _cub(root: Path) -> dict[str, RawSplit]:
     return out
 
 
-def _flowers(root: Path) -> dict[str, RawSplit]:
+FLOWERS_SPLITS = {
+    "official": {"train": ("trnid", "valid"), "test": ("tstid",)},
+    "release": {"train": ("trnid",), "test": ("valid",)},  # what the released code of Harun et al. probes
+}
+
+
+def _flowers(root: Path, splits: str) -> dict[str, RawSplit]:
     from scipy.io import loadmat
 
     base = _need_dir(root / "flowers-102")
     labels = loadmat(_need_file(base / "imagelabels.mat"))["labels"].ravel().astype(np.int64) - 1
     sets = loadmat(_need_file(base / "setid.mat"))
     out = {}
-    # The release trains on 'trnid' and tests on 'valid' (PROTOCOL.md).
-    for split, key in (("train", "trnid"), ("test", "valid")):
-        ids = np.sort(sets[key].ravel())
+    for split, keys in FLOWERS_SPLITS[splits].items():
+        ids = np.sort(np.concatenate([sets[key].ravel() for key in keys]))
         out[split] = RawSplit([base / "jpg" / f"image_{i:05d}.jpg" for i in ids], labels[ids - 1])
     return out
 
@@ -327,6 +346,8 @@ def load_source(spec: dict) -> dict[str, RawSplit]:
         _download(source, root)
     if source == "imagefolder":
         splits = _imagefolder(spec, _need_dir(root))
+    elif source == "imagenet":
+        splits = _imagefolder(spec, _need_dir(root), test_dir="val")
     elif source == "imagenet100":
         listed = resources.files("tunnelscope").joinpath("resources/imagenet100.txt").read_text().split()
         splits = _imagefolder(spec, _need_dir(root), default_classes=listed, test_dir="val")
@@ -337,7 +358,7 @@ def load_source(spec: dict) -> dict[str, RawSplit]:
     elif source == "cub200":
         splits = _cub(root)
     elif source == "flowers102":
-        splits = _flowers(root)
+        splits = _flowers(root, spec.get("splits", "official"))
     elif source == "ninco":
         splits = _single_tree(spec, _need_dir(root), "NINCO_OOD_classes")
     elif source == "imagenet_r":

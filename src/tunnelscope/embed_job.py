@@ -32,7 +32,9 @@ def embed_eval_set(params: dict, checkpoint: str, data_path: str, out_dir: str, 
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     points = probe_points(model, params["side"], params["model"].get("probe_points", "default"))
-    normalise = {k: tuple(meta[k]) for k in ("mean", "std") if k in meta}  # published models' own
+    # A trained cell's eval set: the study's normalisation of that set; a published model: its own.
+    source = params["normalization"] or meta
+    normalise = {k: tuple(source[k]) for k in ("mean", "std") if k in source}
     data = datasets.load(data_path)
     # Train and test go through the model in one stream: one forward pass per image.
     images = np.concatenate([data.splits[s].images for s in datasets.SPLITS])

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .models import IMAGENET_MEAN, IMAGENET_STD, ProbePoint
+from .config import IMAGENET_MEAN, IMAGENET_STD
+from .models import ProbePoint
 from .train import autocast, to_input
 
 

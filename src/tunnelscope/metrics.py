@@ -1,4 +1,4 @@
-"""Tunnel metrics over one backbone's probe curves (PROTOCOL.md, "Metrics").
+"""Tunnel metrics over one backbone's probe curves (Harun et al. 2024, Sec. 3.2; docs/protocol.md).
 
 Curves are probe test accuracies as fractions, one value per probed layer 1..L.
 """
@@ -14,11 +14,14 @@ from scipy import stats
 STRENGTH_BANDS = ((95.0, "negligible"), (90.0, "weak"), (80.0, "medium"), (-math.inf, "strong"))
 
 
-def tunnel_metrics(id_curve, ood_curve, id_classes: int, ood_classes: int) -> dict:
+def tunnel_metrics(id_curve, ood_curve, id_classes: int, ood_classes: int, alignment_layer: str = "last", id_accuracy: float | None = None) -> dict:
     """Metrics of one (backbone, OOD set) pair.
 
     l_m is the first layer reaching the OOD maximum; a tunnel exists iff l_m < L and the
     maximum beats the last layer strictly, so ties with the last layer mean no tunnel.
+    Alignment A = (a_id - 1/C_id)(a_ood - 1/C_ood) takes both accuracies at the last layer
+    (``alignment_layer`` "last", the paper's) or at l_m ("ood_best"); ``id_accuracy``, when
+    given, replaces the ID probe's accuracy (the backbone's own top-1).
     """
     id_curve = np.asarray(id_curve, dtype=float)
     ood = np.asarray(ood_curve, dtype=float)
@@ -28,6 +31,8 @@ def tunnel_metrics(id_curve, ood_curve, id_classes: int, ood_classes: int) -> di
     l_m = int(np.argmax(ood)) + 1
     a_m, a_p = float(ood[l_m - 1]), float(ood[-1])
     tunnel = l_m < n_layers and a_m > a_p
+    at = n_layers if alignment_layer == "last" else l_m
+    a_id = float(id_curve[at - 1]) if id_accuracy is None else float(id_accuracy)
     return {
         "num_layers": n_layers,
         "ood_best_layer": l_m,
@@ -39,7 +44,7 @@ def tunnel_metrics(id_curve, ood_curve, id_classes: int, ood_classes: int) -> di
         "tunnel_length": n_layers - l_m if tunnel else 0,
         "ood_retained": 100.0 * a_p / a_m if tunnel else 100.0,
         "pearson": pearson(id_curve, ood),
-        "alignment": (id_curve[-1] - 1.0 / id_classes) * (ood[-1] - 1.0 / ood_classes),
+        "alignment": (a_id - 1.0 / id_classes) * (float(ood[at - 1]) - 1.0 / ood_classes),
     }
 
 
@@ -72,26 +77,43 @@ def normalise(curve) -> np.ndarray:
     return curve / top if top > 0 else curve.copy()
 
 
-def cell_metrics(probes: pd.DataFrame, cell_info: dict, id_thresholds: list[float]) -> pd.DataFrame:
-    """One row per OOD set of one cell, from its probe table (all eval sets, all layers)."""
+# Cell facts copied from cell.json onto every metrics row (the analysis variables among them).
+CELL_FACTS = ("arch", "id_dataset", "resolution", "augmentation", "seed", "label", "family", "arch_family", "stem", "spatial_reduction", "depth", "id_classes", "gamma", "params", "width")
+
+
+def cell_metrics(probes: pd.DataFrame, cell_info: dict, params: dict) -> pd.DataFrame:
+    """One row per OOD set of one cell, from its probe table (all eval sets, all layers), in the
+    order of ``params['ood_sets']`` (``ood_index`` 1.. is that position); ``params`` also holds
+    id_start_thresholds, alignment_layer and alignment_id (metrics settings)."""
     probes = probes.sort_values(["eval_set", "layer"])
     id_rows = probes[probes.role == "id"]
     if id_rows.empty:
         raise ValueError("the probe table has no ID rows")
     id_curve = id_rows.test_acc.to_numpy()
     id_classes = int(id_rows.n_classes.iloc[0])
+    id_accuracy = None
+    if params["alignment_id"] == "backbone":
+        id_accuracy = cell_info.get("test_acc")
+        if id_accuracy is None:
+            raise ValueError(f"metrics.alignment_id backbone: cell {cell_info['arch']} has no backbone test accuracy (a published model); use probe")
+    ood_rows = {name: group for name, group in probes[probes.role == "ood"].groupby("eval_set")}
     rows = []
-    for eval_set, ood in probes[probes.role == "ood"].groupby("eval_set", sort=True):
+    for index, eval_set in enumerate(params["ood_sets"], start=1):
+        ood = ood_rows.get(eval_set)
+        if ood is None:
+            raise ValueError(f"OOD set {eval_set}: no probe rows")
         if len(ood) != len(id_curve):
             raise ValueError(f"eval set {eval_set}: {len(ood)} layers probed, ID has {len(id_curve)}")
-        row = {"ood_set": eval_set, **tunnel_metrics(id_curve, ood.test_acc.to_numpy(), id_classes, int(ood.n_classes.iloc[0]))}
-        for thr in id_thresholds:
+        curve = ood.test_acc.to_numpy()
+        row = {"ood_set": eval_set, "ood_index": index, **tunnel_metrics(id_curve, curve, id_classes, int(ood.n_classes.iloc[0]), params["alignment_layer"], id_accuracy)}
+        for thr in params["id_start_thresholds"]:
             start = id_tunnel_start(id_curve, thr)
             row[f"id_start_{round(thr * 100)}"] = start
             row[f"id_tunnel_length_{round(thr * 100)}"] = len(id_curve) - start
         rows.append(row)
     table = pd.DataFrame(rows)
     table["strength"] = strength(table.ood_retained.mean()) if len(table) else None
-    for key in ("arch", "id_dataset", "resolution", "augmentation", "seed", "family", "stem", "spatial_reduction", "depth", "id_classes", "gamma", "params", "width"):
-        table[key] = cell_info[key]
+    for key in CELL_FACTS:
+        table[key] = cell_info.get(key)
+    table["backbone_test_acc"] = cell_info.get("test_acc")
     return table

@@ -1,6 +1,6 @@
 """Backbones and their probe points.
 
-Paper architectures (PROTOCOL.md, exact at width 1.0; ``width`` scales channel counts):
+Paper architectures (Harun et al. 2024, exact at width 1.0; ``width`` scales channel counts):
 - VGGm-11/-17: 3x3 conv + BN + ReLU stacks, 2x2 max-pools, global average pool, one Linear;
   VGGm-dagger drops the max-pools of the first two stages. Probe: each conv output (before BN).
 - ResNet-18/-34: the ImageNet ResNet (7x7 stride-2 stem + max-pool at every resolution), with
@@ -24,11 +24,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from .config import ARCHS, DEFAULT_TRANSFORM, ENUMERATIONS
-
-# Input normalisation of the paper backbones, and of published models that declare no other.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .config import ARCHS, DEFAULT_TRANSFORM, ENUMERATIONS, IMAGENET_MEAN, IMAGENET_STD
 
 _VGGM_STAGES = {
     # channels per conv, one list per stage; a max-pool closes every stage.
@@ -50,7 +46,7 @@ class ProbePoint:
 
 
 def _init_conv_bn(model: nn.Module) -> None:
-    """Conv: Kaiming-normal (fan_out); BN: weight 1, bias 0 (PROTOCOL.md, as torchvision)."""
+    """Conv: Kaiming-normal (fan_out); BN: weight 1, bias 0 (as the papers' code and torchvision)."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -144,7 +140,7 @@ class ResNet(nn.Module):
         return [ProbePoint(i + 1, n, "input") for i, n in enumerate(names)]
 
 
-def _paper_vit(depth: int, num_classes: int, resolution: int, width: float = 1.0) -> nn.Module:
+def _paper_vit(depth: int, num_classes: int, resolution: int, width: float = 1.0, drop_path: float = 0.1) -> nn.Module:
     from timm.layers import build_sincos2d_pos_embed
     from timm.models.vision_transformer import VisionTransformer
 
@@ -163,9 +159,9 @@ def _paper_vit(depth: int, num_classes: int, resolution: int, width: float = 1.0
         mlp_ratio=4.0,
         qkv_bias=True,
         class_token=False,
-        fc_norm=False,  # final LayerNorm on every token, then the mean (PROTOCOL)
+        fc_norm=False,  # final LayerNorm on every token, then the mean, as the papers' ViTs
         norm_layer=partial(nn.LayerNorm, eps=1e-6),
-        drop_path_rate=0.1,
+        drop_path_rate=drop_path,
     )
     # Fixed 2-D sin-cos positions: a buffer, so it is neither trained nor counted as a parameter.
     grid = resolution // 8
@@ -230,16 +226,33 @@ def enumerate_paper(model: nn.Module) -> list[ProbePoint]:
     return [ProbePoint(i + 1, n, "output") for i, n in enumerate(chosen)]
 
 
+def enumerate_activations(model: nn.Module) -> list[ProbePoint]:
+    """Post-activation probe points of the paper CNNs, the alternative to the released code's
+    choice: VGGm after each conv's BN + ReLU (instead of the conv output), ResNet after the stem
+    ReLU and after relu1 and relu2 of every block (relu2 = the block output; instead of the conv
+    inputs, so the image and the max-pool output drop out and the last block's output comes in).
+    Paper ViTs: their block outputs, as by default."""
+    if getattr(model, "tunnelscope_arch", "") in _VIT_DEPTH:
+        return _vit_probe_points(model)
+    if not isinstance(model, (VGGm, ResNet)):
+        raise ValueError(f"{type(model).__name__}: the activations enumeration is defined for the paper architectures; use default, blocks or paper")
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
+    return [ProbePoint(i + 1, n, "output") for i, n in enumerate(names)]
+
+
 def probe_points(model: nn.Module, side: str = "default", enumeration: str = "default") -> list[ProbePoint]:
     """The model's probe points; ``side`` "input"/"output" overrides where each is captured.
 
     ``enumeration``: "default" = the paper architectures' own rules, blocks for timm and
-    torchvision models; "blocks" = ``enumerate_blocks``; "paper" = ``enumerate_paper``.
+    torchvision models; "blocks" = ``enumerate_blocks``; "paper" = ``enumerate_paper``;
+    "activations" = ``enumerate_activations``.
     """
     if enumeration == "blocks":
         points = enumerate_blocks(model)
     elif enumeration == "paper":
         points = enumerate_paper(model)
+    elif enumeration == "activations":
+        points = enumerate_activations(model)
     elif enumeration != "default":
         raise ValueError(f"probe point enumeration must be one of {', '.join(ENUMERATIONS)}, got {enumeration!r}")
     elif hasattr(model, "probe_points"):
@@ -255,8 +268,9 @@ def probe_points(model: nn.Module, side: str = "default", enumeration: str = "de
     return [replace(p, side=side) for p in points]
 
 
-def build_model(arch: str, num_classes: int, width: float = 1.0, resolution: int = 224) -> nn.Module:
-    """A freshly initialised backbone. ``resolution`` matters for ViTs (positions, patches)."""
+def build_model(arch: str, num_classes: int, width: float = 1.0, resolution: int = 224, drop_path: float = 0.1) -> nn.Module:
+    """A freshly initialised backbone. ``resolution`` matters for ViTs (positions, patches);
+    ``drop_path`` is the stochastic depth rate of the paper ViTs (active in training only)."""
     if arch.startswith("timm/"):
         return _timm_model(arch.removeprefix("timm/"), num_classes, resolution)
     if arch.startswith("torchvision/"):
@@ -270,7 +284,7 @@ def build_model(arch: str, num_classes: int, width: float = 1.0, resolution: int
         return VGGm(_VGGM_STAGES[base], num_classes, width, pool_first_stages=not arch.endswith("-dagger"))
     if arch in _RESNET_BLOCKS:
         return ResNet(_RESNET_BLOCKS[arch], num_classes, width)
-    model = _paper_vit(_VIT_DEPTH[arch], num_classes, resolution, width)
+    model = _paper_vit(_VIT_DEPTH[arch], num_classes, resolution, width, drop_path)
     model.tunnelscope_arch = arch
     return model
 
@@ -292,7 +306,11 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def describe(model: nn.Module, arch: str, resolution: int, points: list[ProbePoint] | None = None) -> dict:
-    """Variables of a built model used by the analysis: family, depth, stem, spatial reduction."""
+    """Variables of a built model used by the analysis: family, depth, stem, spatial reduction.
+
+    Paper architectures: their facts as the released table codes them (config.ARCHS). Others:
+    depth = the number of probe points; spatial reduction phi = side of the first probe
+    point's map / input side for CNNs, 1.0 for token models (as the paper codes its ViTs)."""
     if arch in ARCHS:
         return dict(ARCHS[arch])
     points = points or probe_points(model)
@@ -304,10 +322,12 @@ def describe(model: nn.Module, arch: str, resolution: int, points: list[ProbePoi
     is_tokens = len(first) == 2
     grid = math.isqrt(first[0] - points[0].prefix_tokens) if is_tokens else first[-1]
     return {
+        "label": arch,
         "family": "vit" if is_tokens else "cnn",
+        "arch_family": type(model).__name__.lower(),
         "depth": len(points),
         "stem": first_conv.kernel_size[0] if first_conv is not None else 0,
-        "spatial_reduction": resolution // max(1, grid),
+        "spatial_reduction": 1.0 if is_tokens else grid / resolution,
     }
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from .analysis import VARIABLES
+from .captions import table_caption
 from .config import CELL_VARIABLES
 from .io import atomic_path
 from .metrics import normalise
@@ -94,14 +95,6 @@ def layer_stats_figure(stats: pd.DataFrame, png: str, pdf: str) -> None:
     _save(fig, png, pdf)
 
 
-def write_tables(frame: pd.DataFrame, csv: str, tex: str, caption: str) -> None:
-    with atomic_path(csv) as tmp:
-        frame.to_csv(tmp, index=False)
-    latex = frame.to_latex(index=False, float_format="%.3f", caption=caption, na_rep="--", escape=True)
-    with atomic_path(tex) as tmp:
-        Path(tmp).write_text(latex)
-
-
 def provenance(metrics: pd.DataFrame, config: dict) -> dict:
     versions = {}
     for name in PACKAGES:
@@ -121,7 +114,7 @@ FIGURES = {
 }
 
 
-def html_page(out_dir: Path, page: str, prov: dict, tables: dict[str, pd.DataFrame]) -> None:
+def html_page(out_dir: Path, page: str, prov: dict, tables: dict[str, pd.DataFrame], slopes: pd.DataFrame) -> None:
     """A static page with every figure and table, readable without Snakemake."""
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>tunnelscope paper build</title>",
              "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto}img{max-width:100%;border:1px solid #ddd}table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>",
@@ -129,23 +122,24 @@ def html_page(out_dir: Path, page: str, prov: dict, tables: dict[str, pd.DataFra
              "<p>Normalised tunnel curves of every cell (ID black, OOD mean ±1 SD red, star at the OOD peak).</p>"]
     for name, caption in FIGURES.items():
         parts += [f"<h2>{html.escape(name.replace('_', ' '))}</h2>", f"<p><img src='{name}.png' alt='{name}'></p>", f"<p>{html.escape(caption)}</p>"]
-    for name, frame in tables.items():
-        parts += [f"<h2>{html.escape(name.replace('_', ' '))}</h2>", frame.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–")]
+    for name, frame in {**tables, "shap_slopes": slopes}.items():
+        caption = table_caption(name) if name in tables else "SHAP slope per variable and target (analysis/shap_slopes.csv)."
+        parts += [f"<h2>{html.escape(name.replace('_', ' '))}</h2>", f"<p>{html.escape(caption)} <a href='tables/{name}.csv'>CSV</a></p>" if name in tables else f"<p>{html.escape(caption)}</p>",
+                  frame.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–")]
     parts += ["<h2>provenance</h2>", f"<pre>{html.escape(json.dumps({k: prov[k] for k in ('software', 'python', 'platform')}, indent=1))}</pre>",
               f"<p>{len(prov['cells'])} cells; full config in provenance.json.</p></body></html>"]
     with atomic_path(out_dir / page) as tmp:
         Path(tmp).write_text("\n".join(parts))
 
 
-def build(curves: pd.DataFrame, metrics: pd.DataFrame, stats: pd.DataFrame, slopes: pd.DataFrame, paired: pd.DataFrame, means: pd.DataFrame, config: dict, out_dir: str) -> None:
+def build(curves: pd.DataFrame, metrics: pd.DataFrame, stats: pd.DataFrame, slopes: pd.DataFrame, tables: dict[str, pd.DataFrame], config: dict, out_dir: str) -> None:
+    """Figures, provenance.json and index.html; ``tables`` = the paper tables by name (CSV frames)."""
     out = Path(out_dir)
     curves_by_variable(curves, metrics, str(out / "curves_by_variable.png"), str(out / "curves_by_variable.pdf"))
     shap_bars(slopes, str(out / "shap_slopes.png"), str(out / "shap_slopes.pdf"))
     strength_histogram(metrics, str(out / "strength_histogram.png"), str(out / "strength_histogram.pdf"))
     layer_stats_figure(stats, str(out / "layer_stats.png"), str(out / "layer_stats.pdf"))
-    write_tables(means, str(out / "level_means.csv"), str(out / "level_means.tex"), "Mean of each target per variable level, with bootstrap 95% intervals.")
-    write_tables(paired, str(out / "paired_tests.csv"), str(out / "paired_tests.tex"), "Paired comparisons per variable: Wilcoxon signed-rank p and Cliff's delta.")
     prov = provenance(metrics, config)
     with atomic_path(out / "provenance.json") as tmp:
         Path(tmp).write_text(json.dumps(prov, indent=1, sort_keys=True, default=str))
-    html_page(out, "index.html", prov, {"level means": means, "paired tests": paired, "SHAP fit and slopes": slopes})
+    html_page(out, "index.html", prov, tables, slopes)

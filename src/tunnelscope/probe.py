@@ -286,11 +286,12 @@ def fit_sklearn_probe(x_train, y_train, x_test, y_test, C: float, max_iter: int,
 def fit_paper_probes(layers: list[tuple], y_train, y_test, n_classes: int, params: dict, family: str = "cnn", device="cpu") -> list[dict]:
     """The papers' probe recipe for every layer at once.
 
-    ``layers`` holds (x_train, x_test) per layer. One nn.Linear per layer (weights N(0, 0.01)),
-    AdamW (lr 1e-3 / wd 0 for CNNs, 1e-2 / 1e-4 for ViTs unless set), label smoothing,
-    minibatches shared by all heads, so the data is read once per epoch for all layers.
-    Reports the last epoch, or the best test epoch with ``report: best_test`` (the paper's
-    optimistic choice).
+    ``layers`` holds (x_train, x_test) per layer. One nn.Linear per layer (weights
+    N(0, init_std), bias 0), AdamW (lr 1e-3 / wd 0 for CNNs, 1e-2 / 1e-4 for ViTs unless set),
+    label smoothing, minibatches shared by all heads, so the data is read once per epoch for all
+    layers; ``reshuffle: false`` keeps one seeded order for every epoch (the released CNN probe
+    code shuffles its cached features once). Reports the last epoch, or the best test epoch
+    with ``report: best_test`` (the paper's optimistic choice).
     """
     gen = torch.Generator().manual_seed(params["seed"])
     lr = params["lr"] or (1e-2 if family == "vit" else 1e-3)
@@ -301,14 +302,16 @@ def fit_paper_probes(layers: list[tuple], y_train, y_test, n_classes: int, param
     yte = torch.as_tensor(y_test, dtype=torch.long, device=device)
     heads = torch.nn.ModuleList(torch.nn.Linear(x.shape[1], n_classes) for x in xs_train).to(device)
     for head in heads:
-        torch.nn.init.normal_(head.weight, 0.0, 0.01, generator=gen)
+        torch.nn.init.normal_(head.weight, 0.0, params["init_std"], generator=gen)
         torch.nn.init.zeros_(head.bias)
     opt = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=wd)
     best = [(-1.0, 0, 0.0)] * len(heads)  # (test acc, epoch, train acc)
     last = best
+    order = torch.randperm(len(ytr), generator=gen).to(device)
     for epoch in range(params["epochs"]):
         heads.train()
-        order = torch.randperm(len(ytr), generator=gen).to(device)
+        if epoch and params["reshuffle"]:
+            order = torch.randperm(len(ytr), generator=gen).to(device)
         for start in range(0, len(order), params["batch_size"]):
             idx = order[start : start + params["batch_size"]]
             loss = sum(F.cross_entropy(head(x[idx]), ytr[idx], label_smoothing=params["label_smoothing"]) for head, x in zip(heads, xs_train))
@@ -353,7 +356,8 @@ def probe_layers(embed_dir: str, params: dict, family: str = "cnn", threads: int
     n_classes = int(metas[0][0]["num_classes"])
     started = time.perf_counter()
     if params["solver"] == "paper":
-        results = fit_paper_probes([(d[0], d[2]) for d in data], data[0][1], data[0][3], n_classes, params["paper"], family, device)
+        recipe = {**params["paper"], "seed": params["seed"]}
+        results = fit_paper_probes([(d[0], d[2]) for d in data], data[0][1], data[0][3], n_classes, recipe, family, device)
     else:
         results = []
         for x_train, y_train, x_test, y_test in tqdm(data, desc=f"probe {params['eval_set']}", leave=False):

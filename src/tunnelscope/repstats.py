@@ -1,4 +1,4 @@
-"""Representation statistics of one layer's ID embeddings (PROTOCOL.md, "Metrics").
+"""Representation statistics of one layer's ID embeddings (docs/protocol.md, "Layer statistics").
 
 Features are rows of X (n samples x d dims). Written with numpy because each is a few lines of
 linear algebra on one matrix; no maintained library computes NC1 or RankMe.
@@ -67,8 +67,9 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     return float(cross / denom) if denom > 0 else float("nan")
 
 
-def layer_stats(layers: dict[int, np.ndarray], labels: np.ndarray) -> list[dict]:
-    """Per layer: numerical rank, RankMe, NC1 and linear CKA to the last layer."""
+def layer_stats(layers: dict[int, np.ndarray], labels: np.ndarray, rank_tol: float = 1e-3) -> list[dict]:
+    """Per layer: numerical rank (singular values above ``rank_tol`` x the largest), RankMe,
+    NC1 and linear CKA to the last layer."""
     last = layers[max(layers)]
     rows = []
     for index in sorted(layers):
@@ -76,7 +77,7 @@ def layer_stats(layers: dict[int, np.ndarray], labels: np.ndarray) -> list[dict]
         rows.append(
             {
                 "layer": index,
-                "numerical_rank": numerical_rank(x),
+                "numerical_rank": numerical_rank(x, rank_tol),
                 "rankme": rankme(x),
                 "nc1": nc1(x, labels),
                 "cka_to_last": linear_cka(x, last),
@@ -102,4 +103,4 @@ def embed_dir_stats(embed_dir: str, params: dict) -> pd.DataFrame:
     if not layers:
         raise FileNotFoundError(f"{embed_dir}: no embeddings for pooling {params['pooling']}")
     front = {k: params[k] for k in CELL_VARIABLES}
-    return pd.DataFrame([{**front, **row} for row in layer_stats(layers, labels)])
+    return pd.DataFrame([{**front, **row} for row in layer_stats(layers, labels, params["rank_tol"])])

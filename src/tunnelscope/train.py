@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .config import CELL_VARIABLES, cell_id
+from .config import CELL_VARIABLES, IMAGENET_MEAN, IMAGENET_STD, cell_id
 from .datasets import Prepared, stratified_split
 from .io import atomic_path, write_json
-from .models import IMAGENET_MEAN, IMAGENET_STD, build_model, count_parameters, describe, probe_points
+from .models import build_model, count_parameters, describe, probe_points
 
 log = logging.getLogger("tunnelscope.train")
 
@@ -107,23 +107,32 @@ def random_resized_crop_flip(x: torch.Tensor, generator: torch.Generator, scale=
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def lr_schedule(optimizer, warmup_steps: int, total_steps: int):
-    """Linear warm-up to the base lr, then cosine to 0, stepped once per batch."""
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup_steps), eta_min=0.0)
+def lr_schedule(optimizer, warmup_steps: int, total_steps: int, start_factor: float = 1e-3, min_lr: float = 0.0):
+    """Linear warm-up from ``start_factor`` x the base lr to it, then cosine to ``min_lr``; the
+    caller steps it once per batch or once per epoch (``training.schedule_step``)."""
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup_steps), eta_min=min_lr)
     if warmup_steps == 0:
         return cosine
-    warm = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1e-3, end_factor=1.0, total_iters=warmup_steps)
+    warm = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=start_factor, end_factor=1.0, total_iters=warmup_steps)
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [warm, cosine], milestones=[warmup_steps])
 
 
+def epoch_order(n: int, repeats: int, generator: torch.Generator) -> torch.Tensor:
+    """Indices of one epoch: a seeded permutation; with ``repeats`` k > 1, the first n / k of it,
+    each index k times in a row (DeiT's repeated-augmentation sampler on one device: the copies
+    land in the same batch and get independent augmentations)."""
+    order = torch.randperm(n, generator=generator)
+    return order if repeats == 1 else order.repeat_interleave(repeats)[:n]
+
+
 @torch.no_grad()
-def accuracy(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> float:
+def accuracy(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> float:
     if len(labels) == 0:
         return float("nan")
     model.eval()
     correct = 0
     for i in range(0, len(labels), batch_size):
-        logits = model(to_input(images[i : i + batch_size]))
+        logits = model(to_input(images[i : i + batch_size], mean, std))
         correct += (logits.argmax(1) == labels[i : i + batch_size]).sum().item()
     return correct / len(labels)
 
@@ -137,12 +146,15 @@ def pretrain(params: dict, data: Prepared, checkpoint: str, train_log: str, info
 
     ``state_path`` holds the full training state after every epoch; a rerun with the same
     params resumes from it (after a crash or a cluster pre-emption) and deletes it at the end.
+    ``training.checkpoint`` picks the weights kept: the last epoch's, or the best epoch's on
+    the held-out split (best_val) or on the ID test split (best_test, the paper's choice).
     """
     torch.set_num_threads(max(1, threads))
     device = pick_device()
     cfg, seed = params["training"], params["seed"]
     torch.manual_seed(seed)
     cell = cell_id(**{k: params[k] for k in CELL_VARIABLES})
+    norm = params["normalization"]
 
     train = data.splits["train"]
     tr_idx, val_idx = stratified_split(train.labels, cfg["val_fraction"], seed, stream=7919)
@@ -152,16 +164,24 @@ def pretrain(params: dict, data: Prepared, checkpoint: str, train_log: str, info
     test = data.splits["test"]
     x_te, y_te = torch.from_numpy(test.images).to(device), torch.from_numpy(test.labels).to(device)
 
-    model = build_model(params["arch"], data.num_classes, params["model"]["width"], params["resolution"]).to(device)
+    def evaluate(x, y):
+        return accuracy(model, x, y, mean=norm["mean"], std=norm["std"])
+
+    model = build_model(params["arch"], data.num_classes, params["model"]["width"], params["resolution"], drop_path=cfg["drop_path"]).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     precision = params["compute"]["precision"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    lr = cfg["lr"] * (cfg["batch_size"] / cfg["lr_scaling_batch"] if cfg["lr_scaling_batch"] else 1.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg["weight_decay"])
     steps_per_epoch = math.ceil(len(y_tr) / cfg["batch_size"])
-    scheduler = lr_schedule(optimizer, cfg["warmup_epochs"] * steps_per_epoch, cfg["epochs"] * steps_per_epoch)
+    per_batch = cfg["schedule_step"] == "batch"
+    units = steps_per_epoch if per_batch else 1
+    scheduler = lr_schedule(optimizer, cfg["warmup_epochs"] * units, cfg["epochs"] * units, cfg["warmup_start_factor"], cfg["min_lr"])
     gen = torch.Generator().manual_seed(seed)
     history: list[dict] = []
     start_epoch = 0
+    selection = cfg["checkpoint"]
+    best = {"score": -1.0, "epoch": 0, "weights": None}  # the kept epoch under best_val / best_test
 
     state_file = Path(state_path)
     if state_file.exists():
@@ -177,6 +197,7 @@ def pretrain(params: dict, data: Prepared, checkpoint: str, train_log: str, info
             gen.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])
             history, start_epoch = json.loads(state["history"]), int(state["epoch"])
+            best = {"score": float(state["best_score"]), "epoch": int(state["best_epoch"]), "weights": state["best_weights"] or None}
             log.info("resuming %s from saved state after epoch %d", cell, start_epoch)
         else:
             log.info("ignoring saved state %s: it was made with other settings", state_file)
@@ -185,12 +206,12 @@ def pretrain(params: dict, data: Prepared, checkpoint: str, train_log: str, info
     for epoch in range(start_epoch, cfg["epochs"]):
         model.train()
         t0 = time.perf_counter()
-        order = torch.randperm(len(y_tr), generator=gen).to(device)
+        order = epoch_order(len(y_tr), cfg["repeated_augmentation"], gen).to(device)
         total_loss, correct = 0.0, 0
         bar = tqdm(range(steps_per_epoch), desc=f"{cell} epoch {epoch + 1}/{cfg['epochs']}", leave=False, mininterval=1.0)
         for step in bar:
             idx = order[step * cfg["batch_size"] : (step + 1) * cfg["batch_size"]]
-            x = to_input(x_tr[idx])
+            x = to_input(x_tr[idx], norm["mean"], norm["std"])
             if params["augmentation"] == "rrc_flip":
                 x = random_resized_crop_flip(x, gen)
             with autocast(device, precision):
@@ -201,7 +222,8 @@ def pretrain(params: dict, data: Prepared, checkpoint: str, train_log: str, info
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            scheduler.step()
+            if per_batch:
+                scheduler.step()
             total_loss += loss.item() * len(idx)
             correct += (logits.argmax(1) == y_tr[idx]).sum().item()
             bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -209,19 +231,36 @@ def pretrain(params: dict, data: Prepared, checkpoint: str, train_log: str, info
             "epoch": epoch + 1,
             "train_loss": total_loss / len(y_tr),
             "train_acc": correct / len(y_tr),
-            "val_acc": accuracy(model, x_val, y_val),
+            "val_acc": evaluate(x_val, y_val),
             "lr": optimizer.param_groups[0]["lr"],
-            "seconds": time.perf_counter() - t0,
         }
+        if selection == "best_test":
+            row["test_acc"] = evaluate(x_te, y_te)
+        if not per_batch:
+            scheduler.step()
+        row["seconds"] = time.perf_counter() - t0
+        score = {"best_val": row["val_acc"], "best_test": row.get("test_acc")}.get(selection)
+        if score is not None and score > best["score"]:
+            best = {"score": score, "epoch": epoch + 1, "weights": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
         history.append(row)
         log.info("%s epoch %d/%d loss %.4f train %.3f val %.3f (%.1fs)", cell, row["epoch"], cfg["epochs"], row["train_loss"], row["train_acc"], row["val_acc"], row["seconds"])
-        _save_state(state_file, model, optimizer, scheduler, gen, params, history, epoch + 1)
+        _save_state(state_file, model, optimizer, scheduler, gen, params, history, epoch + 1, best)
 
-    test_acc = accuracy(model, x_te, y_te)
+    kept = history[-1]
+    if selection != "last" and best["weights"] is None:
+        raise RuntimeError(f"cell {cell}: checkpoint {selection} found no epoch with a score (is the {selection.removeprefix('best_')} split empty?)")
+    if selection != "last":
+        model.load_state_dict(best["weights"])
+        kept = history[best["epoch"] - 1]
+        log.info("%s: kept the weights of epoch %d (%s %.4f)", cell, best["epoch"], selection, best["score"])
+    test_acc = evaluate(x_te, y_te)
     info = {
-        **backbone_info(model, params, params["arch"], data.num_classes, len(y_tr)),
-        "final_train_acc": history[-1]["train_acc"],
-        "final_val_acc": history[-1]["val_acc"],
+        **backbone_info(model, params, params["arch"], data.num_classes, len(train), paper_parameter_count(params["arch"], params["model"]["width"], params["resolution"])),
+        "n_fit": len(y_tr),
+        "checkpoint_rule": selection,
+        "checkpoint_epoch": kept["epoch"],
+        "final_train_acc": kept["train_acc"],
+        "final_val_acc": kept["val_acc"],
         "test_acc": test_acc,
         "device": str(device),
     }
@@ -234,11 +273,19 @@ def pretrain(params: dict, data: Prepared, checkpoint: str, train_log: str, info
     return info
 
 
-def backbone_info(model, params: dict, arch: str, id_classes: int, n_train: int) -> dict:
+# The parameter count P of the over-parameterisation level gamma = P / N, as Harun et al. code it:
+# with a 100-class head whatever the ID set (their architecture table), in millions rounded to
+# two decimals, over N = the whole ID training split (no hold-out subtracted).
+GAMMA_HEAD_CLASSES = 100
+
+
+def backbone_info(model, params: dict, arch: str, id_classes: int, n_train: int, gamma_params: int | None = None) -> dict:
     """The cell.json fields every backbone has: cell variables, the analysis variables of the
-    built ``arch``, size, gamma and the number of probe points."""
+    built ``arch``, size, gamma and the number of probe points. ``gamma_params``: P of gamma
+    (default: the model's own count, as for published backbones)."""
     points = probe_points(model, "default", params["model"].get("probe_points", "default"))
     n_params = count_parameters(model)
+    gamma_params = n_params if gamma_params is None else gamma_params
     return {
         **{k: params[k] for k in CELL_VARIABLES},
         **describe(model, arch, params["resolution"], points),
@@ -246,9 +293,17 @@ def backbone_info(model, params: dict, arch: str, id_classes: int, n_train: int)
         "id_classes": id_classes,
         "n_train": int(n_train),
         "params": n_params,
-        "gamma": n_params / n_train,
+        "gamma_params": gamma_params,
+        "gamma": gamma_params / n_train,
         "num_layers": len(points),
     }
+
+
+def paper_parameter_count(arch: str, width: float, resolution: int) -> int:
+    """P of gamma for a trained backbone: its count with a GAMMA_HEAD_CLASSES-way head,
+    rounded to 0.01M."""
+    count = count_parameters(build_model(arch, GAMMA_HEAD_CLASSES, width, resolution))
+    return int(round(count / 1e4) * 1e4)
 
 
 def save_backbone(model, checkpoint: str, meta: dict) -> None:
@@ -258,8 +313,11 @@ def save_backbone(model, checkpoint: str, meta: dict) -> None:
         save_file(state, tmp, metadata={"tunnelscope": json.dumps(meta, sort_keys=True)})
 
 
-def _save_state(path: Path, model, optimizer, scheduler, gen, params, history, epoch):
+def _save_state(path: Path, model, optimizer, scheduler, gen, params, history, epoch, best):
     state = {
+        "best_score": best["score"],
+        "best_epoch": best["epoch"],
+        "best_weights": best["weights"] or {},
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),

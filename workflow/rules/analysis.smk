@@ -15,7 +15,7 @@ rule layer_stats:
 
 
 rule analysis:
-    """SHAP slopes, paired comparisons and level means over the aggregate metrics table."""
+    """SHAP slopes, the paired comparisons of analysis.comparisons and their level means."""
     input:
         rules.aggregate.output.metrics,
     output:
@@ -23,6 +23,8 @@ rule analysis:
         fit=f"{RESULTS}/analysis/shap_fit.csv",
         paired=f"{RESULTS}/analysis/paired_tests.csv",
         means=f"{RESULTS}/analysis/level_means.csv",
+    params:
+        settings=lambda wc: STUDY.analysis_params(),
     log:
         "logs/analysis.log",
     conda:

@@ -11,7 +11,7 @@ except ConfigError as error:
     sys.exit(f"tunnelscope: config error: {error}")
 
 RESULTS = STUDY.results
-CELLS = sorted(STUDY.cells)
+CELLS = list(STUDY.cells)  # grid order: the aggregate tables list cells in it
 
 
 def cell_pattern(cells):
@@ -24,7 +24,7 @@ wildcard_constraints:
     cell=cell_pattern(CELLS),
     dataset=r"[A-Za-z][A-Za-z0-9-]*",
     eval_set=r"[A-Za-z][A-Za-z0-9-]*",
-    transform=r"r\d+(-[a-z]+-c[0-9.]+)?",
+    transform=r"r\d+(-[a-z]+-c[0-9.]+)?(-native)?",
 
 
 def embed_dirs(wc):

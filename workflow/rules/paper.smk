@@ -1,13 +1,37 @@
+from tunnelscope.captions import TABLES, table_caption
+
+
+rule paper_table:
+    """One of the paper's tables (Table 11, Tables 4-7, 12, 13) from this study, CSV and LaTeX."""
+    input:
+        cells=rules.aggregate.output.cells,
+        metrics=rules.aggregate.output.metrics,
+        paired=rules.analysis.output.paired,
+        means=rules.analysis.output.means,
+    output:
+        csv=report(f"{RESULTS}/paper/tables/{{table}}.csv", caption="../report/paper_table.rst", category="Tables"),
+        tex=f"{RESULTS}/paper/tables/{{table}}.tex",
+    wildcard_constraints:
+        table="|".join(TABLES),
+    params:
+        caption=lambda wc: table_caption(wc.table),
+    log:
+        "logs/paper_table/{table}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/paper_table.py"
+
+
 rule paper:
-    """The paper build: cross-grid figures, tables as CSV and LaTeX, provenance, a static page."""
+    """The paper build: cross-grid figures, provenance, and a static page with the tables."""
     input:
         curves=rules.aggregate.output.curves,
         metrics=rules.aggregate.output.metrics,
         layer_stats=rules.aggregate.output.layer_stats,
         slopes=rules.analysis.output.slopes,
-        paired=rules.analysis.output.paired,
-        means=rules.analysis.output.means,
         overview=rules.overview_figure.output.png,
+        tables=expand(f"{RESULTS}/paper/tables/{{table}}.csv", table=TABLES),
     output:
         variables=report(f"{RESULTS}/paper/curves_by_variable.png", caption="../report/curves_by_variable.rst", category="Variables"),
         variables_pdf=f"{RESULTS}/paper/curves_by_variable.pdf",
@@ -17,10 +41,6 @@ rule paper:
         strength_pdf=f"{RESULTS}/paper/strength_histogram.pdf",
         layer_stats=report(f"{RESULTS}/paper/layer_stats.png", caption="../report/layer_stats.rst", category="Representations"),
         layer_stats_pdf=f"{RESULTS}/paper/layer_stats.pdf",
-        means=report(f"{RESULTS}/paper/level_means.csv", caption="../report/level_means.rst", category="Tables"),
-        means_tex=f"{RESULTS}/paper/level_means.tex",
-        paired=report(f"{RESULTS}/paper/paired_tests.csv", caption="../report/paired_tests.rst", category="Tables"),
-        paired_tex=f"{RESULTS}/paper/paired_tests.tex",
         provenance=f"{RESULTS}/paper/provenance.json",
         page=f"{RESULTS}/paper/index.html",
     params:

@@ -10,6 +10,6 @@ with job_logging(snakemake.log[0]) as log:
     probes = pd.concat([read_table(p) for p in snakemake.input.probes], ignore_index=True)
     with open(snakemake.input.info) as fh:
         info = json.load(fh)
-    table = cell_metrics(probes, info, snakemake.params.settings["id_start_thresholds"])
+    table = cell_metrics(probes, info, snakemake.params.settings)
     write_table(table, snakemake.output[0])
     log.info("\n%s", table[["ood_set", "tunnel", "ood_best_layer", "ood_retained", "pearson"]].to_string(index=False))

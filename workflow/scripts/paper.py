@@ -13,8 +13,7 @@ with job_logging(snakemake.log[0]):
         read_table(i.metrics),
         read_table(i.layer_stats),
         pd.read_csv(i.slopes),
-        pd.read_csv(i.paired),
-        pd.read_csv(i.means),
+        {Path(p).stem: pd.read_csv(p) for p in i.tables},
         snakemake.params.config,
         Path(snakemake.output.page).parent,
     )

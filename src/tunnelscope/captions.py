@@ -1,0 +1,44 @@
+"""Captions of the paper build's tables, shared by the Snakemake report and the static page.
+
+Kept free of heavy imports: the workflow reads it while the DAG is built.
+"""
+
+# name -> (the paper's table it is laid out like, caption)
+TABLES = {
+    "id_accuracy": (
+        "Table 11",
+        "ID top-1 accuracy (%) of every backbone on its ID test set, per resolution: no augmentation / augmentation "
+        "(the kept checkpoint's; mean over seeds).",
+    ),
+    "ood_accuracy": (
+        "Tables 4-7",
+        "Last-layer OOD linear-probe accuracy (%) per backbone and OOD set, and their mean (mean over seeds).",
+    ),
+    "ood_retained": (
+        "Tables 4-7",
+        "% OOD performance retained at the last layer, 100 x a_last / a_best, per backbone and OOD set, and their mean.",
+    ),
+    "pearson": (
+        "Tables 4-7",
+        "Pearson correlation between the ID and the OOD probe curve over all probed layers, per backbone and OOD set, and their mean.",
+    ),
+    "alignment": (
+        "Tables 4-7",
+        "ID/OOD alignment (a_id - 1/C_id)(a_ood - 1/C_ood) per backbone and OOD set, and their mean.",
+    ),
+    "level_means": (
+        "Table 12",
+        "Mean % OOD retained, Pearson correlation and ID/OOD alignment at each level of each comparison, "
+        "over the backbones and OOD sets that comparison uses.",
+    ),
+    "effect_sizes": (
+        "Tables 1 and 13",
+        "Per comparison and level pair: |Cliff's delta| between the two groups and the Wilcoxon signed-rank p-value "
+        "over matched pairs, for % OOD retained, Pearson correlation and ID/OOD alignment.",
+    ),
+}
+
+
+def table_caption(name: str) -> str:
+    paper, text = TABLES[name]
+    return f"{text} Laid out like the paper's {paper}."
