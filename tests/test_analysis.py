@@ -76,8 +76,13 @@ def test_declared_comparison_selects_matches_and_pairs_in_order():
     assert row["n_pairs"] == 2 * 3 and row["n_from"] == row["n_to"] == 6  # a11-b18 and a17-b34 per OOD set
     assert row["abs_delta"] == 1.0 and row["mean_to"] < row["mean_from"]
     assert [m["level"] for m in means if m["target"] == "pearson"] == [3, 7]
-    pairs = analysis.pair_rows(table[(table.stem == 3) & (table.resolution == 32)], table[(table.stem == 7) & (table.resolution == 32)], ["ood_set"], "depth")
-    assert sorted(zip(pairs.arch_from, pairs.arch_to)) == [("a11", "b18")] * 3 + [("a17", "b34")] * 3
+    assert row["note"].startswith("several backbones per level share the matched values: paired in order of depth")
+    pairs, shared = analysis.pair_rows(table[(table.stem == 3) & (table.resolution == 32)], table[(table.stem == 7) & (table.resolution == 32)], ["ood_set"], "depth")
+    assert shared and sorted(zip(pairs.arch_from, pairs.arch_to)) == [("a11", "b18")] * 3 + [("a17", "b34")] * 3
+    # Means and delta follow the pairs: a level's unpaired rows (here one more OOD set) stay out.
+    extra = pd.concat([table, table[table.stem == 3].assign(ood_set="w", ood_retained=0.0)])
+    wide = next(t for t in analysis.run_comparison(extra, {**spec, "where": {}}, 0.05, 200)[0] if t["target"] == "ood_retained")
+    assert wide["n_from"] == 24 and wide["n_pairs"] == 12 and wide["mean_from"] > 85
     with pytest.raises(analysis.TableError, match="'seed'"):
         analysis.run_comparison(table, {**spec, "match": ["seed"]}, 0.05, 200)
 

@@ -65,10 +65,13 @@ def test_each_backbone_has_its_recipe_and_checkpoint_rule(paper):
             assert t["warmup_start_factor"] * t["lr"] == pytest.approx(1e-6) and t["min_lr"] == 1e-5
             assert t["repeated_augmentation"] == (3 if cell.augmentation == AUG else 1)
             assert t["drop_path"] == 0.1 and cell.model["preprocessing"] == "imagenet"
-            assert cell.probe["paper"]["batch_size"] == 512
+            assert cell.probe["paper"]["batch_size"] == 512 and cell.probe["paper"]["reshuffle"] and cell.probe["paper"]["repeats"] == 3
+            assert cell.probe["seed"] == 0
         else:
             assert t["warmup_start_factor"] == 0.01 and t["min_lr"] == 0 and t["repeated_augmentation"] == 1
             assert cell.model["preprocessing"] == "dataset" and cell.probe["paper"]["batch_size"] == 128
+            assert cell.probe["paper"]["reshuffle"] is False and cell.probe["paper"]["repeats"] == 1
+            assert cell.probe["seed"] == (42 if cell.arch.startswith("vggm") else 0)  # the released scripts' seeds
 
 
 def test_ood_suites_probe_protocol_and_preprocessing(paper):

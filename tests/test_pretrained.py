@@ -108,7 +108,8 @@ def test_pretrained_entries_are_validated(schema):
     assert study.prepare_params("toy", "r32-bilinear-c0.95")["interpolation"] == "bilinear"
 
 
-@pytest.mark.parametrize(("arch", "count"), [("timm/vit_base_patch16_224", 12), ("timm/convnext_base", 36)])
+# 4 ViT-B x 12 + 2 ResNet-50 x 49 + 2 ConvNeXt-B x 37 = 220 positions: the paper's 1,980 probes / 9 eval sets.
+@pytest.mark.parametrize(("arch", "count"), [("timm/vit_base_patch16_224", 12), ("torchvision/vit_b_16", 12), ("torchvision/resnet50", 49), ("timm/convnext_base", 37), ("timm/convnextv2_base", 37)])
 def test_paper_enumeration_of_published_architectures(arch, count, capsys):
     assert cli(["layers", arch, "--probe-points", "paper", "--classes", "1000", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["layers"]) == count

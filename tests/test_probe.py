@@ -78,7 +78,7 @@ def test_sklearn_reference_solver():
 def test_paper_recipe_trains_every_layer_in_one_pass():
     x, y = blobs(d=6)
     layers = [(x[:200], x[200:]), (x[:200, :3], x[200:, :3])]
-    params = {"seed": 0, "lr": None, "weight_decay": None, "epochs": 15, "batch_size": 32, "label_smoothing": 0.1, "report": "last", "reshuffle": True, "init_std": 0.01}
+    params = {"seed": 0, "lr": None, "weight_decay": None, "epochs": 15, "batch_size": 32, "label_smoothing": 0.1, "report": "last", "reshuffle": True, "init_std": 0.01, "repeats": 1}
     rows = fit_paper_probes(layers, y[:200], y[200:], 3, params)
     assert len(rows) == 2 and rows[0]["test_acc"] > 0.85 and rows[0]["epoch"] == 15
     best = fit_paper_probes(layers, y[:200], y[200:], 3, dict(params, report="best_test"))
@@ -86,6 +86,8 @@ def test_paper_recipe_trains_every_layer_in_one_pass():
     # One seeded order for every epoch (the released code's cached features) is another run.
     fixed = fit_paper_probes(layers, y[:200], y[200:], 3, dict(params, reshuffle=False))
     assert fixed[0]["test_acc"] > 0.85 and fixed != rows
+    repeated = fit_paper_probes(layers, y[:200], y[200:], 3, dict(params, repeats=3))  # the ViT probes' sampler
+    assert repeated[0]["test_acc"] > 0.8 and repeated != rows
 
 
 def test_non_converged_probes_are_flagged():

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from test_reliability import PARAMS, TRAINING, toy_data
-from tunnelscope.datasets import stratified_split
+from tunnelscope.datasets import epoch_order, stratified_split
 from tunnelscope.models import build_model, count_parameters
-from tunnelscope.train import epoch_order, lr_schedule, pretrain, random_resized_crop_flip
+from tunnelscope.train import lr_schedule, paper_parameter_count, pretrain, random_resized_crop_flip
 
 
 def test_random_resized_crop_is_per_image_and_seeded():
@@ -109,5 +109,15 @@ def test_gamma_is_coded_as_the_paper(tmp_path):
     hundred = count_parameters(build_model("vggm11", 100, 0.125, 32))
     assert info["gamma_params"] == round(hundred / 1e4) * 1e4 != info["params"]  # a 100-class head, to 0.01M
     assert info["gamma"] == info["gamma_params"] / 120  # over the whole train split, not what is left after the hold-out
-    full = count_parameters(build_model("vggm11", 100, 1.0, 32))
-    assert round(full / 1e6, 2) == 9.46 and round(round(full / 1e4) * 1e4 / 126_689, 2) == 74.67  # VGGm-11 on ImageNet-100
+    # At full width, P is the count the paper quotes, so gamma takes the paper's values (its sec. 2.1 table).
+    paper_gamma = {"vggm11": 74.67, "vggm17": 158.50, "resnet18": 88.56, "resnet34": 168.37, "vit-t": 44.28, "vit-t-plus": 66.23}
+    for arch, gamma in paper_gamma.items():
+        assert round(paper_parameter_count(arch, 1.0, 32) / 126_689, 2) == gamma, arch
+    assert round(paper_parameter_count("vggm17-dagger", 1.0, 32) / 50_000, 1) == 401.6  # CIFAR-100
+    assert abs(paper_parameter_count("resnet18", 1.0, 32) - count_parameters(build_model("resnet18", 100))) < 1e4  # the model it names
+
+
+def test_selection_on_an_empty_split_fails_before_training(tmp_path):
+    with pytest.raises(ValueError, match="checkpoint best_val selects on an empty held-out split"):
+        _pretrain(tmp_path, epochs=1, checkpoint="best_val", val_fraction=0.001)
+    assert not (tmp_path / "state.pt").exists()

@@ -213,7 +213,8 @@ def default_match(table: pd.DataFrame, variable: str) -> list[str]:
 def auto_comparisons(table: pd.DataFrame) -> list[dict]:
     """Every variable with two or more levels, every pair of its levels, default matching. A
     variable that splits the rows exactly as an earlier one does (depth and stem when the grid
-    has two architectures) is the same comparison and is left out, with a log line."""
+    has two architectures) is the same comparison and is left out, with a log line. Where an
+    architecture fact has several architectures per level, they pair shallower with shallower."""
     specs, seen = [], {}
     for variable in COMPARED:
         if variable not in table.columns or table[variable].nunique() < 2:
@@ -223,23 +224,27 @@ def auto_comparisons(table: pd.DataFrame) -> list[dict]:
             log.info("comparison %s left out: it groups the rows exactly as %s", variable, seen[groups])
             continue
         seen[groups] = variable
-        specs.append({"name": variable, "variable": variable})
+        order = {"pair_order": "depth"} if variable in DERIVED_VARIABLES and variable != "depth" and "depth" in table.columns else {}
+        specs.append({"name": variable, "variable": variable, **order})
     return specs
 
 
-def pair_rows(low: pd.DataFrame, high: pd.DataFrame, match: list[str], pair_order: str | None) -> pd.DataFrame:
+def pair_rows(low: pd.DataFrame, high: pd.DataFrame, match: list[str], pair_order: str | None) -> tuple[pd.DataFrame, bool]:
     """One-to-one pairs: rows of the two levels with equal ``match`` values; where several share
     them, the k-th of one level (in ``pair_order``, else table order) pairs with the k-th of the
-    other. Backbones are never averaged into one pair."""
+    other. Backbones are never averaged into one pair. Returns (pairs, whether any match value
+    was shared, so that the pairing depended on that order)."""
     missing = [c for c in match if c not in low.columns]
     if missing:
         raise TableError(f"comparison matches on column {missing[0]!r}, which the table lacks")
-    sides = []
+    sides, shared = [], False
     for frame in (low, high):
         if pair_order:
             frame = frame.sort_values(pair_order, kind="stable")
-        sides.append(frame.assign(_rank=frame.groupby(match, sort=False, dropna=False).cumcount()))
-    return sides[0].merge(sides[1], on=[*match, "_rank"], suffixes=("_from", "_to"))
+        rank = frame.groupby(match, sort=False, dropna=False).cumcount()
+        shared |= bool((rank > 0).any())
+        sides.append(frame.assign(_rank=rank))
+    return sides[0].merge(sides[1], on=[*match, "_rank"], suffixes=("_from", "_to")), shared
 
 
 def run_comparison(table: pd.DataFrame, spec: dict, alpha: float, n_resamples: int) -> tuple[list[dict], list[dict]]:
@@ -269,25 +274,31 @@ def run_comparison(table: pd.DataFrame, spec: dict, alpha: float, n_resamples: i
     for lo, hi in pairs:
         a, b = rows[level_mask(rows[variable], lo)], rows[level_mask(rows[variable], hi)]
         lo, hi = (a[variable].iloc[0] if len(a) else lo), (b[variable].iloc[0] if len(b) else hi)
-        matched = pair_rows(a, b, match, spec.get("pair_order"))
+        matched, shared = pair_rows(a, b, match, spec.get("pair_order"))
+        note = f"several backbones per level share the matched values: paired in order of {spec.get('pair_order') or 'the grid'}" if shared else ""
         for target in TARGETS:
             pair = matched[[f"{target}_from", f"{target}_to"]].dropna()
-            tests.append(_compare({**head, "target": target, "level_from": lo, "level_to": hi}, a[target].dropna(), b[target].dropna(), pair, alpha))
+            row = {**head, "target": target, "level_from": lo, "level_to": hi, "n_from": int(a[target].notna().sum()), "n_to": int(b[target].notna().sum())}
+            tests.append(_compare(row, pair, a[target].dropna(), b[target].dropna(), alpha, note))
     return tests, means
 
 
-def _compare(row: dict, before: pd.Series, after: pd.Series, pair: pd.DataFrame, alpha: float) -> dict:
+def _compare(row: dict, pair: pd.DataFrame, before: pd.Series, after: pd.Series, alpha: float, note: str) -> dict:
+    """Means, Cliff's delta and the Wilcoxon test over the matched pairs, so all three compare
+    like with like; without pairs, means and delta over all rows of the two levels, no test."""
     target = row["target"]
-    row = {**row, "n_from": len(before), "n_to": len(after), "n_pairs": len(pair)}
-    if len(before) == 0 or len(after) == 0:
+    row = {**row, "n_pairs": len(pair)}
+    if len(pair):
+        before, after = pair[f"{target}_from"], pair[f"{target}_to"]
+    elif len(before) == 0 or len(after) == 0:
         return {**row, "note": "not estimable: a level has no rows"}
     delta = cliffs_delta(after, before)
     row.update(mean_from=float(before.mean()), mean_to=float(after.mean()), cliffs_delta=delta, abs_delta=abs(delta), magnitude=cliffs_magnitude(delta))
     if len(pair) == 0:
-        return {**row, "note": "no matched pairs: Wilcoxon not run"}
-    x, y = pair[f"{target}_to"].to_numpy(), pair[f"{target}_from"].to_numpy()
+        return {**row, "note": "no matched pairs: means and delta over all rows of each level, no test"}
+    x, y = after.to_numpy(), before.to_numpy()
     p = 1.0 if np.allclose(x - y, 0) else float(stats.wilcoxon(x, y).pvalue)
-    return {**row, "wilcoxon_p": p, "significant": bool(p < alpha), "note": ""}
+    return {**row, "wilcoxon_p": p, "significant": bool(p < alpha), "note": note}
 
 
 def comparisons(table: pd.DataFrame, specs, alpha: float = 0.05, n_resamples: int = 2000) -> tuple[pd.DataFrame, pd.DataFrame]:

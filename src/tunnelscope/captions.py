@@ -33,8 +33,9 @@ TABLES = {
     ),
     "effect_sizes": (
         "Tables 1 and 13",
-        "Per comparison and level pair: |Cliff's delta| between the two groups and the Wilcoxon signed-rank p-value "
-        "over matched pairs, for % OOD retained, Pearson correlation and ID/OOD alignment.",
+        "Per comparison and level pair, over the matched pairs (one backbone of each level, all else equal): "
+        "|Cliff's delta| between the two levels' values and the Wilcoxon signed-rank p-value, for % OOD retained, "
+        "Pearson correlation and ID/OOD alignment.",
     ),
 }
 

@@ -92,6 +92,9 @@ def _analyze(args) -> int:
     # The paper's released table is analysed with the paper's comparisons unless told otherwise.
     config_path = args.config or (str(PAPER_PRESET) if args.paper or _is_release(table_path) else None)
     settings = dict(DEFAULT_SETTINGS)
+    if config_path == str(PAPER_PRESET) and not PAPER_PRESET.is_file():
+        print(f"tunnelscope: the paper's comparisons live in config/paper.yaml of the tunnelscope repository, not found at {PAPER_PRESET}; pass --config PATH/TO/paper.yaml", file=sys.stderr)
+        return 2
     if config_path:
         try:
             with open(config_path) as fh:
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         "--probe-points",
         default="default",
         choices=ENUMERATIONS,
-        help="enumeration: the architecture's own (default), blocks, paper (Harun et al. Sec. 4.2: every transformer block, every Conv2d, each ConvNeXt block's depthwise conv), or activations (post-ReLU outputs of the paper CNNs)",
+        help="enumeration: the architecture's own (default), blocks, paper (Harun et al. Sec. 4.2: every transformer block, every Conv2d but projection shortcuts, ConvNeXt's stem and each block's depthwise conv), or activations (post-ReLU outputs of the paper CNNs)",
     )
     lay.add_argument("--json", action="store_true", help="print one JSON object: arch, params, layers")
     lay.set_defaults(func=_layers)

@@ -21,16 +21,18 @@ import yaml
 # Facts about each architecture needed before any model is built (cell variables, analysis),
 # coded as Harun et al. code them in their released results table: stem = first conv kernel or
 # ViT patch size; spatial_reduction = phi = s_out / s_in of the stem and first stage (ViTs are
-# coded 1.0 there although the patch embedding downsamples by 8); depth = nominal depth.
+# coded 1.0 there although the patch embedding downsamples by 8); depth = nominal depth;
+# params_m = the parameter count (millions, 100-class head) the paper quotes and its gamma uses:
+# the ResNet counts cut to two decimals, the ViT counts with the unused gate MLP of its code.
 ARCHS = {
-    "vggm11": {"label": "VGGm-11", "family": "cnn", "arch_family": "vggm", "depth": 11, "stem": 3, "spatial_reduction": 0.5},
-    "vggm17": {"label": "VGGm-17", "family": "cnn", "arch_family": "vggm", "depth": 17, "stem": 3, "spatial_reduction": 0.5},
-    "vggm11-dagger": {"label": "VGGm†-11", "family": "cnn", "arch_family": "vggm", "depth": 11, "stem": 3, "spatial_reduction": 1.0},
-    "vggm17-dagger": {"label": "VGGm†-17", "family": "cnn", "arch_family": "vggm", "depth": 17, "stem": 3, "spatial_reduction": 1.0},
-    "resnet18": {"label": "ResNet-18", "family": "cnn", "arch_family": "resnet", "depth": 18, "stem": 7, "spatial_reduction": 0.25},
-    "resnet34": {"label": "ResNet-34", "family": "cnn", "arch_family": "resnet", "depth": 34, "stem": 7, "spatial_reduction": 0.25},
-    "vit-t": {"label": "ViT-T", "family": "vit", "arch_family": "vit", "depth": 12, "stem": 8, "spatial_reduction": 1.0},
-    "vit-t-plus": {"label": "ViT-T+", "family": "vit", "arch_family": "vit", "depth": 18, "stem": 8, "spatial_reduction": 1.0},
+    "vggm11": {"label": "VGGm-11", "family": "cnn", "arch_family": "vggm", "depth": 11, "stem": 3, "spatial_reduction": 0.5, "params_m": 9.46},
+    "vggm17": {"label": "VGGm-17", "family": "cnn", "arch_family": "vggm", "depth": 17, "stem": 3, "spatial_reduction": 0.5, "params_m": 20.08},
+    "vggm11-dagger": {"label": "VGGm†-11", "family": "cnn", "arch_family": "vggm", "depth": 11, "stem": 3, "spatial_reduction": 1.0, "params_m": 9.46},
+    "vggm17-dagger": {"label": "VGGm†-17", "family": "cnn", "arch_family": "vggm", "depth": 17, "stem": 3, "spatial_reduction": 1.0, "params_m": 20.08},
+    "resnet18": {"label": "ResNet-18", "family": "cnn", "arch_family": "resnet", "depth": 18, "stem": 7, "spatial_reduction": 0.25, "params_m": 11.22},
+    "resnet34": {"label": "ResNet-34", "family": "cnn", "arch_family": "resnet", "depth": 34, "stem": 7, "spatial_reduction": 0.25, "params_m": 21.33},
+    "vit-t": {"label": "ViT-T", "family": "vit", "arch_family": "vit", "depth": 12, "stem": 8, "spatial_reduction": 1.0, "params_m": 5.61},
+    "vit-t-plus": {"label": "ViT-T+", "family": "vit", "arch_family": "vit", "depth": 18, "stem": 8, "spatial_reduction": 1.0, "params_m": 8.39},
 }
 
 CELL_VARIABLES = ("arch", "id_dataset", "resolution", "augmentation", "seed")

@@ -177,6 +177,16 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int, stream: int
     return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
 
 
+def epoch_order(n: int, repeats: int, generator):
+    """Indices of one epoch: a seeded permutation (torch ``generator``); with ``repeats`` k > 1,
+    the first n / k of it, each index k times in a row: DeiT's repeated-augmentation sampler on
+    one device (its copies land in the same batch, where training augments each on its own)."""
+    import torch
+
+    order = torch.randperm(n, generator=generator)
+    return order if repeats == 1 else order.repeat_interleave(repeats)[:n]
+
+
 def _stratified(raw: RawSplit, test_fraction: float, seed: int) -> dict[str, RawSplit]:
     """A dataset without an official split: seeded, stratified train/test."""
     held = np.zeros(len(raw.labels), dtype=bool)

@@ -202,13 +202,18 @@ def _is_depthwise(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels == module.out_channels
 
 
+# Convs on a residual shortcut (torchvision/timm ``downsample``, some timm ``shortcut``).
+_SHORTCUT = re.compile(r"(^|\.)(downsample|shortcut)(\.|$)")
+
+
 def enumerate_paper(model: nn.Module) -> list[ProbePoint]:
     """Probe points of Harun et al. (2024, Sec. 4.2) for published ImageNet backbones.
 
     Transformers (a ``blocks`` list of modules with attention): every block's output, through
-    the final norm as for the paper ViTs. ConvNeXt-like CNNs (depthwise convs): each block's
-    depthwise conv output. Other CNNs: every Conv2d output (downsample convs included), in
-    module order.
+    the final norm as for the paper ViTs. ConvNeXt-like CNNs: the stem conv and each block's
+    depthwise conv. Other CNNs: every Conv2d but the projection shortcuts, as the paper probes
+    its own ResNets. Outputs, in module order. For the paper's eight models this gives 12 per
+    ViT-B, 49 per ResNet-50 and 37 per ConvNeXt-B: 220 positions, its 1,980 probes over 9 sets.
     """
     blocks = getattr(model, "blocks", None)
     if isinstance(blocks, nn.Sequential) and any(hasattr(b, "attn") for b in blocks):
@@ -221,8 +226,10 @@ def enumerate_paper(model: nn.Module) -> list[ProbePoint]:
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError(f"{type(model).__name__}: the paper enumeration needs transformer blocks or Conv2d layers")
-    convnext = any(type(m).__name__ in ("ConvNeXtBlock", "CNBlock") for m in model.modules())
-    chosen = [n for n, m in convs if _is_depthwise(m) or not convnext]
+    if any(type(m).__name__ in ("ConvNeXtBlock", "CNBlock") for m in model.modules()):
+        chosen = [convs[0][0]] + [n for n, m in convs[1:] if _is_depthwise(m)]
+    else:
+        chosen = [n for n, _ in convs if not _SHORTCUT.search(n)]
     return [ProbePoint(i + 1, n, "output") for i, n in enumerate(chosen)]
 
 

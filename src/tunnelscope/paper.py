@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from .analysis import VARIABLES
-from .captions import table_caption
+from .captions import TABLES, table_caption
 from .config import CELL_VARIABLES
 from .io import atomic_path
 from .metrics import normalise
@@ -124,7 +124,8 @@ def html_page(out_dir: Path, page: str, prov: dict, tables: dict[str, pd.DataFra
         parts += [f"<h2>{html.escape(name.replace('_', ' '))}</h2>", f"<p><img src='{name}.png' alt='{name}'></p>", f"<p>{html.escape(caption)}</p>"]
     for name, frame in {**tables, "shap_slopes": slopes}.items():
         caption = table_caption(name) if name in tables else "SHAP slope per variable and target (analysis/shap_slopes.csv)."
-        parts += [f"<h2>{html.escape(name.replace('_', ' '))}</h2>", f"<p>{html.escape(caption)} <a href='tables/{name}.csv'>CSV</a></p>" if name in tables else f"<p>{html.escape(caption)}</p>",
+        title = name.replace("_", " ") + (f" ({TABLES[name][0]})" if name in TABLES else "")
+        parts += [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(caption)} <a href='tables/{name}.csv'>CSV</a></p>" if name in tables else f"<p>{html.escape(caption)}</p>",
                   frame.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–")]
     parts += ["<h2>provenance</h2>", f"<pre>{html.escape(json.dumps({k: prov[k] for k in ('software', 'python', 'platform')}, indent=1))}</pre>",
               f"<p>{len(prov['cells'])} cells; full config in provenance.json.</p></body></html>"]

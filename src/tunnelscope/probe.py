@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .config import CELL_VARIABLES
-from .datasets import stratified_split
+from .datasets import epoch_order, stratified_split
 from .io import read_embeddings
 
 log = logging.getLogger("tunnelscope.probe")
@@ -290,7 +290,8 @@ def fit_paper_probes(layers: list[tuple], y_train, y_test, n_classes: int, param
     N(0, init_std), bias 0), AdamW (lr 1e-3 / wd 0 for CNNs, 1e-2 / 1e-4 for ViTs unless set),
     label smoothing, minibatches shared by all heads, so the data is read once per epoch for all
     layers; ``reshuffle: false`` keeps one seeded order for every epoch (the released CNN probe
-    code shuffles its cached features once). Reports the last epoch, or the best test epoch
+    code shuffles its cached features once); ``repeats`` k > 1 draws n / k rows per epoch, each
+    k times (the released ViT probes keep DeiT's repeated-augmentation sampler). Reports the last epoch, or the best test epoch
     with ``report: best_test`` (the paper's optimistic choice).
     """
     gen = torch.Generator().manual_seed(params["seed"])
@@ -307,11 +308,11 @@ def fit_paper_probes(layers: list[tuple], y_train, y_test, n_classes: int, param
     opt = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=wd)
     best = [(-1.0, 0, 0.0)] * len(heads)  # (test acc, epoch, train acc)
     last = best
-    order = torch.randperm(len(ytr), generator=gen).to(device)
+    order = epoch_order(len(ytr), params["repeats"], gen).to(device)
     for epoch in range(params["epochs"]):
         heads.train()
         if epoch and params["reshuffle"]:
-            order = torch.randperm(len(ytr), generator=gen).to(device)
+            order = epoch_order(len(ytr), params["repeats"], gen).to(device)
         for start in range(0, len(order), params["batch_size"]):
             idx = order[start : start + params["batch_size"]]
             loss = sum(F.cross_entropy(head(x[idx]), ytr[idx], label_smoothing=params["label_smoothing"]) for head, x in zip(heads, xs_train))

@@ -36,6 +36,9 @@ AUGMENTATIONS = {0: "none", 2: "rrc_flip"}  # the table counts the augmentations
 # The OOD sets of a block; the CIFAR slot holds CIFAR-10 for CIFAR-100 backbones.
 RELEASE_OOD_SETS = ("ninco", "imagenet-r", "cub200", "aircraft", "flowers102", "cifar100", "pets", "stl10")
 SUBSETS = ("in100-100x100", "in100-100x200", "in100-100x500", "in100-100x700", "in100-10x1000", "in100-50x200")
+# (classes, training images) of each ID set, as the table codes them in ID Class Count and gamma.
+ID_SETS = {"imagenet100": (100, 126_689), "cifar10": (10, 50_000), "cifar100": (100, 50_000)}
+ID_SETS |= {s: (int(k), int(k) * int(n)) for s in SUBSETS for k, n in [s.removeprefix("in100-").split("x")]}
 
 
 def _release_blocks() -> list[tuple[str, str, int, str]]:
@@ -86,12 +89,12 @@ def from_release(table: pd.DataFrame) -> pd.DataFrame:
             identity.append({
                 "arch": arch, "label": facts["label"], "arch_family": facts["arch_family"], "id_dataset": id_dataset,
                 "seed": 0, "ood_set": ood_set, "ood_index": index,
-                "_expect": (facts["stem"], facts["spatial_reduction"], facts["family"], facts["depth"], resolution, augmentation),
+                "_expect": (facts["stem"], facts["family"], facts["depth"], resolution, augmentation, ID_SETS[id_dataset][0], facts["spatial_reduction"], facts["params_m"] * 1e6 / ID_SETS[id_dataset][1]),
             })
     ids = pd.DataFrame(identity, index=out.index)
-    coded = out[["stem", "spatial_reduction", "family", "depth", "resolution", "augmentation"]].itertuples(index=False)
+    coded = out[["stem", "family", "depth", "resolution", "augmentation", "id_classes", "spatial_reduction", "gamma"]].itertuples(index=False)
     for row, (expect, got) in enumerate(zip(ids.pop("_expect"), coded)):
-        fits = np.isclose(expect[1], got[1]) and expect[:1] + expect[2:] == tuple(got[:1]) + tuple(got[2:])
+        fits = expect[:6] == tuple(got[:6]) and np.allclose(expect[6:], tuple(got[6:]), rtol=1e-3)
         if not fits:
             raise ValueError(f"row {row + 2} of the released table (block {row // 8}) reads {tuple(got)}, but that block is {RELEASE_BLOCKS[row // 8]}, coded {expect}: rows out of the published order?")
     front = ["arch", "label", "arch_family", "id_dataset", "resolution", "augmentation", "seed", "ood_set", "ood_index"]

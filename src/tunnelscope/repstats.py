@@ -1,4 +1,4 @@
-"""Representation statistics of one layer's ID embeddings (docs/protocol.md, "Layer statistics").
+"""Representation statistics of one layer's ID embeddings (docs/protocol.md, "numerical rank").
 
 Features are rows of X (n samples x d dims). Written with numpy because each is a few lines of
 linear algebra on one matrix; no maintained library computes NC1 or RankMe.

@@ -19,7 +19,9 @@ import pandas as pd
 from .captions import table_caption
 from .io import atomic_path
 
-BACKBONE = ["id_dataset", "label", "resolution", "augmentation"]
+# A backbone is keyed by its cell's arch (two published models may share a timm/torchvision
+# label); ``label`` (VGGm-11, ...) is what the tables print.
+BACKBONE = ["id_dataset", "arch", "resolution", "augmentation"]
 # Characters of the labels that plain pdflatex needs as math.
 LATEX_SYMBOLS = {"|δ|": r"$|\delta|$", "²": r"$^2$", "†": r"$^\dagger$"}
 TARGET_NAMES = {"ood_retained": "% retained", "pearson": "Pearson", "alignment": "alignment"}
@@ -48,11 +50,18 @@ def id_accuracy(cells: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     top1 = cells.assign(top1=100.0 * pd.to_numeric(cells.test_acc, errors="coerce"), setting=cells.resolution.astype(str) + " " + cells.augmentation)
     augs = list(dict.fromkeys(top1.augmentation))
     resolutions = sorted(top1.resolution.unique())
-    wide = spread(top1, ["id_dataset", "label"], "setting", "top1", [f"{r} {a}" for r in resolutions for a in augs])
-    latex = wide[["id_dataset", "label"]].rename(columns={"id_dataset": "ID set", "label": "backbone"})
+    wide = _labelled(spread(top1, ["id_dataset", "arch"], "setting", "top1", [f"{r} {a}" for r in resolutions for a in augs]), cells)
+    latex = wide[["id_dataset", "backbone"]].rename(columns={"id_dataset": "ID set"})
     for r in resolutions:
-        latex[f"{r}²"] = [" / ".join(_fmt(v, 2) for v in values) for values in wide[[f"{r} {a}" for a in augs]].itertuples(index=False)]
-    return wide.rename(columns={"label": "backbone"}).round(2), latex
+        latex[f"{r}²"] = [" / ".join(_fmt(v, 2) for v in values) if not np.isnan(values).all() else "–" for values in wide[[f"{r} {a}" for a in augs]].itertuples(index=False)]
+    return wide.round(2), latex
+
+
+def _labelled(wide: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """``wide`` with a ``backbone`` column (the arch's label) after ``arch``."""
+    labels = dict(zip(rows.arch, rows.label))
+    wide.insert(wide.columns.get_loc("arch") + 1, "backbone", wide.arch.map(labels))
+    return wide
 
 
 def ood_table(metrics: pd.DataFrame, name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -60,11 +69,10 @@ def ood_table(metrics: pd.DataFrame, name: str) -> tuple[pd.DataFrame, pd.DataFr
     column, scale, decimals = OOD_TABLES[name]
     rows = metrics.assign(value=pd.to_numeric(metrics[column], errors="coerce") * scale)
     heads = rows.groupby("ood_index", sort=True).ood_set.agg(lambda s: " / ".join(dict.fromkeys(s)))
-    wide = spread(rows, BACKBONE, "ood_index", "value", list(heads.index)).rename(columns=dict(heads.items()))
-    wide["mean"] = wide[list(heads)].mean(axis=1)
-    csv = wide.rename(columns={"label": "backbone"})
+    csv = _labelled(spread(rows, BACKBONE, "ood_index", "value", list(heads.index)).rename(columns=dict(heads.items())), rows)
+    csv["mean"] = csv[list(heads)].mean(axis=1)
     csv["augmentation"] = csv.augmentation.map(_aug_label)
-    latex = csv.copy()
+    latex = csv.drop(columns="arch")
     for col in [*heads, "mean"]:
         latex[col] = latex[col].map(lambda v: _fmt(v, decimals))
     return csv.round(decimals + 1), latex.rename(columns={"id_dataset": "ID set", "resolution": "res."})
@@ -123,10 +131,17 @@ def _fmt_p(value) -> str:
     return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
+def _latex_text(text: str) -> str:
+    """Plain text for a LaTeX argument (pandas escapes the cells, not the caption)."""
+    for char in "&%$#_{}":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
 def write(name: str, csv: pd.DataFrame, latex: pd.DataFrame, csv_path: str, tex_path: str) -> None:
     with atomic_path(csv_path) as tmp:
         csv.to_csv(tmp, index=False)
-    tex = latex.to_latex(index=False, caption=table_caption(name), label=f"tab:{name}", na_rep="–", escape=True)
+    tex = latex.to_latex(index=False, caption=_latex_text(table_caption(name)), label=f"tab:{name}", na_rep="–", escape=True)
     for text, macro in LATEX_SYMBOLS.items():
         tex = tex.replace(text, macro)
     with atomic_path(tex_path) as tmp:

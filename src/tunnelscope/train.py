@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .config import CELL_VARIABLES, IMAGENET_MEAN, IMAGENET_STD, cell_id
-from .datasets import Prepared, stratified_split
+from .config import ARCHS, CELL_VARIABLES, IMAGENET_MEAN, IMAGENET_STD, cell_id
+from .datasets import Prepared, epoch_order, stratified_split
 from .io import atomic_path, write_json
 from .models import build_model, count_parameters, describe, probe_points
 
@@ -117,14 +117,6 @@ def lr_schedule(optimizer, warmup_steps: int, total_steps: int, start_factor: fl
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [warm, cosine], milestones=[warmup_steps])
 
 
-def epoch_order(n: int, repeats: int, generator: torch.Generator) -> torch.Tensor:
-    """Indices of one epoch: a seeded permutation; with ``repeats`` k > 1, the first n / k of it,
-    each index k times in a row (DeiT's repeated-augmentation sampler on one device: the copies
-    land in the same batch and get independent augmentations)."""
-    order = torch.randperm(n, generator=generator)
-    return order if repeats == 1 else order.repeat_interleave(repeats)[:n]
-
-
 @torch.no_grad()
 def accuracy(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> float:
     if len(labels) == 0:
@@ -163,6 +155,10 @@ def pretrain(params: dict, data: Prepared, checkpoint: str, train_log: str, info
     x_tr, y_tr, x_val, y_val = images[tr_idx], labels[tr_idx], images[val_idx], labels[val_idx]
     test = data.splits["test"]
     x_te, y_te = torch.from_numpy(test.images).to(device), torch.from_numpy(test.labels).to(device)
+    selection = cfg["checkpoint"]
+    if selection != "last" and len({"best_val": val_idx, "best_test": y_te}[selection]) == 0:
+        split = "held-out split (training.val_fraction holds out no image of any class)" if selection == "best_val" else "test split"
+        raise ValueError(f"cell {cell}: training.checkpoint {selection} selects on an empty {split}")
 
     def evaluate(x, y):
         return accuracy(model, x, y, mean=norm["mean"], std=norm["std"])
@@ -180,7 +176,6 @@ def pretrain(params: dict, data: Prepared, checkpoint: str, train_log: str, info
     gen = torch.Generator().manual_seed(seed)
     history: list[dict] = []
     start_epoch = 0
-    selection = cfg["checkpoint"]
     best = {"score": -1.0, "epoch": 0, "weights": None}  # the kept epoch under best_val / best_test
 
     state_file = Path(state_path)
@@ -273,9 +268,10 @@ def pretrain(params: dict, data: Prepared, checkpoint: str, train_log: str, info
     return info
 
 
-# The parameter count P of the over-parameterisation level gamma = P / N, as Harun et al. code it:
-# with a 100-class head whatever the ID set (their architecture table), in millions rounded to
-# two decimals, over N = the whole ID training split (no hold-out subtracted).
+# The over-parameterisation level gamma = P / N as Harun et al. code it: N = the whole ID training
+# split (no hold-out subtracted), P = the count their architecture table quotes for a 100-class
+# head whatever the ID set (config.ARCHS params_m); for other widths and models, the count with
+# a 100-class head rounded to 0.01M.
 GAMMA_HEAD_CLASSES = 100
 
 
@@ -289,6 +285,7 @@ def backbone_info(model, params: dict, arch: str, id_classes: int, n_train: int,
     return {
         **{k: params[k] for k in CELL_VARIABLES},
         **describe(model, arch, params["resolution"], points),
+        "label": ARCHS[params["arch"]]["label"] if params["arch"] in ARCHS else params["arch"],  # a published model: its entry's name
         "width": params["model"]["width"],
         "id_classes": id_classes,
         "n_train": int(n_train),
@@ -300,8 +297,10 @@ def backbone_info(model, params: dict, arch: str, id_classes: int, n_train: int,
 
 
 def paper_parameter_count(arch: str, width: float, resolution: int) -> int:
-    """P of gamma for a trained backbone: its count with a GAMMA_HEAD_CLASSES-way head,
-    rounded to 0.01M."""
+    """P of gamma for a trained backbone: the paper's count for its architectures at full
+    width, else the count with a GAMMA_HEAD_CLASSES-way head rounded to 0.01M."""
+    if arch in ARCHS and width == 1.0:
+        return int(round(ARCHS[arch]["params_m"] * 1e6))
     count = count_parameters(build_model(arch, GAMMA_HEAD_CLASSES, width, resolution))
     return int(round(count / 1e4) * 1e4)
 
@@ -344,7 +343,7 @@ def import_pretrained(params: dict, checkpoint: str, train_log: str, info_path: 
         if used[key] != own[key] and not (key == "crop_pct" and math.isclose(used[key], own[key], abs_tol=1e-3)):
             log.warning("%s: %s %s differs from the model's own %s (set pretrained.%s.%s to match)", params["arch"], key, used[key], own[key], params["arch"], key)
     info = {
-        **backbone_info(model, params, spec["arch"], spec["num_classes"], spec["n_train"]),
+        **backbone_info(model, params, spec["arch"], spec["num_classes"], spec["n_train"], spec.get("gamma_params")),
         "final_train_acc": None,
         "final_val_acc": None,
         "test_acc": None,
