@@ -44,7 +44,7 @@ def test_pretrained_cell_embeds_like_the_in_memory_model(tmp_path):
     assert (tmp_path / f"logs/import_pretrained/{CELL}.log").exists() and not (tmp_path / "logs/pretrain").exists()
     info = json.loads((tmp_path / f"out/cells/{CELL}/cell.json").read_text())
     points = probe_points(model, "default", "paper")
-    assert info["num_layers"] == len(points) == 9 and info["id_classes"] == 10
+    assert info["num_layers"] == len(points) == 10 and info["id_classes"] == 10  # the stem and 9 depthwise convs
 
     torch.set_num_threads(2)  # as the embed job
     data = datasets.load(tmp_path / "out/prepared/toy/r32.npz")

@@ -4,7 +4,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -78,6 +77,7 @@ def _report_images(report, chromium):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     options = webdriver.ChromeOptions()
     for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,1000"):
@@ -85,18 +85,20 @@ def _report_images(report, chromium):
     options.binary_location = chromium
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     driver.implicitly_wait(5)
+    images = (
+        "return Array.from(document.images).filter(i => !i.src.startsWith('data:image/svg'))"
+        ".map(i => [i.complete ? i.naturalWidth : 0, i.getBoundingClientRect().width])"
+    )
     seen = []
     try:
         for category in ("Overview", "Cells", "Variables", "Analysis", "Representations"):
             driver.get(f"file://{report}")
             driver.find_element(By.LINK_TEXT, category).click()
+            # The category's list renders after the click; wait for it rather than a fixed pause.
+            WebDriverWait(driver, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, "a[iconname=eye]"))
             for i in range(len(driver.find_elements(By.CSS_SELECTOR, "a[iconname=eye]"))):
                 driver.find_elements(By.CSS_SELECTOR, "a[iconname=eye]")[i].click()
-                time.sleep(0.3)
-                shown = driver.execute_script(
-                    "return Array.from(document.images).filter(i => !i.src.startsWith('data:image/svg'))"
-                    ".map(i => [i.complete ? i.naturalWidth : 0, i.getBoundingClientRect().width])"
-                )
+                shown = WebDriverWait(driver, 20).until(lambda d: [s for s in d.execute_script(images) if s[0] > 0] or None)
                 seen += [(category, natural, width) for natural, width in shown]
         driver.save_screenshot(str(report.with_suffix(".png")))
     finally:

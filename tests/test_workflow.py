@@ -55,7 +55,7 @@ def test_all_outputs_exist_and_parse(study):
     assert set(paired.comparison) == {"augmentation"}  # the only variable with two levels
     assert paired.n_pairs.eq(2).all()  # one per OOD set: the same backbone with and without augmentation
     retained = pd.read_csv(out / "paper/tables/ood_retained.csv")
-    assert retained.columns.tolist() == ["id_dataset", "backbone", "resolution", "augmentation", "toy-glyphs", "digits", "mean"]
+    assert retained.columns.tolist() == ["id_dataset", "arch", "backbone", "resolution", "augmentation", "toy-glyphs", "digits", "mean"]
     assert retained.augmentation.tolist() == ["no aug", "aug"]  # grid order
     expected = metrics.groupby("augmentation", sort=False).ood_retained.mean().to_numpy()
     np.testing.assert_allclose(retained["mean"], expected, atol=1e-3)
@@ -158,7 +158,7 @@ def test_the_papers_protocol_switched_on_produces_the_papers_tables(tmp_path):
     curves = pd.read_parquet(out / "aggregate/curves.parquet")
     assert set(curves.solver) == {"paper"} and curves.epoch.between(1, 3).all()
     tables = {name: pd.read_csv(out / "paper/tables" / f"{name}.csv") for name in PAPER_TABLES}
-    assert tables["id_accuracy"].columns.tolist() == ["id_dataset", "backbone", "32 none", "32 rrc_flip"]
+    assert tables["id_accuracy"].columns.tolist() == ["id_dataset", "arch", "backbone", "32 none", "32 rrc_flip"]
     assert tables["id_accuracy"].backbone.tolist() == ["VGGm-11", "ViT-T"]
     cells = pd.read_parquet(out / "aggregate/cells.parquet").set_index("arch")
     assert tables["id_accuracy"].set_index("backbone").loc["ViT-T", "32 none"] == pytest.approx(100 * cells.loc["vit-t", "test_acc"], abs=0.01)

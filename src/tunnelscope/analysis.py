@@ -3,9 +3,10 @@
 Input: one row per (backbone, OOD set) with the targets ``ood_retained`` (percent), ``pearson``,
 ``alignment``, the eight SHAP variables and, for paired comparisons, whatever identifies a row:
 the cell variables (arch, id_dataset, resolution, augmentation, seed), ``ood_set`` and
-``ood_index``. Output: SHAP slopes with in-sample R^2, paired comparisons (Wilcoxon signed-rank
-on matched pairs, Cliff's delta between the two groups) and per-level means with bootstrap 95%
-intervals, for the comparisons of ``analysis.comparisons``.
+``ood_index``. Output: SHAP slopes with in-sample R^2, paired comparisons (over matched pairs,
+one backbone of each level with all else equal: means, Cliff's delta and the Wilcoxon
+signed-rank test) and per-level means with bootstrap 95% intervals, for the comparisons of
+``analysis.comparisons``.
 """
 
 from __future__ import annotations

@@ -16,17 +16,23 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 PAPER_PRESET = REPO / "config" / "paper.yaml"
 
 
-def _validate(args) -> int:
+def _read_study(path: str, schema: str) -> tuple[Study | None, int]:
+    """(the study, 0), or (None, exit code) once its one-line error is printed."""
     try:
-        with open(args.config) as fh:
-            raw = yaml.safe_load(fh)
-        study = Study(raw, load_schema(args.schema))
+        with open(path) as fh:
+            return Study(yaml.safe_load(fh), load_schema(schema)), 0
     except (OSError, yaml.YAMLError) as exc:
-        print(f"tunnelscope: cannot read {args.config}: {exc}", file=sys.stderr)
-        return 2
+        print(f"tunnelscope: cannot read {path}: {exc}", file=sys.stderr)
+        return None, 2
     except ConfigError as exc:
-        print(f"tunnelscope: config error in {args.config}: {exc}", file=sys.stderr)
-        return 1
+        print(f"tunnelscope: config error in {path}: {exc}", file=sys.stderr)
+        return None, 1
+
+
+def _validate(args) -> int:
+    study, code = _read_study(args.config, args.schema)
+    if study is None:
+        return code
     n_eval = sum(len(study.eval_sets(c)) for c in study.cells)
     print(f"{args.config}: valid; {len(study.cells)} cells, {n_eval} probe jobs")
     for cid in study.cells:
@@ -96,15 +102,10 @@ def _analyze(args) -> int:
         print(f"tunnelscope: the paper's comparisons live in config/paper.yaml of the tunnelscope repository, not found at {PAPER_PRESET}; pass --config PATH/TO/paper.yaml", file=sys.stderr)
         return 2
     if config_path:
-        try:
-            with open(config_path) as fh:
-                settings = Study(yaml.safe_load(fh), load_schema(args.schema)).config["analysis"]
-        except (OSError, yaml.YAMLError) as exc:
-            print(f"tunnelscope: cannot read {config_path}: {exc}", file=sys.stderr)
-            return 2
-        except ConfigError as exc:
-            print(f"tunnelscope: config error in {config_path}: {exc}", file=sys.stderr)
-            return 1
+        study, code = _read_study(config_path, args.schema)
+        if study is None:
+            return code
+        settings = study.config["analysis"]
     try:
         results = analyze(read_table(table_path), args.out, settings)
     except (TableError, ValueError) as exc:

@@ -47,8 +47,6 @@ DERIVED_VARIABLES = {
     "id_classes": ("id_dataset",),
     "gamma": ("arch", "id_dataset"),
 }
-# Columns a comparison may select rows by or match pairs on, besides the variables.
-PAIR_KEYS = ("ood_set", "ood_index")
 # Probe point enumerations (models.probe_points); here so the CLI lists them without torch.
 ENUMERATIONS = ("default", "blocks", "paper", "activations")
 # The probe settings each solver reads, so that changing another solver's settings reruns nothing.
@@ -243,9 +241,8 @@ def _check_comparisons(comparisons, blocks: list[dict]) -> None:
     if comparisons == "auto":
         return
     grid = {k: {v for block in blocks for v in block[k]} for k in CELL_VARIABLES}
-    for k in ("family", "arch_family", "stem", "spatial_reduction", "depth"):
-        if all(a in ARCHS for a in grid["arch"]):
-            grid[k] = {ARCHS[a][k] for a in grid["arch"]}
+    if all(a in ARCHS for a in grid["arch"]):
+        grid |= {k: {ARCHS[a][k] for a in grid["arch"]} for k in ("family", "arch_family", "stem", "spatial_reduction", "depth")}
     seen = set()
     for i, entry in enumerate(comparisons):
         where = f"analysis.comparisons[{i}]"
