@@ -16,7 +16,7 @@ import torch
 
 from common import SCHEMA, add_device_args, parser, report, synchronize
 from tunnelscope.config import IMAGENET_MEAN, IMAGENET_STD, load_schema, section_defaults
-from tunnelscope.datasets import Prepared, Split
+from tunnelscope.store import write_arrays
 from tunnelscope.models import build_model
 from tunnelscope.train import autocast, pick_device, pretrain, to_input
 
@@ -34,7 +34,8 @@ def main():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(args.images, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, args.images)
-    data = Prepared("bench", 32, 10, {"train": Split(images, labels), "test": Split(images[:256], labels[:256])})
+    store_dir = tempfile.mkdtemp()
+    data = write_arrays(f"{store_dir}/store", {"train": (images, labels), "test": (images[:256], labels[:256])}, 10, 32)
     training = {**section_defaults(load_schema(SCHEMA), "training"), "epochs": args.epochs, "batch_size": 128, "lr": 0.01, "warmup_epochs": 1, "val_fraction": 0.1}
     normalization = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
     params = {"arch": "vggm11", "id_dataset": "bench", "resolution": 32, "augmentation": "none", "seed": 0, "model": {"width": args.width}, "training": training, "normalization": normalization, "compute": {"precision": args.precision}}

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tunnelscope import datasets
+from tunnelscope import synthetic
 from tunnelscope.datasets import DatasetError, eval_transform, load_source, prepare
+from tunnelscope.loader import center_crop
+from tunnelscope.store import Store, StoreError
 
 RNG = np.random.default_rng(0)
 
@@ -41,10 +43,11 @@ def test_eval_transform_resizes_then_center_crops():
 
 
 def test_imagefolder_split_dirs(folder_tree):
-    data = prepare("pets", _spec("imagefolder", folder_tree), 16)
+    data = prepare("pets", _spec("imagefolder", folder_tree), 16, folder_tree / "store")
     assert data.num_classes == 3
     assert len(data.splits["train"]) == 9 and len(data.splits["test"]) == 6
-    assert data.splits["train"].images.shape == (9, 16, 16, 3)
+    # 20 x 14 images stored whole at the eval resize (shorter side int(16 / 0.875) = 18).
+    assert data.splits["train"].image(0).shape == (18, 25, 3) and data.splits["train"].uniform_shape == (18, 25)
     assert data.splits["train"].labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
 
 
@@ -81,8 +84,8 @@ def test_missing_root_empty_class_and_bad_images_are_named(folder_tree, tmp_path
     good = folder_tree / "train" / "cat" / "0.jpg"
     good.write_bytes(good.read_bytes()[:40])  # truncated JPEG
     with pytest.raises(DatasetError, match="0.jpg: unreadable image"):
-        prepare("x", _spec("imagefolder", folder_tree), 16)
-    data = prepare("x", _spec("imagefolder", folder_tree, on_bad_image="skip"), 16)
+        prepare("x", _spec("imagefolder", folder_tree), 16, folder_tree / "store")
+    data = prepare("x", _spec("imagefolder", folder_tree, on_bad_image="skip"), 16, folder_tree / "store")
     assert len(data.splits["train"]) == 8
 
 
@@ -104,10 +107,12 @@ def _write_cifar(root: Path, hundred: bool, n_train=6, n_test=4):
 @pytest.mark.parametrize("hundred", [False, True])
 def test_cifar_pickles(tmp_path, hundred):
     _write_cifar(tmp_path, hundred)
-    data = prepare("c", _spec("cifar100" if hundred else "cifar10", tmp_path), 32)
+    data = prepare("c", _spec("cifar100" if hundred else "cifar10", tmp_path), 32, tmp_path / "store")
     n_train = 6 if hundred else 30
     assert len(data.splits["train"]) == n_train and len(data.splits["test"]) == 4
-    assert data.num_classes == 5 and data.splits["test"].images.shape == (4, 32, 32, 3)
+    assert data.num_classes == 5 and data.splits["test"].uniform_shape == (36, 36)  # the eval resize, kept whole
+    native = prepare("c", _spec("cifar100" if hundred else "cifar10", tmp_path), 32, tmp_path / "native", native=True)
+    assert native.splits["test"].uniform_shape == (32, 32)
 
 
 def test_cifar_image_layout_is_channel_planes(tmp_path):
@@ -187,8 +192,8 @@ def test_oxford_pets_trainval_test(tmp_path):
     (base / "annotations").mkdir()
     (base / "annotations" / "trainval.txt").write_text("Abyssinian_1 1 1 1\nbeagle_1 2 2 1\n")
     (base / "annotations" / "test.txt").write_text("Abyssinian_2 1 1 1\n")
-    data = prepare("pets", _spec("oxford_pets", tmp_path), 24)
-    assert data.splits["train"].labels.tolist() == [0, 1] and data.splits["test"].images.shape == (1, 24, 24, 3)
+    data = prepare("pets", _spec("oxford_pets", tmp_path), 24, tmp_path / "store")
+    assert data.splits["train"].labels.tolist() == [0, 1] and data.splits["test"].image(0).shape == (27, 38, 3)
 
 
 @pytest.mark.parametrize("source,subdir", [("ninco", "NINCO_OOD_classes"), ("imagenet_r", "imagenet-r")])
@@ -248,19 +253,77 @@ def test_native_resolution_keeps_images_as_they_are():
     assert eval_transform(image, 64, native=True).shape == (64, 64, 3)  # other sizes: the eval transform
 
 
-def test_sklearn_digits_are_real_and_stratified():
-    data = prepare("digits", {"source": "sklearn_digits", "test_fraction": 0.2, "seed": 0}, 32)
+def test_sklearn_digits_are_real_and_stratified(tmp_path):
+    data = prepare("digits", {"source": "sklearn_digits", "test_fraction": 0.2, "seed": 0}, 32, tmp_path / "store")
     assert data.num_classes == 10
     assert len(data.splits["train"]) + len(data.splits["test"]) == 1797
-    assert data.splits["test"].images.shape[1:] == (32, 32, 3)
+    assert data.splits["test"].uniform_shape == (36, 36)
 
 
-def test_prepared_cache_round_trip_and_corruption(tmp_path):
-    data = prepare("toy", {"source": "synthetic", "family": "shapes", "classes": 2, "train_per_class": 3, "test_per_class": 2, "seed": 0, "class_offset": 0}, 16)
-    path = tmp_path / "toy.npz"
-    datasets.save(data, str(path))
-    back = datasets.load(str(path))
-    assert np.array_equal(back.splits["train"].images, data.splits["train"].images) and back.num_classes == 2
-    path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(DatasetError, match="toy.npz"):
-        datasets.load(str(path))
+SYNTHETIC = {"source": "synthetic", "family": "shapes", "classes": 2, "train_per_class": 3, "test_per_class": 2, "seed": 0, "class_offset": 0}
+
+
+def test_store_holds_the_generated_images_and_numpy_alone_reads_it(tmp_path):
+    data = prepare("toy", SYNTHETIC, 16, tmp_path / "toy")
+    images, labels = synthetic.generate("shapes", 2, 3, 16, "train")
+    assert np.array_equal(data.splits["train"].array(), images) and data.num_classes == 2
+    # The documented layout, read with numpy only.
+    pixels = np.load(tmp_path / "toy/train.pixels.npy", mmap_mode="r")
+    offset, h, w = np.load(tmp_path / "toy/train.index.npy")[4]
+    assert np.array_equal(pixels[offset : offset + h * w * 3].reshape(h, w, 3), images[4])
+    assert np.load(tmp_path / "toy/train.labels.npy").tolist() == labels.tolist()
+
+
+def test_store_centre_crops_are_the_eval_transform(folder_tree, tmp_path):
+    store = prepare("pets", _spec("imagefolder", folder_tree), 16, tmp_path / "store")
+    raw = load_source(_spec("imagefolder", folder_tree))
+    for i, path in enumerate(raw["test"].items):
+        with Image.open(path) as img:
+            assert np.array_equal(center_crop(store.splits["test"].image(i), 16), eval_transform(img, 16)), path
+
+
+def test_truncated_or_unfinished_stores_are_named(tmp_path):
+    prepare("toy", SYNTHETIC, 16, tmp_path / "toy")
+    pixels = tmp_path / "toy/train.pixels.npy"
+    pixels.write_bytes(pixels.read_bytes()[:200])
+    with pytest.raises(StoreError, match="train.pixels.npy: truncated"):
+        Store(tmp_path / "toy")
+    with pytest.raises(StoreError, match="nowhere: not a prepared store"):
+        Store(tmp_path / "nowhere")
+
+
+PREPARE_SCRIPT = """
+import sys
+from tunnelscope.datasets import prepare
+spec = {"source": "imagefolder", "root": sys.argv[1], "seed": 0, "test_fraction": 0.2, "on_bad_image": "error", "layout": "split_dirs"}
+prepare("big", spec, 64, sys.argv[2], threads=1, chunk_bytes=60000)  # many small chunks
+"""
+
+
+def test_prepare_killed_part_way_resumes_to_the_same_store(tmp_path):
+    """A prepare killed at a random point leaves no store that reads as complete, and its rerun
+    writes the files an uninterrupted run writes."""
+    import subprocess
+    import sys
+    import time
+
+    for split, n in (("train", 400), ("test", 40)):
+        for i in range(n):
+            _image(tmp_path / "tree" / split / f"c{i % 4}" / f"{i}.png", size=(int(RNG.integers(150, 300)), int(RNG.integers(150, 300))))
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run([sys.executable, "-c", PREPARE_SCRIPT, str(tmp_path / "tree"), str(full)], check=True, timeout=300)
+    proc = subprocess.Popen([sys.executable, "-c", PREPARE_SCRIPT, str(tmp_path / "tree"), str(killed)])
+    progress = tmp_path / ".killed.partial" / "progress.json"
+    deadline = time.time() + 120
+    while not progress.exists() and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(float(RNG.uniform(0.0, 0.1)))
+    proc.kill()
+    proc.wait()
+    assert not killed.exists(), "the run finished before it could be killed"
+    with pytest.raises(StoreError):
+        Store(killed)
+    subprocess.run([sys.executable, "-c", PREPARE_SCRIPT, str(tmp_path / "tree"), str(killed)], check=True, timeout=300)
+    assert not (tmp_path / ".killed.partial").exists()
+    for name in sorted(p.name for p in full.iterdir()):
+        assert (full / name).read_bytes() == (killed / name).read_bytes(), name

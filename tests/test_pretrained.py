@@ -16,6 +16,7 @@ from tunnelscope.config import ConfigError, Study
 from tunnelscope.extract import embed_images
 from tunnelscope.io import read_embeddings
 from tunnelscope.models import build_model, load_pretrained, model_preprocessing, probe_points
+from tunnelscope.store import Store
 
 ARCH = "timm/test_convnext"
 CELL = "tiny-convnext_toy_r32_none_s0"
@@ -47,8 +48,8 @@ def test_pretrained_cell_embeds_like_the_in_memory_model(tmp_path):
     assert info["num_layers"] == len(points) == 10 and info["id_classes"] == 10  # the stem and 9 depthwise convs
 
     torch.set_num_threads(2)  # as the embed job
-    data = datasets.load(tmp_path / "out/prepared/toy/r32.npz")
-    images = np.concatenate([data.splits[s].images for s in datasets.SPLITS])
+    store = Store(tmp_path / "out/prepared/toy/r32")
+    images = np.concatenate([store.splits[s].array() for s in datasets.SPLITS])  # synthetic: stored at 32
     own = model_preprocessing(model, ARCH)
     expected = embed_images(model, points, images, ["avg2x2"], 256, np.float16, mean=own["mean"], std=own["std"])
     for point in points:
@@ -104,7 +105,7 @@ def test_pretrained_entries_are_validated(schema):
         Study(base, schema)
     study = Study({**base, "pretrained": {"net": {"arch": ARCH, "weights": "w.pth", "interpolation": "bilinear", "crop_pct": 0.95}}}, schema)
     assert study.pretrained_cells() == ["net_toy_r32_none_s0"] and study.trained_cells() == []
-    assert study.prepared_path("toy", "net_toy_r32_none_s0").endswith("prepared/toy/r32-bilinear-c0.95.npz")
+    assert study.prepared_path("toy", "net_toy_r32_none_s0").endswith("prepared/toy/r32-bilinear-c0.95")
     assert study.prepare_params("toy", "r32-bilinear-c0.95")["interpolation"] == "bilinear"
 
 

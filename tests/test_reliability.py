@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from safetensors.torch import load_file
 from conftest import SCHEMA_PATH
 from tunnelscope import io
 from tunnelscope.config import IMAGENET_MEAN, IMAGENET_STD, load_schema, section_defaults
-from tunnelscope.datasets import Prepared, Split
+from tunnelscope.store import write_arrays
 from tunnelscope.train import load_backbone, pretrain
 
 TRAINING = {**section_defaults(load_schema(SCHEMA_PATH), "training"), "epochs": 3, "batch_size": 32, "lr": 0.01, "warmup_epochs": 1, "val_fraction": 0.1}
@@ -27,15 +28,17 @@ PARAMS = {
 }
 
 
-def toy_data(n=200):
+def toy_store(root, n=200, size=32):
+    """A prepared store of n random images (4 classes), written under ``root``."""
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+    images = rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
     labels = np.arange(n) % 4
-    return Prepared("toy", 32, 4, {"train": Split(images, labels), "test": Split(images[:40], labels[:40])})
+    return write_arrays(Path(root) / f"toy{n}", {"train": (images, labels), "test": (images[:40], labels[:40])}, 4, 32)
 
 
-def run_pretrain(tmp_path, params=PARAMS, data=None):
-    return pretrain(params, data or toy_data(), tmp_path / "ckpt.safetensors", tmp_path / "log.csv", tmp_path / "info.json", tmp_path / "state.pt")
+def run_pretrain(tmp_path, params=PARAMS, store=None):
+    store = store or toy_store(tmp_path)
+    return pretrain(params, store, tmp_path / "ckpt.safetensors", tmp_path / "log.csv", tmp_path / "info.json", tmp_path / "state.pt")
 
 
 class _Exploit:
@@ -73,23 +76,31 @@ SCRIPT = textwrap.dedent(
     """
     import sys, pathlib
     sys.path.insert(0, {tests!r})
-    from test_reliability import PARAMS, TRAINING, toy_data
+    from test_reliability import PARAMS, TRAINING, toy_store
     from tunnelscope.train import pretrain
     out = pathlib.Path(sys.argv[1])
-    # best_val: the kept weights come from the resume state's copy of the best epoch.
+    # best_val: the kept weights come from the resume state's copy of the best epoch;
+    # images 36 px wide and resident_mb {resident}: the crops of the streamed or resident path.
     params = dict(PARAMS, training=dict(TRAINING, epochs=4, checkpoint="best_val"))
-    pretrain(params, toy_data(600), out / "ckpt.safetensors", out / "log.csv", out / "info.json", out / "state.pt", threads=1)
+    store = toy_store(out, 600, size=36)
+    pretrain(params, store, out / "ckpt.safetensors", out / "log.csv", out / "info.json", out / "state.pt", threads=2, resident_mb={resident})
     """
 )
 
 
 def test_sigkill_mid_training_resumes_to_bitwise_equal_weights(tmp_path):
-    script = tmp_path / "train.py"
-    script.write_text(SCRIPT.format(tests=os.path.dirname(__file__)))
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    full.mkdir(), killed.mkdir()
-    subprocess.run([sys.executable, str(script), str(full)], check=True, timeout=600)
-    proc = subprocess.Popen([sys.executable, str(script), str(killed)])
+    """The streamed data path (workers reading the store) gives the weights the resident one does,
+    and a run killed mid-training resumes to them bitwise."""
+    runs = {}
+    for name, resident in (("resident", 1024), ("streamed", 0), ("killed", 0)):
+        script = tmp_path / f"train_{name}.py"
+        script.write_text(SCRIPT.format(tests=os.path.dirname(__file__), resident=resident))
+        runs[name] = tmp_path / name
+        runs[name].mkdir()
+    for name in ("resident", "streamed"):
+        subprocess.run([sys.executable, str(tmp_path / f"train_{name}.py"), str(runs[name])], check=True, timeout=600)
+    killed = runs["killed"]
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "train_killed.py"), str(killed)])
     deadline = time.time() + 300
     while not (killed / "state.pt").exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -98,12 +109,12 @@ def test_sigkill_mid_training_resumes_to_bitwise_equal_weights(tmp_path):
     proc.wait()
     assert not (killed / "ckpt.safetensors").exists(), "the run finished before it could be killed"
     assert not [p for p in killed.iterdir() if p.name.endswith(".tmp")]
-    subprocess.run([sys.executable, str(script), str(killed)], check=True, timeout=600)
-    a, b = load_file(full / "ckpt.safetensors"), load_file(killed / "ckpt.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert (full / "log.csv").read_text().splitlines()[0] == (killed / "log.csv").read_text().splitlines()[0]
-    info = [json.loads((d / "info.json").read_text()) for d in (full, killed)]
-    assert info[0]["checkpoint_epoch"] == info[1]["checkpoint_epoch"] and info[0]["test_acc"] == info[1]["test_acc"]
+    subprocess.run([sys.executable, str(tmp_path / "train_killed.py"), str(killed)], check=True, timeout=600)
+    weights = {name: load_file(runs[name] / "ckpt.safetensors") for name in runs}
+    for name in ("streamed", "killed"):
+        assert weights[name].keys() == weights["resident"].keys() and all(torch.equal(weights[name][k], weights["resident"][k]) for k in weights[name]), name
+    info = {name: json.loads((runs[name] / "info.json").read_text()) for name in runs}
+    assert len({(i["checkpoint_epoch"], i["test_acc"]) for i in info.values()}) == 1
     assert not (killed / "state.pt").exists()
 
 

@@ -3,26 +3,74 @@ import pandas as pd
 import pytest
 import torch
 
-from test_reliability import PARAMS, TRAINING, toy_data
+from test_reliability import PARAMS, TRAINING, toy_store
 from tunnelscope.datasets import epoch_order, stratified_split
 from tunnelscope.models import build_model, count_parameters
-from tunnelscope.train import lr_schedule, paper_parameter_count, pretrain, random_resized_crop_flip
+from tunnelscope.loader import random_resized_crop_flip, rrc_boxes
+from tunnelscope.train import lr_schedule, paper_parameter_count, pretrain
 
 
 def test_random_resized_crop_is_per_image_and_seeded():
-    x = torch.randn(8, 3, 16, 16)
-    a = random_resized_crop_flip(x, torch.Generator().manual_seed(0))
-    b = random_resized_crop_flip(x, torch.Generator().manual_seed(0))
-    c = random_resized_crop_flip(x, torch.Generator().manual_seed(1))
-    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
+    x = torch.randint(0, 256, (8, 16, 16, 3), dtype=torch.uint8)
+    sizes = torch.full((8, 2), 16)
+    a = random_resized_crop_flip(x, sizes, 16, torch.Generator().manual_seed(0))
+    b = random_resized_crop_flip(x, sizes, 16, torch.Generator().manual_seed(0))
+    c = random_resized_crop_flip(x, sizes, 16, torch.Generator().manual_seed(1))
+    assert a.shape == (8, 3, 16, 16) and torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_full_crop_without_flip_is_identity():
     # scale (1, 1) and ratio (1, 1) force the whole image; flips are undone by comparing both.
-    x = torch.randn(4, 3, 8, 8)
-    out = random_resized_crop_flip(x, torch.Generator().manual_seed(0), scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    x = torch.randint(0, 256, (4, 8, 8, 3), dtype=torch.uint8)
+    out = random_resized_crop_flip(x, torch.full((4, 2), 8), 8, torch.Generator().manual_seed(0), scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    ref = x.permute(0, 3, 1, 2).float()
     for i in range(4):
-        assert torch.allclose(out[i], x[i], atol=1e-5) or torch.allclose(out[i], x[i].flip(-1), atol=1e-5)
+        assert torch.allclose(out[i], ref[i], atol=1e-4) or torch.allclose(out[i], ref[i].flip(-1), atol=1e-4)
+
+
+def test_crops_read_only_their_own_image_in_a_padded_batch():
+    """A small image beside a large one in one canvas: its crops are what it gives alone."""
+    small = torch.randint(0, 256, (1, 20, 14, 3), dtype=torch.uint8)
+    canvas = torch.zeros((2, 40, 30, 3), dtype=torch.uint8)
+    canvas[0, :20, :14] = small[0]
+    canvas[0, :20, 14:] = small[0, :, -1:]  # the edge replication the loader does
+    canvas[0, 20:] = canvas[0, 19:20]
+    canvas[1] = torch.randint(0, 256, (40, 30, 3), dtype=torch.uint8)
+    # The draws depend on the batch size only, so image 0 gets the same box in both batches: the
+    # whole image (scale 1, its own aspect), so the resize samples right up to its last row and column.
+    whole = {"scale": (1.0, 1.0), "ratio": (0.7, 0.7)}
+    unpadded = random_resized_crop_flip(small.repeat(2, 1, 1, 1), torch.tensor([[20, 14], [20, 14]]), 12, torch.Generator().manual_seed(3), **whole)
+    padded = random_resized_crop_flip(canvas, torch.tensor([[20, 14], [40, 30]]), 12, torch.Generator().manual_seed(3), **whole)
+    assert torch.allclose(padded[0], unpadded[0], atol=1e-3)
+    canvas[0, :20, 14:] = 0  # zero padding instead: the last column's samples would mix it in
+    zeroed = random_resized_crop_flip(canvas, torch.tensor([[20, 14], [40, 30]]), 12, torch.Generator().manual_seed(3), **whole)
+    assert not torch.allclose(zeroed[0], unpadded[0], atol=1e-3)
+
+
+@pytest.mark.parametrize("size", [(256, 341), (32, 32), (36, 80)])
+def test_crop_boxes_follow_torchvision_random_resized_crop(size):
+    """Area fraction, aspect and position of the boxes, against torchvision's get_params on the
+    same image size (two-sample Kolmogorov-Smirnov, 4,000 draws each)."""
+    from scipy.stats import ks_2samp
+    from torchvision.transforms import RandomResizedCrop
+
+    h, w = size
+    n = 4000
+    ours = rrc_boxes(torch.full((n,), h), torch.full((n,), w), torch.Generator().manual_seed(0)).double().numpy()
+    torch.manual_seed(0)
+    image = torch.zeros(3, h, w)
+    theirs = np.array([RandomResizedCrop.get_params(image, (0.08, 1.0), (3 / 4, 4 / 3)) for _ in range(n)], dtype=float)
+
+    def features(boxes):
+        top, left, bh, bw = boxes.T
+        return {"area": bh * bw / (h * w), "aspect": np.log(bw / bh), "x": (left + bw / 2) / w, "y": (top + bh / 2) / h}
+
+    a, b = features(ours), features(theirs)
+    for name in a:
+        assert ks_2samp(a[name], b[name]).pvalue > 1e-3, (size, name)
+        assert abs(a[name].mean() - b[name].mean()) < 0.02 + 0.05 * abs(b[name].mean()), (size, name)
+    assert (ours[:, 2] <= h).all() and (ours[:, 3] <= w).all() and (ours[:, :2] >= 0).all()
+    assert (ours[:, 0] + ours[:, 2] <= h).all() and (ours[:, 1] + ours[:, 3] <= w).all()
 
 
 def test_schedule_warms_up_then_decays_to_zero():
@@ -85,7 +133,7 @@ def test_repeated_augmentation_order():
 
 def _pretrain(tmp_path, **training):
     params = dict(PARAMS, augmentation="none", training=dict(TRAINING, warmup_epochs=0, **training))
-    info = pretrain(params, toy_data(120), tmp_path / "ckpt.safetensors", tmp_path / "log.csv", tmp_path / "info.json", tmp_path / "state.pt")
+    info = pretrain(params, toy_store(tmp_path, 120), tmp_path / "ckpt.safetensors", tmp_path / "log.csv", tmp_path / "info.json", tmp_path / "state.pt")
     return info, pd.read_csv(tmp_path / "log.csv")
 
 

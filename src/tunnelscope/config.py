@@ -372,7 +372,7 @@ class Study:
         return sorted({(d, self.transform(c, d)) for c in self.cells for d in self.eval_sets(c)})
 
     def prepared_path(self, dataset: str, cell: str) -> str:
-        return f"{self.results}/prepared/{dataset}/{self.transform(cell, dataset)}.npz"
+        return f"{self.results}/prepared/{dataset}/{self.transform(cell, dataset)}"
 
     def missing_roots(self, prepared_exists) -> list[str]:
         """One message per dataset whose root is missing while its cache still has to be built."""

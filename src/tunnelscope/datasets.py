@@ -1,35 +1,32 @@
-"""Dataset sources and the prepared-image cache.
+"""Dataset sources and the prepared-image store they are written into.
 
-``prepare`` turns a dataset spec (a ``datasets:`` entry of the config) into uint8 images at one
-resolution through the paper's eval transform, split into train and test, saved as one ``.npz``
-per (dataset, resolution). Training and extraction read that file instead of decoding and
+``prepare`` turns a dataset spec (a ``datasets:`` entry of the config) into a store (``store.py``)
+per (dataset, resolution): every image kept whole at the eval transform's resize, train and test
+splits, written chunk by chunk. Training and extraction read that store instead of decoding and
 resizing the same images again every epoch.
 
 The readers below parse each dataset's official on-disk layout (the one torchvision's
-downloader produces) and return file paths, so decoding runs threaded in ``transform_split``.
-torchvision's dataset classes are used only to download: they verify the MD5 of the official
-archives and so refuse any other copy (a re-packed mirror, or the small files the tests write),
-and they decode one image per ``__getitem__``.
+downloader produces) and return file paths, so decoding runs threaded while the store is
+written. torchvision's dataset classes are used only to download: they verify the MD5 of the
+official archives and so refuse any other copy (a re-packed mirror, or the small files the tests
+write), and they decode one image per ``__getitem__``.
 """
 
 from __future__ import annotations
 
 import logging
 import pickle
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from . import synthetic
 from .config import DEFAULT_TRANSFORM
-from .io import atomic_path
+from .store import CHUNK_BYTES, SplitPlan, Store, byte_chunks, parallel_fill, stored_size, write_store
 
 log = logging.getLogger("tunnelscope.datasets")
 
@@ -39,23 +36,6 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tif
 
 class DatasetError(RuntimeError):
     """A problem with a dataset on disk, naming the offending path."""
-
-
-@dataclass
-class Split:
-    images: np.ndarray  # (N, R, R, 3) uint8
-    labels: np.ndarray  # (N,) int64
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-@dataclass
-class Prepared:
-    name: str
-    resolution: int
-    num_classes: int
-    splits: dict[str, Split]
 
 
 @dataclass
@@ -88,38 +68,6 @@ def eval_transform(
     if not (native and min(image.size) == resolution):
         image = TF.resize(image, int(resolution / crop_pct), interpolation=InterpolationMode(interpolation))
     return np.asarray(TF.center_crop(image, [resolution, resolution]), dtype=np.uint8)
-
-
-def _load_item(item, transform) -> np.ndarray | None:
-    if isinstance(item, np.ndarray):
-        return transform(Image.fromarray(item.squeeze()))
-    try:
-        with Image.open(item) as img:
-            img.load()
-            return transform(img)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        return exc  # type: ignore[return-value]
-
-
-def transform_split(raw: RawSplit, transform, on_bad_image: str, threads: int = 1, desc: str = "") -> Split:
-    """Decode and transform every image (threads: PIL releases the GIL while decoding)."""
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        results = list(tqdm(pool.map(lambda it: _load_item(it, transform), raw.items), total=len(raw.items), desc=desc, leave=False, mininterval=2.0))
-    keep = []
-    for i, res in enumerate(results):
-        if isinstance(res, Exception):
-            if on_bad_image == "error":
-                raise DatasetError(f"{raw.items[i]}: unreadable image ({res}); set on_bad_image: skip to leave such files out")
-            log.warning("skipping unreadable image %s (%s)", raw.items[i], res)
-        else:
-            keep.append(i)
-    skipped = len(results) - len(keep)
-    if skipped:
-        log.warning("%s: skipped %d unreadable images of %d", desc, skipped, len(results))
-    if not keep:
-        raise DatasetError(f"{desc}: no readable images")
-    images = np.stack([results[i] for i in keep])
-    return Split(images, raw.labels[keep].astype(np.int64))
 
 
 # ---------------------------------------------------------------- sources
@@ -408,26 +356,101 @@ def _num_classes(splits: dict[str, RawSplit]) -> int:
     return int(max(int(r.labels.max()) for r in splits.values() if len(r.labels)) + 1)
 
 
-# ---------------------------------------------------------------- prepare / cache
+# ---------------------------------------------------------------- prepare into a store
 
 
-def prepare(name: str, spec: dict, resolution: int, threads: int = 1, **transform) -> Prepared:
-    """One dataset at ``resolution`` through ``eval_transform`` (``transform``: its interpolation
-    and crop_pct when not the paper's)."""
-    source = spec["source"]
-    if source == "synthetic":
-        splits = {
-            split: Split(
-                *synthetic.generate(
-                    spec["family"], spec["classes"], spec[f"{split}_per_class"], resolution, split, seed=spec["seed"], class_offset=spec["class_offset"]
-                )
-            )
-            for split in SPLITS
-        }
-        return Prepared(name, resolution, spec["classes"], splits)
-    raw = _sklearn_digits(spec) if source == "sklearn_digits" else load_source(spec)
-    splits = {s: transform_split(raw[s], partial(eval_transform, resolution=resolution, **transform), spec.get("on_bad_image", "error"), threads, desc=f"{name}/{s}") for s in SPLITS}
-    return Prepared(name, resolution, _num_classes(raw), splits)
+def prepare(
+    name: str,
+    spec: dict,
+    resolution: int,
+    out_dir: str | Path,
+    threads: int = 1,
+    interpolation: str = DEFAULT_TRANSFORM["interpolation"],
+    crop_pct: float = DEFAULT_TRANSFORM["crop_pct"],
+    native: bool = False,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> Store:
+    """Write one dataset at ``resolution`` into the store ``out_dir`` (resuming a partial one):
+    each image resized to the eval transform's shorter side int(R / crop_pct) with
+    ``interpolation``, or kept as it is where ``native`` and its shorter side is R already;
+    synthetic sets are rendered at R. Memory stays at one chunk of ``chunk_bytes`` of pixels."""
+    shorter = int(resolution / crop_pct)
+    meta = {"dataset": name, "resolution": int(resolution), "shorter_side": shorter, "interpolation": interpolation, "crop_pct": crop_pct, "native": bool(native)}
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        if spec["source"] == "synthetic":
+            plans = {split: _synthetic_plan(spec, split, resolution) for split in SPLITS}
+            meta.update(num_classes=spec["classes"], shorter_side=resolution, native=True)
+        else:
+            raw = _sklearn_digits(spec) if spec["source"] == "sklearn_digits" else load_source(spec)
+            on_bad = spec.get("on_bad_image", "error")
+            plans = {s: _raw_plan(raw[s], resolution, shorter, native, interpolation, on_bad, pool, f"{name}/{s}", chunk_bytes) for s in SPLITS}
+            meta["num_classes"] = _num_classes(raw)
+        write_store(out_dir, meta, plans, spec.get("on_bad_image", "error"))
+    return Store(out_dir)
+
+
+def _synthetic_plan(spec: dict, split: str, resolution: int) -> SplitPlan:
+    """Rendered one class per chunk (the generator's own random stream per class)."""
+    per_class, classes = spec[f"{split}_per_class"], spec["classes"]
+    labels = np.repeat(np.arange(classes, dtype=np.int64), per_class)
+    shapes = np.full((len(labels), 2), resolution, dtype=np.int64)
+
+    def fill(start: int, stop: int):
+        cls = start // per_class
+        return synthetic.class_images(spec["family"], spec["class_offset"] + cls, per_class, resolution, split, spec["seed"])
+
+    return SplitPlan(labels, shapes, fill, [(k * per_class, (k + 1) * per_class) for k in range(classes)])
+
+
+def _raw_plan(raw: RawSplit, resolution: int, shorter: int, native: bool, interpolation: str, on_bad_image: str, pool, desc: str, chunk_bytes: int = CHUNK_BYTES) -> SplitPlan:
+    """Stored sizes from the image headers (no decoding), then images decoded chunk by chunk."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    sizes = list(pool.map(_image_size, raw.items))
+    readable = [i for i, size in enumerate(sizes) if not isinstance(size, Exception)]
+    for i in sorted(set(range(len(sizes))) - set(readable)):
+        if on_bad_image == "error":
+            raise DatasetError(f"{raw.items[i]}: unreadable image ({sizes[i]}); set on_bad_image: skip to leave such files out")
+        log.warning("skipping unreadable image %s (%s)", raw.items[i], sizes[i])
+    if len(readable) < len(sizes):
+        log.warning("%s: skipped %d unreadable images of %d", desc, len(sizes) - len(readable), len(sizes))
+    if not readable:
+        raise DatasetError(f"{desc}: no readable images")
+    items = [raw.items[i] for i in readable]
+    shapes = np.array([stored_size(*sizes[i], resolution, shorter, native) for i in readable], dtype=np.int64).reshape(-1, 2)
+    mode = InterpolationMode(interpolation)
+
+    def load(i: int):
+        try:
+            image = _open_rgb(items[i])
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            return exc
+        h, w = (int(v) for v in shapes[i])
+        if image.size != (w, h):
+            image = TF.resize(image, [h, w], interpolation=mode)
+        return np.asarray(image, dtype=np.uint8)
+
+    return SplitPlan(raw.labels[readable].astype(np.int64), shapes, parallel_fill(pool, load), byte_chunks(shapes, chunk_bytes), names=items)
+
+
+def _open_rgb(item) -> Image.Image:
+    if isinstance(item, np.ndarray):
+        return Image.fromarray(item.squeeze()).convert("RGB")
+    with Image.open(item) as img:
+        img.load()
+        return img.convert("RGB")
+
+
+def _image_size(item):
+    """(height, width) from the header alone, or the Exception that reading it raised."""
+    if isinstance(item, np.ndarray):
+        return item.shape[:2]
+    try:
+        with Image.open(item) as img:
+            return img.size[1], img.size[0]
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        return exc
 
 
 def _sklearn_digits(spec: dict) -> dict[str, RawSplit]:
@@ -438,22 +461,3 @@ def _sklearn_digits(spec: dict) -> dict[str, RawSplit]:
     gray = (digits.images / 16.0 * 255.0).round().astype(np.uint8)
     raw = RawSplit(list(gray), digits.target.astype(np.int64))
     return _stratified(raw, spec["test_fraction"], spec["seed"])
-
-
-def save(prepared: Prepared, path: str) -> None:
-    arrays = {"num_classes": np.int64(prepared.num_classes), "resolution": np.int64(prepared.resolution)}
-    for split, data in prepared.splits.items():
-        arrays[f"{split}_images"] = data.images
-        arrays[f"{split}_labels"] = data.labels
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-
-
-def load(path: str, name: str = "") -> Prepared:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            splits = {s: Split(z[f"{s}_images"], z[f"{s}_labels"]) for s in SPLITS}
-            return Prepared(name, int(z["resolution"]), int(z["num_classes"]), splits)
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-        raise DatasetError(f"{path}: not a readable prepared dataset ({exc}); delete it and rerun") from exc

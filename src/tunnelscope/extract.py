@@ -131,32 +131,24 @@ def layer_shapes(model: torch.nn.Module, points: list[ProbePoint], resolution: i
 
 
 @torch.no_grad()
-def embed_images(
-    model: torch.nn.Module,
-    points: list[ProbePoint],
-    images: np.ndarray,
-    poolings=("avg2x2",),
-    batch_size: int = 256,
-    dtype=np.float16,
-    device: torch.device | str = "cpu",
-    desc: str = "embed",
-    precision: str = "fp32",
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
-) -> dict[tuple, np.ndarray]:
-    """Embeddings of ``images`` (N, H, W, 3 uint8) at every probe point, for every pooling.
-
-    Returns {(index, pooling): (N, D) array}; each image goes through the model once.
-    """
+def embed_batches(model: torch.nn.Module, points: list[ProbePoint], batches, poolings=("avg2x2",), dtype=np.float16, precision: str = "fp32", mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """For each batch of ``batches`` ((n, H, W, 3) uint8 tensors on the model's device), yield
+    {(index, pooling): (n, D) array}: every probe point and pooling from one forward pass."""
     model.eval()
-    out: dict[tuple, np.ndarray] = {}
+    device = next(model.parameters()).device
     with LayerCapture(model, points, poolings) as capture:
-        for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, mininterval=1.0):
-            x = to_input(torch.from_numpy(images[start : start + batch_size]).to(device), mean, std)
-            with autocast(torch.device(device), precision):
-                model(x)
-            for key, vectors in capture.take().items():
-                if key not in out:
-                    out[key] = np.empty((len(images), vectors.shape[1]), dtype=dtype)
-                out[key][start : start + len(x)] = vectors.cpu().numpy()
-    return out
+        for images in batches:
+            with autocast(device, precision):
+                model(to_input(images, mean, std))
+            yield {key: vectors.cpu().numpy().astype(dtype, copy=False) for key, vectors in capture.take().items()}
+
+
+def embed_images(model: torch.nn.Module, points: list[ProbePoint], images: np.ndarray, poolings=("avg2x2",), batch_size: int = 256, dtype=np.float16, device="cpu", desc: str = "embed", **options) -> dict[tuple, np.ndarray]:
+    """Embeddings of in-memory ``images`` (N, H, W, 3 uint8), {(index, pooling): (N, D)}: the
+    reference the streamed embed job is checked against (and a helper for notebooks)."""
+    batches = (torch.from_numpy(images[i : i + batch_size]).to(device) for i in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, mininterval=1.0))
+    parts: dict[tuple, list] = {}
+    for vectors in embed_batches(model, points, batches, poolings, dtype, **options):
+        for key, value in vectors.items():
+            parts.setdefault(key, []).append(value)
+    return {key: np.concatenate(value) for key, value in parts.items()}

@@ -40,6 +40,8 @@ def atomic_dir(path: str | os.PathLike):
     """Like ``atomic_path`` for a directory: filled under a temporary name, then renamed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed run of this job
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
@@ -72,40 +74,85 @@ _VECTOR_DTYPES = {"float16": "<f2", "float32": "<f4"}
 _ROW_GROUP_BYTES = 8 << 20  # several row groups per file, so readers decode them in parallel
 
 
-def write_embeddings(path, vectors: np.ndarray, labels: np.ndarray, splits: np.ndarray, sample_ids: np.ndarray, metadata: dict) -> None:
-    """One layer's embeddings: columns sample_id, split, label, embedding.
+SPLIT_NAMES = pa.array(["train", "test"])  # the split column's dictionary, the same in every row group
+
+
+class EmbeddingWriter:
+    """One layer's embeddings written batch by batch: columns sample_id, split, label, embedding.
 
     ``embedding`` is fixed_size_binary(dim x itemsize): the vector as little-endian IEEE floats of
     the ``dtype`` named in the file metadata. Outside tunnelscope, decode a column with
-    ``np.frombuffer(b"".join(col.to_pylist()), "<f2").reshape(-1, dim)``.
+    ``np.frombuffer(b"".join(col.to_pylist()), "<f2").reshape(-1, dim)``. Rows are written in
+    row groups of a fixed size whatever the batches, so a file does not depend on how its rows
+    arrived. The file is opened at the first batch (when the dimension is known).
     """
-    dtype = str(vectors.dtype)
-    if dtype not in _VECTOR_DTYPES:
-        raise ValueError(f"embeddings must be float16 or float32, got {dtype}")
-    n, dim = vectors.shape
-    raw = np.ascontiguousarray(vectors, dtype=_VECTOR_DTYPES[dtype])
-    width = dim * raw.itemsize
-    table = pa.table(
-        {
-            "sample_id": pa.array(sample_ids, pa.int64()),
-            "split": pa.array(splits).dictionary_encode(),
-            "label": pa.array(labels, pa.int32()),
-            "embedding": pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), n, [None, pa.py_buffer(raw)]),
-        }
-    )
-    meta = {b"tunnelscope": json.dumps({**metadata, "dim": int(dim), "dtype": dtype}, sort_keys=True).encode()}
-    table = table.replace_schema_metadata(meta)
-    with atomic_path(path) as tmp:
-        pq.write_table(
-            table,
-            tmp,
-            row_group_size=max(1024, _ROW_GROUP_BYTES // width),
+
+    def __init__(self, path, metadata: dict):
+        self.path, self.metadata = Path(path), metadata
+        self._writer, self._pending, self._rows = None, [], 0
+
+    def append(self, vectors: np.ndarray, labels: np.ndarray, splits: np.ndarray, sample_ids: np.ndarray) -> None:
+        dtype = str(vectors.dtype)
+        if dtype not in _VECTOR_DTYPES:
+            raise ValueError(f"embeddings must be float16 or float32, got {dtype}")
+        if self._writer is None:
+            self._open(vectors.shape[1], dtype)
+        self._pending.append((np.ascontiguousarray(vectors, dtype=_VECTOR_DTYPES[dtype]), labels, splits, sample_ids))
+        self._rows += len(vectors)
+        while self._rows >= self._group:
+            self._flush(self._group)
+
+    def close(self) -> None:
+        if self._writer is None:
+            raise ValueError(f"{self.path}: no embeddings were written")
+        while self._rows:
+            self._flush(min(self._rows, self._group))
+        self._writer.close()
+
+    def _open(self, dim: int, dtype: str) -> None:
+        self.width = dim * np.dtype(_VECTOR_DTYPES[dtype]).itemsize
+        self._group = max(1024, _ROW_GROUP_BYTES // self.width)
+        schema = pa.schema(
+            [("sample_id", pa.int64()), ("split", pa.dictionary(pa.int32(), pa.string())), ("label", pa.int32()), ("embedding", pa.binary(self.width))],
+            metadata={b"tunnelscope": json.dumps({**self.metadata, "dim": int(dim), "dtype": dtype}, sort_keys=True).encode()},
+        )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = pq.ParquetWriter(
+            self.path,
+            schema,
             # lz4 keeps files at ~0.8 of the raw bytes and decompresses at memory speed; zstd
             # packs ReLU features to ~0.6 but reads 2x slower.
             compression={"sample_id": "zstd", "split": "zstd", "label": "zstd", "embedding": "lz4"},
             use_dictionary=["split"],
             write_statistics=["sample_id", "label"],
         )
+        self._schema = schema
+
+    def _flush(self, n: int) -> None:
+        """Write the first ``n`` pending rows as one row group."""
+        parts = [np.concatenate(column) for column in zip(*self._pending)]
+        vectors, labels, splits, ids = (p[:n] for p in parts)
+        self._pending = [tuple(p[n:] for p in parts)] if len(parts[0]) > n else []
+        self._rows -= n
+        codes = pa.array((np.asarray(splits) == "test").astype(np.int32))
+        table = pa.table(
+            {
+                "sample_id": pa.array(ids, pa.int64()),
+                "split": pa.DictionaryArray.from_arrays(codes, SPLIT_NAMES),
+                "label": pa.array(labels, pa.int32()),
+                "embedding": pa.FixedSizeBinaryArray.from_buffers(pa.binary(self.width), n, [None, pa.py_buffer(np.ascontiguousarray(vectors))]),
+            },
+            schema=self._schema,
+        )
+        self._writer.write_table(table, row_group_size=n)
+
+
+def write_embeddings(path, vectors: np.ndarray, labels: np.ndarray, splits: np.ndarray, sample_ids: np.ndarray, metadata: dict) -> None:
+    """One layer's embeddings in one call (see ``EmbeddingWriter``), written atomically."""
+    with atomic_path(path) as tmp:
+        writer = EmbeddingWriter(tmp, metadata)
+        writer.append(vectors, labels, splits, sample_ids)
+        writer.close()
 
 
 def _read_vectors(path, file: pq.ParquetFile, dim: int, dtype: str) -> np.ndarray:

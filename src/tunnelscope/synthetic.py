@@ -171,16 +171,20 @@ def generate(
         raise ValueError(f"classes and per_class must be >= 1, got {classes}, {per_class}")
     if split not in _SPLIT_CODES:
         raise ValueError(f"split must be one of {sorted(_SPLIT_CODES)}, got {split!r}")
-    images = np.empty((classes * per_class, resolution, resolution, 3), dtype=np.uint8)
-    # Bound the (n, R, R) float temporaries to ~16 MB whatever the resolution.
-    chunk = max(1, (1 << 22) // (resolution * resolution))
-    for k in range(classes):
-        cls = class_offset + k
-        proto = prototype(family, cls)
-        rng = np.random.default_rng([_family_code(family), seed, _SPLIT_CODES[split], cls])
-        for start in range(0, per_class, chunk):
-            n = min(chunk, per_class - start)
-            row = k * per_class + start
-            images[row : row + n] = render_class(proto, n, resolution, rng)
+    images = np.concatenate([class_images(family, class_offset + k, per_class, resolution, split, seed) for k in range(classes)])
     labels = np.repeat(np.arange(classes, dtype=np.int64), per_class)
     return images, labels
+
+
+def class_images(family: str, cls: int, per_class: int, resolution: int, split: str, seed: int = 0) -> np.ndarray:
+    """The ``per_class`` images (per_class, R, R, 3) of class ``cls`` in one split: ``generate``
+    one class at a time, so a store can be written without holding the whole set."""
+    images = np.empty((per_class, resolution, resolution, 3), dtype=np.uint8)
+    # Bound the (n, R, R) float temporaries to ~16 MB whatever the resolution.
+    chunk = max(1, (1 << 22) // (resolution * resolution))
+    proto = prototype(family, cls)
+    rng = np.random.default_rng([_family_code(family), seed, _SPLIT_CODES[split], cls])
+    for start in range(0, per_class, chunk):
+        n = min(chunk, per_class - start)
+        images[start : start + n] = render_class(proto, n, resolution, rng)
+    return images

@@ -1,7 +1,7 @@
 """Backbone pretraining: the paper recipe (AdamW, label smoothing, warm-up then cosine).
 
-Images live in memory as uint8 tensors on the training device; batches are converted,
-augmented and normalised there, so the loop never waits on a decoder.
+Batches come from the prepared-image store as uint8 (resident on the device for small sets,
+streamed by data-loader workers otherwise) and are augmented and normalised on the device.
 """
 
 from __future__ import annotations
@@ -14,16 +14,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from .config import ARCHS, CELL_VARIABLES, IMAGENET_MEAN, IMAGENET_STD, cell_id
-from .datasets import Prepared, epoch_order, stratified_split
+from .datasets import epoch_order, stratified_split
 from .io import atomic_path, write_json
+from .loader import SplitReader, random_resized_crop_flip
 from .models import build_model, count_parameters, describe, probe_points
+from .store import Store
 
 log = logging.getLogger("tunnelscope.train")
 
@@ -70,41 +72,14 @@ def autocast(device: torch.device, precision: str):
 
 def to_input(images_uint8: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> normalised float (N, 3, H, W)."""
-    x = images_uint8.permute(0, 3, 1, 2).float().div_(255.0)
+    return normalise(images_uint8.permute(0, 3, 1, 2).float(), mean, std)
+
+
+def normalise(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """(N, 3, H, W) float in [0, 255] -> (x / 255 - mean) / std."""
     mean = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-def random_resized_crop_flip(x: torch.Tensor, generator: torch.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
-    """RandomResizedCrop(R, scale, ratio) + HorizontalFlip(0.5), a different crop per image.
-
-    Same sampling rule as torchvision's RandomResizedCrop (up to 10 tries of area and log-ratio,
-    else the whole image), but all crops of a batch are applied by one ``grid_sample`` call:
-    torchvision's transform handles one crop per call, which would mean a Python loop per image.
-    """
-    n, _, h, w = x.shape
-    tries = 10
-    area = torch.empty(n, tries).uniform_(scale[0], scale[1], generator=generator)
-    log_ratio = torch.empty(n, tries).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
-    aspect = torch.exp(log_ratio)
-    cw = torch.sqrt(area * aspect)  # crop width as a fraction of the image width
-    ch = torch.sqrt(area / aspect)
-    ok = (cw <= 1) & (ch <= 1)
-    first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((n,), -1))
-    rows = torch.arange(n)
-    cw = torch.where(first >= 0, cw[rows, first.clamp(min=0)], torch.ones(n))
-    ch = torch.where(first >= 0, ch[rows, first.clamp(min=0)], torch.ones(n))
-    cx = (torch.rand(n, generator=generator) * 2 - 1) * (1 - cw)
-    cy = (torch.rand(n, generator=generator) * 2 - 1) * (1 - ch)
-    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = cw * flip
-    theta[:, 0, 2] = cx
-    theta[:, 1, 1] = ch
-    theta[:, 1, 2] = cy
-    grid = F.affine_grid(theta.to(x.device, x.dtype), [n, 3, h, w], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return (x / 255.0 - mean) / std
 
 
 def lr_schedule(optimizer, warmup_steps: int, total_steps: int, start_factor: float = 1e-3, min_lr: float = 0.0):
@@ -118,58 +93,70 @@ def lr_schedule(optimizer, warmup_steps: int, total_steps: int, start_factor: fl
 
 
 @torch.no_grad()
-def accuracy(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> float:
-    if len(labels) == 0:
+def accuracy(model, reader: SplitReader, indices: np.ndarray, labels: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD, batch_size: int = 512) -> float:
+    """Top-1 of ``model`` on the eval crops of ``indices`` of a split (``labels`` aligned)."""
+    if len(indices) == 0:
         return float("nan")
     model.eval()
-    correct = 0
-    for i in range(0, len(labels), batch_size):
-        logits = model(to_input(images[i : i + batch_size], mean, std))
-        correct += (logits.argmax(1) == labels[i : i + batch_size]).sum().item()
-    return correct / len(labels)
+    correct, seen = 0, 0
+    for crops in reader.batches(indices, batch_size):
+        logits = model(to_input(crops, mean, std))
+        correct += (logits.argmax(1) == labels[seen : seen + len(crops)]).sum().item()
+        seen += len(crops)
+    return correct / len(indices)
 
 
 def _fingerprint(params: dict) -> str:
     return json.dumps(params, sort_keys=True)
 
 
-def pretrain(params: dict, data: Prepared, checkpoint: str, train_log: str, info_path: str, state_path: str, threads: int = 1, channels_last: bool = False) -> dict:
+def pretrain(
+    params: dict, store: Store, checkpoint: str, train_log: str, info_path: str, state_path: str, threads: int = 1, channels_last: bool = False, resident_mb: float = 1024
+) -> dict:
     """Train one cell's backbone; write checkpoint, per-epoch log and cell info.
 
-    ``state_path`` holds the full training state after every epoch; a rerun with the same
-    params resumes from it (after a crash or a cluster pre-emption) and deletes it at the end.
-    ``training.checkpoint`` picks the weights kept: the last epoch's, or the best epoch's on
-    the held-out split (best_val) or on the ID test split (best_test, the paper's choice).
+    Images come from the prepared ``store``: kept on the device when a split has one image size
+    and fits ``resident_mb``, else streamed batch by batch (``loader.SplitReader``); either way
+    the same crops, so results do not depend on it. ``state_path`` holds the full training state
+    after every epoch; a rerun with the same params resumes from it (after a crash or a cluster
+    pre-emption) and deletes it at the end. ``training.checkpoint`` picks the weights kept: the
+    last epoch's, or the best epoch's on the held-out split (best_val) or on the ID test split
+    (best_test, the paper's choice).
     """
     torch.set_num_threads(max(1, threads))
     device = pick_device()
     cfg, seed = params["training"], params["seed"]
     torch.manual_seed(seed)
     cell = cell_id(**{k: params[k] for k in CELL_VARIABLES})
-    norm = params["normalization"]
-
-    train = data.splits["train"]
-    tr_idx, val_idx = stratified_split(train.labels, cfg["val_fraction"], seed, stream=7919)
-    images = torch.from_numpy(train.images).to(device)
-    labels = torch.from_numpy(train.labels).to(device)
-    x_tr, y_tr, x_val, y_val = images[tr_idx], labels[tr_idx], images[val_idx], labels[val_idx]
-    test = data.splits["test"]
-    x_te, y_te = torch.from_numpy(test.images).to(device), torch.from_numpy(test.labels).to(device)
+    norm, size = params["normalization"], params["resolution"]
+    augment = params["augmentation"] == "rrc_flip"
     selection = cfg["checkpoint"]
-    if selection != "last" and len({"best_val": val_idx, "best_test": y_te}[selection]) == 0:
+
+    train, test = store.splits["train"], store.splits["test"]
+    tr_idx, val_idx = stratified_split(train.labels, cfg["val_fraction"], seed, stream=7919)
+    if selection != "last" and len({"best_val": val_idx, "best_test": test.labels}[selection]) == 0:
         split = "held-out split (training.val_fraction holds out no image of any class)" if selection == "best_val" else "test split"
         raise ValueError(f"cell {cell}: training.checkpoint {selection} selects on an empty {split}")
+    workers = max(0, threads - 1)  # data-loader processes beside this one, when a split streams
+    fit = SplitReader(train, "whole" if augment else "center", size, device, resident_mb, workers)
+    train_eval = SplitReader(train, "center", size, device, resident_mb, workers) if augment else fit
+    test_eval = SplitReader(test, "center", size, device, resident_mb, workers)
+    labels = torch.from_numpy(train.labels).to(device)
+    y_val, y_te = labels[torch.from_numpy(val_idx).to(device)], torch.from_numpy(test.labels).to(device)
+    test_idx = np.arange(len(test))
+    where = {True: "on the device", False: "streamed"}
+    log.info("%s: %d train images (%s), %d test (%s)", cell, len(train), where[fit.resident], len(test), where[test_eval.resident])
 
-    def evaluate(x, y):
-        return accuracy(model, x, y, mean=norm["mean"], std=norm["std"])
+    def evaluate(reader, indices, y):
+        return accuracy(model, reader, indices, y, norm["mean"], norm["std"])
 
-    model = build_model(params["arch"], data.num_classes, params["model"]["width"], params["resolution"], drop_path=cfg["drop_path"]).to(device)
+    model = build_model(params["arch"], store.num_classes, params["model"]["width"], size, drop_path=cfg["drop_path"]).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     precision = params["compute"]["precision"]
     lr = cfg["lr"] * (cfg["batch_size"] / cfg["lr_scaling_batch"] if cfg["lr_scaling_batch"] else 1.0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg["weight_decay"])
-    steps_per_epoch = math.ceil(len(y_tr) / cfg["batch_size"])
+    steps_per_epoch = math.ceil(len(tr_idx) / cfg["batch_size"])
     per_batch = cfg["schedule_step"] == "batch"
     units = steps_per_epoch if per_batch else 1
     scheduler = lr_schedule(optimizer, cfg["warmup_epochs"] * units, cfg["epochs"] * units, cfg["warmup_start_factor"], cfg["min_lr"])
@@ -201,17 +188,19 @@ def pretrain(params: dict, data: Prepared, checkpoint: str, train_log: str, info
     for epoch in range(start_epoch, cfg["epochs"]):
         model.train()
         t0 = time.perf_counter()
-        order = epoch_order(len(y_tr), cfg["repeated_augmentation"], gen).to(device)
+        order = tr_idx[epoch_order(len(tr_idx), cfg["repeated_augmentation"], gen).numpy()]
         total_loss, correct = 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"{cell} epoch {epoch + 1}/{cfg['epochs']}", leave=False, mininterval=1.0)
-        for step in bar:
-            idx = order[step * cfg["batch_size"] : (step + 1) * cfg["batch_size"]]
-            x = to_input(x_tr[idx], norm["mean"], norm["std"])
-            if params["augmentation"] == "rrc_flip":
-                x = random_resized_crop_flip(x, gen)
+        bar = tqdm(total=steps_per_epoch, desc=f"{cell} epoch {epoch + 1}/{cfg['epochs']}", leave=False, mininterval=1.0)
+        for step, batch in enumerate(fit.batches(order, cfg["batch_size"])):
+            y = labels[torch.from_numpy(order[step * cfg["batch_size"] : (step + 1) * cfg["batch_size"]]).to(device)]
+            if augment:
+                canvas, sizes = batch
+                x = normalise(random_resized_crop_flip(canvas, sizes, size, gen), norm["mean"], norm["std"])
+            else:
+                x = to_input(batch, norm["mean"], norm["std"])
             with autocast(device, precision):
                 logits = model(x)
-                loss = loss_fn(logits, y_tr[idx])
+                loss = loss_fn(logits, y)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"cell {cell}: non-finite training loss ({loss.item()}) in epoch {epoch + 1}, step {step + 1}")
             optimizer.zero_grad(set_to_none=True)
@@ -219,18 +208,20 @@ def pretrain(params: dict, data: Prepared, checkpoint: str, train_log: str, info
             optimizer.step()
             if per_batch:
                 scheduler.step()
-            total_loss += loss.item() * len(idx)
-            correct += (logits.argmax(1) == y_tr[idx]).sum().item()
+            total_loss += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.close()
         row = {
             "epoch": epoch + 1,
-            "train_loss": total_loss / len(y_tr),
-            "train_acc": correct / len(y_tr),
-            "val_acc": evaluate(x_val, y_val),
+            "train_loss": total_loss / len(tr_idx),
+            "train_acc": correct / len(tr_idx),
+            "val_acc": evaluate(train_eval, val_idx, y_val),
             "lr": optimizer.param_groups[0]["lr"],
         }
         if selection == "best_test":
-            row["test_acc"] = evaluate(x_te, y_te)
+            row["test_acc"] = evaluate(test_eval, test_idx, y_te)
         if not per_batch:
             scheduler.step()
         row["seconds"] = time.perf_counter() - t0
@@ -248,10 +239,10 @@ def pretrain(params: dict, data: Prepared, checkpoint: str, train_log: str, info
         model.load_state_dict(best["weights"])
         kept = history[best["epoch"] - 1]
         log.info("%s: kept the weights of epoch %d (%s %.4f)", cell, best["epoch"], selection, best["score"])
-    test_acc = evaluate(x_te, y_te)
+    test_acc = evaluate(test_eval, test_idx, y_te)
     info = {
-        **backbone_info(model, params, params["arch"], data.num_classes, len(train), paper_parameter_count(params["arch"], params["model"]["width"], params["resolution"])),
-        "n_fit": len(y_tr),
+        **backbone_info(model, params, params["arch"], store.num_classes, len(train), paper_parameter_count(params["arch"], params["model"]["width"], size)),
+        "n_fit": len(tr_idx),
         "checkpoint_rule": selection,
         "checkpoint_epoch": kept["epoch"],
         "final_train_acc": kept["train_acc"],
@@ -259,7 +250,7 @@ def pretrain(params: dict, data: Prepared, checkpoint: str, train_log: str, info
         "test_acc": test_acc,
         "device": str(device),
     }
-    save_backbone(model, checkpoint, {"params": params, "num_classes": data.num_classes})
+    save_backbone(model, checkpoint, {"params": params, "num_classes": store.num_classes})
     with atomic_path(train_log) as tmp:
         pd.DataFrame(history).to_csv(tmp, index=False)
     write_json(info, info_path)

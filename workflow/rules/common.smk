@@ -38,6 +38,6 @@ def probe_tables(wc):
 onstart:
     # Before any job runs (never in a dry run): every dataset root that a pending prepare job
     # reads must exist, so a typo fails now rather than hours into the run.
-    missing = STUDY.missing_roots(lambda ds, transform: Path(f"{RESULTS}/prepared/{ds}/{transform}.npz").exists())
+    missing = STUDY.missing_roots(lambda ds, transform: Path(f"{RESULTS}/prepared/{ds}/{transform}/store.json").exists())
     if missing:
         sys.exit("tunnelscope: " + "; ".join(missing))

@@ -2,7 +2,7 @@ rule prepare:
     """Render or load one dataset through one eval transform (resolution, and for published
     models their interpolation and crop) into the prepared-image cache."""
     output:
-        f"{RESULTS}/prepared/{{dataset}}/{{transform}}.npz",
+        directory(f"{RESULTS}/prepared/{{dataset}}/{{transform}}"),
     params:
         settings=lambda wc: STUDY.prepare_params(wc.dataset, wc.transform),
     threads: 2

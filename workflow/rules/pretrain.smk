@@ -15,6 +15,8 @@ rule pretrain:
     threads: 2
     resources:
         channels_last=lambda wc: int(STUDY.config["compute"]["channels_last"]),
+        # Splits up to this size stay on the device; a speed knob (the same crops either way).
+        resident_mb=lambda wc: STUDY.config["compute"]["resident_mb"],
     log:
         "logs/pretrain/{cell}.log",
     benchmark:

@@ -10,4 +10,5 @@ with job_logging(snakemake.log[0]):
         batch_size=snakemake.resources.embed_batch,
         threads=snakemake.threads,
         channels_last=bool(snakemake.resources.channels_last),
+        resident_mb=snakemake.resources.resident_mb,
     )
