@@ -1,18 +1,25 @@
-"""Extraction: the embed job (forward, capture, pooling, Parquet write) vs a plain forward.
+"""Extraction: the embed job (store reads, forward, capture, pooling, Parquet writes) vs a plain forward.
 
-Target (issue 6): at most 1.3x the plain forward over the same images, batch size and precision.
+Target (issue 6, kept by issue 16): at most 1.3x a plain forward over the same images, batch size
+and precision. The embed job is ``embed_eval_set`` itself: it reads the prepared store (resident
+for small uniform sets, streamed otherwise: ``--stream``), captures every probe point, pools,
+and appends each batch to every layer's Parquet file on a writer thread while the next batch
+runs. The plain forward runs over the same images already in memory.
 """
 
+import os
+import shutil
 import tempfile
 
 import numpy as np
 import torch
 
-from common import add_device_args, best_of, parser, report
-from tunnelscope.extract import embed_images
-from tunnelscope.io import write_embeddings
+from common import SCHEMA, add_device_args, best_of, parser, report
+from tunnelscope.config import IMAGENET_MEAN, IMAGENET_STD, load_schema, section_defaults
+from tunnelscope.embed_job import embed_eval_set
 from tunnelscope.models import build_model, probe_points
-from tunnelscope.train import autocast, to_input
+from tunnelscope.store import write_arrays
+from tunnelscope.train import autocast, save_backbone, to_input
 
 
 def main():
@@ -22,6 +29,7 @@ def main():
     p.add_argument("--images", type=int, default=4096)
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--stream", action="store_true", help="stream the store (resident_mb 0) instead of keeping it on the device")
     add_device_args(p)
     args = p.parse_args()
     if args.smoke:
@@ -32,8 +40,16 @@ def main():
         model = model.to(memory_format=torch.channels_last)
     points = probe_points(model)
     images = np.random.default_rng(0).integers(0, 256, size=(args.images, args.resolution, args.resolution, 3), dtype=np.uint8)
-    labels = np.zeros(args.images, dtype=np.int64)
-    splits = np.array(["train"] * args.images)
+    labels = np.arange(args.images) % 10
+    work = tempfile.mkdtemp(prefix="bench_extract.")
+    half = args.images // 2
+    store = write_arrays(f"{work}/store", {"train": (images[:half], labels[:half]), "test": (images[half:], labels[half:])}, 10, args.resolution)
+    params = {
+        "arch": args.arch, "id_dataset": "bench", "resolution": args.resolution, "augmentation": "none", "seed": 0, "eval_set": "bench",
+        "model": {"width": args.width}, "training": section_defaults(load_schema(SCHEMA), "training"), "pooling": ["avg2x2"], "side": "default", "dtype": "float16",
+        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}, "compute": {"precision": args.precision},
+    }
+    save_backbone(model, f"{work}/ckpt.safetensors", {"params": params, "num_classes": 10})
 
     @torch.no_grad()
     def plain():
@@ -42,18 +58,19 @@ def main():
                 model(to_input(torch.from_numpy(images[i : i + args.batch]).to(device)))
 
     def embed_job():
-        vectors = embed_images(model, points, images, ["avg2x2"], args.batch, np.float16, device, precision=args.precision)
-        with tempfile.TemporaryDirectory() as tmp:
-            for point in points:
-                write_embeddings(f"{tmp}/layer_{point.index:03d}.parquet", vectors[(point.index, "avg2x2")], labels, splits, np.arange(args.images), {"layer": point.index})
+        shutil.rmtree(f"{work}/embeddings", ignore_errors=True)
+        embed_eval_set(params, f"{work}/ckpt.safetensors", str(store.root), f"{work}/embeddings", args.batch, os.cpu_count(), args.channels_last, resident_mb=0 if args.stream else 1024)
 
-    plain()  # warm-up
-    t_plain, t_embed = best_of(plain, device=device), best_of(embed_job, device=device)
+    try:
+        plain()  # warm-up
+        t_plain, t_embed = best_of(plain, device=device), best_of(embed_job, device=device)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     ratio = t_embed / t_plain
     report(
         "Extraction vs plain forward",
         [
-            f"{args.arch} width {args.width}, {args.images} images at {args.resolution}px, batch {args.batch}, {args.precision}, {args.device}"
+            f"{args.arch} width {args.width}, {args.images} images at {args.resolution}px ({'streamed from' if args.stream else 'resident from'} the store), batch {args.batch}, {args.precision}, {args.device}"
             f"{', channels-last' if args.channels_last else ''}, {len(points)} probe points, 2x2 pooling, float16 Parquet",
             "",
             "| plain forward (s) | embed job (s) | ratio | target |",

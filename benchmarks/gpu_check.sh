@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# One prepared GPU check for a CUDA machine (issue 6): extraction overhead (1), probe solver (2)
-# and training loop (5) on the device, in float32 and in bf16 autocast with channels-last, plus a
-# bf16 pretrain/embed smoke run of the tiny config. About 8 minutes on one H200.
+# One prepared GPU check for a CUDA machine (issues 6, 16): extraction overhead (1), probe solver
+# (2) and training loop (5) on the device, in float32 and in bf16 autocast with channels-last; the
+# streamed data path at 224 px (ResNet-18, bf16, channels-last: pretrain() with RandomResizedCrop
+# over varying-size stored images against a bare loop on device tensors); and a bf16
+# pretrain/embed smoke run of a tiny config. About 10 minutes on one H200.
 # Usage: bash benchmarks/gpu_check.sh [OUTDIR]   (never needed for CI)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +14,7 @@ for mode in "--precision fp32" "--precision bf16 --channels-last"; do
   python benchmarks/bench_extract.py --images 20000 --width 1.0 --batch 512 $mode | tee -a "$out/extract.md"
   python benchmarks/bench_train.py --images 20000 --width 1.0 $mode | tee -a "$out/train.md"
 done
+python benchmarks/bench_train.py --arch resnet18 --resolution 224 --images 8192 --width 1.0 --batch 256 --epochs 2 --stream --precision bf16 --channels-last | tee -a "$out/train.md"
 python benchmarks/bench_probe.py --rows 50000 --dims 512 2048 | tee "$out/probe.md"
 cat > "$out/bf16.yaml" <<YAML
 results: $out/study

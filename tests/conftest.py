@@ -29,15 +29,16 @@ TINY = {
         "toy": {"source": "synthetic", "family": "shapes", "classes": 4, "train_per_class": 24, "test_per_class": 8},
         "toy-glyphs": {"source": "synthetic", "family": "glyphs", "classes": 3, "train_per_class": 12, "test_per_class": 6},
         "digits": {"source": "sklearn_digits"},
+        "toy-blur": {"source": "corrupted", "of": "toy", "corruption": "gaussian_blur", "severity": 5},
     },
     "grid": {"arch": ["vggm11"], "id_dataset": ["toy"], "resolution": [32], "augmentation": ["none", "rrc_flip"], "seed": [0]},
-    "ood_sets": ["toy-glyphs", "digits"],
+    "ood_sets": ["toy-glyphs", "digits", "toy-blur"],
     "model": {"width": 0.125},
     "training": {"epochs": 1, "batch_size": 32, "warmup_epochs": 0},
     "probe": {"max_iter": 50},
 }
 CELLS = ["vggm11_toy_r32_none_s0", "vggm11_toy_r32_rrc_flip_s0"]
-EVAL_SETS = ["toy", "toy-glyphs", "digits"]
+EVAL_SETS = ["toy", "toy-glyphs", "digits", "toy-blur"]
 
 
 def snakemake(workdir, *args):

@@ -123,7 +123,7 @@ def test_stage_params_are_sorted_builtin_and_minimal(default_config, schema):
 
 def test_eval_sets_put_the_id_set_first(default_config, schema):
     study = Study(default_config, schema)
-    assert study.eval_sets("vggm11_shapes_r48_none_s0") == ["shapes", "shapes-novel", "glyphs", "digits"]
+    assert study.eval_sets("vggm11_shapes_r48_none_s0") == ["shapes", "shapes-novel", "glyphs", "digits", "shapes-noise"]
 
 
 def test_grid_blocks_join_and_take_their_own_ood_sets(default_config, schema):
@@ -134,7 +134,7 @@ def test_grid_blocks_join_and_take_their_own_ood_sets(default_config, schema):
     study = Study(default_config, schema)
     assert sorted(study.cells) == ["vggm11_shapes_r32_none_s0", "vggm17_glyphs_r32_rrc_flip_s0"]
     assert study.eval_sets("vggm17_glyphs_r32_rrc_flip_s0") == ["glyphs", "digits", "shapes"]
-    assert study.eval_sets("vggm11_shapes_r32_none_s0") == ["shapes", "shapes-novel", "glyphs", "digits"]
+    assert study.eval_sets("vggm11_shapes_r32_none_s0") == ["shapes", "shapes-novel", "glyphs", "digits", "shapes-noise"]
 
 
 def test_duplicate_cells_across_blocks_are_rejected(default_config, schema):
@@ -190,4 +190,4 @@ def test_cells_keep_grid_order_and_datasets_their_preprocessing(default_config, 
     assert embed["normalization"] == {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}
     assert study.embed_params("vggm11_shapes_r32_none_s0", "glyphs")["normalization"]["mean"] == [0.485, 0.456, 0.406]
     assert "mean" not in study.prepare_params("digits", "r32")["spec"]  # normalisation does not change the prepared images
-    assert study.metrics_params("vggm11_shapes_r32_none_s0")["ood_sets"] == ["shapes-novel", "glyphs", "digits"]
+    assert study.metrics_params("vggm11_shapes_r32_none_s0")["ood_sets"] == ["shapes-novel", "glyphs", "digits", "shapes-noise"]

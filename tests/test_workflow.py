@@ -24,7 +24,7 @@ def test_all_outputs_exist_and_parse(study):
     assert len(curves) == len(CELLS) * len(EVAL_SETS) * 10  # 10 probed layers of VGGm-11
     assert curves.test_acc.between(0, 1).all()
     metrics = pd.read_parquet(out / "aggregate/metrics.parquet")
-    assert len(metrics) == len(CELLS) * 2
+    assert len(metrics) == len(CELLS) * 3  # one row per OOD set
     assert metrics.ood_retained.between(0, 100).all()
     assert pd.read_csv(out / "aggregate/metrics.csv").shape == metrics.shape
     for cell in CELLS:
@@ -53,12 +53,30 @@ def test_all_outputs_exist_and_parse(study):
     assert list(slopes.columns[:3]) == ["target", "variable", "slope"]
     paired = pd.read_csv(out / "analysis/paired_tests.csv")
     assert set(paired.comparison) == {"augmentation"}  # the only variable with two levels
-    assert paired.n_pairs.eq(2).all()  # one per OOD set: the same backbone with and without augmentation
+    assert paired.n_pairs.eq(3).all()  # one per OOD set: the same backbone with and without augmentation
     retained = pd.read_csv(out / "paper/tables/ood_retained.csv")
-    assert retained.columns.tolist() == ["id_dataset", "arch", "backbone", "resolution", "augmentation", "toy-glyphs", "digits", "mean"]
+    assert retained.columns.tolist() == ["id_dataset", "arch", "backbone", "resolution", "augmentation", "toy-glyphs", "digits", "toy-blur", "mean"]
     assert retained.augmentation.tolist() == ["no aug", "aug"]  # grid order
     expected = metrics.groupby("augmentation", sort=False).ood_retained.mean().to_numpy()
     np.testing.assert_allclose(retained["mean"], expected, atol=1e-3)
+
+
+def test_a_corrupted_copy_is_its_clean_set_shifted(study):
+    """The copy holds the ID set's images, each blurred; its embeddings keep the ID set's rows and
+    labels and move away from the clean ones; its probes run as any OOD set's."""
+    from tunnelscope.corruptions import corrupt, image_generator
+    from tunnelscope.store import Store
+
+    out = study / "out"
+    clean, blurred = (Store(out / "prepared" / name / "r32") for name in ("toy", "toy-blur"))
+    for i in (0, 7):
+        assert np.array_equal(blurred.splits["test"].image(i), corrupt(clean.splits["test"].image(i), "gaussian_blur", 5, image_generator(0, "test", i)))
+    cell = out / "cells" / CELLS[0] / "embeddings"
+    a, b = (pd.read_parquet(cell / name / "avg2x2" / "layer_001.parquet") for name in ("toy", "toy-blur"))
+    assert a[["sample_id", "split", "label"]].equals(b[["sample_id", "split", "label"]])
+    assert not a.embedding.equals(b.embedding)
+    curves = pd.read_parquet(out / "aggregate/curves.parquet")
+    assert curves[curves.eval_set == "toy-blur"].test_acc.between(0, 1).all()
 
 
 def test_second_dry_run_has_nothing_to_do(study):
@@ -142,6 +160,7 @@ def test_the_papers_protocol_switched_on_produces_the_papers_tables(tmp_path):
     config = dict(
         TINY,
         grid=[TINY["grid"], {"arch": ["vit-t"], "id_dataset": ["toy"], "resolution": [32], "augmentation": ["none"]}],
+        ood_sets=["toy-glyphs", "digits"],
         training={"epochs": 2, "batch_size": 32, "warmup_epochs": 1, "val_fraction": 0, "checkpoint": "best_test", "schedule_step": "epoch", "warmup_start_factor": 0.01},
         overrides=[{"where": {"arch": "vit-t"}, "model": {"preprocessing": "imagenet"}, "training": {"min_lr": 0.00001}, "probe": {"paper": {"batch_size": 64}}}],
         probe={"solver": "paper", "paper": {"epochs": 3, "report": "best_test", "reshuffle": False}},

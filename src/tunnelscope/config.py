@@ -233,6 +233,23 @@ def _check_datasets(datasets: dict) -> None:
         if ("mean" in spec) != ("std" in spec):
             given, missing = ("mean", "std") if "mean" in spec else ("std", "mean")
             raise ConfigError(f"datasets.{name}: {given} is given without {missing}; give both or neither")
+    for name, spec in datasets.items():
+        if spec["source"] == "corrupted":
+            _resolve_corrupted(name, spec, datasets)
+
+
+def _resolve_corrupted(name: str, spec: dict, datasets: dict) -> None:
+    """A corrupted copy holds its base set's spec (what prepare reads, and what its store's
+    fingerprint covers) and inherits its native resolution and statistics."""
+    base = datasets.get(spec["of"])
+    if base is None:
+        raise ConfigError(f"datasets.{name}.of: unknown dataset {spec['of']!r}; defined: {', '.join(sorted(datasets))}")
+    if base["source"] == "corrupted":
+        raise ConfigError(f"datasets.{name}.of: {spec['of']!r} is itself a corrupted copy; name its clean set")
+    spec["base"] = {k: v for k, v in base.items() if k not in ("mean", "std")}
+    for key in ("native_resolution", "mean", "std"):
+        if key in base:
+            spec.setdefault(key, base[key])
 
 
 def _check_comparisons(comparisons, blocks: list[dict]) -> None:
@@ -378,10 +395,12 @@ class Study:
         """One message per dataset whose root is missing while its cache still has to be built."""
         problems = []
         for name in sorted({d for d, _ in self.prepared()}):
-            spec = self.config["datasets"][name]
+            spec, key = self.config["datasets"][name], name
+            if "base" in spec:  # a corrupted copy reads its clean set's files
+                spec, key = spec["base"], spec["of"]
             pending = any(not prepared_exists(d, r) for d, r in self.prepared() if d == name)
             if "root" in spec and pending and not spec.get("download") and not Path(spec["root"]).is_dir():
-                problems.append(f"datasets.{name}.root: directory {spec['root']} not found")
+                problems.append(f"datasets.{key}.root: directory {spec['root']} not found" + (f" (needed by {name})" if key != name else ""))
         return problems
 
     # --- per-stage params: exactly the keys the stage uses, sorted, builtin types ---
@@ -391,8 +410,9 @@ class Study:
         # mean/std are applied on the device later; they do not change the prepared images.
         spec = {k: v for k, v in spec.items() if k not in ("mean", "std")}
         params = {"dataset": dataset, **parse_transform_tag(transform), "spec": spec}
-        if "root" in spec:
-            params["source_fingerprint"] = source_fingerprint(spec["root"])
+        root = spec.get("base", spec).get("root")
+        if root:
+            params["source_fingerprint"] = source_fingerprint(root)
         return _sorted(params)
 
     def pretrain_params(self, cell: str) -> dict:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import pickle
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 
 from . import synthetic
 from .config import DEFAULT_TRANSFORM
+from .runtime import bound_heap
 from .store import CHUNK_BYTES, SplitPlan, Store, byte_chunks, parallel_fill, stored_size, write_store
 
 log = logging.getLogger("tunnelscope.datasets")
@@ -374,19 +375,44 @@ def prepare(
     each image resized to the eval transform's shorter side int(R / crop_pct) with
     ``interpolation``, or kept as it is where ``native`` and its shorter side is R already;
     synthetic sets are rendered at R. Memory stays at one chunk of ``chunk_bytes`` of pixels."""
+    bound_heap()
     shorter = int(resolution / crop_pct)
     meta = {"dataset": name, "resolution": int(resolution), "shorter_side": shorter, "interpolation": interpolation, "crop_pct": crop_pct, "native": bool(native)}
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        if spec["source"] == "synthetic":
-            plans = {split: _synthetic_plan(spec, split, resolution) for split in SPLITS}
-            meta.update(num_classes=spec["classes"], shorter_side=resolution, native=True)
-        else:
+
+        def plans_of(spec: dict) -> dict[str, SplitPlan]:
+            if spec["source"] == "corrupted":
+                meta["corruption"] = {k: spec[k] for k in ("of", "corruption", "severity", "seed")}
+                return {s: _corrupted_plan(plan, spec, s, pool) for s, plan in plans_of(spec["base"]).items()}
+            if spec["source"] == "synthetic":
+                meta.update(num_classes=spec["classes"], shorter_side=resolution, native=True)
+                return {split: _synthetic_plan(spec, split, resolution) for split in SPLITS}
             raw = _sklearn_digits(spec) if spec["source"] == "sklearn_digits" else load_source(spec)
-            on_bad = spec.get("on_bad_image", "error")
-            plans = {s: _raw_plan(raw[s], resolution, shorter, native, interpolation, on_bad, pool, f"{name}/{s}", chunk_bytes) for s in SPLITS}
             meta["num_classes"] = _num_classes(raw)
+            on_bad = spec.get("on_bad_image", "error")
+            return {s: _raw_plan(raw[s], resolution, shorter, native, interpolation, on_bad, pool, f"{name}/{s}", chunk_bytes) for s in SPLITS}
+
+        plans = plans_of(spec)
         write_store(out_dir, meta, plans, spec.get("on_bad_image", "error"))
     return Store(out_dir)
+
+
+def _corrupted_plan(plan: SplitPlan, spec: dict, split: str, pool) -> SplitPlan:
+    """``plan``'s images through ``spec``'s corruption, each with its own seeded draws, on the
+    pool's threads."""
+    from . import corruptions  # torchvision's v2 transforms import torch._dynamo: only when used
+
+    name, severity, seed = spec["corruption"], spec["severity"], spec["seed"]
+
+    def fill(start: int, stop: int) -> list:
+        def one(k: int, image):
+            if isinstance(image, Exception):
+                return image
+            return corruptions.corrupt(image, name, severity, corruptions.image_generator(seed, split, start + k))
+
+        return list(pool.map(one, range(stop - start), plan.fill(start, stop)))
+
+    return replace(plan, fill=fill)
 
 
 def _synthetic_plan(spec: dict, split: str, resolution: int) -> SplitPlan:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from .datasets import SPLITS
 from .extract import embed_batches
 from .io import EmbeddingWriter, atomic_dir
-from .loader import SplitReader
+from .loader import SplitReader, loader_workers
 from .models import probe_points
 from .store import Store
 from .train import load_backbone, pick_device
@@ -47,6 +47,7 @@ def embed_eval_set(
     source = params["normalization"] or meta
     normalise = {k: tuple(source[k]) for k in ("mean", "std") if k in source}
     store = Store(data_path)
+    store.check_resolution(params["resolution"])
     common = {"eval_set": params["eval_set"], "num_classes": store.num_classes, "num_layers": len(points), "checkpoint": checkpoint, "checkpoint_sha256": file_sha256(checkpoint)}
     poolings, dtype = params["pooling"], np.dtype(params["dtype"])
     total = sum(-(-len(store.splits[s]) // batch_size) for s in SPLITS)
@@ -60,7 +61,7 @@ def embed_eval_set(
         pending = None
         for split in SPLITS:  # train then test: the rows of every layer file, in this order
             part = store.splits[split]
-            reader = SplitReader(part, "center", params["resolution"], device, resident_mb, workers=max(0, threads - 1))
+            reader = SplitReader(part, "center", params["resolution"], device, resident_mb, workers=loader_workers(device, threads))
             start = 0
             for vectors in embed_batches(model, points, reader.batches(np.arange(len(part)), batch_size), poolings, dtype, params["compute"]["precision"], **normalise):
                 n = len(next(iter(vectors.values())))

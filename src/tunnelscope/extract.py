@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from .config import IMAGENET_MEAN, IMAGENET_STD
 from .models import ProbePoint
-from .train import autocast, to_input
+from .train import Normaliser, autocast
 
 
 POOLINGS = ("avg2x2", "avg1x1", "avg4x4", "token_mean", "cls")
@@ -136,10 +136,11 @@ def embed_batches(model: torch.nn.Module, points: list[ProbePoint], batches, poo
     {(index, pooling): (n, D) array}: every probe point and pooling from one forward pass."""
     model.eval()
     device = next(model.parameters()).device
+    to_model = Normaliser(mean, std)
     with LayerCapture(model, points, poolings) as capture:
         for images in batches:
             with autocast(device, precision):
-                model(to_input(images, mean, std))
+                model(to_model(images.permute(0, 3, 1, 2)))
             yield {key: vectors.cpu().numpy().astype(dtype, copy=False) for key, vectors in capture.take().items()}
 
 

@@ -46,6 +46,8 @@ def atomic_dir(path: str | os.PathLike):
     try:
         yield tmp
         if path.exists():
+            if any(path.iterdir()):  # never replace finished output silently
+                raise FileExistsError(f"{path}: exists and is not empty; remove it to write it again")
             path.rmdir()  # Snakemake may pre-create an empty output directory.
         os.replace(tmp, path)
     finally:

@@ -132,10 +132,10 @@ def _write_split(partial: Path, split: str, plan: SplitPlan, progress: dict, pro
     pixels_path = partial / f"{split}.pixels.npy"
     done = set(progress["done"].setdefault(split, []))
     bad = set(progress["bad"].setdefault(split, []))
-    if pixels_path.exists() and done:
-        pixels = np.load(pixels_path, mmap_mode="r+")
-    else:
-        pixels = np.lib.format.open_memmap(pixels_path, mode="w+", dtype=np.uint8, shape=(int(offsets[-1]),))
+    if not (pixels_path.exists() and done):
+        _allocate(pixels_path, int(offsets[-1]))
+    fd = os.open(pixels_path, os.O_RDWR)
+    start_byte = _data_start(pixels_path)
     todo = [(k, c) for k, c in enumerate(plan.chunks) if k not in done]
     bar = tqdm(total=len(plan.labels), initial=len(plan.labels) - sum(stop - start for _, (start, stop) in todo), desc=f"prepare {split}", leave=False, mininterval=2.0)
     for k, (start, stop) in todo:
@@ -151,15 +151,15 @@ def _write_split(partial: Path, split: str, plan: SplitPlan, progress: dict, pro
                 continue
             if image.shape != (*plan.shapes[i], 3):
                 raise StoreError(f"image {i} of {split} came out {image.shape}, planned {(*plan.shapes[i], 3)}")
-            pixels[offsets[i] : offsets[i + 1]] = image.reshape(-1)
-        pixels.flush()
+            os.pwrite(fd, np.ascontiguousarray(image).data, start_byte + int(offsets[i]))
+        os.fdatasync(fd)  # the chunk is on disk before the progress file says so
         progress["done"][split].append(k)
         progress["bad"][split] = sorted(bad)
         with atomic_path(progress_path) as tmp:
             Path(tmp).write_text(json.dumps(progress))
         bar.update(stop - start)
     bar.close()
-    del pixels
+    os.close(fd)
     keep = np.setdiff1d(np.arange(len(plan.labels)), sorted(bad))
     if bad:
         log.warning("%s: skipped %d unreadable images of %d", split, len(bad), len(plan.labels))
@@ -174,6 +174,26 @@ def _write_split(partial: Path, split: str, plan: SplitPlan, progress: dict, pro
     return {"images": int(len(keep)), "pixel_bytes": int(offsets[-1]), "uniform_shape": list(shapes.pop()) if len(shapes) == 1 else None}
 
 
+def _allocate(path: Path, nbytes: int) -> None:
+    """A .npy file of ``nbytes`` uint8 (zeros, sparse on disk) to be filled with ``os.pwrite``:
+    written pages then sit in the page cache, not in this process's memory as a map's would."""
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "|u1", "fortran_order": False, "shape": (nbytes,)})
+        fh.truncate(fh.tell() + nbytes)
+
+
+def _data_start(path: Path) -> int:
+    """Byte offset of the data of a 1-D .npy file, with its dtype and length checked."""
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(fh)
+        start = fh.tell()
+    if dtype != np.uint8 or len(shape) != 1 or os.path.getsize(path) != start + shape[0]:
+        raise StoreError(f"{path}: truncated or not a 1-D uint8 array")
+    return start
+
+
 class StoreSplit:
     """One split of a store: labels, stored sizes, and the images read on demand."""
 
@@ -183,18 +203,15 @@ class StoreSplit:
         try:
             index = np.load(root / f"{split}.index.npy")
             self.labels = np.load(root / f"{split}.labels.npy")
-            with open(self.path, "rb") as fh:
-                version = np.lib.format.read_magic(fh)
-                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                shape, _, dtype = read_header(fh)
-                self._data_start = fh.tell()
+            self._data_start = _data_start(self.path)
+        except StoreError as exc:
+            raise StoreError(f"{exc}; delete the store and rerun") from exc
         except (OSError, ValueError) as exc:
             raise StoreError(f"{root}: split {split} is not readable ({exc}); delete the store and rerun") from exc
         self.offsets, self.heights, self.widths = (index[:, k] for k in range(3))
-        if dtype != np.uint8 or len(self.labels) != len(index) or os.path.getsize(self.path) != self._data_start + shape[0]:
-            raise StoreError(f"{self.path}: truncated or inconsistent with its index; delete the store and rerun")
-        if len(index) and int(self.offsets[-1] + self.heights[-1] * self.widths[-1] * 3) > shape[0]:
-            raise StoreError(f"{self.path}: index points past the pixels; delete the store and rerun")
+        total = os.path.getsize(self.path) - self._data_start
+        if len(self.labels) != len(index) or (len(index) and int(self.offsets[-1] + self.heights[-1] * self.widths[-1] * 3) > total):
+            raise StoreError(f"{self.path}: inconsistent with its index; delete the store and rerun")
         self.uniform_shape = tuple(uniform_shape) if uniform_shape else None
         self._fd, self._pid = None, None
 
@@ -208,12 +225,18 @@ class StoreSplit:
     def nbytes(self) -> int:
         return int((self.heights * self.widths).sum() * 3)
 
-    def image(self, i: int) -> np.ndarray:
-        """Image ``i`` as a read-only (h, w, 3) uint8 array."""
+    def image(self, i: int, top: int = 0, rows: int | None = None) -> np.ndarray:
+        """Image ``i`` as a fresh (h, w, 3) uint8 array; or only its ``rows`` rows from ``top``."""
         if self._pid != os.getpid():
             self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
         h, w = int(self.heights[i]), int(self.widths[i])
-        data = os.pread(self._fd, h * w * 3, self._data_start + int(self.offsets[i]))
+        if rows is not None:
+            if not 0 <= top <= top + rows <= h:
+                raise IndexError(f"rows {top}:{top + rows} of image {i}, which has {h}")
+            h = rows
+        data = bytearray(h * w * 3)
+        if os.preadv(self._fd, [data], self._data_start + int(self.offsets[i]) + top * w * 3) != len(data):
+            raise StoreError(f"{self.path}: image {i} is cut short; delete the store and rerun")
         return np.frombuffer(data, dtype=np.uint8).reshape(h, w, 3)
 
     def array(self) -> np.ndarray:
@@ -243,6 +266,10 @@ class Store:
     @property
     def resolution(self) -> int:
         return int(self.meta["resolution"])
+
+    def check_resolution(self, resolution: int) -> None:
+        if self.resolution != resolution:
+            raise StoreError(f"{self.root}: prepared for {self.resolution} px, read at {resolution} px")
 
 
 def write_arrays(out_dir: str | Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int, resolution: int, name: str = "arrays") -> Store:

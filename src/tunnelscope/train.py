@@ -23,7 +23,7 @@ from tqdm import tqdm
 from .config import ARCHS, CELL_VARIABLES, IMAGENET_MEAN, IMAGENET_STD, cell_id
 from .datasets import epoch_order, stratified_split
 from .io import atomic_path, write_json
-from .loader import SplitReader, random_resized_crop_flip
+from .loader import SplitReader, loader_workers
 from .models import build_model, count_parameters, describe, probe_points
 from .store import Store
 
@@ -70,16 +70,36 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+class Normaliser:
+    """(x / 255 - mean) / std of (n, 3, H, W) batches in [0, 255] (uint8 or float, any layout),
+    as float32 channels-last, written into one buffer reused from batch to batch: on CPUs a
+    fresh 38 MB batch (64 at 224 px) costs several times the arithmetic in page faults (0.33 vs
+    0.05 ms per image, measured). A result is valid until the next call."""
+
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        mean, std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+        self._scale, self._shift = torch.from_numpy(1 / (255 * std)).float(), torch.from_numpy(-mean / std).float()
+        self._buffer: torch.Tensor | None = None
+        self._rows: tuple | None = None
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        n, channels, h, w = images.shape
+        buffer = self._buffer
+        if buffer is None or buffer.shape[1:] != images.shape[1:] or len(buffer) < n or buffer.device != images.device:
+            buffer = self._buffer = torch.empty((n, h, w, channels), dtype=torch.float32, device=images.device).permute(0, 3, 1, 2)
+            # Per-element factors of one channels-last row (w pixels x 3 channels): a plain
+            # vectorised multiply-add, where broadcasting over a size-3 inner axis is not.
+            self._rows = (self._scale.repeat(w).to(images.device), self._shift.repeat(w).to(images.device))
+        out = buffer[:n]
+        out.copy_(images)
+        scale, shift = self._rows
+        out.permute(0, 2, 3, 1).view(-1, w * channels).mul_(scale).add_(shift)
+        return out
+
+
 def to_input(images_uint8: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> normalised float (N, 3, H, W)."""
-    return normalise(images_uint8.permute(0, 3, 1, 2).float(), mean, std)
-
-
-def normalise(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """(N, 3, H, W) float in [0, 255] -> (x / 255 - mean) / std."""
-    mean = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
-    return (x / 255.0 - mean) / std
+    """(N, H, W, 3) uint8 -> normalised float (N, 3, H, W), channels-last, freshly allocated."""
+    return Normaliser(mean, std)(images_uint8.permute(0, 3, 1, 2))
 
 
 def lr_schedule(optimizer, warmup_steps: int, total_steps: int, start_factor: float = 1e-3, min_lr: float = 0.0):
@@ -99,8 +119,9 @@ def accuracy(model, reader: SplitReader, indices: np.ndarray, labels: torch.Tens
         return float("nan")
     model.eval()
     correct, seen = 0, 0
+    to_model = Normaliser(mean, std)
     for crops in reader.batches(indices, batch_size):
-        logits = model(to_input(crops, mean, std))
+        logits = model(to_model(crops.permute(0, 3, 1, 2)))
         correct += (logits.argmax(1) == labels[seen : seen + len(crops)]).sum().item()
         seen += len(crops)
     return correct / len(indices)
@@ -132,23 +153,26 @@ def pretrain(
     augment = params["augmentation"] == "rrc_flip"
     selection = cfg["checkpoint"]
 
+    store.check_resolution(size)
     train, test = store.splits["train"], store.splits["test"]
     tr_idx, val_idx = stratified_split(train.labels, cfg["val_fraction"], seed, stream=7919)
     if selection != "last" and len({"best_val": val_idx, "best_test": test.labels}[selection]) == 0:
         split = "held-out split (training.val_fraction holds out no image of any class)" if selection == "best_val" else "test split"
         raise ValueError(f"cell {cell}: training.checkpoint {selection} selects on an empty {split}")
-    workers = max(0, threads - 1)  # data-loader processes beside this one, when a split streams
+    # Data-loader processes when a split streams: as many as the device wants for training's
+    # batches, at most one each for the (short) evaluation passes.
+    workers = loader_workers(device, threads)
     fit = SplitReader(train, "whole" if augment else "center", size, device, resident_mb, workers)
-    train_eval = SplitReader(train, "center", size, device, resident_mb, workers) if augment else fit
-    test_eval = SplitReader(test, "center", size, device, resident_mb, workers)
+    train_eval = SplitReader(train, "center", size, device, resident_mb, min(workers, 1)) if augment else fit
+    test_eval = SplitReader(test, "center", size, device, resident_mb, min(workers, 1))
     labels = torch.from_numpy(train.labels).to(device)
     y_val, y_te = labels[torch.from_numpy(val_idx).to(device)], torch.from_numpy(test.labels).to(device)
     test_idx = np.arange(len(test))
     where = {True: "on the device", False: "streamed"}
     log.info("%s: %d train images (%s), %d test (%s)", cell, len(train), where[fit.resident], len(test), where[test_eval.resident])
 
-    def evaluate(reader, indices, y):
-        return accuracy(model, reader, indices, y, norm["mean"], norm["std"])
+    def evaluate(reader, indices, y):  # in training-sized batches: memory stays what training needs
+        return accuracy(model, reader, indices, y, norm["mean"], norm["std"], cfg["batch_size"])
 
     model = build_model(params["arch"], store.num_classes, params["model"]["width"], size, drop_path=cfg["drop_path"]).to(device)
     if channels_last:
@@ -185,19 +209,16 @@ def pretrain(
             log.info("ignoring saved state %s: it was made with other settings", state_file)
 
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
+    to_model = Normaliser(norm["mean"], norm["std"])
     for epoch in range(start_epoch, cfg["epochs"]):
         model.train()
         t0 = time.perf_counter()
         order = tr_idx[epoch_order(len(tr_idx), cfg["repeated_augmentation"], gen).numpy()]
         total_loss, correct = 0.0, 0
         bar = tqdm(total=steps_per_epoch, desc=f"{cell} epoch {epoch + 1}/{cfg['epochs']}", leave=False, mininterval=1.0)
-        for step, batch in enumerate(fit.batches(order, cfg["batch_size"])):
+        for step, batch in enumerate(fit.batches(order, cfg["batch_size"], gen)):
             y = labels[torch.from_numpy(order[step * cfg["batch_size"] : (step + 1) * cfg["batch_size"]]).to(device)]
-            if augment:
-                canvas, sizes = batch
-                x = normalise(random_resized_crop_flip(canvas, sizes, size, gen), norm["mean"], norm["std"])
-            else:
-                x = to_input(batch, norm["mean"], norm["std"])
+            x = to_model(batch if augment else batch.permute(0, 3, 1, 2))
             with autocast(device, precision):
                 logits = model(x)
                 loss = loss_fn(logits, y)

@@ -1,0 +1,99 @@
+"""Corrupted copies of an eval set: the corruptions themselves, their config, and their store."""
+
+import numpy as np
+import pytest
+import torch
+
+from tunnelscope import corruptions
+from tunnelscope.config import ConfigError, load_schema, validate
+from tunnelscope.datasets import prepare
+
+from conftest import SCHEMA_PATH
+
+
+def photo(seed=0):
+    """Rectangles on a grey ground, with a little sensor noise: edges for blur, pixelation and
+    JPEG to change, without a period for pixelation to alias with."""
+    rng = np.random.default_rng(seed)
+    image = np.full((48, 64, 3), 100.0)
+    for _ in range(12):
+        y, x = rng.integers(0, 40), rng.integers(0, 56)
+        h, w = rng.integers(4, 20, 2)
+        image[y : y + h, x : x + w] = rng.integers(0, 256, 3)
+    return np.clip(image + rng.normal(0, 3, image.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("name", corruptions.CORRUPTIONS)
+def test_severity_zero_is_the_clean_image_and_severity_increases_the_distance(name):
+    image = photo()
+    assert np.array_equal(corruptions.corrupt(image, name, 0), image)
+    distances = []
+    for severity in range(1, 6):
+        out = corruptions.corrupt(image, name, severity, corruptions.image_generator(0, "test", 3))
+        assert out.shape == image.shape and out.dtype == np.uint8
+        distances.append(np.abs(out.astype(float) - image).mean())
+    assert distances[0] > 0 and all(b >= a for a, b in zip(distances, distances[1:])), distances
+    assert distances[-1] > distances[0]
+
+
+def test_draws_are_seeded_per_image():
+    image = photo()
+    noisy = lambda seed, split, index: corruptions.corrupt(image, "gaussian_noise", 3, corruptions.image_generator(seed, split, index))  # noqa: E731
+    assert np.array_equal(noisy(0, "test", 5), noisy(0, "test", 5))
+    assert not np.array_equal(noisy(0, "test", 5), noisy(0, "test", 6))
+    assert not np.array_equal(noisy(0, "test", 5), noisy(1, "test", 5))
+    assert not np.array_equal(noisy(0, "test", 5), noisy(0, "train", 5))
+
+
+def test_unknown_corruption_and_severity_are_named():
+    with pytest.raises(ValueError, match="corruption 'fog'"):
+        corruptions.corrupt(photo(), "fog", 1)
+    with pytest.raises(ValueError, match="severity 6"):
+        corruptions.corrupt(photo(), "jpeg", 6)
+
+
+def _config(tmp_path, datasets, ood):
+    config = {
+        "results": str(tmp_path / "out"),
+        "datasets": {"toy": {"source": "synthetic", "family": "shapes", "classes": 3, "train_per_class": 6, "test_per_class": 4}, **datasets},
+        "grid": {"arch": ["vggm11"], "id_dataset": ["toy"], "resolution": [32]},
+        "ood_sets": ood,
+    }
+    return validate(config, load_schema(SCHEMA_PATH))
+
+
+def test_config_resolves_the_clean_set_and_names_bad_references(tmp_path):
+    config = _config(tmp_path, {"toy-noise": {"source": "corrupted", "of": "toy", "corruption": "gaussian_noise", "severity": 2}}, ["toy-noise"])
+    spec = config["datasets"]["toy-noise"]
+    assert spec["base"]["family"] == "shapes" and spec["seed"] == 0
+    with pytest.raises(ConfigError, match=r"datasets.bad.of: unknown dataset 'nope'"):
+        _config(tmp_path, {"bad": {"source": "corrupted", "of": "nope", "corruption": "jpeg", "severity": 1}}, ["bad"])
+    chained = {"a": {"source": "corrupted", "of": "toy", "corruption": "jpeg", "severity": 1}, "b": {"source": "corrupted", "of": "a", "corruption": "jpeg", "severity": 1}}
+    with pytest.raises(ConfigError, match=r"datasets.b.of: 'a' is itself a corrupted copy"):
+        _config(tmp_path, chained, ["b"])
+    with pytest.raises(ConfigError, match="severity"):
+        _config(tmp_path, {"bad": {"source": "corrupted", "of": "toy", "corruption": "jpeg", "severity": 7}}, ["bad"])
+
+
+def test_prepared_copy_is_the_clean_store_corrupted_image_by_image(tmp_path):
+    config = _config(tmp_path, {"toy-blur": {"source": "corrupted", "of": "toy", "corruption": "gaussian_blur", "severity": 4, "seed": 3}}, ["toy-blur"])
+    clean = prepare("toy", config["datasets"]["toy"], 32, tmp_path / "clean", threads=2)
+    copy = prepare("toy-blur", config["datasets"]["toy-blur"], 32, tmp_path / "blur", threads=2)
+    assert copy.meta["corruption"] == {"of": "toy", "corruption": "gaussian_blur", "severity": 4, "seed": 3}
+    for split in ("train", "test"):
+        a, b = clean.splits[split], copy.splits[split]
+        assert np.array_equal(a.labels, b.labels)
+        for i in range(len(a)):
+            expected = corruptions.corrupt(a.image(i), "gaussian_blur", 4, corruptions.image_generator(3, split, i))
+            assert np.array_equal(b.image(i), expected), (split, i)
+    assert not np.array_equal(clean.splits["test"].image(0), copy.splits["test"].image(0))
+
+
+def test_threads_do_not_change_the_copy(tmp_path):
+    config = _config(tmp_path, {"toy-noise": {"source": "corrupted", "of": "toy", "corruption": "gaussian_noise", "severity": 5}}, ["toy-noise"])
+    stores = [prepare("toy-noise", config["datasets"]["toy-noise"], 32, tmp_path / f"t{t}", threads=t) for t in (1, 3)]
+    for split in ("train", "test"):
+        assert all(np.array_equal(stores[0].splits[split].image(i), stores[1].splits[split].image(i)) for i in range(len(stores[0].splits[split])))
+    torch.manual_seed(0)  # the global generator plays no part
+    again = prepare("toy-noise", config["datasets"]["toy-noise"], 32, tmp_path / "again", threads=2)
+    assert np.array_equal(again.splits["test"].image(2), stores[0].splits["test"].image(2))
