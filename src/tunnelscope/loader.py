@@ -93,11 +93,12 @@ def random_resized_crop_flip(canvas: torch.Tensor, sizes: torch.Tensor, size: in
     return crop_batch(canvas, boxes, flips, size).float()
 
 
-def center_crop(image: np.ndarray, size: int) -> np.ndarray:
-    """The eval view of a stored image: its centre size x size crop (torchvision's rounding)."""
-    h, w = image.shape[:2]
+def center_crop(images, size: int, axes: int = 0):
+    """The eval view of stored images: the centre size x size crop (torchvision's rounding) of
+    the (h, w) axes starting at ``axes`` (0: one (h, w, 3) image; 1: an (n, h, w, 3) batch)."""
+    h, w = images.shape[axes : axes + 2]
     top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-    return image[top : top + size, left : left + size]
+    return images[(slice(None),) * axes + (slice(top, top + size), slice(left, left + size))]
 
 
 def loader_workers(device, threads: int) -> int:
@@ -112,7 +113,7 @@ def loader_workers(device, threads: int) -> int:
 class _Batches(torch.utils.data.Dataset):
     """Item = the images at an array of indices, as the reader's mode wants them:
     "center": the (n, R, R, 3) eval crops; "canvas": a uint8 canvas (n, H, W, 3) with each image
-    in its top-left corner and the sizes (n, 2); "crops": for an item (indices, boxes, flips),
+    in its top-left corner; "crops": for an item (indices, boxes, flips),
     ``crop_batch``'s (n, 3, R, R) uint8 crops, made here in the worker."""
 
     def __init__(self, split: StoreSplit, mode: str, size: int):
@@ -136,7 +137,7 @@ class _Batches(torch.utils.data.Dataset):
         canvas = np.zeros((len(images), *sizes.max(0), 3), dtype=np.uint8)  # crops never reach the padding
         for k, (im, (h, w)) in enumerate(zip(images, sizes)):
             canvas[k, :h, :w] = im
-        return torch.from_numpy(canvas), torch.from_numpy(sizes)
+        return torch.from_numpy(canvas)
 
 
 def _init_worker(_: int) -> None:
@@ -176,11 +177,7 @@ class SplitReader:
         self.resident = shape is not None and split.nbytes <= resident_mb * 2**20
         if self.resident:
             images = torch.from_numpy(split.array()).to(self.device)
-            if view == "center":
-                h, w = shape
-                top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-                images = images[:, top : top + size, left : left + size].contiguous()
-            self._images = images
+            self._images = center_crop(images, size, axes=1).contiguous() if view == "center" else images
             return
         if crop_in_workers is None:
             crop_in_workers = self.device.type == "cpu"
@@ -211,14 +208,11 @@ class SplitReader:
         if generator is None:
             raise ValueError("the whole-image view draws its crops from a generator: pass one")
         plans = [crop_plan(self.split.heights[c], self.split.widths[c], generator) for c in chunks]
-        if self.resident:
-            for chunk, (boxes, flips) in zip(chunks, plans):
-                yield crop_batch(self._images[torch.from_numpy(chunk).to(self.device)], boxes, flips, self.size)
-        elif self._loader.dataset.mode == "crops":
+        if not self.resident and self._loader.dataset.mode == "crops":
             yield from self._batches([(c, boxes, flips) for c, (boxes, flips) in zip(chunks, plans)])
-        else:
-            for (canvas, _), (boxes, flips) in zip(self._batches(chunks), plans):
-                yield crop_batch(canvas, boxes, flips, self.size)
+            return
+        for images, (boxes, flips) in zip(self._batches(chunks), plans):  # resident images or canvases
+            yield crop_batch(images, boxes, flips, self.size)
 
     def _batches(self, items):
         if self.resident:
@@ -227,7 +221,4 @@ class SplitReader:
             return
         self._items.items = items
         for item in self._loader:
-            if isinstance(item, (tuple, list)):  # the loader hands tuples on as lists
-                yield tuple(t.to(self.device, non_blocking=True) for t in item)
-            else:
-                yield item.to(self.device, non_blocking=True)
+            yield item.to(self.device, non_blocking=True)
