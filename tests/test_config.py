@@ -44,6 +44,8 @@ def test_schema_architectures_match_the_registry(schema):
         (lambda c: c["embed"].update(pooling="max"), "embed.pooling: 'max' is not one of"),
         (lambda c: c["embed"].update(dtype="int8"), "embed.dtype: 'int8' is not one of float16, float32"),
         (lambda c: c["probe"].update(solver="svm"), "probe.solver: 'svm' is not one of lbfgs, sklearn, paper"),
+        (lambda c: c["probe"].update(solver=["lbfgs", "svm"]), "probe.solver[1]: 'svm' is not one of lbfgs, sklearn, paper"),
+        (lambda c: c["probe"].update(solver=["lbfgs", "lbfgs"]), "probe.solver: ['lbfgs', 'lbfgs'] has non-unique elements"),
         (lambda c: c["probe"].update(l2_grid=[]), "probe.l2_grid: [] should be non-empty"),
         (lambda c: c["probe"].update(pooling="avg1x1"), "probe.pooling: 'avg1x1' is not written by embed.pooling"),
         (lambda c: c["datasets"].update(real={"source": "imagefolder"}), "datasets.real: 'root' is a required property"),
@@ -119,6 +121,23 @@ def test_stage_params_are_sorted_builtin_and_minimal(default_config, schema):
     assert "training" not in probe and probe["role"] == "ood"
     assert "batch_size" not in embed  # does not change results
     assert study.probe_params(cell, "shapes")["role"] == "id"
+
+
+def test_a_solver_list_gives_each_solver_its_own_settings_and_the_first_drives_the_metrics(default_config, schema):
+    default_config["probe"] = {"solver": ["paper", "sklearn"], "C": 0.5}
+    default_config["zero_shot"] = {"split_seed": 7}
+    default_config["tsne"] = {"tsne_seed": 9}
+    default_config["grid"]["seed"] = [3]
+    study = Study(default_config, schema)
+    cell = next(iter(study.cells))
+    assert study.solvers(cell) == ["paper", "sklearn"] and study.cells[cell].probe["solver"] == "paper"
+    first, second = study.probe_params(cell, "digits"), study.probe_params(cell, "digits", "sklearn")
+    assert first["solver"] == "paper" and "paper" in first and "C" not in first
+    assert second["solver"] == "sklearn" and second["C"] == 0.5 and "paper" not in second
+    # the settings' own seeds never replace the cell's seed
+    assert study.zero_shot_params(cell, "shapes-noise")["seed"] == 3 and study.zero_shot_params(cell, "shapes-noise")["split_seed"] == 7
+    assert study.tsne_params(cell)["seed"] == 3 and study.tsne_params(cell)["tsne_seed"] == 9
+    assert study.shifted_sets(cell) == ["shapes-noise"]  # the default study's noisy copy of its ID set
 
 
 def test_eval_sets_put_the_id_set_first(default_config, schema):

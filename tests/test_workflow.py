@@ -79,6 +79,51 @@ def test_a_corrupted_copy_is_its_clean_set_shifted(study):
     assert curves[curves.eval_set == "toy-blur"].test_acc.between(0, 1).all()
 
 
+def test_zero_shot_scores_the_id_probes_on_the_shifted_copy(study):
+    """The ID probes' stored weights reproduce their reported accuracy; zero-shot scores them on
+    the blurred test rows outside its validation part, beside the blurred set's own probes."""
+    from tunnelscope.probe import probe_logits
+
+    out = study / "out"
+    layers = pd.read_parquet(out / "aggregate/zero_shot.parquet")
+    assert len(layers) == len(CELLS) * 10 and set(layers.eval_set) == {"toy-blur"}
+    assert (layers.n_val + layers.n_test).eq(4 * 8).all() and layers.n_val.eq(4).all()  # 10% of each class's 8
+    for cell in CELLS:
+        probes = out / "cells" / cell / "probes" / "lbfgs"
+        id_probes = pd.read_parquet(probes / "toy.parquet").set_index("layer")
+        blurred_probes = pd.read_parquet(probes / "toy-blur.parquet").set_index("layer")
+        with np.load(probes / "toy.weights.npz") as id_w, np.load(probes / "toy-blur.weights.npz") as blur_w:
+            for layer in (1, 10):
+                key = f"layer_{layer:03d}"
+                for name, w, table in (("toy", id_w, id_probes), ("toy-blur", blur_w, blurred_probes)):
+                    emb = pd.read_parquet(out / "cells" / cell / "embeddings" / name / "avg2x2" / f"{key}.parquet")
+                    x = np.frombuffer(b"".join(emb.embedding), "<f2").reshape(len(emb), -1).astype(np.float32)
+                    test = (emb.split == "test").to_numpy()
+                    acc = (probe_logits(w[key], x[test]).argmax(1) == emb.label.to_numpy()[test]).mean()
+                    assert acc == pytest.approx(table.loc[layer, "test_acc"], abs=1e-6)
+    summary = pd.read_csv(out / "paper/tables/zero_shot.csv")
+    assert len(summary) == len(CELLS) and summary.zero_shot_layer.between(1, 10).all()
+    for row in summary.itertuples():
+        cell_layers = layers[layers.augmentation == row.augmentation].sort_values("layer")
+        chosen = cell_layers.zero_shot_val_acc.to_numpy().argmax()
+        assert row.zero_shot_layer == chosen + 1
+        assert row.zero_shot_acc == pytest.approx(100 * cell_layers.zero_shot_test_acc.iloc[chosen], abs=0.01)
+        assert row.shifted_probe_acc == pytest.approx(100 * cell_layers.shifted_probe_test_acc.max(), abs=0.01)
+    with Image.open(out / "paper/zero_shot.png") as img:
+        assert img.size[0] > 600 and np.asarray(img).std() > 0
+
+
+def test_tsne_shows_the_same_id_images_at_every_layer(study):
+    for cell in CELLS:
+        coords = pd.read_parquet(study / "out" / "cells" / cell / "tsne.parquet")
+        assert sorted(coords.layer.unique()) == list(range(1, 11))
+        assert np.isfinite(coords[["x", "y"]].to_numpy()).all()
+        counts = coords.groupby(["layer", "label"]).size().unstack()
+        assert counts.shape == (10, 4) and (counts == 8).all().all()  # 4 toy classes (< 5), all 8 test images each
+        with Image.open(study / "out" / "cells" / cell / "tsne.png") as img:
+            assert img.size[0] > 600
+
+
 def test_second_dry_run_has_nothing_to_do(study):
     assert "Nothing to be done" in snakemake(study, "-n")
 
@@ -91,8 +136,10 @@ def test_editing_one_cell_reruns_exactly_its_chain(study):
     finally:
         (study / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     cell = "vggm11_toy_r32_rrc_flip_s0"
-    expected = {(rule, f"cell={cell}") for rule in ("pretrain", "cell_metrics", "cell_figure", "layer_stats")}
-    expected |= {(rule, f"cell={cell}, eval_set={e}") for rule in ("embed", "probe") for e in EVAL_SETS}
+    expected = {(rule, f"cell={cell}") for rule in ("pretrain", "cell_metrics", "cell_figure", "layer_stats", "tsne")}
+    expected |= {("embed", f"cell={cell}, eval_set={e}") for e in EVAL_SETS}
+    expected |= {("probe", f"cell={cell}, solver=lbfgs, eval_set={e}") for e in EVAL_SETS}
+    expected |= {("zero_shot", f"cell={cell}, eval_set=toy-blur"), ("zero_shot_table", "")}
     expected |= {("aggregate", ""), ("analysis", ""), ("overview_figure", ""), ("paper", ""), ("all", "")}
     expected |= {("paper_table", f"table={t}") for t in PAPER_TABLES}
     assert jobs == expected
@@ -148,7 +195,7 @@ def test_missing_dataset_root_stops_before_any_job(tmp_path):
 def test_two_runs_of_the_same_config_give_identical_tables(study, tmp_path):
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     snakemake(tmp_path)
-    for name in ("curves", "metrics", "layer_stats"):
+    for name in ("curves", "metrics", "layer_stats", "zero_shot", f"../cells/{CELLS[0]}/tsne"):  # t-SNE is seeded
         first = pd.read_parquet(study / "out/aggregate" / f"{name}.parquet")
         second = pd.read_parquet(tmp_path / "out/aggregate" / f"{name}.parquet")
         pd.testing.assert_frame_equal(first, second, check_exact=True, obj=name)
@@ -163,7 +210,8 @@ def test_the_papers_protocol_switched_on_produces_the_papers_tables(tmp_path):
         ood_sets=["toy-glyphs", "digits"],
         training={"epochs": 2, "batch_size": 32, "warmup_epochs": 1, "val_fraction": 0, "checkpoint": "best_test", "schedule_step": "epoch", "warmup_start_factor": 0.01},
         overrides=[{"where": {"arch": "vit-t"}, "model": {"preprocessing": "imagenet"}, "training": {"min_lr": 0.00001}, "probe": {"paper": {"batch_size": 64}}}],
-        probe={"solver": "paper", "paper": {"epochs": 3, "report": "best_test", "reshuffle": False}},
+        # the paper's best-test-epoch AdamW first; the validated default beside it
+        probe={"solver": ["paper", "lbfgs"], "paper": {"epochs": 3, "report": "best_test", "reshuffle": False}, "max_iter": 50},
         analysis={"comparisons": [{"name": "augmentation (VGGm)", "variable": "augmentation", "where": {"arch": ["vggm11"]}, "match": ["arch", "ood_set"]}, {"name": "family", "variable": "family", "where": {"augmentation": ["none"]}, "match": ["ood_index"]}]},
     )
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
@@ -186,3 +234,28 @@ def test_the_papers_protocol_switched_on_produces_the_papers_tables(tmp_path):
     effects = tables["effect_sizes"]
     assert effects.comparison.tolist() == ["augmentation (VGGm)", "family"] and effects.pairs.tolist() == [2, 2]
     assert "\\begin{tabular}" in (out / "paper/tables/effect_sizes.tex").read_text()
+    # the solvers side by side: the first drives the metrics; each is recomputed from its own probes
+    from tunnelscope.metrics import cell_metrics
+
+    by_solver = pd.read_parquet(out / "aggregate/solver_metrics.parquet")
+    assert by_solver.groupby("solver").size().to_dict() == {"paper": 6, "lbfgs": 6}  # 3 cells x 2 OOD sets
+    metrics = pd.read_parquet(out / "aggregate/metrics.parquet")
+    keys = ["arch", "augmentation", "ood_set"]
+    paper_rows = by_solver[by_solver.solver == "paper"].merge(metrics, on=keys, suffixes=("", "_main"))
+    np.testing.assert_allclose(paper_rows.ood_retained, paper_rows.ood_retained_main)
+    cell = CELLS[0]
+    lbfgs = pd.concat([pd.read_parquet(out / "cells" / cell / "probes/lbfgs" / f"{e}.parquet") for e in ("toy", "toy-glyphs", "digits")])
+    assert set(lbfgs.solver) == {"lbfgs"} and lbfgs.l2.notna().all()
+    info = json.loads((out / "cells" / cell / "cell.json").read_text())
+    expected = cell_metrics(lbfgs, info, {"ood_sets": ["toy-glyphs", "digits"], "id_start_thresholds": [0.95, 0.98], "alignment_layer": "last", "alignment_id": "probe"})
+    mine = by_solver[(by_solver.solver == "lbfgs") & (by_solver.augmentation == "none") & (by_solver.arch == "vggm11")].set_index("ood_set")
+    for row in expected.itertuples():
+        assert mine.loc[row.ood_set, "tunnel_start"] == row.tunnel_start and mine.loc[row.ood_set, "pearson"] == pytest.approx(row.pearson, nan_ok=True)
+    comparison = pd.read_csv(out / "paper/tables/solvers.csv")
+    assert set(comparison.reference) == {"paper"} and set(comparison.solver) == {"lbfgs"} and comparison.pairs.max() == 6
+    assert set(comparison.metric) >= {"ood_retained", "pearson", "alignment", "tunnel_start"}
+    retained = comparison.set_index("metric").loc["ood_retained"]
+    joined = by_solver[by_solver.solver == "paper"].merge(by_solver[by_solver.solver == "lbfgs"], on=keys, suffixes=("_p", "_l"))
+    assert retained.mean_difference == pytest.approx((joined.ood_retained_l - joined.ood_retained_p).mean(), abs=1e-3)
+    with Image.open(out / "paper/solvers.png") as img:
+        assert img.size[0] > 600

@@ -43,3 +43,17 @@ TABLES = {
 def table_caption(name: str) -> str:
     paper, text = TABLES[name]
     return f"{text} Laid out like the paper's {paper}."
+
+
+# Tables of this project's own protocol comparisons (not in the paper).
+ZERO_SHOT_CAPTION = (
+    "Zero-shot against the paper's protocol on shifted copies of the ID set, per backbone: test accuracy (%) on the "
+    "shifted test rows outside the small validation part, at the layer zero-shot picks on that part and at the last "
+    "layer, the best zero-shot layer in hindsight, and the probe trained on the shifted set (the paper's protocol) at "
+    "its best and last layer."
+)
+SOLVERS_CAPTION = (
+    "Tunnel metrics under each probe solver against the first solver, over all backbones and OOD sets: means, mean "
+    "(absolute) difference, Spearman correlation across backbones and OOD sets, and the share of pairs on which both "
+    "solvers agree that there is a tunnel."
+)

@@ -93,12 +93,14 @@ def _one_line(error: jsonschema.ValidationError) -> str:
 def _deepest(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
     """The most specific error inside if/then and anyOf wrappers.
 
-    For anyOf, branches whose type does not fit the value are ignored; when only value checks
-    (enum, pattern) remain, the anyOf error itself is kept so that all options get named.
+    For anyOf, branches whose type does not fit the value are ignored (all their errors); when
+    only value checks (enum, pattern) remain, the anyOf error itself is kept so that all options
+    get named.
     """
     while error.context:
         depth = len(error.absolute_path)
-        relevant = [e for e in error.context if not (e.validator == "type" and len(e.absolute_path) == depth)]
+        mistyped = {e.relative_schema_path[0] for e in error.context if e.validator == "type" and len(e.absolute_path) == depth}
+        relevant = [e for e in error.context if e.relative_schema_path[0] not in mistyped]
         if error.validator == "anyOf" and all(e.validator in ("enum", "pattern") and len(e.absolute_path) == depth for e in relevant):
             break
         error = max(relevant or error.context, key=lambda e: len(e.absolute_path))
@@ -334,6 +336,9 @@ class Study:
                 training.update(entry.get("training", {}))
                 for key, value in entry.get("probe", {}).items():
                     probe[key] = {**probe[key], **value} if key == "paper" else value
+        # probe.solver is one solver or a list; the first (probe["solver"]) drives the metrics.
+        probe["solvers"] = list(probe["solver"]) if isinstance(probe["solver"], list) else [probe["solver"]]
+        probe["solver"] = probe["solvers"][0]
         pretrained = self.config["pretrained"].get(variables["arch"])
         if pretrained:
             model = {**model, "width": 1.0, "probe_points": pretrained["probe_points"]}
@@ -357,6 +362,14 @@ class Study:
     def ood_sets(self, cell: str) -> list[str]:
         c = self.cells[cell]
         return [d for d in c.ood_sets if d != c.id_dataset]
+
+    def shifted_sets(self, cell: str) -> list[str]:
+        """OOD sets of a cell that are corrupted copies of its ID set: the zero-shot protocol's."""
+        c, datasets = self.cells[cell], self.config["datasets"]
+        return [d for d in self.ood_sets(cell) if datasets[d].get("of") == c.id_dataset]
+
+    def solvers(self, cell: str) -> list[str]:
+        return self.cells[cell].probe["solvers"]
 
     def trained_cells(self) -> list[str]:
         return sorted(c for c in self.cells if self.cells[c].pretrained is None)
@@ -434,11 +447,21 @@ class Study:
         """Result-affecting compute settings (precision); channels_last is a speed knob only."""
         return {"precision": self.config["compute"]["precision"]}
 
-    def probe_params(self, cell: str, eval_set: str) -> dict:
+    def probe_params(self, cell: str, eval_set: str, solver: str | None = None) -> dict:
+        """Settings of one probe job; ``solver`` one of the cell's solvers (default the first)."""
         c = self.cells[cell]
         role = "id" if eval_set == c.id_dataset else "ood"
-        used = PROBE_KEYS["common"] + PROBE_KEYS[c.probe["solver"]]
-        return _sorted({**c.variables, "eval_set": eval_set, "role": role, **{k: c.probe[k] for k in used}})
+        probe = {**c.probe, "solver": solver or c.probe["solver"]}
+        used = PROBE_KEYS["common"] + PROBE_KEYS[probe["solver"]]
+        return _sorted({**c.variables, "eval_set": eval_set, "role": role, **{k: probe[k] for k in used}})
+
+    def zero_shot_params(self, cell: str, eval_set: str) -> dict:
+        c = self.cells[cell]
+        return _sorted({**c.variables, "eval_set": eval_set, "pooling": c.probe["pooling"], **self.config["zero_shot"]})
+
+    def tsne_params(self, cell: str) -> dict:
+        c = self.cells[cell]
+        return _sorted({**c.variables, "pooling": c.probe["pooling"], **self.config["tsne"]})
 
     def layer_stats_params(self, cell: str) -> dict:
         c = self.cells[cell]

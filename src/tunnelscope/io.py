@@ -195,25 +195,55 @@ def _legacy_list_vectors(column: pa.ChunkedArray, dim: int) -> np.ndarray:
     return flat.reshape(-1, dim).astype(np.float32)
 
 
-def read_embeddings(path) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
-    """Return (metadata, vectors float32 (N, D), labels (N,), splits (N,) str)."""
+def read_embeddings(path, select=None) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """Return (metadata, vectors float32 (N, D), labels (N,), splits (N,) str).
+
+    ``select(labels, splits)`` -> boolean mask keeps only those rows; their vectors are decoded
+    row group by row group, so memory holds the kept rows and one group, not the whole file.
+    """
     try:
         file = pq.ParquetFile(path, memory_map=True)
         meta = json.loads(file.schema_arrow.metadata[b"tunnelscope"])
         table = file.read(columns=["label", "split"])
-        if pa.types.is_fixed_size_list(file.schema_arrow.field("embedding").type):
+        labels, splits = table.column("label").to_numpy(), _split_names(table.column("split"))
+        legacy = pa.types.is_fixed_size_list(file.schema_arrow.field("embedding").type)
+        if select is not None:
+            keep = np.asarray(select(labels, splits), dtype=bool)
+            vectors = _read_selected(file, meta["dim"], meta["dtype"], keep, legacy)
+            labels, splits = labels[keep], splits[keep]
+        elif legacy:
             vectors = _legacy_list_vectors(file.read(columns=["embedding"]).column(0), meta["dim"])
         else:
             vectors = _read_vectors(path, file, meta["dim"], meta["dtype"])
     except (OSError, pa.ArrowException, KeyError, TypeError) as exc:
         raise RuntimeError(f"{path}: not a readable tunnelscope embedding file ({exc})") from exc
-    labels = table.column("label").to_numpy()
-    split = table.column("split").combine_chunks()
-    if pa.types.is_dictionary(split.type):  # decode the few distinct names once, not per row
-        splits = np.asarray(split.dictionary.to_pylist(), dtype=str)[split.indices.to_numpy()]
-    else:
-        splits = np.asarray(split.to_pylist(), dtype=str)
     return meta, vectors, labels, splits
+
+
+def _split_names(split: pa.ChunkedArray) -> np.ndarray:
+    split = split.combine_chunks()
+    if pa.types.is_dictionary(split.type):  # decode the few distinct names once, not per row
+        return np.asarray(split.dictionary.to_pylist(), dtype=str)[split.indices.to_numpy()]
+    return np.asarray(split.to_pylist(), dtype=str)
+
+
+def _read_selected(file: pq.ParquetFile, dim: int, dtype: str, keep: np.ndarray, legacy: bool) -> np.ndarray:
+    """The vectors of the rows where ``keep``, one row group at a time (groups without any skipped)."""
+    out, start = [], 0
+    for i in range(file.metadata.num_row_groups):
+        n = file.metadata.row_group(i).num_rows
+        rows = np.flatnonzero(keep[start : start + n])
+        start += n
+        if not len(rows):
+            continue
+        column = file.read_row_group(i, columns=["embedding"]).column(0)
+        if legacy:
+            out.append(_legacy_list_vectors(column, dim)[rows])
+            continue
+        chunk = column.combine_chunks()
+        values = np.frombuffer(chunk.buffers()[1], dtype=_VECTOR_DTYPES[dtype], count=(chunk.offset + len(chunk)) * dim)
+        out.append(values[chunk.offset * dim :].reshape(-1, dim)[rows].astype(np.float32))
+    return np.concatenate(out) if out else np.empty((0, dim), dtype=np.float32)
 
 
 def write_json(obj, path) -> None:

@@ -93,3 +93,104 @@ def _save(fig, png: str, pdf: str) -> None:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=suffix[1:], bbox_inches="tight", **kwargs)
     plt.close(fig)
+
+
+def _cell_label(row) -> str:
+    return f"{row.arch} {row.id_dataset} {row.resolution}px aug={row.augmentation} s{row.seed}"
+
+
+def zero_shot_figure(layers: pd.DataFrame, summary: pd.DataFrame, png: str, pdf: str) -> None:
+    """Per (cell, shifted set): accuracy per layer on the shifted test rows under both protocols,
+    the clean ID curve for reference, and the layer each protocol picks."""
+    _style()
+    keys = ["arch", "id_dataset", "resolution", "augmentation", "seed", "eval_set"]
+    panels = list(layers.sort_values("layer").groupby(keys, sort=True))
+    ncols = min(4, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.8 * ncols, 3.2 * nrows), squeeze=False, sharey=True)
+    picks = summary.set_index(keys)
+    for ax, (key, group) in zip(axes.flat, panels):
+        pick = picks.loc[key]
+        x = group.layer.to_numpy()
+        ax.plot(x, 100 * group.clean_test_acc, color=ID_COLOUR, lw=1, ls="--", label="ID probe, clean ID test")
+        ax.plot(x, 100 * group.zero_shot_test_acc, color="tab:blue", marker="o", ms=3, label="zero-shot: ID probe on shifted")
+        ax.plot(x, 100 * group.shifted_probe_test_acc, color="tab:red", marker="o", ms=3, label="paper: probe trained on shifted")
+        ax.plot(pick.zero_shot_layer, 100 * pick.zero_shot_acc, marker="*", ms=13, color="tab:blue", mec="black", zorder=5, label="layer chosen on shifted val")
+        ax.plot(pick.shifted_probe_layer, 100 * pick.shifted_probe_acc, marker="*", ms=13, color="tab:red", mec="black", zorder=5, label="paper's best layer")
+        row = group.iloc[0]
+        ax.set_title(f"{_cell_label(row)}\n{row.eval_set}", fontsize="small")
+        ax.set_xlabel("probed layer (index)")
+        ax.set_xticks(x)
+        ax.set_ylim(0, 102)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test accuracy on shifted rows (%)")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize="small", bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.08 if nrows == 1 else 0.05, 1, 1))
+    _save(fig, png, pdf)
+
+
+SOLVER_PANELS = {"ood_retained": "% OOD retained", "pearson": "Pearson ρ (ID vs OOD curve)", "alignment": "ID/OOD alignment A", "tunnel_start": "tunnel start (layer)"}
+
+
+def solver_figure(metrics: pd.DataFrame, reference: str, png: str, pdf: str) -> None:
+    """Each metric under every other solver against the reference solver, one point per (cell,
+    OOD set); points on the diagonal are protocols that agree."""
+    _style()
+    keys = ["arch", "id_dataset", "resolution", "augmentation", "seed", "ood_set"]
+    ref = metrics[metrics.solver == reference]
+    others = [s for s in metrics.solver.unique() if s != reference]
+    palette = dict(zip(others, sns.color_palette("colorblind", len(others))))
+    fig, axes = plt.subplots(1, len(SOLVER_PANELS), figsize=(3.6 * len(SOLVER_PANELS), 3.6))
+    for ax, (metric, label) in zip(axes, SOLVER_PANELS.items()):
+        values = [ref[metric].astype(float)]  # the axes' common range
+        for solver in others:
+            joined = ref[[*keys, metric]].merge(metrics.loc[metrics.solver == solver, [*keys, metric]], on=keys, suffixes=("", "_other"))
+            ax.scatter(joined[metric], joined[f"{metric}_other"], color=palette[solver], s=22, alpha=0.8, label=solver, edgecolor="black", lw=0.3)
+            values.append(joined[f"{metric}_other"])
+        finite = pd.concat(values).dropna()
+        if len(finite):
+            lo, hi = float(finite.min()), float(finite.max())
+            pad = 0.05 * (hi - lo or 1.0)
+            ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="grey", lw=1, ls="--", zorder=0)
+        ax.set_xlabel(f"{reference}")
+        ax.set_ylabel("other solver")
+        ax.set_title(label, fontsize="medium")
+    axes[0].legend(title="solver", fontsize="small", loc="best")
+    fig.suptitle(f"Tunnel metrics under each probe solver against {reference} (one point per backbone and OOD set)", fontsize="medium")
+    fig.tight_layout()
+    _save(fig, png, pdf)
+
+
+def tsne_figure(coords: pd.DataFrame, layer_stats: pd.DataFrame, title: str, png: str, pdf: str, columns: int = 5) -> None:
+    """Left: numerical rank of the ID representation per layer. Right: t-SNE of the same ID test
+    images at every probed layer, coloured by class (Harun et al., Fig. 4)."""
+    _style()
+    layers = sorted(coords.layer.unique())
+    ncols = min(columns, len(layers))
+    nrows = math.ceil(len(layers) / ncols)
+    fig = plt.figure(figsize=(3.4 + 2.3 * ncols, 0.4 + 2.3 * nrows))
+    grid = fig.add_gridspec(nrows, ncols + 1, width_ratios=[1.6] + [1] * ncols)
+    rank = fig.add_subplot(grid[:, 0])
+    stats = layer_stats.sort_values("layer")
+    rank.plot(stats.layer, stats.numerical_rank, color=ID_COLOUR, marker="o", ms=3)
+    rank.set_xlabel("probed layer (index)")
+    rank.set_ylabel("numerical rank of ID features")
+    rank.set_title("rank per layer", fontsize="medium")
+    classes = sorted(coords.label.unique())
+    palette = dict(zip(classes, sns.color_palette("colorblind", len(classes))))
+    for i, layer in enumerate(layers):
+        ax = fig.add_subplot(grid[i // ncols, 1 + i % ncols])
+        points = coords[coords.layer == layer]
+        for label, group in points.groupby("label"):
+            ax.scatter(group.x, group.y, s=4, color=palette[label], label=f"class {label}", rasterized=True)
+        ax.set_title(f"layer {layer}: {points.layer_name.iloc[0]}", fontsize="x-small")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles = [plt.Line2D([], [], ls="", marker="o", color=palette[c], label=f"class {c}") for c in classes]
+    fig.legend(handles=handles, loc="lower center", ncol=len(classes), fontsize="small", bbox_to_anchor=(0.6, -0.01))
+    fig.suptitle(f"{title}: t-SNE of ID test embeddings per layer ({len(classes)} classes)")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    _save(fig, png, pdf)

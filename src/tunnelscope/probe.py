@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from .config import CELL_VARIABLES
 from .datasets import epoch_order, stratified_split
-from .io import read_embeddings
+from .io import atomic_path, read_embeddings
 
 log = logging.getLogger("tunnelscope.probe")
 
@@ -257,6 +257,7 @@ def fit_lbfgs_probe(x_train, y_train, x_test, y_test, n_classes: int, params: di
         "n_iter": n_iter,
         "converged": converged,
         "precision": precision,
+        "weights": w.cpu().numpy(),
     }
 
 
@@ -272,11 +273,19 @@ def fit_sklearn_probe(x_train, y_train, x_test, y_test, C: float, max_iter: int,
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(x_train, y_train)
     n_iter = int(np.max(clf.n_iter_))
+    coef, intercept = clf.coef_, clf.intercept_
+    if coef.shape[0] == 1:  # binary: one logit z for class 1, i.e. logits (0, z)
+        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
+    if standardize:  # fold the scaler in, so the weights act on raw features like the others'
+        scaler = model[0]
+        coef = coef / scaler.scale_
+        intercept = intercept - coef @ scaler.mean_
     return {
         "train_acc": float(model.score(x_train, y_train)),
         "test_acc": float(model.score(x_test, y_test)),
         "n_iter": n_iter,
         "converged": n_iter < max_iter,
+        "weights": np.vstack([coef.T, intercept[None]]).astype(np.float32),
     }
 
 
@@ -306,7 +315,7 @@ def fit_paper_probes(layers: list[tuple], y_train, y_test, n_classes: int, param
         torch.nn.init.normal_(head.weight, 0.0, params["init_std"], generator=gen)
         torch.nn.init.zeros_(head.bias)
     opt = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=wd)
-    best = [(-1.0, 0, 0.0)] * len(heads)  # (test acc, epoch, train acc)
+    best = [(-1.0, 0, 0.0, None)] * len(heads)  # (test acc, epoch, train acc, weights)
     last = best
     order = epoch_order(len(ytr), params["repeats"], gen).to(device)
     for epoch in range(params["epochs"]):
@@ -321,14 +330,21 @@ def fit_paper_probes(layers: list[tuple], y_train, y_test, n_classes: int, param
             opt.step()
         heads.eval()
         with torch.no_grad():
-            last = [(_head_acc(h, xte, yte), epoch + 1, _head_acc(h, xtr, ytr)) for h, xtr, xte in zip(heads, xs_train, xs_test)]
-        best = [max(b, cur, key=lambda r: r[0]) for b, cur in zip(best, last)]
-    chosen = best if params["report"] == "best_test" else last
-    return [{"train_acc": tr, "test_acc": te, "epoch": ep, "n_iter": params["epochs"], "converged": True} for te, ep, tr in chosen]
+            last = [(_head_acc(h, xte, yte), epoch + 1, _head_acc(h, xtr, ytr), h) for h, xtr, xte in zip(heads, xs_train, xs_test)]
+        # a head's weights are copied only when its epoch is kept
+        keep = params["report"] == "best_test"
+        best = [(*cur[:3], _head_weights(cur[3])) if keep and cur[0] > b[0] else b for b, cur in zip(best, last)]
+    chosen = best if params["report"] == "best_test" else [(*row[:3], _head_weights(row[3])) for row in last]
+    return [{"train_acc": tr, "test_acc": te, "epoch": ep, "n_iter": params["epochs"], "converged": True, "weights": w} for te, ep, tr, w in chosen]
 
 
 def _head_acc(head, x, y) -> float:
     return float((head(x).argmax(1) == y).float().mean())
+
+
+def _head_weights(head) -> np.ndarray:
+    """An nn.Linear as (d + 1, C) weights with the bias as last row (the other solvers' layout)."""
+    return torch.cat([head.weight.detach().t(), head.bias.detach()[None]]).cpu().numpy()
 
 
 # ---------------------------------------------------------------- the probe job
@@ -341,9 +357,11 @@ def layer_files(embed_dir: str | Path) -> list[Path]:
     return files
 
 
-def probe_layers(embed_dir: str, params: dict, family: str = "cnn", threads: int | None = None) -> pd.DataFrame:
-    """Probe every layer of one (cell, eval set): one row per layer. ``threads`` caps torch's
-    CPU threads (the job's share of the cores; torch's default takes them all)."""
+def probe_layers(embed_dir: str, params: dict, family: str = "cnn", threads: int | None = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Probe every layer of one (cell, eval set): one row per layer, and each layer's probe as
+    (d + 1, C) float32 weights on raw features, bias last (``layer_NNN`` keys; write_weights).
+    ``threads`` caps torch's CPU threads (the job's share of the cores; torch's default takes
+    them all)."""
     if threads:
         torch.set_num_threads(threads)
     front = {k: params[k] for k in CELL_KEYS}
@@ -366,8 +384,9 @@ def probe_layers(embed_dir: str, params: dict, family: str = "cnn", threads: int
                 results.append(fit_lbfgs_probe(x_train, y_train, x_test, y_test, n_classes, params, device))
             else:
                 results.append(fit_sklearn_probe(x_train, y_train, x_test, y_test, params["C"], params["max_iter"], params["standardize"]))
-    rows = []
+    rows, weights = [], {}
     for (meta, n_train, n_test), result in zip(metas, results):
+        weights[f"layer_{meta['layer']:03d}"] = result.pop("weights")
         if not result["converged"]:
             log.warning("layer %d: probe did not converge in %d iterations", meta["layer"], result["n_iter"])
         log.info("layer %3d %-24s dim %5d test acc %.4f", meta["layer"], meta["layer_name"], meta["dim"], result["test_acc"])
@@ -386,4 +405,15 @@ def probe_layers(embed_dir: str, params: dict, family: str = "cnn", threads: int
             }
         )
     log.info("%d layers probed in %.1fs (%s)", len(rows), time.perf_counter() - started, params["solver"])
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), weights
+
+
+def write_weights(weights: dict[str, np.ndarray], path: str | Path) -> None:
+    """Probe weights as one uncompressed .npz (np.load reads a layer without the others)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a file object: savez adds no suffix
+        np.savez(fh, **weights)
+
+
+def probe_logits(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Logits of a probe stored by write_weights on raw features ``x`` (n, d)."""
+    return x.astype(np.float32) @ weights[:-1] + weights[-1]

@@ -90,16 +90,22 @@ def embed_dir_stats(embed_dir: str, params: dict) -> pd.DataFrame:
     """Layer statistics of one cell from its ID embeddings (one split, seeded subsample)."""
     from .io import read_embeddings
 
-    layers, rows, labels = {}, None, None
-    for path in sorted((Path(embed_dir) / params["pooling"]).glob("layer_*.parquet")):
-        meta, x, y, split = read_embeddings(path)
-        if rows is None:  # every layer file holds the same samples in the same order
+    layers, keep, labels = {}, None, None
+
+    def sample(y, split):  # every layer file holds the same samples in the same order
+        nonlocal keep
+        if keep is None:
             rows = np.flatnonzero(split == params["split"])
             if len(rows) > params["max_samples"]:
                 rng = np.random.default_rng(params["seed"])
                 rows = np.sort(rng.choice(rows, params["max_samples"], replace=False))
-            labels = y[rows]
-        layers[meta["layer"]] = x[rows]
+            keep = np.zeros(len(y), dtype=bool)
+            keep[rows] = True
+        return keep
+
+    for path in sorted((Path(embed_dir) / params["pooling"]).glob("layer_*.parquet")):
+        meta, x, labels, _ = read_embeddings(path, select=sample)  # only the sampled rows
+        layers[meta["layer"]] = x
     if not layers:
         raise FileNotFoundError(f"{embed_dir}: no embeddings for pooling {params['pooling']}")
     front = {k: params[k] for k in CELL_VARIABLES}

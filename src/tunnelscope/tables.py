@@ -23,7 +23,7 @@ from .io import atomic_path
 # label); ``label`` (VGGm-11, ...) is what the tables print.
 BACKBONE = ["id_dataset", "arch", "resolution", "augmentation"]
 # Characters of the labels that plain pdflatex needs as math.
-LATEX_SYMBOLS = {"|δ|": r"$|\delta|$", "²": r"$^2$", "†": r"$^\dagger$"}
+LATEX_SYMBOLS = {"|δ|": r"$|\delta|$", "|Δ|": r"$|\Delta|$", "²": r"$^2$", "†": r"$^\dagger$"}
 TARGET_NAMES = {"ood_retained": "% retained", "pearson": "Pearson", "alignment": "alignment"}
 # (metrics column, scale, decimals) of the per-OOD-set tables
 OOD_TABLES = {"ood_accuracy": ("ood_last_acc", 100.0, 2), "ood_retained": ("ood_retained", 1.0, 2), "pearson": ("pearson", 1.0, 2), "alignment": ("alignment", 1.0, 3)}
@@ -138,10 +138,11 @@ def _latex_text(text: str) -> str:
     return text
 
 
-def write(name: str, csv: pd.DataFrame, latex: pd.DataFrame, csv_path: str, tex_path: str) -> None:
+def write(name: str, csv: pd.DataFrame, latex: pd.DataFrame, csv_path: str, tex_path: str, caption: str | None = None) -> None:
+    """A table as CSV and LaTeX; the caption defaults to the paper table's (captions.TABLES)."""
     with atomic_path(csv_path) as tmp:
         csv.to_csv(tmp, index=False)
-    tex = latex.to_latex(index=False, caption=_latex_text(table_caption(name)), label=f"tab:{name}", na_rep="–", escape=True)
+    tex = latex.to_latex(index=False, caption=_latex_text(caption or table_caption(name)), label=f"tab:{name}", na_rep="–", escape=True)
     for text, macro in LATEX_SYMBOLS.items():
         tex = tex.replace(text, macro)
     with atomic_path(tex_path) as tmp:
@@ -158,3 +159,43 @@ def build(name: str, cells: pd.DataFrame, metrics: pd.DataFrame, means: pd.DataF
     if name == "effect_sizes":
         return effect_sizes(paired)
     raise ValueError(f"unknown paper table {name!r}")
+
+
+def zero_shot_table(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(CSV, LaTeX) of protocols.zero_shot_summary: accuracies in %, one row per backbone (and
+    seed) and shifted set."""
+    csv = summary.copy()
+    accuracies = [c for c in csv.columns if c.endswith("_acc")]
+    csv[accuracies] = (100.0 * csv[accuracies]).round(2)
+    latex = pd.DataFrame(
+        {
+            "backbone": [f"{r.arch} {r.resolution}² {_aug_label(r.augmentation)} s{r.seed}" for r in csv.itertuples()],
+            "shifted set": csv.eval_set,
+            "ZS layer": csv.zero_shot_layer.astype(str) + "/" + csv.num_layers.astype(str),
+            "ZS acc": csv.zero_shot_acc.map(lambda v: _fmt(v, 2)),
+            "ZS last": csv.zero_shot_last_acc.map(lambda v: _fmt(v, 2)),
+            "ZS best": csv.zero_shot_oracle_acc.map(lambda v: _fmt(v, 2)),
+            "paper layer": csv.shifted_probe_layer.astype(str),
+            "paper acc": csv.shifted_probe_acc.map(lambda v: _fmt(v, 2)),
+            "paper last": csv.shifted_probe_last_acc.map(lambda v: _fmt(v, 2)),
+        }
+    )
+    return csv, latex
+
+
+def solver_table(comparison: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(CSV, LaTeX) of protocols.solver_comparison."""
+    csv = comparison.round(4)
+    latex = pd.DataFrame(
+        {
+            "solver": csv.solver + " vs " + csv.reference,
+            "metric": csv.metric,
+            "pairs": csv.pairs,
+            "mean (ref)": csv.reference_mean.map(lambda v: _fmt(v, 3)),
+            "mean (solver)": csv.solver_mean.map(lambda v: _fmt(v, 3)),
+            "mean |Δ|": csv.mean_abs_difference.map(lambda v: _fmt(v, 3)),
+            "Spearman": csv.spearman.map(lambda v: _fmt(v, 2)),
+            "tunnel agreement": csv.tunnel_agreement.map(lambda v: _fmt(100 * v, 0) + "%"),
+        }
+    )
+    return csv, latex

@@ -1,7 +1,7 @@
 rule aggregate:
     """Tidy tables over all cells: probe curves, tunnel metrics, layer statistics, cell facts."""
     input:
-        probes=[f"{RESULTS}/cells/{c}/probes/{e}.parquet" for c in CELLS for e in STUDY.eval_sets(c)],
+        probes=[probe_table(c, e) for c in CELLS for e in STUDY.eval_sets(c)],
         metrics=expand(f"{RESULTS}/cells/{{cell}}/metrics.parquet", cell=CELLS),
         info=expand(f"{RESULTS}/cells/{{cell}}/cell.json", cell=CELLS),
         layer_stats=expand(f"{RESULTS}/cells/{{cell}}/layer_stats.parquet", cell=CELLS),

@@ -25,14 +25,21 @@ wildcard_constraints:
     dataset=r"[A-Za-z][A-Za-z0-9-]*",
     eval_set=r"[A-Za-z][A-Za-z0-9-]*",
     transform=r"r\d+(-[a-z]+-c[0-9.]+)?(-native)?",
+    solver=r"lbfgs|sklearn|paper",
 
 
 def embed_dirs(wc):
     return [f"{RESULTS}/cells/{wc.cell}/embeddings/{e}" for e in STUDY.eval_sets(wc.cell)]
 
 
+def probe_table(cell, eval_set, solver=None, suffix=".parquet"):
+    """A probe job's table (or, with suffix ".weights.npz", its weights); default the cell's
+    first solver, the one its metrics use."""
+    return f"{RESULTS}/cells/{cell}/probes/{solver or STUDY.solvers(cell)[0]}/{eval_set}{suffix}"
+
+
 def probe_tables(wc):
-    return [f"{RESULTS}/cells/{wc.cell}/probes/{e}.parquet" for e in STUDY.eval_sets(wc.cell)]
+    return [probe_table(wc.cell, e) for e in STUDY.eval_sets(wc.cell)]
 
 
 onstart:

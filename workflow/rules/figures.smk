@@ -28,3 +28,23 @@ rule overview_figure:
         ENV
     script:
         "../scripts/overview_figure.py"
+
+
+rule tsne:
+    """Per cell: t-SNE of the ID test embeddings at every probed layer, beside the rank curve."""
+    input:
+        embeddings=lambda wc: f"{RESULTS}/cells/{wc.cell}/embeddings/{STUDY.cells[wc.cell].id_dataset}",
+        layer_stats=rules.layer_stats.output,
+    output:
+        coords=f"{RESULTS}/cells/{{cell}}/tsne.parquet",
+        png=report(f"{RESULTS}/cells/{{cell}}/tsne.png", caption="../report/tsne.rst", category="Cells"),
+        pdf=f"{RESULTS}/cells/{{cell}}/tsne.pdf",
+    params:
+        settings=lambda wc: STUDY.tsne_params(wc.cell),
+        title=lambda wc: wc.cell,
+    log:
+        "logs/tsne/{cell}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/tsne.py"

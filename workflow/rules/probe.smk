@@ -1,17 +1,19 @@
 rule probe:
-    """Fit one linear probe per layer of one (cell, eval set), all layers in this job."""
+    """Fit one linear probe per layer of one (cell, eval set) with one solver, all layers in this
+    job; the table and every layer's probe weights."""
     input:
         embeddings=rules.embed.output,
         info=rules.pretrain.output.info,
     output:
-        f"{RESULTS}/cells/{{cell}}/probes/{{eval_set}}.parquet",
+        table=f"{RESULTS}/cells/{{cell}}/probes/{{solver}}/{{eval_set}}.parquet",
+        weights=f"{RESULTS}/cells/{{cell}}/probes/{{solver}}/{{eval_set}}.weights.npz",
     params:
-        settings=lambda wc: STUDY.probe_params(wc.cell, wc.eval_set),
+        settings=lambda wc: STUDY.probe_params(wc.cell, wc.eval_set, wc.solver),
     threads: 1
     log:
-        "logs/probe/{cell}_{eval_set}.log",
+        "logs/probe/{cell}_{eval_set}_{solver}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/probe/{{cell}}_{{eval_set}}.tsv"
+        f"{RESULTS}/benchmarks/probe/{{cell}}_{{eval_set}}_{{solver}}.tsv"
     conda:
         ENV
     script:

@@ -1,0 +1,145 @@
+"""Probe protocols side by side, on the same embeddings.
+
+- Zero-shot (Uselis & Oh, ICLR 2025): the probes trained on the ID set are scored on a shifted
+  copy of the ID test split, and the layer is chosen on a small seeded validation part of that
+  copy. Beside it, the paper's protocol (a probe trained on the shifted set itself) is scored
+  on the same held-out rows, from its stored weights, so the two differ only in the protocol.
+- Solvers: the tunnel metrics of one cell under each of its ``probe.solver`` list, set beside
+  the first solver's.
+
+Torch-free: the probes are stored as weight matrices (probe.write_weights), and scoring them is
+one product per layer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .config import CELL_VARIABLES
+from .datasets import stratified_split
+from .io import read_embeddings
+from .metrics import cell_metrics
+
+ZERO_SHOT_STREAM = 3141  # the random stream of the shifted validation split (zero_shot.split_seed)
+COMPARED_METRICS = ("ood_retained", "pearson", "alignment", "tunnel_start", "ood_best_layer", "ood_last_acc")
+
+
+def _accuracy(weights: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
+    if not len(y):
+        return float("nan")
+    logits = x @ weights[:-1] + weights[-1]
+    return float((logits.argmax(1) == y).mean())
+
+
+def zero_shot_layers(id_probes: pd.DataFrame, id_weights, shifted_weights, shifted_dir: str | Path, params: dict) -> pd.DataFrame:
+    """One row per layer: the ID probe's clean test accuracy, and on the shifted test split the
+    ID probe's accuracy on the validation part (``zero_shot_val_acc``) and on the rest
+    (``zero_shot_test_acc``), and the shifted-set probe's accuracy on the rest
+    (``shifted_probe_test_acc``). ``id_weights`` / ``shifted_weights``: np.load'ed .npz files."""
+    rows, split = [], None
+    for probe in id_probes.sort_values("layer").itertuples():
+        key = f"layer_{probe.layer:03d}"
+        path = Path(shifted_dir) / params["pooling"] / f"{key}.parquet"
+        _, x, y, _ = read_embeddings(path, select=lambda labels, splits: splits == "test")
+        if split is None:
+            rest, val = stratified_split(y, params["val_fraction"], params["split_seed"], ZERO_SHOT_STREAM)
+            split = (rest, val, y)
+        elif not np.array_equal(split[2], y):
+            raise ValueError(f"{path}: test rows differ from the first layer's")
+        rest, val, _ = split
+        w_id, w_shifted = id_weights[key], shifted_weights[key]
+        if w_id.shape[0] != x.shape[1] + 1:
+            raise ValueError(f"{path}: dim {x.shape[1]}, but the ID probe of {key} takes {w_id.shape[0] - 1}")
+        rows.append(
+            {
+                **{k: params[k] for k in (*CELL_VARIABLES, "eval_set")},
+                "layer": probe.layer,
+                "layer_name": probe.layer_name,
+                "relative_depth": probe.relative_depth,
+                "clean_test_acc": probe.test_acc,
+                "zero_shot_val_acc": _accuracy(w_id, x[val], y[val]),
+                "zero_shot_test_acc": _accuracy(w_id, x[rest], y[rest]),
+                "shifted_probe_test_acc": _accuracy(w_shifted, x[rest], y[rest]),
+                "n_val": len(val),
+                "n_test": len(rest),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def zero_shot_summary(layers: pd.DataFrame) -> pd.DataFrame:
+    """One row per (cell, shifted set): each protocol's chosen layer and its accuracy there.
+
+    Zero-shot chooses the layer of best ``zero_shot_val_acc`` (first on ties); the paper's
+    protocol the layer of best test accuracy of the shifted-set probe (its l_m). ``*_last_acc``
+    are the last layer's, ``zero_shot_oracle_*`` the best zero-shot test accuracy, which a
+    validation split of that size can at most find."""
+    keys = [*CELL_VARIABLES, "eval_set"]
+    rows = []
+    for key, group in layers.sort_values("layer").groupby(keys, sort=False):
+        group = group.reset_index(drop=True)
+        chosen = int(group.zero_shot_val_acc.to_numpy().argmax())
+        oracle = int(group.zero_shot_test_acc.to_numpy().argmax())
+        paper = int(group.shifted_probe_test_acc.to_numpy().argmax())
+        n = len(group)
+        rows.append(
+            {
+                **dict(zip(keys, key)),
+                "num_layers": n,
+                "zero_shot_layer": chosen + 1,
+                "zero_shot_acc": group.zero_shot_test_acc[chosen],
+                "zero_shot_last_acc": group.zero_shot_test_acc[n - 1],
+                "zero_shot_oracle_layer": oracle + 1,
+                "zero_shot_oracle_acc": group.zero_shot_test_acc[oracle],
+                "shifted_probe_layer": paper + 1,
+                "shifted_probe_acc": group.shifted_probe_test_acc[paper],
+                "shifted_probe_last_acc": group.shifted_probe_test_acc[n - 1],
+                "clean_last_acc": group.clean_test_acc[n - 1],
+                # the intermediate-layer finding of Uselis & Oh: the chosen layer is <= L - 2
+                "zero_shot_before_penultimate": chosen + 1 <= n - 2,
+                "n_val": int(group.n_val[0]),
+                "n_test": int(group.n_test[0]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def solver_metrics(probes: pd.DataFrame, cell_info: dict, params: dict) -> pd.DataFrame:
+    """The cell's tunnel metrics under each solver of its probe tables (a ``solver`` column)."""
+    return pd.concat([cell_metrics(group, cell_info, params).assign(solver=solver) for solver, group in probes.groupby("solver", sort=False)], ignore_index=True)
+
+
+def solver_comparison(metrics: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """How each metric moves from the ``reference`` solver to every other one, over all
+    (cell, OOD set) pairs: mean difference (other - reference), mean absolute difference, the
+    Spearman correlation of the two (do they order backbones alike?), and how often they agree
+    that there is a tunnel."""
+    keys = [*CELL_VARIABLES, "ood_set"]
+    ref = metrics[metrics.solver == reference]
+    rows = []
+    for solver, other in metrics[metrics.solver != reference].groupby("solver", sort=False):
+        paired = ref.merge(other, on=keys, suffixes=("", "_other"))
+        for metric in COMPARED_METRICS:
+            a, b = paired[metric].astype(float), paired[f"{metric}_other"].astype(float)
+            ok = a.notna() & b.notna()
+            diff = (b - a)[ok]
+            rho = stats.spearmanr(a[ok], b[ok]).statistic if ok.sum() > 2 and a[ok].nunique() > 1 and b[ok].nunique() > 1 else float("nan")
+            rows.append(
+                {
+                    "reference": reference,
+                    "solver": solver,
+                    "metric": metric,
+                    "pairs": int(ok.sum()),
+                    "reference_mean": float(a[ok].mean()),
+                    "solver_mean": float(b[ok].mean()),
+                    "mean_difference": float(diff.mean()),
+                    "mean_abs_difference": float(diff.abs().mean()),
+                    "spearman": float(rho),
+                    "tunnel_agreement": float((paired.tunnel == paired.tunnel_other).mean()),
+                }
+            )
+    return pd.DataFrame(rows)

@@ -1,0 +1,17 @@
+import pandas as pd
+
+from tunnelscope.captions import SOLVERS_CAPTION
+from tunnelscope.io import read_table, write_table
+from tunnelscope.joblog import job_logging
+from tunnelscope.plots import solver_figure
+from tunnelscope.protocols import solver_comparison
+from tunnelscope.tables import solver_table, write
+
+with job_logging(snakemake.log[0]) as log:
+    metrics = pd.concat([read_table(p) for p in snakemake.input], ignore_index=True)
+    out, reference = snakemake.output, snakemake.params.reference
+    write_table(metrics, out.metrics, out.metrics_csv)
+    csv, latex = solver_table(solver_comparison(metrics, reference))
+    write("solvers", csv, latex, out.csv, out.tex, caption=SOLVERS_CAPTION)
+    solver_figure(metrics, reference, out.png, out.pdf)
+    log.info("\n%s", csv.to_string(index=False))
