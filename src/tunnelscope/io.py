@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -214,6 +215,14 @@ def read_embeddings(path) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
     else:
         splits = np.asarray(split.to_pylist(), dtype=str)
     return meta, vectors, labels, splits
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json(obj, path) -> None:

@@ -138,10 +138,11 @@ def _latex_text(text: str) -> str:
     return text
 
 
-def write(name: str, csv: pd.DataFrame, latex: pd.DataFrame, csv_path: str, tex_path: str) -> None:
+def write(name: str, csv: pd.DataFrame, latex: pd.DataFrame, csv_path: str, tex_path: str, caption: str | None = None) -> None:
+    """The table as CSV and as LaTeX (``caption``: default the paper table's of ``name``)."""
     with atomic_path(csv_path) as tmp:
         csv.to_csv(tmp, index=False)
-    tex = latex.to_latex(index=False, caption=_latex_text(table_caption(name)), label=f"tab:{name}", na_rep="–", escape=True)
+    tex = latex.to_latex(index=False, caption=_latex_text(caption or table_caption(name)), label=f"tab:{name}", na_rep="–", escape=True)
     for text, macro in LATEX_SYMBOLS.items():
         tex = tex.replace(text, macro)
     with atomic_path(tex_path) as tmp:
