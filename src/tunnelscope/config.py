@@ -356,8 +356,13 @@ def _check_continual(section: dict, datasets: dict) -> None:
         if slug in reserved:
             raise ConfigError(f"continual.finetune[{i}].name: {entry['name']!r} is taken (by {reserved[slug]!r}); names must differ in their letters and digits")
         reserved[slug] = entry["name"]
-    for key, recipe in (("continual.training", section["training"]), ("continual.finetune_training", {**section["training"], **section["finetune_training"]})):
+    for key, recipe in (("continual.training", section["training"]), ("continual.finetune_training", finetune_recipe(section))):
         _check_training(recipe, key)
+
+
+def finetune_recipe(section: dict) -> dict:
+    """The fine-tuning recipe of a continual section: its task recipe, finetune_training over it."""
+    return {**section["training"], **section["finetune_training"]}
 
 
 def _check_training(training: dict, key: str, where: str = "") -> None:
@@ -417,7 +422,7 @@ class Study:
         if section:
             for combo in itertools.product(*(section[k] for k in CELL_VARIABLES)):
                 variables = dict(zip(CELL_VARIABLES, combo))
-                run = Run(cell_id(**variables), model=section["model"], training=section["training"], finetune_training={**section["training"], **section["finetune_training"]}, **variables)
+                run = Run(cell_id(**variables), model=section["model"], training=section["training"], finetune_training=finetune_recipe(section), **variables)
                 self.runs[run.id] = run
 
     def _cell(self, variables: dict, ood_sets: tuple) -> Cell:

@@ -29,6 +29,7 @@ from .metrics import id_tunnel_start
 from .models import probe_points
 from .probe import probe_layers
 from .store import Store
+from .tables import _fmt, spread
 from .train import accuracy, load_backbone, pick_device, save_backbone
 
 log = logging.getLogger("tunnelscope.continual")
@@ -172,7 +173,7 @@ def scores(evaluations: list[pd.DataFrame], tunnels: dict[str, dict], run_of: di
             last = part.loc[part.layer.idxmax()]
             run = run_of[tuple(last[k] for k in CELL_VARIABLES)]
             tunnel = tunnels[run]
-            rows.append({**{k: last[k] for k in CELL_VARIABLES}, "network": network, "task": int(task), "probe_acc": float(last.test_acc), "head_acc": float(last.head_acc),
+            rows.append({"run": run, **{k: last[k] for k in CELL_VARIABLES}, "network": network, "task": int(task), "probe_acc": float(last.test_acc), "head_acc": float(last.head_acc),
                          "layer": int(last.layer), "tunnel_start": tunnel["start_layer"], "num_layers": tunnel["num_layers"]})
     return pd.DataFrame(rows)
 
@@ -181,6 +182,7 @@ def _group_labels(frame: pd.DataFrame) -> pd.Series:
     """A column group per run setting: its resolution, with the arch, ID set and augmentation
     where those vary in the study."""
     varying = [k for k in ("arch", "id_dataset", "augmentation") if frame[k].nunique() > 1]
+
     def label(row):
         parts = [ARCHS[row.arch]["label"] if k == "arch" else str(row[k]) for k in varying]
         return " ".join([*parts, f"{row.resolution}²"])
@@ -191,8 +193,6 @@ def table(frame: pd.DataFrame, networks: list[str], score: str) -> tuple[pd.Data
     """(CSV, LaTeX) laid out like the paper's Table 2: a row per configuration (in ``networks``
     order), per run setting the accuracy (%) on task 1 and task 2, means over seeds. LaTeX
     cells read "task 1 / task 2" as in the paper."""
-    from .tables import _fmt, spread
-
     frame = frame.assign(group=_group_labels(frame), value=100.0 * frame[f"{score}_acc"])
     frame["column"] = frame.group + " task " + frame.task.astype(str)
     groups = list(dict.fromkeys(frame.sort_values(["resolution"], kind="stable").group))

@@ -6,6 +6,7 @@ streamed by data-loader workers otherwise) and are augmented and normalised on t
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -49,10 +50,12 @@ def claim_slot(count: int, lock_dir: str) -> int | None:
     return None
 
 
+@functools.cache
 def pick_device() -> torch.device:
     """CUDA when present, else CPU. On a multi-GPU workstation each job locks a free GPU, so
     concurrent jobs (at most the profile's ``gpu`` count) never share one; under SLURM the
-    scheduler's CUDA_VISIBLE_DEVICES already isolates the job."""
+    scheduler's CUDA_VISIBLE_DEVICES already isolates the job. Once per process: a job that
+    asks again (a continual-learning evaluation embeds twice) keeps the GPU it claimed."""
     if not torch.cuda.is_available():
         return torch.device("cpu")
     count = torch.cuda.device_count()
@@ -140,7 +143,9 @@ def _fingerprint(params: dict) -> str:
 def task_view(task: dict | None, num_classes: int) -> tuple[int, int, int, slice]:
     """(first, stop, label offset, logit columns) of a continual-learning task's classes: with a
     shared head the softmax spans every class and labels stay as they are; with a head per task
-    it spans the task's classes, labels counted from its first. No task: every class."""
+    it spans the task's classes, labels counted from its first. No task: every class. (AdamW's
+    decay still shrinks the other tasks' rows of the classifier, but uniformly, so the argmax
+    over their own logits stays as it was.)"""
     if task is None:
         return 0, num_classes, 0, slice(None)
     first, stop = task["classes"]
@@ -267,7 +272,7 @@ def pretrain(
     precision = params["compute"]["precision"]
     lr = cfg["lr"] * (cfg["batch_size"] / cfg["lr_scaling_batch"] if cfg["lr_scaling_batch"] else 1.0)
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=cfg["weight_decay"])
-    mixer = _mixer(cfg, stop - first if columns.start is not None else store.num_classes)
+    mixer = _mixer(cfg, len(range(store.num_classes)[columns]))  # as many classes as logits
     # Mixup pairs each batch with its reverse, so it needs even batches: the incomplete last
     # batch of an epoch is dropped, as timm's training loader does.
     steps_per_epoch = len(tr_idx) // cfg["batch_size"] if mixer else math.ceil(len(tr_idx) / cfg["batch_size"])
