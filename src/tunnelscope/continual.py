@@ -6,7 +6,8 @@ from the E1+T1 weights). The tunnel is located on an ID probe curve by Masarczyk
 threshold times the last layer's. The extractor E is every module that runs before that
 layer's representation is captured, the tunnel T every other module, classifier included, so
 a split at the input of a ResNet block's conv2 puts the block's conv1 and bn1 in E and its
-conv2, bn2 and shortcut in T. Swapping the parts gives E1+T2 and E2+T1; the finetune
+conv2, bn2 and shortcut (which runs after conv2) in T, and the final LayerNorm that ViT probe
+points apply belongs to T, where it runs. Swapping the parts gives E1+T2 and E2+T1; the finetune
 configurations train some parts of one of the four on one task. Every configuration is scored
 on both tasks: a linear probe on its last probed layer, and its own classifier over the task's
 classes.
@@ -35,7 +36,6 @@ from .train import accuracy, load_backbone, pick_device, save_backbone
 log = logging.getLogger("tunnelscope.continual")
 
 PARTS = ("extractor", "tunnel")
-RUN_KEYS = [k for k in CELL_VARIABLES if k != "seed"]  # a table column group (seeds averaged)
 
 
 def _owners(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -47,8 +47,7 @@ def _owners(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
 def split_modules(model: torch.nn.Module, point, resolution: int) -> dict[str, list[str]]:
     """{"extractor": modules run before ``point``'s representation is captured, "tunnel": the
     rest}, names of modules holding parameters or buffers, found by running one image through
-    the model in eval mode (forward order, not registration order: a shortcut conv registered
-    before a block's conv2 runs after it)."""
+    the model in eval mode: forward order, which registration order need not be."""
     owners = _owners(model)
     events: list[str | None] = []  # owner names in the order they first run; None = the capture
     hooks = []

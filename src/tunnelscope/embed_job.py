@@ -28,6 +28,8 @@ log = logging.getLogger("tunnelscope.embed")
 def embed_eval_set(
     params: dict, checkpoint: str, data_path: str, out_dir: str, batch_size: int = 256, threads: int = 1, channels_last: bool = False, resident_mb: float = 1024
 ) -> None:
+    """Embed one eval set; ``params`` may narrow it to a class range ``classes`` [first, stop)
+    (labels counted from first) and to ``layers: last``."""
     torch.set_num_threads(max(1, threads))
     device = pick_device()
     model, meta = load_backbone(checkpoint, device)
