@@ -56,14 +56,17 @@ def test_step_schedule_multiplies_the_lr_at_its_milestones_after_the_warm_up():
 
 
 def test_a_task_trains_and_scores_on_its_classes_only(tmp_path):
-    """Shared head: the softmax spans all 4 classes but only classes 2-3 are trained on and scored;
-    per-task head: only their logits, so the other classes' rows get no gradient."""
-    shared, _ = _train(tmp_path, "shared", TASK2)
-    assert shared["n_train"] == 48 and shared["task"]["classes"] == [2, 4]
+    """Only classes 2-3 are trained on and scored. Shared head: the softmax spans all 4 classes,
+    so the task pushes the other classes' rows down too; per-task head: only its own logits, so
+    the other rows get no gradient (weight decay off: it would shrink them uniformly)."""
     _, start = _train(tmp_path, "start")
-    per_task, weights = _train(tmp_path, "per_task", {**TASK2, "head": "per_task"}, init_checkpoint=str(tmp_path / "start/ckpt.safetensors"), training={"weight_decay": 0.0})
-    assert torch.equal(weights["head.weight"][:2], start["head.weight"][:2]) and not torch.equal(weights["head.weight"][2:], start["head.weight"][2:])
-    assert 0.0 <= per_task["test_acc"] <= 1.0 and per_task["init_checkpoint"].endswith("start/ckpt.safetensors")
+    init, no_decay = str(tmp_path / "start/ckpt.safetensors"), {"weight_decay": 0.0}
+    shared, shared_weights = _train(tmp_path, "shared", TASK2, init_checkpoint=init, training=no_decay)
+    per_task, per_task_weights = _train(tmp_path, "per_task", {**TASK2, "head": "per_task"}, init_checkpoint=init, training=no_decay)
+    assert shared["n_train"] == per_task["n_train"] == 48 and shared["task"]["classes"] == [2, 4]
+    assert not torch.equal(shared_weights["head.weight"][:2], start["head.weight"][:2])
+    assert torch.equal(per_task_weights["head.weight"][:2], start["head.weight"][:2]) and not torch.equal(per_task_weights["head.weight"][2:], start["head.weight"][2:])
+    assert 0.0 <= per_task["test_acc"] <= 1.0 and per_task["init_checkpoint"] == init
 
 
 def test_frozen_modules_keep_their_weights_and_statistics(tmp_path):
