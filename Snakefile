@@ -27,15 +27,15 @@ include: "workflow/rules/analysis.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/paper.smk"
 include: "workflow/rules/protocols.smk"
+include: "workflow/rules/continual.smk"
 
 
 rule all:
     default_target: True
     input:
-        rules.aggregate.output,
-        rules.analysis.output,
-        rules.paper.output,
-        rules.overview_figure.output,
+        # The grid's outputs when the study has cells, the continual experiment's when it has runs.
+        [*rules.aggregate.output, *rules.analysis.output, *rules.paper.output, *rules.overview_figure.output] if CELLS else [],
         expand(f"{RESULTS}/cells/{{cell}}/figure.png", cell=CELLS),
         expand(f"{RESULTS}/cells/{{cell}}/tsne.png", cell=CELLS),
         protocol_outputs(),
+        rules.continual.input if RUNS else [],

@@ -37,6 +37,10 @@ def _validate(args) -> int:
     print(f"{args.config}: valid; {len(study.cells)} cells, {n_eval} probe jobs")
     for cid in study.cells:
         print(f"  {cid}: eval sets {', '.join(study.eval_sets(cid))}")
+    if study.runs:
+        print(f"continual learning: {len(study.runs)} runs, each of {', '.join(label for _, label in study.continual_networks())}")
+        for run in study.runs:
+            print(f"  {run}")
     return 0
 
 

@@ -12,6 +12,7 @@ import copy
 import hashlib
 import itertools
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +122,9 @@ def _fill_defaults(schema: dict, data, root: dict):
         if key == "overrides":
             data.setdefault(key, [])
             continue
+        if isinstance(sub, dict) and sub.get("x-partial"):  # settings over others, key by key: the given over the default's
+            data[key] = {**copy.deepcopy(sub.get("default", {})), **data.get(key, {})}
+            continue
         if key not in data and isinstance(sub, dict) and "default" in sub:
             data[key] = copy.deepcopy(sub["default"])
         if key in data and isinstance(sub, dict):
@@ -161,6 +165,26 @@ class Cell:
         return {k: getattr(self, k) for k in CELL_VARIABLES}
 
 
+@dataclass(frozen=True)
+class Run:
+    """One run of the continual-learning experiment: the variables that define it and its recipes."""
+
+    id: str
+    arch: str
+    id_dataset: str
+    resolution: int
+    augmentation: str
+    seed: int
+    model: dict
+    training: dict  # each task's training
+    finetune_training: dict  # the fine-tuning of the finetune configurations
+    pretrained = None  # trained from scratch, never a published model
+
+    @property
+    def variables(self) -> dict:
+        return {k: getattr(self, k) for k in CELL_VARIABLES}
+
+
 def cell_id(arch: str, id_dataset: str, resolution: int, augmentation: str, seed: int) -> str:
     return f"{arch.replace('/', '-')}_{id_dataset}_r{resolution}_{augmentation}_s{seed}"
 
@@ -188,7 +212,10 @@ def validate(config: dict, schema: dict) -> dict:
     probe.setdefault("pooling", embed["pooling"][0])
     if probe["pooling"] not in embed["pooling"]:
         raise ConfigError(f"probe.pooling: {probe['pooling']!r} is not written by embed.pooling ({', '.join(embed['pooling'])})")
-    blocks = config["grid"] if isinstance(config["grid"], list) else [config["grid"]]
+    if "grid" not in config and "continual" not in config:
+        raise ConfigError("grid: missing; a study needs a grid of cells, a continual section, or both")
+    grid = config.get("grid", [])
+    blocks = grid if isinstance(grid, list) else [grid]
     for block in blocks:
         _fill_defaults(schema["$defs"]["grid_block"], block, schema)
     config["grid"] = blocks
@@ -219,6 +246,8 @@ def validate(config: dict, schema: dict) -> dict:
                 if one not in levels:
                     raise ConfigError(f"overrides[{i}].where.{key}: {one!r} matches no cell; grid levels: {', '.join(map(str, dict.fromkeys(levels)))}")
     _check_comparisons(config["analysis"]["comparisons"], blocks)
+    if "continual" in config:
+        _check_continual(config["continual"], config["datasets"])
     return config
 
 
@@ -285,6 +314,71 @@ def _check_comparisons(comparisons, blocks: list[dict]) -> None:
                     raise ConfigError(f"{where}.where.{key}[{j}]: {value!r} matches no cell; grid levels: {', '.join(map(str, sorted(grid[key], key=str)))}")
 
 
+# The four networks of the continual-learning experiment (E = extractor, T = tunnel; 1 / 2 = of
+# the network after task 1 / after task 2), in the order of the paper's Table 2.
+COMPOSED = ("E1+T1", "E1+T2", "E2+T2", "E2+T1")
+TRAINED = {"E1+T1": 1, "E2+T2": 2}  # the networks the two task trainings produce
+
+
+def network_slug(label: str) -> str:
+    """A configuration's directory name: ``E2+T1 fine-tuned`` -> ``e2-t1-fine-tuned``."""
+    return "-".join(re.findall(r"[a-z0-9]+", label.lower()))
+
+
+def known_classes(spec: dict) -> int | None:
+    """The class count of a dataset spec where it follows from the spec alone, else None."""
+    spec = spec.get("base", spec)
+    if spec["source"] == "synthetic":
+        return spec["classes"]
+    if spec["source"] == "sklearn_digits":
+        return 10
+    if spec["source"] == "imagenet100" and "class_list" not in spec:
+        return min(spec.get("first_classes", 100), len(spec.get("classes", range(100))))
+    return None
+
+
+def _check_continual(section: dict, datasets: dict) -> None:
+    for i, name in enumerate(section["id_dataset"]):
+        if name not in datasets:
+            raise ConfigError(f"continual.id_dataset[{i}]: unknown dataset {name!r}; defined: {', '.join(sorted(datasets))}")
+    (a, b), (c, d) = section["tasks"]
+    for t, (first, stop) in enumerate(section["tasks"]):
+        if first >= stop:
+            raise ConfigError(f"continual.tasks[{t}]: [{first}, {stop}] holds no class; give [first, stop) with first < stop")
+    if a < d and c < b:
+        raise ConfigError(f"continual.tasks[1]: [{c}, {d}] overlaps task 1's classes [{a}, {b}]")
+    for i, name in enumerate(section["id_dataset"]):
+        count = known_classes(datasets[name])
+        if count is not None and max(b, d) > count:
+            raise ConfigError(f"continual.tasks: classes up to {max(b, d)}, but continual.id_dataset[{i}] {name!r} has {count}")
+    reserved = {network_slug(n): n for n in COMPOSED}
+    for i, entry in enumerate(section["finetune"]):
+        entry.setdefault("task", 1)
+        slug = network_slug(entry["name"])
+        if slug in reserved:
+            raise ConfigError(f"continual.finetune[{i}].name: {entry['name']!r} is taken (by {reserved[slug]!r}); names must differ in their letters and digits")
+        reserved[slug] = entry["name"]
+    for key, recipe in (("continual.training", section["training"]), ("continual.finetune_training", finetune_recipe(section))):
+        _check_training(recipe, key)
+
+
+def finetune_recipe(section: dict) -> dict:
+    """The fine-tuning recipe of a continual section: its task recipe, finetune_training over it."""
+    return {**section["training"], **section["finetune_training"]}
+
+
+def _check_training(training: dict, key: str, where: str = "") -> None:
+    """Cross-key checks of one training recipe, the section ``key`` (``where`` says whose)."""
+    if training["checkpoint"] == "best_val" and training["val_fraction"] == 0:
+        raise ConfigError(f"{where}{key}.checkpoint best_val needs a validation split ({key}.val_fraction > 0)")
+    if training["schedule"] == "step":
+        milestones = training["step_milestones"]
+        if milestones != sorted(milestones):
+            raise ConfigError(f"{where}{key}.step_milestones: {milestones} is not increasing")
+        if any(m <= training["warmup_epochs"] or m >= training["epochs"] for m in milestones):
+            raise ConfigError(f"{where}{key}.step_milestones: {milestones} must lie after the warm-up ({training['warmup_epochs']} epochs) and before the last of the {training['epochs']} epochs")
+
+
 def _same_level(a, b) -> bool:
     """Level equality; numbers within 0.1% (gamma is written to two decimals in configs)."""
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
@@ -325,6 +419,13 @@ class Study:
                 if cell.id in self.cells:
                     raise ConfigError(f"grid[{b}]: duplicate cell {cell.id} (already defined by an earlier grid block)")
                 self.cells[cell.id] = cell
+        self.runs: dict[str, Run] = {}
+        section = self.config.get("continual")
+        if section:
+            for combo in itertools.product(*(section[k] for k in CELL_VARIABLES)):
+                variables = dict(zip(CELL_VARIABLES, combo))
+                run = Run(cell_id(**variables), model=section["model"], training=section["training"], finetune_training=finetune_recipe(section), **variables)
+                self.runs[run.id] = run
 
     def _cell(self, variables: dict, ood_sets: tuple) -> Cell:
         model = dict(self.config["model"])
@@ -345,8 +446,7 @@ class Study:
         cid = cell_id(**variables)
         if model.get("probe_points") == "activations" and variables["arch"] not in ARCHS:
             raise ConfigError(f"cell {cid}: model.probe_points activations is defined for the paper architectures ({', '.join(ARCHS)}), not {variables['arch']}")
-        if training["checkpoint"] == "best_val" and training["val_fraction"] == 0:
-            raise ConfigError(f"cell {cid}: training.checkpoint best_val needs a validation split (training.val_fraction > 0)")
+        _check_training(training, "training", f"cell {cid}: ")
         if probe["pooling"] not in self.config["embed"]["pooling"]:
             raise ConfigError(f"cell {cid}: overrides set probe.pooling {probe['pooling']!r}, which embed.pooling ({', '.join(self.config['embed']['pooling'])}) does not write")
         return Cell(id=cid, model=model, training=training, probe=probe, ood_sets=ood_sets, pretrained=pretrained, **variables)
@@ -379,7 +479,9 @@ class Study:
 
     def transform(self, cell: str, dataset: str) -> str:
         """Tag of the prepared-image cache a cell reads ``dataset`` from."""
-        c = self.cells[cell]
+        return self._transform(self.cells[cell], dataset)
+
+    def _transform(self, c: Cell | Run, dataset: str) -> str:
         if c.pretrained:
             return transform_tag(c.resolution, c.pretrained["interpolation"], c.pretrained["crop_pct"])
         native = c.model["preprocessing"] == "dataset" and self.config["datasets"][dataset].get("native_resolution") == c.resolution
@@ -389,7 +491,9 @@ class Study:
         """Mean/std a trained cell normalises ``dataset`` with: the dataset's own where it declares
         them and the cell's ``model.preprocessing`` is ``dataset``, else ImageNet's. None for a
         published model, which uses its own (recorded in its checkpoint)."""
-        c = self.cells[cell]
+        return self._normalization(self.cells[cell], dataset)
+
+    def _normalization(self, c: Cell | Run, dataset: str) -> dict | None:
         if c.pretrained:
             return None
         spec = self.config["datasets"][dataset]
@@ -398,8 +502,9 @@ class Study:
         return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
     def prepared(self) -> list[tuple[str, str]]:
-        """Every (dataset, transform tag) pair some cell needs."""
-        return sorted({(d, self.transform(c, d)) for c in self.cells for d in self.eval_sets(c)})
+        """Every (dataset, transform tag) pair some cell or continual run needs."""
+        needed = {(d, self.transform(c, d)) for c in self.cells for d in self.eval_sets(c)}
+        return sorted(needed | {(r.id_dataset, self._transform(r, r.id_dataset)) for r in self.runs.values()})
 
     def prepared_path(self, dataset: str, cell: str) -> str:
         return f"{self.results}/prepared/{dataset}/{self.transform(cell, dataset)}"
@@ -473,6 +578,63 @@ class Study:
 
     def analysis_params(self) -> dict:
         return _sorted(self.config["analysis"])
+
+    # --- the continual-learning experiment (tunnelscope.continual) ---
+
+    def continual_networks(self) -> list[tuple[str, str]]:
+        """(directory name, table label) of every configuration, in the table's order."""
+        labels = [*COMPOSED, *(e["name"] for e in self.config["continual"]["finetune"])] if self.runs else []
+        return [(network_slug(label), label) for label in labels]
+
+    def continual_label(self, network: str) -> str:
+        return dict(self.continual_networks())[network]
+
+    def continual_finetune(self, network: str) -> dict:
+        """The finetune entry of a configuration's directory name."""
+        return next(e for e in self.config["continual"]["finetune"] if network_slug(e["name"]) == network)
+
+    def run_prepared_path(self, run: str) -> str:
+        r = self.runs[run]
+        return f"{self.results}/prepared/{r.id_dataset}/{self._transform(r, r.id_dataset)}"
+
+    def _task(self, index: int) -> dict:
+        section = self.config["continual"]
+        return {"index": index, "classes": list(section["tasks"][index - 1]), "head": section["head"]}
+
+    def _run_common(self, run: str) -> dict:
+        r = self.runs[run]
+        return {**r.variables, "model": r.model, "normalization": self._normalization(r, r.id_dataset), "compute": self._compute()}
+
+    def continual_train_params(self, run: str, network: str) -> dict:
+        """Task 1 (E1+T1) or task 2 (E2+T2, from the E1+T1 weights)."""
+        task = TRAINED[self.continual_label(network)]
+        return _sorted({**self._run_common(run), "training": self.runs[run].training, "task": self._task(task)})
+
+    def continual_finetune_params(self, run: str, network: str) -> dict:
+        entry = self.continual_finetune(network)
+        finetune = {"start": entry["start"], "train": sorted(entry["train"]), "freeze_norm_stats": self.config["continual"]["freeze_norm_stats"]}
+        return _sorted({**self._run_common(run), "training": self.runs[run].finetune_training, "task": self._task(entry["task"]), "finetune": finetune})
+
+    def continual_swap_params(self, run: str) -> dict:
+        section = self.config["continual"]
+        r = self.runs[run]
+        return _sorted({**r.variables, "model": r.model, "side": self.config["embed"]["side"], "threshold": section["tunnel_threshold"], "curve": section["tunnel_curve"]})
+
+    def continual_evaluate_params(self, run: str, network: str) -> dict:
+        """Embed settings, the probe's, and per task which layers: every layer where the network
+        gives its own task's ID curve (E1+T1 on task 1, E2+T2 on task 2), else the last."""
+        own = TRAINED.get(self.continual_label(network))
+        embed = {k: v for k, v in self.config["embed"].items() if k != "batch_size"}
+        probe = self.config["probe"]
+        solver = probe["solver"][0] if isinstance(probe["solver"], list) else probe["solver"]  # a list's first
+        probe = {**{k: probe[k] for k in PROBE_KEYS["common"] + PROBE_KEYS[solver]}, "solver": solver}
+        layers = {str(t): "all" if t == own else "last" for t in (1, 2)}
+        return _sorted({**self._run_common(run), **embed, "probe": probe, "tasks": self.config["continual"]["tasks"], "layers": layers, "network": self.continual_label(network)})
+
+    def continual_table_params(self) -> dict:
+        section = self.config["continual"]
+        runs = {run: r.variables for run, r in self.runs.items()}
+        return _sorted({"score": section["score"], "networks": [list(n) for n in self.continual_networks()], "runs": runs})
 
 
 def source_fingerprint(root: str, max_entries: int = 20000) -> str:

@@ -7,7 +7,6 @@ next batch runs, so memory holds a batch or two, not the eval set.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,7 +16,7 @@ from tqdm import tqdm
 
 from .datasets import SPLITS
 from .extract import embed_batches
-from .io import EmbeddingWriter, atomic_dir
+from .io import EmbeddingWriter, atomic_dir, file_sha256
 from .loader import SplitReader, loader_workers
 from .models import probe_points
 from .store import Store
@@ -26,31 +25,31 @@ from .train import load_backbone, pick_device
 log = logging.getLogger("tunnelscope.embed")
 
 
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def embed_eval_set(
     params: dict, checkpoint: str, data_path: str, out_dir: str, batch_size: int = 256, threads: int = 1, channels_last: bool = False, resident_mb: float = 1024
 ) -> None:
+    """Embed one eval set; ``params`` may narrow it to a class range ``classes`` [first, stop)
+    (labels counted from first) and to ``layers: last``."""
     torch.set_num_threads(max(1, threads))
     device = pick_device()
     model, meta = load_backbone(checkpoint, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     points = probe_points(model, params["side"], params["model"].get("probe_points", "default"))
+    num_layers = len(points)
+    if params.get("layers", "all") == "last":  # a score at the last layer needs no other
+        points = points[-1:]
     # A trained cell's eval set: the study's normalisation of that set; a published model: its own.
     source = params["normalization"] or meta
     normalise = {k: tuple(source[k]) for k in ("mean", "std") if k in source}
     store = Store(data_path)
     store.check_resolution(params["resolution"])
-    common = {"eval_set": params["eval_set"], "num_classes": store.num_classes, "num_layers": len(points), "checkpoint": checkpoint, "checkpoint_sha256": file_sha256(checkpoint)}
+    # A class range [first, stop) (a continual-learning task): its images, labels from first.
+    first, stop = params.get("classes") or (0, store.num_classes)
+    rows = {s: np.flatnonzero((store.splits[s].labels >= first) & (store.splits[s].labels < stop)) for s in SPLITS}
+    common = {"eval_set": params["eval_set"], "num_classes": stop - first, "num_layers": num_layers, "checkpoint": checkpoint, "checkpoint_sha256": file_sha256(checkpoint)}
     poolings, dtype = params["pooling"], np.dtype(params["dtype"])
-    total = sum(-(-len(store.splits[s]) // batch_size) for s in SPLITS)
+    total = sum(-(-len(rows[s]) // batch_size) for s in SPLITS)
     bar = tqdm(total=total, desc=f"embed {params['eval_set']}", leave=False, mininterval=1.0)
     with atomic_dir(out_dir) as tmp, ThreadPoolExecutor(1) as writer_thread:
         writers = {
@@ -63,12 +62,12 @@ def embed_eval_set(
             part = store.splits[split]
             reader = SplitReader(part, "center", params["resolution"], device, resident_mb, workers=loader_workers(device, threads))
             start = 0
-            for vectors in embed_batches(model, points, reader.batches(np.arange(len(part)), batch_size), poolings, dtype, params["compute"]["precision"], **normalise):
+            for vectors in embed_batches(model, points, reader.batches(rows[split], batch_size), poolings, dtype, params["compute"]["precision"], **normalise):
                 n = len(next(iter(vectors.values())))
-                rows = (part.labels[start : start + n], np.full(n, split), np.arange(start, start + n))
+                ids = rows[split][start : start + n]
                 if pending is not None:
                     pending.result()  # one batch in flight: memory stays at two batches
-                pending = writer_thread.submit(_append, writers, vectors, rows)
+                pending = writer_thread.submit(_append, writers, vectors, (part.labels[ids] - first, np.full(n, split), ids))
                 start += n
                 bar.update()
         if pending is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -244,6 +245,14 @@ def _read_selected(file: pq.ParquetFile, dim: int, dtype: str, keep: np.ndarray,
         values = np.frombuffer(chunk.buffers()[1], dtype=_VECTOR_DTYPES[dtype], count=(chunk.offset + len(chunk)) * dim)
         out.append(values[chunk.offset * dim :].reshape(-1, dim)[rows].astype(np.float32))
     return np.concatenate(out) if out else np.empty((0, dim), dtype=np.float32)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json(obj, path) -> None:

@@ -1,0 +1,16 @@
+from tunnelscope.continual import evaluate
+from tunnelscope.io import write_table
+from tunnelscope.joblog import job_logging
+
+with job_logging(snakemake.log[0]):
+    table = evaluate(
+        snakemake.params.settings,
+        checkpoint=snakemake.input.checkpoint,
+        data_path=snakemake.input.data,
+        out_dir=snakemake.output.embeddings,
+        batch_size=snakemake.resources.embed_batch,
+        threads=snakemake.threads,
+        channels_last=bool(snakemake.resources.channels_last),
+        resident_mb=snakemake.resources.resident_mb,
+    )
+    write_table(table, snakemake.output.evaluation)

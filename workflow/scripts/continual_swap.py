@@ -1,0 +1,7 @@
+from tunnelscope.config import TRAINED
+from tunnelscope.continual import swap
+from tunnelscope.joblog import job_logging
+
+with job_logging(snakemake.log[0]):
+    i, out = snakemake.input, snakemake.output
+    swap(snakemake.params.settings, dict(zip(TRAINED, i.networks)), dict(zip(TRAINED, i.evaluations)), out.tunnel, {"E1+T2": out.e1t2, "E2+T1": out.e2t1})

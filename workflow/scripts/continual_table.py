@@ -1,0 +1,22 @@
+import json
+from pathlib import Path
+
+from tunnelscope import continual, tables
+from tunnelscope.io import atomic_path, read_table
+from tunnelscope.joblog import job_logging
+
+with job_logging(snakemake.log[0]) as log:
+    i, out, params = snakemake.input, snakemake.output, snakemake.params.settings
+    evaluations = [read_table(path) for path in i.evaluations]
+    tunnels = {}
+    for path in i.tunnels:  # RESULTS/continual/RUN/tunnel.json
+        with open(path) as fh:
+            tunnels[Path(path).parent.name] = json.load(fh)
+    run_of = {tuple(variables[k] for k in continual.CELL_VARIABLES): run for run, variables in params["runs"].items()}
+    scores = continual.scores(evaluations, tunnels, run_of)
+    with atomic_path(out.scores) as tmp:
+        scores.to_csv(tmp, index=False)
+    csv, latex = continual.table(scores, [label for _, label in params["networks"]], params["score"])
+    tables.write("continual", csv, latex, out.csv, out.tex, caption=snakemake.params.caption)
+    continual.figure(evaluations, tunnels, run_of, out.png, out.pdf)
+    log.info("Table 2 (%s scores)\n%s", params["score"], latex.to_string(index=False))
