@@ -121,6 +121,16 @@ def test_stage_params_are_sorted_builtin_and_minimal(default_config, schema):
     assert study.probe_params(cell, "shapes")["role"] == "id"
 
 
+def test_probe_params_keep_the_cell_seed_apart_from_the_probe_seed(default_config, schema):
+    """Both are called seed in the config; in the probe job's params (and so in every probe
+    table row) ``seed`` must stay the cell's, or the seeds of a backbone could not be told apart."""
+    default_config["grid"]["seed"] = [3, 4]
+    default_config["probe"]["seed"] = 42
+    study = Study(default_config, schema)
+    params = [study.probe_params(f"vggm11_shapes_r32_none_s{s}", "digits") for s in (3, 4)]
+    assert [p["seed"] for p in params] == [3, 4] and [p["probe_seed"] for p in params] == [42, 42]
+
+
 def test_eval_sets_put_the_id_set_first(default_config, schema):
     study = Study(default_config, schema)
     assert study.eval_sets("vggm11_shapes_r48_none_s0") == ["shapes", "shapes-novel", "glyphs", "digits", "shapes-noise"]

@@ -438,7 +438,8 @@ class Study:
         c = self.cells[cell]
         role = "id" if eval_set == c.id_dataset else "ood"
         used = PROBE_KEYS["common"] + PROBE_KEYS[c.probe["solver"]]
-        return _sorted({**c.variables, "eval_set": eval_set, "role": role, **{k: c.probe[k] for k in used}})
+        settings = {("probe_seed" if k == "seed" else k): c.probe[k] for k in used}  # "seed" is the cell's
+        return _sorted({**c.variables, "eval_set": eval_set, "role": role, **settings})
 
     def layer_stats_params(self, cell: str) -> dict:
         c = self.cells[cell]
