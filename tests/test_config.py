@@ -68,6 +68,7 @@ def test_schema_architectures_match_the_registry(schema):
         (lambda c: c.update(analysis={"comparisons": [{"name": "a", "variable": "augmentation"}, {"name": "a", "variable": "resolution"}]}), "analysis.comparisons[1].name: 'a' is used by an earlier comparison"),
         (lambda c: c.update(analysis={"comparisons": [{"name": "a", "variable": "augmentation", "match": ["colour"]}]}), "analysis.comparisons[0].match[0]: 'colour' is not one of"),
         (lambda c: c.update(analysis={"shap_slope_normalisation": "l2"}), "analysis.shap_slope_normalisation: 'l2' is not one of none, l1"),
+        (lambda c: c.update(analysis={"seed_confidence": 95}), "analysis.seed_confidence: 95 is greater than or equal to the maximum of 1"),
     ],
 )
 def test_bad_configs_give_one_line_naming_the_key(default_config, schema, edit, expected):
@@ -129,6 +130,7 @@ def test_probe_params_keep_the_cell_seed_apart_from_the_probe_seed(default_confi
     study = Study(default_config, schema)
     params = [study.probe_params(f"vggm11_shapes_r32_none_s{s}", "digits") for s in (3, 4)]
     assert [p["seed"] for p in params] == [3, 4] and [p["probe_seed"] for p in params] == [42, 42]
+    assert study.seed_params() == {"confidence": 0.95}
 
 
 def test_eval_sets_put_the_id_set_first(default_config, schema):

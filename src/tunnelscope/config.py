@@ -452,6 +452,10 @@ class Study:
     def analysis_params(self) -> dict:
         return _sorted(self.config["analysis"])
 
+    def seed_params(self) -> dict:
+        """What the seed summaries of the aggregate, tables and figures read."""
+        return {"confidence": self.config["analysis"]["seed_confidence"]}
+
 
 def source_fingerprint(root: str, max_entries: int = 20000) -> str:
     """A cheap stamp of a dataset directory: names, sizes and mtimes two levels deep.
