@@ -67,12 +67,12 @@ def draw_normalised(ax, probes: pd.DataFrame, legend: bool = True, confidence: f
         ax.legend(loc="lower left", fontsize="small")
 
 
-def draw_band(ax, x, frame: pd.DataFrame, column: str, colour, label: str, alpha: float = 0.2, marker: str = "o"):
+def draw_band(ax, x, frame: pd.DataFrame, column: str, colour, label: str, alpha: float = 0.2):
     """A line of ``frame[column]`` over ``x`` and, where ``COLUMN_ci_low`` / ``COLUMN_ci_high``
     are finite (a ``seeds.seed_summary``), a shaded band between them. On a log axis a band that
     reaches 0 is cut at a tenth of the line's smallest positive value."""
     mean = frame[column].to_numpy(dtype=float)
-    ax.plot(x, mean, color=colour, marker=marker, ms=3, label=label)
+    ax.plot(x, mean, color=colour, marker="o", ms=3, label=label)
     low, high = (frame.get(f"{column}_{bound}", pd.Series(np.nan, index=frame.index)).to_numpy(dtype=float) for bound in ("ci_low", "ci_high"))
     if np.isfinite(low).any():
         if ax.get_yscale() == "log" and (mean > 0).any():

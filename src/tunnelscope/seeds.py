@@ -79,12 +79,11 @@ def seed_summary(frame: pd.DataFrame, keys: list[str], columns: list[str], confi
     return out.reset_index()
 
 
-def several_seeds(frame: pd.DataFrame, keys: list[str] = BACKBONE) -> bool:
-    """Whether any group of ``keys`` (default: a backbone) has two or more seeds."""
+def several_seeds(frame: pd.DataFrame) -> bool:
+    """Whether any backbone of ``frame`` has two or more seeds."""
     if SEED not in frame.columns or frame.empty:
         return False
-    present = [k for k in keys if k in frame.columns]
-    return bool(frame.groupby(present, sort=False, dropna=False)[SEED].nunique().max() > 1)
+    return bool(frame.groupby(BACKBONE, sort=False, dropna=False)[SEED].nunique().max() > 1)
 
 
 # The aggregate tables' seed summaries: (what identifies a row besides the backbone, what is
