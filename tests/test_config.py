@@ -70,6 +70,7 @@ def test_schema_architectures_match_the_registry(schema):
         (lambda c: c.update(analysis={"comparisons": [{"name": "a", "variable": "augmentation"}, {"name": "a", "variable": "resolution"}]}), "analysis.comparisons[1].name: 'a' is used by an earlier comparison"),
         (lambda c: c.update(analysis={"comparisons": [{"name": "a", "variable": "augmentation", "match": ["colour"]}]}), "analysis.comparisons[0].match[0]: 'colour' is not one of"),
         (lambda c: c.update(analysis={"shap_slope_normalisation": "l2"}), "analysis.shap_slope_normalisation: 'l2' is not one of none, l1"),
+        (lambda c: c.update(analysis={"seed_confidence": 95}), "analysis.seed_confidence: 95 is greater than or equal to the maximum of 1"),
     ],
 )
 def test_bad_configs_give_one_line_naming_the_key(default_config, schema, edit, expected):
@@ -138,6 +139,17 @@ def test_a_solver_list_gives_each_solver_its_own_settings_and_the_first_drives_t
     assert study.zero_shot_params(cell, "shapes-noise")["seed"] == 3 and study.zero_shot_params(cell, "shapes-noise")["split_seed"] == 7
     assert study.tsne_params(cell)["seed"] == 3 and study.tsne_params(cell)["tsne_seed"] == 9
     assert study.shifted_sets(cell) == ["shapes-noise"]  # the default study's noisy copy of its ID set
+
+
+def test_probe_params_keep_the_cell_seed_apart_from_the_probe_seed(default_config, schema):
+    """Both are called seed in the config; in the probe job's params (and so in every probe
+    table row) ``seed`` must stay the cell's, or the seeds of a backbone could not be told apart."""
+    default_config["grid"]["seed"] = [3, 4]
+    default_config["probe"]["seed"] = 42
+    study = Study(default_config, schema)
+    params = [study.probe_params(f"vggm11_shapes_r32_none_s{s}", "digits") for s in (3, 4)]
+    assert [p["seed"] for p in params] == [3, 4] and [p["probe_seed"] for p in params] == [42, 42]
+    assert study.seed_params() == {"confidence": 0.95}
 
 
 def test_eval_sets_put_the_id_set_first(default_config, schema):

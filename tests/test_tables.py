@@ -27,9 +27,15 @@ def test_ood_tables_average_seeds_and_align_ood_sets_by_position():
             for index, ood in enumerate(oods, start=1):
                 rows.append({"arch": arch, "label": arch.upper(), "id_dataset": id_set, "resolution": 32, "augmentation": "none", "seed": seed, "ood_set": ood, "ood_index": index, "ood_retained": 50.0 + 10 * index + bump})
     csv, latex = tables.ood_table(pd.DataFrame(rows), "ood_retained")
-    assert csv.columns.tolist() == ["id_dataset", "arch", "backbone", "resolution", "augmentation", "x", "cifar100 / cifar10", "mean"]
-    assert csv["x"].tolist() == [65.0, 65.0] and csv["mean"].tolist() == [70.0, 70.0]  # two seeds averaged
-    assert "arch" not in latex and latex.iloc[0]["mean"] == "70.00"
+    bounds = lambda name: [name, f"{name} ci_low", f"{name} ci_high"]  # noqa: E731
+    assert csv.columns.tolist() == ["id_dataset", "arch", "backbone", "resolution", "augmentation", *bounds("x"), *bounds("cifar100 / cifar10"), *bounds("mean"), "seeds"]
+    assert csv["x"].tolist() == [65.0, 65.0] and csv["mean"].tolist() == [70.0, 70.0] and csv.seeds.tolist() == [2, 2]  # two seeds averaged
+    half = 12.7062 * np.std([60.0, 70.0], ddof=1) / np.sqrt(2)  # t(0.975, 1 df) s / sqrt(n)
+    np.testing.assert_allclose(csv["x ci_high"] - csv["x"], [half, half], atol=1e-3)
+    assert "arch" not in latex and "x ci_low" not in latex and latex.iloc[0]["mean"] == f"70.00 ± {half:.2f}"
+    one_seed, latex = tables.ood_table(pd.DataFrame([r for r in rows if r["seed"] == 0]), "ood_retained")
+    assert one_seed.columns.tolist() == ["id_dataset", "arch", "backbone", "resolution", "augmentation", "x", "cifar100 / cifar10", "mean"]
+    assert latex.iloc[0]["mean"] == "65.00"  # no interval printed with one seed
 
 
 def test_latex_is_escaped_and_symbols_are_math(tmp_path):

@@ -61,6 +61,24 @@ def test_all_outputs_exist_and_parse(study):
     np.testing.assert_allclose(retained["mean"], expected, atol=1e-3)
 
 
+def test_seed_summaries_stand_beside_the_per_seed_tables(study):
+    """One seed per backbone: each summary holds that seed's values, n_seeds 1 and no interval,
+    and the paper tables print no interval."""
+    agg = study / "out/aggregate"
+    for name, value in (("metrics", "ood_retained"), ("curves", "test_acc"), ("layer_stats", "rankme")):
+        per_seed, summary = pd.read_parquet(agg / f"{name}.parquet"), pd.read_parquet(agg / f"{name}_seeds.parquet")
+        assert len(summary) == len(per_seed) and summary.n_seeds.eq(1).all() and "seed" not in summary
+        np.testing.assert_allclose(summary[value], per_seed[value])
+        assert summary[f"{value}_ci_low"].isna().all() and summary[f"{value}_ci_high"].isna().all()
+        assert pd.read_csv(agg / f"{name}_seeds.csv").shape == summary.shape
+    assert pd.read_parquet(agg / "curves.parquet").seed.eq(0).all()  # the cell's seed, not the probe's
+    summary = pd.read_parquet(agg / "metrics_seeds.parquet")
+    assert summary.strength.tolist() == pd.read_parquet(agg / "metrics.parquet").strength.tolist()
+    for table in PAPER_TABLES:
+        assert not [c for c in pd.read_csv(study / "out/paper/tables" / f"{table}.csv").columns if c.endswith(("ci_low", "ci_high", "seeds"))]
+        assert r"\pm" not in (study / "out/paper/tables" / f"{table}.tex").read_text().split("\\midrule")[1]
+
+
 def test_a_corrupted_copy_is_its_clean_set_shifted(study):
     """The copy holds the ID set's images, each blurred; its embeddings keep the ID set's rows and
     labels and move away from the clean ones; its probes run as any OOD set's."""

@@ -6,7 +6,8 @@ the cell variables (arch, id_dataset, resolution, augmentation, seed), ``ood_set
 ``ood_index``. Output: SHAP slopes with in-sample R^2, paired comparisons (over matched pairs,
 one backbone of each level with all else equal: means, Cliff's delta and the Wilcoxon
 signed-rank test) and per-level means with bootstrap 95% intervals, for the comparisons of
-``analysis.comparisons``.
+``analysis.comparisons``. Pairs always match on the seed; with several seeds, level means and
+Cliff's delta also get a t-interval across seeds (``seeds.t_interval``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pandas as pd
 from scipy import stats
 
 from .config import CELL_VARIABLES, DERIVED_VARIABLES
+from .seeds import CONFIDENCE, SEED, t_interval
 
 log = logging.getLogger("tunnelscope.analysis")
 
@@ -31,7 +33,7 @@ NUMERIC = ("stem", "spatial_reduction", "resolution", "id_classes", "gamma", "de
 # Variables the automatic comparisons look at, in this order.
 COMPARED = ("augmentation", "resolution", "id_dataset", "arch", "arch_family", "family", "stem", "spatial_reduction", "depth", "id_classes", "gamma")
 CLIFF_BANDS = ((0.474, "large"), (0.33, "medium"), (0.147, "small"), (0.0, "negligible"))
-DEFAULT_SETTINGS = {"comparisons": "auto", "shap_slope_normalisation": "none", "alpha": 0.05, "bootstrap_resamples": 2000}
+DEFAULT_SETTINGS = {"comparisons": "auto", "shap_slope_normalisation": "none", "alpha": 0.05, "bootstrap_resamples": 2000, "seed_confidence": CONFIDENCE}
 
 
 class TableError(ValueError):
@@ -248,7 +250,26 @@ def pair_rows(low: pd.DataFrame, high: pd.DataFrame, match: list[str], pair_orde
     return sides[0].merge(sides[1], on=[*match, "_rank"], suffixes=("_from", "_to")), shared
 
 
-def run_comparison(table: pd.DataFrame, spec: dict, alpha: float, n_resamples: int) -> tuple[list[dict], list[dict]]:
+def comparison_match(table: pd.DataFrame, spec: dict) -> list[str]:
+    """What a comparison's pairs hold fixed: its declared ``match`` or the default, and always
+    the seed (unless the seed is what is compared), so that a seed-0 backbone pairs with the
+    seed-0 backbone of the other level, never with another seed's."""
+    match = list(spec.get("match") or default_match(table, spec["variable"]))
+    if SEED in table.columns and spec["variable"] != SEED and SEED not in match:
+        match.append(SEED)
+    return match
+
+
+def seed_interval(rows: pd.DataFrame, statistic, confidence: float) -> dict:
+    """n_seeds and the t-interval across seeds of ``statistic(rows of one seed)``; NaN bounds
+    with fewer than two seeds (or no seed column)."""
+    if SEED not in rows.columns or rows.empty:
+        return {"n_seeds": 1 if len(rows) else 0, "ci_low": float("nan"), "ci_high": float("nan")}
+    _, low, high, _ = t_interval([statistic(group) for _, group in rows.groupby(SEED, sort=True)], confidence)
+    return {"n_seeds": int(rows[SEED].nunique()), "ci_low": low, "ci_high": high}
+
+
+def run_comparison(table: pd.DataFrame, spec: dict, alpha: float, n_resamples: int, confidence: float = CONFIDENCE) -> tuple[list[dict], list[dict]]:
     """(paired test rows, level mean rows) of one comparison."""
     name, variable = spec["name"], spec["variable"]
     head = {"comparison": name, "variable": variable}
@@ -266,11 +287,13 @@ def run_comparison(table: pd.DataFrame, spec: dict, alpha: float, n_resamples: i
         for target in TARGETS:
             values = group[target].dropna().to_numpy(dtype=float)
             low, high = bootstrap_interval(values, n_resamples)
-            means.append({**head, "level": level, "target": target, "n": len(values), "mean": float(values.mean()) if len(values) else float("nan"), "ci_low": low, "ci_high": high})
+            seeds = seed_interval(group.dropna(subset=[target]), lambda g: g[target].mean(), confidence)
+            means.append({**head, "level": level, "target": target, "n": len(values), "mean": float(values.mean()) if len(values) else float("nan"), "ci_low": low, "ci_high": high,
+                          "n_seeds": seeds["n_seeds"], "seed_ci_low": seeds["ci_low"], "seed_ci_high": seeds["ci_high"]})
     if len(levels) < 2 and not spec.get("pairs"):
         return [{**head, "target": t, "note": "not estimable: single level"} for t in TARGETS], means
     pairs = spec.get("pairs") or list(itertools.combinations(levels, 2))
-    match = spec.get("match") or default_match(table, variable)
+    match = comparison_match(table, spec)
     tests = []
     for lo, hi in pairs:
         a, b = rows[level_mask(rows[variable], lo)], rows[level_mask(rows[variable], hi)]
@@ -278,15 +301,16 @@ def run_comparison(table: pd.DataFrame, spec: dict, alpha: float, n_resamples: i
         matched, shared = pair_rows(a, b, match, spec.get("pair_order"))
         note = f"several backbones per level share the matched values: paired in order of {spec.get('pair_order') or 'the grid'}" if shared else ""
         for target in TARGETS:
-            pair = matched[[f"{target}_from", f"{target}_to"]].dropna()
+            pair = matched[[f"{target}_from", f"{target}_to"] + ([SEED] if SEED in matched.columns else [])].dropna()
             row = {**head, "target": target, "level_from": lo, "level_to": hi, "n_from": int(a[target].notna().sum()), "n_to": int(b[target].notna().sum())}
-            tests.append(_compare(row, pair, a[target].dropna(), b[target].dropna(), alpha, note))
+            tests.append(_compare(row, pair, a[target].dropna(), b[target].dropna(), alpha, note, confidence))
     return tests, means
 
 
-def _compare(row: dict, pair: pd.DataFrame, before: pd.Series, after: pd.Series, alpha: float, note: str) -> dict:
+def _compare(row: dict, pair: pd.DataFrame, before: pd.Series, after: pd.Series, alpha: float, note: str, confidence: float = CONFIDENCE) -> dict:
     """Means, Cliff's delta and the Wilcoxon test over the matched pairs, so all three compare
-    like with like; without pairs, means and delta over all rows of the two levels, no test."""
+    like with like (and the t-interval across seeds of the delta within each seed's pairs);
+    without pairs, means and delta over all rows of the two levels, no test."""
     target = row["target"]
     row = {**row, "n_pairs": len(pair)}
     if len(pair):
@@ -297,20 +321,23 @@ def _compare(row: dict, pair: pd.DataFrame, before: pd.Series, after: pd.Series,
     row.update(mean_from=float(before.mean()), mean_to=float(after.mean()), cliffs_delta=delta, abs_delta=abs(delta), magnitude=cliffs_magnitude(delta))
     if len(pair) == 0:
         return {**row, "note": "no matched pairs: means and delta over all rows of each level, no test"}
+    seeds = seed_interval(pair, lambda g: cliffs_delta(g[f"{target}_to"], g[f"{target}_from"]), confidence)
+    # delta lies in [-1, 1]; a t-interval over a few seeds can reach past that.
+    row.update(n_seeds=seeds["n_seeds"], delta_ci_low=max(seeds["ci_low"], -1.0), delta_ci_high=min(seeds["ci_high"], 1.0))
     x, y = after.to_numpy(), before.to_numpy()
     p = 1.0 if np.allclose(x - y, 0) else float(stats.wilcoxon(x, y).pvalue)
     return {**row, "wilcoxon_p": p, "significant": bool(p < alpha), "note": note}
 
 
-def comparisons(table: pd.DataFrame, specs, alpha: float = 0.05, n_resamples: int = 2000) -> tuple[pd.DataFrame, pd.DataFrame]:
+def comparisons(table: pd.DataFrame, specs, alpha: float = 0.05, n_resamples: int = 2000, confidence: float = CONFIDENCE) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(paired tests, level means) of every comparison; ``specs`` "auto" or a list."""
     tests, means = [], []
     for spec in auto_comparisons(table) if specs == "auto" else specs:
-        t, m = run_comparison(table, spec, alpha, n_resamples)
+        t, m = run_comparison(table, spec, alpha, n_resamples, confidence)
         tests += t
         means += m
-    columns = ["comparison", "variable", "target", "level_from", "level_to", "n_from", "n_to", "n_pairs", "mean_from", "mean_to", "wilcoxon_p", "significant", "cliffs_delta", "abs_delta", "magnitude", "note"]
-    mean_columns = ["comparison", "variable", "level", "target", "n", "mean", "ci_low", "ci_high"]
+    columns = ["comparison", "variable", "target", "level_from", "level_to", "n_from", "n_to", "n_pairs", "mean_from", "mean_to", "wilcoxon_p", "significant", "cliffs_delta", "abs_delta", "magnitude", "n_seeds", "delta_ci_low", "delta_ci_high", "note"]
+    mean_columns = ["comparison", "variable", "level", "target", "n", "mean", "ci_low", "ci_high", "n_seeds", "seed_ci_low", "seed_ci_high"]
     return pd.DataFrame(tests).reindex(columns=columns), pd.DataFrame(means).reindex(columns=mean_columns)
 
 
@@ -321,7 +348,7 @@ def analyze(table: pd.DataFrame, out_dir: str | Path, settings: dict | None = No
     settings = {**DEFAULT_SETTINGS, **(settings or {})}
     table = check_table(table)
     slopes, fit = shap_slopes(table, settings["shap_slope_normalisation"])
-    paired, means = comparisons(table, settings["comparisons"], settings["alpha"], settings["bootstrap_resamples"])
+    paired, means = comparisons(table, settings["comparisons"], settings["alpha"], settings["bootstrap_resamples"], settings["seed_confidence"])
     results = {"shap_slopes": slopes, "shap_fit": fit, "paired_tests": paired, "level_means": means}
     out = Path(out_dir)
     for name, frame in results.items():

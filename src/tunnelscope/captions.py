@@ -8,11 +8,11 @@ TABLES = {
     "id_accuracy": (
         "Table 11",
         "ID top-1 accuracy (%) of every backbone on its ID test set, per resolution: no augmentation / augmentation "
-        "(the kept checkpoint's; mean over seeds).",
+        "(the kept checkpoint's).",
     ),
     "ood_accuracy": (
         "Tables 4-7",
-        "Last-layer OOD linear-probe accuracy (%) per backbone and OOD set, and their mean (mean over seeds).",
+        "Last-layer OOD linear-probe accuracy (%) per backbone and OOD set, and their mean.",
     ),
     "ood_retained": (
         "Tables 4-7",
@@ -49,9 +49,13 @@ CONTINUAL_TABLE = (
 )
 
 
-def table_caption(name: str) -> str:
+def table_caption(name: str, confidence: float = 0.95) -> str:
     paper, text = TABLES[name]
-    return f"{text} Laid out like the paper's {paper}."
+    if name == "effect_sizes":
+        seeds = f"|delta| with [low, high], the {confidence:.0%} t-interval of the per-seed delta signed in the direction of the pooled one"
+    else:
+        seeds = f"values are seed means ± half the width of their {confidence:.0%} t-interval across seeds"
+    return f"{text} Where a backbone has several seeds, {seeds}. Laid out like the paper's {paper}."
 
 
 # Tables of this project's own protocol comparisons (not in the paper).

@@ -558,7 +558,8 @@ class Study:
         role = "id" if eval_set == c.id_dataset else "ood"
         probe = {**c.probe, "solver": solver or c.probe["solver"]}
         used = PROBE_KEYS["common"] + PROBE_KEYS[probe["solver"]]
-        return _sorted({**c.variables, "eval_set": eval_set, "role": role, **{k: probe[k] for k in used}})
+        settings = {("probe_seed" if k == "seed" else k): probe[k] for k in used}  # "seed" is the cell's
+        return _sorted({**c.variables, "eval_set": eval_set, "role": role, **settings})
 
     def zero_shot_params(self, cell: str, eval_set: str) -> dict:
         c = self.cells[cell]
@@ -627,7 +628,7 @@ class Study:
         embed = {k: v for k, v in self.config["embed"].items() if k != "batch_size"}
         probe = self.config["probe"]
         solver = probe["solver"][0] if isinstance(probe["solver"], list) else probe["solver"]  # a list's first
-        probe = {**{k: probe[k] for k in PROBE_KEYS["common"] + PROBE_KEYS[solver]}, "solver": solver}
+        probe = {**{("probe_seed" if k == "seed" else k): probe[k] for k in PROBE_KEYS["common"] + PROBE_KEYS[solver]}, "solver": solver}
         layers = {str(t): "all" if t == own else "last" for t in (1, 2)}
         return _sorted({**self._run_common(run), **embed, "probe": probe, "tasks": self.config["continual"]["tasks"], "layers": layers, "network": self.continual_label(network)})
 
@@ -635,6 +636,10 @@ class Study:
         section = self.config["continual"]
         runs = {run: r.variables for run, r in self.runs.items()}
         return _sorted({"score": section["score"], "networks": [list(n) for n in self.continual_networks()], "runs": runs})
+
+    def seed_params(self) -> dict:
+        """What the seed summaries of the aggregate, tables and figures read."""
+        return {"confidence": self.config["analysis"]["seed_confidence"]}
 
 
 def source_fingerprint(root: str, max_entries: int = 20000) -> str:

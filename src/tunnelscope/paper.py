@@ -12,13 +12,15 @@ from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
-from .analysis import VARIABLES
+from .analysis import VARIABLES, present_levels
 from .captions import TABLES, table_caption
 from .config import CELL_VARIABLES
 from .io import atomic_path
 from .metrics import normalise
-from .plots import _save, _style, plt, sns
+from .plots import _save, _style, draw_band, plt, sns
+from .seeds import BACKBONE, CONFIDENCE, seed_summary, several_seeds, summarise
 
 CELL_COLUMNS = list(CELL_VARIABLES)
 STRENGTHS = ["negligible", "weak", "medium", "strong"]
@@ -32,15 +34,17 @@ def _normalised_ood(curves: pd.DataFrame) -> pd.DataFrame:
     return ood
 
 
-def curves_by_variable(curves: pd.DataFrame, metrics: pd.DataFrame, png: str, pdf: str) -> list[str]:
-    """One panel per variable with at least two levels: mean normalised OOD curve per level."""
+def curves_by_variable(curves: pd.DataFrame, metrics: pd.DataFrame, png: str, pdf: str, confidence: float = CONFIDENCE) -> list[str]:
+    """One panel per variable with at least two levels: mean normalised OOD curve per level,
+    shaded ±1 SD over cells and OOD sets, or with several seeds per backbone the t-interval
+    across the seeds' level curves."""
     _style()
     ood = _normalised_ood(curves).merge(metrics[CELL_COLUMNS + [v for v in VARIABLES if v not in CELL_COLUMNS]].drop_duplicates(CELL_COLUMNS), on=CELL_COLUMNS)
     varying = [v for v in VARIABLES if ood[v].nunique() > 1]
     panels = varying or ["augmentation"]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for ax, variable in zip(axes.flat, panels):
-        sns.lineplot(data=ood, x="relative_depth", y="normalised", hue=variable, errorbar=("sd", 1), marker="o", ax=ax, palette="colorblind")
+        draw_levels(ax, ood, variable, confidence)
         ax.set_xlabel("relative depth (layer / L)")
         ax.set_ylabel("OOD accuracy / curve max")
         ax.set_title(f"by {variable.replace('_', ' ')}")
@@ -48,6 +52,22 @@ def curves_by_variable(curves: pd.DataFrame, metrics: pd.DataFrame, png: str, pd
     fig.tight_layout()
     _save(fig, png, pdf)
     return varying
+
+
+def draw_levels(ax, ood: pd.DataFrame, variable: str, confidence: float = CONFIDENCE) -> None:
+    """Mean normalised OOD curve over relative depth per level of ``variable``: one seed per
+    backbone, shaded ±1 SD over cells and OOD sets; several, each seed's level curve (mean over
+    its cells and OOD sets) summarised by the mean and t-interval across seeds."""
+    if not several_seeds(ood):
+        sns.lineplot(data=ood, x="relative_depth", y="normalised", hue=variable, errorbar=("sd", 1), marker="o", ax=ax, palette="colorblind")
+        return
+    per_seed = ood.groupby([variable, "seed", "relative_depth"], sort=True).normalised.mean().reset_index()
+    summary = seed_summary(per_seed, [variable, "relative_depth"], ["normalised"], confidence)
+    levels = present_levels(ood[variable])
+    for colour, level in zip(sns.color_palette("colorblind", len(levels)), levels):
+        part = summary[summary[variable] == level].sort_values("relative_depth")
+        draw_band(ax, part.relative_depth.to_numpy(), part, "normalised", colour, str(level))
+    ax.legend(title=f"{variable} ({confidence:.0%} CI over seeds)", fontsize="small", title_fontsize="small")
 
 
 def shap_bars(slopes: pd.DataFrame, png: str, pdf: str) -> None:
@@ -66,29 +86,48 @@ def shap_bars(slopes: pd.DataFrame, png: str, pdf: str) -> None:
 
 
 def strength_histogram(metrics: pd.DataFrame, png: str, pdf: str) -> None:
+    """Backbones per strength class, each classed by its % OOD retained averaged over its OOD
+    sets and its seeds (so that seeds do not multiply the counts)."""
     _style()
-    per_cell = metrics.drop_duplicates(CELL_COLUMNS).strength.value_counts().reindex(STRENGTHS, fill_value=0)
+    per_backbone = summarise("metrics", metrics).drop_duplicates(BACKBONE).strength.value_counts().reindex(STRENGTHS, fill_value=0)
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    ax.bar(per_cell.index, per_cell.to_numpy(), color=sns.color_palette("rocket_r", 4))
+    ax.bar(per_backbone.index, per_backbone.to_numpy(), color=sns.color_palette("rocket_r", 4))
     ax.set_xlabel("tunnel strength (mean % OOD retained: >=95, [90,95), [80,90), <80)")
     ax.set_ylabel("backbones (count)")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     _save(fig, png, pdf)
 
 
-def layer_stats_figure(stats: pd.DataFrame, png: str, pdf: str) -> None:
+LAYER_STATS = {"numerical_rank": "numerical rank (count)", "rankme": "RankMe", "nc1": "NC1 (log scale)", "cka_to_last": "linear CKA to last layer"}
+
+
+def layer_stats_figure(stats: pd.DataFrame, png: str, pdf: str, confidence: float = CONFIDENCE) -> None:
+    """Per-layer ID statistics over relative depth, one line per cell; with several seeds per
+    backbone, one line per backbone (the seed mean) shaded with the t-interval across seeds."""
     _style()
-    stats = stats.copy()
-    stats["cell"] = stats[CELL_COLUMNS].astype(str).agg(" ".join, axis=1)
-    stats["relative_depth"] = stats.layer / stats.groupby("cell").layer.transform("max")
-    columns = [("numerical_rank", "numerical rank (count)"), ("rankme", "RankMe"), ("nc1", "NC1 (log scale)"), ("cka_to_last", "linear CKA to last layer")]
+    several = several_seeds(stats)
+    if several:
+        lines = seed_summary(stats, BACKBONE + ["layer"], list(LAYER_STATS), confidence)
+        lines["cell"] = lines[BACKBONE].astype(str).agg(" ".join, axis=1) + lines.groupby(BACKBONE, sort=False).n_seeds.transform("max").map(lambda n: f" ({n} seeds)")
+    else:
+        lines = stats.assign(cell=stats[CELL_COLUMNS].astype(str).agg(" ".join, axis=1))
+    lines["relative_depth"] = lines.layer / lines.groupby("cell").layer.transform("max")
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
-    for ax, (column, label) in zip(axes, columns):
-        sns.lineplot(data=stats, x="relative_depth", y=column, hue="cell", marker="o", ax=ax, legend=ax is axes[-1], palette="colorblind")
-        ax.set_xlabel("relative depth (layer / L)")
-        ax.set_ylabel(label)
+    for ax, (column, label) in zip(axes, LAYER_STATS.items()):
         if column == "nc1":
             ax.set_yscale("log")
+        if several:
+            names = list(dict.fromkeys(lines.cell))
+            for colour, name in zip(sns.color_palette("colorblind", len(names)), names):
+                part = lines[lines.cell == name].sort_values("layer")
+                draw_band(ax, part.relative_depth.to_numpy(), part, column, colour, name)
+            if ax is axes[-1]:
+                ax.legend(title=f"backbone ({confidence:.0%} CI over seeds)")
+        else:
+            sns.lineplot(data=lines, x="relative_depth", y=column, hue="cell", marker="o", ax=ax, legend=ax is axes[-1], palette="colorblind")
+        ax.set_xlabel("relative depth (layer / L)")
+        ax.set_ylabel(label)
     if axes[-1].get_legend():
         sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1, 1), fontsize="x-small")
     fig.tight_layout()
@@ -107,23 +146,24 @@ def provenance(metrics: pd.DataFrame, config: dict) -> dict:
 
 
 FIGURES = {
-    "curves_by_variable": "Mean normalised OOD probe curve per level of each variable that varies in the grid (±1 SD over cells and OOD sets).",
+    "curves_by_variable": "Mean normalised OOD probe curve per level of each variable that varies in the grid (±1 SD over cells and OOD sets; with several seeds per backbone, the {confidence} t-interval across seeds).",
     "shap_slopes": "SHAP slope of each variable on each target (% OOD retained / 100, Pearson ρ, ID/OOD alignment); empty where a variable has a single level.",
-    "strength_histogram": "Backbones per tunnel-strength class, from % OOD retained averaged over each backbone's OOD sets.",
-    "layer_stats": "Per-layer statistics of ID embeddings: numerical rank, RankMe, NC1 and linear CKA to the last probed layer.",
+    "strength_histogram": "Backbones per tunnel-strength class, from % OOD retained averaged over each backbone's OOD sets (and seeds).",
+    "layer_stats": "Per-layer statistics of ID embeddings: numerical rank, RankMe, NC1 and linear CKA to the last probed layer (with several seeds per backbone: seed means, shaded with the {confidence} t-interval across seeds).",
 }
 
 
-def html_page(out_dir: Path, page: str, prov: dict, tables: dict[str, pd.DataFrame], slopes: pd.DataFrame) -> None:
+def html_page(out_dir: Path, page: str, prov: dict, tables: dict[str, pd.DataFrame], slopes: pd.DataFrame, confidence: float = CONFIDENCE) -> None:
     """A static page with every figure and table, readable without Snakemake."""
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>tunnelscope paper build</title>",
              "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto}img{max-width:100%;border:1px solid #ddd}table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>",
              "<h1>tunnelscope paper build</h1>", "<p><img src='../figures/tunnel_curves.png' alt='tunnel curves'></p>",
-             "<p>Normalised tunnel curves of every cell (ID black, OOD mean ±1 SD red, star at the OOD peak).</p>"]
+             f"<p>Normalised tunnel curves of every backbone (ID black, OOD mean red shaded ±1 SD over the OOD sets, star at the OOD peak; with several seeds, seed means shaded with the {confidence:.0%} t-interval across seeds).</p>"]
     for name, caption in FIGURES.items():
+        caption = caption.format(confidence=f"{confidence:.0%}")
         parts += [f"<h2>{html.escape(name.replace('_', ' '))}</h2>", f"<p><img src='{name}.png' alt='{name}'></p>", f"<p>{html.escape(caption)}</p>"]
     for name, frame in {**tables, "shap_slopes": slopes}.items():
-        caption = table_caption(name) if name in tables else "SHAP slope per variable and target (analysis/shap_slopes.csv)."
+        caption = table_caption(name, confidence) if name in tables else "SHAP slope per variable and target (analysis/shap_slopes.csv)."
         title = name.replace("_", " ") + (f" ({TABLES[name][0]})" if name in TABLES else "")
         parts += [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(caption)} <a href='tables/{name}.csv'>CSV</a></p>" if name in tables else f"<p>{html.escape(caption)}</p>",
                   frame.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–")]
@@ -133,14 +173,14 @@ def html_page(out_dir: Path, page: str, prov: dict, tables: dict[str, pd.DataFra
         Path(tmp).write_text("\n".join(parts))
 
 
-def build(curves: pd.DataFrame, metrics: pd.DataFrame, stats: pd.DataFrame, slopes: pd.DataFrame, tables: dict[str, pd.DataFrame], config: dict, out_dir: str) -> None:
+def build(curves: pd.DataFrame, metrics: pd.DataFrame, stats: pd.DataFrame, slopes: pd.DataFrame, tables: dict[str, pd.DataFrame], config: dict, out_dir: str, confidence: float = CONFIDENCE) -> None:
     """Figures, provenance.json and index.html; ``tables`` = the paper tables by name (CSV frames)."""
     out = Path(out_dir)
-    curves_by_variable(curves, metrics, str(out / "curves_by_variable.png"), str(out / "curves_by_variable.pdf"))
+    curves_by_variable(curves, metrics, str(out / "curves_by_variable.png"), str(out / "curves_by_variable.pdf"), confidence)
     shap_bars(slopes, str(out / "shap_slopes.png"), str(out / "shap_slopes.pdf"))
     strength_histogram(metrics, str(out / "strength_histogram.png"), str(out / "strength_histogram.pdf"))
-    layer_stats_figure(stats, str(out / "layer_stats.png"), str(out / "layer_stats.pdf"))
+    layer_stats_figure(stats, str(out / "layer_stats.png"), str(out / "layer_stats.pdf"), confidence)
     prov = provenance(metrics, config)
     with atomic_path(out / "provenance.json") as tmp:
         Path(tmp).write_text(json.dumps(prov, indent=1, sort_keys=True, default=str))
-    html_page(out, "index.html", prov, tables, slopes)
+    html_page(out, "index.html", prov, tables, slopes, confidence)

@@ -365,6 +365,8 @@ def probe_layers(embed_dir: str, params: dict, family: str = "cnn", threads: int
     if threads:
         torch.set_num_threads(threads)
     front = {k: params[k] for k in CELL_KEYS}
+    # The solvers read their own seed as "seed"; in the job's params that key is the cell's.
+    settings = {**params, "seed": params["probe_seed"]}
     device = "cuda" if torch.cuda.is_available() else "cpu"
     metas, data = [], []
     for path in layer_files(Path(embed_dir) / params["pooling"]):
@@ -375,13 +377,13 @@ def probe_layers(embed_dir: str, params: dict, family: str = "cnn", threads: int
     n_classes = int(metas[0][0]["num_classes"])
     started = time.perf_counter()
     if params["solver"] == "paper":
-        recipe = {**params["paper"], "seed": params["seed"]}
+        recipe = {**params["paper"], "seed": settings["seed"]}
         results = fit_paper_probes([(d[0], d[2]) for d in data], data[0][1], data[0][3], n_classes, recipe, family, device)
     else:
         results = []
         for x_train, y_train, x_test, y_test in tqdm(data, desc=f"probe {params['eval_set']}", leave=False):
             if params["solver"] == "lbfgs":
-                results.append(fit_lbfgs_probe(x_train, y_train, x_test, y_test, n_classes, params, device))
+                results.append(fit_lbfgs_probe(x_train, y_train, x_test, y_test, n_classes, settings, device))
             else:
                 results.append(fit_sklearn_probe(x_train, y_train, x_test, y_test, params["C"], params["max_iter"], params["standardize"]))
     rows, weights = [], {}

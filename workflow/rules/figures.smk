@@ -22,6 +22,8 @@ rule overview_figure:
     output:
         png=report(f"{RESULTS}/figures/tunnel_curves.png", caption="../report/tunnel_curves.rst", category="Overview"),
         pdf=f"{RESULTS}/figures/tunnel_curves.pdf",
+    params:
+        seeds=lambda wc: STUDY.seed_params(),
     log:
         "logs/overview_figure.log",
     conda:

@@ -14,7 +14,8 @@ rule paper_table:
     wildcard_constraints:
         table="|".join(TABLES),
     params:
-        caption=lambda wc: table_caption(wc.table),
+        caption=lambda wc: table_caption(wc.table, STUDY.seed_params()["confidence"]),
+        seeds=lambda wc: STUDY.seed_params(),
     log:
         "logs/paper_table/{table}.log",
     conda:
@@ -45,6 +46,7 @@ rule paper:
         page=f"{RESULTS}/paper/index.html",
     params:
         config=lambda wc: STUDY.config,
+        seeds=lambda wc: STUDY.seed_params(),
     log:
         "logs/paper.log",
     conda:

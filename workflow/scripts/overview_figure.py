@@ -3,4 +3,4 @@ from tunnelscope.joblog import job_logging
 from tunnelscope.plots import overview_figure
 
 with job_logging(snakemake.log[0]):
-    overview_figure(read_table(snakemake.input[0]), snakemake.output.png, snakemake.output.pdf)
+    overview_figure(read_table(snakemake.input[0]), snakemake.output.png, snakemake.output.pdf, snakemake.params.seeds["confidence"])

@@ -16,4 +16,5 @@ with job_logging(snakemake.log[0]):
         {Path(p).stem: pd.read_csv(p) for p in i.tables},
         snakemake.params.config,
         Path(snakemake.output.page).parent,
+        snakemake.params.seeds["confidence"],
     )
