@@ -30,7 +30,7 @@ rule continual_train:
     params:
         settings=lambda wc: STUDY.continual_train_params(wc.run, wc.network),
         state=lambda wc: f"{CONTINUAL}/{wc.run}/{wc.network}/train_state.pt",
-    threads: 2
+    threads: HEAVY_THREADS
     resources:
         channels_last=lambda wc: int(STUDY.config["compute"]["channels_last"]),
         resident_mb=lambda wc: STUDY.config["compute"]["resident_mb"],
@@ -81,7 +81,7 @@ rule continual_finetune:
     params:
         settings=lambda wc: STUDY.continual_finetune_params(wc.run, wc.network),
         state=lambda wc: f"{CONTINUAL}/{wc.run}/{wc.network}/train_state.pt",
-    threads: 2
+    threads: HEAVY_THREADS
     resources:
         channels_last=lambda wc: int(STUDY.config["compute"]["channels_last"]),
         resident_mb=lambda wc: STUDY.config["compute"]["resident_mb"],
@@ -109,7 +109,7 @@ rule continual_evaluate:
         network=cell_pattern(NETWORKS),
     params:
         settings=lambda wc: STUDY.continual_evaluate_params(wc.run, wc.network),
-    threads: 2
+    threads: HEAVY_THREADS
     resources:
         channels_last=lambda wc: int(STUDY.config["compute"]["channels_last"]),
         resident_mb=lambda wc: STUDY.config["compute"]["resident_mb"],

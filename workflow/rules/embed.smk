@@ -7,7 +7,7 @@ rule embed:
         directory(f"{RESULTS}/cells/{{cell}}/embeddings/{{eval_set}}"),
     params:
         settings=lambda wc: STUDY.embed_params(wc.cell, wc.eval_set),
-    threads: 2
+    threads: HEAVY_THREADS
     resources:
         channels_last=lambda wc: int(STUDY.config["compute"]["channels_last"]),
         # Splits up to this size stay on the device; a speed knob (the same crops either way).

@@ -5,7 +5,7 @@ rule prepare:
         directory(f"{RESULTS}/prepared/{{dataset}}/{{transform}}"),
     params:
         settings=lambda wc: STUDY.prepare_params(wc.dataset, wc.transform),
-    threads: 2
+    threads: HEAVY_THREADS
     log:
         "logs/prepare/{dataset}_{transform}.log",
     conda:

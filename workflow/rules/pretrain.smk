@@ -12,7 +12,7 @@ rule pretrain:
         settings=lambda wc: STUDY.pretrain_params(wc.cell),
         # Resume state outside the outputs, so Snakemake keeps it when a job is killed.
         state=lambda wc: f"{RESULTS}/cells/{wc.cell}/train_state.pt",
-    threads: 2
+    threads: HEAVY_THREADS
     resources:
         channels_last=lambda wc: int(STUDY.config["compute"]["channels_last"]),
         # Splits up to this size stay on the device; a speed knob (the same crops either way).
