@@ -26,6 +26,7 @@ include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/paper.smk"
+include: "workflow/rules/tunnel_length.smk"
 
 
 rule all:
@@ -36,3 +37,5 @@ rule all:
         rules.paper.output,
         rules.overview_figure.output,
         expand(f"{RESULTS}/cells/{{cell}}/figure.png", cell=CELLS),
+        # Masarczyk et al.'s tunnel length against MLP depth and width, when the grid has MLPs.
+        rules.tunnel_length.output if STUDY.mlp_cells() else [],
