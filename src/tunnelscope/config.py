@@ -68,10 +68,10 @@ def arch_facts(arch: str) -> dict | None:
     for a timm/torchvision model or a published backbone."""
     if arch in ARCHS:
         return dict(ARCHS[arch])
-    mlp = parse_mlp(arch) if MLP_NAME.fullmatch(arch) else None
-    if mlp is None:
+    match = MLP_NAME.fullmatch(arch)
+    if match is None or int(match.group(1)) < 2:
         return None
-    depth, width = mlp
+    depth, width = map(int, match.groups())
     return {"label": f"MLP-{depth} (w{width})", "family": "mlp", "arch_family": "mlp", "depth": depth, "stem": 0, "spatial_reduction": 1.0, "params_m": None}
 
 CELL_VARIABLES = ("arch", "id_dataset", "resolution", "augmentation", "seed")

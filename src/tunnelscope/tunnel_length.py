@@ -75,9 +75,8 @@ def summary_table(cells: pd.DataFrame, confidence: float) -> pd.DataFrame:
 def rank_table(layer_stats: pd.DataFrame, cells: pd.DataFrame, confidence: float) -> pd.DataFrame:
     """Per (setting, depth, width, layer): numerical rank of the ID embeddings across seeds, with
     the cells' class count and mean ID-rule tunnel start (for the reference lines)."""
-    mlp = _mlp_columns(layer_stats)
-    keep = cells[list(CELL_VARIABLES)]
-    mlp = mlp.merge(keep, on=list(CELL_VARIABLES))  # the cells of the tunnel table, nothing else
+    # The cells of the tunnel table, nothing else.
+    mlp = _mlp_columns(layer_stats).merge(cells[list(CELL_VARIABLES)], on=list(CELL_VARIABLES))
     starts = cells.groupby(MLP_KEYS).agg(id_classes=("id_classes", "first"), mean_id_start=("id_start", "mean")).reset_index()
     rows = []
     for key, group in mlp.groupby([*MLP_KEYS, "layer"], sort=True):
@@ -121,7 +120,9 @@ def tunnel_length_figure(summary: pd.DataFrame, confidence: float, png: str, pdf
             if x == "width":
                 ax.set_xscale("log", base=2)
             ax.set_xticks(sorted(part[x].unique()), [str(v) for v in sorted(part[x].unique())])
-            ax.set_ylim(bottom=0)
+            # The whole possible range: 0 to L = depth - 1 layers, or 0 to 1, markers unclipped.
+            top = 1.0 if metric == "tunnel_fraction" else float(part.depth.max() - 1)
+            ax.set_ylim(-0.04 * top, 1.06 * top)
             ax.set_title(_setting_label(setting), fontsize="small")
             ax.legend(fontsize="x-small", title=None)
     band = f"shaded: {round(confidence * 100)}% t-interval over {n_seeds} seeds" if n_seeds > 1 else "one seed: no interval"
