@@ -28,6 +28,7 @@ include: "workflow/rules/figures.smk"
 include: "workflow/rules/paper.smk"
 include: "workflow/rules/protocols.smk"
 include: "workflow/rules/continual.smk"
+include: "workflow/rules/tunnel_length.smk"
 
 
 rule all:
@@ -39,3 +40,5 @@ rule all:
         expand(f"{RESULTS}/cells/{{cell}}/tsne.png", cell=CELLS),
         protocol_outputs(),
         rules.continual.input if RUNS else [],
+        # Masarczyk et al.'s tunnel length against MLP depth and width, when the grid has MLPs.
+        rules.tunnel_length.output if STUDY.mlp_cells() else [],

@@ -100,8 +100,8 @@ def test_malformed_tables_name_the_column():
     table = planted_table().assign(resolution="big")
     with pytest.raises(analysis.TableError, match="'resolution' must be numeric"):
         analysis.check_table(table)
-    with pytest.raises(analysis.TableError, match="'family' must hold cnn or vit"):
-        analysis.check_table(planted_table().assign(family="mlp"))
+    with pytest.raises(analysis.TableError, match="'family' must hold cnn, vit, mlp, found rnn"):
+        analysis.check_table(planted_table().assign(family="rnn"))
 
 
 def test_analyze_cli_writes_the_four_tables(tmp_path):

@@ -197,7 +197,7 @@ def test_cell_level_settings_are_checked_and_named(default_config, schema):
     with pytest.raises(ConfigError, match="cell vggm11_shapes_r32_none_s0: training.checkpoint best_val needs a validation split"):
         Study(config, schema)
     config = dict(default_config, grid=dict(default_config["grid"], arch=["timm/resnet18"]), model={"probe_points": "activations"})
-    with pytest.raises(ConfigError, match="model.probe_points activations is defined for the paper architectures"):
+    with pytest.raises(ConfigError, match="model.probe_points activations is defined for the built-in architectures"):
         Study(config, schema)
 
 

@@ -110,10 +110,10 @@ def _reference_vit(model, x):
     return outs
 
 
-REFERENCES = {"vggm": _reference_vggm, "resnet": _reference_resnet, "vit": _reference_vit}
+REFERENCES = {"vgg": _reference_vggm, "resnet": _reference_resnet, "vit": _reference_vit}
 
 
-@pytest.mark.parametrize("arch", ["vggm11", "vggm17", "vggm11-dagger", "vggm17-dagger", "resnet18", "resnet34", "vit-t", "vit-t-plus"])
+@pytest.mark.parametrize("arch", ["vggm11", "vggm17", "vggm11-dagger", "vggm17-dagger", "resnet18", "resnet34", "vit-t", "vit-t-plus", "vgg19"])
 def test_capture_parity_with_a_plain_forward(arch):
     torch.manual_seed(0)
     model = build_model(arch, 7, 0.25, 32).eval()
@@ -185,5 +185,5 @@ def test_post_activation_probe_points():
     assert len(resnet) == 17 and resnet[0] == "relu" and resnet[-1] == "layer4.1.relu2"  # ends at the last block's output
     vit = probe_points(build_model("vit-t", 5, width=0.125, resolution=32), enumeration="activations")
     assert [p.name for p in vit] == [f"blocks.{i}" for i in range(12)]
-    with pytest.raises(ValueError, match="activations enumeration is defined for the paper architectures"):
+    with pytest.raises(ValueError, match="activations enumeration is defined for the built-in architectures"):
         probe_points(build_model("timm/resnet18", 5, resolution=32), enumeration="activations")

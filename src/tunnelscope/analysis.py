@@ -32,6 +32,10 @@ VARIABLES = ("stem", "spatial_reduction", "family", "augmentation", "resolution"
 NUMERIC = ("stem", "spatial_reduction", "resolution", "id_classes", "gamma", "depth")
 # Variables the automatic comparisons look at, in this order.
 COMPARED = ("augmentation", "resolution", "id_dataset", "arch", "arch_family", "family", "stem", "spatial_reduction", "depth", "id_classes", "gamma")
+# Levels of ``family``, in the order of its SHAP code: the paper's CNN-vs-ViT, and MLPs
+# (Masarczyk et al.'s), whose one-hot column exists only in tables that have them, so the paper's
+# own fit is unchanged.
+FAMILIES = ("cnn", "vit", "mlp")
 CLIFF_BANDS = ((0.474, "large"), (0.33, "medium"), (0.147, "small"), (0.0, "negligible"))
 DEFAULT_SETTINGS = {"comparisons": "auto", "shap_slope_normalisation": "none", "alpha": 0.05, "bootstrap_resamples": 2000, "seed_confidence": CONFIDENCE}
 
@@ -60,9 +64,9 @@ def check_table(table: pd.DataFrame) -> pd.DataFrame:
     for column in TARGETS + NUMERIC:
         if not pd.api.types.is_numeric_dtype(table[column]):
             raise TableError(f"column {column!r} must be numeric, found {table[column].dtype}")
-    bad = sorted(set(table.family.astype(str)) - {"cnn", "vit"})
+    bad = sorted(set(table.family.astype(str)) - set(FAMILIES))
     if bad:
-        raise TableError(f"column 'family' must hold cnn or vit, found {', '.join(bad)}")
+        raise TableError(f"column 'family' must hold {', '.join(FAMILIES)}, found {', '.join(bad)}")
     return table.reset_index(drop=True)
 
 
@@ -84,11 +88,12 @@ def ordinal(values: pd.Series) -> pd.Series:
 
 
 def encode(table: pd.DataFrame) -> pd.DataFrame:
-    """Model features: ordinal codes, and CNN-vs-ViT one-hot."""
+    """Model features: ordinal codes, and the family one-hot (CNN and ViT always, MLP if present)."""
     coded = table.assign(augmentation=augmentation_code(table.augmentation))
     features = pd.DataFrame({v: ordinal(coded[v]) for v in VARIABLES if v != "family"}, index=table.index)
-    features["family_cnn"] = (table.family == "cnn").astype(float)
-    features["family_vit"] = (table.family == "vit").astype(float)
+    for family in FAMILIES:
+        if family != "mlp" or (table.family == "mlp").any():
+            features[f"family_{family}"] = (table.family == family).astype(float)
     return features
 
 
@@ -120,8 +125,10 @@ def shap_slopes(table: pd.DataFrame, normalisation: str = "none") -> tuple[pd.Da
         model = GradientBoostingRegressor(loss="huber", random_state=0).fit(x, y)
         fits.append({"target": target, "r2": float(model.score(x, y)), "n": len(rows)})
         values = pd.DataFrame(shap.TreeExplainer(model).shap_values(x), columns=x.columns, index=x.index)
-        values["family"] = values.pop("family_cnn") + values.pop("family_vit")
-        codes = x.drop(columns=["family_cnn", "family_vit"]).assign(family=x.family_vit)
+        one_hot = [c for c in x.columns if c.startswith("family_")]
+        values["family"] = values[one_hot].sum(axis=1)
+        # Code of the slope: the family's position in FAMILIES (the ViT indicator without MLPs).
+        codes = x.drop(columns=one_hot).assign(family=rows.family.map(FAMILIES.index).astype(float))
         per_target = [{"target": target, "variable": v, **_slope(codes[v], values[v])} for v in VARIABLES]
         if normalisation == "l1":
             total = sum(abs(r["slope"]) for r in per_target if not np.isnan(r["slope"]))

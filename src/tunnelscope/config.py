@@ -34,7 +34,45 @@ ARCHS = {
     "resnet34": {"label": "ResNet-34", "family": "cnn", "arch_family": "resnet", "depth": 34, "stem": 7, "spatial_reduction": 0.25, "params_m": 21.33},
     "vit-t": {"label": "ViT-T", "family": "vit", "arch_family": "vit", "depth": 12, "stem": 8, "spatial_reduction": 1.0, "params_m": 5.61},
     "vit-t-plus": {"label": "ViT-T+", "family": "vit", "arch_family": "vit", "depth": 18, "stem": 8, "spatial_reduction": 1.0, "params_m": 8.39},
+    # Masarczyk et al.'s VGG-19 on CIFAR: VGGm-17's 16 convs and pools with VGG's three-layer
+    # classifier (512-512-C), so 19 weight layers; counted here, no paper quotes a count.
+    "vgg19": {"label": "VGG-19", "family": "cnn", "arch_family": "vgg", "depth": 19, "stem": 3, "spatial_reduction": 0.5, "params_m": 20.61},
 }
+
+# MLPs are named mlpDEPTH-wWIDTH (mlp12-w512), so that depth and width are separate levels of the
+# arch variable and every MLP gets its own cell id. DEPTH counts the linear layers with the
+# classifier, as the nominal depths above count weight layers: DEPTH - 1 hidden layers of WIDTH
+# units are probed. Their facts are coded to fit the variables above: family "mlp" (neither
+# convolutional nor a token model); stem 0 (no convolution or patch; as describe() codes models
+# without a conv); spatial_reduction 1.0, as the paper codes its ViTs, since the first layer is a
+# linear map of every pixel with nothing pooled away; params_m None, since the count grows with
+# the input size (3 x R^2 x WIDTH in the first layer): it is counted on the built model.
+MLP_NAME = re.compile(r"mlp([1-9][0-9]*)-w([1-9][0-9]*)")
+MLP_FORMAT = "mlpDEPTH-wWIDTH, e.g. mlp12-w512 (DEPTH linear layers with the classifier, at least 2; WIDTH units per hidden layer)"
+
+
+def parse_mlp(arch: str) -> tuple[int, int] | None:
+    """(depth, width) of an MLP name, None for any other architecture name.
+
+    A name that starts with ``mlp`` but does not spell a valid MLP raises ValueError."""
+    if not arch.startswith("mlp"):
+        return None
+    match = MLP_NAME.fullmatch(arch)
+    if match is None or int(match.group(1)) < 2:
+        raise ValueError(f"{arch!r} is not a valid MLP name; write {MLP_FORMAT}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def arch_facts(arch: str) -> dict | None:
+    """The ARCHS facts of a built-in architecture (the paper's, VGG-19 and the MLPs), or None
+    for a timm/torchvision model or a published backbone."""
+    if arch in ARCHS:
+        return dict(ARCHS[arch])
+    match = MLP_NAME.fullmatch(arch)
+    if match is None or int(match.group(1)) < 2:
+        return None
+    depth, width = map(int, match.groups())
+    return {"label": f"MLP-{depth} (w{width})", "family": "mlp", "arch_family": "mlp", "depth": depth, "stem": 0, "spatial_reduction": 1.0, "params_m": None}
 
 CELL_VARIABLES = ("arch", "id_dataset", "resolution", "augmentation", "seed")
 # Variables of a cell derived from its architecture and ID data, and the cell variables that
@@ -226,8 +264,14 @@ def validate(config: dict, schema: dict) -> dict:
     for b, block in enumerate(blocks):
         where = f"grid[{b}]" if len(blocks) > 1 else "grid"
         for i, arch in enumerate(block["arch"]):
-            if arch not in ARCHS and "/" not in arch and arch not in config["pretrained"]:
-                known = ", ".join([*ARCHS, "timm/NAME", "torchvision/NAME"])
+            if arch in config["pretrained"] or "/" in arch:
+                continue
+            try:
+                parse_mlp(arch)
+            except ValueError as exc:
+                raise ConfigError(f"{where}.arch[{i}]: {exc}") from None
+            if arch_facts(arch) is None:
+                known = ", ".join([*ARCHS, "mlpDEPTH-wWIDTH", "timm/NAME", "torchvision/NAME"])
                 named = ", ".join(sorted(config["pretrained"])) or "none defined"
                 raise ConfigError(f"{where}.arch[{i}]: {arch!r} is not one of {known} or a name under pretrained ({named})")
         for i, name in enumerate(block["id_dataset"]):
@@ -248,6 +292,9 @@ def validate(config: dict, schema: dict) -> dict:
     _check_comparisons(config["analysis"]["comparisons"], blocks)
     if "continual" in config:
         _check_continual(config["continual"], config["datasets"])
+    thresholds = config["metrics"]["id_start_thresholds"]
+    if not any(math.isclose(config["tunnel_length"]["threshold"], t) for t in thresholds):
+        raise ConfigError(f"tunnel_length.threshold: {config['tunnel_length']['threshold']} is not one of metrics.id_start_thresholds ({', '.join(map(str, thresholds))})")
     return config
 
 
@@ -289,8 +336,8 @@ def _check_comparisons(comparisons, blocks: list[dict]) -> None:
     if comparisons == "auto":
         return
     grid = {k: {v for block in blocks for v in block[k]} for k in CELL_VARIABLES}
-    if all(a in ARCHS for a in grid["arch"]):
-        grid |= {k: {ARCHS[a][k] for a in grid["arch"]} for k in ("family", "arch_family", "stem", "spatial_reduction", "depth")}
+    if all(arch_facts(a) is not None for a in grid["arch"]):
+        grid |= {k: {arch_facts(a)[k] for a in grid["arch"]} for k in ("family", "arch_family", "stem", "spatial_reduction", "depth")}
     seen = set()
     for i, entry in enumerate(comparisons):
         where = f"analysis.comparisons[{i}]"
@@ -444,8 +491,14 @@ class Study:
         if pretrained:
             model = {**model, "width": 1.0, "probe_points": pretrained["probe_points"]}
         cid = cell_id(**variables)
-        if model.get("probe_points") == "activations" and variables["arch"] not in ARCHS:
-            raise ConfigError(f"cell {cid}: model.probe_points activations is defined for the paper architectures ({', '.join(ARCHS)}), not {variables['arch']}")
+        facts = arch_facts(variables["arch"])
+        if model.get("probe_points") == "activations" and facts is None:
+            raise ConfigError(f"cell {cid}: model.probe_points activations is defined for the built-in architectures ({', '.join(ARCHS)}, MLPs), not {variables['arch']}")
+        if facts and facts["family"] == "mlp":
+            if model["width"] != 1.0:
+                raise ConfigError(f"cell {cid}: model.width scales the channels of the CNNs and ViTs; an MLP's width is in its name ({MLP_FORMAT})")
+            if model.get("probe_points", "default") not in ("default", "activations"):
+                raise ConfigError(f"cell {cid}: model.probe_points {model['probe_points']} is not defined for MLPs; use default (every hidden layer's output)")
         _check_training(training, "training", f"cell {cid}: ")
         if probe["pooling"] not in self.config["embed"]["pooling"]:
             raise ConfigError(f"cell {cid}: overrides set probe.pooling {probe['pooling']!r}, which embed.pooling ({', '.join(self.config['embed']['pooling'])}) does not write")
@@ -640,6 +693,13 @@ class Study:
     def seed_params(self) -> dict:
         """What the seed summaries of the aggregate, tables and figures read."""
         return {"confidence": self.config["analysis"]["seed_confidence"]}
+
+    def mlp_cells(self) -> list[str]:
+        """Cells of MLP backbones, in grid order: what the tunnel-length figure plots."""
+        return [c for c, cell in self.cells.items() if cell.pretrained is None and parse_mlp(cell.arch) is not None]
+
+    def tunnel_length_params(self) -> dict:
+        return _sorted(self.config["tunnel_length"])
 
 
 def source_fingerprint(root: str, max_entries: int = 20000) -> str:

@@ -9,6 +9,12 @@ Paper architectures (Harun et al. 2024, exact at width 1.0; ``width`` scales cha
 - ViT-T/-T+: patch 8, width 192, 3 heads, no class token, fixed 2-D sin-cos positions, final
   LayerNorm -> token mean -> Linear. Probe: each block output through the final LayerNorm.
 
+Masarczyk et al. (2023) architectures:
+- VGG-19: VGGm-17's conv stack with VGG's three-layer classifier (512-512-C). Probe: each conv
+  output (before BN), as VGGm.
+- MLPs ``mlpDEPTH-wWIDTH``: the flattened image, DEPTH - 1 hidden layers (Linear + BatchNorm +
+  ReLU) of WIDTH units, a Linear classifier. Probe: every hidden layer's output (after ReLU).
+
 Any timm model (``timm/NAME``) or torchvision classification model (``torchvision/NAME``):
 probe points are enumerated at block granularity, see ``enumerate_blocks``.
 """
@@ -24,13 +30,14 @@ from functools import partial
 import torch
 from torch import nn
 
-from .config import ARCHS, DEFAULT_TRANSFORM, ENUMERATIONS, IMAGENET_MEAN, IMAGENET_STD
+from .config import ARCHS, DEFAULT_TRANSFORM, ENUMERATIONS, IMAGENET_MEAN, IMAGENET_STD, arch_facts, parse_mlp
 
 _VGGM_STAGES = {
     # channels per conv, one list per stage; a max-pool closes every stage.
     "vggm11": [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]],
     "vggm17": [[64, 64], [128, 128], [256] * 4, [512] * 4, [512] * 4],
 }
+_VGG19_CLASSIFIER = (512, 512)  # hidden units of VGG-19's classifier, at CIFAR scale
 _RESNET_BLOCKS = {"resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}
 _VIT_DEPTH = {"vit-t": 12, "vit-t-plus": 18}
 
@@ -60,7 +67,10 @@ def _scaled(channels: int, width: float) -> int:
 
 
 class VGGm(nn.Module):
-    def __init__(self, stages: list[list[int]], num_classes: int, width: float = 1.0, pool_first_stages: bool = True):
+    """VGGm; with ``classifier_hidden`` the head is VGG's multi-layer classifier (Linear + ReLU
+    per hidden size, then the output Linear), as Masarczyk et al.'s VGG-19."""
+
+    def __init__(self, stages: list[list[int]], num_classes: int, width: float = 1.0, pool_first_stages: bool = True, classifier_hidden: tuple[int, ...] = ()):
         super().__init__()
         layers: list[nn.Module] = []
         in_ch = 3
@@ -73,13 +83,21 @@ class VGGm(nn.Module):
                 layers.append(nn.MaxPool2d(2, 2))
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(in_ch, num_classes)
+        head: list[nn.Module] = []
+        for units in classifier_hidden:
+            head += [nn.Linear(in_ch, _scaled(units, width)), nn.ReLU(inplace=True)]
+            in_ch = _scaled(units, width)
+        self.head = nn.Sequential(*head, nn.Linear(in_ch, num_classes)) if head else nn.Linear(in_ch, num_classes)
         self._init_weights()
 
     def _init_weights(self):
         _init_conv_bn(self)
-        nn.init.xavier_uniform_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        linears = [m for m in self.modules() if isinstance(m, nn.Linear)]
+        for hidden in linears[:-1]:
+            nn.init.kaiming_normal_(hidden.weight, nonlinearity="relu")
+            nn.init.zeros_(hidden.bias)
+        nn.init.xavier_uniform_(linears[-1].weight)
+        nn.init.zeros_(linears[-1].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.features(x)).flatten(1))
@@ -88,6 +106,42 @@ class VGGm(nn.Module):
         """Each Conv2d output (before BN), in forward order."""
         names = [n for n, m in self.named_modules() if isinstance(m, nn.Conv2d)]
         return [ProbePoint(i + 1, n, "output") for i, n in enumerate(names)]
+
+
+class MLPBlock(nn.Module):
+    """One hidden layer: Linear (no bias: BatchNorm follows) + BatchNorm + ReLU. The ReLU is not
+    in place, so the block output a probe captures is a tensor no later layer writes to."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features, bias=False)
+        self.norm = nn.BatchNorm1d(out_features)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.norm(self.linear(x)))
+
+
+class MLP(nn.Module):
+    """``depth - 1`` hidden layers of ``width`` units on the flattened image, then a Linear
+    classifier. It takes images like every backbone (N, C, H, W) and flattens them itself."""
+
+    def __init__(self, depth: int, width: int, num_classes: int, in_features: int):
+        super().__init__()
+        sizes = [in_features] + [width] * (depth - 1)
+        self.hidden = nn.Sequential(*[MLPBlock(a, b) for a, b in zip(sizes, sizes[1:])])
+        self.head = nn.Linear(width, num_classes)
+        for block in self.hidden:
+            nn.init.kaiming_normal_(block.linear.weight, nonlinearity="relu")  # fan_in: keeps the forward scale
+        nn.init.xavier_uniform_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.hidden(x.flatten(1)))
+
+    def probe_points(self) -> list[ProbePoint]:
+        """Each hidden layer's output (after ReLU), in forward order."""
+        return [ProbePoint(i + 1, f"hidden.{i}", "output") for i in range(len(self.hidden))]
 
 
 class BasicBlock(nn.Module):
@@ -235,15 +289,18 @@ def enumerate_paper(model: nn.Module) -> list[ProbePoint]:
 
 def enumerate_activations(model: nn.Module) -> list[ProbePoint]:
     """Post-activation probe points of the paper CNNs, the alternative to the released code's
-    choice: VGGm after each conv's BN + ReLU (instead of the conv output), ResNet after the stem
-    ReLU and after relu1 and relu2 of every block (relu2 = the block output; instead of the conv
-    inputs, so the image and the max-pool output drop out and the last block's output comes in).
-    Paper ViTs: their block outputs, as by default."""
+    choice: VGGm and VGG-19 after each conv's BN + ReLU (instead of the conv output), ResNet after
+    the stem ReLU and after relu1 and relu2 of every block (relu2 = the block output; instead of
+    the conv inputs, so the image and the max-pool output drop out and the last block's output
+    comes in). Paper ViTs and MLPs: their default probe points, which are post-activation."""
     if getattr(model, "tunnelscope_arch", "") in _VIT_DEPTH:
         return _vit_probe_points(model)
+    if isinstance(model, MLP):  # its default probe points are post-ReLU already
+        return model.probe_points()
     if not isinstance(model, (VGGm, ResNet)):
-        raise ValueError(f"{type(model).__name__}: the activations enumeration is defined for the paper architectures; use default, blocks or paper")
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
+        raise ValueError(f"{type(model).__name__}: the activations enumeration is defined for the built-in architectures; use default, blocks or paper")
+    # The ReLUs of the feature extractor (VGG-19's classifier has its own, never probed).
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.ReLU) and not n.startswith("head")]
     return [ProbePoint(i + 1, n, "output") for i, n in enumerate(names)]
 
 
@@ -284,8 +341,15 @@ def build_model(arch: str, num_classes: int, width: float = 1.0, resolution: int
         import torchvision
 
         return torchvision.models.get_model(arch.removeprefix("torchvision/"), weights=None, num_classes=num_classes)
+    mlp = parse_mlp(arch)
+    if mlp is not None:
+        if width != 1.0:
+            raise ValueError(f"{arch}: an MLP's width is in its name; width multiplier {width} does not apply")
+        return MLP(*mlp, num_classes, 3 * resolution * resolution)
     if arch not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}, timm/NAME, torchvision/NAME")
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}, mlpDEPTH-wWIDTH, timm/NAME, torchvision/NAME")
+    if arch == "vgg19":
+        return VGGm(_VGGM_STAGES["vggm17"], num_classes, width, classifier_hidden=_VGG19_CLASSIFIER)
     if arch.startswith("vggm"):
         base = arch.removesuffix("-dagger")
         return VGGm(_VGGM_STAGES[base], num_classes, width, pool_first_stages=not arch.endswith("-dagger"))
@@ -315,11 +379,12 @@ def count_parameters(model: nn.Module) -> int:
 def describe(model: nn.Module, arch: str, resolution: int, points: list[ProbePoint] | None = None) -> dict:
     """Variables of a built model used by the analysis: family, depth, stem, spatial reduction.
 
-    Paper architectures: their facts as the released table codes them (config.ARCHS). Others:
-    depth = the number of probe points; spatial reduction phi = side of the first probe
+    Built-in architectures: their facts as the released table codes them (config.arch_facts).
+    Others: depth = the number of probe points; spatial reduction phi = side of the first probe
     point's map / input side for CNNs, 1.0 for token models (as the paper codes its ViTs)."""
-    if arch in ARCHS:
-        return dict(ARCHS[arch])
+    facts = arch_facts(arch)
+    if facts is not None:
+        return facts
     points = points or probe_points(model)
     first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     from .extract import layer_shapes

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .config import ARCHS, CELL_VARIABLES, IMAGENET_MEAN, IMAGENET_STD, cell_id
+from .config import CELL_VARIABLES, IMAGENET_MEAN, IMAGENET_STD, arch_facts, cell_id
 from .datasets import epoch_order, stratified_split
 from .io import atomic_path, file_sha256, write_json
 from .loader import SplitReader, loader_workers
@@ -398,8 +398,8 @@ def pretrain(
 
 # The over-parameterisation level gamma = P / N as Harun et al. code it: N = the whole ID training
 # split (no hold-out subtracted), P = the count their architecture table quotes for a 100-class
-# head whatever the ID set (config.ARCHS params_m); for other widths and models, the count with
-# a 100-class head rounded to 0.01M.
+# head whatever the ID set (config.ARCHS params_m); for other widths and models (MLPs, whose count
+# grows with the resolution, among them), the count with a 100-class head rounded to 0.01M.
 GAMMA_HEAD_CLASSES = 100
 
 
@@ -413,7 +413,7 @@ def backbone_info(model, params: dict, arch: str, id_classes: int, n_train: int,
     return {
         **{k: params[k] for k in CELL_VARIABLES},
         **describe(model, arch, params["resolution"], points),
-        "label": ARCHS[params["arch"]]["label"] if params["arch"] in ARCHS else params["arch"],  # a published model: its entry's name
+        "label": (arch_facts(params["arch"]) or {}).get("label", params["arch"]),  # a published model: its entry's name
         "width": params["model"]["width"],
         "id_classes": id_classes,
         "n_train": int(n_train),
@@ -427,8 +427,9 @@ def backbone_info(model, params: dict, arch: str, id_classes: int, n_train: int,
 def paper_parameter_count(arch: str, width: float, resolution: int) -> int:
     """P of gamma for a trained backbone: the paper's count for its architectures at full
     width, else the count with a GAMMA_HEAD_CLASSES-way head rounded to 0.01M."""
-    if arch in ARCHS and width == 1.0:
-        return int(round(ARCHS[arch]["params_m"] * 1e6))
+    facts = arch_facts(arch)
+    if facts and facts["params_m"] and width == 1.0:
+        return int(round(facts["params_m"] * 1e6))
     count = count_parameters(build_model(arch, GAMMA_HEAD_CLASSES, width, resolution))
     return int(round(count / 1e4) * 1e4)
 

@@ -1,0 +1,15 @@
+from tunnelscope.io import read_table
+from tunnelscope.joblog import job_logging
+from tunnelscope.tunnel_length import cell_table, rank_figure, rank_table, summary_table, tunnel_length_figure
+
+with job_logging(snakemake.log[0]) as log:
+    out, settings = snakemake.output, snakemake.params.settings
+    cells = cell_table(read_table(snakemake.input.metrics), settings["threshold"])
+    summary = summary_table(cells, settings["confidence"])
+    ranks = rank_table(read_table(snakemake.input.layer_stats), cells, settings["confidence"])
+    cells.to_csv(out.cells, index=False)
+    summary.to_csv(out.summary, index=False)
+    ranks.to_csv(out.rank_table, index=False)
+    tunnel_length_figure(summary, settings["confidence"], out.figure, out.figure_pdf)
+    rank_figure(ranks, settings["confidence"], out.rank, out.rank_pdf)
+    log.info("%d MLP cells\n%s", len(cells), cells.to_string(index=False))
