@@ -224,7 +224,7 @@ def test_the_papers_protocol_switched_on_produces_the_papers_tables(tmp_path):
     released code's schedule and ViT settings, a declared comparison: the tiny study end to end."""
     config = dict(
         TINY,
-        grid=[TINY["grid"], {"arch": ["vit-t"], "id_dataset": ["toy"], "resolution": [32], "augmentation": ["none"]}],
+        grid=[dict(TINY["grid"], seed=[0, 1]), {"arch": ["vit-t"], "id_dataset": ["toy"], "resolution": [32], "augmentation": ["none"]}],
         ood_sets=["toy-glyphs", "digits"],
         training={"epochs": 2, "batch_size": 32, "warmup_epochs": 1, "val_fraction": 0, "checkpoint": "best_test", "schedule_step": "epoch", "warmup_start_factor": 0.01},
         overrides=[{"where": {"arch": "vit-t"}, "model": {"preprocessing": "imagenet"}, "training": {"min_lr": 0.00001}, "probe": {"paper": {"batch_size": 64}}}],
@@ -243,22 +243,34 @@ def test_the_papers_protocol_switched_on_produces_the_papers_tables(tmp_path):
     curves = pd.read_parquet(out / "aggregate/curves.parquet")
     assert set(curves.solver) == {"paper"} and curves.epoch.between(1, 3).all()
     tables = {name: pd.read_csv(out / "paper/tables" / f"{name}.csv") for name in PAPER_TABLES}
-    assert tables["id_accuracy"].columns.tolist() == ["id_dataset", "arch", "backbone", "32 none", "32 rrc_flip"]
+    intervals = [f"{c} {end}" for c in ("32 none", "32 rrc_flip") for end in ("ci_low", "ci_high")]
+    assert tables["id_accuracy"].columns.tolist() == ["id_dataset", "arch", "backbone", "32 none", *intervals[:2], "32 rrc_flip", *intervals[2:], "seeds"]
     assert tables["id_accuracy"].backbone.tolist() == ["VGGm-11", "ViT-T"]
     cells = pd.read_parquet(out / "aggregate/cells.parquet").set_index("arch")
     assert tables["id_accuracy"].set_index("backbone").loc["ViT-T", "32 none"] == pytest.approx(100 * cells.loc["vit-t", "test_acc"], abs=0.01)
     assert tables["ood_accuracy"].backbone.tolist() == ["VGGm-11", "VGGm-11", "ViT-T"]
     assert tables["level_means"].comparison.tolist() == ["augmentation (VGGm)"] * 2 + ["family"] * 2
     effects = tables["effect_sizes"]
-    assert effects.comparison.tolist() == ["augmentation (VGGm)", "family"] and effects.pairs.tolist() == [2, 2]
+    # pairs match on the seed: 2 seeds x 2 OOD sets for augmentation; the ViT has seed 0 only
+    assert effects.comparison.tolist() == ["augmentation (VGGm)", "family"] and effects.pairs.tolist() == [4, 2]
+    # two seeds of each VGGm backbone: seed means with finite t-intervals around them
+    summary = pd.read_parquet(out / "aggregate/metrics_seeds.parquet")
+    vgg = summary[summary.arch == "vggm11"]
+    assert len(vgg) == 4 and vgg.n_seeds.eq(2).all() and summary[summary.arch == "vit-t"].n_seeds.eq(1).all()
+    assert (vgg.ood_retained_ci_low <= vgg.ood_retained).all() and (vgg.ood_retained <= vgg.ood_retained_ci_high).all()
+    per_seed = pd.read_parquet(out / "aggregate/metrics.parquet")
+    expected_mean = per_seed[per_seed.arch == "vggm11"].groupby(["augmentation", "ood_set"]).ood_retained.mean()
+    np.testing.assert_allclose(vgg.set_index(["augmentation", "ood_set"]).ood_retained.loc[expected_mean.index], expected_mean)
+    retained = tables["ood_retained"]
+    assert "mean ci_low" in retained.columns and retained.set_index("backbone").loc["VGGm-11", "seeds"].tolist() == [2, 2]
     assert "\\begin{tabular}" in (out / "paper/tables/effect_sizes.tex").read_text()
     # the solvers side by side: the first drives the metrics; each is recomputed from its own probes
     from tunnelscope.metrics import cell_metrics
 
     by_solver = pd.read_parquet(out / "aggregate/solver_metrics.parquet")
-    assert by_solver.groupby("solver").size().to_dict() == {"paper": 6, "lbfgs": 6}  # 3 cells x 2 OOD sets
+    assert by_solver.groupby("solver").size().to_dict() == {"paper": 10, "lbfgs": 10}  # 5 cells x 2 OOD sets
     metrics = pd.read_parquet(out / "aggregate/metrics.parquet")
-    keys = ["arch", "augmentation", "ood_set"]
+    keys = ["arch", "augmentation", "seed", "ood_set"]
     paper_rows = by_solver[by_solver.solver == "paper"].merge(metrics, on=keys, suffixes=("", "_main"))
     np.testing.assert_allclose(paper_rows.ood_retained, paper_rows.ood_retained_main)
     cell = CELLS[0]
@@ -266,11 +278,11 @@ def test_the_papers_protocol_switched_on_produces_the_papers_tables(tmp_path):
     assert set(lbfgs.solver) == {"lbfgs"} and lbfgs.l2.notna().all()
     info = json.loads((out / "cells" / cell / "cell.json").read_text())
     expected = cell_metrics(lbfgs, info, {"ood_sets": ["toy-glyphs", "digits"], "id_start_thresholds": [0.95, 0.98], "alignment_layer": "last", "alignment_id": "probe"})
-    mine = by_solver[(by_solver.solver == "lbfgs") & (by_solver.augmentation == "none") & (by_solver.arch == "vggm11")].set_index("ood_set")
+    mine = by_solver[(by_solver.solver == "lbfgs") & (by_solver.augmentation == "none") & (by_solver.arch == "vggm11") & (by_solver.seed == 0)].set_index("ood_set")
     for row in expected.itertuples():
         assert mine.loc[row.ood_set, "tunnel_start"] == row.tunnel_start and mine.loc[row.ood_set, "pearson"] == pytest.approx(row.pearson, nan_ok=True)
     comparison = pd.read_csv(out / "paper/tables/solvers.csv")
-    assert set(comparison.reference) == {"paper"} and set(comparison.solver) == {"lbfgs"} and comparison.pairs.max() == 6
+    assert set(comparison.reference) == {"paper"} and set(comparison.solver) == {"lbfgs"} and comparison.pairs.max() == 10
     assert set(comparison.metric) >= {"ood_retained", "pearson", "alignment", "tunnel_start"}
     retained = comparison.set_index("metric").loc["ood_retained"]
     joined = by_solver[by_solver.solver == "paper"].merge(by_solver[by_solver.solver == "lbfgs"], on=keys, suffixes=("_p", "_l"))
