@@ -139,6 +139,9 @@ def test_a_solver_list_gives_each_solver_its_own_settings_and_the_first_drives_t
     assert study.zero_shot_params(cell, "shapes-noise")["seed"] == 3 and study.zero_shot_params(cell, "shapes-noise")["split_seed"] == 7
     assert study.tsne_params(cell)["seed"] == 3 and study.tsne_params(cell)["tsne_seed"] == 9
     assert study.shifted_sets(cell) == ["shapes-noise"]  # the default study's noisy copy of its ID set
+    default_config["overrides"] = [{"where": {"resolution": 48}, "probe": {"solver": ["sklearn", "paper"]}}]
+    with pytest.raises(ConfigError, match="probe.solver: the cells with several solvers must list the same one first"):
+        Study(default_config, schema)
 
 
 def test_probe_params_keep_the_cell_seed_apart_from_the_probe_seed(default_config, schema):

@@ -85,9 +85,9 @@ def test_paper_recipe_trains_every_layer_in_one_pass():
     assert all(b["test_acc"] >= r["test_acc"] - 1e-9 for b, r in zip(best, rows))
     # One seeded order for every epoch (the released code's cached features) is another run.
     fixed = fit_paper_probes(layers, y[:200], y[200:], 3, dict(params, reshuffle=False))
-    assert fixed[0]["test_acc"] > 0.85 and fixed != rows
+    assert fixed[0]["test_acc"] > 0.85 and not np.array_equal(fixed[0]["weights"], rows[0]["weights"])
     repeated = fit_paper_probes(layers, y[:200], y[200:], 3, dict(params, repeats=3))  # the ViT probes' sampler
-    assert repeated[0]["test_acc"] > 0.8 and repeated != rows
+    assert repeated[0]["test_acc"] > 0.8 and not np.array_equal(repeated[0]["weights"], rows[0]["weights"])
 
 
 def test_non_converged_probes_are_flagged():

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from tunnelscope.io import read_embeddings, write_embeddings
-from tunnelscope.probe import fit_lbfgs_probe, fit_paper_probes, fit_sklearn_probe, probe_logits
-from tunnelscope.protocols import solver_comparison, zero_shot_layers, zero_shot_summary
+from tunnelscope.probe import fit_lbfgs_probe, fit_paper_probes, fit_sklearn_probe
+from tunnelscope.protocols import probe_logits, solver_comparison, zero_shot_layers, zero_shot_summary
 from tunnelscope.tsne import choose_rows, tsne_layers
 
 LBFGS = {"standardize": True, "max_iter": 100, "l2_grid": [1e-2, 1e-3], "val_fraction": 0.2, "select_max_iter": 20, "tol": 1e-4, "precision": "fp32", "seed": 0}
@@ -65,12 +65,14 @@ def test_zero_shot_scores_the_id_probe_on_shifted_rows_and_picks_the_layer_on_va
     rng = np.random.default_rng(5)
     clean_fit = fit_lbfgs_probe(x[:200], y[:200], x[200:], y[200:], 3, LBFGS)
     shifted = [(x[200:] + rng.normal(0, s, x[200:].shape).astype(np.float32), y[200:]) for s in (0.5, 6.0)]
-    directory = _shifted_dir(tmp_path, shifted)
+    directory = _shifted_dir(tmp_path / "shifted", shifted)
+    clean = _shifted_dir(tmp_path / "clean", [(x[200:], y[200:])] * 2)
     weights = {"layer_001": clean_fit["weights"], "layer_002": clean_fit["weights"]}
     id_probes = pd.DataFrame({"layer": [1, 2], "layer_name": ["a", "b"], "relative_depth": [0.5, 1.0], "test_acc": [clean_fit["test_acc"]] * 2})
     params = {"arch": "a", "id_dataset": "toy", "resolution": 32, "augmentation": "none", "seed": 0, "eval_set": "toy-noise", "pooling": "avg2x2", "val_fraction": 0.25, "split_seed": 0}
-    layers = zero_shot_layers(id_probes, weights, weights, directory, params)
+    layers = zero_shot_layers(id_probes, weights, weights, clean, directory, params)
     assert layers.n_val.tolist() == [50, 50] and layers.n_test.tolist() == [150, 150]
+    assert layers.clean_test_acc.iloc[0] == layers.clean_test_acc.iloc[1] >= layers.zero_shot_test_acc.max() - 0.02
     # the mild shift keeps most of the clean accuracy, the strong one loses it
     assert layers.zero_shot_test_acc[0] > layers.zero_shot_test_acc[1] + 0.1
     # the same weights as both protocols' probe: the two protocols agree row for row
@@ -78,9 +80,26 @@ def test_zero_shot_scores_the_id_probe_on_shifted_rows_and_picks_the_layer_on_va
     summary = zero_shot_summary(layers).iloc[0]
     assert summary.zero_shot_layer == 1 and summary.zero_shot_acc == layers.zero_shot_test_acc[0]
     assert summary.zero_shot_last_acc == layers.zero_shot_test_acc[1] and summary.num_layers == 2
-    pd.testing.assert_frame_equal(layers, zero_shot_layers(id_probes, weights, weights, directory, params))  # seeded split
-    other = zero_shot_layers(id_probes, weights, weights, directory, {**params, "split_seed": 1})
+    pd.testing.assert_frame_equal(layers, zero_shot_layers(id_probes, weights, weights, clean, directory, params))  # seeded split
+    other = zero_shot_layers(id_probes, weights, weights, clean, directory, {**params, "split_seed": 1})
     assert not other.zero_shot_val_acc.equals(layers.zero_shot_val_acc) or not other.zero_shot_test_acc.equals(layers.zero_shot_test_acc)
+
+
+def test_zero_shot_breaks_ties_towards_the_deeper_layer():
+    rows = [{"arch": "a", "id_dataset": "t", "resolution": 32, "augmentation": "none", "seed": 0, "eval_set": "n", "layer": k, "clean_test_acc": 0.9,
+             "zero_shot_val_acc": v, "zero_shot_test_acc": t, "shifted_probe_test_acc": p, "n_val": 10, "n_test": 90} for k, v, t, p in ((1, 0.5, 0.5, 0.6), (2, 0.8, 0.7, 0.8), (3, 0.8, 0.75, 0.8), (4, 0.7, 0.75, 0.7))]
+    summary = zero_shot_summary(pd.DataFrame(rows)).iloc[0]
+    assert summary.zero_shot_layer == 3 and summary.zero_shot_oracle_layer == 4  # ties: the deeper
+    assert summary.shifted_probe_layer == 2  # the paper's l_m: the first layer at the maximum
+    assert not summary.zero_shot_before_penultimate  # layer 3 of 4 is the penultimate
+
+
+def test_sklearn_weights_cover_classes_absent_from_training():
+    x, y = _blobs(classes=4)
+    seen = y != 2
+    result = fit_sklearn_probe(x[seen], y[seen], x, y, 1.0, 200, True, n_classes=4)
+    assert result["weights"].shape == (13, 4) and (probe_logits(result["weights"], x).argmax(1) != 2).all()
+    assert _accuracy(result["weights"], x, y) == pytest.approx(result["test_acc"], abs=1e-9)
 
 
 def test_solver_comparison_measures_differences_and_agreement():
@@ -95,6 +114,7 @@ def test_solver_comparison_measures_differences_and_agreement():
     assert retained.mean_difference == pytest.approx(np.mean([(70 + 2 * s) - (80 + s) for s in range(4)]))
     assert retained.spearman == pytest.approx(1.0)  # both order the seeds alike
     assert retained.tunnel_agreement == pytest.approx(0.5)
+    assert retained.seeds == 4 and retained.mean_difference_ci_low < retained.mean_difference < retained.mean_difference_ci_high
     assert np.isnan(table.loc["pearson"].spearman)  # constant: no rank correlation
 
 

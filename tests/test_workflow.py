@@ -100,7 +100,7 @@ def test_a_corrupted_copy_is_its_clean_set_shifted(study):
 def test_zero_shot_scores_the_id_probes_on_the_shifted_copy(study):
     """The ID probes' stored weights reproduce their reported accuracy; zero-shot scores them on
     the blurred test rows outside its validation part, beside the blurred set's own probes."""
-    from tunnelscope.probe import probe_logits
+    from tunnelscope.protocols import probe_logits
 
     out = study / "out"
     layers = pd.read_parquet(out / "aggregate/zero_shot.parquet")

@@ -34,7 +34,7 @@ TABLES = {
     "effect_sizes": (
         "Tables 1 and 13",
         "Per comparison and level pair, over the matched pairs (one backbone of each level, all else equal): "
-        "|Cliff's delta| between the two levels' values and the Wilcoxon signed-rank p-value, for % OOD retained, "
+        "the magnitude of Cliff's delta between the two levels' values and the Wilcoxon signed-rank p-value, for % OOD retained, "
         "Pearson correlation and ID/OOD alignment.",
     ),
 }
@@ -52,7 +52,7 @@ CONTINUAL_TABLE = (
 def table_caption(name: str, confidence: float = 0.95) -> str:
     paper, text = TABLES[name]
     if name == "effect_sizes":
-        seeds = f"|delta| with [low, high], the {confidence:.0%} t-interval of the per-seed delta signed in the direction of the pooled one"
+        seeds = f"the magnitude of Cliff's delta with [low, high], the {confidence:.0%} t-interval of the per-seed delta signed in the direction of the pooled one"
     else:
         seeds = f"values are seed means ± half the width of their {confidence:.0%} t-interval across seeds"
     return f"{text} Where a backbone has several seeds, {seeds}. Laid out like the paper's {paper}."

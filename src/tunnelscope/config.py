@@ -466,6 +466,10 @@ class Study:
                 if cell.id in self.cells:
                     raise ConfigError(f"grid[{b}]: duplicate cell {cell.id} (already defined by an earlier grid block)")
                 self.cells[cell.id] = cell
+        # the solver comparison sets every other solver against one reference
+        firsts = {c.probe["solver"] for c in self.cells.values() if len(c.probe["solvers"]) > 1}
+        if len(firsts) > 1:
+            raise ConfigError(f"probe.solver: the cells with several solvers must list the same one first (the comparison's reference); overrides give {', '.join(sorted(firsts))}")
         self.runs: dict[str, Run] = {}
         section = self.config.get("continual")
         if section:

@@ -230,7 +230,8 @@ def _split_names(split: pa.ChunkedArray) -> np.ndarray:
 
 def _read_selected(file: pq.ParquetFile, dim: int, dtype: str, keep: np.ndarray, legacy: bool) -> np.ndarray:
     """The vectors of the rows where ``keep``, one row group at a time (groups without any skipped)."""
-    out, start = [], 0
+    out = np.empty((int(keep.sum()), dim), dtype=np.float32)
+    start = filled = 0
     for i in range(file.metadata.num_row_groups):
         n = file.metadata.row_group(i).num_rows
         rows = np.flatnonzero(keep[start : start + n])
@@ -239,12 +240,14 @@ def _read_selected(file: pq.ParquetFile, dim: int, dtype: str, keep: np.ndarray,
             continue
         column = file.read_row_group(i, columns=["embedding"]).column(0)
         if legacy:
-            out.append(_legacy_list_vectors(column, dim)[rows])
-            continue
-        chunk = column.combine_chunks()
-        values = np.frombuffer(chunk.buffers()[1], dtype=_VECTOR_DTYPES[dtype], count=(chunk.offset + len(chunk)) * dim)
-        out.append(values[chunk.offset * dim :].reshape(-1, dim)[rows].astype(np.float32))
-    return np.concatenate(out) if out else np.empty((0, dim), dtype=np.float32)
+            vectors = _legacy_list_vectors(column, dim)
+        else:
+            chunk = column.combine_chunks()
+            values = np.frombuffer(chunk.buffers()[1], dtype=_VECTOR_DTYPES[dtype], count=(chunk.offset + len(chunk)) * dim)
+            vectors = values[chunk.offset * dim :].reshape(-1, dim)
+        out[filled : filled + len(rows)] = vectors[rows]
+        filled += len(rows)
+    return out
 
 
 def file_sha256(path: str | os.PathLike) -> str:

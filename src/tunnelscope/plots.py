@@ -129,30 +129,30 @@ def _save(fig, png: str, pdf: str) -> None:
     plt.close(fig)
 
 
-def _cell_label(row) -> str:
-    return f"{row.arch} {row.id_dataset} {row.resolution}px aug={row.augmentation} s{row.seed}"
-
-
-def zero_shot_figure(layers: pd.DataFrame, summary: pd.DataFrame, png: str, pdf: str) -> None:
-    """Per (cell, shifted set): accuracy per layer on the shifted test rows under both protocols,
-    the clean ID curve for reference, and the layer each protocol picks."""
+def zero_shot_figure(layers: pd.DataFrame, summary: pd.DataFrame, png: str, pdf: str, by_layer: pd.DataFrame | None = None) -> None:
+    """Per (cell, shifted set), or with several seeds per (backbone, shifted set) as seed means
+    with t-interval bands (``by_layer``, protocols.zero_shot_seeds): accuracy per layer on the
+    shifted test rows under both protocols, the clean ID curve for reference, and the layer each
+    protocol picks (one star per seed)."""
     _style()
-    keys = ["arch", "id_dataset", "resolution", "augmentation", "seed", "eval_set"]
-    panels = list(layers.sort_values("layer").groupby(keys, sort=True))
+    keys = ["arch", "id_dataset", "resolution", "augmentation", "eval_set"] + ([] if by_layer is not None else ["seed"])
+    curves = (by_layer if by_layer is not None else layers).sort_values("layer")
+    panels = list(curves.groupby(keys, sort=True))
     ncols = min(4, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.8 * ncols, 3.2 * nrows), squeeze=False, sharey=True)
-    picks = summary.set_index(keys)
+    lines = (("clean_test_acc", ID_COLOUR, "ID probe, clean ID test"), ("zero_shot_test_acc", "tab:blue", "zero-shot: ID probe on shifted"), ("shifted_probe_test_acc", "tab:red", "paper: probe trained on shifted"))
     for ax, (key, group) in zip(axes.flat, panels):
-        pick = picks.loc[key]
         x = group.layer.to_numpy()
-        ax.plot(x, 100 * group.clean_test_acc, color=ID_COLOUR, lw=1, ls="--", label="ID probe, clean ID test")
-        ax.plot(x, 100 * group.zero_shot_test_acc, color="tab:blue", marker="o", ms=3, label="zero-shot: ID probe on shifted")
-        ax.plot(x, 100 * group.shifted_probe_test_acc, color="tab:red", marker="o", ms=3, label="paper: probe trained on shifted")
-        ax.plot(pick.zero_shot_layer, 100 * pick.zero_shot_acc, marker="*", ms=13, color="tab:blue", mec="black", zorder=5, label="layer chosen on shifted val")
-        ax.plot(pick.shifted_probe_layer, 100 * pick.shifted_probe_acc, marker="*", ms=13, color="tab:red", mec="black", zorder=5, label="paper's best layer")
+        percent = group.assign(**{c: 100 * group[c] for c in group.columns if c.split("_ci_")[0] in dict((k, 0) for k, _, _ in lines)})
+        for column, colour, label in lines:
+            draw_band(ax, x, percent, column, colour, label)
+        picks = summary.merge(pd.DataFrame([dict(zip(keys, key))]), on=keys)
+        ax.plot(picks.zero_shot_layer, 100 * picks.zero_shot_acc, ls="", marker="*", ms=13, color="tab:blue", mec="black", zorder=5, label="layer chosen on shifted val")
+        ax.plot(picks.shifted_probe_layer, 100 * picks.shifted_probe_acc, ls="", marker="*", ms=13, color="tab:red", mec="black", zorder=5, label="paper's best layer")
         row = group.iloc[0]
-        ax.set_title(f"{_cell_label(row)}\n{row.eval_set}", fontsize="small")
+        seeds = f"{picks.seed.nunique()} seeds" if by_layer is not None else f"s{row.seed}"
+        ax.set_title(f"{row.arch} {row.id_dataset} {row.resolution}px aug={row.augmentation} {seeds}\n{row.eval_set}", fontsize="small")
         ax.set_xlabel("probed layer (index)")
         ax.set_xticks(x)
         ax.set_ylim(0, 102)

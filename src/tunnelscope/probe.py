@@ -261,7 +261,9 @@ def fit_lbfgs_probe(x_train, y_train, x_test, y_test, n_classes: int, params: di
     }
 
 
-def fit_sklearn_probe(x_train, y_train, x_test, y_test, C: float, max_iter: int, standardize: bool) -> dict:
+def fit_sklearn_probe(x_train, y_train, x_test, y_test, C: float, max_iter: int, standardize: bool, n_classes: int | None = None) -> dict:
+    """scikit-learn's LogisticRegression; the weights take one column per class of ``n_classes``
+    (default those seen), a class absent from the training rows getting a bias no logit reaches."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -276,6 +278,11 @@ def fit_sklearn_probe(x_train, y_train, x_test, y_test, C: float, max_iter: int,
     coef, intercept = clf.coef_, clf.intercept_
     if coef.shape[0] == 1:  # binary: one logit z for class 1, i.e. logits (0, z)
         coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
+    classes = np.asarray(clf.classes_, dtype=int)
+    if n_classes is not None and (len(classes) != n_classes or (classes != np.arange(n_classes)).any()):
+        full, bias = np.zeros((n_classes, coef.shape[1])), np.full(n_classes, -1e9)
+        full[classes], bias[classes] = coef, intercept
+        coef, intercept = full, bias
     if standardize:  # fold the scaler in, so the weights act on raw features like the others'
         scaler = model[0]
         coef = coef / scaler.scale_
@@ -333,7 +340,7 @@ def fit_paper_probes(layers: list[tuple], y_train, y_test, n_classes: int, param
             last = [(_head_acc(h, xte, yte), epoch + 1, _head_acc(h, xtr, ytr), h) for h, xtr, xte in zip(heads, xs_train, xs_test)]
         # a head's weights are copied only when its epoch is kept
         keep = params["report"] == "best_test"
-        best = [(*cur[:3], _head_weights(cur[3])) if keep and cur[0] > b[0] else b for b, cur in zip(best, last)]
+        best = [(*cur[:3], _head_weights(cur[3])) if keep and (b[3] is None or cur[0] > b[0]) else b for b, cur in zip(best, last)]
     chosen = best if params["report"] == "best_test" else [(*row[:3], _head_weights(row[3])) for row in last]
     return [{"train_acc": tr, "test_acc": te, "epoch": ep, "n_iter": params["epochs"], "converged": True, "weights": w} for te, ep, tr, w in chosen]
 
@@ -359,7 +366,8 @@ def layer_files(embed_dir: str | Path) -> list[Path]:
 
 def probe_layers(embed_dir: str, params: dict, family: str = "cnn", threads: int | None = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Probe every layer of one (cell, eval set): one row per layer, and each layer's probe as
-    (d + 1, C) float32 weights on raw features, bias last (``layer_NNN`` keys; write_weights).
+    (d + 1, C) float32 weights on raw features, bias last (``layer_NNN`` keys; write_weights;
+    protocols.probe_logits scores them).
     ``threads`` caps torch's CPU threads (the job's share of the cores; torch's default takes
     them all)."""
     if threads:
@@ -385,7 +393,7 @@ def probe_layers(embed_dir: str, params: dict, family: str = "cnn", threads: int
             if params["solver"] == "lbfgs":
                 results.append(fit_lbfgs_probe(x_train, y_train, x_test, y_test, n_classes, settings, device))
             else:
-                results.append(fit_sklearn_probe(x_train, y_train, x_test, y_test, params["C"], params["max_iter"], params["standardize"]))
+                results.append(fit_sklearn_probe(x_train, y_train, x_test, y_test, params["C"], params["max_iter"], params["standardize"], n_classes))
     rows, weights = [], {}
     for (meta, n_train, n_test), result in zip(metas, results):
         weights[f"layer_{meta['layer']:03d}"] = result.pop("weights")
@@ -415,7 +423,3 @@ def write_weights(weights: dict[str, np.ndarray], path: str | Path) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a file object: savez adds no suffix
         np.savez(fh, **weights)
 
-
-def probe_logits(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Logits of a probe stored by write_weights on raw features ``x`` (n, d)."""
-    return x.astype(np.float32) @ weights[:-1] + weights[-1]

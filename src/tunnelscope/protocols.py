@@ -23,33 +23,38 @@ from .config import CELL_VARIABLES
 from .datasets import stratified_split
 from .io import read_embeddings
 from .metrics import cell_metrics
+from .seeds import BACKBONE, CONFIDENCE, seed_summary, several_seeds, t_interval
 
 ZERO_SHOT_STREAM = 3141  # the random stream of the shifted validation split (zero_shot.split_seed)
 COMPARED_METRICS = ("ood_retained", "pearson", "alignment", "tunnel_start", "ood_best_layer", "ood_last_acc")
 
 
+def probe_logits(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Logits on raw features ``x`` (n, d) of a probe stored by probe.write_weights."""
+    return x.astype(np.float32) @ weights[:-1] + weights[-1]
+
+
 def _accuracy(weights: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
-    if not len(y):
-        return float("nan")
-    logits = x @ weights[:-1] + weights[-1]
-    return float((logits.argmax(1) == y).mean())
+    return float((probe_logits(weights, x).argmax(1) == y).mean()) if len(y) else float("nan")
 
 
-def zero_shot_layers(id_probes: pd.DataFrame, id_weights, shifted_weights, shifted_dir: str | Path, params: dict) -> pd.DataFrame:
-    """One row per layer: the ID probe's clean test accuracy, and on the shifted test split the
-    ID probe's accuracy on the validation part (``zero_shot_val_acc``) and on the rest
-    (``zero_shot_test_acc``), and the shifted-set probe's accuracy on the rest
-    (``shifted_probe_test_acc``). ``id_weights`` / ``shifted_weights``: np.load'ed .npz files."""
+def zero_shot_layers(id_probes: pd.DataFrame, id_weights, shifted_weights, clean_dir: str | Path, shifted_dir: str | Path, params: dict) -> pd.DataFrame:
+    """One row per layer, all on the test rows outside the validation part (``rest``) unless
+    named: the ID probe on the clean ID test rows (``clean_test_acc``), on their shifted copies
+    (``zero_shot_test_acc``; ``zero_shot_val_acc`` on the validation part), and the shifted-set
+    probe on the shifted rows (``shifted_probe_test_acc``). ``id_weights`` / ``shifted_weights``:
+    np.load'ed .npz files; ``clean_dir`` / ``shifted_dir`` the two sets' embedding directories."""
     rows, split = [], None
     for probe in id_probes.sort_values("layer").itertuples():
         key = f"layer_{probe.layer:03d}"
         path = Path(shifted_dir) / params["pooling"] / f"{key}.parquet"
         _, x, y, _ = read_embeddings(path, select=lambda labels, splits: splits == "test")
+        _, clean, clean_y, _ = read_embeddings(Path(clean_dir) / params["pooling"] / f"{key}.parquet", select=lambda labels, splits: splits == "test")
         if split is None:
             rest, val = stratified_split(y, params["val_fraction"], params["split_seed"], ZERO_SHOT_STREAM)
             split = (rest, val, y)
-        elif not np.array_equal(split[2], y):
-            raise ValueError(f"{path}: test rows differ from the first layer's")
+        if not (np.array_equal(split[2], y) and np.array_equal(clean_y, y)):  # same images, same order
+            raise ValueError(f"{path}: test rows differ from the first layer's or from the clean set's")
         rest, val, _ = split
         w_id, w_shifted = id_weights[key], shifted_weights[key]
         if w_id.shape[0] != x.shape[1] + 1:
@@ -60,7 +65,7 @@ def zero_shot_layers(id_probes: pd.DataFrame, id_weights, shifted_weights, shift
                 "layer": probe.layer,
                 "layer_name": probe.layer_name,
                 "relative_depth": probe.relative_depth,
-                "clean_test_acc": probe.test_acc,
+                "clean_test_acc": _accuracy(w_id, clean[rest], y[rest]),
                 "zero_shot_val_acc": _accuracy(w_id, x[val], y[val]),
                 "zero_shot_test_acc": _accuracy(w_id, x[rest], y[rest]),
                 "shifted_probe_test_acc": _accuracy(w_shifted, x[rest], y[rest]),
@@ -74,33 +79,34 @@ def zero_shot_layers(id_probes: pd.DataFrame, id_weights, shifted_weights, shift
 def zero_shot_summary(layers: pd.DataFrame) -> pd.DataFrame:
     """One row per (cell, shifted set): each protocol's chosen layer and its accuracy there.
 
-    Zero-shot chooses the layer of best ``zero_shot_val_acc`` (first on ties); the paper's
-    protocol the layer of best test accuracy of the shifted-set probe (its l_m). ``*_last_acc``
-    are the last layer's, ``zero_shot_oracle_*`` the best zero-shot test accuracy, which a
-    validation split of that size can at most find."""
+    Zero-shot chooses the layer of best ``zero_shot_val_acc``, the deepest on ties (a small
+    validation split ties often, and the first would favour early layers); the paper's protocol
+    the first layer of best test accuracy of the shifted-set probe (its l_m, as in metrics).
+    ``*_last_acc`` are the last layer's, ``zero_shot_oracle_*`` the best zero-shot test accuracy,
+    which a validation split can at most find."""
     keys = [*CELL_VARIABLES, "eval_set"]
     rows = []
     for key, group in layers.sort_values("layer").groupby(keys, sort=False):
         group = group.reset_index(drop=True)
-        chosen = int(group.zero_shot_val_acc.to_numpy().argmax())
-        oracle = int(group.zero_shot_test_acc.to_numpy().argmax())
-        paper = int(group.shifted_probe_test_acc.to_numpy().argmax())
         n = len(group)
+        chosen = n - 1 - int(group.zero_shot_val_acc.to_numpy()[::-1].argmax())
+        oracle = n - 1 - int(group.zero_shot_test_acc.to_numpy()[::-1].argmax())
+        paper = int(group.shifted_probe_test_acc.to_numpy().argmax())
         rows.append(
             {
                 **dict(zip(keys, key)),
                 "num_layers": n,
-                "zero_shot_layer": chosen + 1,
+                "zero_shot_layer": int(group.layer[chosen]),
                 "zero_shot_acc": group.zero_shot_test_acc[chosen],
                 "zero_shot_last_acc": group.zero_shot_test_acc[n - 1],
-                "zero_shot_oracle_layer": oracle + 1,
+                "zero_shot_oracle_layer": int(group.layer[oracle]),
                 "zero_shot_oracle_acc": group.zero_shot_test_acc[oracle],
-                "shifted_probe_layer": paper + 1,
+                "shifted_probe_layer": int(group.layer[paper]),
                 "shifted_probe_acc": group.shifted_probe_test_acc[paper],
                 "shifted_probe_last_acc": group.shifted_probe_test_acc[n - 1],
                 "clean_last_acc": group.clean_test_acc[n - 1],
                 # the intermediate-layer finding of Uselis & Oh: the chosen layer is <= L - 2
-                "zero_shot_before_penultimate": chosen + 1 <= n - 2,
+                "zero_shot_before_penultimate": chosen + 1 <= n - 2,  # positions 1..n
                 "n_val": int(group.n_val[0]),
                 "n_test": int(group.n_test[0]),
             }
@@ -108,17 +114,29 @@ def zero_shot_summary(layers: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+ZERO_SHOT_VALUES = ["zero_shot_acc", "zero_shot_last_acc", "zero_shot_oracle_acc", "shifted_probe_acc", "shifted_probe_last_acc", "clean_last_acc", "zero_shot_layer", "shifted_probe_layer", "zero_shot_before_penultimate"]
+LAYER_VALUES = ["clean_test_acc", "zero_shot_val_acc", "zero_shot_test_acc", "shifted_probe_test_acc"]
+
+
+def zero_shot_seeds(summary: pd.DataFrame, layers: pd.DataFrame, confidence: float = CONFIDENCE) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Seed means with t-intervals (seeds.seed_summary) of the summary per backbone and shifted
+    set, and of the per-layer accuracies per backbone, shifted set and layer."""
+    keys = [*BACKBONE, "eval_set"]
+    return seed_summary(summary, [*keys, "num_layers"], ZERO_SHOT_VALUES, confidence), seed_summary(layers, [*keys, "layer"], LAYER_VALUES, confidence)
+
+
 def solver_metrics(probes: pd.DataFrame, cell_info: dict, params: dict) -> pd.DataFrame:
     """The cell's tunnel metrics under each solver of its probe tables (a ``solver`` column)."""
     return pd.concat([cell_metrics(group, cell_info, params).assign(solver=solver) for solver, group in probes.groupby("solver", sort=False)], ignore_index=True)
 
 
-def solver_comparison(metrics: pd.DataFrame, reference: str) -> pd.DataFrame:
+def solver_comparison(metrics: pd.DataFrame, reference: str, confidence: float = CONFIDENCE) -> pd.DataFrame:
     """How each metric moves from the ``reference`` solver to every other one, over all
     (cell, OOD set) pairs: mean difference (other - reference), mean absolute difference, the
     Spearman correlation of the two (do they order backbones alike?), and how often they agree
     that there is a tunnel."""
     keys = [*CELL_VARIABLES, "ood_set"]
+    seeds = several_seeds(metrics)
     ref = metrics[metrics.solver == reference]
     rows = []
     for solver, other in metrics[metrics.solver != reference].groupby("solver", sort=False):
@@ -128,12 +146,17 @@ def solver_comparison(metrics: pd.DataFrame, reference: str) -> pd.DataFrame:
             ok = a.notna() & b.notna()
             diff = (b - a)[ok]
             rho = stats.spearmanr(a[ok], b[ok]).statistic if ok.sum() > 2 and a[ok].nunique() > 1 and b[ok].nunique() > 1 else float("nan")
+            # with several seeds: the t-interval of the mean difference over the seeds' means
+            _, low, high, n_seeds = t_interval(diff.groupby(paired.seed[ok]).mean(), confidence) if seeds else (None, float("nan"), float("nan"), 1)
             rows.append(
                 {
                     "reference": reference,
                     "solver": solver,
                     "metric": metric,
                     "pairs": int(ok.sum()),
+                    "seeds": n_seeds,
+                    "mean_difference_ci_low": low,
+                    "mean_difference_ci_high": high,
                     "reference_mean": float(a[ok].mean()),
                     "solver_mean": float(b[ok].mean()),
                     "mean_difference": float(diff.mean()),

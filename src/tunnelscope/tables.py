@@ -28,7 +28,7 @@ from .seeds import CONFIDENCE, seed_summary
 # label); ``label`` (VGGm-11, ...) is what the tables print.
 BACKBONE = ["id_dataset", "arch", "resolution", "augmentation"]
 # Characters of the labels that plain pdflatex needs as math.
-LATEX_SYMBOLS = {"|δ|": r"$|\delta|$", "|Δ|": r"$|\Delta|$", "²": r"$^2$", "†": r"$^\dagger$", "±": r"$\pm$"}
+LATEX_SYMBOLS = {"|δ|": r"$|\delta|$", "|Δ|": r"$|\Delta|$", "Δ": r"$\Delta$", "²": r"$^2$", "†": r"$^\dagger$", "±": r"$\pm$"}
 # Suffixes of the interval columns a table gets when a backbone has several seeds.
 CI = ("ci_low", "ci_high")
 TARGET_NAMES = {"ood_retained": "% retained", "pearson": "Pearson", "alignment": "alignment"}
@@ -230,31 +230,47 @@ def build(name: str, cells: pd.DataFrame, metrics: pd.DataFrame, means: pd.DataF
     raise ValueError(f"unknown paper table {name!r}")
 
 
-def zero_shot_table(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(CSV, LaTeX) of protocols.zero_shot_summary: accuracies in %, one row per backbone (and
-    seed) and shifted set."""
-    csv = summary.copy()
-    accuracies = [c for c in csv.columns if c.endswith("_acc")]
+def zero_shot_table(summary: pd.DataFrame, seeds: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(CSV, LaTeX) of protocols.zero_shot_summary: accuracies in %, one row per cell and shifted
+    set; with several seeds per backbone (``seeds``, protocols.zero_shot_seeds' first table) one
+    row per backbone and shifted set: seed means, their intervals and the seed count."""
+    with_ci = seeds is not None
+    if with_ci:
+        csv = seeds.rename(columns=lambda c: c.replace("_ci_", " ci_")).rename(columns={"n_seeds": "seeds"})
+    else:
+        csv = summary.copy()
+    accuracies = [c for c in csv.columns if c.split(" ")[0].endswith("_acc")]
     csv[accuracies] = (100.0 * csv[accuracies]).round(2)
+    rows = [row for _, row in csv.iterrows()]
+
+    def cells(column: str, decimals: int = 2) -> list[str]:
+        return [_fmt_ci(row, column, decimals, with_ci) for row in rows]
+
+    names = [f"{r.arch} {r.resolution}² {_aug_label(r.augmentation)} " + (f"({r.seeds} seeds)" if with_ci else f"s{r.seed}") for r in csv.itertuples()]
+    layer = (lambda column: cells(column, 1)) if with_ci else (lambda column: csv[column].astype(str).tolist())
     latex = pd.DataFrame(
         {
-            "backbone": [f"{r.arch} {r.resolution}² {_aug_label(r.augmentation)} s{r.seed}" for r in csv.itertuples()],
+            "backbone": names,
             "shifted set": csv.eval_set,
-            "ZS layer": csv.zero_shot_layer.astype(str) + "/" + csv.num_layers.astype(str),
-            "ZS acc": csv.zero_shot_acc.map(lambda v: _fmt(v, 2)),
-            "ZS last": csv.zero_shot_last_acc.map(lambda v: _fmt(v, 2)),
-            "ZS best": csv.zero_shot_oracle_acc.map(lambda v: _fmt(v, 2)),
-            "paper layer": csv.shifted_probe_layer.astype(str),
-            "paper acc": csv.shifted_probe_acc.map(lambda v: _fmt(v, 2)),
-            "paper last": csv.shifted_probe_last_acc.map(lambda v: _fmt(v, 2)),
+            "layers": csv.num_layers,
+            "ZS layer": layer("zero_shot_layer"),
+            "ZS acc": cells("zero_shot_acc"),
+            "ZS last": cells("zero_shot_last_acc"),
+            "ZS best": cells("zero_shot_oracle_acc"),
+            "paper layer": layer("shifted_probe_layer"),
+            "paper acc": cells("shifted_probe_acc"),
+            "paper last": cells("shifted_probe_last_acc"),
         }
     )
     return csv, latex
 
 
 def solver_table(comparison: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(CSV, LaTeX) of protocols.solver_comparison."""
+    """(CSV, LaTeX) of protocols.solver_comparison; with several seeds the mean difference
+    carries the t-interval over the seeds' mean differences."""
     csv = comparison.round(4)
+    with_ci = bool(csv.mean_difference_ci_low.notna().any())
+    bounds = csv.rename(columns={f"mean_difference_ci_{b}": f"mean_difference ci_{b}" for b in ("low", "high")})
     latex = pd.DataFrame(
         {
             "solver": csv.solver + " vs " + csv.reference,
@@ -262,6 +278,7 @@ def solver_table(comparison: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
             "pairs": csv.pairs,
             "mean (ref)": csv.reference_mean.map(lambda v: _fmt(v, 3)),
             "mean (solver)": csv.solver_mean.map(lambda v: _fmt(v, 3)),
+            "mean Δ": [_fmt_ci(row, "mean_difference", 3, with_ci) for _, row in bounds.iterrows()],
             "mean |Δ|": csv.mean_abs_difference.map(lambda v: _fmt(v, 3)),
             "Spearman": csv.spearman.map(lambda v: _fmt(v, 2)),
             "tunnel agreement": csv.tunnel_agreement.map(lambda v: _fmt(100 * v, 0) + "%"),

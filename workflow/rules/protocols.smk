@@ -27,6 +27,7 @@ rule zero_shot:
         id_probes=lambda wc: probe_table(wc.cell, STUDY.cells[wc.cell].id_dataset),
         id_weights=lambda wc: probe_table(wc.cell, STUDY.cells[wc.cell].id_dataset, suffix=".weights.npz"),
         shifted_weights=lambda wc: probe_table(wc.cell, wc.eval_set, suffix=".weights.npz"),
+        clean=lambda wc: f"{RESULTS}/cells/{wc.cell}/embeddings/{STUDY.cells[wc.cell].id_dataset}",
         shifted=lambda wc: f"{RESULTS}/cells/{wc.cell}/embeddings/{wc.eval_set}",
     output:
         f"{RESULTS}/cells/{{cell}}/zero_shot/{{eval_set}}.parquet",
@@ -51,6 +52,8 @@ rule zero_shot_table:
         tex=f"{RESULTS}/paper/tables/zero_shot.tex",
         png=report(f"{RESULTS}/paper/zero_shot.png", caption="../report/zero_shot.rst", category="Protocols"),
         pdf=f"{RESULTS}/paper/zero_shot.pdf",
+    params:
+        seeds=lambda wc: STUDY.seed_params(),
     log:
         "logs/zero_shot_table.log",
     conda:
@@ -89,6 +92,7 @@ rule solver_table:
         pdf=f"{RESULTS}/paper/solvers.pdf",
     params:
         reference=lambda wc: STUDY.solvers(multi_solver_cells()[0])[0],
+        seeds=lambda wc: STUDY.seed_params(),
     log:
         "logs/solver_table.log",
     conda:

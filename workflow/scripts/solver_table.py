@@ -9,9 +9,9 @@ from tunnelscope.tables import solver_table, write
 
 with job_logging(snakemake.log[0]) as log:
     metrics = pd.concat([read_table(p) for p in snakemake.input], ignore_index=True)
-    out, reference = snakemake.output, snakemake.params.reference
+    out, reference, confidence = snakemake.output, snakemake.params.reference, snakemake.params.seeds["confidence"]
     write_table(metrics, out.metrics, out.metrics_csv)
-    csv, latex = solver_table(solver_comparison(metrics, reference))
-    write("solvers", csv, latex, out.csv, out.tex, caption=SOLVERS_CAPTION)
+    csv, latex = solver_table(solver_comparison(metrics, reference, confidence))
+    write("solvers", csv, latex, out.csv, out.tex, confidence, caption=SOLVERS_CAPTION)
     solver_figure(metrics, reference, out.png, out.pdf)
     log.info("\n%s", csv.to_string(index=False))

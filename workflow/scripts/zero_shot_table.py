@@ -4,15 +4,17 @@ from tunnelscope.captions import ZERO_SHOT_CAPTION
 from tunnelscope.io import read_table, write_table
 from tunnelscope.joblog import job_logging
 from tunnelscope.plots import zero_shot_figure
-from tunnelscope.protocols import zero_shot_summary
-from tunnelscope.tables import zero_shot_table, write
+from tunnelscope.protocols import zero_shot_seeds, zero_shot_summary
+from tunnelscope.seeds import several_seeds
+from tunnelscope.tables import write, zero_shot_table
 
 with job_logging(snakemake.log[0]) as log:
     layers = pd.concat([read_table(p) for p in snakemake.input], ignore_index=True)
-    out = snakemake.output
+    out, confidence = snakemake.output, snakemake.params.seeds["confidence"]
     write_table(layers, out.layers, out.layers_csv)
     summary = zero_shot_summary(layers)
-    csv, latex = zero_shot_table(summary)
-    write("zero_shot", csv, latex, out.csv, out.tex, caption=ZERO_SHOT_CAPTION)
-    zero_shot_figure(layers, summary, out.png, out.pdf)
+    by_backbone, by_layer = zero_shot_seeds(summary, layers, confidence) if several_seeds(summary) else (None, None)
+    csv, latex = zero_shot_table(summary, by_backbone)
+    write("zero_shot", csv, latex, out.csv, out.tex, confidence, caption=ZERO_SHOT_CAPTION)
+    zero_shot_figure(layers, summary, out.png, out.pdf, by_layer)
     log.info("\n%s", csv.to_string(index=False))
