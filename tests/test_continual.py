@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from conftest import REPO, planned_jobs, snakemake
 from test_reliability import PARAMS, TRAINING, toy_store
-from tunnelscope import train
+from tunnelscope import continual, train
 from tunnelscope.config import ARCHS, ConfigError, Study
 from tunnelscope.continual import compose, frozen_modules, locate_tunnel, split_modules
 from tunnelscope.extract import LayerCapture
@@ -302,3 +302,18 @@ def test_the_continual_experiment_end_to_end(tmp_path):
         assert {rule for rule, _ in jobs} == rules | {"continual"}, jobs
         if "continual_finetune" in rules:
             assert {w for r, w in jobs if r == "continual_evaluate"} == {f"run=resnet18_toy_r32_none_s0, network={n}" for n in ("e2-t1-fine-tuned", "e2-fine-tuned")}
+
+
+def test_the_table_shows_seed_means_with_intervals():
+    rows = []
+    for seed, shift in ((0, 0.0), (1, 0.02), (2, 0.04)):
+        for network in LABELS:
+            for task in (1, 2):
+                rows.append({"arch": "resnet18", "id_dataset": "toy", "resolution": 32, "augmentation": "rrc_flip", "seed": seed, "network": network, "task": task, "probe_acc": 0.5 + shift + 0.1 * task, "head_acc": 0.3})
+    csv, latex = continual.table(pd.DataFrame(rows), LABELS, "probe")
+    assert csv.configuration.tolist() == LABELS and csv.seeds.eq(3).all()
+    column = [c for c in csv.columns if c.endswith("task 1")][0]
+    assert csv[column].iloc[0] == pytest.approx(62.0) and csv[f"{column} ci_low"].iloc[0] < 62.0 < csv[f"{column} ci_high"].iloc[0]
+    assert "±" in latex.iloc[0, 1] and " / " in latex.iloc[0, 1]
+    single, _ = continual.table(pd.DataFrame(rows[: 2 * len(LABELS)]), LABELS, "probe")
+    assert "seeds" not in single.columns

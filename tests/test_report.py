@@ -115,8 +115,8 @@ def test_snakemake_report_renders_every_figure(study, chromium, tmp_path):
     assert "SHAP slopes per variable" in text
     assert "Laid out like the paper" in text and "Table 11" in text  # the paper tables, with their captions
     seen = _report_images(report, chromium)
-    # overview + 2 cell figures + variables + SHAP + strength + layer statistics
-    assert len(seen) == 7, seen
+    # overview + 2 cell figures + 2 t-SNE figures + variables + SHAP + strength + layer statistics
+    assert len(seen) == 9, seen
     assert all(natural > 0 and width > 0 for _, natural, width in seen), seen
     pixels = np.asarray(Image.open(report.with_suffix(".png")).convert("L"), dtype=float)
     assert pixels.std() > 10  # not blank

@@ -130,8 +130,9 @@ def _overlay(directory: Path) -> Path:
         res.pop("gpu", None)
         res.update(slurm_partition="debug", mem_mb="1000 * attempt", runtime="30 * attempt")
         if rule in cfg["set-threads"]:
-            res["cpus_per_task"] = 2
-    cfg["set-threads"] = {rule: 2 for rule in cfg["set-threads"]}  # as a local --cores 2 run
+            res["cpus_per_task"] = 1
+    # as a local --cores 2 run, whose heavy jobs take one thread each (HEAVY_THREADS)
+    cfg["set-threads"] = {rule: 1 for rule in cfg["set-threads"]}
     # A group job asks for the CPUs of all its parallel members, more than this node's two.
     cfg.pop("groups", None)
     cfg.pop("group-components", None)

@@ -42,7 +42,7 @@ TABLES = {
 # The continual-learning table (rule continual_table), laid out like the paper's Table 2.
 CONTINUAL_TABLE = (
     "Table 2",
-    "Continual learning: accuracy (%) on task 1 / task 2 of each configuration, per resolution (mean over seeds). "
+    "Continual learning: accuracy (%) on task 1 / task 2 of each configuration, per resolution (seed means; with several seeds ± half their t-interval (analysis.seed_confidence)). "
     "E = extractor (the layers before the tunnel), T = tunnel (the rest, classifier included); 1 / 2 = of the network "
     "after training on task 1 / after then training on task 2; fine-tuned rows train the parts they name on their task. "
     "Scored by continual.score: a linear probe on the last probed layer, or the network's own classifier over the task's classes.",

@@ -30,7 +30,8 @@ from .metrics import id_tunnel_start
 from .models import probe_points
 from .probe import probe_layers
 from .store import Store
-from .tables import _fmt, spread
+from .seeds import CONFIDENCE
+from .tables import _fmt_ci, seed_spread
 from .train import accuracy, load_backbone, pick_device, save_backbone
 
 log = logging.getLogger("tunnelscope.continual")
@@ -188,19 +189,21 @@ def _group_labels(frame: pd.DataFrame) -> pd.Series:
     return frame.apply(label, axis=1)
 
 
-def table(frame: pd.DataFrame, networks: list[str], score: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def table(frame: pd.DataFrame, networks: list[str], score: str, confidence: float = CONFIDENCE) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(CSV, LaTeX) laid out like the paper's Table 2: a row per configuration (in ``networks``
-    order), per run setting the accuracy (%) on task 1 and task 2, means over seeds. LaTeX
-    cells read "task 1 / task 2" as in the paper."""
+    order), per run setting the accuracy (%) on task 1 and task 2, means over seeds (with
+    several seeds followed by their t-interval columns, and a ``seeds`` column). LaTeX cells read
+    "task 1 / task 2" as in the paper, each "mean ± half-interval" with several seeds."""
     frame = frame.assign(group=_group_labels(frame), value=100.0 * frame[f"{score}_acc"])
     frame["column"] = frame.group + " task " + frame.task.astype(str)
     groups = list(dict.fromkeys(frame.sort_values(["resolution"], kind="stable").group))
     columns = [f"{g} task {t}" for g in groups for t in (1, 2)]
     order = pd.DataFrame({"network": networks})
-    wide = order.merge(spread(frame, ["network"], "column", "value", columns), on="network", how="left").rename(columns={"network": "configuration"})
+    spread_frame, with_ci = seed_spread(frame, ["network"], "column", "value", columns, confidence)
+    wide = order.merge(spread_frame, on="network", how="left").rename(columns={"network": "configuration"})
     latex = wide[["configuration"]].copy()
     for g in groups:
-        latex[g] = [" / ".join(_fmt(v, 2) for v in pair) for pair in wide[[f"{g} task 1", f"{g} task 2"]].itertuples(index=False)]
+        latex[g] = [" / ".join(_fmt_ci(row, f"{g} task {t}", 2, with_ci) for t in (1, 2)) for _, row in wide.iterrows()]
     return wide.round(2), latex
 
 

@@ -137,6 +137,7 @@ rule continual_table:
         pdf=f"{CONTINUAL}/tunnel_curves.pdf",
     params:
         settings=lambda wc: STUDY.continual_table_params(),
+        seeds=lambda wc: STUDY.seed_params(),
         caption=f"{CONTINUAL_TABLE[1]} Laid out like the paper's {CONTINUAL_TABLE[0]}.",
     log:
         "logs/continual_table.log",

@@ -16,7 +16,8 @@ with job_logging(snakemake.log[0]) as log:
     scores = continual.scores(evaluations, tunnels, run_of)
     with atomic_path(out.scores) as tmp:
         scores.to_csv(tmp, index=False)
-    csv, latex = continual.table(scores, [label for _, label in params["networks"]], params["score"])
-    tables.write("continual", csv, latex, out.csv, out.tex, caption=snakemake.params.caption)
+    confidence = snakemake.params.seeds["confidence"]
+    csv, latex = continual.table(scores, [label for _, label in params["networks"]], params["score"], confidence)
+    tables.write("continual", csv, latex, out.csv, out.tex, confidence, caption=snakemake.params.caption)
     continual.figure(evaluations, tunnels, run_of, out.png, out.pdf)
     log.info("Table 2 (%s scores)\n%s", params["score"], latex.to_string(index=False))
