@@ -22,10 +22,10 @@ def cell_pattern(cells):
 
 ENV = "../../envs/tunnelscope.yaml"
 
-# Threads of the heavy jobs (prepare, pretrain, embed, the continual runs): 2, or 1 where the run has fewer than 4
-# cores, since on 2 cores two one-thread jobs side by side beat one two-thread job (a small CPU
-# pretrain epoch: 3.1 core-seconds at one thread, 4.2 at two, measured) and a 2-thread job would
-# hold every core. Profiles set their own (set-threads).
+# Threads of the heavy jobs (prepare, pretrain, embed, the continual runs): 2, or 1 where the run
+# has fewer than 4 cores, since on 2 cores two one-thread jobs side by side beat one two-thread
+# job (a small CPU pretrain epoch: 3.1 core-seconds at one thread, 4.2 at two, measured) and a
+# 2-thread job would hold every core. Profiles set their own (set-threads).
 try:
     HEAVY_THREADS = 1 if (workflow.cores or 4) < 4 else 2
 except WorkflowError:  # no --cores: a cluster executor or report generation; profiles set threads
