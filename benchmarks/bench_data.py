@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import SCHEMA, parser, report
 
 BENCH = Path(__file__).resolve()
@@ -51,7 +50,8 @@ def peak_mb() -> dict:
 
 
 def training_params(resolution: int, width: float) -> dict:
-    from tunnelscope.config import IMAGENET_MEAN, IMAGENET_STD, load_schema, section_defaults
+    from tunnelscope.registry import IMAGENET_MEAN, IMAGENET_STD
+    from tunnelscope.study.config import load_schema, section_defaults
 
     training = {**section_defaults(load_schema(SCHEMA), "training"), "epochs": 1, "batch_size": 64, "warmup_epochs": 0, "val_fraction": 0.05}
     return {
@@ -67,19 +67,19 @@ def run_stage(stage: str, work: Path, resolution: int, width: float) -> dict:
     threads = os.cpu_count()
     start = time.perf_counter()
     if stage == "prepare":
-        from tunnelscope.datasets import prepare
+        from tunnelscope.data.sources import prepare
 
         spec = {"source": "imagefolder", "root": str(work / "tree"), "seed": 0, "test_fraction": 0.2, "on_bad_image": "error", "layout": "split_dirs"}
         store = prepare("bench", spec, resolution, work / "store", threads=threads)
         extra = {"store_gb": sum(s.nbytes for s in store.splits.values()) / 1e9}
     elif stage == "pretrain":
-        from tunnelscope.store import Store
-        from tunnelscope.train import pretrain
+        from tunnelscope.data.store import Store
+        from tunnelscope.training.loop import pretrain
 
         info = pretrain(training_params(resolution, width), Store(work / "store"), work / "ckpt.safetensors", work / "log.csv", work / "info.json", work / "state.pt", threads=threads)
         extra = {"test_acc": info["test_acc"]}
     else:
-        from tunnelscope.embed_job import embed_eval_set
+        from tunnelscope.features.embed import embed_eval_set
 
         params = {**training_params(resolution, width), "eval_set": "bench", "pooling": ["avg2x2"], "side": "default", "dtype": "float16"}
         shutil.rmtree(work / "embeddings", ignore_errors=True)
@@ -96,9 +96,9 @@ def throughput(work: Path, resolution: int, images: int) -> tuple[float, float, 
     from torchvision import datasets as tvd
     from torchvision import transforms as T
 
-    from tunnelscope.loader import SplitReader
-    from tunnelscope.store import Store
-    from tunnelscope.train import Normaliser
+    from tunnelscope.data.loader import SplitReader
+    from tunnelscope.data.store import Store
+    from tunnelscope.data.transforms import Normaliser
 
     split = Store(work / "store").splits["train"]
     order = np.random.default_rng(0).permutation(len(split))[:images]

@@ -13,13 +13,16 @@ import tempfile
 
 import numpy as np
 import torch
-
 from common import SCHEMA, add_device_args, best_of, parser, report
-from tunnelscope.config import IMAGENET_MEAN, IMAGENET_STD, load_schema, section_defaults
-from tunnelscope.embed_job import embed_eval_set
-from tunnelscope.models import build_model, probe_points
-from tunnelscope.store import write_arrays
-from tunnelscope.train import autocast, save_backbone, to_input
+
+from tunnelscope.data.store import write_arrays
+from tunnelscope.data.transforms import to_input
+from tunnelscope.features.embed import embed_eval_set
+from tunnelscope.models.build import build_model, probe_points
+from tunnelscope.registry import IMAGENET_MEAN, IMAGENET_STD
+from tunnelscope.runtime import autocast
+from tunnelscope.study.config import load_schema, section_defaults
+from tunnelscope.training.checkpoints import save_backbone
 
 
 def main():

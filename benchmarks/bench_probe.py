@@ -18,12 +18,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from common import SCHEMA, parser, report
-from tunnelscope.config import load_schema, section_defaults
-from tunnelscope.datasets import stratified_split
-from tunnelscope.io import read_embeddings, write_embeddings
-from tunnelscope.probe import _accuracy, _unstandardise, fit_lbfgs_probe, fit_paper_probes, fit_sklearn_probe, fit_softmax, matmul_precision, prepare_features
+
+from tunnelscope.data.splits import stratified_split
+from tunnelscope.features.store import read_embeddings, write_embeddings
+from tunnelscope.probe.lbfgs import (
+    _accuracy,
+    _unstandardise,
+    fit_lbfgs_probe,
+    fit_softmax,
+    matmul_precision,
+    prepare_features,
+)
+from tunnelscope.probe.logistic import fit_sklearn_probe
+from tunnelscope.probe.recipe import fit_paper_probes
+from tunnelscope.study.config import load_schema, section_defaults
 
 DEFAULTS = {"standardize": True, "val_fraction": 0.2, "seed": 0, "l2_grid": [1e-1, 1e-2, 1e-3, 1e-4, 1e-5], "select_max_iter": 20, "max_iter": 300, "tol": 1e-4, "precision": "fp32"}
 PAPER = {**section_defaults(load_schema(SCHEMA), "probe")["paper"], "seed": 0}

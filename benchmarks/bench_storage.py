@@ -8,9 +8,9 @@ import os
 import tempfile
 
 import numpy as np
-
 from common import best_of, parser, report
-from tunnelscope.io import read_embeddings, write_embeddings
+
+from tunnelscope.features.store import read_embeddings, write_embeddings
 
 
 def main():

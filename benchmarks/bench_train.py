@@ -16,12 +16,21 @@ import time
 
 import numpy as np
 import torch
-
 from common import SCHEMA, add_device_args, parser, report, synchronize
-from tunnelscope.config import IMAGENET_MEAN, IMAGENET_STD, load_schema, section_defaults
-from tunnelscope.models import build_model
-from tunnelscope.store import SplitPlan, Store, byte_chunks, write_arrays, write_store
-from tunnelscope.train import autocast, pick_device, pretrain, to_input
+
+from tunnelscope.data.store import (
+    SplitPlan,
+    Store,
+    byte_chunks,
+    write_arrays,
+    write_store,
+)
+from tunnelscope.data.transforms import to_input
+from tunnelscope.models.build import build_model
+from tunnelscope.registry import IMAGENET_MEAN, IMAGENET_STD
+from tunnelscope.runtime import autocast, pick_device
+from tunnelscope.study.config import load_schema, section_defaults
+from tunnelscope.training.loop import pretrain
 
 
 def varying_store(path: str, n: int, resolution: int, rng) -> Store:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = Path(__file__).resolve().parents[1] / "src" / "tunnelscope" / "study" / "config.schema.yaml"
 
 
 def parser(doc: str) -> argparse.ArgumentParser:

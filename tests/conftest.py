@@ -1,20 +1,19 @@
-from pathlib import Path
-
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
+from tunnelscope.study.config import load_schema
+
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA_PATH = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 
 @pytest.fixture(scope="session")
 def schema():
-    with open(SCHEMA_PATH) as fh:
-        return yaml.safe_load(fh)
+    return load_schema()
 
 
 @pytest.fixture()

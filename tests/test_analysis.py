@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tunnelscope import analysis
+from tunnelscope.analysis import comparisons as analysis
 
 
 def test_cliffs_delta_against_brute_force():

@@ -2,7 +2,8 @@ import copy
 
 import pytest
 
-from tunnelscope.config import ARCHS, ConfigError, Study, validate
+from tunnelscope.registry import ARCHS
+from tunnelscope.study.config import ConfigError, Study, validate
 
 
 def test_default_config_has_at_least_four_cells_and_two_ood_sets(default_config, schema):
@@ -179,7 +180,7 @@ def test_duplicate_cells_across_blocks_are_rejected(default_config, schema):
 
 
 def test_source_fingerprint_follows_the_tree(tmp_path):
-    from tunnelscope.config import source_fingerprint
+    from tunnelscope.study.config import source_fingerprint
 
     assert source_fingerprint(str(tmp_path / "absent")) == "missing"
     (tmp_path / "cat").mkdir()

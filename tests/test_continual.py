@@ -3,28 +3,35 @@ tunnel split and swap, its config, and the experiment end to end through the sna
 
 import copy
 import json
-from dataclasses import replace
 import re
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import REPO, planned_jobs, snakemake
 from PIL import Image
 from safetensors.torch import load_file
-
-from conftest import REPO, planned_jobs, snakemake
 from test_reliability import PARAMS, TRAINING, toy_store
-from tunnelscope import continual, train
-from tunnelscope.config import ARCHS, ConfigError, Study
-from tunnelscope.continual import compose, frozen_modules, locate_tunnel, split_modules
-from tunnelscope.extract import LayerCapture
-from tunnelscope.metrics import id_tunnel_start
-from tunnelscope.models import build_model, probe_points
-from tunnelscope.train import lr_schedule, pretrain
+
+from tunnelscope.metrics.tunnel import id_tunnel_start
+from tunnelscope.models.build import build_model, probe_points
+from tunnelscope.models.capture import LayerCapture
+from tunnelscope.figures.tables import continual_table
+from tunnelscope.protocols.continual import (
+    compose,
+    frozen_modules,
+    locate_tunnel,
+    split_modules,
+)
+from tunnelscope.study.config import ConfigError, Study, load_schema
+from tunnelscope.training import loop as train
+from tunnelscope.training.loop import pretrain
+from tunnelscope.training.schedule import lr_schedule
 
 TASK2 = {"index": 2, "classes": [2, 4], "head": "shared"}
 
@@ -179,10 +186,6 @@ CONTINUAL = {
 LABELS = ["E1+T1", "E1+T2", "E2+T2", "E2+T1", "E2+T1 fine-tuned", "E2 fine-tuned"]
 
 
-def test_schema_continual_architectures_match_the_registry(schema):
-    assert schema["properties"]["continual"]["properties"]["arch"]["items"]["enum"] == list(ARCHS)
-
-
 def test_continual_settings_reach_exactly_their_jobs(schema):
     study = Study(copy.deepcopy(CONTINUAL), schema)
     run = "resnet18_toy_r32_none_s0"
@@ -239,7 +242,7 @@ def test_continual_preset_dry_run_without_data(tmp_path):
     # Per resolution: two task trainings, one swap, two fine-tunings, six evaluations.
     assert {k: counts[k] for k in ("prepare", "continual_train", "continual_swap", "continual_finetune", "continual_evaluate", "continual_table")} == {
         "prepare": "2", "continual_train": "4", "continual_swap": "2", "continual_finetune": "4", "continual_evaluate": "12", "continual_table": "1"}
-    study = Study(yaml.safe_load((REPO / "config/continual.yaml").read_text()), yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text()))
+    study = Study(yaml.safe_load((REPO / "config/continual.yaml").read_text()), load_schema())
     recipe = study.runs["resnet18_imagenet100_r32_rrc_flip_s0"].training
     assert (recipe["lr"], recipe["weight_decay"], recipe["batch_size"], recipe["epochs"], recipe["warmup_epochs"], recipe["label_smoothing"]) == (0.01, 0.05, 512, 50, 5, 0.1)
     assert (recipe["mixup_alpha"], recipe["cutmix_alpha"], recipe["mix_prob"], recipe["mix_switch_prob"]) == (0.1, 1.0, 1.0, 0.4)
@@ -310,10 +313,10 @@ def test_the_table_shows_seed_means_with_intervals():
         for network in LABELS:
             for task in (1, 2):
                 rows.append({"arch": "resnet18", "id_dataset": "toy", "resolution": 32, "augmentation": "rrc_flip", "seed": seed, "network": network, "task": task, "probe_acc": 0.5 + shift + 0.1 * task, "head_acc": 0.3})
-    csv, latex = continual.table(pd.DataFrame(rows), LABELS, "probe")
+    csv, latex = continual_table(pd.DataFrame(rows), LABELS, "probe")
     assert csv.configuration.tolist() == LABELS and csv.seeds.eq(3).all()
     column = [c for c in csv.columns if c.endswith("task 1")][0]
     assert csv[column].iloc[0] == pytest.approx(62.0) and csv[f"{column} ci_low"].iloc[0] < 62.0 < csv[f"{column} ci_high"].iloc[0]
     assert "±" in latex.iloc[0, 1] and " / " in latex.iloc[0, 1]
-    single, _ = continual.table(pd.DataFrame(rows[: 2 * len(LABELS)]), LABELS, "probe")
+    single, _ = continual_table(pd.DataFrame(rows[: 2 * len(LABELS)]), LABELS, "probe")
     assert "seeds" not in single.columns

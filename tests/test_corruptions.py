@@ -4,11 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from tunnelscope import corruptions
-from tunnelscope.config import ConfigError, load_schema, validate
-from tunnelscope.datasets import prepare
-
-from conftest import SCHEMA_PATH
+from tunnelscope.data import corruptions
+from tunnelscope.registry import CORRUPTIONS
+from tunnelscope.data.sources import prepare
+from tunnelscope.study.config import ConfigError, load_schema, validate
 
 
 def photo(seed=0):
@@ -23,7 +22,7 @@ def photo(seed=0):
     return np.clip(image + rng.normal(0, 3, image.shape), 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("name", corruptions.CORRUPTIONS)
+@pytest.mark.parametrize("name", CORRUPTIONS)
 def test_severity_zero_is_the_clean_image_and_severity_increases_the_distance(name):
     image = photo()
     assert np.array_equal(corruptions.corrupt(image, name, 0), image)
@@ -59,7 +58,7 @@ def _config(tmp_path, datasets, ood):
         "grid": {"arch": ["vggm11"], "id_dataset": ["toy"], "resolution": [32]},
         "ood_sets": ood,
     }
-    return validate(config, load_schema(SCHEMA_PATH))
+    return validate(config, load_schema())
 
 
 def test_config_resolves_the_clean_set_and_names_bad_references(tmp_path):

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tunnelscope import synthetic
-from tunnelscope.datasets import DatasetError, eval_transform, load_source, prepare
-from tunnelscope.loader import center_crop
-from tunnelscope.store import Store, StoreError
+from tunnelscope.data import synthetic
+from tunnelscope.data.loader import center_crop
+from tunnelscope.data.sources import DatasetError, load_source, prepare
+from tunnelscope.data.store import Store, StoreError
+from tunnelscope.data.transforms import eval_transform
 
 RNG = np.random.default_rng(0)
 
@@ -294,7 +295,7 @@ def test_truncated_or_unfinished_stores_are_named(tmp_path):
 
 PREPARE_SCRIPT = """
 import sys
-from tunnelscope.datasets import prepare
+from tunnelscope.data.sources import prepare
 spec = {"source": "imagefolder", "root": sys.argv[1], "seed": 0, "test_fraction": 0.2, "on_bad_image": "error", "layout": "split_dirs"}
 prepare("big", spec, 64, sys.argv[2], threads=1, chunk_bytes=60000)  # many small chunks
 """

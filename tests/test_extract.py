@@ -5,10 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tunnelscope.extract import embed_images, pool
-from tunnelscope.io import read_embeddings, write_embeddings
-from tunnelscope.models import build_model, probe_points
-from tunnelscope.train import to_input
+from tunnelscope.data.transforms import to_input
+from tunnelscope.features.extract import embed_images
+from tunnelscope.features.store import read_embeddings, write_embeddings
+from tunnelscope.models.build import build_model, probe_points
+from tunnelscope.models.capture import pool
 
 
 def test_in_place_relu_after_the_conv_does_not_change_the_capture():
@@ -97,7 +98,7 @@ class _Reused(torch.nn.Module):
 
 
 def test_a_reused_module_is_captured_per_call():
-    from tunnelscope.models import ProbePoint
+    from tunnelscope.models.points import ProbePoint
 
     model = _Reused().eval()
     points = [ProbePoint(1, "conv", "output", call=0), ProbePoint(2, "conv", "output", call=1), ProbePoint(3, "conv", "input", call=1)]

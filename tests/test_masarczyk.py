@@ -10,15 +10,30 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import REPO, snakemake
 from PIL import Image
 
-from conftest import REPO, snakemake
-from tunnelscope import analysis
-from tunnelscope.config import ARCHS, ConfigError, Study, arch_facts
-from tunnelscope.extract import embed_images, layer_shapes
-from tunnelscope.models import MLP, build_model, count_parameters, describe, probe_points
-from tunnelscope.train import paper_parameter_count, to_input
-from tunnelscope.tunnel_length import cell_table, rank_figure, rank_table, seed_interval, summary_table, tunnel_length_figure
+from tunnelscope.analysis import comparisons as analysis
+from tunnelscope.analysis.tunnel_length import (
+    cell_table,
+    rank_table,
+    seed_interval,
+    summary_table,
+)
+from tunnelscope.data.transforms import to_input
+from tunnelscope.features.extract import embed_images
+from tunnelscope.figures.tunnel_length import rank_figure, tunnel_length_figure
+from tunnelscope.models.build import (
+    build_model,
+    count_parameters,
+    describe,
+    probe_points,
+)
+from tunnelscope.models.capture import layer_shapes
+from tunnelscope.models.mlp import MLP
+from tunnelscope.registry import ARCHS, arch_facts
+from tunnelscope.study.config import ConfigError, Study
+from tunnelscope.training.checkpoints import paper_parameter_count
 
 MLP_STUDY = {
     "results": "out",

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tunnelscope import metrics
+from tunnelscope.metrics import tunnel as metrics
 
 
 def test_tunnel_hand_computed():

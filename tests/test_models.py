@@ -2,9 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from tunnelscope.extract import embed_images, layer_shapes, pool
-from tunnelscope.models import ProbePoint, build_model, count_parameters, describe, enumerate_blocks, probe_points
-from tunnelscope.train import to_input
+from tunnelscope.data.transforms import to_input
+from tunnelscope.features.extract import embed_images
+from tunnelscope.models.build import (
+    build_model,
+    count_parameters,
+    describe,
+    probe_points,
+)
+from tunnelscope.models.capture import layer_shapes, pool
+from tunnelscope.models.points import ProbePoint, enumerate_blocks
 
 PAPER = {
     # arch: (params at 100 classes, probed layers)

@@ -2,9 +2,9 @@
 
 import pytest
 import yaml
-
 from conftest import REPO
-from tunnelscope.config import Study
+
+from tunnelscope.study.config import Study
 
 IN100 = "imagenet100"
 SUBSETS = ["in100-10x1000", "in100-50x200", "in100-100x100", "in100-100x200", "in100-100x500", "in100-100x700"]

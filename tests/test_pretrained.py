@@ -7,16 +7,17 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import TINY, snakemake
 from safetensors.torch import save_file
 
-from conftest import TINY, snakemake
-from tunnelscope import datasets
 from tunnelscope.cli import main as cli
-from tunnelscope.config import ConfigError, Study
-from tunnelscope.extract import embed_images
-from tunnelscope.io import read_embeddings
-from tunnelscope.models import build_model, load_pretrained, model_preprocessing, probe_points
-from tunnelscope.store import Store
+from tunnelscope.data.splits import SPLITS
+from tunnelscope.data.store import Store
+from tunnelscope.features.extract import embed_images
+from tunnelscope.features.store import read_embeddings
+from tunnelscope.models.build import build_model, probe_points
+from tunnelscope.models.weights import load_pretrained, model_preprocessing
+from tunnelscope.study.config import ConfigError, Study
 
 ARCH = "timm/test_convnext"
 CELL = "tiny-convnext_toy_r32_none_s0"
@@ -49,7 +50,7 @@ def test_pretrained_cell_embeds_like_the_in_memory_model(tmp_path):
 
     torch.set_num_threads(2)  # as the embed job
     store = Store(tmp_path / "out/prepared/toy/r32")
-    images = np.concatenate([store.splits[s].array() for s in datasets.SPLITS])  # synthetic: stored at 32
+    images = np.concatenate([store.splits[s].array() for s in SPLITS])  # synthetic: stored at 32
     own = model_preprocessing(model, ARCH)
     expected = embed_images(model, points, images, ["avg2x2"], 256, np.float16, mean=own["mean"], std=own["std"])
     for point in points:

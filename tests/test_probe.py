@@ -4,8 +4,16 @@ import sys
 import numpy as np
 import torch
 
-from tunnelscope.datasets import stratified_split
-from tunnelscope.probe import fit_lbfgs_probe, fit_paper_probes, fit_sklearn_probe, fit_softmax, matmul_precision, minimize_lbfgs, prepare_features
+from tunnelscope.data.splits import stratified_split
+from tunnelscope.probe.lbfgs import (
+    fit_lbfgs_probe,
+    fit_softmax,
+    matmul_precision,
+    minimize_lbfgs,
+    prepare_features,
+)
+from tunnelscope.probe.logistic import fit_sklearn_probe
+from tunnelscope.probe.recipe import fit_paper_probes
 
 RNG = np.random.default_rng(0)
 LBFGS = {"standardize": True, "val_fraction": 0.2, "seed": 0, "l2_grid": [1e-1, 1e-3], "select_max_iter": 50, "max_iter": 300, "tol": 1e-6, "precision": "fp32"}
@@ -109,7 +117,7 @@ def test_lbfgs_probe_does_not_import_torch_dynamo():
     """torch.optim's constructor imports torch._dynamo (1.4 s per probe job); the solver avoids it."""
     code = (
         "import sys, numpy as np\n"
-        "from tunnelscope.probe import fit_lbfgs_probe\n"
+        "from tunnelscope.probe.lbfgs import fit_lbfgs_probe\n"
         "rng = np.random.default_rng(0); x = rng.normal(size=(90, 4)).astype(np.float32); y = rng.integers(0, 3, 90)\n"
         f"fit_lbfgs_probe(x, y, x, y, 3, {LBFGS!r})\n"
         "assert 'torch._dynamo' not in sys.modules\n"
@@ -128,7 +136,7 @@ def test_minimize_lbfgs_reaches_the_minimum_of_a_quadratic():
 
 
 def test_wide_features_are_standardised_without_the_preconditioner(monkeypatch):
-    import tunnelscope.probe as probe
+    import tunnelscope.probe.lbfgs as probe
 
     x, y = correlated()
     rotated = fit_lbfgs_probe(x[:300], y[:300], x[300:], y[300:], 3, LBFGS)

@@ -4,10 +4,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tunnelscope.io import read_embeddings, write_embeddings
-from tunnelscope.probe import fit_lbfgs_probe, fit_paper_probes, fit_sklearn_probe
-from tunnelscope.protocols import probe_logits, solver_comparison, zero_shot_layers, zero_shot_summary
-from tunnelscope.tsne import choose_rows, tsne_layers
+from tunnelscope.features.store import read_embeddings, write_embeddings
+from tunnelscope.metrics.tsne import choose_rows, tsne_layers
+from tunnelscope.probe.lbfgs import fit_lbfgs_probe
+from tunnelscope.probe.logistic import fit_sklearn_probe
+from tunnelscope.probe.recipe import fit_paper_probes
+from tunnelscope.protocols.solvers import solver_comparison
+from tunnelscope.protocols.zero_shot import (
+    probe_logits,
+    zero_shot_layers,
+    zero_shot_summary,
+)
 
 LBFGS = {"standardize": True, "max_iter": 100, "l2_grid": [1e-2, 1e-3], "val_fraction": 0.2, "select_max_iter": 20, "tol": 1e-4, "precision": "fp32", "seed": 0}
 PAPER = {"epochs": 4, "batch_size": 32, "lr": 0.01, "weight_decay": 0.0, "label_smoothing": 0.1, "report": "best_test", "reshuffle": True, "init_std": 0.01, "repeats": 1, "seed": 0}

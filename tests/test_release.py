@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO
-from tunnelscope.config import Study
-from tunnelscope.metrics import strength
-from tunnelscope.release import RELEASE_BLOCKS, from_release, release_path
+
+from tunnelscope.analysis.release import RELEASE_BLOCKS, from_release, release_path
+from tunnelscope.metrics.tunnel import strength
+from tunnelscope.study.config import Study
 
 R2 = {"ood_retained": 0.62, "pearson": 0.73, "alignment": 0.44}
 SLOPES = {  # variable: (% retained, Pearson, alignment)

@@ -14,13 +14,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import SCHEMA_PATH
 from tunnelscope import io
-from tunnelscope.config import IMAGENET_MEAN, IMAGENET_STD, load_schema, section_defaults
-from tunnelscope.store import write_arrays
-from tunnelscope.train import load_backbone, pretrain
+from tunnelscope.data.store import write_arrays
+from tunnelscope.registry import IMAGENET_MEAN, IMAGENET_STD
+from tunnelscope.study.config import load_schema, section_defaults
+from tunnelscope.training.checkpoints import load_backbone
+from tunnelscope.training.loop import pretrain
 
-TRAINING = {**section_defaults(load_schema(SCHEMA_PATH), "training"), "epochs": 3, "batch_size": 32, "lr": 0.01, "warmup_epochs": 1, "val_fraction": 0.1}
+TRAINING = {**section_defaults(load_schema(), "training"), "epochs": 3, "batch_size": 32, "lr": 0.01, "warmup_epochs": 1, "val_fraction": 0.1}
 NORMALIZATION = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 PARAMS = {
     "arch": "vggm11", "id_dataset": "toy", "resolution": 32, "augmentation": "rrc_flip", "seed": 0, "model": {"width": 0.125},
@@ -77,7 +78,7 @@ SCRIPT = textwrap.dedent(
     import sys, pathlib
     sys.path.insert(0, {tests!r})
     from test_reliability import PARAMS, TRAINING, toy_store
-    from tunnelscope.train import pretrain
+    from tunnelscope.training.loop import pretrain
     out = pathlib.Path(sys.argv[1])
     # best_val: the kept weights come from the resume state's copy of the best epoch;
     # images 36 px wide and resident_mb {resident}: the crops of the streamed or resident path.

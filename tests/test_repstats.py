@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tunnelscope import repstats
+from tunnelscope.metrics import layer_stats as repstats
 
 RNG = np.random.default_rng(0)
 

@@ -20,14 +20,14 @@ import json, resource, sys
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from test_reliability import PARAMS, TRAINING
-from tunnelscope.store import Store
+from tunnelscope.data.store import Store
 stage, store, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 params = dict(PARAMS, resolution=128, model={{"width": 0.0625}}, training=dict(TRAINING, epochs=1, batch_size=32, warmup_epochs=0))
 if stage == "pretrain":
-    from tunnelscope.train import pretrain
+    from tunnelscope.training.loop import pretrain
     pretrain(params, Store(store), out / "ckpt.safetensors", out / "log.csv", out / "info.json", out / "state.pt", threads=2, resident_mb=0)
 else:
-    from tunnelscope.embed_job import embed_eval_set
+    from tunnelscope.features.embed import embed_eval_set
     params = dict(params, eval_set="toy", pooling=["avg2x2"], side="default", dtype="float16")
     embed_eval_set(params, str(out / "ckpt.safetensors"), str(store), str(out / "embeddings"), batch_size=64, threads=2, resident_mb=0)
 usage = resource.getrusage
@@ -46,7 +46,7 @@ def _tree(root: Path, n: int, seed: int = 0) -> None:
 
 
 def _store(root: Path, n: int):
-    from tunnelscope.datasets import prepare
+    from tunnelscope.data.sources import prepare
 
     _tree(root / "tree", n)
     spec = {"source": "imagefolder", "root": str(root / "tree"), "seed": 0, "test_fraction": 0.2, "on_bad_image": "error", "layout": "split_dirs"}
@@ -84,7 +84,7 @@ EMBED = """
 import sys
 sys.path.insert(0, {tests!r})
 from test_reliability import PARAMS
-from tunnelscope.embed_job import embed_eval_set
+from tunnelscope.features.embed import embed_eval_set
 params = dict(PARAMS, resolution=128, model={{"width": 0.0625}}, eval_set="toy", pooling=["avg2x2", "avg1x1"], side="default", dtype="float16")
 embed_eval_set(params, sys.argv[1], sys.argv[2], sys.argv[3], batch_size=16, threads=2, resident_mb=0)
 """

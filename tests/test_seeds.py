@@ -12,8 +12,9 @@ import pytest  # noqa: E402
 from matplotlib.collections import PolyCollection  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from tunnelscope import analysis, paper, plots, tables  # noqa: E402
-from tunnelscope.seeds import seed_summary, summarise, t_interval  # noqa: E402
+from tunnelscope.analysis import comparisons as analysis  # noqa: E402
+from tunnelscope.figures import paper, plots, tables  # noqa: E402
+from tunnelscope.metrics.seeds import seed_summary, summarise, t_interval  # noqa: E402
 
 # The planted truth: % OOD retained per (augmentation, OOD set); seeds add N(0, 4) noise.
 PLANTED = {("none", "a"): 70.0, ("none", "b"): 60.0, ("rrc_flip", "a"): 85.0, ("rrc_flip", "b"): 80.0}
@@ -152,7 +153,7 @@ def test_tunnel_curves_draw_a_band_per_curve_across_seeds():
 
 def test_the_overview_has_one_panel_per_backbone(monkeypatch, tmp_path):
     drawn = []
-    monkeypatch.setattr(plots, "_save", lambda fig, png, pdf: drawn.append(fig))
+    monkeypatch.setattr(plots, "save_figure", lambda fig, png, pdf: drawn.append(fig))
     curves = pd.concat([probe_rows([0, 1, 2]), probe_rows([5]).assign(augmentation="rrc_flip")])
     plots.overview_figure(curves, str(tmp_path / "o.png"), str(tmp_path / "o.pdf"))
     panels = [ax for ax in drawn[0].axes if ax.get_visible()]
@@ -163,7 +164,7 @@ def test_the_overview_has_one_panel_per_backbone(monkeypatch, tmp_path):
 
 def test_paper_figures_draw_seed_bands(monkeypatch, tmp_path):
     drawn = []
-    monkeypatch.setattr(paper, "_save", lambda fig, png, pdf: drawn.append(fig))
+    monkeypatch.setattr(paper, "save_figure", lambda fig, png, pdf: drawn.append(fig))
     curves = pd.concat([probe_rows([0, 1, 2]), probe_rows([0, 1, 2]).assign(augmentation="rrc_flip", test_acc=lambda t: t.test_acc - 0.1)])
     metrics = planted_metrics(3)
     paper.curves_by_variable(curves, metrics, str(tmp_path / "v.png"), str(tmp_path / "v.pdf"))

@@ -15,9 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
-from conftest import REPO
-from conftest import TINY
+from conftest import REPO, TINY
 
 pytestmark = pytest.mark.integration
 MARKER = "# one-node test cluster written by tunnelscope's tests/test_slurm.py"

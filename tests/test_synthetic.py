@@ -3,7 +3,7 @@ import time
 import numpy as np
 import pytest
 
-from tunnelscope import synthetic
+from tunnelscope.data import synthetic
 
 
 def test_same_arguments_give_identical_images():

@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from tunnelscope import tables
+from tunnelscope.figures import tables
 
 
 def _cells():

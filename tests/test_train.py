@@ -2,12 +2,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from test_reliability import PARAMS, TRAINING, toy_store
-from tunnelscope.datasets import epoch_order, stratified_split
-from tunnelscope.models import build_model, count_parameters
-from tunnelscope.loader import random_resized_crop_flip, rrc_boxes
-from tunnelscope.train import lr_schedule, paper_parameter_count, pretrain
+
+from tunnelscope.data.loader import random_resized_crop_flip, rrc_boxes
+from tunnelscope.data.splits import epoch_order, stratified_split
+from tunnelscope.models.build import build_model, count_parameters
+from tunnelscope.training.checkpoints import paper_parameter_count
+from tunnelscope.training.loop import pretrain
+from tunnelscope.training.schedule import lr_schedule
 
 
 def test_random_resized_crop_is_per_image_and_seeded():
@@ -57,8 +59,8 @@ def test_resize_is_torchvisions_for_the_same_box():
 def test_streamed_crops_are_the_same_wherever_they_are_made(tmp_path):
     """Crops made in data-loader workers (a CPU run), in this process, or from a canvas of whole
     images (an accelerator run, here on the CPU) are bitwise the same batches."""
-    from tunnelscope.loader import SplitReader
-    from tunnelscope.store import SplitPlan, Store, byte_chunks, write_store
+    from tunnelscope.data.loader import SplitReader
+    from tunnelscope.data.store import SplitPlan, Store, byte_chunks, write_store
 
     rng = np.random.default_rng(0)
     shapes = rng.integers(20, 40, (70, 2))
@@ -129,7 +131,7 @@ def test_validation_split_is_stratified_and_seeded():
 
 
 def test_gpu_slots_are_claimed_one_job_each(tmp_path):
-    from tunnelscope.train import _HELD_LOCKS, claim_slot
+    from tunnelscope.runtime import _HELD_LOCKS, claim_slot
 
     held = len(_HELD_LOCKS)
     try:

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import CELLS, EVAL_SETS, REPO, TINY, planned_jobs, snakemake
 from PIL import Image
 
-from conftest import CELLS, EVAL_SETS, REPO, TINY, planned_jobs, snakemake
-from tunnelscope.captions import TABLES as PAPER_TABLES
+from tunnelscope.figures.captions import TABLES as PAPER_TABLES
 
 pytestmark = pytest.mark.integration
 
@@ -82,8 +82,8 @@ def test_seed_summaries_stand_beside_the_per_seed_tables(study):
 def test_a_corrupted_copy_is_its_clean_set_shifted(study):
     """The copy holds the ID set's images, each blurred; its embeddings keep the ID set's rows and
     labels and move away from the clean ones; its probes run as any OOD set's."""
-    from tunnelscope.corruptions import corrupt, image_generator
-    from tunnelscope.store import Store
+    from tunnelscope.data.corruptions import corrupt, image_generator
+    from tunnelscope.data.store import Store
 
     out = study / "out"
     clean, blurred = (Store(out / "prepared" / name / "r32") for name in ("toy", "toy-blur"))
@@ -100,7 +100,7 @@ def test_a_corrupted_copy_is_its_clean_set_shifted(study):
 def test_zero_shot_scores_the_id_probes_on_the_shifted_copy(study):
     """The ID probes' stored weights reproduce their reported accuracy; zero-shot scores them on
     the blurred test rows outside its validation part, beside the blurred set's own probes."""
-    from tunnelscope.protocols import probe_logits
+    from tunnelscope.protocols.zero_shot import probe_logits
 
     out = study / "out"
     layers = pd.read_parquet(out / "aggregate/zero_shot.parquet")
@@ -265,7 +265,7 @@ def test_the_papers_protocol_switched_on_produces_the_papers_tables(tmp_path):
     assert "mean ci_low" in retained.columns and retained.set_index("backbone").loc["VGGm-11", "seeds"].tolist() == [2, 2]
     assert "\\begin{tabular}" in (out / "paper/tables/effect_sizes.tex").read_text()
     # the solvers side by side: the first drives the metrics; each is recomputed from its own probes
-    from tunnelscope.metrics import cell_metrics
+    from tunnelscope.metrics.tunnel import cell_metrics
 
     by_solver = pd.read_parquet(out / "aggregate/solver_metrics.parquet")
     assert by_solver.groupby("solver").size().to_dict() == {"paper": 10, "lbfgs": 10}  # 5 cells x 2 OOD sets

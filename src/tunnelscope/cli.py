@@ -9,10 +9,10 @@ from pathlib import Path
 
 import yaml
 
-from .config import ENUMERATIONS, ConfigError, Study, load_schema
+from tunnelscope.registry import PROBE_POINT_RULES
+from tunnelscope.study.config import SCHEMA_PATH, ConfigError, Study, load_schema
 
 REPO = Path(__file__).resolve().parents[2]
-SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 PAPER_PRESET = REPO / "config" / "paper.yaml"
 
 
@@ -45,8 +45,8 @@ def _validate(args) -> int:
 
 
 def _layers(args) -> int:
-    from .extract import layer_shapes, pool
-    from .models import build_model, count_parameters, probe_points
+    from tunnelscope.models.build import build_model, count_parameters, probe_points
+    from tunnelscope.models.capture import layer_shapes, pool
 
     try:
         model = build_model(args.arch, args.classes, args.width, args.resolution)
@@ -80,7 +80,7 @@ def _layers(args) -> int:
 def _is_release(path: str) -> bool:
     import pandas as pd
 
-    from .release import is_release_table
+    from tunnelscope.analysis.release import is_release_table
 
     try:
         return path.endswith(".csv") and is_release_table(pd.read_csv(path, nrows=0))
@@ -91,8 +91,13 @@ def _is_release(path: str) -> bool:
 def _analyze(args) -> int:
     import logging
 
-    from .analysis import DEFAULT_SETTINGS, TableError, analyze, read_table
-    from .release import release_path
+    from tunnelscope.analysis.comparisons import (
+        DEFAULT_SETTINGS,
+        TableError,
+        analyze,
+        read_table,
+    )
+    from tunnelscope.analysis.release import release_path
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if (args.table is None) == (not args.paper):
@@ -126,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     val = sub.add_parser("validate", help="check a study config and list its cells")
     val.add_argument("config", help="YAML config file, e.g. config.yaml")
-    val.add_argument("--schema", default=str(SCHEMA), help="JSON schema (default: the repository's)")
+    val.add_argument("--schema", default=str(SCHEMA_PATH), help="JSON schema (default: the one shipped with tunnelscope)")
     val.set_defaults(func=_validate)
     lay = sub.add_parser("layers", help="list an architecture's probe points, shapes and pooled dims")
     lay.add_argument("arch", help="a paper architecture (vggm11, resnet18, vit-t, ...), timm/NAME or torchvision/NAME")
@@ -138,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     lay.add_argument(
         "--probe-points",
         default="default",
-        choices=ENUMERATIONS,
+        choices=PROBE_POINT_RULES,
         help="enumeration: the architecture's own (default), blocks, paper (Harun et al. Sec. 4.2: every transformer block, every Conv2d but projection shortcuts, ConvNeXt's stem and each block's depthwise conv), or activations (post-ReLU outputs of the paper CNNs)",
     )
     lay.add_argument("--json", action="store_true", help="print one JSON object: arch, params, layers")
@@ -153,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     ana.add_argument("table", nargs="?", help="CSV or Parquet: ood_retained, pearson, alignment, family, stem, spatial_reduction, augmentation, resolution, id_classes, gamma, depth (plus arch, id_dataset, seed, ood_set, ood_index for the comparisons)")
     ana.add_argument("--paper", action="store_true", help="analyse the paper's released table (shipped with tunnelscope) with the comparisons of config/paper.yaml")
     ana.add_argument("--config", help="a study config whose analysis section (comparisons, SHAP slope normalisation, alpha) to use (default: automatic comparisons; config/paper.yaml's for the released table)")
-    ana.add_argument("--schema", default=str(SCHEMA), help="JSON schema of --config (default: the repository's)")
+    ana.add_argument("--schema", default=str(SCHEMA_PATH), help="JSON schema of --config (default: the one shipped with tunnelscope)")
     ana.add_argument("--out", required=True, help="output directory for shap_slopes.csv, shap_fit.csv, paired_tests.csv, level_means.csv")
     ana.set_defaults(func=_analyze)
     args = parser.parse_args(argv)

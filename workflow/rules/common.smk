@@ -5,10 +5,10 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from tunnelscope.config import ConfigError, Study, load_schema
+from tunnelscope.study.config import ConfigError, Study, load_schema
 
 try:
-    STUDY = Study(config, load_schema(workflow.source_path("../schemas/config.schema.yaml")))
+    STUDY = Study(config, load_schema())
 except ConfigError as error:
     sys.exit(f"tunnelscope: config error: {error}")
 

@@ -1,8 +1,8 @@
 # Continual learning (the paper's Table 2): per run, task 1 -> E1+T1, then task 2 -> E2+T2; the
 # tunnel located on their ID curves; E1+T2 and E2+T1 by swapping; the finetune configurations;
 # every configuration scored on both tasks; the table. Target: snakemake continual.
-from tunnelscope.captions import CONTINUAL_TABLE
-from tunnelscope.config import COMPOSED, TRAINED, network_slug
+from tunnelscope.figures.captions import CONTINUAL_TABLE
+from tunnelscope.registry import COMPOSED, TRAINED, network_slug
 
 RUNS = list(STUDY.runs)
 NETWORKS = [slug for slug, _ in STUDY.continual_networks()]

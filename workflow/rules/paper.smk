@@ -1,4 +1,4 @@
-from tunnelscope.captions import TABLES, table_caption
+from tunnelscope.figures.captions import TABLES, table_caption
 
 
 rule paper_table:

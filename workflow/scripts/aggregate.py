@@ -4,7 +4,7 @@ import pandas as pd
 
 from tunnelscope.io import read_table, write_table
 from tunnelscope.joblog import job_logging
-from tunnelscope.seeds import summarise
+from tunnelscope.metrics.seeds import summarise
 
 with job_logging(snakemake.log[0]) as log:
     out = snakemake.output

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from tunnelscope.analysis import analyze
+from tunnelscope.analysis.comparisons import analyze
 from tunnelscope.io import read_table
 from tunnelscope.joblog import job_logging
 

@@ -4,7 +4,7 @@ import pandas as pd
 
 from tunnelscope.io import read_table, write_table
 from tunnelscope.joblog import job_logging
-from tunnelscope.metrics import cell_metrics
+from tunnelscope.metrics.tunnel import cell_metrics
 
 with job_logging(snakemake.log[0]) as log:
     probes = pd.concat([read_table(p) for p in snakemake.input.probes], ignore_index=True)

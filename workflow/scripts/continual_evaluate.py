@@ -1,6 +1,6 @@
-from tunnelscope.continual import evaluate
 from tunnelscope.io import write_table
 from tunnelscope.joblog import job_logging
+from tunnelscope.protocols.continual import evaluate
 
 with job_logging(snakemake.log[0]):
     table = evaluate(

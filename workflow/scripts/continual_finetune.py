@@ -1,9 +1,9 @@
 import json
 
-from tunnelscope.continual import frozen_modules
+from tunnelscope.data.store import Store
 from tunnelscope.joblog import job_logging
-from tunnelscope.store import Store
-from tunnelscope.train import pretrain
+from tunnelscope.protocols.continual import frozen_modules
+from tunnelscope.training.loop import pretrain
 
 with job_logging(snakemake.log[0]):
     params, out = snakemake.params.settings, snakemake.output

@@ -1,6 +1,6 @@
-from tunnelscope.config import TRAINED
-from tunnelscope.continual import swap
 from tunnelscope.joblog import job_logging
+from tunnelscope.protocols.continual import swap
+from tunnelscope.registry import TRAINED
 
 with job_logging(snakemake.log[0]):
     i, out = snakemake.input, snakemake.output

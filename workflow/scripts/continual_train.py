@@ -1,6 +1,6 @@
+from tunnelscope.data.store import Store
 from tunnelscope.joblog import job_logging
-from tunnelscope.store import Store
-from tunnelscope.train import pretrain
+from tunnelscope.training.loop import pretrain
 
 with job_logging(snakemake.log[0]):
     out = snakemake.output

@@ -1,4 +1,4 @@
-from tunnelscope.embed_job import embed_eval_set
+from tunnelscope.features.embed import embed_eval_set
 from tunnelscope.joblog import job_logging
 
 with job_logging(snakemake.log[0]):

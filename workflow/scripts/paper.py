@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from tunnelscope.figures.paper import build
 from tunnelscope.io import read_table
 from tunnelscope.joblog import job_logging
-from tunnelscope.paper import build
 
 with job_logging(snakemake.log[0]):
     i = snakemake.input

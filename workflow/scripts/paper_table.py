@@ -1,6 +1,6 @@
 import pandas as pd
 
-from tunnelscope import tables
+from tunnelscope.figures import tables
 from tunnelscope.io import read_table
 from tunnelscope.joblog import job_logging
 

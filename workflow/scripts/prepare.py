@@ -1,4 +1,4 @@
-from tunnelscope import datasets
+from tunnelscope.data import sources as datasets
 from tunnelscope.joblog import job_logging
 
 with job_logging(snakemake.log[0]) as log:

@@ -2,7 +2,7 @@ import json
 
 from tunnelscope.io import write_table
 from tunnelscope.joblog import job_logging
-from tunnelscope.probe import probe_layers, write_weights
+from tunnelscope.probe.layers import probe_layers, write_weights
 
 with job_logging(snakemake.log[0]):
     with open(snakemake.input.info) as fh:

@@ -1,7 +1,7 @@
+from tunnelscope.figures.plots import tsne_figure
 from tunnelscope.io import read_table, write_table
 from tunnelscope.joblog import job_logging
-from tunnelscope.plots import tsne_figure
-from tunnelscope.tsne import tsne_layers
+from tunnelscope.metrics.tsne import tsne_layers
 
 with job_logging(snakemake.log[0]) as log:
     coords = tsne_layers(snakemake.input.embeddings, snakemake.params.settings)

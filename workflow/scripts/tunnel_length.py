@@ -1,6 +1,7 @@
+from tunnelscope.analysis.tunnel_length import cell_table, rank_table, summary_table
+from tunnelscope.figures.tunnel_length import rank_figure, tunnel_length_figure
 from tunnelscope.io import read_table
 from tunnelscope.joblog import job_logging
-from tunnelscope.tunnel_length import cell_table, rank_figure, rank_table, summary_table, tunnel_length_figure
 
 with job_logging(snakemake.log[0]) as log:
     out, settings = snakemake.output, snakemake.params.settings

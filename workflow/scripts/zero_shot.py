@@ -2,7 +2,7 @@ import numpy as np
 
 from tunnelscope.io import read_table, write_table
 from tunnelscope.joblog import job_logging
-from tunnelscope.protocols import zero_shot_layers
+from tunnelscope.protocols.zero_shot import zero_shot_layers
 
 with job_logging(snakemake.log[0]) as log:
     with np.load(snakemake.input.id_weights) as id_weights, np.load(snakemake.input.shifted_weights) as shifted_weights:

@@ -1,12 +1,12 @@
 import pandas as pd
 
-from tunnelscope.captions import ZERO_SHOT_CAPTION
+from tunnelscope.figures.captions import ZERO_SHOT_CAPTION
+from tunnelscope.figures.plots import zero_shot_figure
+from tunnelscope.figures.tables import write, zero_shot_table
 from tunnelscope.io import read_table, write_table
 from tunnelscope.joblog import job_logging
-from tunnelscope.plots import zero_shot_figure
-from tunnelscope.protocols import zero_shot_seeds, zero_shot_summary
-from tunnelscope.seeds import several_seeds
-from tunnelscope.tables import write, zero_shot_table
+from tunnelscope.metrics.seeds import several_seeds
+from tunnelscope.protocols.zero_shot import zero_shot_seeds, zero_shot_summary
 
 with job_logging(snakemake.log[0]) as log:
     layers = pd.concat([read_table(p) for p in snakemake.input], ignore_index=True)

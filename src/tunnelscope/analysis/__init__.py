@@ -1,0 +1,1 @@
+"""Cross-grid analysis: paired comparisons, SHAP slopes, the paper's released table, tunnel length."""

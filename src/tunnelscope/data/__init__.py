@@ -1,0 +1,1 @@
+"""The prepare stage: dataset sources, splits, transforms, the prepared-image store and its loader."""

@@ -1,0 +1,447 @@
+"""Dataset sources and the prepared-image store they are written into.
+
+``prepare`` turns a dataset spec (a ``datasets:`` entry of the config) into a store (``store.py``)
+per (dataset, resolution): every image kept whole at the eval transform's resize, train and test
+splits, written chunk by chunk. Training and extraction read that store instead of decoding and
+resizing the same images again every epoch.
+
+The readers below parse each dataset's official on-disk layout (the one torchvision's
+downloader produces) and return file paths, so decoding runs threaded while the store is
+written. torchvision's dataset classes are used only to download: they verify the MD5 of the
+official archives and so refuse any other copy (a re-packed mirror, or the small files the tests
+write), and they decode one image per ``__getitem__``.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from tunnelscope.data import synthetic
+from tunnelscope.data.splits import SPLITS, stratified_split
+from tunnelscope.data.store import (
+    CHUNK_BYTES,
+    SplitPlan,
+    Store,
+    byte_chunks,
+    parallel_fill,
+    stored_size,
+    write_store,
+)
+from tunnelscope.registry import DEFAULT_TRANSFORM
+from tunnelscope.runtime import bound_heap
+
+log = logging.getLogger("tunnelscope.datasets")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif"}
+
+
+class DatasetError(RuntimeError):
+    """A problem with a dataset on disk, naming the offending path."""
+
+
+@dataclass
+class RawSplit:
+    """Images before the transform: file paths or HxWxC uint8 arrays, with labels."""
+
+    items: list
+    labels: np.ndarray
+
+
+# ---------------------------------------------------------------- eval transform
+
+
+def _need_dir(path: Path) -> Path:
+    if not path.is_dir():
+        raise DatasetError(f"{path}: dataset directory not found")
+    return path
+
+
+def _need_file(path: Path) -> Path:
+    if not path.is_file():
+        raise DatasetError(f"{path}: dataset file not found")
+    return path
+
+
+def _class_folders(root: Path, classes: list[str] | None) -> list[str]:
+    found = sorted(p.name for p in _need_dir(root).iterdir() if p.is_dir() and not p.name.startswith("."))
+    if classes is None:
+        if not found:
+            raise DatasetError(f"{root}: no class folders")
+        return found
+    missing = [c for c in classes if c not in found]
+    if missing:
+        raise DatasetError(f"{root}: class list does not match the tree; missing folders: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+    return list(classes)
+
+
+def _folder_split(root: Path, classes: list[str]) -> RawSplit:
+    items, labels = [], []
+    for label, cls in enumerate(classes):
+        files = sorted(p for p in (root / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DatasetError(f"{root / cls}: empty class folder (no image files)")
+        items += files
+        labels += [label] * len(files)
+    return RawSplit(items, np.array(labels, dtype=np.int64))
+
+
+def _stratified(raw: RawSplit, test_fraction: float, seed: int) -> dict[str, RawSplit]:
+    """A dataset without an official split: seeded, stratified train/test."""
+    held = np.zeros(len(raw.labels), dtype=bool)
+    held[stratified_split(raw.labels, test_fraction, seed, stream=4001)[1]] = True
+    return {"train": _select(raw, ~held), "test": _select(raw, held)}
+
+
+def _class_list(spec: dict, default: list[str] | None = None) -> list[str] | None:
+    """The spec's class list (``classes``, ``class_list``, else ``default``) in label order:
+    as listed, or sorted by name with ``class_order: sorted``."""
+    classes = default
+    if "classes" in spec and isinstance(spec["classes"], list):
+        classes = [str(c) for c in spec["classes"]]
+    elif "class_list" in spec:
+        path = Path(spec["class_list"])
+        classes = [line.strip() for line in _need_file(path).read_text().splitlines() if line.strip()]
+    if classes is not None and spec.get("class_order") == "sorted":
+        classes = sorted(classes)
+    return classes
+
+
+def _imagefolder(spec: dict, root: Path, default_classes: list[str] | None = None, test_dir: str = "test") -> dict[str, RawSplit]:
+    classes = _class_list(spec, default_classes)
+    if spec.get("layout", "split_dirs") == "single":
+        classes = _class_folders(root, classes)
+        return _stratified(_folder_split(root, classes), spec["test_fraction"], spec["seed"])
+    train_root, test_root = _need_dir(root / "train"), _need_dir(root / test_dir)
+    classes = _class_folders(train_root, classes)
+    test_classes = _class_folders(test_root, None)
+    if missing := sorted(set(classes) - set(test_classes)):
+        raise DatasetError(f"{test_root}: no folders for classes {', '.join(missing[:5])}")
+    return {"train": _folder_split(train_root, classes), "test": _folder_split(test_root, classes)}
+
+
+def _single_tree(spec: dict, root: Path, subdir: str) -> dict[str, RawSplit]:
+    """NINCO / ImageNet-R: one tree of class folders, split per class with a seeded 80/20."""
+    tree = root / subdir if (root / subdir).is_dir() else root
+    classes = _class_folders(tree, _class_list(spec))
+    return _stratified(_folder_split(tree, classes), spec["test_fraction"], spec["seed"])
+
+
+def _unpickle(path: Path) -> dict:
+    # CIFAR's official format is a Python pickle; read only files the user pointed us at.
+    try:
+        with open(_need_file(path), "rb") as fh:
+            return pickle.load(fh, encoding="latin1")
+    except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+        raise DatasetError(f"{path}: not a readable CIFAR batch ({exc})") from exc
+
+
+def _cifar(root: Path, hundred: bool) -> dict[str, RawSplit]:
+    if hundred:
+        base = _need_dir(root / "cifar-100-python")
+        files, key = {"train": ["train"], "test": ["test"]}, "fine_labels"
+    else:
+        base = _need_dir(root / "cifar-10-batches-py")
+        files, key = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}, "labels"
+    out = {}
+    for split, names in files.items():
+        batches = [_unpickle(base / n) for n in names]
+        data = np.concatenate([np.asarray(b["data"], dtype=np.uint8).reshape(-1, 3, 32, 32) for b in batches])
+        labels = np.concatenate([np.asarray(b[key], dtype=np.int64) for b in batches])
+        out[split] = RawSplit(list(data.transpose(0, 2, 3, 1)), labels)
+    return out
+
+
+def _stl10(root: Path) -> dict[str, RawSplit]:
+    base = _need_dir(root / "stl10_binary")
+    out = {}
+    for split in SPLITS:
+        raw = np.fromfile(_need_file(base / f"{split}_X.bin"), dtype=np.uint8)
+        labels = np.fromfile(_need_file(base / f"{split}_y.bin"), dtype=np.uint8).astype(np.int64) - 1
+        if raw.size != len(labels) * 3 * 96 * 96:
+            raise DatasetError(f"{base / f'{split}_X.bin'}: size does not match {len(labels)} labels of 3x96x96 images")
+        # Stored column-major per channel: (N, C, W, H).
+        images = raw.reshape(-1, 3, 96, 96).transpose(0, 3, 2, 1)
+        out[split] = RawSplit(list(images), labels)
+    return out
+
+
+def _cub(root: Path) -> dict[str, RawSplit]:
+    base = _need_dir(root / "CUB_200_2011")
+
+    def table(name):
+        rows = [line.split() for line in _need_file(base / name).read_text().splitlines() if line.strip()]
+        return {int(r[0]): r[1] for r in rows}
+
+    paths, labels, is_train = table("images.txt"), table("image_class_labels.txt"), table("train_test_split.txt")
+    out = {}
+    for split, flag in (("train", "1"), ("test", "0")):
+        ids = sorted(i for i in paths if is_train[i] == flag)
+        out[split] = RawSplit([base / "images" / paths[i] for i in ids], np.array([int(labels[i]) - 1 for i in ids], dtype=np.int64))
+    return out
+
+
+FLOWERS_SPLITS = {
+    "official": {"train": ("trnid", "valid"), "test": ("tstid",)},
+    "release": {"train": ("trnid",), "test": ("valid",)},  # what the released code of Harun et al. probes
+}
+
+
+def _flowers(root: Path, splits: str) -> dict[str, RawSplit]:
+    from scipy.io import loadmat
+
+    base = _need_dir(root / "flowers-102")
+    labels = loadmat(_need_file(base / "imagelabels.mat"))["labels"].ravel().astype(np.int64) - 1
+    sets = loadmat(_need_file(base / "setid.mat"))
+    out = {}
+    for split, keys in FLOWERS_SPLITS[splits].items():
+        ids = np.sort(np.concatenate([sets[key].ravel() for key in keys]))
+        out[split] = RawSplit([base / "jpg" / f"image_{i:05d}.jpg" for i in ids], labels[ids - 1])
+    return out
+
+
+def _aircraft(root: Path) -> dict[str, RawSplit]:
+    base = _need_dir(root / "fgvc-aircraft-2013b" / "data")
+    classes = [line.strip() for line in _need_file(base / "variants.txt").read_text().splitlines() if line.strip()]
+    index = {c: i for i, c in enumerate(classes)}
+    out = {}
+    for split, name in (("train", "trainval"), ("test", "test")):
+        listing = _need_file(base / f"images_variant_{name}.txt")
+        items, labels = [], []
+        for line in listing.read_text().splitlines():
+            if not line.strip():
+                continue
+            image_id, variant = line.strip().split(" ", 1)
+            if variant not in index:
+                raise DatasetError(f"{listing}: variant {variant!r} is not in variants.txt")
+            items.append(base / "images" / f"{image_id}.jpg")
+            labels.append(index[variant])
+        out[split] = RawSplit(items, np.array(labels, dtype=np.int64))
+    return out
+
+
+def _pets(root: Path) -> dict[str, RawSplit]:
+    base = _need_dir(root / "oxford-iiit-pet")
+    out = {}
+    for split, name in (("train", "trainval"), ("test", "test")):
+        rows = [line.split() for line in _need_file(base / "annotations" / f"{name}.txt").read_text().splitlines() if line.strip()]
+        items = [base / "images" / f"{r[0]}.jpg" for r in rows]
+        out[split] = RawSplit(items, np.array([int(r[1]) - 1 for r in rows], dtype=np.int64))
+    return out
+
+
+def _download(source: str, root: Path) -> None:
+    """Fetch a dataset with torchvision's downloader (checksummed), then read it as usual."""
+    import torchvision.datasets as tvd
+
+    if source in ("cifar10", "cifar100"):
+        cls = tvd.CIFAR10 if source == "cifar10" else tvd.CIFAR100
+        for train in (True, False):
+            cls(str(root), train=train, download=True)
+        return
+    by_split = {"stl10": (tvd.STL10, ("train", "test")), "flowers102": (tvd.Flowers102, ("train",)), "fgvc_aircraft": (tvd.FGVCAircraft, ("trainval",)), "oxford_pets": (tvd.OxfordIIITPet, ("trainval",))}
+    if source not in by_split:
+        raise DatasetError(f"{root}: {source} cannot be downloaded automatically; place it there by hand")
+    cls, splits = by_split[source]
+    for split in splits:
+        cls(str(root), split=split, download=True)
+
+
+def _imagenet100(spec: dict, root: Path) -> dict[str, RawSplit]:
+    listed = resources.files("tunnelscope").joinpath("resources/imagenet100.txt").read_text().split()
+    return _imagefolder(spec, _need_dir(root), default_classes=listed, test_dir="val")
+
+
+# registry.FILE_SOURCES -> reader(spec, root) of its official on-disk layout.
+FILE_READERS = {
+    "imagefolder": lambda spec, root: _imagefolder(spec, _need_dir(root)),
+    "imagenet": lambda spec, root: _imagefolder(spec, _need_dir(root), test_dir="val"),
+    "imagenet100": _imagenet100,
+    "cifar10": lambda spec, root: _cifar(root, hundred=False),
+    "cifar100": lambda spec, root: _cifar(root, hundred=True),
+    "stl10": lambda spec, root: _stl10(root),
+    "cub200": lambda spec, root: _cub(root),
+    "flowers102": lambda spec, root: _flowers(root, spec.get("splits", "official")),
+    "fgvc_aircraft": lambda spec, root: _aircraft(root),
+    "oxford_pets": lambda spec, root: _pets(root),
+    "ninco": lambda spec, root: _single_tree(spec, _need_dir(root), "NINCO_OOD_classes"),
+    "imagenet_r": lambda spec, root: _single_tree(spec, _need_dir(root), "imagenet-r"),
+}
+
+
+def load_source(spec: dict) -> dict[str, RawSplit]:
+    """Raw train/test splits of a file-based dataset spec."""
+    source = spec["source"]
+    root = Path(spec["root"])
+    if spec.get("download"):
+        _download(source, root)
+    if source not in FILE_READERS:
+        raise ValueError(f"unknown dataset source {source!r}; known: {', '.join(FILE_READERS)}")
+    splits = FILE_READERS[source](spec, root)
+    return _subset(splits, spec)
+
+
+def _subset(splits: dict[str, RawSplit], spec: dict) -> dict[str, RawSplit]:
+    """First ``first_classes`` classes; ``per_class`` seeded random train images per class."""
+    k, n = spec.get("first_classes"), spec.get("per_class")
+    if k:
+        splits = {s: _select(r, r.labels < k) for s, r in splits.items()}
+    if n:
+        rng = np.random.default_rng([spec.get("seed", 0), 104729])
+        train = splits["train"]
+        keep = np.zeros(len(train.labels), dtype=bool)
+        for c in np.unique(train.labels):
+            idx = np.flatnonzero(train.labels == c)
+            if len(idx) < n:
+                raise DatasetError(f"{spec['root']}: class {c} has {len(idx)} train images, fewer than per_class={n}")
+            keep[rng.choice(idx, size=n, replace=False)] = True
+        splits = {**splits, "train": _select(train, keep)}
+    return splits
+
+
+def _select(raw: RawSplit, mask: np.ndarray) -> RawSplit:
+    return RawSplit([it for it, m in zip(raw.items, mask) if m], raw.labels[mask])
+
+
+def _num_classes(splits: dict[str, RawSplit]) -> int:
+    return int(max(int(r.labels.max()) for r in splits.values() if len(r.labels)) + 1)
+
+
+# ---------------------------------------------------------------- prepare into a store
+
+
+def prepare(
+    name: str,
+    spec: dict,
+    resolution: int,
+    out_dir: str | Path,
+    threads: int = 1,
+    interpolation: str = DEFAULT_TRANSFORM["interpolation"],
+    crop_pct: float = DEFAULT_TRANSFORM["crop_pct"],
+    native: bool = False,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> Store:
+    """Write one dataset at ``resolution`` into the store ``out_dir`` (resuming a partial one):
+    each image resized to the eval transform's shorter side int(R / crop_pct) with
+    ``interpolation``, or kept as it is where ``native`` and its shorter side is R already;
+    synthetic sets are rendered at R. Memory stays at one chunk of ``chunk_bytes`` of pixels."""
+    bound_heap()
+    shorter = int(resolution / crop_pct)
+    meta = {"dataset": name, "resolution": int(resolution), "shorter_side": shorter, "interpolation": interpolation, "crop_pct": crop_pct, "native": bool(native)}
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+
+        def plans_of(spec: dict) -> dict[str, SplitPlan]:
+            if spec["source"] == "corrupted":
+                meta["corruption"] = {k: spec[k] for k in ("of", "corruption", "severity", "seed")}
+                return {s: _corrupted_plan(plan, spec, s, pool) for s, plan in plans_of(spec["base"]).items()}
+            if spec["source"] == "synthetic":
+                meta.update(num_classes=spec["classes"], shorter_side=resolution, native=True)
+                return {split: _synthetic_plan(spec, split, resolution) for split in SPLITS}
+            raw = _sklearn_digits(spec) if spec["source"] == "sklearn_digits" else load_source(spec)
+            meta["num_classes"] = _num_classes(raw)
+            on_bad = spec.get("on_bad_image", "error")
+            return {s: _raw_plan(raw[s], resolution, shorter, native, interpolation, on_bad, pool, f"{name}/{s}", chunk_bytes) for s in SPLITS}
+
+        plans = plans_of(spec)
+        write_store(out_dir, meta, plans, spec.get("on_bad_image", "error"))
+    return Store(out_dir)
+
+
+def _corrupted_plan(plan: SplitPlan, spec: dict, split: str, pool) -> SplitPlan:
+    """``plan``'s images through ``spec``'s corruption, each with its own seeded draws, on the
+    pool's threads."""
+    # torchvision's v2 transforms import torch._dynamo: only when used
+    from tunnelscope.data import corruptions
+
+    name, severity, seed = spec["corruption"], spec["severity"], spec["seed"]
+
+    def fill(start: int, stop: int) -> list:
+        def one(k: int, image):
+            if isinstance(image, Exception):
+                return image
+            return corruptions.corrupt(image, name, severity, corruptions.image_generator(seed, split, start + k))
+
+        return list(pool.map(one, range(stop - start), plan.fill(start, stop)))
+
+    return replace(plan, fill=fill)
+
+
+def _synthetic_plan(spec: dict, split: str, resolution: int) -> SplitPlan:
+    """Rendered one class per chunk (the generator's own random stream per class)."""
+    per_class, classes = spec[f"{split}_per_class"], spec["classes"]
+    labels = np.repeat(np.arange(classes, dtype=np.int64), per_class)
+    shapes = np.full((len(labels), 2), resolution, dtype=np.int64)
+
+    def fill(start: int, stop: int):
+        cls = start // per_class
+        return synthetic.class_images(spec["family"], spec["class_offset"] + cls, per_class, resolution, split, spec["seed"])
+
+    return SplitPlan(labels, shapes, fill, [(k * per_class, (k + 1) * per_class) for k in range(classes)])
+
+
+def _raw_plan(raw: RawSplit, resolution: int, shorter: int, native: bool, interpolation: str, on_bad_image: str, pool, desc: str, chunk_bytes: int = CHUNK_BYTES) -> SplitPlan:
+    """Stored sizes from the image headers (no decoding), then images decoded chunk by chunk."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    sizes = list(pool.map(_image_size, raw.items))
+    readable = [i for i, size in enumerate(sizes) if not isinstance(size, Exception)]
+    for i in sorted(set(range(len(sizes))) - set(readable)):
+        if on_bad_image == "error":
+            raise DatasetError(f"{raw.items[i]}: unreadable image ({sizes[i]}); set on_bad_image: skip to leave such files out")
+        log.warning("skipping unreadable image %s (%s)", raw.items[i], sizes[i])
+    if len(readable) < len(sizes):
+        log.warning("%s: skipped %d unreadable images of %d", desc, len(sizes) - len(readable), len(sizes))
+    if not readable:
+        raise DatasetError(f"{desc}: no readable images")
+    items = [raw.items[i] for i in readable]
+    shapes = np.array([stored_size(*sizes[i], resolution, shorter, native) for i in readable], dtype=np.int64).reshape(-1, 2)
+    mode = InterpolationMode(interpolation)
+
+    def load(i: int):
+        try:
+            image = _open_rgb(items[i])
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            return exc
+        h, w = (int(v) for v in shapes[i])
+        if image.size != (w, h):
+            image = TF.resize(image, [h, w], interpolation=mode)
+        return np.asarray(image, dtype=np.uint8)
+
+    return SplitPlan(raw.labels[readable].astype(np.int64), shapes, parallel_fill(pool, load), byte_chunks(shapes, chunk_bytes), names=items)
+
+
+def _open_rgb(item) -> Image.Image:
+    if isinstance(item, np.ndarray):
+        return Image.fromarray(item.squeeze()).convert("RGB")
+    with Image.open(item) as img:
+        img.load()
+        return img.convert("RGB")
+
+
+def _image_size(item):
+    """(height, width) from the header alone, or the Exception that reading it raised."""
+    if isinstance(item, np.ndarray):
+        return item.shape[:2]
+    try:
+        with Image.open(item) as img:
+            return img.size[1], img.size[0]
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        return exc
+
+
+def _sklearn_digits(spec: dict) -> dict[str, RawSplit]:
+    """scikit-learn's bundled 8x8 handwritten digits (real scans), stratified split."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    gray = (digits.images / 16.0 * 255.0).round().astype(np.uint8)
+    raw = RawSplit(list(gray), digits.target.astype(np.int64))
+    return _stratified(raw, spec["test_fraction"], spec["seed"])

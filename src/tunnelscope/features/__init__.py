@@ -1,0 +1,1 @@
+"""The embed stage: one forward pass per image, every layer pooled, and the Parquet embeddings store."""

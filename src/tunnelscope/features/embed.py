@@ -1,0 +1,85 @@
+"""The embed stage: one eval set through one frozen backbone, one Parquet file per layer.
+
+Batches of eval crops stream from the prepared store (or sit on the device for small sets); each
+batch's pooled vectors go to a writer thread that appends them to every layer's file while the
+next batch runs, so memory holds a batch or two, not the eval set.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from tunnelscope.data.loader import SplitReader, loader_workers
+from tunnelscope.data.splits import SPLITS
+from tunnelscope.data.store import Store
+from tunnelscope.features.extract import embed_batches
+from tunnelscope.features.store import EmbeddingWriter
+from tunnelscope.io import atomic_dir, file_sha256
+from tunnelscope.models.build import probe_points
+from tunnelscope.runtime import pick_device
+from tunnelscope.training.checkpoints import load_backbone
+
+log = logging.getLogger("tunnelscope.embed")
+
+
+def embed_eval_set(
+    params: dict, checkpoint: str, data_path: str, out_dir: str, batch_size: int = 256, threads: int = 1, channels_last: bool = False, resident_mb: float = 1024
+) -> None:
+    """Embed one eval set; ``params`` may narrow it to a class range ``classes`` [first, stop)
+    (labels counted from first) and to ``layers: last``."""
+    torch.set_num_threads(max(1, threads))
+    device = pick_device()
+    model, meta = load_backbone(checkpoint, device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    points = probe_points(model, params["side"], params["model"].get("probe_points", "default"))
+    num_layers = len(points)
+    if params.get("layers", "all") == "last":  # a score at the last layer needs no other
+        points = points[-1:]
+    # A trained cell's eval set: the study's normalisation of that set; a published model: its own.
+    source = params["normalization"] or meta
+    normalise = {k: tuple(source[k]) for k in ("mean", "std") if k in source}
+    store = Store(data_path)
+    store.check_resolution(params["resolution"])
+    # A class range [first, stop) (a continual-learning task): its images, labels from first.
+    first, stop = params.get("classes") or (0, store.num_classes)
+    rows = {s: np.flatnonzero((store.splits[s].labels >= first) & (store.splits[s].labels < stop)) for s in SPLITS}
+    common = {"eval_set": params["eval_set"], "num_classes": stop - first, "num_layers": num_layers, "checkpoint": checkpoint, "checkpoint_sha256": file_sha256(checkpoint)}
+    poolings, dtype = params["pooling"], np.dtype(params["dtype"])
+    total = sum(-(-len(rows[s]) // batch_size) for s in SPLITS)
+    bar = tqdm(total=total, desc=f"embed {params['eval_set']}", leave=False, mininterval=1.0)
+    with atomic_dir(out_dir) as tmp, ThreadPoolExecutor(1) as writer_thread:
+        writers = {
+            (point.index, pooling): EmbeddingWriter(tmp / pooling / f"layer_{point.index:03d}.parquet", {**common, "layer": point.index, "layer_name": point.name, "side": point.side, "pooling": pooling})
+            for pooling in poolings
+            for point in points
+        }
+        pending = None
+        for split in SPLITS:  # train then test: the rows of every layer file, in this order
+            part = store.splits[split]
+            reader = SplitReader(part, "center", params["resolution"], device, resident_mb, workers=loader_workers(device, threads))
+            start = 0
+            for vectors in embed_batches(model, points, reader.batches(rows[split], batch_size), poolings, dtype, params["compute"]["precision"], **normalise):
+                n = len(next(iter(vectors.values())))
+                ids = rows[split][start : start + n]
+                if pending is not None:
+                    pending.result()  # one batch in flight: memory stays at two batches
+                pending = writer_thread.submit(_append, writers, vectors, (part.labels[ids] - first, np.full(n, split), ids))
+                start += n
+                bar.update()
+        if pending is not None:
+            pending.result()
+        for (index, pooling), writer in writers.items():
+            writer.close()
+            log.info("layer %3d %-10s dim %5d", index, pooling, writer.width // dtype.itemsize)
+    bar.close()
+
+
+def _append(writers: dict, vectors: dict, rows: tuple) -> None:
+    for key, value in vectors.items():
+        writers[key].append(value, *rows)

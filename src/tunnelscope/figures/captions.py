@@ -1,0 +1,73 @@
+"""Captions of the paper build's tables, shared by the Snakemake report and the static page.
+
+Kept free of heavy imports: the workflow reads it while the DAG is built.
+"""
+
+
+# name -> (the paper's table it is laid out like, caption)
+TABLES = {
+    "id_accuracy": (
+        "Table 11",
+        "ID top-1 accuracy (%) of every backbone on its ID test set, per resolution: no augmentation / augmentation "
+        "(the kept checkpoint's).",
+    ),
+    "ood_accuracy": (
+        "Tables 4-7",
+        "Last-layer OOD linear-probe accuracy (%) per backbone and OOD set, and their mean.",
+    ),
+    "ood_retained": (
+        "Tables 4-7",
+        "% OOD performance retained at the last layer, 100 x a_last / a_best, per backbone and OOD set, and their mean.",
+    ),
+    "pearson": (
+        "Tables 4-7",
+        "Pearson correlation between the ID and the OOD probe curve over all probed layers, per backbone and OOD set, and their mean.",
+    ),
+    "alignment": (
+        "Tables 4-7",
+        "ID/OOD alignment (a_id - 1/C_id)(a_ood - 1/C_ood) per backbone and OOD set, and their mean.",
+    ),
+    "level_means": (
+        "Table 12",
+        "Mean % OOD retained, Pearson correlation and ID/OOD alignment at each level of each comparison, "
+        "over the backbones and OOD sets that comparison uses.",
+    ),
+    "effect_sizes": (
+        "Tables 1 and 13",
+        "Per comparison and level pair, over the matched pairs (one backbone of each level, all else equal): "
+        "the magnitude of Cliff's delta between the two levels' values and the Wilcoxon signed-rank p-value, for % OOD retained, "
+        "Pearson correlation and ID/OOD alignment.",
+    ),
+}
+
+# The continual-learning table (rule continual_table), laid out like the paper's Table 2.
+CONTINUAL_TABLE = (
+    "Table 2",
+    "Continual learning: accuracy (%) on task 1 / task 2 of each configuration, per resolution (seed means; with several seeds ± half their t-interval (analysis.seed_confidence)). "
+    "E = extractor (the layers before the tunnel), T = tunnel (the rest, classifier included); 1 / 2 = of the network "
+    "after training on task 1 / after then training on task 2; fine-tuned rows train the parts they name on their task. "
+    "Scored by continual.score: a linear probe on the last probed layer, or the network's own classifier over the task's classes.",
+)
+
+
+def table_caption(name: str, confidence: float = 0.95) -> str:
+    paper, text = TABLES[name]
+    if name == "effect_sizes":
+        seeds = f"the magnitude of Cliff's delta with [low, high], the {confidence:.0%} t-interval of the per-seed delta signed in the direction of the pooled one"
+    else:
+        seeds = f"values are seed means ± half the width of their {confidence:.0%} t-interval across seeds"
+    return f"{text} Where a backbone has several seeds, {seeds}. Laid out like the paper's {paper}."
+
+
+# Tables of this project's own protocol comparisons (not in the paper).
+ZERO_SHOT_CAPTION = (
+    "Zero-shot against the paper's protocol on shifted copies of the ID set, per backbone: test accuracy (%) on the "
+    "shifted test rows outside the small validation part, at the layer zero-shot picks on that part and at the last "
+    "layer, the best zero-shot layer in hindsight, and the probe trained on the shifted set (the paper's protocol) at "
+    "its best and last layer."
+)
+SOLVERS_CAPTION = (
+    "Tunnel metrics under each probe solver against the first solver, over all backbones and OOD sets: means, mean "
+    "(absolute) difference, Spearman correlation across backbones and OOD sets, and the share of pairs on which both "
+    "solvers agree that there is a tunnel."
+)

@@ -1,0 +1,193 @@
+"""The paper build: cross-grid figures, tables (CSV + LaTeX), provenance and a static HTML page.
+
+Everything is rebuilt from the aggregate and analysis tables alone.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
+
+from tunnelscope.analysis.comparisons import VARIABLES, present_levels
+from tunnelscope.figures.captions import TABLES, table_caption
+from tunnelscope.figures.plots import draw_band
+from tunnelscope.figures.style import apply_style, plt, save_figure, sns
+from tunnelscope.io import atomic_path
+from tunnelscope.metrics.seeds import (
+    BACKBONE,
+    CONFIDENCE,
+    seed_summary,
+    several_seeds,
+    summarise,
+)
+from tunnelscope.metrics.tunnel import normalise
+from tunnelscope.registry import CELL_VARIABLES
+
+CELL_COLUMNS = list(CELL_VARIABLES)
+STRENGTHS = ["negligible", "weak", "medium", "strong"]
+PACKAGES = ["tunnelscope", "torch", "torchvision", "timm", "snakemake", "numpy", "pandas", "scikit-learn", "scipy", "shap", "pyarrow", "matplotlib", "seaborn"]
+
+
+def _normalised_ood(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per (cell, OOD set): normalised OOD accuracy over relative depth."""
+    ood = curves[curves.role == "ood"].copy()
+    ood["normalised"] = ood.groupby(CELL_COLUMNS + ["eval_set"]).test_acc.transform(lambda c: normalise(c.to_numpy()))
+    return ood
+
+
+def curves_by_variable(curves: pd.DataFrame, metrics: pd.DataFrame, png: str, pdf: str, confidence: float = CONFIDENCE) -> list[str]:
+    """One panel per variable with at least two levels: mean normalised OOD curve per level,
+    shaded ±1 SD over cells and OOD sets, or with several seeds per backbone the t-interval
+    across the seeds' level curves."""
+    apply_style()
+    ood = _normalised_ood(curves).merge(metrics[CELL_COLUMNS + [v for v in VARIABLES if v not in CELL_COLUMNS]].drop_duplicates(CELL_COLUMNS), on=CELL_COLUMNS)
+    varying = [v for v in VARIABLES if ood[v].nunique() > 1]
+    panels = varying or ["augmentation"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, variable in zip(axes.flat, panels):
+        draw_levels(ax, ood, variable, confidence)
+        ax.set_xlabel("relative depth (layer / L)")
+        ax.set_ylabel("OOD accuracy / curve max")
+        ax.set_title(f"by {variable.replace('_', ' ')}")
+        ax.set_ylim(0, 1.05)
+    fig.tight_layout()
+    save_figure(fig, png, pdf)
+    return varying
+
+
+def draw_levels(ax, ood: pd.DataFrame, variable: str, confidence: float = CONFIDENCE) -> None:
+    """Mean normalised OOD curve over relative depth per level of ``variable``: one seed per
+    backbone, shaded ±1 SD over cells and OOD sets; several, each seed's level curve (mean over
+    its cells and OOD sets) summarised by the mean and t-interval across seeds."""
+    if not several_seeds(ood):
+        sns.lineplot(data=ood, x="relative_depth", y="normalised", hue=variable, errorbar=("sd", 1), marker="o", ax=ax, palette="colorblind")
+        return
+    per_seed = ood.groupby([variable, "seed", "relative_depth"], sort=True).normalised.mean().reset_index()
+    summary = seed_summary(per_seed, [variable, "relative_depth"], ["normalised"], confidence)
+    levels = present_levels(ood[variable])
+    for colour, level in zip(sns.color_palette("colorblind", len(levels)), levels):
+        part = summary[summary[variable] == level].sort_values("relative_depth")
+        draw_band(ax, part.relative_depth.to_numpy(), part, "normalised", colour, str(level))
+    ax.legend(title=f"{variable} ({confidence:.0%} CI over seeds)", fontsize="small", title_fontsize="small")
+
+
+def shap_bars(slopes: pd.DataFrame, png: str, pdf: str) -> None:
+    apply_style()
+    data = slopes.dropna(subset=["slope"])
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    if len(data):
+        sns.barplot(data=data, y="variable", x="slope", hue="target", ax=ax, palette="colorblind", orient="h")
+    else:
+        ax.text(0.5, 0.5, "no variable has two levels in this grid", ha="center", va="center", transform=ax.transAxes)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("SHAP slope (effect on target per full range of the variable)")
+    ax.set_ylabel("")
+    fig.tight_layout()
+    save_figure(fig, png, pdf)
+
+
+def strength_histogram(metrics: pd.DataFrame, png: str, pdf: str) -> None:
+    """Backbones per strength class, each classed by its % OOD retained averaged over its OOD
+    sets and its seeds (so that seeds do not multiply the counts)."""
+    apply_style()
+    per_backbone = summarise("metrics", metrics).drop_duplicates(BACKBONE).strength.value_counts().reindex(STRENGTHS, fill_value=0)
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.bar(per_backbone.index, per_backbone.to_numpy(), color=sns.color_palette("rocket_r", 4))
+    ax.set_xlabel("tunnel strength (mean % OOD retained: >=95, [90,95), [80,90), <80)")
+    ax.set_ylabel("backbones (count)")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    save_figure(fig, png, pdf)
+
+
+LAYER_STATS = {"numerical_rank": "numerical rank (count)", "rankme": "RankMe", "nc1": "NC1 (log scale)", "cka_to_last": "linear CKA to last layer"}
+
+
+def layer_stats_figure(stats: pd.DataFrame, png: str, pdf: str, confidence: float = CONFIDENCE) -> None:
+    """Per-layer ID statistics over relative depth, one line per cell; with several seeds per
+    backbone, one line per backbone (the seed mean) shaded with the t-interval across seeds."""
+    apply_style()
+    several = several_seeds(stats)
+    if several:
+        lines = seed_summary(stats, BACKBONE + ["layer"], list(LAYER_STATS), confidence)
+        lines["cell"] = lines[BACKBONE].astype(str).agg(" ".join, axis=1) + lines.groupby(BACKBONE, sort=False).n_seeds.transform("max").map(lambda n: f" ({n} seeds)")
+    else:
+        lines = stats.assign(cell=stats[CELL_COLUMNS].astype(str).agg(" ".join, axis=1))
+    lines["relative_depth"] = lines.layer / lines.groupby("cell").layer.transform("max")
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
+    for ax, (column, label) in zip(axes, LAYER_STATS.items()):
+        if column == "nc1":
+            ax.set_yscale("log")
+        if several:
+            names = list(dict.fromkeys(lines.cell))
+            for colour, name in zip(sns.color_palette("colorblind", len(names)), names):
+                part = lines[lines.cell == name].sort_values("layer")
+                draw_band(ax, part.relative_depth.to_numpy(), part, column, colour, name)
+            if ax is axes[-1]:
+                ax.legend(title=f"backbone ({confidence:.0%} CI over seeds)")
+        else:
+            sns.lineplot(data=lines, x="relative_depth", y=column, hue="cell", marker="o", ax=ax, legend=ax is axes[-1], palette="colorblind")
+        ax.set_xlabel("relative depth (layer / L)")
+        ax.set_ylabel(label)
+    if axes[-1].get_legend():
+        sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1, 1), fontsize="x-small")
+    fig.tight_layout()
+    save_figure(fig, png, pdf)
+
+
+def provenance(metrics: pd.DataFrame, config: dict) -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    cells = metrics.drop_duplicates(CELL_COLUMNS)[CELL_COLUMNS].to_dict("records")
+    return {"cells": cells, "config": config, "software": versions, "python": platform.python_version(), "platform": platform.platform()}
+
+
+FIGURES = {
+    "curves_by_variable": "Mean normalised OOD probe curve per level of each variable that varies in the grid (±1 SD over cells and OOD sets; with several seeds per backbone, the {confidence} t-interval across seeds).",
+    "shap_slopes": "SHAP slope of each variable on each target (% OOD retained / 100, Pearson ρ, ID/OOD alignment); empty where a variable has a single level.",
+    "strength_histogram": "Backbones per tunnel-strength class, from % OOD retained averaged over each backbone's OOD sets (and seeds).",
+    "layer_stats": "Per-layer statistics of ID embeddings: numerical rank, RankMe, NC1 and linear CKA to the last probed layer (with several seeds per backbone: seed means, shaded with the {confidence} t-interval across seeds).",
+}
+
+
+def html_page(out_dir: Path, page: str, prov: dict, tables: dict[str, pd.DataFrame], slopes: pd.DataFrame, confidence: float = CONFIDENCE) -> None:
+    """A static page with every figure and table, readable without Snakemake."""
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>tunnelscope paper build</title>",
+             "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto}img{max-width:100%;border:1px solid #ddd}table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>",
+             "<h1>tunnelscope paper build</h1>", "<p><img src='../figures/tunnel_curves.png' alt='tunnel curves'></p>",
+             f"<p>Normalised tunnel curves of every backbone (ID black, OOD mean red shaded ±1 SD over the OOD sets, star at the OOD peak; with several seeds, seed means shaded with the {confidence:.0%} t-interval across seeds).</p>"]
+    for name, caption in FIGURES.items():
+        caption = caption.format(confidence=f"{confidence:.0%}")
+        parts += [f"<h2>{html.escape(name.replace('_', ' '))}</h2>", f"<p><img src='{name}.png' alt='{name}'></p>", f"<p>{html.escape(caption)}</p>"]
+    for name, frame in {**tables, "shap_slopes": slopes}.items():
+        caption = table_caption(name, confidence) if name in tables else "SHAP slope per variable and target (analysis/shap_slopes.csv)."
+        title = name.replace("_", " ") + (f" ({TABLES[name][0]})" if name in TABLES else "")
+        parts += [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(caption)} <a href='tables/{name}.csv'>CSV</a></p>" if name in tables else f"<p>{html.escape(caption)}</p>",
+                  frame.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–")]
+    parts += ["<h2>provenance</h2>", f"<pre>{html.escape(json.dumps({k: prov[k] for k in ('software', 'python', 'platform')}, indent=1))}</pre>",
+              f"<p>{len(prov['cells'])} cells; full config in provenance.json.</p></body></html>"]
+    with atomic_path(out_dir / page) as tmp:
+        Path(tmp).write_text("\n".join(parts))
+
+
+def build(curves: pd.DataFrame, metrics: pd.DataFrame, stats: pd.DataFrame, slopes: pd.DataFrame, tables: dict[str, pd.DataFrame], config: dict, out_dir: str, confidence: float = CONFIDENCE) -> None:
+    """Figures, provenance.json and index.html; ``tables`` = the paper tables by name (CSV frames)."""
+    out = Path(out_dir)
+    curves_by_variable(curves, metrics, str(out / "curves_by_variable.png"), str(out / "curves_by_variable.pdf"), confidence)
+    shap_bars(slopes, str(out / "shap_slopes.png"), str(out / "shap_slopes.pdf"))
+    strength_histogram(metrics, str(out / "strength_histogram.png"), str(out / "strength_histogram.pdf"))
+    layer_stats_figure(stats, str(out / "layer_stats.png"), str(out / "layer_stats.pdf"), confidence)
+    prov = provenance(metrics, config)
+    with atomic_path(out / "provenance.json") as tmp:
+        Path(tmp).write_text(json.dumps(prov, indent=1, sort_keys=True, default=str))
+    html_page(out, "index.html", prov, tables, slopes, confidence)

@@ -1,0 +1,211 @@
+"""Figures: tunnel curves per cell and an overview over the grid (one panel per backbone)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from tunnelscope.figures.style import ID_COLOUR, apply_style, plt, save_figure, sns
+from tunnelscope.metrics.seeds import BACKBONE, CONFIDENCE, seed_summary
+from tunnelscope.metrics.tunnel import normalise
+
+
+def _curves(probes: pd.DataFrame):
+    """(layers, ID curve, {ood_set: curve}) from one cell's probe rows."""
+    probes = probes.sort_values(["eval_set", "layer"])
+    id_rows = probes[probes.role == "id"]
+    layers = id_rows.layer.to_numpy()
+    ood = {name: g.test_acc.to_numpy() for name, g in probes[probes.role == "ood"].groupby("eval_set", sort=True)}
+    return layers, id_rows.test_acc.to_numpy(), ood, id_rows.eval_set.iloc[0]
+
+
+def draw_normalised(ax, probes: pd.DataFrame, legend: bool = True, confidence: float = CONFIDENCE):
+    """The paper's Figure 1 view of one backbone: normalised ID curve, mean of the normalised OOD
+    curves and a star at its peak. One seed: the OOD mean is shaded ±1 SD over the OOD sets.
+    Several seeds: every line is the mean over seeds of that seed's curve, shaded with its
+    t-interval across seeds (the per-layer values are in ``aggregate/curves_seeds``)."""
+    seeds = sorted(probes.seed.unique()) if "seed" in probes.columns else []
+    per_seed = []
+    for seed, part in probes.groupby("seed", sort=True) if seeds else [(None, probes)]:
+        layers, id_curve, ood, id_name = _curves(part)
+        row = {"seed": seed, "layer": layers, "id": normalise(id_curve)}
+        if ood:
+            stack = np.stack([normalise(c) for c in ood.values()])
+            row |= {"ood": stack.mean(0), "ood_sd": stack.std(0)}
+        per_seed.append(pd.DataFrame(row))
+    if len(seeds) > 1:
+        lines = seed_summary(pd.concat(per_seed), ["layer"], ["id", "ood"] if ood else ["id"], confidence)
+        shade = f"{confidence:.0%} CI over {len(seeds)} seeds"
+    else:
+        lines = per_seed[0].assign(id_ci_low=np.nan, id_ci_high=np.nan)
+        if ood:
+            lines = lines.assign(ood_ci_low=lines.ood - lines.ood_sd, ood_ci_high=lines.ood + lines.ood_sd)
+        shade = ""
+    layers = lines.layer.to_numpy()
+    draw_band(ax, layers, lines, "id", ID_COLOUR, f"ID ({id_name})", alpha=0.12)
+    if ood:
+        draw_band(ax, layers, lines, "ood", "tab:red", f"OOD mean of {len(ood)}" + (f" ({shade})" if shade else ""))
+        best = int(np.argmax(lines.ood.to_numpy()))
+        ax.plot(layers[best], lines.ood.iloc[best], marker="*", ms=14, color="gold", mec="black", zorder=5, label="OOD best layer")
+    ax.set_xlabel("probed layer (index)")
+    ax.set_ylabel("accuracy / curve max")
+    ax.set_ylim(0, 1.05)
+    if legend:
+        ax.legend(loc="lower left", fontsize="small")
+
+
+def draw_band(ax, x, frame: pd.DataFrame, column: str, colour, label: str, alpha: float = 0.2):
+    """A line of ``frame[column]`` over ``x`` and, where ``COLUMN_ci_low`` / ``COLUMN_ci_high``
+    are finite (a ``seeds.seed_summary``), a shaded band between them. On a log axis a band that
+    reaches 0 is cut at a tenth of the line's smallest positive value."""
+    mean = frame[column].to_numpy(dtype=float)
+    ax.plot(x, mean, color=colour, marker="o", ms=3, label=label)
+    low, high = (frame.get(f"{column}_{bound}", pd.Series(np.nan, index=frame.index)).to_numpy(dtype=float) for bound in ("ci_low", "ci_high"))
+    if np.isfinite(low).any():
+        if ax.get_yscale() == "log" and (mean > 0).any():
+            low = np.maximum(low, mean[mean > 0].min() / 10)
+        ax.fill_between(x, low, high, color=colour, alpha=alpha, lw=0)
+
+
+def cell_figure(probes: pd.DataFrame, title: str, png: str, pdf: str) -> None:
+    """Left: probe test accuracy per eval set. Right: normalised curves with the OOD star."""
+    apply_style()
+    layers, id_curve, ood, id_name = _curves(probes)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    left.plot(layers, 100 * id_curve, color=ID_COLOUR, lw=2, marker="o", ms=3, label=f"{id_name} (ID)")
+    palette = sns.color_palette("colorblind", max(1, len(ood)))
+    for colour, (name, curve) in zip(palette, ood.items()):
+        left.plot(layers, 100 * curve, color=colour, marker="o", ms=3, label=f"{name} (OOD)")
+    left.set_xlabel("probed layer (index)")
+    left.set_ylabel("linear probe test accuracy (%)")
+    left.set_title("probe accuracy per eval set")
+    left.legend(loc="best", fontsize="small")
+    draw_normalised(right, probes)
+    right.set_title("normalised curves (mean ± SD over OOD sets)")
+    for ax in (left, right):
+        ax.set_xticks(layers)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, png, pdf)
+
+
+def overview_figure(curves: pd.DataFrame, png: str, pdf: str, confidence: float = CONFIDENCE) -> None:
+    """One normalised-curve panel per backbone (its seeds folded into means and intervals),
+    laid out in a grid."""
+    apply_style()
+    backbones = list(curves.groupby(BACKBONE, sort=True))
+    ncols = min(4, len(backbones))
+    nrows = math.ceil(len(backbones) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.0 * nrows), squeeze=False, sharey=True)
+    for ax, ((arch, id_set, res, aug), probes) in zip(axes.flat, backbones):
+        draw_normalised(ax, probes, legend=ax is axes.flat[0], confidence=confidence)
+        seeds = sorted(probes.seed.unique())
+        runs = f"{len(seeds)} seeds" if len(seeds) > 1 else f"s{seeds[0]}"
+        ax.set_title(f"{arch} {id_set} {res}px aug={aug} {runs}", fontsize="small")
+    for ax in list(axes.flat)[len(backbones):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    save_figure(fig, png, pdf)
+
+
+def zero_shot_figure(layers: pd.DataFrame, summary: pd.DataFrame, png: str, pdf: str, by_layer: pd.DataFrame | None = None) -> None:
+    """Per (cell, shifted set), or with several seeds per (backbone, shifted set) as seed means
+    with t-interval bands (``by_layer``, protocols.zero_shot_seeds): accuracy per layer on the
+    shifted test rows under both protocols, the clean ID curve for reference, and the layer each
+    protocol picks (one star per seed)."""
+    apply_style()
+    keys = ["arch", "id_dataset", "resolution", "augmentation", "eval_set"] + ([] if by_layer is not None else ["seed"])
+    curves = (by_layer if by_layer is not None else layers).sort_values("layer")
+    panels = list(curves.groupby(keys, sort=True))
+    ncols = min(4, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.8 * ncols, 3.2 * nrows), squeeze=False, sharey=True)
+    lines = (("clean_test_acc", ID_COLOUR, "ID probe, clean ID test"), ("zero_shot_test_acc", "tab:blue", "zero-shot: ID probe on shifted"), ("shifted_probe_test_acc", "tab:red", "paper: probe trained on shifted"))
+    for ax, (key, group) in zip(axes.flat, panels):
+        x = group.layer.to_numpy()
+        percent = group.assign(**{c: 100 * group[c] for c in group.columns if c.split("_ci_")[0] in dict((k, 0) for k, _, _ in lines)})
+        for column, colour, label in lines:
+            draw_band(ax, x, percent, column, colour, label)
+        picks = summary.merge(pd.DataFrame([dict(zip(keys, key))]), on=keys)
+        ax.plot(picks.zero_shot_layer, 100 * picks.zero_shot_acc, ls="", marker="*", ms=13, color="tab:blue", mec="black", zorder=5, label="layer chosen on shifted val")
+        ax.plot(picks.shifted_probe_layer, 100 * picks.shifted_probe_acc, ls="", marker="*", ms=13, color="tab:red", mec="black", zorder=5, label="paper's best layer")
+        row = group.iloc[0]
+        seeds = f"{picks.seed.nunique()} seeds" if by_layer is not None else f"s{row.seed}"
+        ax.set_title(f"{row.arch} {row.id_dataset} {row.resolution}px aug={row.augmentation} {seeds}\n{row.eval_set}", fontsize="small")
+        ax.set_xlabel("probed layer (index)")
+        ax.set_xticks(x)
+        ax.set_ylim(0, 102)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test accuracy on shifted rows (%)")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize="small", bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.08 if nrows == 1 else 0.05, 1, 1))
+    save_figure(fig, png, pdf)
+
+
+SOLVER_PANELS = {"ood_retained": "% OOD retained", "pearson": "Pearson ρ (ID vs OOD curve)", "alignment": "ID/OOD alignment A", "tunnel_start": "tunnel start (layer)"}
+
+
+def solver_figure(metrics: pd.DataFrame, reference: str, png: str, pdf: str) -> None:
+    """Each metric under every other solver against the reference solver, one point per (cell,
+    OOD set); points on the diagonal are protocols that agree."""
+    apply_style()
+    keys = ["arch", "id_dataset", "resolution", "augmentation", "seed", "ood_set"]
+    ref = metrics[metrics.solver == reference]
+    others = [s for s in metrics.solver.unique() if s != reference]
+    palette = dict(zip(others, sns.color_palette("colorblind", len(others))))
+    fig, axes = plt.subplots(1, len(SOLVER_PANELS), figsize=(3.6 * len(SOLVER_PANELS), 3.6))
+    for ax, (metric, label) in zip(axes, SOLVER_PANELS.items()):
+        values = [ref[metric].astype(float)]  # the axes' common range
+        for solver in others:
+            joined = ref[[*keys, metric]].merge(metrics.loc[metrics.solver == solver, [*keys, metric]], on=keys, suffixes=("", "_other"))
+            ax.scatter(joined[metric], joined[f"{metric}_other"], color=palette[solver], s=22, alpha=0.8, label=solver, edgecolor="black", lw=0.3)
+            values.append(joined[f"{metric}_other"])
+        finite = pd.concat(values).dropna()
+        if len(finite):
+            lo, hi = float(finite.min()), float(finite.max())
+            pad = 0.05 * (hi - lo or 1.0)
+            ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="grey", lw=1, ls="--", zorder=0)
+        ax.set_xlabel(f"under {reference} (reference)")
+        ax.set_ylabel("under the other solver")
+        ax.set_title(label, fontsize="medium")
+    axes[0].legend(title="solver", fontsize="small", loc="best")
+    fig.suptitle(f"Tunnel metrics under each probe solver against {reference} (one point per backbone and OOD set)", fontsize="medium")
+    fig.tight_layout()
+    save_figure(fig, png, pdf)
+
+
+def tsne_figure(coords: pd.DataFrame, layer_stats: pd.DataFrame, title: str, png: str, pdf: str, columns: int = 5) -> None:
+    """Left: numerical rank of the ID representation per layer. Right: t-SNE of the same ID test
+    images at every probed layer, coloured by class (Harun et al., Fig. 4)."""
+    apply_style()
+    layers = sorted(coords.layer.unique())
+    ncols = min(columns, len(layers))
+    nrows = math.ceil(len(layers) / ncols)
+    fig = plt.figure(figsize=(3.4 + 2.3 * ncols, 0.4 + 2.3 * nrows))
+    grid = fig.add_gridspec(nrows, ncols + 1, width_ratios=[1.6] + [1] * ncols)
+    rank = fig.add_subplot(grid[:, 0])
+    stats = layer_stats.sort_values("layer")
+    rank.plot(stats.layer, stats.numerical_rank, color=ID_COLOUR, marker="o", ms=3)
+    rank.set_xlabel("probed layer (index)")
+    rank.set_ylabel("numerical rank of ID features")
+    rank.set_title("rank per layer", fontsize="medium")
+    classes = sorted(coords.label.unique())
+    palette = dict(zip(classes, sns.color_palette("colorblind", len(classes))))
+    for i, layer in enumerate(layers):
+        ax = fig.add_subplot(grid[i // ncols, 1 + i % ncols])
+        points = coords[coords.layer == layer]
+        for label, group in points.groupby("label"):
+            ax.scatter(group.x, group.y, s=4, color=palette[label], label=f"class {label}", rasterized=True)
+        ax.set_title(f"layer {layer}: {points.layer_name.iloc[0]}", fontsize="x-small")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles = [plt.Line2D([], [], ls="", marker="o", color=palette[c], label=f"class {c}") for c in classes]
+    fig.legend(handles=handles, loc="lower center", ncol=len(classes), fontsize="small", bbox_to_anchor=(0.6, -0.01))
+    fig.suptitle(f"{title}: t-SNE of ID test embeddings per layer ({len(classes)} classes)")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    save_figure(fig, png, pdf)

@@ -1,0 +1,1 @@
+"""Per-cell measurements: tunnel metrics, layer statistics, t-SNE coordinates, seed summaries."""

@@ -1,0 +1,1 @@
+"""Backbones: one module per architecture family, probe points, capture hooks and published weights."""

@@ -1,0 +1,122 @@
+"""Hooks on the probe points that pool each captured map on the device during a forward pass."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tunnelscope.models.points import ProbePoint
+from tunnelscope.registry import POOLINGS
+
+
+def pool(t: torch.Tensor, pooling: str, prefix_tokens: int = 0) -> torch.Tensor:
+    """Pool one captured tensor to a vector per sample.
+
+    CNN maps (N, C, H, W): ``avgKxK`` = adaptive average to KxK then flatten (maps already at
+    most KxK are flattened as they are, as in the paper); ``token_mean`` = global average.
+    Token sequences (N, T, D): ``cls`` = the first (class) token; any other pooling = mean over
+    the patch tokens (prefix tokens excluded).
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; known: {', '.join(POOLINGS)}")
+    if t.ndim == 4:
+        if pooling == "cls":
+            raise ValueError("pooling 'cls' needs a token sequence, got a feature map")
+        k = 1 if pooling == "token_mean" else int(pooling[3])
+        if t.shape[-2] <= k and t.shape[-1] <= k:
+            return t.flatten(1)
+        return F.adaptive_avg_pool2d(t, k).flatten(1)
+    if t.ndim == 3:
+        if pooling == "cls":
+            if prefix_tokens < 1:
+                raise ValueError("pooling 'cls' needs a model with a class token")
+            return t[:, 0]
+        return t[:, prefix_tokens:].mean(dim=1)
+    if t.ndim == 2:
+        return t
+    raise ValueError(f"cannot pool a tensor of shape {tuple(t.shape)}")
+
+
+class LayerCapture:
+    """Context manager: hooks on the probe points collect pooled tensors of each forward.
+
+    ``batch`` maps (probe index, pooling) to the pooled tensor; with ``poolings=()`` the raw
+    tensors are kept instead (shape inspection).
+    """
+
+    def __init__(self, model: torch.nn.Module, points: list[ProbePoint], poolings=("avg2x2",)):
+        self.model, self.points, self.poolings = model, points, tuple(poolings)
+        self.batch: dict = {}
+        self._calls: dict[str, int] = {}
+        self._handles = []
+
+    def __enter__(self):
+        modules = dict(self.model.named_modules())
+        by_module: dict[str, dict[tuple[str, int], ProbePoint]] = {}
+        for point in self.points:
+            for name in (point.name, point.post):
+                if name and name not in modules:
+                    raise KeyError(f"probe point {point.index}: {name!r} is not a module of the model")
+            by_module.setdefault(point.name, {})[(point.side, point.call)] = point
+        # One hook per module and side; a module that runs several times per forward (a
+        # reused module) is captured at the call each probe point names.
+        for name, wanted in by_module.items():
+            module = modules[name]
+            for side in {s for s, _ in wanted}:
+                if side == "output":
+                    hook = module.register_forward_hook(lambda m, args, out, n=name, w=wanted: self._on_call(n, w, "output", out))
+                else:
+                    hook = module.register_forward_pre_hook(lambda m, args, n=name, w=wanted: self._on_call(n, w, "input", args[0]))
+                self._handles.append(hook)
+        self._post = {p.post: modules[p.post] for p in self.points if p.post}
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _on_call(self, name: str, wanted: dict, side: str, tensor):
+        key = (name, side)
+        call = self._calls.get(key, 0)
+        self._calls[key] = call + 1
+        point = wanted.get((side, call))
+        if point is not None:
+            self._store(point, tensor)
+
+    def _store(self, point: ProbePoint, tensor: torch.Tensor):
+        if isinstance(tensor, (tuple, list)):
+            tensor = tensor[0]
+        tensor = tensor.detach()
+        if point.post:
+            tensor = self._post[point.post](tensor)
+        if not self.poolings:
+            self.batch[(point.index, None)] = tensor.clone()
+        # Pool (and so copy) at once: a later in-place op cannot change what was captured.
+        for pooling in self.poolings:
+            self.batch[(point.index, pooling)] = pool(tensor, pooling, point.prefix_tokens).float()
+
+    def take(self) -> dict:
+        fired = {index for index, _ in self.batch}
+        missing = [p.index for p in self.points if p.index not in fired]
+        if missing:
+            raise RuntimeError(f"probe points {missing} did not run in the forward pass")
+        out, self.batch = self.batch, {}
+        self._calls.clear()
+        return out
+
+
+@torch.no_grad()
+def layer_shapes(model: torch.nn.Module, points: list[ProbePoint], resolution: int) -> dict[int, tuple]:
+    """Per probe index, the captured tensor's shape for one image (no batch dim)."""
+    was_training = model.training
+    device = next(model.parameters()).device
+    model.eval()
+    try:
+        with LayerCapture(model, points, poolings=()) as capture:
+            model(torch.zeros(1, 3, resolution, resolution, device=device))
+            return {index: tuple(t.shape[1:]) for (index, _), t in capture.take().items()}
+    finally:
+        model.train(was_training)
+
+

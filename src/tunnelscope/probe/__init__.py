@@ -1,0 +1,1 @@
+"""The probe stage: one linear probe per layer, one module per solver."""

@@ -1,0 +1,240 @@
+"""The ``lbfgs`` solver: full-batch L-BFGS in torch on standardised features.
+
+The L2 strength is chosen on a seeded, stratified validation split of the probe's training data
+(never on the test split), walking the grid from strong to weak with warm starts, then refit on
+all training data. Written on torch rather than scikit-learn so it runs in float32 or bfloat16
+(``probe.precision``) on the job's device and reuses each fit as the next one's starting point.
+Config keys: ``registry.SOLVERS["lbfgs"]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tunnelscope.data.splits import stratified_split
+
+# Largest feature dim that gets the eigenbasis preconditioner. Its set-up (second-moment matrix,
+# ~d / 2C L-BFGS iterations' worth, and eigh, d^3) paid off up to 512 dims (CIFAR-10 VGGm layer 7:
+# 57 instead of 91 steps) but not above: on real 1,024 / 2,048-dim features the fits took as many
+# or more steps with it, after 0.2 / 1.0 s of set-up (benchmarks/RESULTS.md, session 3).
+MAX_ROTATED_DIM = 512
+_MATMUL_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# Relative loss decrease below which a step is indistinguishable from evaluation noise: in float32
+# only no decrease at all; bfloat16 products move loss differences by 2e-5 to 1e-4 of the loss
+# (measured between nearby weights on the CIFAR-10 VGGm layers), so steps are stopped below 1e-5.
+_LOSS_RESOLUTION = {torch.float32: 0.0, torch.bfloat16: 1e-5}
+
+
+def matmul_precision(requested: str, device: str | torch.device = "cpu") -> str:
+    """Resolve ``probe.precision``: ``auto`` is bf16 where bfloat16 products run natively (a CUDA
+    GPU with bf16, a CPU with AVX512-BF16 or AMX), fp32 elsewhere, where bf16 is emulated and slow."""
+    if requested != "auto":
+        return requested
+    if torch.device(device).type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    native = [getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return "bf16" if any(native) else "fp32"
+
+
+def prepare_features(x: torch.Tensor, standardize: bool, dtype: torch.dtype = torch.float32):
+    """Training features as the solver wants them: centred and scaled to unit variance
+    (population std, as StandardScaler) when ``standardize``, cast to the product ``dtype``,
+    with the preconditioner's basis (eigenvalues >= 0, eigenvectors) of their second-moment
+    matrix, or None above MAX_ROTATED_DIM. Returns (features, mean, std, basis).
+
+    The variances are read off the diagonal of the second-moment matrix of the centred data and
+    the scaling is applied to that matrix, so the data is centred, multiplied and cast once
+    (x.std alone costs 40% of the d = 512 matrix product here). The matrix is float32: bfloat16
+    rounding of it would misplace the small eigenvalues.
+    """
+    n, d = x.shape
+    mean = x.mean(0) if standardize else torch.zeros(d, device=x.device)
+    std = torch.ones(d, device=x.device)
+    centred = x - mean if standardize else x
+    moments = centred.t() @ centred / n if d <= MAX_ROTATED_DIM else None
+    if standardize:  # population variances, off the moments' diagonal where they are computed
+        variance = moments.diagonal() if moments is not None else centred.pow(2).mean(0)
+        std = variance.sqrt().clamp_min(1e-6)
+    basis = None
+    if moments is not None:
+        eigenvalues, axes = torch.linalg.eigh(moments / std[:, None] / std)
+        basis = (eigenvalues.clamp_min(0), axes)
+    features = centred.mul_(std.reciprocal()) if standardize else centred  # centred is our own copy
+    return features.to(dtype), mean, std, basis
+
+
+def _lbfgs_direction(g: torch.Tensor, pairs: list) -> torch.Tensor:
+    """-H g by the two-loop recursion over the (s, y, 1 / s'y) pairs, oldest first; with no pairs
+    the gradient step is scaled to at most unit length in l1 (as torch.optim.LBFGS starts)."""
+    if not pairs:
+        return g * -min(1.0, 1.0 / float(g.abs().sum()))
+    q, alphas = g.clone(), []
+    for s, y, rho in reversed(pairs):
+        alphas.append(rho * torch.dot(s, q))
+        q.sub_(y * alphas[-1])
+    _, y, rho = pairs[-1]
+    q.mul_(1.0 / (rho * torch.dot(y, y)))
+    for (s, y, rho), alpha in zip(pairs, reversed(alphas)):
+        q.add_(s * (alpha - rho * torch.dot(y, q)))
+    return q.neg_()
+
+
+def minimize_lbfgs(fg, u: torch.Tensor, max_iter: int, tol: float, ftol: float = 0.0, history: int = 10, max_evals: int = 10):
+    """L-BFGS with a backtracking Armijo line search on a flat ``u``; ``fg(u)`` returns
+    (loss as a float, gradient).
+
+    Returns (u, iterations, converged); converged means it stopped before ``max_iter``: the
+    largest gradient entry fell to ``tol``, or the loss stopped falling (a step lowered it by
+    at most ``ftol`` |loss|, or ``max_evals`` trial steps found no acceptable one): the floor
+    set by the precision of the evaluations.
+
+    Written here rather than using torch.optim.LBFGS, which costs 1.4 s per process (its
+    constructor imports torch._dynamo), ~1 ms of Python per iteration and 1.3-1.7 evaluations
+    per iteration in its strong-Wolfe search; a unit step that passes Armijo is taken at once, so
+    this needs about one evaluation per iteration on these convex problems (updates with
+    s'y <= 0 are skipped; the test is relative to |s| |y|, so progress does not stall on
+    objectives of small scale as with torch's absolute 1e-10).
+    """
+    f, g = fg(u)
+    pairs: list[tuple[torch.Tensor, torch.Tensor, float]] = []
+    for it in range(max_iter):
+        if float(g.abs().max()) <= tol:
+            return u, it, True
+        direction = _lbfgs_direction(g, pairs)
+        slope = float(torch.dot(g, direction))
+        if slope >= 0:  # numerically not a descent direction: restart from the gradient
+            pairs = []
+            direction = _lbfgs_direction(g, pairs)
+            slope = float(torch.dot(g, direction))
+        step = 1.0
+        for _ in range(max_evals):
+            f_new, g_new = fg(u + step * direction)
+            slope_new = float(torch.dot(g_new, direction))
+            # Armijo; or, where the decrease is below the loss's resolution, the curvature
+            # condition alone: the directional derivative still resolves progress there.
+            if f_new <= f + 1e-4 * step * slope or (f_new <= f + 1e-6 * abs(f) and abs(slope_new) <= 0.9 * -slope):
+                break
+            # overshoot: the secant root of the directional derivative; else halve
+            step *= min(0.5, max(0.1, slope / (slope - slope_new))) if slope_new > 0 else 0.5
+        else:
+            return u, it, True
+        s, y = step * direction, g_new - g
+        sy = float(torch.dot(s, y))
+        if sy > 1e-10 * float(torch.linalg.vector_norm(s) * torch.linalg.vector_norm(y)):  # scale-free
+            pairs = [*pairs[-(history - 1) :], (s, y, 1.0 / sy)]
+        decrease = f - f_new
+        u, f, g = u + s, f_new, g_new
+        if decrease <= ftol * abs(f):
+            return u, it + 1, True
+    return u, max_iter, float(g.abs().max()) <= tol
+
+
+def fit_softmax(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n_classes: int,
+    l2: float,
+    init: torch.Tensor | None = None,
+    max_iter: int = 200,
+    tol: float = 1e-4,
+    basis: tuple[torch.Tensor, torch.Tensor] | None = None,
+):
+    """Minimise mean cross-entropy + l2/2 ||W||^2 (bias unpenalised) by L-BFGS.
+
+    Returns (weights (d+1, C) with the bias as last row, iterations, converged). Equivalent to
+    scikit-learn's LogisticRegression with C = 1 / (l2 * n). The gradient is written out
+    (X^T (P - Y) / n) rather than taken by autograd, so each evaluation reads X exactly twice.
+    Weights and logits are held class-major ((C, d), (C, n)): for 10 classes the products in that
+    layout and the softmax over a contiguous leading axis are 2-10x faster on CPU than their
+    (d, C) / row-wise counterparts. A bfloat16 ``x`` runs both data products in bfloat16
+    (float32 accumulation); weights, softmax and loss stay float32.
+
+    ``basis`` = (eigenvalues, axes) of x's second-moment matrix (``prepare_features``) turns on
+    preconditioning: L-BFGS runs on u with W = axes (scale * u), scale_j = (eigenvalue_j / C +
+    l2)^-1/2, where the Gauss-Newton Hessian is close to the identity, so it needs several times
+    fewer steps on correlated features. The change of variables acts on the weights, not on the
+    data. ``tol`` bounds the largest gradient entry in those coordinates.
+    """
+    n, d = x.shape
+    device, dtype = x.device, x.dtype
+    rows = torch.arange(n, device=device)
+    axes, scale = None, torch.ones(d, device=device)
+    if basis is not None:
+        eigenvalues, axes = basis
+        scale = (eigenvalues / n_classes + l2).rsqrt()
+
+    def to_weights(flat):  # flat u, (C, d + 1) -> class-major weights (C, d) and bias (C,)
+        u = flat.view(n_classes, d + 1)
+        w = u[:, :-1] * scale
+        return (w if axes is None else w @ axes.t()), u[:, -1]
+
+    @torch.no_grad()
+    def loss_and_grad(flat):
+        w, b = to_weights(flat)
+        logits = torch.mm(x, w.to(dtype).t()).t().to(torch.float32, memory_format=torch.contiguous_format).add_(b[:, None])
+        log_p = torch.log_softmax(logits, dim=0)
+        loss = -log_p[y, rows].sum() / n + 0.5 * l2 * w.pow(2).sum()
+        residual = log_p.exp_()
+        residual[y, rows] -= 1.0  # P - Y, class-major
+        grad_w = torch.mm(residual.to(dtype), x).float().div_(n).add_(w, alpha=l2)
+        grad = torch.empty(n_classes, d + 1, device=device)
+        grad[:, :-1] = (grad_w if axes is None else grad_w @ axes) * scale
+        grad[:, -1] = residual.sum(1) / n
+        return float(loss), grad.view(-1)
+
+    u = torch.zeros(n_classes, d + 1, device=device)
+    if init is not None:
+        u[:, :-1] = (init[:-1].t() if axes is None else init[:-1].t() @ axes) / scale
+        u[:, -1] = init[-1]
+    u, n_iter, converged = minimize_lbfgs(loss_and_grad, u.view(-1), max_iter, tol, _LOSS_RESOLUTION[dtype])
+    w, b = to_weights(u)
+    return torch.cat([w, b[:, None]], 1).t().contiguous(), n_iter, converged
+
+
+def _accuracy(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((torch.addmm(w[-1], x, w[:-1]).argmax(1) == y).float().mean()) if len(y) else float("nan")
+
+
+def _unstandardise(w: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Weights on standardised features -> the same classifier on raw features."""
+    raw = w[:-1] / std[:, None]
+    return torch.cat([raw, (w[-1] - mean @ raw)[None]])
+
+
+def fit_lbfgs_probe(x_train, y_train, x_test, y_test, n_classes: int, params: dict, device="cpu") -> dict:
+    """Choose the L2 strength on a validation split, refit on all training data, score test.
+
+    Standardisation is folded into the weights at the end, so only the training rows are ever
+    transformed; test rows are scored as they are."""
+    x_raw = torch.as_tensor(x_train, dtype=torch.float32, device=device)  # left as is by prepare_features
+    ytr = torch.as_tensor(y_train, dtype=torch.long, device=device)
+    precision = matmul_precision(params["precision"], device)
+    xtr, mean, std, basis = prepare_features(x_raw, params["standardize"], _MATMUL_DTYPE[precision])
+    fit_idx, val_idx = stratified_split(np.asarray(y_train), params["val_fraction"], params["seed"], stream=2718)
+    fit_idx, val_idx = torch.as_tensor(fit_idx, device=device), torch.as_tensor(val_idx, device=device)
+    x_fit, y_fit, x_val, y_val = xtr[fit_idx], ytr[fit_idx], xtr[val_idx].float(), ytr[val_idx]
+    grid = sorted(params["l2_grid"], reverse=True)  # strong to weak: each fit warm-starts the next
+    best, w = None, None
+    for l2 in grid:
+        w, _, _ = fit_softmax(x_fit, y_fit, n_classes, l2, w, params["select_max_iter"], params["tol"], basis)
+        acc = _accuracy(w, x_val, y_val)
+        if best is None or acc > best[1]:
+            best = (l2, acc, w)
+    l2, val_acc, w0 = best
+    w, n_iter, converged = fit_softmax(xtr, ytr, n_classes, l2, w0, params["max_iter"], params["tol"], basis)
+    w = _unstandardise(w, mean, std)
+    xte = torch.as_tensor(x_test, dtype=torch.float32, device=device)
+    yte = torch.as_tensor(y_test, dtype=torch.long, device=device)
+    return {
+        "train_acc": _accuracy(w, x_raw, ytr),
+        "test_acc": _accuracy(w, xte, yte),
+        "val_acc": val_acc,
+        "l2": l2,
+        "n_iter": n_iter,
+        "converged": converged,
+        "precision": precision,
+        "weights": w.cpu().numpy(),
+    }
+
+

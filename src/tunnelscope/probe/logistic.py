@@ -1,0 +1,50 @@
+"""The ``sklearn`` solver: scikit-learn's LogisticRegression (lbfgs) at a fixed ``C``; a reference.
+
+Config keys: ``registry.SOLVERS["sklearn"]``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+
+def fit_sklearn_probe(x_train, y_train, x_test, y_test, C: float, max_iter: int, standardize: bool, n_classes: int | None = None) -> dict:
+    """scikit-learn's LogisticRegression; the weights take one column per class of ``n_classes``
+    (default those seen), a class absent from the training rows getting a bias no logit reaches."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = LogisticRegression(C=C, max_iter=max_iter, solver="lbfgs")
+    model = make_pipeline(StandardScaler(), clf) if standardize else clf
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(x_train, y_train)
+    n_iter = int(np.max(clf.n_iter_))
+    coef, intercept = clf.coef_, clf.intercept_
+    if coef.shape[0] == 1:  # binary: one logit z for class 1, i.e. logits (0, z)
+        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
+    classes = np.asarray(clf.classes_, dtype=int)
+    if n_classes is not None and (len(classes) != n_classes or (classes != np.arange(n_classes)).any()):
+        full, bias = np.zeros((n_classes, coef.shape[1])), np.full(n_classes, -1e9)
+        full[classes], bias[classes] = coef, intercept
+        coef, intercept = full, bias
+    if standardize:  # fold the scaler in, so the weights act on raw features like the others'
+        scaler = model[0]
+        coef = coef / scaler.scale_
+        intercept = intercept - coef @ scaler.mean_
+    return {
+        "train_acc": float(model.score(x_train, y_train)),
+        "test_acc": float(model.score(x_test, y_test)),
+        "n_iter": n_iter,
+        "converged": n_iter < max_iter,
+        "weights": np.vstack([coef.T, intercept[None]]).astype(np.float32),
+    }
+
+
+# ---------------------------------------------------------------- paper recipe
+
+

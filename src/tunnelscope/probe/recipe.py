@@ -1,0 +1,73 @@
+"""The ``paper`` solver: the papers' recipe, AdamW with label smoothing for a fixed number of epochs on
+raw features; every layer's head is trained in the same pass over the data each epoch.
+
+Config keys: ``registry.SOLVERS["paper"]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tunnelscope.data.splits import epoch_order
+
+
+def fit_paper_probes(layers: list[tuple], y_train, y_test, n_classes: int, params: dict, family: str = "cnn", device="cpu") -> list[dict]:
+    """The papers' probe recipe for every layer at once.
+
+    ``layers`` holds (x_train, x_test) per layer. One nn.Linear per layer (weights
+    N(0, init_std), bias 0), AdamW (lr 1e-3 / wd 0 for CNNs, 1e-2 / 1e-4 for ViTs unless set),
+    label smoothing, minibatches shared by all heads, so the data is read once per epoch for all
+    layers; ``reshuffle: false`` keeps one seeded order for every epoch (the released CNN probe
+    code shuffles its cached features once); ``repeats`` k > 1 draws n / k rows per epoch, each
+    k times (the released ViT probes keep DeiT's repeated-augmentation sampler). Reports the last epoch, or the best test epoch
+    with ``report: best_test`` (the paper's optimistic choice).
+    """
+    gen = torch.Generator().manual_seed(params["seed"])
+    lr = params["lr"] or (1e-2 if family == "vit" else 1e-3)
+    wd = params["weight_decay"] if params["weight_decay"] is not None else (1e-4 if family == "vit" else 0.0)
+    xs_train = [torch.as_tensor(tr, dtype=torch.float32, device=device) for tr, _ in layers]
+    xs_test = [torch.as_tensor(te, dtype=torch.float32, device=device) for _, te in layers]
+    ytr = torch.as_tensor(y_train, dtype=torch.long, device=device)
+    yte = torch.as_tensor(y_test, dtype=torch.long, device=device)
+    heads = torch.nn.ModuleList(torch.nn.Linear(x.shape[1], n_classes) for x in xs_train).to(device)
+    for head in heads:
+        torch.nn.init.normal_(head.weight, 0.0, params["init_std"], generator=gen)
+        torch.nn.init.zeros_(head.bias)
+    opt = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=wd)
+    best = [(-1.0, 0, 0.0, None)] * len(heads)  # (test acc, epoch, train acc, weights)
+    last = best
+    order = epoch_order(len(ytr), params["repeats"], gen).to(device)
+    for epoch in range(params["epochs"]):
+        heads.train()
+        if epoch and params["reshuffle"]:
+            order = epoch_order(len(ytr), params["repeats"], gen).to(device)
+        for start in range(0, len(order), params["batch_size"]):
+            idx = order[start : start + params["batch_size"]]
+            loss = sum(F.cross_entropy(head(x[idx]), ytr[idx], label_smoothing=params["label_smoothing"]) for head, x in zip(heads, xs_train))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        heads.eval()
+        with torch.no_grad():
+            last = [(_head_acc(h, xte, yte), epoch + 1, _head_acc(h, xtr, ytr), h) for h, xtr, xte in zip(heads, xs_train, xs_test)]
+        # a head's weights are copied only when its epoch is kept
+        keep = params["report"] == "best_test"
+        best = [(*cur[:3], _head_weights(cur[3])) if keep and (b[3] is None or cur[0] > b[0]) else b for b, cur in zip(best, last)]
+    chosen = best if params["report"] == "best_test" else [(*row[:3], _head_weights(row[3])) for row in last]
+    return [{"train_acc": tr, "test_acc": te, "epoch": ep, "n_iter": params["epochs"], "converged": True, "weights": w} for te, ep, tr, w in chosen]
+
+
+def _head_acc(head, x, y) -> float:
+    return float((head(x).argmax(1) == y).float().mean())
+
+
+def _head_weights(head) -> np.ndarray:
+    """An nn.Linear as (d + 1, C) weights with the bias as last row (the other solvers' layout)."""
+    return torch.cat([head.weight.detach().t(), head.bias.detach()[None]]).cpu().numpy()
+
+
+# ---------------------------------------------------------------- the probe job
+
+

@@ -1,0 +1,673 @@
+"""Study configuration: validation, cell expansion and per-stage parameters.
+
+Imported by the Snakefile while the DAG is built, so it must stay light: no torch, no data.
+Every ``*_params`` function returns a plain, sorted, builtin-typed dict holding exactly the keys
+that stage uses; the rules pass them as ``params`` so that Snakemake reruns a job exactly when a
+setting that changes its result changes.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from tunnelscope import registry
+from tunnelscope.registry import (
+    ARCHS,
+    CELL_VARIABLES,
+    COMPOSED,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MLP_FORMAT,
+    PROBE_COMMON_KEYS,
+    SOLVERS,
+    TRAINED,
+    arch_facts,
+    cell_id,
+    network_slug,
+    parse_mlp,
+    parse_transform_tag,
+    transform_tag,
+)
+
+
+class ConfigError(ValueError):
+    """A config problem, described in one line that names the offending key."""
+
+
+def _path(parts) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "<top level>"
+
+
+def _one_line(error: jsonschema.ValidationError) -> str:
+    where = _path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
+        return f"{where}: unknown key {', '.join(map(repr, extra))}{hint}"
+    if error.validator == "enum":
+        return f"{where}: {error.instance!r} is not one of {', '.join(map(str, error.validator_value))}"
+    if error.validator == "anyOf":
+        options = [str(v) for sub in error.validator_value for v in sub.get("enum", [])]
+        options += [sub["description"] for sub in error.validator_value if "description" in sub]
+        return f"{where}: {error.instance!r} is not one of {', '.join(options)}"
+    return f"{where}: {error.message}"
+
+
+def _deepest(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
+    """The most specific error inside if/then and anyOf wrappers.
+
+    For anyOf, branches whose type does not fit the value are ignored (all their errors); when
+    only value checks (enum, pattern) remain, the anyOf error itself is kept so that all options
+    get named.
+    """
+    while error.context:
+        depth = len(error.absolute_path)
+        mistyped = {e.relative_schema_path[0] for e in error.context if e.validator == "type" and len(e.absolute_path) == depth}
+        relevant = [e for e in error.context if e.relative_schema_path[0] not in mistyped]
+        if error.validator == "anyOf" and all(e.validator in ("enum", "pattern") and len(e.absolute_path) == depth for e in relevant):
+            break
+        error = max(relevant or error.context, key=lambda e: len(e.absolute_path))
+    return error
+
+
+def _fill_defaults(schema: dict, data, root: dict):
+    """Insert schema defaults into ``data`` in place (objects only; not inside overrides)."""
+    if "$ref" in schema:
+        schema = root["$defs"][schema["$ref"].split("/")[-1]]
+    if not isinstance(data, dict):
+        return
+    for sub in schema.get("allOf", []):
+        cond = sub.get("if", {}).get("properties", {})
+        if all(data.get(k) == v.get("const") for k, v in cond.items()):
+            _fill_defaults(sub.get("then", {}), data, root)
+    for key, sub in schema.get("properties", {}).items():
+        if key == "overrides":
+            data.setdefault(key, [])
+            continue
+        if isinstance(sub, dict) and sub.get("x-partial"):  # settings over others, key by key: the given over the default's
+            data[key] = {**copy.deepcopy(sub.get("default", {})), **data.get(key, {})}
+            continue
+        if key not in data and isinstance(sub, dict) and "default" in sub:
+            data[key] = copy.deepcopy(sub["default"])
+        if key in data and isinstance(sub, dict):
+            _fill_defaults(sub, data[key], root)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key in data:
+            if key not in schema.get("properties", {}):
+                _fill_defaults(extra, data[key], root)
+
+
+def section_defaults(schema: dict, name: str) -> dict:
+    """Every default of one settings section of the schema (``training``, ``probe``, ...): the
+    settings a library call outside a study starts from."""
+    settings: dict = {}
+    _fill_defaults(schema["$defs"][name], settings, schema)
+    return settings
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One backbone: the variables that define it and its resolved settings."""
+
+    id: str
+    arch: str
+    id_dataset: str
+    resolution: int
+    augmentation: str
+    seed: int
+    model: dict
+    training: dict
+    probe: dict
+    ood_sets: tuple = ()
+    pretrained: dict | None = None  # the pretrained entry of a published backbone
+
+    @property
+    def variables(self) -> dict:
+        return {k: getattr(self, k) for k in CELL_VARIABLES}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of the continual-learning experiment: the variables that define it and its recipes."""
+
+    id: str
+    arch: str
+    id_dataset: str
+    resolution: int
+    augmentation: str
+    seed: int
+    model: dict
+    training: dict  # each task's training
+    finetune_training: dict  # the fine-tuning of the finetune configurations
+    pretrained = None  # trained from scratch, never a published model
+
+    @property
+    def variables(self) -> dict:
+        return {k: getattr(self, k) for k in CELL_VARIABLES}
+
+
+# The config schema ships inside the package, so an installed (non-editable) CLI finds it.
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+
+
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
+    """The config schema with every ``x-registry`` list filled in from the registry."""
+    with open(path) as fh:
+        return _fill_registry(yaml.safe_load(fh))
+
+
+def registry_choices(name: str) -> list:
+    """The names ``x-registry: NAME`` stands for: a registry constant (a dict gives its keys) or a
+    dotted key of ``registry.SETTING_CHOICES``."""
+    value = getattr(registry, name, None) if name.isupper() else registry.SETTING_CHOICES.get(name)
+    if value is None:
+        raise KeyError(f"schema: x-registry {name!r} names nothing in tunnelscope.registry")
+    return list(value)
+
+
+def _fill_registry(node):
+    if isinstance(node, dict):
+        if "x-registry" in node:
+            node["enum"] = registry_choices(node["x-registry"])
+        for value in node.values():
+            _fill_registry(value)
+    elif isinstance(node, list):
+        for value in node:
+            _fill_registry(value)
+    return node
+
+
+def validate(config: dict, schema: dict) -> dict:
+    """Return a validated copy of ``config`` with defaults filled; raise ConfigError."""
+    config = copy.deepcopy(config)
+    if not isinstance(config, dict):
+        raise ConfigError("<top level>: the config must be a mapping of keys to values")
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = list(validator.iter_errors(config))
+    if errors:
+        # The most specific error; not jsonschema's best_match, which splits anyOf alternatives.
+        raise ConfigError(_one_line(_deepest(max(errors, key=lambda e: len(e.absolute_path)))))
+    _fill_defaults(schema, config, schema)
+    embed = config["embed"]
+    if isinstance(embed["pooling"], str):
+        embed["pooling"] = [embed["pooling"]]
+    probe = config["probe"]
+    probe.setdefault("pooling", embed["pooling"][0])
+    if probe["pooling"] not in embed["pooling"]:
+        raise ConfigError(f"probe.pooling: {probe['pooling']!r} is not written by embed.pooling ({', '.join(embed['pooling'])})")
+    if "grid" not in config and "continual" not in config:
+        raise ConfigError("grid: missing; a study needs a grid of cells, a continual section, or both")
+    grid = config.get("grid", [])
+    blocks = grid if isinstance(grid, list) else [grid]
+    for block in blocks:
+        _fill_defaults(schema["$defs"]["grid_block"], block, schema)
+    config["grid"] = blocks
+    _check_pretrained(config["pretrained"])
+    _check_datasets(config["datasets"])
+    names = set(config["datasets"])
+    defined = ", ".join(sorted(names))
+    for b, block in enumerate(blocks):
+        where = f"grid[{b}]" if len(blocks) > 1 else "grid"
+        for i, arch in enumerate(block["arch"]):
+            if arch in config["pretrained"] or "/" in arch:
+                continue
+            try:
+                parse_mlp(arch)
+            except ValueError as exc:
+                raise ConfigError(f"{where}.arch[{i}]: {exc}") from None
+            if arch_facts(arch) is None:
+                known = ", ".join([*ARCHS, "mlpDEPTH-wWIDTH", "timm/NAME", "torchvision/NAME"])
+                named = ", ".join(sorted(config["pretrained"])) or "none defined"
+                raise ConfigError(f"{where}.arch[{i}]: {arch!r} is not one of {known} or a name under pretrained ({named})")
+        for i, name in enumerate(block["id_dataset"]):
+            if name not in names:
+                raise ConfigError(f"{where}.id_dataset[{i}]: unknown dataset {name!r}; defined: {defined}")
+        if "ood_sets" not in block and "ood_sets" not in config:
+            raise ConfigError(f"{where}: no ood_sets, neither in the block nor at the top level")
+        for prefix, ood in ((f"{where}.", block.get("ood_sets")), ("", config.get("ood_sets"))):
+            for i, name in enumerate(ood or []):
+                if name not in names:
+                    raise ConfigError(f"{prefix}ood_sets[{i}]: unknown dataset {name!r}; defined: {defined}")
+    for i, entry in enumerate(config["overrides"]):
+        for key, value in entry["where"].items():
+            levels = [v for block in blocks for v in block[key]]
+            for one in value if isinstance(value, list) else [value]:
+                if one not in levels:
+                    raise ConfigError(f"overrides[{i}].where.{key}: {one!r} matches no cell; grid levels: {', '.join(map(str, dict.fromkeys(levels)))}")
+    _check_comparisons(config["analysis"]["comparisons"], blocks)
+    if "continual" in config:
+        _check_continual(config["continual"], config["datasets"])
+    thresholds = config["metrics"]["id_start_thresholds"]
+    if not any(math.isclose(config["tunnel_length"]["threshold"], t) for t in thresholds):
+        raise ConfigError(f"tunnel_length.threshold: {config['tunnel_length']['threshold']} is not one of metrics.id_start_thresholds ({', '.join(map(str, thresholds))})")
+    return config
+
+
+def _check_pretrained(entries: dict) -> None:
+    for name, spec in entries.items():
+        if not (spec.get("weights") or spec.get("hf_cache") or spec["download"]):
+            raise ConfigError(f"pretrained.{name}: give weights (a local file), hf_cache (a local Hugging Face cache) or download: true")
+        if spec.get("hf_cache") and not spec["arch"].startswith("timm/"):
+            raise ConfigError(f"pretrained.{name}.hf_cache: only timm models load from a Hugging Face cache; use weights for {spec['arch']}")
+
+
+def _check_datasets(datasets: dict) -> None:
+    for name, spec in datasets.items():
+        if ("mean" in spec) != ("std" in spec):
+            given, missing = ("mean", "std") if "mean" in spec else ("std", "mean")
+            raise ConfigError(f"datasets.{name}: {given} is given without {missing}; give both or neither")
+    for name, spec in datasets.items():
+        if spec["source"] == "corrupted":
+            _resolve_corrupted(name, spec, datasets)
+
+
+def _resolve_corrupted(name: str, spec: dict, datasets: dict) -> None:
+    """A corrupted copy holds its base set's spec (what prepare reads, and what its store's
+    fingerprint covers) and inherits its native resolution and statistics."""
+    base = datasets.get(spec["of"])
+    if base is None:
+        raise ConfigError(f"datasets.{name}.of: unknown dataset {spec['of']!r}; defined: {', '.join(sorted(datasets))}")
+    if base["source"] == "corrupted":
+        raise ConfigError(f"datasets.{name}.of: {spec['of']!r} is itself a corrupted copy; name its clean set")
+    spec["base"] = {k: v for k, v in base.items() if k not in ("mean", "std")}
+    for key in ("native_resolution", "mean", "std"):
+        if key in base:
+            spec.setdefault(key, base[key])
+
+
+def _check_comparisons(comparisons, blocks: list[dict]) -> None:
+    """Levels of cell variables (and of architecture facts, when every arch is a paper one) must
+    occur in the grid, so a typo fails before any job instead of giving an empty comparison."""
+    if comparisons == "auto":
+        return
+    grid = {k: {v for block in blocks for v in block[k]} for k in CELL_VARIABLES}
+    if all(arch_facts(a) is not None for a in grid["arch"]):
+        grid |= {k: {arch_facts(a)[k] for a in grid["arch"]} for k in ("family", "arch_family", "stem", "spatial_reduction", "depth")}
+    seen = set()
+    for i, entry in enumerate(comparisons):
+        where = f"analysis.comparisons[{i}]"
+        if entry["name"] in seen:
+            raise ConfigError(f"{where}.name: {entry['name']!r} is used by an earlier comparison")
+        seen.add(entry["name"])
+        known = grid.get(entry["variable"])
+        values = [(f"{where}.levels[{j}]", v) for j, v in enumerate(entry.get("levels", []))]
+        values += [(f"{where}.pairs[{j}][{k}]", v) for j, pair in enumerate(entry.get("pairs", [])) for k, v in enumerate(pair)]
+        for key, value in values:
+            if known is not None and not any(_same_level(value, k) for k in known):
+                raise ConfigError(f"{key}: {value!r} is not a {entry['variable']} of any cell; grid levels: {', '.join(map(str, sorted(known, key=str)))}")
+        if entry.get("levels") and entry.get("pairs"):
+            for j, pair in enumerate(entry["pairs"]):
+                for k, value in enumerate(pair):
+                    if not any(_same_level(value, lv) for lv in entry["levels"]):
+                        raise ConfigError(f"{where}.pairs[{j}][{k}]: {value!r} is not one of the comparison's levels")
+        for key, values in entry.get("where", {}).items():
+            for j, value in enumerate(values):
+                if key in grid and not any(_same_level(value, k) for k in grid[key]):
+                    raise ConfigError(f"{where}.where.{key}[{j}]: {value!r} matches no cell; grid levels: {', '.join(map(str, sorted(grid[key], key=str)))}")
+
+
+def known_classes(spec: dict) -> int | None:
+    """The class count of a dataset spec where it follows from the spec alone, else None."""
+    spec = spec.get("base", spec)
+    if spec["source"] == "synthetic":
+        return spec["classes"]
+    if spec["source"] == "sklearn_digits":
+        return 10
+    if spec["source"] == "imagenet100" and "class_list" not in spec:
+        return min(spec.get("first_classes", 100), len(spec.get("classes", range(100))))
+    return None
+
+
+def _check_continual(section: dict, datasets: dict) -> None:
+    for i, name in enumerate(section["id_dataset"]):
+        if name not in datasets:
+            raise ConfigError(f"continual.id_dataset[{i}]: unknown dataset {name!r}; defined: {', '.join(sorted(datasets))}")
+    (a, b), (c, d) = section["tasks"]
+    for t, (first, stop) in enumerate(section["tasks"]):
+        if first >= stop:
+            raise ConfigError(f"continual.tasks[{t}]: [{first}, {stop}] holds no class; give [first, stop) with first < stop")
+    if a < d and c < b:
+        raise ConfigError(f"continual.tasks[1]: [{c}, {d}] overlaps task 1's classes [{a}, {b}]")
+    for i, name in enumerate(section["id_dataset"]):
+        count = known_classes(datasets[name])
+        if count is not None and max(b, d) > count:
+            raise ConfigError(f"continual.tasks: classes up to {max(b, d)}, but continual.id_dataset[{i}] {name!r} has {count}")
+    reserved = {network_slug(n): n for n in COMPOSED}
+    for i, entry in enumerate(section["finetune"]):
+        entry.setdefault("task", 1)
+        slug = network_slug(entry["name"])
+        if slug in reserved:
+            raise ConfigError(f"continual.finetune[{i}].name: {entry['name']!r} is taken (by {reserved[slug]!r}); names must differ in their letters and digits")
+        reserved[slug] = entry["name"]
+    for key, recipe in (("continual.training", section["training"]), ("continual.finetune_training", finetune_recipe(section))):
+        _check_training(recipe, key)
+
+
+def finetune_recipe(section: dict) -> dict:
+    """The fine-tuning recipe of a continual section: its task recipe, finetune_training over it."""
+    return {**section["training"], **section["finetune_training"]}
+
+
+def _check_training(training: dict, key: str, where: str = "") -> None:
+    """Cross-key checks of one training recipe, the section ``key`` (``where`` says whose)."""
+    if training["checkpoint"] == "best_val" and training["val_fraction"] == 0:
+        raise ConfigError(f"{where}{key}.checkpoint best_val needs a validation split ({key}.val_fraction > 0)")
+    if training["schedule"] == "step":
+        milestones = training["step_milestones"]
+        if milestones != sorted(milestones):
+            raise ConfigError(f"{where}{key}.step_milestones: {milestones} is not increasing")
+        if any(m <= training["warmup_epochs"] or m >= training["epochs"] for m in milestones):
+            raise ConfigError(f"{where}{key}.step_milestones: {milestones} must lie after the warm-up ({training['warmup_epochs']} epochs) and before the last of the {training['epochs']} epochs")
+
+
+def _same_level(a, b) -> bool:
+    """Level equality; numbers within 0.1% (gamma is written to two decimals in configs)."""
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(a, b, rel_tol=1e-3)
+    return str(a) == str(b)
+
+
+class Study:
+    """A validated config, expanded into cells (in grid order), with the parameters of every stage."""
+
+    def __init__(self, config: dict, schema: dict):
+        self.config = validate(config, schema)
+        self.cells: dict[str, Cell] = {}
+        for b, block in enumerate(self.config["grid"]):
+            ood_sets = tuple(block.get("ood_sets", self.config.get("ood_sets", [])))
+            for combo in itertools.product(*(block[k] for k in CELL_VARIABLES)):
+                cell = self._cell(dict(zip(CELL_VARIABLES, combo)), ood_sets)
+                if cell.id in self.cells:
+                    raise ConfigError(f"grid[{b}]: duplicate cell {cell.id} (already defined by an earlier grid block)")
+                self.cells[cell.id] = cell
+        # the solver comparison sets every other solver against one reference
+        firsts = {c.probe["solver"] for c in self.cells.values() if len(c.probe["solvers"]) > 1}
+        if len(firsts) > 1:
+            raise ConfigError(f"probe.solver: the cells with several solvers must list the same one first (the comparison's reference); overrides give {', '.join(sorted(firsts))}")
+        self.runs: dict[str, Run] = {}
+        section = self.config.get("continual")
+        if section:
+            for combo in itertools.product(*(section[k] for k in CELL_VARIABLES)):
+                variables = dict(zip(CELL_VARIABLES, combo))
+                run = Run(cell_id(**variables), model=section["model"], training=section["training"], finetune_training=finetune_recipe(section), **variables)
+                self.runs[run.id] = run
+
+    def _cell(self, variables: dict, ood_sets: tuple) -> Cell:
+        model = dict(self.config["model"])
+        training = dict(self.config["training"])
+        probe = copy.deepcopy(self.config["probe"])
+        for entry in self.config["overrides"]:
+            if all(variables[k] in (v if isinstance(v, list) else [v]) for k, v in entry["where"].items()):
+                model.update(entry.get("model", {}))
+                training.update(entry.get("training", {}))
+                for key, value in entry.get("probe", {}).items():
+                    probe[key] = {**probe[key], **value} if key == "paper" else value
+        probe.update(_solvers(probe))
+        pretrained = self.config["pretrained"].get(variables["arch"])
+        if pretrained:
+            model = {**model, "width": 1.0, "probe_points": pretrained["probe_points"]}
+        cid = cell_id(**variables)
+        facts = arch_facts(variables["arch"])
+        if model.get("probe_points") == "activations" and facts is None:
+            raise ConfigError(f"cell {cid}: model.probe_points activations is defined for the built-in architectures ({', '.join(ARCHS)}, MLPs), not {variables['arch']}")
+        if facts and facts["family"] == "mlp":
+            if model["width"] != 1.0:
+                raise ConfigError(f"cell {cid}: model.width scales the channels of the CNNs and ViTs; an MLP's width is in its name ({MLP_FORMAT})")
+            if model.get("probe_points", "default") not in ("default", "activations"):
+                raise ConfigError(f"cell {cid}: model.probe_points {model['probe_points']} is not defined for MLPs; use default (every hidden layer's output)")
+        _check_training(training, "training", f"cell {cid}: ")
+        if probe["pooling"] not in self.config["embed"]["pooling"]:
+            raise ConfigError(f"cell {cid}: overrides set probe.pooling {probe['pooling']!r}, which embed.pooling ({', '.join(self.config['embed']['pooling'])}) does not write")
+        return Cell(id=cid, model=model, training=training, probe=probe, ood_sets=ood_sets, pretrained=pretrained, **variables)
+
+    @property
+    def results(self) -> str:
+        return self.config["results"]
+
+    def eval_sets(self, cell: str) -> list[str]:
+        """The ID set first, then every OOD set other than the ID set."""
+        return [self.cells[cell].id_dataset, *self.ood_sets(cell)]
+
+    def ood_sets(self, cell: str) -> list[str]:
+        c = self.cells[cell]
+        return [d for d in c.ood_sets if d != c.id_dataset]
+
+    def shifted_sets(self, cell: str) -> list[str]:
+        """OOD sets of a cell that are corrupted copies of its ID set: the zero-shot protocol's."""
+        c, datasets = self.cells[cell], self.config["datasets"]
+        return [d for d in self.ood_sets(cell) if datasets[d].get("of") == c.id_dataset]
+
+    def solvers(self, cell: str) -> list[str]:
+        return self.cells[cell].probe["solvers"]
+
+    def trained_cells(self) -> list[str]:
+        return sorted(c for c in self.cells if self.cells[c].pretrained is None)
+
+    def pretrained_cells(self) -> list[str]:
+        return sorted(c for c in self.cells if self.cells[c].pretrained is not None)
+
+    def transform(self, cell: str, dataset: str) -> str:
+        """Tag of the prepared-image cache a cell reads ``dataset`` from."""
+        return self._transform(self.cells[cell], dataset)
+
+    def _transform(self, c: Cell | Run, dataset: str) -> str:
+        if c.pretrained:
+            return transform_tag(c.resolution, c.pretrained["interpolation"], c.pretrained["crop_pct"])
+        native = c.model["preprocessing"] == "dataset" and self.config["datasets"][dataset].get("native_resolution") == c.resolution
+        return transform_tag(c.resolution, native=native)
+
+    def normalization(self, cell: str, dataset: str) -> dict | None:
+        """Mean/std a trained cell normalises ``dataset`` with: the dataset's own where it declares
+        them and the cell's ``model.preprocessing`` is ``dataset``, else ImageNet's. None for a
+        published model, which uses its own (recorded in its checkpoint)."""
+        return self._normalization(self.cells[cell], dataset)
+
+    def _normalization(self, c: Cell | Run, dataset: str) -> dict | None:
+        if c.pretrained:
+            return None
+        spec = self.config["datasets"][dataset]
+        if c.model["preprocessing"] == "dataset" and "mean" in spec:
+            return {"mean": list(spec["mean"]), "std": list(spec["std"])}
+        return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+
+    def prepared(self) -> list[tuple[str, str]]:
+        """Every (dataset, transform tag) pair some cell or continual run needs."""
+        needed = {(d, self.transform(c, d)) for c in self.cells for d in self.eval_sets(c)}
+        return sorted(needed | {(r.id_dataset, self._transform(r, r.id_dataset)) for r in self.runs.values()})
+
+    def prepared_path(self, dataset: str, cell: str) -> str:
+        return f"{self.results}/prepared/{dataset}/{self.transform(cell, dataset)}"
+
+    def missing_roots(self, prepared_exists) -> list[str]:
+        """One message per dataset whose root is missing while its cache still has to be built."""
+        problems = []
+        for name in sorted({d for d, _ in self.prepared()}):
+            spec, key = self.config["datasets"][name], name
+            if "base" in spec:  # a corrupted copy reads its clean set's files
+                spec, key = spec["base"], spec["of"]
+            pending = any(not prepared_exists(d, r) for d, r in self.prepared() if d == name)
+            if "root" in spec and pending and not spec.get("download") and not Path(spec["root"]).is_dir():
+                problems.append(f"datasets.{key}.root: directory {spec['root']} not found" + (f" (needed by {name})" if key != name else ""))
+        return problems
+
+    # --- per-stage params: exactly the keys the stage uses, sorted, builtin types ---
+
+    def prepare_params(self, dataset: str, transform: str) -> dict:
+        spec = self.config["datasets"][dataset]
+        # mean/std are applied on the device later; they do not change the prepared images.
+        spec = {k: v for k, v in spec.items() if k not in ("mean", "std")}
+        params = {"dataset": dataset, **parse_transform_tag(transform), "spec": spec}
+        root = spec.get("base", spec).get("root")
+        if root:
+            params["source_fingerprint"] = source_fingerprint(root)
+        return _sorted(params)
+
+    def pretrain_params(self, cell: str) -> dict:
+        c = self.cells[cell]
+        norm = self.normalization(cell, c.id_dataset)
+        return _sorted({**c.variables, "model": c.model, "training": c.training, "normalization": norm, "compute": self._compute()})
+
+    def import_params(self, cell: str) -> dict:
+        c = self.cells[cell]
+        return _sorted({**c.variables, "model": c.model, "pretrained": c.pretrained})
+
+    def embed_params(self, cell: str, eval_set: str) -> dict:
+        c = self.cells[cell]
+        embed = {k: v for k, v in self.config["embed"].items() if k != "batch_size"}
+        norm = self.normalization(cell, eval_set)
+        return _sorted({**c.variables, "model": c.model, "eval_set": eval_set, **embed, "normalization": norm, "compute": self._compute()})
+
+    def _compute(self) -> dict:
+        """Result-affecting compute settings (precision); channels_last is a speed knob only."""
+        return {"precision": self.config["compute"]["precision"]}
+
+    def probe_params(self, cell: str, eval_set: str, solver: str | None = None) -> dict:
+        """Settings of one probe job; ``solver`` one of the cell's solvers (default the first)."""
+        c = self.cells[cell]
+        role = "id" if eval_set == c.id_dataset else "ood"
+        probe = {**c.probe, "solver": solver or c.probe["solver"]}
+        return _sorted({**c.variables, "eval_set": eval_set, "role": role, **_probe_settings(probe)})
+
+    def zero_shot_params(self, cell: str, eval_set: str) -> dict:
+        c = self.cells[cell]
+        return _sorted({**c.variables, "eval_set": eval_set, "pooling": c.probe["pooling"], **self.config["zero_shot"]})
+
+    def tsne_params(self, cell: str) -> dict:
+        c = self.cells[cell]
+        return _sorted({**c.variables, "pooling": c.probe["pooling"], **self.config["tsne"]})
+
+    def layer_stats_params(self, cell: str) -> dict:
+        c = self.cells[cell]
+        return _sorted({**c.variables, "pooling": c.probe["pooling"], **self.config["layer_stats"]})
+
+    def metrics_params(self, cell: str) -> dict:
+        c = self.cells[cell]
+        return _sorted({**c.variables, "ood_sets": self.ood_sets(cell), **self.config["metrics"]})
+
+    def analysis_params(self) -> dict:
+        return _sorted(self.config["analysis"])
+
+    # --- the continual-learning experiment (tunnelscope.protocols.continual) ---
+
+    def continual_networks(self) -> list[tuple[str, str]]:
+        """(directory name, table label) of every configuration, in the table's order."""
+        labels = [*COMPOSED, *(e["name"] for e in self.config["continual"]["finetune"])] if self.runs else []
+        return [(network_slug(label), label) for label in labels]
+
+    def continual_label(self, network: str) -> str:
+        return dict(self.continual_networks())[network]
+
+    def continual_finetune(self, network: str) -> dict:
+        """The finetune entry of a configuration's directory name."""
+        return next(e for e in self.config["continual"]["finetune"] if network_slug(e["name"]) == network)
+
+    def run_prepared_path(self, run: str) -> str:
+        r = self.runs[run]
+        return f"{self.results}/prepared/{r.id_dataset}/{self._transform(r, r.id_dataset)}"
+
+    def _task(self, index: int) -> dict:
+        section = self.config["continual"]
+        return {"index": index, "classes": list(section["tasks"][index - 1]), "head": section["head"]}
+
+    def _run_common(self, run: str) -> dict:
+        r = self.runs[run]
+        return {**r.variables, "model": r.model, "normalization": self._normalization(r, r.id_dataset), "compute": self._compute()}
+
+    def continual_train_params(self, run: str, network: str) -> dict:
+        """Task 1 (E1+T1) or task 2 (E2+T2, from the E1+T1 weights)."""
+        task = TRAINED[self.continual_label(network)]
+        return _sorted({**self._run_common(run), "training": self.runs[run].training, "task": self._task(task)})
+
+    def continual_finetune_params(self, run: str, network: str) -> dict:
+        entry = self.continual_finetune(network)
+        finetune = {"start": entry["start"], "train": sorted(entry["train"]), "freeze_norm_stats": self.config["continual"]["freeze_norm_stats"]}
+        return _sorted({**self._run_common(run), "training": self.runs[run].finetune_training, "task": self._task(entry["task"]), "finetune": finetune})
+
+    def continual_swap_params(self, run: str) -> dict:
+        section = self.config["continual"]
+        r = self.runs[run]
+        return _sorted({**r.variables, "model": r.model, "side": self.config["embed"]["side"], "threshold": section["tunnel_threshold"], "curve": section["tunnel_curve"]})
+
+    def continual_evaluate_params(self, run: str, network: str) -> dict:
+        """Embed settings, the probe's, and per task which layers: every layer where the network
+        gives its own task's ID curve (E1+T1 on task 1, E2+T2 on task 2), else the last."""
+        own = TRAINED.get(self.continual_label(network))
+        embed = {k: v for k, v in self.config["embed"].items() if k != "batch_size"}
+        probe = self.config["probe"]
+        probe = _probe_settings({**probe, **_solvers(probe)})
+        layers = {str(t): "all" if t == own else "last" for t in (1, 2)}
+        return _sorted({**self._run_common(run), **embed, "probe": probe, "tasks": self.config["continual"]["tasks"], "layers": layers, "network": self.continual_label(network)})
+
+    def continual_table_params(self) -> dict:
+        section = self.config["continual"]
+        runs = {run: r.variables for run, r in self.runs.items()}
+        return _sorted({"score": section["score"], "networks": [list(n) for n in self.continual_networks()], "runs": runs})
+
+    def seed_params(self) -> dict:
+        """What the seed summaries of the aggregate, tables and figures read."""
+        return {"confidence": self.config["analysis"]["seed_confidence"]}
+
+    def mlp_cells(self) -> list[str]:
+        """Cells of MLP backbones, in grid order: what the tunnel-length figure plots."""
+        return [c for c, cell in self.cells.items() if cell.pretrained is None and parse_mlp(cell.arch) is not None]
+
+    def tunnel_length_params(self) -> dict:
+        return _sorted(self.config["tunnel_length"])
+
+
+def source_fingerprint(root: str, max_entries: int = 20000) -> str:
+    """A cheap stamp of a dataset directory: names, sizes and mtimes two levels deep.
+
+    Adding, removing or renaming files in a class folder changes that folder's mtime, so the
+    prepared cache is rebuilt; a missing root gives "missing" (dry runs work without data).
+    """
+    base = Path(root)
+    if not base.exists():
+        return "missing"
+    digest = hashlib.sha1()
+    entries = [base]
+    for level in range(2):
+        children = []
+        for entry in entries:
+            if entry.is_dir():
+                children += sorted(entry.iterdir())
+        entries = children[:max_entries]
+        for entry in entries:
+            st = entry.stat()
+            digest.update(f"{entry.relative_to(base)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _solvers(probe: dict) -> dict:
+    """probe.solver is one solver or a list: ``solvers`` all of them, ``solver`` the first, which
+    drives the metrics."""
+    solvers = list(probe["solver"]) if isinstance(probe["solver"], list) else [probe["solver"]]
+    return {"solvers": solvers, "solver": solvers[0]}
+
+
+def _probe_settings(probe: dict) -> dict:
+    """The probe keys ``probe["solver"]`` reads (registry.SOLVERS); its own seed as
+    ``probe_seed``, since "seed" is the cell's."""
+    used = (*PROBE_COMMON_KEYS, *SOLVERS[probe["solver"]])
+    return {("probe_seed" if k == "seed" else k): probe[k] for k in used}
+
+
+def _sorted(value):
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, (list, tuple)):
+        return [_sorted(v) for v in value]
+    return value

@@ -1,0 +1,1 @@
+"""The pretrain stage: the training loop, its schedule and the checkpoints it writes."""

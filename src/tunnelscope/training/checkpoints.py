@@ -1,0 +1,113 @@
+"""Checkpoints: backbones as safetensors with their facts, published backbones imported as cells."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import pandas as pd
+from safetensors.torch import load_file, save_file
+
+from tunnelscope.io import atomic_path, write_json
+from tunnelscope.models.build import (
+    build_model,
+    count_parameters,
+    describe,
+    probe_points,
+)
+from tunnelscope.registry import (
+    CELL_VARIABLES,
+    arch_facts,
+)
+
+# The over-parameterisation level gamma = P / N as Harun et al. code it: N = the whole ID training
+# split (no hold-out subtracted), P = the count their architecture table quotes for a 100-class
+# head whatever the ID set (config.ARCHS params_m); for other widths and models (MLPs, whose count
+# grows with the resolution, among them), the count with a 100-class head rounded to 0.01M.
+GAMMA_HEAD_CLASSES = 100
+
+log = logging.getLogger("tunnelscope.train")
+
+
+def backbone_info(model, params: dict, arch: str, id_classes: int, n_train: int, gamma_params: int | None = None) -> dict:
+    """The cell.json fields every backbone has: cell variables, the analysis variables of the
+    built ``arch``, size, gamma and the number of probe points. ``gamma_params``: P of gamma
+    (default: the model's own count, as for published backbones)."""
+    points = probe_points(model, "default", params["model"].get("probe_points", "default"))
+    n_params = count_parameters(model)
+    gamma_params = n_params if gamma_params is None else gamma_params
+    return {
+        **{k: params[k] for k in CELL_VARIABLES},
+        **describe(model, arch, params["resolution"], points),
+        "label": (arch_facts(params["arch"]) or {}).get("label", params["arch"]),  # a published model: its entry's name
+        "width": params["model"]["width"],
+        "id_classes": id_classes,
+        "n_train": int(n_train),
+        "params": n_params,
+        "gamma_params": gamma_params,
+        "gamma": gamma_params / n_train,
+        "num_layers": len(points),
+    }
+
+
+def paper_parameter_count(arch: str, width: float, resolution: int) -> int:
+    """P of gamma for a trained backbone: the paper's count for its architectures at full
+    width, else the count with a GAMMA_HEAD_CLASSES-way head rounded to 0.01M."""
+    facts = arch_facts(arch)
+    if facts and facts["params_m"] and width == 1.0:
+        return int(round(facts["params_m"] * 1e6))
+    count = count_parameters(build_model(arch, GAMMA_HEAD_CLASSES, width, resolution))
+    return int(round(count / 1e4) * 1e4)
+
+
+def save_backbone(model, checkpoint: str, meta: dict) -> None:
+    """Weights as safetensors with ``meta`` (what ``load_backbone`` rebuilds from), atomically."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(checkpoint) as tmp:
+        save_file(state, tmp, metadata={"tunnelscope": json.dumps(meta, sort_keys=True)})
+
+
+def import_pretrained(params: dict, checkpoint: str, train_log: str, info_path: str) -> dict:
+    """A published backbone in place of pretraining: load its weights (clear error when they do
+    not fit the architecture) and write the same three outputs as ``pretrain``."""
+    from tunnelscope.models.weights import load_pretrained, model_preprocessing
+
+    spec = params["pretrained"]
+    model = load_pretrained(spec, params["resolution"])
+    own = model_preprocessing(model, spec["arch"])
+    used = {"mean": spec["mean"] or own["mean"], "std": spec["std"] or own["std"], "interpolation": spec["interpolation"], "crop_pct": spec["crop_pct"], "resolution": params["resolution"]}
+    for key in ("interpolation", "crop_pct", "resolution"):
+        if used[key] != own[key] and not (key == "crop_pct" and math.isclose(used[key], own[key], abs_tol=1e-3)):
+            log.warning("%s: %s %s differs from the model's own %s (set pretrained.%s.%s to match)", params["arch"], key, used[key], own[key], params["arch"], key)
+    info = {
+        **backbone_info(model, params, spec["arch"], spec["num_classes"], spec["n_train"], spec.get("gamma_params")),
+        "final_train_acc": None,
+        "final_val_acc": None,
+        "test_acc": None,
+        "source": spec.get("weights") or spec.get("hf_cache") or "download",
+        "preprocessing": used,
+    }
+    # The checkpoint names the real architecture, so embed rebuilds it like a trained cell's.
+    save_backbone(model, checkpoint, {"params": {**params, "arch": spec["arch"]}, "num_classes": spec["num_classes"], "mean": used["mean"], "std": used["std"]})
+    with atomic_path(train_log) as tmp:
+        pd.DataFrame(columns=["epoch", "train_loss", "train_acc", "val_acc", "lr", "seconds"]).to_csv(tmp, index=False)
+    write_json(info, info_path)
+    log.info("%s: %s with %d parameters, %d probe points", params["arch"], spec["arch"], info["params"], info["num_layers"])
+    return info
+
+
+def load_backbone(checkpoint: str, device=None):
+    """Rebuild a pretrained backbone from its safetensors checkpoint (no pickle involved)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(checkpoint, framework="pt") as fh:
+            meta = json.loads(fh.metadata()["tunnelscope"])
+        weights = load_file(checkpoint)
+    except Exception as exc:  # safetensors raises several types for corrupt files
+        raise RuntimeError(f"{checkpoint}: not a readable tunnelscope checkpoint ({exc})") from exc
+    p = meta["params"]
+    model = build_model(p["arch"], meta["num_classes"], p["model"]["width"], p["resolution"])
+    model.load_state_dict(weights)
+    return model.to(device or "cpu").eval(), meta
