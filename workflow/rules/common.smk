@@ -8,7 +8,9 @@ from snakemake.exceptions import WorkflowError
 from tunnelscope.config import ConfigError, Study, load_schema
 
 try:
-    STUDY = Study(config, load_schema(workflow.source_path("../schemas/config.schema.yaml")))
+    STUDY = Study(
+        config, load_schema(workflow.source_path("../schemas/config.schema.yaml"))
+    )
 except ConfigError as error:
     sys.exit(f"tunnelscope: config error: {error}")
 
@@ -20,6 +22,7 @@ def cell_pattern(cells):
     """A wildcard constraint matching exactly these cells (nothing when there are none)."""
     return "|".join(map(re.escape, cells)) or "(?!)"
 
+
 ENV = "../../envs/tunnelscope.yaml"
 
 # Threads of the heavy jobs (prepare, pretrain, embed, the continual runs): 2, or 1 where the run
@@ -28,8 +31,10 @@ ENV = "../../envs/tunnelscope.yaml"
 # 2-thread job would hold every core. Profiles set their own (set-threads).
 try:
     HEAVY_THREADS = 1 if (workflow.cores or 4) < 4 else 2
-except WorkflowError:  # no --cores: a cluster executor or report generation; profiles set threads
+except WorkflowError:
+    # No --cores: a cluster executor or report generation; profiles set threads.
     HEAVY_THREADS = 2
+
 
 wildcard_constraints:
     cell=cell_pattern(CELLS),
@@ -40,7 +45,9 @@ wildcard_constraints:
 
 
 def embed_dirs(wc):
-    return [f"{RESULTS}/cells/{wc.cell}/embeddings/{e}" for e in STUDY.eval_sets(wc.cell)]
+    return [
+        f"{RESULTS}/cells/{wc.cell}/embeddings/{e}" for e in STUDY.eval_sets(wc.cell)
+    ]
 
 
 def probe_table(cell, eval_set, solver=None, suffix=".parquet"):
@@ -56,6 +63,10 @@ def probe_tables(wc):
 onstart:
     # Before any job runs (never in a dry run): every dataset root that a pending prepare job
     # reads must exist, so a typo fails now rather than hours into the run.
-    missing = STUDY.missing_roots(lambda ds, transform: Path(f"{RESULTS}/prepared/{ds}/{transform}/store.json").exists())
+    missing = STUDY.missing_roots(
+        lambda ds, transform: Path(
+            f"{RESULTS}/prepared/{ds}/{transform}/store.json"
+        ).exists()
+    )
     if missing:
         sys.exit("tunnelscope: " + "; ".join(missing))

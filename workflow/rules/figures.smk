@@ -3,14 +3,18 @@ rule cell_figure:
     input:
         probe_tables,
     output:
-        png=report(f"{RESULTS}/cells/{{cell}}/figure.png", caption="../report/cell_figure.rst", category="Cells"),
+        png=report(
+            f"{RESULTS}/cells/{{cell}}/figure.png",
+            caption="../report/cell_figure.rst",
+            category="Cells",
+        ),
         pdf=f"{RESULTS}/cells/{{cell}}/figure.pdf",
-    params:
-        title=lambda wc: wc.cell,
     log:
         "logs/cell_figure/{cell}.log",
     conda:
         ENV
+    params:
+        title=lambda wc: wc.cell,
     script:
         "../scripts/cell_figure.py"
 
@@ -20,14 +24,18 @@ rule overview_figure:
     input:
         rules.aggregate.output.curves,
     output:
-        png=report(f"{RESULTS}/figures/tunnel_curves.png", caption="../report/tunnel_curves.rst", category="Overview"),
+        png=report(
+            f"{RESULTS}/figures/tunnel_curves.png",
+            caption="../report/tunnel_curves.rst",
+            category="Overview",
+        ),
         pdf=f"{RESULTS}/figures/tunnel_curves.pdf",
-    params:
-        seeds=lambda wc: STUDY.seed_params(),
     log:
         "logs/overview_figure.log",
     conda:
         ENV
+    params:
+        seeds=lambda wc: STUDY.seed_params(),
     script:
         "../scripts/overview_figure.py"
 
@@ -39,14 +47,18 @@ rule tsne:
         layer_stats=rules.layer_stats.output,
     output:
         coords=f"{RESULTS}/cells/{{cell}}/tsne.parquet",
-        png=report(f"{RESULTS}/cells/{{cell}}/tsne.png", caption="../report/tsne.rst", category="Cells"),
+        png=report(
+            f"{RESULTS}/cells/{{cell}}/tsne.png",
+            caption="../report/tsne.rst",
+            category="Cells",
+        ),
         pdf=f"{RESULTS}/cells/{{cell}}/tsne.pdf",
-    params:
-        settings=lambda wc: STUDY.tsne_params(wc.cell),
-        title=lambda wc: wc.cell,
     log:
         "logs/tsne/{cell}.log",
     conda:
         ENV
+    params:
+        settings=lambda wc: STUDY.tsne_params(wc.cell),
+        title=lambda wc: wc.cell,
     script:
         "../scripts/tsne.py"
