@@ -5,7 +5,14 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from tunnelscope.config import ConfigError, Study, load_schema
+from tunnelscope.config import (
+    COMPOSED,
+    TRAINED,
+    ConfigError,
+    Study,
+    load_schema,
+    network_slug,
+)
 
 try:
     STUDY = Study(
@@ -58,6 +65,40 @@ def probe_table(cell, eval_set, solver=None, suffix=".parquet"):
 
 def probe_tables(wc):
     return [probe_table(wc.cell, e) for e in STUDY.eval_sets(wc.cell)]
+
+
+# Probe protocols (protocols.smk): the cells and shifted sets each comparison runs on.
+def zero_shot_pairs():
+    return [(c, e) for c in CELLS for e in STUDY.shifted_sets(c)]
+
+
+def multi_solver_cells():
+    return [c for c in CELLS if len(STUDY.solvers(c)) > 1]
+
+
+def protocol_outputs():
+    """The study-level outputs of protocols.smk that the study has data for (for rule all)."""
+    outputs = []
+    if zero_shot_pairs():
+        outputs += [rules.zero_shot_table.output.png, rules.zero_shot_table.output.csv]
+    if multi_solver_cells():
+        outputs += [rules.solver_table.output.png, rules.solver_table.output.csv]
+    return outputs
+
+
+# The continual-learning experiment (continual.smk): its runs, networks and their paths.
+RUNS = list(STUDY.runs)
+NETWORKS = [slug for slug, _ in STUDY.continual_networks()]
+# E1+T1, E2+T2: the two trainings
+TASK_NETWORKS = [network_slug(label) for label in TRAINED]
+FINETUNED = [
+    slug for slug, label in STUDY.continual_networks() if label not in COMPOSED
+]
+CONTINUAL = f"{RESULTS}/continual"
+
+
+def network_checkpoint(run, network):
+    return f"{CONTINUAL}/{run}/{network}/checkpoint.safetensors"
 
 
 onstart:

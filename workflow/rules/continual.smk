@@ -1,21 +1,8 @@
 # Continual learning (the paper's Table 2): per run, task 1 -> E1+T1, then task 2 -> E2+T2; the
 # tunnel located on their ID curves; E1+T2 and E2+T1 by swapping; the finetune configurations;
-# every configuration scored on both tasks; the table. Target: snakemake continual.
+# every configuration scored on both tasks; the table. Target: snakemake continual. Its runs,
+# networks and paths are in common.smk.
 from tunnelscope.captions import CONTINUAL_TABLE
-from tunnelscope.config import COMPOSED, TRAINED, network_slug
-
-RUNS = list(STUDY.runs)
-NETWORKS = [slug for slug, _ in STUDY.continual_networks()]
-# E1+T1, E2+T2: the two trainings
-TASK_NETWORKS = [network_slug(label) for label in TRAINED]
-FINETUNED = [
-    slug for slug, label in STUDY.continual_networks() if label not in COMPOSED
-]
-CONTINUAL = f"{RESULTS}/continual"
-
-
-def network_checkpoint(run, network):
-    return f"{CONTINUAL}/{run}/{network}/checkpoint.safetensors"
 
 
 rule continual_train:

@@ -1,23 +1,6 @@
 # Probe protocols side by side on the same embeddings: zero-shot against the paper's protocol on
 # shifted copies of the ID set, and the solvers of a probe.solver list against the first one.
-
-
-def zero_shot_pairs():
-    return [(c, e) for c in CELLS for e in STUDY.shifted_sets(c)]
-
-
-def multi_solver_cells():
-    return [c for c in CELLS if len(STUDY.solvers(c)) > 1]
-
-
-def protocol_outputs():
-    """The study-level outputs of this file that the study has data for (for rule all)."""
-    outputs = []
-    if zero_shot_pairs():
-        outputs += [rules.zero_shot_table.output.png, rules.zero_shot_table.output.csv]
-    if multi_solver_cells():
-        outputs += [rules.solver_table.output.png, rules.solver_table.output.csv]
-    return outputs
+# Which cells take part: common.smk.
 
 
 rule zero_shot:
