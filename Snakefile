@@ -38,7 +38,7 @@ rule all:
         [
             *rules.aggregate.output,
             *rules.analysis.output,
-            *rules.paper.output,
+            *rules.paper.input,
             *rules.overview_figure.output,
         ]
         if CELLS

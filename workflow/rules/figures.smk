@@ -1,3 +1,6 @@
+from tunnelscope.captions import figure_caption
+
+
 rule cell_figure:
     """Per cell: probe accuracy per eval set, and the normalised tunnel view with its star."""
     input:
@@ -36,6 +39,9 @@ rule overview_figure:
         ENV
     params:
         seeds=lambda wc: STUDY.seed_params(),
+        caption=lambda wc: figure_caption(
+            "tunnel_curves", STUDY.seed_params()["confidence"]
+        ),
     script:
         "../scripts/overview_figure.py"
 

@@ -1,0 +1,6 @@
+from tunnelscope.io import read_table
+from tunnelscope.joblog import job_logging
+from tunnelscope.paper import write_provenance
+
+with job_logging(snakemake.log[0]):
+    write_provenance(read_table(snakemake.input[0]), snakemake.params.config, snakemake.output[0])
