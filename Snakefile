@@ -48,4 +48,4 @@ rule all:
         protocol_outputs(),
         rules.continual.input if RUNS else [],
         # Masarczyk et al.'s tunnel length against MLP depth and width, when the grid has MLPs.
-        rules.tunnel_length.output if STUDY.mlp_cells() else [],
+        rules.tunnel_length.input if STUDY.mlp_cells() else [],
