@@ -1,10 +1,10 @@
-# The two set-up-and-run commands of README.md. Each creates or updates .venv first.
+# The set-up-and-run commands of README.md. Each creates or updates .venv first.
 PYTHON ?= python3.11
 VENV ?= .venv
 CORES ?= 2
 STAMP := $(VENV)/.installed
 
-.PHONY: run test dry-run clean
+.PHONY: run test lint dry-run clean
 
 # Reinstall whenever the pinned dependencies change.
 $(STAMP): pyproject.toml
@@ -17,6 +17,11 @@ run: $(STAMP)  ## run the default study (config.yaml) on this machine
 
 test: $(STAMP)  ## run the whole test suite
 	$(VENV)/bin/python -m pytest
+
+# The workflow layer: snakefmt's formatting and Snakemake's own linter (default config).
+lint: $(STAMP)  ## check the Snakefile and rules: formatting and snakemake --lint
+	$(VENV)/bin/snakefmt --check Snakefile workflow/rules
+	$(VENV)/bin/snakemake --lint
 
 dry-run: $(STAMP)
 	$(VENV)/bin/snakemake -n --cores $(CORES)

@@ -35,10 +35,17 @@ rule all:
     default_target: True
     input:
         # The grid's outputs when the study has cells, the continual experiment's when it has runs.
-        [*rules.aggregate.output, *rules.analysis.output, *rules.paper.output, *rules.overview_figure.output] if CELLS else [],
+        [
+            *rules.aggregate.output,
+            *rules.analysis.output,
+            *rules.paper.input,
+            *rules.overview_figure.output,
+        ]
+        if CELLS
+        else [],
         expand(f"{RESULTS}/cells/{{cell}}/figure.png", cell=CELLS),
         expand(f"{RESULTS}/cells/{{cell}}/tsne.png", cell=CELLS),
         protocol_outputs(),
         rules.continual.input if RUNS else [],
         # Masarczyk et al.'s tunnel length against MLP depth and width, when the grid has MLPs.
-        rules.tunnel_length.output if STUDY.mlp_cells() else [],
+        rules.tunnel_length.input if STUDY.mlp_cells() else [],

@@ -18,10 +18,10 @@ from PIL import Image
 from safetensors.torch import load_file
 from test_reliability import PARAMS, TRAINING, toy_store
 
+from tunnelscope.figures.tables import continual_table
 from tunnelscope.metrics.tunnel import id_tunnel_start
 from tunnelscope.models.build import build_model, probe_points
 from tunnelscope.models.capture import LayerCapture
-from tunnelscope.figures.tables import continual_table
 from tunnelscope.protocols.continual import (
     compose,
     frozen_modules,

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from tunnelscope.data import corruptions
-from tunnelscope.registry import CORRUPTIONS
 from tunnelscope.data.sources import prepare
+from tunnelscope.registry import CORRUPTIONS
 from tunnelscope.study.config import ConfigError, load_schema, validate
 
 

@@ -222,7 +222,7 @@ def test_masarczyk_preset_dry_runs_without_data(tmp_path, schema):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
-    assert counts["pretrain"] == "84" and counts["embed"] == "168" and counts["tunnel_length"] == "1"  # in the default target
+    assert counts["pretrain"] == "84" and counts["embed"] == "168" and counts["tunnel_length_figure"] == counts["rank_per_layer_figure"] == "1"  # in the default target
 
 
 @pytest.mark.integration

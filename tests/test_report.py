@@ -10,7 +10,12 @@ import pytest
 from conftest import REPO
 from PIL import Image
 
+from tunnelscope.figures.captions import FIGURES
+
 pytestmark = pytest.mark.integration
+
+# A sentence of a figure caption (captions.FIGURES): the report and the page both show it.
+SHARED_CAPTION = FIGURES["curves_by_variable"].rsplit(". ", 1)[1]
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +60,7 @@ def test_paper_outputs_exist(study):
         assert "\\begin{tabular}" in (paper / "tables" / f"{name}.tex").read_text()
         assert f"tables/{name}.csv" in (paper / "index.html").read_text()
     assert "vggm11" in (paper / "provenance.json").read_text()
+    assert SHARED_CAPTION in (paper / "index.html").read_text()
 
 
 def test_paper_page_renders_every_figure(study, chromium, tmp_path):
@@ -112,6 +118,7 @@ def test_snakemake_report_renders_every_figure(study, chromium, tmp_path):
     text = report.read_text()
     assert "SHAP slopes per variable" in text
     assert "Laid out like the paper" in text and "Table 11" in text  # the paper tables, with their captions
+    assert SHARED_CAPTION in text
     seen = _report_images(report, chromium)
     # overview + 2 cell figures + 2 t-SNE figures + variables + SHAP + strength + layer statistics
     assert len(seen) == 9, seen

@@ -1,6 +1,7 @@
 rule aggregate:
     """Tidy tables over all cells: probe curves, tunnel metrics, layer statistics, cell facts;
-    beside each of the first three its seed summary (mean and t-interval per backbone)."""
+    beside each of the first three its seed summary (mean and t-interval per backbone).
+    """
     input:
         probes=[probe_table(c, e) for c in CELLS for e in STUDY.eval_sets(c)],
         metrics=expand(f"{RESULTS}/cells/{{cell}}/metrics.parquet", cell=CELLS),
@@ -21,11 +22,11 @@ rule aggregate:
         layer_stats_csv=f"{RESULTS}/aggregate/layer_stats.csv",
         layer_stats_seeds=f"{RESULTS}/aggregate/layer_stats_seeds.parquet",
         layer_stats_seeds_csv=f"{RESULTS}/aggregate/layer_stats_seeds.csv",
-    params:
-        seeds=lambda wc: STUDY.seed_params(),
     log:
         "logs/aggregate.log",
     conda:
         ENV
+    params:
+        seeds=lambda wc: STUDY.seed_params(),
     script:
         "../scripts/aggregate.py"

@@ -4,12 +4,12 @@ rule layer_stats:
         lambda wc: f"{RESULTS}/cells/{wc.cell}/embeddings/{STUDY.cells[wc.cell].id_dataset}",
     output:
         f"{RESULTS}/cells/{{cell}}/layer_stats.parquet",
-    params:
-        settings=lambda wc: STUDY.layer_stats_params(wc.cell),
     log:
         "logs/layer_stats/{cell}.log",
     conda:
         ENV
+    params:
+        settings=lambda wc: STUDY.layer_stats_params(wc.cell),
     script:
         "../scripts/layer_stats.py"
 
@@ -23,11 +23,11 @@ rule analysis:
         fit=f"{RESULTS}/analysis/shap_fit.csv",
         paired=f"{RESULTS}/analysis/paired_tests.csv",
         means=f"{RESULTS}/analysis/level_means.csv",
-    params:
-        settings=lambda wc: STUDY.analysis_params(),
     log:
         "logs/analysis.log",
     conda:
         ENV
+    params:
+        settings=lambda wc: STUDY.analysis_params(),
     script:
         "../scripts/analysis.py"

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+from tunnelscope.registry import COMPOSED, TRAINED, network_slug
 from tunnelscope.study.config import ConfigError, Study, load_schema
 
 try:
@@ -20,6 +21,7 @@ def cell_pattern(cells):
     """A wildcard constraint matching exactly these cells (nothing when there are none)."""
     return "|".join(map(re.escape, cells)) or "(?!)"
 
+
 ENV = "../../envs/tunnelscope.yaml"
 
 # Threads of the heavy jobs (prepare, pretrain, embed, the continual runs): 2, or 1 where the run
@@ -28,8 +30,10 @@ ENV = "../../envs/tunnelscope.yaml"
 # 2-thread job would hold every core. Profiles set their own (set-threads).
 try:
     HEAVY_THREADS = 1 if (workflow.cores or 4) < 4 else 2
-except WorkflowError:  # no --cores: a cluster executor or report generation; profiles set threads
+except WorkflowError:
+    # No --cores: a cluster executor or report generation; profiles set threads.
     HEAVY_THREADS = 2
+
 
 wildcard_constraints:
     cell=cell_pattern(CELLS),
@@ -40,7 +44,9 @@ wildcard_constraints:
 
 
 def embed_dirs(wc):
-    return [f"{RESULTS}/cells/{wc.cell}/embeddings/{e}" for e in STUDY.eval_sets(wc.cell)]
+    return [
+        f"{RESULTS}/cells/{wc.cell}/embeddings/{e}" for e in STUDY.eval_sets(wc.cell)
+    ]
 
 
 def probe_table(cell, eval_set, solver=None, suffix=".parquet"):
@@ -53,9 +59,47 @@ def probe_tables(wc):
     return [probe_table(wc.cell, e) for e in STUDY.eval_sets(wc.cell)]
 
 
+# Probe protocols (protocols.smk): the cells and shifted sets each comparison runs on.
+def zero_shot_pairs():
+    return [(c, e) for c in CELLS for e in STUDY.shifted_sets(c)]
+
+
+def multi_solver_cells():
+    return [c for c in CELLS if len(STUDY.solvers(c)) > 1]
+
+
+def protocol_outputs():
+    """The study-level outputs of protocols.smk that the study has data for (for rule all)."""
+    outputs = []
+    if zero_shot_pairs():
+        outputs += [rules.zero_shot_table.output.png, rules.zero_shot_table.output.csv]
+    if multi_solver_cells():
+        outputs += [rules.solver_table.output.png, rules.solver_table.output.csv]
+    return outputs
+
+
+# The continual-learning experiment (continual.smk): its runs, networks and their paths.
+RUNS = list(STUDY.runs)
+NETWORKS = [slug for slug, _ in STUDY.continual_networks()]
+# E1+T1, E2+T2: the two trainings
+TASK_NETWORKS = [network_slug(label) for label in TRAINED]
+FINETUNED = [
+    slug for slug, label in STUDY.continual_networks() if label not in COMPOSED
+]
+CONTINUAL = f"{RESULTS}/continual"
+
+
+def network_checkpoint(run, network):
+    return f"{CONTINUAL}/{run}/{network}/checkpoint.safetensors"
+
+
 onstart:
     # Before any job runs (never in a dry run): every dataset root that a pending prepare job
     # reads must exist, so a typo fails now rather than hours into the run.
-    missing = STUDY.missing_roots(lambda ds, transform: Path(f"{RESULTS}/prepared/{ds}/{transform}/store.json").exists())
+    missing = STUDY.missing_roots(
+        lambda ds, transform: Path(
+            f"{RESULTS}/prepared/{ds}/{transform}/store.json"
+        ).exists()
+    )
     if missing:
         sys.exit("tunnelscope: " + "; ".join(missing))

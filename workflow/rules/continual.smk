@@ -1,45 +1,39 @@
 # Continual learning (the paper's Table 2): per run, task 1 -> E1+T1, then task 2 -> E2+T2; the
 # tunnel located on their ID curves; E1+T2 and E2+T1 by swapping; the finetune configurations;
-# every configuration scored on both tasks; the table. Target: snakemake continual.
+# every configuration scored on both tasks; the table. Target: snakemake continual. Its runs,
+# networks and paths are in common.smk.
 from tunnelscope.figures.captions import CONTINUAL_TABLE
-from tunnelscope.registry import COMPOSED, TRAINED, network_slug
-
-RUNS = list(STUDY.runs)
-NETWORKS = [slug for slug, _ in STUDY.continual_networks()]
-TASK_NETWORKS = [network_slug(label) for label in TRAINED]  # E1+T1, E2+T2: the two trainings
-FINETUNED = [slug for slug, label in STUDY.continual_networks() if label not in COMPOSED]
-CONTINUAL = f"{RESULTS}/continual"
-
-
-def network_checkpoint(run, network):
-    return f"{CONTINUAL}/{run}/{network}/checkpoint.safetensors"
 
 
 rule continual_train:
     """Task 1 from scratch (E1+T1), or task 2 from the E1+T1 weights (E2+T2)."""
     input:
         data=lambda wc: STUDY.run_prepared_path(wc.run),
-        init=lambda wc: [network_checkpoint(wc.run, TASK_NETWORKS[0])] if wc.network == TASK_NETWORKS[1] else [],
+        init=lambda wc: (
+            [network_checkpoint(wc.run, TASK_NETWORKS[0])]
+            if wc.network == TASK_NETWORKS[1]
+            else []
+        ),
     output:
         checkpoint=f"{CONTINUAL}/{{run}}/{{network}}/checkpoint.safetensors",
         train_log=f"{CONTINUAL}/{{run}}/{{network}}/train_log.csv",
         info=f"{CONTINUAL}/{{run}}/{{network}}/cell.json",
-    wildcard_constraints:
-        run=cell_pattern(RUNS),
-        network=cell_pattern(TASK_NETWORKS),
-    params:
-        settings=lambda wc: STUDY.continual_train_params(wc.run, wc.network),
-        state=lambda wc: f"{CONTINUAL}/{wc.run}/{wc.network}/train_state.pt",
-    threads: HEAVY_THREADS
-    resources:
-        channels_last=lambda wc: int(STUDY.config["compute"]["channels_last"]),
-        resident_mb=lambda wc: STUDY.config["compute"]["resident_mb"],
     log:
         "logs/continual_train/{run}_{network}.log",
     benchmark:
         f"{RESULTS}/benchmarks/continual_train/{{run}}_{{network}}.tsv"
+    wildcard_constraints:
+        run=cell_pattern(RUNS),
+        network=cell_pattern(TASK_NETWORKS),
     conda:
         ENV
+    threads: HEAVY_THREADS
+    resources:
+        channels_last=lambda wc: int(STUDY.config["compute"]["channels_last"]),
+        resident_mb=lambda wc: STUDY.config["compute"]["resident_mb"],
+    params:
+        settings=lambda wc: STUDY.continual_train_params(wc.run, wc.network),
+        state=lambda wc: f"{CONTINUAL}/{wc.run}/{wc.network}/train_state.pt",
     script:
         "../scripts/continual_train.py"
 
@@ -48,19 +42,21 @@ rule continual_swap:
     """Locate the tunnel on the ID curves of E1+T1 and E2+T2; compose E1+T2 and E2+T1."""
     input:
         networks=lambda wc: [network_checkpoint(wc.run, n) for n in TASK_NETWORKS],
-        evaluations=lambda wc: [f"{CONTINUAL}/{wc.run}/{n}/evaluation.parquet" for n in TASK_NETWORKS],
+        evaluations=lambda wc: [
+            f"{CONTINUAL}/{wc.run}/{n}/evaluation.parquet" for n in TASK_NETWORKS
+        ],
     output:
         tunnel=f"{CONTINUAL}/{{run}}/tunnel.json",
         e1t2=f"{CONTINUAL}/{{run}}/e1-t2/checkpoint.safetensors",
         e2t1=f"{CONTINUAL}/{{run}}/e2-t1/checkpoint.safetensors",
-    wildcard_constraints:
-        run=cell_pattern(RUNS),
-    params:
-        settings=lambda wc: STUDY.continual_swap_params(wc.run),
     log:
         "logs/continual_swap/{run}.log",
+    wildcard_constraints:
+        run=cell_pattern(RUNS),
     conda:
         ENV
+    params:
+        settings=lambda wc: STUDY.continual_swap_params(wc.run),
     script:
         "../scripts/continual_swap.py"
 
@@ -69,28 +65,30 @@ rule continual_finetune:
     """A finetune configuration: parts of a composed network trained on one task, the rest frozen."""
     input:
         data=lambda wc: STUDY.run_prepared_path(wc.run),
-        start=lambda wc: network_checkpoint(wc.run, network_slug(STUDY.continual_finetune(wc.network)["start"])),
+        start=lambda wc: network_checkpoint(
+            wc.run, network_slug(STUDY.continual_finetune(wc.network)["start"])
+        ),
         tunnel=f"{CONTINUAL}/{{run}}/tunnel.json",
     output:
         checkpoint=f"{CONTINUAL}/{{run}}/{{network}}/checkpoint.safetensors",
         train_log=f"{CONTINUAL}/{{run}}/{{network}}/train_log.csv",
         info=f"{CONTINUAL}/{{run}}/{{network}}/cell.json",
-    wildcard_constraints:
-        run=cell_pattern(RUNS),
-        network=cell_pattern(FINETUNED),
-    params:
-        settings=lambda wc: STUDY.continual_finetune_params(wc.run, wc.network),
-        state=lambda wc: f"{CONTINUAL}/{wc.run}/{wc.network}/train_state.pt",
-    threads: HEAVY_THREADS
-    resources:
-        channels_last=lambda wc: int(STUDY.config["compute"]["channels_last"]),
-        resident_mb=lambda wc: STUDY.config["compute"]["resident_mb"],
     log:
         "logs/continual_finetune/{run}_{network}.log",
     benchmark:
         f"{RESULTS}/benchmarks/continual_finetune/{{run}}_{{network}}.tsv"
+    wildcard_constraints:
+        run=cell_pattern(RUNS),
+        network=cell_pattern(FINETUNED),
     conda:
         ENV
+    threads: HEAVY_THREADS
+    resources:
+        channels_last=lambda wc: int(STUDY.config["compute"]["channels_last"]),
+        resident_mb=lambda wc: STUDY.config["compute"]["resident_mb"],
+    params:
+        settings=lambda wc: STUDY.continual_finetune_params(wc.run, wc.network),
+        state=lambda wc: f"{CONTINUAL}/{wc.run}/{wc.network}/train_state.pt",
     script:
         "../scripts/continual_finetune.py"
 
@@ -104,22 +102,22 @@ rule continual_evaluate:
     output:
         embeddings=directory(f"{CONTINUAL}/{{run}}/{{network}}/embeddings"),
         evaluation=f"{CONTINUAL}/{{run}}/{{network}}/evaluation.parquet",
+    log:
+        "logs/continual_evaluate/{run}_{network}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/continual_evaluate/{{run}}_{{network}}.tsv"
     wildcard_constraints:
         run=cell_pattern(RUNS),
         network=cell_pattern(NETWORKS),
-    params:
-        settings=lambda wc: STUDY.continual_evaluate_params(wc.run, wc.network),
+    conda:
+        ENV
     threads: HEAVY_THREADS
     resources:
         channels_last=lambda wc: int(STUDY.config["compute"]["channels_last"]),
         resident_mb=lambda wc: STUDY.config["compute"]["resident_mb"],
         embed_batch=lambda wc: STUDY.config["embed"]["batch_size"],
-    log:
-        "logs/continual_evaluate/{run}_{network}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/continual_evaluate/{{run}}_{{network}}.tsv"
-    conda:
-        ENV
+    params:
+        settings=lambda wc: STUDY.continual_evaluate_params(wc.run, wc.network),
     script:
         "../scripts/continual_evaluate.py"
 
@@ -127,22 +125,32 @@ rule continual_evaluate:
 rule continual_table:
     """Table 2 (CSV and LaTeX), every score in long form, and the ID curves with their tunnels."""
     input:
-        evaluations=[f"{CONTINUAL}/{r}/{n}/evaluation.parquet" for r in RUNS for n in NETWORKS],
+        evaluations=[
+            f"{CONTINUAL}/{r}/{n}/evaluation.parquet" for r in RUNS for n in NETWORKS
+        ],
         tunnels=[f"{CONTINUAL}/{r}/tunnel.json" for r in RUNS],
     output:
-        csv=report(f"{RESULTS}/paper/tables/continual.csv", caption="../report/continual_table.rst", category="Continual learning"),
+        csv=report(
+            f"{RESULTS}/paper/tables/continual.csv",
+            caption="../report/continual_table.rst",
+            category="Continual learning",
+        ),
         tex=f"{RESULTS}/paper/tables/continual.tex",
         scores=f"{CONTINUAL}/scores.csv",
-        png=report(f"{CONTINUAL}/tunnel_curves.png", caption="../report/continual_curves.rst", category="Continual learning"),
+        png=report(
+            f"{CONTINUAL}/tunnel_curves.png",
+            caption="../report/continual_curves.rst",
+            category="Continual learning",
+        ),
         pdf=f"{CONTINUAL}/tunnel_curves.pdf",
-    params:
-        settings=lambda wc: STUDY.continual_table_params(),
-        seeds=lambda wc: STUDY.seed_params(),
-        caption=f"{CONTINUAL_TABLE[1]} Laid out like the paper's {CONTINUAL_TABLE[0]}.",
     log:
         "logs/continual_table.log",
     conda:
         ENV
+    params:
+        settings=lambda wc: STUDY.continual_table_params(),
+        seeds=lambda wc: STUDY.seed_params(),
+        caption=f"{CONTINUAL_TABLE[1]} Laid out like the paper's {CONTINUAL_TABLE[0]}.",
     script:
         "../scripts/continual_table.py"
 

@@ -5,8 +5,12 @@ rule embed:
         data=lambda wc: STUDY.prepared_path(wc.eval_set, wc.cell),
     output:
         directory(f"{RESULTS}/cells/{{cell}}/embeddings/{{eval_set}}"),
-    params:
-        settings=lambda wc: STUDY.embed_params(wc.cell, wc.eval_set),
+    log:
+        "logs/embed/{cell}_{eval_set}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/embed/{{cell}}_{{eval_set}}.tsv"
+    conda:
+        ENV
     threads: HEAVY_THREADS
     resources:
         channels_last=lambda wc: int(STUDY.config["compute"]["channels_last"]),
@@ -14,11 +18,7 @@ rule embed:
         resident_mb=lambda wc: STUDY.config["compute"]["resident_mb"],
         # Images per forward pass: a resource, not a param, because it does not change results.
         embed_batch=lambda wc: STUDY.config["embed"]["batch_size"],
-    log:
-        "logs/embed/{cell}_{eval_set}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/embed/{{cell}}_{{eval_set}}.tsv"
-    conda:
-        ENV
+    params:
+        settings=lambda wc: STUDY.embed_params(wc.cell, wc.eval_set),
     script:
         "../scripts/embed.py"

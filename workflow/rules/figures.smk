@@ -1,16 +1,23 @@
+from tunnelscope.figures.captions import figure_caption
+
+
 rule cell_figure:
     """Per cell: probe accuracy per eval set, and the normalised tunnel view with its star."""
     input:
         probe_tables,
     output:
-        png=report(f"{RESULTS}/cells/{{cell}}/figure.png", caption="../report/cell_figure.rst", category="Cells"),
+        png=report(
+            f"{RESULTS}/cells/{{cell}}/figure.png",
+            caption="../report/cell_figure.rst",
+            category="Cells",
+        ),
         pdf=f"{RESULTS}/cells/{{cell}}/figure.pdf",
-    params:
-        title=lambda wc: wc.cell,
     log:
         "logs/cell_figure/{cell}.log",
     conda:
         ENV
+    params:
+        title=lambda wc: wc.cell,
     script:
         "../scripts/cell_figure.py"
 
@@ -20,14 +27,21 @@ rule overview_figure:
     input:
         rules.aggregate.output.curves,
     output:
-        png=report(f"{RESULTS}/figures/tunnel_curves.png", caption="../report/tunnel_curves.rst", category="Overview"),
+        png=report(
+            f"{RESULTS}/figures/tunnel_curves.png",
+            caption="../report/tunnel_curves.rst",
+            category="Overview",
+        ),
         pdf=f"{RESULTS}/figures/tunnel_curves.pdf",
-    params:
-        seeds=lambda wc: STUDY.seed_params(),
     log:
         "logs/overview_figure.log",
     conda:
         ENV
+    params:
+        seeds=lambda wc: STUDY.seed_params(),
+        caption=lambda wc: figure_caption(
+            "tunnel_curves", STUDY.seed_params()["confidence"]
+        ),
     script:
         "../scripts/overview_figure.py"
 
@@ -39,14 +53,18 @@ rule tsne:
         layer_stats=rules.layer_stats.output,
     output:
         coords=f"{RESULTS}/cells/{{cell}}/tsne.parquet",
-        png=report(f"{RESULTS}/cells/{{cell}}/tsne.png", caption="../report/tsne.rst", category="Cells"),
+        png=report(
+            f"{RESULTS}/cells/{{cell}}/tsne.png",
+            caption="../report/tsne.rst",
+            category="Cells",
+        ),
         pdf=f"{RESULTS}/cells/{{cell}}/tsne.pdf",
-    params:
-        settings=lambda wc: STUDY.tsne_params(wc.cell),
-        title=lambda wc: wc.cell,
     log:
         "logs/tsne/{cell}.log",
     conda:
         ENV
+    params:
+        settings=lambda wc: STUDY.tsne_params(wc.cell),
+        title=lambda wc: wc.cell,
     script:
         "../scripts/tsne.py"

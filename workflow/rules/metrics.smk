@@ -5,11 +5,11 @@ rule cell_metrics:
         info=rules.pretrain.output.info,
     output:
         f"{RESULTS}/cells/{{cell}}/metrics.parquet",
-    params:
-        settings=lambda wc: STUDY.metrics_params(wc.cell),
     log:
         "logs/cell_metrics/{cell}.log",
     conda:
         ENV
+    params:
+        settings=lambda wc: STUDY.metrics_params(wc.cell),
     script:
         "../scripts/cell_metrics.py"

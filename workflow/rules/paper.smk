@@ -1,4 +1,6 @@
-from tunnelscope.figures.captions import TABLES, table_caption
+# The paper build: its tables, the cross-grid figures, provenance and a static page; a rule per
+# output, and the target rule paper for all of them. Captions: tunnelscope.figures.captions.
+from tunnelscope.figures.captions import TABLES, figure_caption, table_caption
 
 
 rule paper_table:
@@ -9,47 +11,168 @@ rule paper_table:
         paired=rules.analysis.output.paired,
         means=rules.analysis.output.means,
     output:
-        csv=report(f"{RESULTS}/paper/tables/{{table}}.csv", caption="../report/paper_table.rst", category="Tables"),
+        csv=report(
+            f"{RESULTS}/paper/tables/{{table}}.csv",
+            caption="../report/paper_table.rst",
+            category="Tables",
+        ),
         tex=f"{RESULTS}/paper/tables/{{table}}.tex",
+    log:
+        "logs/paper_table/{table}.log",
     wildcard_constraints:
         table="|".join(TABLES),
+    conda:
+        ENV
     params:
         caption=lambda wc: table_caption(wc.table, STUDY.seed_params()["confidence"]),
         seeds=lambda wc: STUDY.seed_params(),
-    log:
-        "logs/paper_table/{table}.log",
-    conda:
-        ENV
     script:
         "../scripts/paper_table.py"
 
 
-rule paper:
-    """The paper build: cross-grid figures, provenance, and a static page with the tables."""
+rule curves_by_variable_figure:
+    """Mean normalised OOD curve per level of each variable that varies in the grid."""
     input:
         curves=rules.aggregate.output.curves,
         metrics=rules.aggregate.output.metrics,
-        layer_stats=rules.aggregate.output.layer_stats,
-        slopes=rules.analysis.output.slopes,
-        overview=rules.overview_figure.output.png,
-        tables=expand(f"{RESULTS}/paper/tables/{{table}}.csv", table=TABLES),
     output:
-        variables=report(f"{RESULTS}/paper/curves_by_variable.png", caption="../report/curves_by_variable.rst", category="Variables"),
-        variables_pdf=f"{RESULTS}/paper/curves_by_variable.pdf",
-        shap=report(f"{RESULTS}/paper/shap_slopes.png", caption="../report/shap_slopes.rst", category="Analysis"),
-        shap_pdf=f"{RESULTS}/paper/shap_slopes.pdf",
-        strength=report(f"{RESULTS}/paper/strength_histogram.png", caption="../report/strength_histogram.rst", category="Analysis"),
-        strength_pdf=f"{RESULTS}/paper/strength_histogram.pdf",
-        layer_stats=report(f"{RESULTS}/paper/layer_stats.png", caption="../report/layer_stats.rst", category="Representations"),
-        layer_stats_pdf=f"{RESULTS}/paper/layer_stats.pdf",
-        provenance=f"{RESULTS}/paper/provenance.json",
-        page=f"{RESULTS}/paper/index.html",
-    params:
-        config=lambda wc: STUDY.config,
-        seeds=lambda wc: STUDY.seed_params(),
+        png=report(
+            f"{RESULTS}/paper/curves_by_variable.png",
+            caption="../report/curves_by_variable.rst",
+            category="Variables",
+        ),
+        pdf=f"{RESULTS}/paper/curves_by_variable.pdf",
     log:
-        "logs/paper.log",
+        "logs/curves_by_variable_figure.log",
     conda:
         ENV
+    params:
+        seeds=lambda wc: STUDY.seed_params(),
+        caption=lambda wc: figure_caption(
+            "curves_by_variable", STUDY.seed_params()["confidence"]
+        ),
     script:
-        "../scripts/paper.py"
+        "../scripts/curves_by_variable_figure.py"
+
+
+rule shap_slopes_figure:
+    """SHAP slope of each variable on each target."""
+    input:
+        rules.analysis.output.slopes,
+    output:
+        png=report(
+            f"{RESULTS}/paper/shap_slopes.png",
+            caption="../report/shap_slopes.rst",
+            category="Analysis",
+        ),
+        pdf=f"{RESULTS}/paper/shap_slopes.pdf",
+    log:
+        "logs/shap_slopes_figure.log",
+    conda:
+        ENV
+    params:
+        caption=lambda wc: figure_caption(
+            "shap_slopes", STUDY.seed_params()["confidence"]
+        ),
+    script:
+        "../scripts/shap_slopes_figure.py"
+
+
+rule strength_histogram_figure:
+    """Backbones per tunnel-strength class."""
+    input:
+        rules.aggregate.output.metrics,
+    output:
+        png=report(
+            f"{RESULTS}/paper/strength_histogram.png",
+            caption="../report/strength_histogram.rst",
+            category="Analysis",
+        ),
+        pdf=f"{RESULTS}/paper/strength_histogram.pdf",
+    log:
+        "logs/strength_histogram_figure.log",
+    conda:
+        ENV
+    params:
+        caption=lambda wc: figure_caption(
+            "strength_histogram", STUDY.seed_params()["confidence"]
+        ),
+    script:
+        "../scripts/strength_histogram_figure.py"
+
+
+rule layer_stats_figure:
+    """Per-layer statistics of the ID embeddings over relative depth, every cell."""
+    input:
+        rules.aggregate.output.layer_stats,
+    output:
+        png=report(
+            f"{RESULTS}/paper/layer_stats.png",
+            caption="../report/layer_stats.rst",
+            category="Representations",
+        ),
+        pdf=f"{RESULTS}/paper/layer_stats.pdf",
+    log:
+        "logs/layer_stats_figure.log",
+    conda:
+        ENV
+    params:
+        seeds=lambda wc: STUDY.seed_params(),
+        caption=lambda wc: figure_caption(
+            "layer_stats", STUDY.seed_params()["confidence"]
+        ),
+    script:
+        "../scripts/layer_stats_figure.py"
+
+
+rule provenance:
+    """The study's cells, its whole config and the software versions that built it."""
+    input:
+        rules.aggregate.output.metrics,
+    output:
+        f"{RESULTS}/paper/provenance.json",
+    log:
+        "logs/provenance.log",
+    conda:
+        ENV
+    params:
+        config=lambda wc: STUDY.config,
+    script:
+        "../scripts/provenance.py"
+
+
+rule paper_page:
+    """A static page with every paper figure and table, readable without Snakemake."""
+    input:
+        overview=rules.overview_figure.output.png,
+        figures=[
+            rules.curves_by_variable_figure.output.png,
+            rules.shap_slopes_figure.output.png,
+            rules.strength_histogram_figure.output.png,
+            rules.layer_stats_figure.output.png,
+        ],
+        tables=expand(rules.paper_table.output.csv, table=TABLES),
+        slopes=rules.analysis.output.slopes,
+        provenance=rules.provenance.output[0],
+    output:
+        f"{RESULTS}/paper/index.html",
+    log:
+        "logs/paper_page.log",
+    conda:
+        ENV
+    params:
+        seeds=lambda wc: STUDY.seed_params(),
+    script:
+        "../scripts/paper_page.py"
+
+
+rule paper:
+    """Target: the paper build (snakemake paper)."""
+    input:
+        rules.paper_page.input.tables,
+        rules.paper_page.output,
+        rules.provenance.output,
+        rules.curves_by_variable_figure.output,
+        rules.shap_slopes_figure.output,
+        rules.strength_histogram_figure.output,
+        rules.layer_stats_figure.output,

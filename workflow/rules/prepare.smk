@@ -3,12 +3,12 @@ rule prepare:
     models their interpolation and crop) into the prepared-image cache."""
     output:
         directory(f"{RESULTS}/prepared/{{dataset}}/{{transform}}"),
-    params:
-        settings=lambda wc: STUDY.prepare_params(wc.dataset, wc.transform),
-    threads: HEAVY_THREADS
     log:
         "logs/prepare/{dataset}_{transform}.log",
     conda:
         ENV
+    threads: HEAVY_THREADS
+    params:
+        settings=lambda wc: STUDY.prepare_params(wc.dataset, wc.transform),
     script:
         "../scripts/prepare.py"

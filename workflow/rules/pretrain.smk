@@ -6,23 +6,23 @@ rule pretrain:
         checkpoint=f"{RESULTS}/cells/{{cell}}/checkpoint.safetensors",
         train_log=f"{RESULTS}/cells/{{cell}}/train_log.csv",
         info=f"{RESULTS}/cells/{{cell}}/cell.json",
+    log:
+        "logs/pretrain/{cell}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pretrain/{{cell}}.tsv"
     wildcard_constraints:
         cell=cell_pattern(STUDY.trained_cells()),
-    params:
-        settings=lambda wc: STUDY.pretrain_params(wc.cell),
-        # Resume state outside the outputs, so Snakemake keeps it when a job is killed.
-        state=lambda wc: f"{RESULTS}/cells/{wc.cell}/train_state.pt",
+    conda:
+        ENV
     threads: HEAVY_THREADS
     resources:
         channels_last=lambda wc: int(STUDY.config["compute"]["channels_last"]),
         # Splits up to this size stay on the device; a speed knob (the same crops either way).
         resident_mb=lambda wc: STUDY.config["compute"]["resident_mb"],
-    log:
-        "logs/pretrain/{cell}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/pretrain/{{cell}}.tsv"
-    conda:
-        ENV
+    params:
+        settings=lambda wc: STUDY.pretrain_params(wc.cell),
+        # Resume state outside the outputs, so Snakemake keeps it when a job is killed.
+        state=lambda wc: f"{RESULTS}/cells/{wc.cell}/train_state.pt",
     script:
         "../scripts/pretrain.py"
 
@@ -31,19 +31,23 @@ rule import_pretrained:
     """A published backbone instead of pretraining: its weights, checked against the architecture."""
     input:
         # A weights file is an input, so replacing it reruns the cell.
-        weights=lambda wc: [STUDY.cells[wc.cell].pretrained["weights"]] if STUDY.cells[wc.cell].pretrained.get("weights") else [],
+        weights=lambda wc: (
+            [STUDY.cells[wc.cell].pretrained["weights"]]
+            if STUDY.cells[wc.cell].pretrained.get("weights")
+            else []
+        ),
     output:
         checkpoint=f"{RESULTS}/cells/{{cell}}/checkpoint.safetensors",
         train_log=f"{RESULTS}/cells/{{cell}}/train_log.csv",
         info=f"{RESULTS}/cells/{{cell}}/cell.json",
-    wildcard_constraints:
-        cell=cell_pattern(STUDY.pretrained_cells()),
-    params:
-        settings=lambda wc: STUDY.import_params(wc.cell),
-    threads: 1
     log:
         "logs/import_pretrained/{cell}.log",
+    wildcard_constraints:
+        cell=cell_pattern(STUDY.pretrained_cells()),
     conda:
         ENV
+    threads: 1
+    params:
+        settings=lambda wc: STUDY.import_params(wc.cell),
     script:
         "../scripts/import_pretrained.py"

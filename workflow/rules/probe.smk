@@ -7,14 +7,14 @@ rule probe:
     output:
         table=f"{RESULTS}/cells/{{cell}}/probes/{{solver}}/{{eval_set}}.parquet",
         weights=f"{RESULTS}/cells/{{cell}}/probes/{{solver}}/{{eval_set}}.weights.npz",
-    params:
-        settings=lambda wc: STUDY.probe_params(wc.cell, wc.eval_set, wc.solver),
-    threads: 1
     log:
         "logs/probe/{cell}_{eval_set}_{solver}.log",
     benchmark:
         f"{RESULTS}/benchmarks/probe/{{cell}}_{{eval_set}}_{{solver}}.tsv"
     conda:
         ENV
+    threads: 1
+    params:
+        settings=lambda wc: STUDY.probe_params(wc.cell, wc.eval_set, wc.solver),
     script:
         "../scripts/probe.py"

@@ -1,23 +1,6 @@
 # Probe protocols side by side on the same embeddings: zero-shot against the paper's protocol on
 # shifted copies of the ID set, and the solvers of a probe.solver list against the first one.
-
-
-def zero_shot_pairs():
-    return [(c, e) for c in CELLS for e in STUDY.shifted_sets(c)]
-
-
-def multi_solver_cells():
-    return [c for c in CELLS if len(STUDY.solvers(c)) > 1]
-
-
-def protocol_outputs():
-    """The study-level outputs of this file that the study has data for (for rule all)."""
-    outputs = []
-    if zero_shot_pairs():
-        outputs += [rules.zero_shot_table.output.png, rules.zero_shot_table.output.csv]
-    if multi_solver_cells():
-        outputs += [rules.solver_table.output.png, rules.solver_table.output.csv]
-    return outputs
+# Which cells take part: common.smk.
 
 
 rule zero_shot:
@@ -25,18 +8,22 @@ rule zero_shot:
     part of it), beside the probe trained on the shifted set, on the same rows."""
     input:
         id_probes=lambda wc: probe_table(wc.cell, STUDY.cells[wc.cell].id_dataset),
-        id_weights=lambda wc: probe_table(wc.cell, STUDY.cells[wc.cell].id_dataset, suffix=".weights.npz"),
-        shifted_weights=lambda wc: probe_table(wc.cell, wc.eval_set, suffix=".weights.npz"),
+        id_weights=lambda wc: probe_table(
+            wc.cell, STUDY.cells[wc.cell].id_dataset, suffix=".weights.npz"
+        ),
+        shifted_weights=lambda wc: probe_table(
+            wc.cell, wc.eval_set, suffix=".weights.npz"
+        ),
         clean=lambda wc: f"{RESULTS}/cells/{wc.cell}/embeddings/{STUDY.cells[wc.cell].id_dataset}",
         shifted=lambda wc: f"{RESULTS}/cells/{wc.cell}/embeddings/{wc.eval_set}",
     output:
         f"{RESULTS}/cells/{{cell}}/zero_shot/{{eval_set}}.parquet",
-    params:
-        settings=lambda wc: STUDY.zero_shot_params(wc.cell, wc.eval_set),
     log:
         "logs/zero_shot/{cell}_{eval_set}.log",
     conda:
         ENV
+    params:
+        settings=lambda wc: STUDY.zero_shot_params(wc.cell, wc.eval_set),
     script:
         "../scripts/zero_shot.py"
 
@@ -48,16 +35,24 @@ rule zero_shot_table:
     output:
         layers=f"{RESULTS}/aggregate/zero_shot.parquet",
         layers_csv=f"{RESULTS}/aggregate/zero_shot.csv",
-        csv=report(f"{RESULTS}/paper/tables/zero_shot.csv", caption="../report/zero_shot.rst", category="Protocols"),
+        csv=report(
+            f"{RESULTS}/paper/tables/zero_shot.csv",
+            caption="../report/zero_shot.rst",
+            category="Protocols",
+        ),
         tex=f"{RESULTS}/paper/tables/zero_shot.tex",
-        png=report(f"{RESULTS}/paper/zero_shot.png", caption="../report/zero_shot.rst", category="Protocols"),
+        png=report(
+            f"{RESULTS}/paper/zero_shot.png",
+            caption="../report/zero_shot.rst",
+            category="Protocols",
+        ),
         pdf=f"{RESULTS}/paper/zero_shot.pdf",
-    params:
-        seeds=lambda wc: STUDY.seed_params(),
     log:
         "logs/zero_shot_table.log",
     conda:
         ENV
+    params:
+        seeds=lambda wc: STUDY.seed_params(),
     script:
         "../scripts/zero_shot_table.py"
 
@@ -65,16 +60,20 @@ rule zero_shot_table:
 rule solver_metrics:
     """One cell's tunnel metrics under each of its probe solvers."""
     input:
-        probes=lambda wc: [probe_table(wc.cell, e, s) for s in STUDY.solvers(wc.cell) for e in STUDY.eval_sets(wc.cell)],
+        probes=lambda wc: [
+            probe_table(wc.cell, e, s)
+            for s in STUDY.solvers(wc.cell)
+            for e in STUDY.eval_sets(wc.cell)
+        ],
         info=rules.pretrain.output.info,
     output:
         f"{RESULTS}/cells/{{cell}}/solver_metrics.parquet",
-    params:
-        settings=lambda wc: STUDY.metrics_params(wc.cell),
     log:
         "logs/solver_metrics/{cell}.log",
     conda:
         ENV
+    params:
+        settings=lambda wc: STUDY.metrics_params(wc.cell),
     script:
         "../scripts/solver_metrics.py"
 
@@ -82,20 +81,31 @@ rule solver_metrics:
 rule solver_table:
     """How r, rho, A and the tunnel start move between solvers on the same embeddings."""
     input:
-        expand(f"{RESULTS}/cells/{{cell}}/solver_metrics.parquet", cell=multi_solver_cells()),
+        expand(
+            f"{RESULTS}/cells/{{cell}}/solver_metrics.parquet",
+            cell=multi_solver_cells(),
+        ),
     output:
         metrics=f"{RESULTS}/aggregate/solver_metrics.parquet",
         metrics_csv=f"{RESULTS}/aggregate/solver_metrics.csv",
-        csv=report(f"{RESULTS}/paper/tables/solvers.csv", caption="../report/solvers.rst", category="Protocols"),
+        csv=report(
+            f"{RESULTS}/paper/tables/solvers.csv",
+            caption="../report/solvers.rst",
+            category="Protocols",
+        ),
         tex=f"{RESULTS}/paper/tables/solvers.tex",
-        png=report(f"{RESULTS}/paper/solvers.png", caption="../report/solvers.rst", category="Protocols"),
+        png=report(
+            f"{RESULTS}/paper/solvers.png",
+            caption="../report/solvers.rst",
+            category="Protocols",
+        ),
         pdf=f"{RESULTS}/paper/solvers.pdf",
-    params:
-        reference=lambda wc: STUDY.solvers(multi_solver_cells()[0])[0],
-        seeds=lambda wc: STUDY.seed_params(),
     log:
         "logs/solver_table.log",
     conda:
         ENV
+    params:
+        reference=lambda wc: STUDY.solvers(multi_solver_cells()[0])[0],
+        seeds=lambda wc: STUDY.seed_params(),
     script:
         "../scripts/solver_table.py"

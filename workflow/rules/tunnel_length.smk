@@ -1,21 +1,55 @@
-rule tunnel_length:
-    """MLP cells: ID-rule tunnel length against depth and width, and numerical rank per layer."""
+# MLP cells (Masarczyk et al.): the ID-rule tunnel length against depth and width, and the
+# numerical rank per layer; a rule per figure and its tables, the target rule tunnel_length.
+
+
+rule tunnel_length_figure:
+    """The ID-rule tunnel length against MLP depth and width; per cell and plotted values."""
+    input:
+        rules.aggregate.output.metrics,
+    output:
+        png=report(
+            f"{RESULTS}/tunnel_length/tunnel_length.png",
+            caption="../report/tunnel_length.rst",
+            category="Tunnel length",
+        ),
+        pdf=f"{RESULTS}/tunnel_length/tunnel_length.pdf",
+        cells=f"{RESULTS}/tunnel_length/tunnel_length_cells.csv",
+        summary=f"{RESULTS}/tunnel_length/tunnel_length.csv",
+    log:
+        "logs/tunnel_length_figure.log",
+    conda:
+        ENV
+    params:
+        settings=lambda wc: STUDY.tunnel_length_params(),
+    script:
+        "../scripts/tunnel_length_figure.py"
+
+
+rule rank_per_layer_figure:
+    """Numerical rank per hidden layer of the MLP cells, with their mean tunnel starts."""
     input:
         metrics=rules.aggregate.output.metrics,
         layer_stats=rules.aggregate.output.layer_stats,
     output:
-        figure=report(f"{RESULTS}/tunnel_length/tunnel_length.png", caption="../report/tunnel_length.rst", category="Tunnel length"),
-        figure_pdf=f"{RESULTS}/tunnel_length/tunnel_length.pdf",
-        rank=report(f"{RESULTS}/tunnel_length/rank_per_layer.png", caption="../report/rank_per_layer.rst", category="Tunnel length"),
-        rank_pdf=f"{RESULTS}/tunnel_length/rank_per_layer.pdf",
-        cells=f"{RESULTS}/tunnel_length/tunnel_length_cells.csv",
-        summary=f"{RESULTS}/tunnel_length/tunnel_length.csv",
-        rank_table=f"{RESULTS}/tunnel_length/rank_per_layer.csv",
-    params:
-        settings=lambda wc: STUDY.tunnel_length_params(),
+        png=report(
+            f"{RESULTS}/tunnel_length/rank_per_layer.png",
+            caption="../report/rank_per_layer.rst",
+            category="Tunnel length",
+        ),
+        pdf=f"{RESULTS}/tunnel_length/rank_per_layer.pdf",
+        table=f"{RESULTS}/tunnel_length/rank_per_layer.csv",
     log:
-        "logs/tunnel_length.log",
+        "logs/rank_per_layer_figure.log",
     conda:
         ENV
+    params:
+        settings=lambda wc: STUDY.tunnel_length_params(),
     script:
-        "../scripts/tunnel_length.py"
+        "../scripts/rank_per_layer_figure.py"
+
+
+rule tunnel_length:
+    """Target: the tunnel-length study of the MLP cells (snakemake tunnel_length)."""
+    input:
+        rules.tunnel_length_figure.output,
+        rules.rank_per_layer_figure.output,

@@ -1,4 +1,4 @@
-"""Captions of the paper build's tables, shared by the Snakemake report and the static page.
+"""Captions of the paper build's tables and figures, shared by the Snakemake report and the static page.
 
 Kept free of heavy imports: the workflow reads it while the DAG is built.
 """
@@ -71,3 +71,43 @@ SOLVERS_CAPTION = (
     "(absolute) difference, Spearman correlation across backbones and OOD sets, and the share of pairs on which both "
     "solvers agree that there is a tunnel."
 )
+
+
+# The study-wide figures: name (the figure's file stem) -> caption; "{confidence}" stands for the
+# seed-interval level (analysis.seed_confidence). The report's caption files render these from
+# their rules' params, the static page reads them here: both say the same.
+FIGURES = {
+    "tunnel_curves": (
+        "Normalised tunnel curves of every backbone: linear-probe test accuracy per probed layer divided by the curve's "
+        "maximum. Black: the ID set. Red: mean over the OOD sets, shaded ±1 SD; the star marks the layer where the mean "
+        "OOD curve peaks (the tunnel start when it precedes the last layer). Where a backbone has several seeds, each line "
+        "is the mean of its seeds' curves, shaded with their {confidence} t-interval across seeds; the panel title gives "
+        "the number of seeds."
+    ),
+    "curves_by_variable": (
+        "How each training variable shapes the tunnel: the mean normalised OOD probe curve over relative depth, one line "
+        "per level of every variable that varies in this grid (shading ±1 SD over cells and OOD sets; with several seeds "
+        "per backbone, the {confidence} t-interval across the seeds' level curves). A curve that peaks early and falls is "
+        "a tunnel; one that keeps rising is not."
+    ),
+    "shap_slopes": (
+        "SHAP slopes per variable and target (% OOD retained / 100, Pearson ρ, ID/OOD alignment; docs/protocol.md): a "
+        "Huber gradient-boosting model on ordinal-coded variables, TreeExplainer SHAP values, and the slope of a linear "
+        "fit of each variable's SHAP values on its code / max code. Positive = the variable raises the target; no bar "
+        "where a variable has a single level in the grid. The in-sample R² is in analysis/shap_fit.csv."
+    ),
+    "strength_histogram": (
+        "Backbones by tunnel strength: % OOD retained averaged over each backbone's OOD sets (and seeds), negligible ≥ 95, "
+        "weak [90, 95), medium [80, 90), strong < 80 (the paper found 4 / 8 / 13 / 39 of 64)."
+    ),
+    "layer_stats": (
+        "Representation statistics of the ID test embeddings per probed layer: numerical rank, RankMe, NC1 (within- over "
+        "between-class scatter) and linear CKA to the last probed layer. Tunnel layers show falling rank and NC1 and CKA "
+        "close to 1. With several seeds per backbone, one line per backbone (the seed mean) shaded with the {confidence} "
+        "t-interval across seeds (on the NC1 log axis a band reaching 0 is cut at a tenth of the line's smallest value)."
+    ),
+}
+
+
+def figure_caption(name: str, confidence: float = 0.95) -> str:
+    return FIGURES[name].format(confidence=f"{confidence:.0%}")

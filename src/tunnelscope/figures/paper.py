@@ -1,12 +1,13 @@
-"""The paper build: cross-grid figures, tables (CSV + LaTeX), provenance and a static HTML page.
+"""The paper build: cross-grid figures, provenance and a static HTML page (tables: tables.py).
 
-Everything is rebuilt from the aggregate and analysis tables alone.
+Everything is rebuilt from the aggregate and analysis tables alone, one output per function.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import os
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -15,7 +16,7 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from tunnelscope.analysis.comparisons import VARIABLES, present_levels
-from tunnelscope.figures.captions import TABLES, table_caption
+from tunnelscope.figures.captions import TABLES, figure_caption, table_caption
 from tunnelscope.figures.plots import draw_band
 from tunnelscope.figures.style import apply_style, plt, save_figure, sns
 from tunnelscope.io import atomic_path
@@ -152,42 +153,48 @@ def provenance(metrics: pd.DataFrame, config: dict) -> dict:
     return {"cells": cells, "config": config, "software": versions, "python": platform.python_version(), "platform": platform.platform()}
 
 
-FIGURES = {
-    "curves_by_variable": "Mean normalised OOD probe curve per level of each variable that varies in the grid (±1 SD over cells and OOD sets; with several seeds per backbone, the {confidence} t-interval across seeds).",
-    "shap_slopes": "SHAP slope of each variable on each target (% OOD retained / 100, Pearson ρ, ID/OOD alignment); empty where a variable has a single level.",
-    "strength_histogram": "Backbones per tunnel-strength class, from % OOD retained averaged over each backbone's OOD sets (and seeds).",
-    "layer_stats": "Per-layer statistics of ID embeddings: numerical rank, RankMe, NC1 and linear CKA to the last probed layer (with several seeds per backbone: seed means, shaded with the {confidence} t-interval across seeds).",
-}
+def write_provenance(metrics: pd.DataFrame, config: dict, path: str) -> None:
+    with atomic_path(Path(path)) as tmp:
+        Path(tmp).write_text(json.dumps(provenance(metrics, config), indent=1, sort_keys=True, default=str))
 
 
-def html_page(out_dir: Path, page: str, prov: dict, tables: dict[str, pd.DataFrame], slopes: pd.DataFrame, confidence: float = CONFIDENCE) -> None:
-    """A static page with every figure and table, readable without Snakemake."""
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>tunnelscope paper build</title>",
-             "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto}img{max-width:100%;border:1px solid #ddd}table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>",
-             "<h1>tunnelscope paper build</h1>", "<p><img src='../figures/tunnel_curves.png' alt='tunnel curves'></p>",
-             f"<p>Normalised tunnel curves of every backbone (ID black, OOD mean red shaded ±1 SD over the OOD sets, star at the OOD peak; with several seeds, seed means shaded with the {confidence:.0%} t-interval across seeds).</p>"]
-    for name, caption in FIGURES.items():
-        caption = caption.format(confidence=f"{confidence:.0%}")
-        parts += [f"<h2>{html.escape(name.replace('_', ' '))}</h2>", f"<p><img src='{name}.png' alt='{name}'></p>", f"<p>{html.escape(caption)}</p>"]
-    for name, frame in {**tables, "shap_slopes": slopes}.items():
-        caption = table_caption(name, confidence) if name in tables else "SHAP slope per variable and target (analysis/shap_slopes.csv)."
-        title = name.replace("_", " ") + (f" ({TABLES[name][0]})" if name in TABLES else "")
-        parts += [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(caption)} <a href='tables/{name}.csv'>CSV</a></p>" if name in tables else f"<p>{html.escape(caption)}</p>",
-                  frame.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–")]
-    parts += ["<h2>provenance</h2>", f"<pre>{html.escape(json.dumps({k: prov[k] for k in ('software', 'python', 'platform')}, indent=1))}</pre>",
-              f"<p>{len(prov['cells'])} cells; full config in provenance.json.</p></body></html>"]
-    with atomic_path(out_dir / page) as tmp:
+PAGE_HEAD = ["<!doctype html><html><head><meta charset='utf-8'><title>tunnelscope paper build</title>",
+             "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto}img{max-width:100%;border:1px solid #ddd}table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>"]
+SHAP_TABLE_CAPTION = "SHAP slope per variable and target."
+
+
+def _name(path: str) -> str:
+    """A file's name on the page: its stem (the key of its caption)."""
+    return Path(path).stem
+
+
+def _figure(png: str, src: str, confidence: float, heading: bool = True) -> list[str]:
+    name = _name(png)
+    words = html.escape(name.replace("_", " "))
+    title = [f"<h2>{words}</h2>"] if heading else []
+    return title + [f"<p><img src='{html.escape(src)}' alt='{words}'></p>", f"<p>{html.escape(figure_caption(name, confidence))}</p>"]
+
+
+def _table(csv: str, href: str, caption: str, title: str) -> list[str]:
+    return [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(caption)} <a href='{html.escape(href)}'>CSV</a></p>",
+            pd.read_csv(csv).to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–")]
+
+
+def html_page(page: str, overview: str, figures: list[str], tables: list[str], slopes: str, provenance_json: str, confidence: float = CONFIDENCE) -> None:
+    """A static page with every figure and table, readable without Snakemake: the given files,
+    linked relative to the page, figures with the Snakemake report's captions (captions.FIGURES)."""
+    def link(path: str) -> str:
+        return os.path.relpath(path, Path(page).parent)
+
+    parts = [*PAGE_HEAD, "<h1>tunnelscope paper build</h1>", *_figure(overview, link(overview), confidence, heading=False)]
+    for png in figures:
+        parts += _figure(png, link(png), confidence)
+    for csv in tables:
+        parts += _table(csv, link(csv), table_caption(_name(csv), confidence), f"{_name(csv).replace('_', ' ')} ({TABLES[_name(csv)][0]})")
+    parts += _table(slopes, link(slopes), SHAP_TABLE_CAPTION, _name(slopes).replace("_", " "))
+    prov = json.loads(Path(provenance_json).read_text())
+    shown = {"software": {name: prov["software"].get(name) for name in PACKAGES}, "python": prov["python"], "platform": prov["platform"]}  # PACKAGES' order
+    parts += ["<h2>provenance</h2>", f"<pre>{html.escape(json.dumps(shown, indent=1))}</pre>",
+              f"<p>{len(prov['cells'])} cells; full config in {html.escape(link(provenance_json))}.</p></body></html>"]
+    with atomic_path(Path(page)) as tmp:
         Path(tmp).write_text("\n".join(parts))
-
-
-def build(curves: pd.DataFrame, metrics: pd.DataFrame, stats: pd.DataFrame, slopes: pd.DataFrame, tables: dict[str, pd.DataFrame], config: dict, out_dir: str, confidence: float = CONFIDENCE) -> None:
-    """Figures, provenance.json and index.html; ``tables`` = the paper tables by name (CSV frames)."""
-    out = Path(out_dir)
-    curves_by_variable(curves, metrics, str(out / "curves_by_variable.png"), str(out / "curves_by_variable.pdf"), confidence)
-    shap_bars(slopes, str(out / "shap_slopes.png"), str(out / "shap_slopes.pdf"))
-    strength_histogram(metrics, str(out / "strength_histogram.png"), str(out / "strength_histogram.pdf"))
-    layer_stats_figure(stats, str(out / "layer_stats.png"), str(out / "layer_stats.pdf"), confidence)
-    prov = provenance(metrics, config)
-    with atomic_path(out / "provenance.json") as tmp:
-        Path(tmp).write_text(json.dumps(prov, indent=1, sort_keys=True, default=str))
-    html_page(out, "index.html", prov, tables, slopes, confidence)

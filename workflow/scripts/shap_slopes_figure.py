@@ -1,0 +1,7 @@
+import pandas as pd
+
+from tunnelscope.figures.paper import shap_bars
+from tunnelscope.joblog import job_logging
+
+with job_logging(snakemake.log[0]):
+    shap_bars(pd.read_csv(snakemake.input[0]), snakemake.output.png, snakemake.output.pdf)
