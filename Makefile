@@ -15,11 +15,14 @@ $(STAMP): pyproject.toml
 run: $(STAMP)  ## run the default study (config.yaml) on this machine
 	$(VENV)/bin/snakemake --cores $(CORES)
 
-test: $(STAMP)  ## run the whole test suite
+test: lint  ## the linters, then the whole test suite
 	$(VENV)/bin/python -m pytest
 
-# The workflow layer: snakefmt's formatting and Snakemake's own linter (default config).
-lint: $(STAMP)  ## check the Snakefile and rules: formatting and snakemake --lint
+# Python: ruff's lint and formatting; the workflow layer: snakefmt's formatting and Snakemake's
+# own linter (default config).
+lint: $(STAMP)  ## check formatting and lint of the library, tests, scripts and the workflow
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/snakefmt --check Snakefile workflow/rules
 	$(VENV)/bin/snakemake --lint
 

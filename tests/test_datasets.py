@@ -10,8 +10,8 @@ from PIL import Image
 
 from tunnelscope.data import synthetic
 from tunnelscope.data.loader import center_crop
-from tunnelscope.data.sources import DatasetError, load_source, prepare
-from tunnelscope.data.store import Store, StoreError
+from tunnelscope.data.sources import load_source, prepare
+from tunnelscope.data.store import DatasetError, Store, StoreError
 from tunnelscope.data.transforms import eval_transform
 
 RNG = np.random.default_rng(0)

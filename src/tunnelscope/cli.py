@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from tunnelscope.registry import PROBE_POINT_RULES
+from tunnelscope.registry import CAPTURE_SIDES, POOLINGS, PROBE_POINT_RULES
 from tunnelscope.study.config import SCHEMA_PATH, ConfigError, Study, load_schema
 
 REPO = Path(__file__).resolve().parents[2]
@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     lay.add_argument("--resolution", type=int, default=224, help="input resolution in pixels (default 224)")
     lay.add_argument("--classes", type=int, default=100, help="classifier outputs, for the parameter count (default 100)")
     lay.add_argument("--width", type=float, default=1.0, help="channel multiplier of the paper architectures (default 1.0)")
-    lay.add_argument("--pooling", default="avg2x2", help="pooling for the reported dims (default avg2x2)")
-    lay.add_argument("--side", default="default", choices=["default", "input", "output"], help="capture side (default: the paper's per architecture)")
+    lay.add_argument("--pooling", default="avg2x2", choices=POOLINGS, help="pooling for the reported dims (default avg2x2)")
+    lay.add_argument("--side", default="default", choices=CAPTURE_SIDES, help="capture side (default: the paper's per architecture)")
     lay.add_argument(
         "--probe-points",
         default="default",

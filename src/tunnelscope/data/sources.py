@@ -28,6 +28,7 @@ from tunnelscope.data import synthetic
 from tunnelscope.data.splits import SPLITS, stratified_split
 from tunnelscope.data.store import (
     CHUNK_BYTES,
+    DatasetError,
     SplitPlan,
     Store,
     byte_chunks,
@@ -41,10 +42,6 @@ from tunnelscope.runtime import bound_heap
 log = logging.getLogger("tunnelscope.datasets")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif"}
-
-
-class DatasetError(RuntimeError):
-    """A problem with a dataset on disk, naming the offending path."""
 
 
 @dataclass

@@ -143,8 +143,6 @@ def _write_split(partial: Path, split: str, plan: SplitPlan, progress: dict, pro
             if isinstance(image, Exception):
                 name = plan.names[i] if len(plan.names) else f"image {i}"
                 if on_bad_image == "error":
-                    from tunnelscope.data.sources import DatasetError
-
                     raise DatasetError(f"{name}: unreadable image ({image}); set on_bad_image: skip to leave such files out")
                 log.warning("skipping unreadable image %s (%s)", name, image)
                 bad.add(i)
@@ -164,8 +162,6 @@ def _write_split(partial: Path, split: str, plan: SplitPlan, progress: dict, pro
     if bad:
         log.warning("%s: skipped %d unreadable images of %d", split, len(bad), len(plan.labels))
     if len(keep) == 0:
-        from tunnelscope.data.sources import DatasetError
-
         raise DatasetError(f"{split}: no readable images")
     index = np.stack([offsets[:-1], plan.shapes[:, 0], plan.shapes[:, 1]], axis=1)[keep]
     np.save(partial / f"{split}.index.npy", index.astype(np.int64))
@@ -292,3 +288,9 @@ def parallel_fill(pool: ThreadPoolExecutor, fill_one: Callable[[int], object]) -
         return list(pool.map(fill_one, range(start, stop)))
 
     return fill
+
+
+class DatasetError(RuntimeError):
+    """A problem with a dataset on disk, naming the offending path."""
+
+
