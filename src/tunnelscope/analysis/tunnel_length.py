@@ -1,7 +1,7 @@
 """Tunnel length against depth and width, Masarczyk et al. (2023) style, over the MLP cells.
 
 The tunnel starts at the first layer whose ID probe accuracy reaches a fraction (0.95) of the
-last layer's (``metrics.id_tunnel_start``); its length is L - start over the L probed layers.
+last layer's (``metrics.tunnel.id_tunnel_start``); its length is L - start over the L probed layers.
 Per (setting, depth, width) the values of the cells that differ only in their seed are summarised
 by their mean and a Student-t interval of that mean; the figures draw exactly these tables.
 """

@@ -1,6 +1,6 @@
 """Dataset sources and the prepared-image store they are written into.
 
-``prepare`` turns a dataset spec (a ``datasets:`` entry of the config) into a store (``store.py``)
+``prepare`` turns a dataset spec (a ``datasets:`` entry of the config) into a store (``data/store.py``)
 per (dataset, resolution): every image kept whole at the eval transform's resize, train and test
 splits, written chunk by chunk. Training and extraction read that store instead of decoding and
 resizing the same images again every epoch.

@@ -83,7 +83,7 @@ def count_parameters(model: nn.Module) -> int:
 def describe(model: nn.Module, arch: str, resolution: int, points: list[ProbePoint] | None = None) -> dict:
     """Variables of a built model used by the analysis: family, depth, stem, spatial reduction.
 
-    Built-in architectures: their facts as the released table codes them (config.arch_facts).
+    Built-in architectures: their facts as the released table codes them (registry.arch_facts).
     Others: depth = the number of probe points; spatial reduction phi = side of the first probe
     point's map / input side for CNNs, 1.0 for token models (as the paper codes its ViTs)."""
     facts = arch_facts(arch)

@@ -2,7 +2,7 @@
 
 A run trains a network on task 1 (E1+T1), then goes on training it on task 2 (E2+T2, started
 from the E1+T1 weights). The tunnel is located on an ID probe curve by Masarczyk's rule
-(``metrics.id_tunnel_start``): it starts at the first layer whose probe accuracy reaches a
+(``metrics.tunnel.id_tunnel_start``): it starts at the first layer whose probe accuracy reaches a
 threshold times the last layer's. The extractor E is every module that runs before that
 layer's representation is captured, the tunnel T every other module, classifier included, so
 a split at the input of a ResNet block's conv2 puts the block's conv1 and bn1 in E and its

@@ -25,7 +25,7 @@ from tunnelscope.registry import CELL_VARIABLES
 
 ZERO_SHOT_STREAM = 3141  # the random stream of the shifted validation split (zero_shot.split_seed)
 def probe_logits(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Logits on raw features ``x`` (n, d) of a probe stored by probe.write_weights."""
+    """Logits on raw features ``x`` (n, d) of a probe stored by probe.layers.write_weights."""
     return x.astype(np.float32) @ weights[:-1] + weights[-1]
 
 

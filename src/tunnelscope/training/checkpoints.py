@@ -23,7 +23,7 @@ from tunnelscope.registry import (
 
 # The over-parameterisation level gamma = P / N as Harun et al. code it: N = the whole ID training
 # split (no hold-out subtracted), P = the count their architecture table quotes for a 100-class
-# head whatever the ID set (config.ARCHS params_m); for other widths and models (MLPs, whose count
+# head whatever the ID set (registry.ARCHS params_m); for other widths and models (MLPs, whose count
 # grows with the resolution, among them), the count with a 100-class head rounded to 0.01M.
 GAMMA_HEAD_CLASSES = 100
 
