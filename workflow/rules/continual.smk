@@ -35,7 +35,7 @@ rule continual_train:
         settings=lambda wc: STUDY.continual_train_params(wc.run, wc.network),
         state=lambda wc: f"{CONTINUAL}/{wc.run}/{wc.network}/train_state.pt",
     script:
-        "../scripts/continual_train.py"
+        "../scripts/pretrain.py"
 
 
 rule continual_swap:
@@ -65,7 +65,7 @@ rule continual_finetune:
     """A finetune configuration: parts of a composed network trained on one task, the rest frozen."""
     input:
         data=lambda wc: STUDY.run_prepared_path(wc.run),
-        start=lambda wc: network_checkpoint(
+        init=lambda wc: network_checkpoint(
             wc.run, network_slug(STUDY.continual_finetune(wc.network)["start"])
         ),
         tunnel=f"{CONTINUAL}/{{run}}/tunnel.json",
@@ -90,7 +90,7 @@ rule continual_finetune:
         settings=lambda wc: STUDY.continual_finetune_params(wc.run, wc.network),
         state=lambda wc: f"{CONTINUAL}/{wc.run}/{wc.network}/train_state.pt",
     script:
-        "../scripts/continual_finetune.py"
+        "../scripts/pretrain.py"
 
 
 rule continual_evaluate:
