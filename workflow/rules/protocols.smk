@@ -75,7 +75,7 @@ rule solver_metrics:
     params:
         settings=lambda wc: STUDY.metrics_params(wc.cell),
     script:
-        "../scripts/solver_metrics.py"
+        "../scripts/cell_metrics.py"
 
 
 rule solver_table:
