@@ -154,7 +154,7 @@ def test_editing_one_cell_reruns_exactly_its_chain(study):
     finally:
         (study / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     cell = "vggm11_toy_r32_rrc_flip_s0"
-    expected = {(rule, f"cell={cell}") for rule in ("pretrain", "cell_metrics", "cell_figure", "layer_stats", "tsne")}
+    expected = {(rule, f"cell={cell}") for rule in ("pretrain", "cell_metrics", "cell_figure", "layer_stats", "tsne", "tsne_figure")}
     expected |= {("embed", f"cell={cell}, eval_set={e}") for e in EVAL_SETS}
     expected |= {("probe", f"cell={cell}, solver=lbfgs, eval_set={e}") for e in EVAL_SETS}
     expected |= {("zero_shot", f"cell={cell}, eval_set=toy-blur"), ("zero_shot_table", "")}

@@ -47,12 +47,27 @@ rule overview_figure:
 
 
 rule tsne:
-    """Per cell: t-SNE of the ID test embeddings at every probed layer, beside the rank curve."""
+    """Per cell: t-SNE coordinates of the ID test embeddings at every probed layer."""
     input:
         embeddings=lambda wc: f"{RESULTS}/cells/{wc.cell}/embeddings/{STUDY.cells[wc.cell].id_dataset}",
-        layer_stats=rules.layer_stats.output,
     output:
         coords=f"{RESULTS}/cells/{{cell}}/tsne.parquet",
+    log:
+        "logs/tsne/{cell}.log",
+    conda:
+        ENV
+    params:
+        settings=lambda wc: STUDY.tsne_params(wc.cell),
+    script:
+        "../scripts/tsne.py"
+
+
+rule tsne_figure:
+    """Per cell: the t-SNE panels beside the rank curve (so a layer_stats setting reruns no fit)."""
+    input:
+        coords=rules.tsne.output.coords,
+        layer_stats=rules.layer_stats.output,
+    output:
         png=report(
             f"{RESULTS}/cells/{{cell}}/tsne.png",
             caption="../report/tsne.rst",
@@ -60,11 +75,10 @@ rule tsne:
         ),
         pdf=f"{RESULTS}/cells/{{cell}}/tsne.pdf",
     log:
-        "logs/tsne/{cell}.log",
+        "logs/tsne_figure/{cell}.log",
     conda:
         ENV
     params:
-        settings=lambda wc: STUDY.tsne_params(wc.cell),
         title=lambda wc: wc.cell,
     script:
-        "../scripts/tsne.py"
+        "../scripts/tsne_figure.py"
