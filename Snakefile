@@ -36,7 +36,7 @@ rule all:
     input:
         # The grid's outputs when the study has cells, the continual experiment's when it has runs.
         [
-            *rules.aggregate.output,
+            *rules.aggregate.input,
             *rules.analysis.output,
             *rules.paper.input,
             *rules.overview_figure.output,

@@ -158,7 +158,8 @@ def test_editing_one_cell_reruns_exactly_its_chain(study):
     expected |= {("embed", f"cell={cell}, eval_set={e}") for e in EVAL_SETS}
     expected |= {("probe", f"cell={cell}, solver=lbfgs, eval_set={e}") for e in EVAL_SETS}
     expected |= {("zero_shot", f"cell={cell}, eval_set=toy-blur"), ("zero_shot_table", "")}
-    expected |= {("aggregate", ""), ("analysis", ""), ("overview_figure", ""), ("all", "")}
+    expected |= {("aggregate_table", f"table={t}") for t in ("curves", "metrics", "layer_stats")}
+    expected |= {("aggregate_cells", ""), ("aggregate", ""), ("analysis", ""), ("overview_figure", ""), ("all", "")}
     expected |= {(f"{name}_figure", "") for name in ("curves_by_variable", "shap_slopes", "strength_histogram", "layer_stats")}
     expected |= {("provenance", ""), ("paper_page", "")}
     expected |= {("paper_table", f"table={t}") for t in PAPER_TABLES}

@@ -1,32 +1,53 @@
-rule aggregate:
-    """Tidy tables over all cells: probe curves, tunnel metrics, layer statistics, cell facts;
-    beside each of the first three its seed summary (mean and t-interval per backbone).
-    """
+AGGREGATED = ("curves", "metrics", "layer_stats")  # grid-wide tables, each beside its seed summary
+AGGREGATE = {name: f"{RESULTS}/aggregate/{name}.parquet" for name in (*AGGREGATED, "cells")}
+
+
+def aggregate_inputs(wc):
+    """The per-cell tables one grid-wide table concatenates."""
+    if wc.table == "curves":
+        return [probe_table(c, e) for c in CELLS for e in STUDY.eval_sets(c)]
+    return expand(f"{RESULTS}/cells/{{cell}}/{wc.table}.parquet", cell=CELLS)
+
+
+rule aggregate_table:
+    """One tidy table over all cells (probe curves, tunnel metrics or layer statistics) and its seed
+    summary (mean and t-interval per backbone)."""
     input:
-        probes=[probe_table(c, e) for c in CELLS for e in STUDY.eval_sets(c)],
-        metrics=expand(f"{RESULTS}/cells/{{cell}}/metrics.parquet", cell=CELLS),
-        info=expand(f"{RESULTS}/cells/{{cell}}/cell.json", cell=CELLS),
-        layer_stats=expand(f"{RESULTS}/cells/{{cell}}/layer_stats.parquet", cell=CELLS),
+        aggregate_inputs,
     output:
-        curves=f"{RESULTS}/aggregate/curves.parquet",
-        curves_csv=f"{RESULTS}/aggregate/curves.csv",
-        curves_seeds=f"{RESULTS}/aggregate/curves_seeds.parquet",
-        curves_seeds_csv=f"{RESULTS}/aggregate/curves_seeds.csv",
-        metrics=f"{RESULTS}/aggregate/metrics.parquet",
-        metrics_csv=f"{RESULTS}/aggregate/metrics.csv",
-        metrics_seeds=f"{RESULTS}/aggregate/metrics_seeds.parquet",
-        metrics_seeds_csv=f"{RESULTS}/aggregate/metrics_seeds.csv",
-        cells=f"{RESULTS}/aggregate/cells.parquet",
-        cells_csv=f"{RESULTS}/aggregate/cells.csv",
-        layer_stats=f"{RESULTS}/aggregate/layer_stats.parquet",
-        layer_stats_csv=f"{RESULTS}/aggregate/layer_stats.csv",
-        layer_stats_seeds=f"{RESULTS}/aggregate/layer_stats_seeds.parquet",
-        layer_stats_seeds_csv=f"{RESULTS}/aggregate/layer_stats_seeds.csv",
+        table=f"{RESULTS}/aggregate/{{table}}.parquet",
+        csv=f"{RESULTS}/aggregate/{{table}}.csv",
+        seeds=f"{RESULTS}/aggregate/{{table}}_seeds.parquet",
+        seeds_csv=f"{RESULTS}/aggregate/{{table}}_seeds.csv",
     log:
-        "logs/aggregate.log",
+        "logs/aggregate_{table}.log",
+    wildcard_constraints:
+        table="|".join(AGGREGATED),
     conda:
         ENV
     params:
         seeds=lambda wc: STUDY.seed_params(),
     script:
         "../scripts/aggregate.py"
+
+
+rule aggregate_cells:
+    """The cells' facts (cell.json of each), one row per cell."""
+    input:
+        expand(f"{RESULTS}/cells/{{cell}}/cell.json", cell=CELLS),
+    output:
+        table=AGGREGATE["cells"],
+        csv=f"{RESULTS}/aggregate/cells.csv",
+    log:
+        "logs/aggregate_cells.log",
+    conda:
+        ENV
+    script:
+        "../scripts/aggregate.py"
+
+
+rule aggregate:
+    """Target: every grid-wide table."""
+    input:
+        [path for name, path in AGGREGATE.items()],
+        expand(f"{RESULTS}/aggregate/{{table}}_seeds.parquet", table=AGGREGATED),

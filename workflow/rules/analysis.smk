@@ -17,7 +17,7 @@ rule layer_stats:
 rule analysis:
     """SHAP slopes, the paired comparisons of analysis.comparisons and their level means."""
     input:
-        rules.aggregate.output.metrics,
+        AGGREGATE["metrics"],
     output:
         slopes=f"{RESULTS}/analysis/shap_slopes.csv",
         fit=f"{RESULTS}/analysis/shap_fit.csv",

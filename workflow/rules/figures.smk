@@ -25,7 +25,7 @@ rule cell_figure:
 rule overview_figure:
     """All cells' normalised tunnel curves on one page."""
     input:
-        rules.aggregate.output.curves,
+        AGGREGATE["curves"],
     output:
         png=report(
             f"{RESULTS}/figures/tunnel_curves.png",

@@ -6,8 +6,8 @@ from tunnelscope.figures.captions import TABLES, figure_caption, table_caption
 rule paper_table:
     """One of the paper's tables (Table 11, Tables 4-7, 12, 13) from this study, CSV and LaTeX."""
     input:
-        cells=rules.aggregate.output.cells,
-        metrics=rules.aggregate.output.metrics,
+        cells=AGGREGATE["cells"],
+        metrics=AGGREGATE["metrics"],
         paired=rules.analysis.output.paired,
         means=rules.analysis.output.means,
     output:
@@ -33,8 +33,8 @@ rule paper_table:
 rule curves_by_variable_figure:
     """Mean normalised OOD curve per level of each variable that varies in the grid."""
     input:
-        curves=rules.aggregate.output.curves,
-        metrics=rules.aggregate.output.metrics,
+        curves=AGGREGATE["curves"],
+        metrics=AGGREGATE["metrics"],
     output:
         png=report(
             f"{RESULTS}/paper/curves_by_variable.png",
@@ -81,7 +81,7 @@ rule shap_slopes_figure:
 rule strength_histogram_figure:
     """Backbones per tunnel-strength class."""
     input:
-        rules.aggregate.output.metrics,
+        AGGREGATE["metrics"],
     output:
         png=report(
             f"{RESULTS}/paper/strength_histogram.png",
@@ -104,7 +104,7 @@ rule strength_histogram_figure:
 rule layer_stats_figure:
     """Per-layer statistics of the ID embeddings over relative depth, every cell."""
     input:
-        rules.aggregate.output.layer_stats,
+        AGGREGATE["layer_stats"],
     output:
         png=report(
             f"{RESULTS}/paper/layer_stats.png",
@@ -128,7 +128,7 @@ rule layer_stats_figure:
 rule provenance:
     """The study's cells, its whole config and the software versions that built it."""
     input:
-        rules.aggregate.output.metrics,
+        AGGREGATE["metrics"],
     output:
         f"{RESULTS}/paper/provenance.json",
     log:

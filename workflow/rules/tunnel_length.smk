@@ -5,7 +5,7 @@
 rule tunnel_length_figure:
     """The ID-rule tunnel length against MLP depth and width; per cell and plotted values."""
     input:
-        rules.aggregate.output.metrics,
+        AGGREGATE["metrics"],
     output:
         png=report(
             f"{RESULTS}/tunnel_length/tunnel_length.png",
@@ -28,8 +28,8 @@ rule tunnel_length_figure:
 rule rank_per_layer_figure:
     """Numerical rank per hidden layer of the MLP cells, with their mean tunnel starts."""
     input:
-        metrics=rules.aggregate.output.metrics,
-        layer_stats=rules.aggregate.output.layer_stats,
+        metrics=AGGREGATE["metrics"],
+        layer_stats=AGGREGATE["layer_stats"],
     output:
         png=report(
             f"{RESULTS}/tunnel_length/rank_per_layer.png",
