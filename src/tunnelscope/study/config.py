@@ -119,8 +119,8 @@ def section_defaults(schema: dict, name: str) -> dict:
 
 
 @dataclass(frozen=True)
-class Cell:
-    """One backbone: the variables that define it and its resolved settings."""
+class Backbone:
+    """What a cell and a continual run share: the cell variables and the model and training recipe."""
 
     id: str
     arch: str
@@ -130,9 +130,6 @@ class Cell:
     seed: int
     model: dict
     training: dict
-    probe: dict
-    ood_sets: tuple = ()
-    pretrained: dict | None = None  # the pretrained entry of a published backbone
 
     @property
     def variables(self) -> dict:
@@ -140,23 +137,20 @@ class Cell:
 
 
 @dataclass(frozen=True)
-class Run:
-    """One run of the continual-learning experiment: the variables that define it and its recipes."""
+class Cell(Backbone):
+    """One backbone of the grid: its variables, its resolved settings and its eval sets."""
 
-    id: str
-    arch: str
-    id_dataset: str
-    resolution: int
-    augmentation: str
-    seed: int
-    model: dict
-    training: dict  # each task's training
+    probe: dict
+    ood_sets: tuple = ()
+    pretrained: dict | None = None  # the pretrained entry of a published backbone
+
+
+@dataclass(frozen=True)
+class Run(Backbone):
+    """One run of the continual-learning experiment; ``training`` is each task's."""
+
     finetune_training: dict  # the fine-tuning of the finetune configurations
     pretrained = None  # trained from scratch, never a published model
-
-    @property
-    def variables(self) -> dict:
-        return {k: getattr(self, k) for k in CELL_VARIABLES}
 
 
 # The config schema ships inside the package, so an installed (non-editable) CLI finds it.
