@@ -8,7 +8,7 @@ from conftest import REPO
 
 from tunnelscope.features.store import read_embeddings, write_embeddings
 
-RECIPE = re.compile(r"<!-- embeddings-recipe: (\w+) -->\n```python\n(.*?)```", re.S)
+RECIPE = re.compile(r"<!-- embeddings-recipe: (\w+) -->\n```python\n(.*?)```", re.DOTALL)
 READERS = ["pandas", "polars", "duckdb"]
 
 
@@ -24,7 +24,7 @@ def test_the_readme_has_a_recipe_per_reader():
 @pytest.mark.parametrize("reader", READERS)
 def test_recipe_reads_ids_labels_split_and_vectors(reader, dtype, tmp_path, monkeypatch):
     code = _recipes()[reader]
-    path = tmp_path / re.search(r'^path = "(.+)"$', code, re.M).group(1)
+    path = tmp_path / re.search(r'^path = "(.+)"$', code, re.MULTILINE).group(1)
     rng = np.random.default_rng(7)
     n, dim = 2500, 19  # more rows than a row group holds at the minimum size: several groups
     vectors = rng.standard_normal((n, dim)).astype(dtype)
