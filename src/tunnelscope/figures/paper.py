@@ -13,12 +13,18 @@ from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
-from matplotlib.ticker import MaxNLocator
 
 from tunnelscope.analysis.comparisons import VARIABLES, present_levels
 from tunnelscope.figures.captions import TABLES, figure_caption, table_caption
 from tunnelscope.figures.plots import draw_band
-from tunnelscope.figures.style import apply_style, plt, save_figure, sns
+from tunnelscope.figures.style import (
+    apply_style,
+    integer_axis,
+    plt,
+    save_figure,
+    sns,
+    wrap_text,
+)
 from tunnelscope.io import atomic_path
 from tunnelscope.metrics.seeds import (
     BACKBONE,
@@ -99,14 +105,16 @@ def strength_histogram(metrics: pd.DataFrame, png: str, pdf: str) -> None:
     apply_style()
     per_backbone = summarise("metrics", metrics).drop_duplicates(BACKBONE).strength.value_counts().reindex(STRENGTHS, fill_value=0)
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    ax.bar(per_backbone.index, per_backbone.to_numpy(), color=sns.color_palette("rocket_r", 4))
+    # Ordered classes, a sequential palette: the stronger the tunnel, the darker its bar.
+    ax.bar(per_backbone.index, per_backbone.to_numpy(), color=sns.color_palette("rocket_r", len(STRENGTHS)))
     ax.set_xlabel("tunnel strength (mean % OOD retained: >=95, [90,95), [80,90), <80)")
     ax.set_ylabel("backbones (count)")
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    integer_axis(ax.yaxis)
     fig.tight_layout()
     save_figure(fig, png, pdf)
 
 
+LEGEND_CHARS = 48  # a legend line's width in characters
 LAYER_STATS = {"numerical_rank": "numerical rank (count)", "rankme": "RankMe", "nc1": "NC1 (log scale)", "cka_to_last": "linear CKA to last layer"}
 
 
@@ -121,6 +129,7 @@ def layer_stats_figure(stats: pd.DataFrame, png: str, pdf: str, confidence: floa
     else:
         lines = stats.assign(cell=stats[CELL_COLUMNS].astype(str).agg(" ".join, axis=1))
     lines["relative_depth"] = lines.layer / lines.groupby("cell").layer.transform("max")
+    lines["cell"] = lines.cell.map(lambda name: wrap_text(name, LEGEND_CHARS))  # timm names are long
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
     for ax, (column, label) in zip(axes, LAYER_STATS.items()):
         if column == "nc1":
@@ -136,6 +145,8 @@ def layer_stats_figure(stats: pd.DataFrame, png: str, pdf: str, confidence: floa
             sns.lineplot(data=lines, x="relative_depth", y=column, hue="cell", marker="o", ax=ax, legend=ax is axes[-1], palette="colorblind")
         ax.set_xlabel("relative depth (layer / L)")
         ax.set_ylabel(label)
+        if column == "numerical_rank":
+            integer_axis(ax.yaxis)
     if axes[-1].get_legend():
         sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1, 1), fontsize="x-small")
     fig.tight_layout()

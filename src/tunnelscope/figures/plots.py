@@ -7,7 +7,16 @@ import math
 import numpy as np
 import pandas as pd
 
-from tunnelscope.figures.style import ID_COLOUR, apply_style, plt, save_figure, sns
+from tunnelscope.figures.style import (
+    ID_COLOUR,
+    apply_style,
+    fit_suptitle,
+    fit_title,
+    integer_axis,
+    plt,
+    save_figure,
+    sns,
+)
 from tunnelscope.metrics.seeds import BACKBONE, CONFIDENCE, seed_summary
 from tunnelscope.metrics.tunnel import normalise
 
@@ -50,6 +59,7 @@ def draw_normalised(ax, probes: pd.DataFrame, legend: bool = True, confidence: f
         best = int(np.argmax(lines.ood.to_numpy()))
         ax.plot(layers[best], lines.ood.iloc[best], marker="*", ms=14, color="gold", mec="black", zorder=5, label="OOD best layer")
     ax.set_xlabel("probed layer (index)")
+    integer_axis(ax.xaxis)
     ax.set_ylabel("accuracy / curve max")
     ax.set_ylim(0, 1.05)
     if legend:
@@ -84,9 +94,8 @@ def cell_figure(probes: pd.DataFrame, title: str, png: str, pdf: str) -> None:
     left.legend(loc="best", fontsize="small")
     draw_normalised(right, probes)
     right.set_title("normalised curves (mean ± SD over OOD sets)")
-    for ax in (left, right):
-        ax.set_xticks(layers)
-    fig.suptitle(title)
+    integer_axis(left.xaxis)  # a tick per layer would crowd a 37-layer network's axis
+    fit_suptitle(fig, title)
     fig.tight_layout()
     save_figure(fig, png, pdf)
 
@@ -103,7 +112,7 @@ def overview_figure(curves: pd.DataFrame, png: str, pdf: str, confidence: float 
         draw_normalised(ax, probes, legend=ax is axes.flat[0], confidence=confidence)
         seeds = sorted(probes.seed.unique())
         runs = f"{len(seeds)} seeds" if len(seeds) > 1 else f"s{seeds[0]}"
-        ax.set_title(f"{arch} {id_set} {res}px aug={aug} {runs}", fontsize="small")
+        fit_title(ax, f"{arch} {id_set} {res}px aug={aug} {runs}", fontsize="small")
     for ax in list(axes.flat)[len(backbones):]:
         ax.set_visible(False)
     fig.tight_layout()
@@ -133,9 +142,9 @@ def zero_shot_figure(layers: pd.DataFrame, summary: pd.DataFrame, png: str, pdf:
         ax.plot(picks.shifted_probe_layer, 100 * picks.shifted_probe_acc, ls="", marker="*", ms=13, color="tab:red", mec="black", zorder=5, label="paper's best layer")
         row = group.iloc[0]
         seeds = f"{picks.seed.nunique()} seeds" if by_layer is not None else f"s{row.seed}"
-        ax.set_title(f"{row.arch} {row.id_dataset} {row.resolution}px aug={row.augmentation} {seeds}\n{row.eval_set}", fontsize="small")
+        fit_title(ax, f"{row.arch} {row.id_dataset} {row.resolution}px aug={row.augmentation} {seeds}\n{row.eval_set}", fontsize="small")
         ax.set_xlabel("probed layer (index)")
-        ax.set_xticks(x)
+        integer_axis(ax.xaxis)
         ax.set_ylim(0, 102)
     for ax in axes[:, 0]:
         ax.set_ylabel("test accuracy on shifted rows (%)")
@@ -194,6 +203,8 @@ def tsne_figure(coords: pd.DataFrame, layer_stats: pd.DataFrame, title: str, png
     rank.set_xlabel("probed layer (index)")
     rank.set_ylabel("numerical rank of ID features")
     rank.set_title("rank per layer", fontsize="medium")
+    integer_axis(rank.xaxis)
+    integer_axis(rank.yaxis)
     classes = sorted(coords.label.unique())
     palette = dict(zip(classes, sns.color_palette("colorblind", len(classes))))
     for i, layer in enumerate(layers):
@@ -201,11 +212,11 @@ def tsne_figure(coords: pd.DataFrame, layer_stats: pd.DataFrame, title: str, png
         points = coords[coords.layer == layer]
         for label, group in points.groupby("label"):
             ax.scatter(group.x, group.y, s=4, color=palette[label], label=f"class {label}", rasterized=True)
-        ax.set_title(f"layer {layer}: {points.layer_name.iloc[0]}", fontsize="x-small")
+        fit_title(ax, f"layer {layer}: {points.layer_name.iloc[0]}", fontsize="x-small")
         ax.set_xticks([])
         ax.set_yticks([])
     handles = [plt.Line2D([], [], ls="", marker="o", color=palette[c], label=f"class {c}") for c in classes]
     fig.legend(handles=handles, loc="lower center", ncol=len(classes), fontsize="small", bbox_to_anchor=(0.6, -0.01))
-    fig.suptitle(f"{title}: t-SNE of ID test embeddings per layer ({len(classes)} classes)")
+    fit_suptitle(fig, f"{title}: t-SNE of ID test embeddings per layer ({len(classes)} classes)")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     save_figure(fig, png, pdf)

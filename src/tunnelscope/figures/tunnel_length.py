@@ -6,7 +6,7 @@ import pandas as pd
 from matplotlib import ticker
 
 from tunnelscope.analysis.tunnel_length import METRICS, SETTING
-from tunnelscope.figures.style import apply_style, plt, save_figure, sns
+from tunnelscope.figures.style import apply_style, integer_axis, plt, save_figure, sns
 
 
 def _setting_label(setting: tuple) -> str:
@@ -48,6 +48,8 @@ def tunnel_length_figure(summary: pd.DataFrame, confidence: float, png: str, pdf
             # The whole possible range: 0 to L = depth - 1 layers, or 0 to 1, markers unclipped.
             top = 1.0 if metric == "tunnel_fraction" else float(part.depth.max() - 1)
             ax.set_ylim(-0.04 * top, 1.06 * top)
+            if metric == "tunnel_length":
+                integer_axis(ax.yaxis)
             ax.set_title(_setting_label(setting), fontsize="small")
             ax.legend(fontsize="x-small", title=None)
     band = f"shaded: {round(confidence * 100)}% t-interval over {n_seeds} seeds" if n_seeds > 1 else "one seed: no interval"

@@ -1,0 +1,90 @@
+"""Figures: titles that fit their panel with long timm names, whole-number count axes, and the
+strength classes in an ordered palette."""
+
+import itertools
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.colors import to_rgb  # noqa: E402
+
+from tunnelscope.figures import paper, plots  # noqa: E402
+from tunnelscope.figures.style import wrap_text  # noqa: E402
+
+LONG = ["timm/vit_small_patch16_224.augreg_in21k_ft_in1k", "timm/convnextv2_base.fcmae_ft_in22k_in1k_384", "torchvision/resnet50", "vggm11"]
+
+
+def curves(archs, layers=12) -> pd.DataFrame:
+    rows = []
+    for arch, (name, role) in itertools.product(archs, [("imagenet100", "id"), ("stl10", "ood"), ("toy-glyphs", "ood")]):
+        for layer in range(1, layers + 1):
+            acc = 0.3 + 0.6 * layer / layers if role == "id" else 0.8 - 0.5 * abs(layer / layers - 0.4)
+            rows.append({"arch": arch, "id_dataset": "imagenet100", "resolution": 224, "augmentation": "rrc_flip", "seed": 0, "eval_set": name, "role": role, "layer": layer, "relative_depth": layer / layers, "test_acc": acc})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture()
+def drawn(monkeypatch):
+    """The figures the drawing functions would save, drawn (so that text has its extent)."""
+    figures = []
+
+    def keep(fig, png, pdf):
+        fig.canvas.draw()
+        figures.append(fig)
+
+    for module in (plots, paper):
+        monkeypatch.setattr(module, "save_figure", keep)
+    yield figures
+    for fig in figures:
+        plt.close(fig)
+
+
+def test_wrap_text_breaks_long_names_after_separators_and_keeps_every_character():
+    text = "timm/vit_small_patch16_224.augreg_in21k_ft_in1k imagenet100 224px aug=rrc_flip 3 seeds"
+    wrapped = wrap_text(text, 30)
+    assert wrapped.split("\n")[:2] == ["timm/vit_small_patch16_224.", "augreg_in21k_ft_in1k"]
+    assert all(len(line) <= 30 for line in wrapped.split("\n"))
+    assert "".join(wrapped.split()) == "".join(text.split())
+    assert wrap_text("vggm11 toy 32px aug=none 3 seeds", 40) == "vggm11 toy 32px aug=none 3 seeds"
+
+
+def test_overview_titles_do_not_run_into_each_other(drawn):
+    plots.overview_figure(curves(LONG), "o.png", "o.pdf")
+    fig = drawn[-1]
+    titles = [ax.title.get_window_extent() for ax in fig.axes if ax.get_visible()]
+    assert len(titles) == 4 and "\n" in fig.axes[0].get_title()
+    for left, right in itertools.pairwise(titles):
+        assert left.x1 < right.x0, "a panel title runs into the next one"
+
+
+def test_layer_axes_tick_whole_numbers_only(drawn):
+    probes = curves(LONG[1:2], layers=37)
+    plots.cell_figure(probes, "timm-convnextv2_base.fcmae_ft_in22k_in1k_384_imagenet100_r224_rrc_flip_s0", "c.png", "c.pdf")
+    for ax in drawn[-1].axes:
+        ticks = ax.get_xticks()
+        assert len(ticks) <= 12 and np.array_equal(ticks, np.round(ticks))  # not one tick per layer
+
+
+def test_numerical_rank_axes_are_whole_numbers(drawn):
+    stats = curves(LONG[:2], layers=6)
+    stats = stats[stats.role == "id"].assign(numerical_rank=lambda t: 3.0 + t.layer % 4, rankme=lambda t: t.test_acc, nc1=lambda t: t.test_acc, cka_to_last=0.5)
+    paper.layer_stats_figure(stats, "s.png", "s.pdf")
+    ticks = drawn[-1].axes[0].get_yticks()
+    assert np.array_equal(ticks, np.round(ticks))
+
+
+def test_strength_classes_darken_in_order(drawn):
+    retained = {"negligible": 97.0, "weak": 92.0, "medium": 85.0, "strong": 60.0}
+    metrics = pd.DataFrame([{"arch": f"net{i}", "id_dataset": "toy", "resolution": 32, "augmentation": "none", "seed": 0, "ood_set": "a", "ood_index": 1, "ood_retained": value,
+                             "pearson": 0.5, "alignment": 0.2, "ood_last_acc": 0.5, "tunnel": True} for i, value in enumerate(retained.values())])
+    paper.strength_histogram(metrics, "h.png", "h.pdf")
+    ax = drawn[-1].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(retained)
+    lightness = [np.dot(to_rgb(bar.get_facecolor()), [0.299, 0.587, 0.114]) for bar in ax.patches]
+    assert lightness == sorted(lightness, reverse=True)  # negligible lightest, strong darkest
+    ticks = ax.get_yticks()
+    assert np.array_equal(ticks, np.round(ticks))
