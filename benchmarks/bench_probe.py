@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import SCHEMA, parser, report
+from common import SCHEMA, chosen_device, parser, report
 
 from tunnelscope.data.splits import stratified_split
 from tunnelscope.features.store import read_embeddings, write_embeddings
@@ -91,8 +91,9 @@ def main():
     p.add_argument("--rows", type=int, default=20000, help="synthetic embeddings (without --embeddings): rows, 80%% train")
     p.add_argument("--dims", type=int, nargs="+", default=[256, 512, 1024, 2048], help="synthetic embeddings: one layer per dim")
     p.add_argument("--paper-epochs", type=int, default=30)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where our solvers run (default: cuda when present)")
+    p.add_argument("--device", type=torch.device, help="where our solvers run (default: the probe job's, runtime.pick_device: a free GPU when present)")
     args = p.parse_args()
+    args.device = chosen_device(args)
     tmp = tempfile.TemporaryDirectory()
     directory = Path(args.embeddings) if args.embeddings and not args.smoke else Path(tmp.name)
     if args.smoke:

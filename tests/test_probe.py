@@ -147,3 +147,35 @@ def test_wide_features_are_standardised_without_the_preconditioner(monkeypatch):
     np.testing.assert_allclose(features.std(0, unbiased=False).numpy(), 1, atol=1e-4)
     plain = fit_lbfgs_probe(x[:300], y[:300], x[300:], y[300:], 3, LBFGS)
     assert abs(plain["test_acc"] - rotated["test_acc"]) <= 0.02 and plain["converged"]
+
+
+PAPER = {"lr": None, "weight_decay": None, "epochs": 3, "batch_size": 32, "label_smoothing": 0.1, "report": "last", "reshuffle": True, "init_std": 0.01, "repeats": 1}
+CELL = {"arch": "vggm11", "id_dataset": "toy", "resolution": 32, "augmentation": "none", "seed": 5, "eval_set": "toy", "role": "id", "pooling": "avg2x2"}
+
+
+def probe_job_params(solver):
+    """A probe job's params (as Study.probe_params gives them): the cell's, the solver's, probe_seed."""
+    solver_keys = {k: v for k, v in LBFGS.items() if k != "seed"} | {"C": 1.0, "paper": PAPER}
+    return {**CELL, **solver_keys, "solver": solver, "probe_seed": 0}
+
+
+def write_layers(embed_dir, dims=(4, 6)):
+    from tunnelscope.features.store import write_embeddings
+
+    x, y = blobs(d=max(dims))
+    split = np.where(np.arange(len(y)) < 200, "train", "test")
+    for layer, dim in enumerate(dims, start=1):
+        meta = {"layer": layer, "layer_name": f"conv{layer}", "num_layers": len(dims), "num_classes": 3}
+        write_embeddings(embed_dir / "avg2x2" / f"layer_{layer:03d}.parquet", x[:, :dim].astype(np.float16), y, split, np.arange(len(y)), meta)
+
+
+def test_probe_job_takes_its_device_from_the_runtime(tmp_path, monkeypatch):
+    """The GPU slot is claimed by runtime.pick_device, as for training and extraction."""
+    import tunnelscope.probe.layers as layers
+
+    write_layers(tmp_path)
+    asked = []
+    monkeypatch.setattr(layers, "pick_device", lambda: asked.append("device") or torch.device("cpu"))
+    table, weights = layers.probe_layers(str(tmp_path), probe_job_params("lbfgs"))
+    assert asked == ["device"] and table.layer.tolist() == [1, 2] and sorted(weights) == ["layer_001", "layer_002"]
+    assert (table.seed == 5).all() and table.test_acc.min() > 0.8

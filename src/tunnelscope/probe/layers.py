@@ -29,6 +29,7 @@ from tunnelscope.probe.lbfgs import fit_lbfgs_probe
 from tunnelscope.probe.logistic import fit_sklearn_probe
 from tunnelscope.probe.recipe import fit_paper_probes
 from tunnelscope.registry import CELL_VARIABLES
+from tunnelscope.runtime import pick_device
 
 log = logging.getLogger("tunnelscope.probe")
 
@@ -49,7 +50,7 @@ def probe_layers(embed_dir: str, params: dict, family: str = "cnn", threads: int
     front = {k: params[k] for k in CELL_KEYS}
     # The solvers read their own seed as "seed"; in the job's params that key is the cell's.
     settings = {**params, "seed": params["probe_seed"]}
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = pick_device()  # a GPU slot of its own, as every job that computes on a device
     metas, data = [], []
     for path in layer_files(Path(embed_dir) / params["pooling"]):
         meta, x, y, split = read_embeddings(path)
