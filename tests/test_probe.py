@@ -149,6 +149,13 @@ def test_wide_features_are_standardised_without_the_preconditioner(monkeypatch):
     assert abs(plain["test_acc"] - rotated["test_acc"]) <= 0.02 and plain["converged"]
 
 
+def test_solver_table_names_the_registry_solvers():
+    from tunnelscope.probe.layers import SOLVER_FITS
+    from tunnelscope.registry import SOLVERS
+
+    assert SOLVER_FITS.keys() == SOLVERS.keys()
+
+
 PAPER = {"lr": None, "weight_decay": None, "epochs": 3, "batch_size": 32, "label_smoothing": 0.1, "report": "last", "reshuffle": True, "init_std": 0.01, "repeats": 1}
 CELL = {"arch": "vggm11", "id_dataset": "toy", "resolution": 32, "augmentation": "none", "seed": 5, "eval_set": "toy", "role": "id", "pooling": "avg2x2"}
 
@@ -179,3 +186,30 @@ def test_probe_job_takes_its_device_from_the_runtime(tmp_path, monkeypatch):
     table, weights = layers.probe_layers(str(tmp_path), probe_job_params("lbfgs"))
     assert asked == ["device"] and table.layer.tolist() == [1, 2] and sorted(weights) == ["layer_001", "layer_002"]
     assert (table.seed == 5).all() and table.test_acc.min() > 0.8
+
+
+def test_per_layer_solvers_stream_the_layers_and_the_paper_recipe_reads_them_all(tmp_path, monkeypatch):
+    import tunnelscope.probe.layers as layers
+
+    write_layers(tmp_path)
+    events, read = [], layers.read_embeddings
+
+    def reading(*args, **kwargs):
+        events.append("read")
+        return read(*args, **kwargs)
+
+    def fitting(name):
+        fit = layers.SOLVER_FITS[name].fit
+
+        def recorded(*args):
+            events.append("fit")
+            return fit(*args)
+
+        return layers.SolverFit(recorded, layers.SOLVER_FITS[name].per_layer)
+
+    monkeypatch.setattr(layers, "read_embeddings", reading)
+    for solver, expected in (("lbfgs", ["read", "fit", "read", "fit"]), ("sklearn", ["read", "fit", "read", "fit"]), ("paper", ["read", "read", "fit"])):
+        monkeypatch.setitem(layers.SOLVER_FITS, solver, fitting(solver))
+        events.clear()
+        table, _ = layers.probe_layers(str(tmp_path), probe_job_params(solver))
+        assert events == expected and table.solver.eq(solver).all() and table.n_train.eq(200).all(), solver

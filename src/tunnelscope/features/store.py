@@ -143,6 +143,15 @@ def _legacy_list_vectors(column: pa.ChunkedArray, dim: int) -> np.ndarray:
     return flat.reshape(-1, dim).astype(np.float32)
 
 
+def read_metadata(path) -> dict:
+    """The metadata of one layer file (layer, layer_name, pooling, dim, dtype, num_classes, ...),
+    without reading its rows."""
+    try:
+        return json.loads(pq.read_schema(path).metadata[b"tunnelscope"])
+    except (OSError, pa.ArrowException, KeyError, TypeError) as exc:
+        raise RuntimeError(f"{path}: not a readable tunnelscope embedding file ({exc})") from exc
+
+
 def read_embeddings(path, select=None) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
     """Return (metadata, vectors float32 (N, D), labels (N,), splits (N,) str).
 
