@@ -119,3 +119,14 @@ def test_capture_side_can_be_switched():
     assert {p.side for p in inputs} == {"input"} and len(inputs) == 10
     with pytest.raises(ValueError):
         probe_points(model, "middle")
+
+
+def test_the_store_owns_the_layer_file_layout(tmp_path):
+    from tunnelscope.features.store import layer_files, layer_path
+
+    assert layer_path(tmp_path, "avg2x2", 7) == tmp_path / "avg2x2" / "layer_007.parquet"
+    for layer in (10, 2):
+        write_embeddings(layer_path(tmp_path, "avg2x2", layer), np.zeros((2, 3), np.float16), np.zeros(2, int), np.array(["train", "test"]), np.arange(2), {"layer": layer})
+    assert layer_files(tmp_path, "avg2x2") == [layer_path(tmp_path, "avg2x2", 2), layer_path(tmp_path, "avg2x2", 10)]
+    with pytest.raises(FileNotFoundError, match="pooling avg1x1"):
+        layer_files(tmp_path, "avg1x1")

@@ -167,13 +167,13 @@ def probe_job_params(solver):
 
 
 def write_layers(embed_dir, dims=(4, 6)):
-    from tunnelscope.features.store import write_embeddings
+    from tunnelscope.features.store import layer_path, write_embeddings
 
     x, y = blobs(d=max(dims))
     split = np.where(np.arange(len(y)) < 200, "train", "test")
     for layer, dim in enumerate(dims, start=1):
         meta = {"layer": layer, "layer_name": f"conv{layer}", "num_layers": len(dims), "num_classes": 3}
-        write_embeddings(embed_dir / "avg2x2" / f"layer_{layer:03d}.parquet", x[:, :dim].astype(np.float16), y, split, np.arange(len(y)), meta)
+        write_embeddings(layer_path(embed_dir, "avg2x2", layer), x[:, :dim].astype(np.float16), y, split, np.arange(len(y)), meta)
 
 
 def test_probe_job_takes_its_device_from_the_runtime(tmp_path, monkeypatch):

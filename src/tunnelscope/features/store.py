@@ -206,10 +206,16 @@ def _read_selected(file: pq.ParquetFile, dim: int, dtype: str, keep: np.ndarray,
     return out
 
 
-def layer_files(embed_dir: str | Path) -> list[Path]:
-    files = sorted(Path(embed_dir).glob("layer_*.parquet"))
+def layer_path(embed_dir: str | Path, pooling: str, layer: int) -> Path:
+    """The file of one layer's embeddings under one pooling, in an eval set's embeddings directory."""
+    return Path(embed_dir) / pooling / f"layer_{int(layer):03d}.parquet"
+
+
+def layer_files(embed_dir: str | Path, pooling: str) -> list[Path]:
+    """Every layer file of one pooling in an eval set's embeddings directory, in layer order."""
+    files = sorted((Path(embed_dir) / pooling).glob("layer_*.parquet"))
     if not files:
-        raise FileNotFoundError(f"{embed_dir}: no layer_*.parquet embedding files")
+        raise FileNotFoundError(f"{embed_dir}: no embeddings for pooling {pooling} ({pooling}/layer_*.parquet)")
     return files
 
 

@@ -93,7 +93,7 @@ def probe_layers(embed_dir: str, params: dict, family: str = "cnn", threads: int
     # The solvers read their own seed as "seed"; in the job's params that key is the cell's.
     settings = {**params, "seed": params["probe_seed"]}
     device = pick_device()  # a GPU slot of its own, as every job that computes on a device
-    files = layer_files(Path(embed_dir) / params["pooling"])
+    files = layer_files(embed_dir, params["pooling"])
     n_classes = int(read_metadata(files[0])["num_classes"])
     started = time.perf_counter()
     if solver.per_layer:
