@@ -18,8 +18,9 @@ import pyarrow.parquet as pq
 from tunnelscope.io import atomic_path
 
 # Vectors sit in one fixed-size binary column: Parquet stores a list<float16> column with a
-# repetition and a definition level per element, and pyarrow decodes those 40-55x slower than
-# np.load reads the same array; the binary column reads at 1.2-1.8x (benchmarks/RESULTS.md).
+# repetition and a definition level per element, and pyarrow decodes those 46-56x slower than
+# np.load reads the same array; the binary column reads at 1.6-1.9x (256-2,048 dims,
+# benchmarks/RESULTS.md, "Embedding storage").
 _VECTOR_DTYPES = {"float16": "<f2", "float32": "<f4"}
 _ROW_GROUP_BYTES = 8 << 20  # several row groups per file, so readers decode them in parallel
 
