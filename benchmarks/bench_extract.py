@@ -13,7 +13,7 @@ import tempfile
 
 import numpy as np
 import torch
-from common import SCHEMA, add_device_args, best_of, parser, report
+from common import SCHEMA, add_device_args, best_of, chosen_device, parser, report
 
 from tunnelscope.data.store import write_arrays
 from tunnelscope.data.transforms import to_input
@@ -37,7 +37,7 @@ def main():
     args = p.parse_args()
     if args.smoke:
         args.images, args.width, args.batch = 64, 0.125, 32
-    device = torch.device(args.device)
+    device = chosen_device(args)
     model = build_model(args.arch, 10, args.width, args.resolution).eval().to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -73,7 +73,7 @@ def main():
     report(
         "Extraction vs plain forward",
         [
-            f"{args.arch} width {args.width}, {args.images} images at {args.resolution}px ({'streamed from' if args.stream else 'resident from'} the store), batch {args.batch}, {args.precision}, {args.device}"
+            f"{args.arch} width {args.width}, {args.images} images at {args.resolution}px ({'streamed from' if args.stream else 'resident from'} the store), batch {args.batch}, {args.precision}, {device}"
             f"{', channels-last' if args.channels_last else ''}, {len(points)} probe points, 2x2 pooling, float16 Parquet",
             "",
             "| plain forward (s) | embed job (s) | ratio | target |",

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import SCHEMA, parser, report
+from common import SCHEMA, chosen_device, parser, report
 
 from tunnelscope.data.splits import stratified_split
-from tunnelscope.features.store import read_embeddings, write_embeddings
+from tunnelscope.features.store import layer_files, layer_path, read_embeddings, write_embeddings
 from tunnelscope.probe.lbfgs import (
     _accuracy,
     _unstandardise,
@@ -39,7 +39,7 @@ PAPER = {**section_defaults(load_schema(SCHEMA), "probe")["paper"], "seed": 0}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def synthetic_embeddings(directory: Path, rows: int, dims: list[int], classes: int = 10):
+def synthetic_embeddings(embed_dir: Path, pooling: str, rows: int, dims: list[int], classes: int = 10):
     """ReLU features of a noisy low-rank class structure: correlated, not separable, like the
     embeddings of a real layer (for machines without them, e.g. the GPU check)."""
     rng = np.random.default_rng(0)
@@ -48,7 +48,7 @@ def synthetic_embeddings(directory: Path, rows: int, dims: list[int], classes: i
     latent = rng.normal(size=(classes, 32))[y] + 3.5 * rng.normal(size=(rows, 32))
     for layer, dim in enumerate(dims, start=1):
         x = np.maximum(latent @ rng.normal(size=(32, dim)) / 6 + rng.normal(size=(rows, dim)), 0).astype(np.float16)
-        write_embeddings(directory / f"layer_{layer:03d}.parquet", x, y, split, np.arange(rows), {"layer": layer, "num_classes": classes})
+        write_embeddings(layer_path(embed_dir, pooling, layer), x, y, split, np.arange(rows), {"layer": layer, "num_classes": classes})
 
 
 def timed(fn):
@@ -87,19 +87,21 @@ def sklearn_selection(x, y, x_test, y_test):
 
 def main():
     p = parser(__doc__)
-    p.add_argument("--embeddings", help="a directory of layer_*.parquet files (one eval set, one pooling)")
+    p.add_argument("--embeddings", help="one pooling's folder of an eval set's embeddings (EMBED_DIR/POOLING, its layer files)")
     p.add_argument("--rows", type=int, default=20000, help="synthetic embeddings (without --embeddings): rows, 80%% train")
     p.add_argument("--dims", type=int, nargs="+", default=[256, 512, 1024, 2048], help="synthetic embeddings: one layer per dim")
     p.add_argument("--paper-epochs", type=int, default=30)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where our solvers run (default: cuda when present)")
+    p.add_argument("--device", type=torch.device, help="where our solvers run (default: the probe job's, runtime.pick_device: a free GPU when present)")
     args = p.parse_args()
+    args.device = chosen_device(args)
     tmp = tempfile.TemporaryDirectory()
-    directory = Path(args.embeddings) if args.embeddings and not args.smoke else Path(tmp.name)
+    synthetic = not args.embeddings or args.smoke
+    directory = Path(tmp.name) / "avg2x2" if synthetic else Path(args.embeddings)
     if args.smoke:
         args.rows, args.dims, args.paper_epochs = 60, [4, 8], 2
-    if directory == Path(tmp.name):
-        synthetic_embeddings(directory, args.rows, args.dims, 3 if args.smoke else 10)
-    files = sorted(directory.glob("layer_*.parquet"))
+    if synthetic:
+        synthetic_embeddings(directory.parent, directory.name, args.rows, args.dims, 3 if args.smoke else 10)
+    files = layer_files(directory.parent, directory.name)  # an embeddings directory's POOLING folder
     rows, layers, ours_acc = [], [], []
     for i, path in enumerate(files):
         meta, x, y, split = read_embeddings(path)
@@ -127,7 +129,7 @@ def main():
     paper, t_paper = timed(lambda: fit_paper_probes(layers, labels[0], labels[1], labels[2], dict(PAPER, epochs=args.paper_epochs), device=args.device))
     diff = np.abs(np.array([r["test_acc"] for r in paper]) - np.array(ours_acc)) * 100
     lines = [
-        f"Embeddings: {directory if directory != Path(tmp.name) else 'synthetic (benchmarks/bench_probe.py:synthetic_embeddings)'}; {len(files)} layers, {len(labels[0])} train rows, {len(labels[1])} test rows.",
+        f"Embeddings: {'synthetic (benchmarks/bench_probe.py:synthetic_embeddings)' if synthetic else directory}; {len(files)} layers, {len(labels[0])} train rows, {len(labels[1])} test rows.",
         f"Our solvers on {args.device}; `probe.precision: auto` resolves to {matmul_precision('auto', args.device)} there. Times in seconds, speed-up over scikit-learn (CPU) in brackets.",
         "One fit: at the l2 the default solver chose (fp32), from zero, feature preparation included, vs LogisticRegression(lbfgs, C = 1/(l2 n), max_iter 1000)",
         "on the same standardised features; accuracy differences in points. Whole probe: selection over 5 l2 values (<= 20 iterations each, warm-started) on",

@@ -25,9 +25,16 @@ def add_device_args(p: argparse.ArgumentParser, device: bool = True) -> None:
     import torch
 
     if device:
-        p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: cuda when present")
+        p.add_argument("--device", type=torch.device, help="default: the pipeline's choice (runtime.pick_device: a free GPU when present, else the CPU)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16 autocast on both sides")
     p.add_argument("--channels-last", action="store_true", help="NHWC model weights on both sides")
+
+
+def chosen_device(args: argparse.Namespace):
+    """``--device``, else the device a pipeline job would get."""
+    from tunnelscope.runtime import pick_device
+
+    return args.device or pick_device()
 
 
 def synchronize(device) -> None:

@@ -226,3 +226,14 @@ def test_cells_keep_grid_order_and_datasets_their_preprocessing(default_config, 
     assert study.embed_params("vggm11_shapes_r32_none_s0", "glyphs")["normalization"]["mean"] == [0.485, 0.456, 0.406]
     assert "mean" not in study.prepare_params("digits", "r32")["spec"]  # normalisation does not change the prepared images
     assert study.metrics_params("vggm11_shapes_r32_none_s0")["ood_sets"] == ["shapes-novel", "glyphs", "digits", "shapes-noise"]
+
+
+@pytest.mark.parametrize("args,tag", [((224,), "r224"), ((224, "bilinear", 0.95), "r224-bilinear-c0.95"), ((32, "bicubic", 0.875, True), "r32-native"), ((224, "nearest", 1.0, True), "r224-nearest-c1-native")])
+def test_transform_tags_round_trip_through_the_registry_pattern(args, tag):
+    from tunnelscope.registry import DEFAULT_TRANSFORM, TRANSFORM_TAG, parse_transform_tag, transform_tag
+
+    assert transform_tag(*args) == tag and TRANSFORM_TAG.fullmatch(tag)  # the prepare rule's wildcard accepts it
+    parsed = {**DEFAULT_TRANSFORM, **parse_transform_tag(tag)}
+    assert transform_tag(parsed["resolution"], parsed["interpolation"], parsed["crop_pct"], parsed["native"]) == tag
+    with pytest.raises(ValueError, match="'r224-bicubic' is not a transform tag"):
+        parse_transform_tag("r224-bicubic")

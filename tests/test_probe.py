@@ -147,3 +147,69 @@ def test_wide_features_are_standardised_without_the_preconditioner(monkeypatch):
     np.testing.assert_allclose(features.std(0, unbiased=False).numpy(), 1, atol=1e-4)
     plain = fit_lbfgs_probe(x[:300], y[:300], x[300:], y[300:], 3, LBFGS)
     assert abs(plain["test_acc"] - rotated["test_acc"]) <= 0.02 and plain["converged"]
+
+
+def test_solver_table_names_the_registry_solvers():
+    from tunnelscope.probe.layers import SOLVER_FITS
+    from tunnelscope.registry import SOLVERS
+
+    assert SOLVER_FITS.keys() == SOLVERS.keys()
+
+
+PAPER = {"lr": None, "weight_decay": None, "epochs": 3, "batch_size": 32, "label_smoothing": 0.1, "report": "last", "reshuffle": True, "init_std": 0.01, "repeats": 1}
+CELL = {"arch": "vggm11", "id_dataset": "toy", "resolution": 32, "augmentation": "none", "seed": 5, "eval_set": "toy", "role": "id", "pooling": "avg2x2"}
+
+
+def probe_job_params(solver):
+    """A probe job's params (as Study.probe_params gives them): the cell's, the solver's, probe_seed."""
+    solver_keys = {k: v for k, v in LBFGS.items() if k != "seed"} | {"C": 1.0, "paper": PAPER}
+    return {**CELL, **solver_keys, "solver": solver, "probe_seed": 0}
+
+
+def write_layers(embed_dir, dims=(4, 6)):
+    from tunnelscope.features.store import layer_path, write_embeddings
+
+    x, y = blobs(d=max(dims))
+    split = np.where(np.arange(len(y)) < 200, "train", "test")
+    for layer, dim in enumerate(dims, start=1):
+        meta = {"layer": layer, "layer_name": f"conv{layer}", "num_layers": len(dims), "num_classes": 3}
+        write_embeddings(layer_path(embed_dir, "avg2x2", layer), x[:, :dim].astype(np.float16), y, split, np.arange(len(y)), meta)
+
+
+def test_probe_job_takes_its_device_from_the_runtime(tmp_path, monkeypatch):
+    """The GPU slot is claimed by runtime.pick_device, as for training and extraction."""
+    import tunnelscope.probe.layers as layers
+
+    write_layers(tmp_path)
+    asked = []
+    monkeypatch.setattr(layers, "pick_device", lambda: asked.append("device") or torch.device("cpu"))
+    table, weights = layers.probe_layers(str(tmp_path), probe_job_params("lbfgs"))
+    assert asked == ["device"] and table.layer.tolist() == [1, 2] and sorted(weights) == ["layer_001", "layer_002"]
+    assert (table.seed == 5).all() and table.test_acc.min() > 0.8
+
+
+def test_per_layer_solvers_stream_the_layers_and_the_paper_recipe_reads_them_all(tmp_path, monkeypatch):
+    import tunnelscope.probe.layers as layers
+
+    write_layers(tmp_path)
+    events, read = [], layers.read_embeddings
+
+    def reading(*args, **kwargs):
+        events.append("read")
+        return read(*args, **kwargs)
+
+    def fitting(name):
+        fit = layers.SOLVER_FITS[name].fit
+
+        def recorded(*args):
+            events.append("fit")
+            return fit(*args)
+
+        return layers.SolverFit(recorded, layers.SOLVER_FITS[name].per_layer)
+
+    monkeypatch.setattr(layers, "read_embeddings", reading)
+    for solver, expected in (("lbfgs", ["read", "fit", "read", "fit"]), ("sklearn", ["read", "fit", "read", "fit"]), ("paper", ["read", "read", "fit"])):
+        monkeypatch.setitem(layers.SOLVER_FITS, solver, fitting(solver))
+        events.clear()
+        table, _ = layers.probe_layers(str(tmp_path), probe_job_params(solver))
+        assert events == expected and table.solver.eq(solver).all() and table.n_train.eq(200).all(), solver

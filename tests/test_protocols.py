@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tunnelscope.features.store import read_embeddings, write_embeddings
+from tunnelscope.features.store import layer_path, read_embeddings, write_embeddings
 from tunnelscope.metrics.tsne import choose_rows, tsne_layers
 from tunnelscope.probe.lbfgs import fit_lbfgs_probe
 from tunnelscope.probe.logistic import fit_sklearn_probe
@@ -63,7 +63,7 @@ def test_read_embeddings_select_equals_the_rows_of_a_full_read(tmp_path):
 def _shifted_dir(tmp_path, layers):
     """Embedding files of a shifted test split; layer k's test rows are the blobs plus noise k."""
     for k, (x, y) in enumerate(layers, start=1):
-        write_embeddings(tmp_path / "avg2x2" / f"layer_{k:03d}.parquet", x.astype(np.float16), y, np.array(["test"] * len(y)), np.arange(len(y)), {"layer": k})
+        write_embeddings(layer_path(tmp_path, "avg2x2", k), x.astype(np.float16), y, np.array(["test"] * len(y)), np.arange(len(y)), {"layer": k})
     return tmp_path
 
 
@@ -129,7 +129,7 @@ def test_tsne_is_finite_seeded_and_shows_the_chosen_images_at_every_layer(tmp_pa
     x, y = _blobs(n=300, d=16, classes=6)
     splits = np.where(np.arange(300) < 200, "train", "test")
     for k in (1, 2):
-        write_embeddings(tmp_path / "avg2x2" / f"layer_{k:03d}.parquet", (x * k).astype(np.float16), y, splits, np.arange(300), {"layer": k, "layer_name": f"conv{k}"})
+        write_embeddings(layer_path(tmp_path, "avg2x2", k), (x * k).astype(np.float16), y, splits, np.arange(300), {"layer": k, "layer_name": f"conv{k}"})
     params = {"arch": "a", "id_dataset": "toy", "resolution": 32, "augmentation": "none", "seed": 0, "pooling": "avg2x2", "classes": 4, "per_class": 10, "perplexity": 30.0, "max_iter": 300, "tsne_seed": 0}
     coords = tsne_layers(tmp_path, params)
     assert sorted(coords.layer.unique()) == [1, 2] and np.isfinite(coords[["x", "y"]]).all().all()

@@ -156,6 +156,11 @@ def network_slug(label: str) -> str:
     return "-".join(re.findall(r"[a-z0-9]+", label.lower()))
 
 
+# A transform tag as transform_tag writes it: r<resolution>[-<interpolation>-c<crop_pct>][-native]
+# (parse_transform_tag reads it; the prepare rule's wildcard constraint is this pattern).
+TRANSFORM_TAG = re.compile(r"r(\d+)(?:-([a-z]+)-c([0-9.]+))?(-native)?")
+
+
 def transform_tag(resolution: int, interpolation: str = DEFAULT_TRANSFORM["interpolation"], crop_pct: float = DEFAULT_TRANSFORM["crop_pct"], native: bool = False) -> str:
     """Name of a prepared-image cache: ``r224`` for the paper's eval transform, else e.g.
     ``r224-bilinear-c0.95``; ``-native`` when images already at the resolution are kept as they
@@ -167,10 +172,11 @@ def transform_tag(resolution: int, interpolation: str = DEFAULT_TRANSFORM["inter
 
 
 def parse_transform_tag(tag: str) -> dict:
-    resolution, *rest = tag.removeprefix("r").split("-")
-    out = {"resolution": int(resolution), "native": rest[-1:] == ["native"]}
-    if out["native"]:
-        rest = rest[:-1]
-    if rest:
-        out.update(interpolation=rest[0], crop_pct=float(rest[1].removeprefix("c")))
+    match = TRANSFORM_TAG.fullmatch(tag)
+    if match is None:
+        raise ValueError(f"{tag!r} is not a transform tag (r224, r224-bilinear-c0.95, r32-native)")
+    resolution, interpolation, crop_pct, native = match.groups()
+    out = {"resolution": int(resolution), "native": native is not None}
+    if interpolation:
+        out.update(interpolation=interpolation, crop_pct=float(crop_pct))
     return out

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from tunnelscope.registry import COMPOSED, TRAINED, network_slug
+from tunnelscope.registry import COMPOSED, SOLVERS, TRAINED, TRANSFORM_TAG, network_slug
 from tunnelscope.study.config import ConfigError, Study, load_schema
 
 try:
@@ -39,8 +39,8 @@ wildcard_constraints:
     cell=cell_pattern(CELLS),
     dataset=r"[A-Za-z][A-Za-z0-9-]*",
     eval_set=r"[A-Za-z][A-Za-z0-9-]*",
-    transform=r"r\d+(-[a-z]+-c[0-9.]+)?(-native)?",
-    solver=r"lbfgs|sklearn|paper",
+    transform=TRANSFORM_TAG.pattern,
+    solver=cell_pattern(SOLVERS),
 
 
 def embed_dirs(wc):

@@ -1,8 +1,9 @@
 """Dataset sources and the prepared-image store they are written into.
 
 ``prepare`` turns a dataset spec (a ``datasets:`` entry of the config) into a store (``data/store.py``)
-per (dataset, resolution): every image kept whole at the eval transform's resize, train and test
-splits, written chunk by chunk. Training and extraction read that store instead of decoding and
+per (dataset, transform tag: resolution, interpolation, crop_pct, native; ``registry.transform_tag``
+names it, ``RESULTS/prepared/DATASET/TAG``): every image kept whole at the eval transform's
+resize, train and test splits, written chunk by chunk. Training and extraction read that store instead of decoding and
 resizing the same images again every epoch.
 
 The readers below parse each dataset's official on-disk layout (the one torchvision's
@@ -52,7 +53,7 @@ class RawSplit:
     labels: np.ndarray
 
 
-# ---------------------------------------------------------------- eval transform
+# ---------------------------------------------------------------- sources
 
 
 def _need_dir(path: Path) -> Path:

@@ -18,7 +18,7 @@ from tunnelscope.data.loader import SplitReader, loader_workers
 from tunnelscope.data.splits import SPLITS
 from tunnelscope.data.store import Store
 from tunnelscope.features.extract import embed_batches
-from tunnelscope.features.store import EmbeddingWriter
+from tunnelscope.features.store import EmbeddingWriter, layer_path
 from tunnelscope.io import atomic_dir, file_sha256
 from tunnelscope.models.build import probe_points
 from tunnelscope.runtime import pick_device
@@ -55,7 +55,7 @@ def embed_eval_set(
     bar = tqdm(total=total, desc=f"embed {params['eval_set']}", leave=False, mininterval=1.0)
     with atomic_dir(out_dir) as tmp, ThreadPoolExecutor(1) as writer_thread:
         writers = {
-            (point.index, pooling): EmbeddingWriter(tmp / pooling / f"layer_{point.index:03d}.parquet", {**common, "layer": point.index, "layer_name": point.name, "side": point.side, "pooling": pooling})
+            (point.index, pooling): EmbeddingWriter(layer_path(tmp, pooling, point.index), {**common, "layer": point.index, "layer_name": point.name, "side": point.side, "pooling": pooling})
             for pooling in poolings
             for point in points
         }

@@ -18,8 +18,9 @@ import pyarrow.parquet as pq
 from tunnelscope.io import atomic_path
 
 # Vectors sit in one fixed-size binary column: Parquet stores a list<float16> column with a
-# repetition and a definition level per element, and pyarrow decodes those 40-55x slower than
-# np.load reads the same array; the binary column reads at 1.2-1.8x (benchmarks/RESULTS.md).
+# repetition and a definition level per element, and pyarrow decodes those 46-56x slower than
+# np.load reads the same array; the binary column reads at 1.6-1.9x (256-2,048 dims,
+# benchmarks/RESULTS.md, "Embedding storage").
 _VECTOR_DTYPES = {"float16": "<f2", "float32": "<f4"}
 _ROW_GROUP_BYTES = 8 << 20  # several row groups per file, so readers decode them in parallel
 
@@ -105,6 +106,13 @@ def write_embeddings(path, vectors: np.ndarray, labels: np.ndarray, splits: np.n
         writer.close()
 
 
+def _vectors(column: pa.ChunkedArray, dim: int, dtype: str) -> np.ndarray:
+    """(n, dim) view of an embedding column's bytes, in the file's ``dtype``."""
+    chunk = column.combine_chunks()
+    values = np.frombuffer(chunk.buffers()[1], dtype=_VECTOR_DTYPES[dtype], count=(chunk.offset + len(chunk)) * dim)
+    return values[chunk.offset * dim :].reshape(-1, dim)
+
+
 def _read_vectors(path, file: pq.ParquetFile, dim: int, dtype: str) -> np.ndarray:
     """(N, dim) float32 from the embedding column, row groups decoded on parallel threads.
 
@@ -121,9 +129,8 @@ def _read_vectors(path, file: pq.ParquetFile, dim: int, dtype: str) -> np.ndarra
     def decode(block: range, reader: pq.ParquetFile | None = None) -> None:
         reader = reader or pq.ParquetFile(path, memory_map=True)  # one reader per thread
         for i in block:
-            chunk = reader.read_row_group(i, columns=["embedding"], use_threads=False).column(0).combine_chunks()
-            values = np.frombuffer(chunk.buffers()[1], dtype=_VECTOR_DTYPES[dtype], count=(chunk.offset + len(chunk)) * dim)
-            target[starts[i] : starts[i + 1]] = torch.from_numpy(values[chunk.offset * dim :].reshape(-1, dim))
+            chunk = reader.read_row_group(i, columns=["embedding"], use_threads=False).column(0)
+            target[starts[i] : starts[i + 1]] = torch.from_numpy(_vectors(chunk, dim, dtype))
 
     workers = max(1, min(groups, torch.get_num_threads(), 4))  # the job's thread budget
     blocks = [range(groups)[k::workers] for k in range(workers)]
@@ -135,12 +142,13 @@ def _read_vectors(path, file: pq.ParquetFile, dim: int, dtype: str) -> np.ndarra
     return out
 
 
-def _legacy_list_vectors(column: pa.ChunkedArray, dim: int) -> np.ndarray:
-    """Vectors of files written before the binary layout (a fixed-size list column)."""
-    values = column.combine_chunks().flatten()
-    dtype = np.float16 if values.type == pa.float16() else np.float32
-    flat = np.frombuffer(values.buffers()[1], dtype=dtype, count=values.offset + len(values))[values.offset :]
-    return flat.reshape(-1, dim).astype(np.float32)
+def read_metadata(path) -> dict:
+    """The metadata of one layer file (layer, layer_name, pooling, dim, dtype, num_classes, ...),
+    without reading its rows."""
+    try:
+        return json.loads(pq.read_schema(path).metadata[b"tunnelscope"])
+    except (OSError, pa.ArrowException, KeyError, TypeError) as exc:
+        raise RuntimeError(f"{path}: not a readable tunnelscope embedding file ({exc})") from exc
 
 
 def read_embeddings(path, select=None) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
@@ -152,15 +160,13 @@ def read_embeddings(path, select=None) -> tuple[dict, np.ndarray, np.ndarray, np
     try:
         file = pq.ParquetFile(path, memory_map=True)
         meta = json.loads(file.schema_arrow.metadata[b"tunnelscope"])
+        _check_columns(file.schema_arrow)
         table = file.read(columns=["label", "split"])
         labels, splits = table.column("label").to_numpy(), _split_names(table.column("split"))
-        legacy = pa.types.is_fixed_size_list(file.schema_arrow.field("embedding").type)
         if select is not None:
             keep = np.asarray(select(labels, splits), dtype=bool)
-            vectors = _read_selected(file, meta["dim"], meta["dtype"], keep, legacy)
+            vectors = _read_selected(file, meta["dim"], meta["dtype"], keep)
             labels, splits = labels[keep], splits[keep]
-        elif legacy:
-            vectors = _legacy_list_vectors(file.read(columns=["embedding"]).column(0), meta["dim"])
         else:
             vectors = _read_vectors(path, file, meta["dim"], meta["dtype"])
     except (OSError, pa.ArrowException, KeyError, TypeError) as exc:
@@ -168,14 +174,19 @@ def read_embeddings(path, select=None) -> tuple[dict, np.ndarray, np.ndarray, np
     return meta, vectors, labels, splits
 
 
+def _check_columns(schema: pa.Schema) -> None:
+    """The column types EmbeddingWriter writes (files of early versions had a list column)."""
+    for name, is_type in (("embedding", pa.types.is_fixed_size_binary), ("split", pa.types.is_dictionary)):
+        if not is_type(schema.field(name).type):
+            raise TypeError(f"column {name!r} is {schema.field(name).type}, not as EmbeddingWriter writes it; embed again")
+
+
 def _split_names(split: pa.ChunkedArray) -> np.ndarray:
-    split = split.combine_chunks()
-    if pa.types.is_dictionary(split.type):  # decode the few distinct names once, not per row
-        return np.asarray(split.dictionary.to_pylist(), dtype=str)[split.indices.to_numpy()]
-    return np.asarray(split.to_pylist(), dtype=str)
+    split = split.combine_chunks()  # decode the few distinct names once, not per row
+    return np.asarray(split.dictionary.to_pylist(), dtype=str)[split.indices.to_numpy()]
 
 
-def _read_selected(file: pq.ParquetFile, dim: int, dtype: str, keep: np.ndarray, legacy: bool) -> np.ndarray:
+def _read_selected(file: pq.ParquetFile, dim: int, dtype: str, keep: np.ndarray) -> np.ndarray:
     """The vectors of the rows where ``keep``, one row group at a time (groups without any skipped)."""
     out = np.empty((int(keep.sum()), dim), dtype=np.float32)
     start = filled = 0
@@ -185,22 +196,21 @@ def _read_selected(file: pq.ParquetFile, dim: int, dtype: str, keep: np.ndarray,
         start += n
         if not len(rows):
             continue
-        column = file.read_row_group(i, columns=["embedding"]).column(0)
-        if legacy:
-            vectors = _legacy_list_vectors(column, dim)
-        else:
-            chunk = column.combine_chunks()
-            values = np.frombuffer(chunk.buffers()[1], dtype=_VECTOR_DTYPES[dtype], count=(chunk.offset + len(chunk)) * dim)
-            vectors = values[chunk.offset * dim :].reshape(-1, dim)
-        out[filled : filled + len(rows)] = vectors[rows]
+        out[filled : filled + len(rows)] = _vectors(file.read_row_group(i, columns=["embedding"]).column(0), dim, dtype)[rows]
         filled += len(rows)
     return out
 
 
-def layer_files(embed_dir: str | Path) -> list[Path]:
-    files = sorted(Path(embed_dir).glob("layer_*.parquet"))
+def layer_path(embed_dir: str | Path, pooling: str, layer: int) -> Path:
+    """The file of one layer's embeddings under one pooling, in an eval set's embeddings directory."""
+    return Path(embed_dir) / pooling / f"layer_{int(layer):03d}.parquet"
+
+
+def layer_files(embed_dir: str | Path, pooling: str) -> list[Path]:
+    """Every layer file of one pooling in an eval set's embeddings directory, in layer order."""
+    files = sorted((Path(embed_dir) / pooling).glob("layer_*.parquet"))
     if not files:
-        raise FileNotFoundError(f"{embed_dir}: no layer_*.parquet embedding files")
+        raise FileNotFoundError(f"{embed_dir}: no embeddings for pooling {pooling} ({pooling}/layer_*.parquet)")
     return files
 
 

@@ -19,6 +19,7 @@ from tunnelscope.figures.style import (
 )
 from tunnelscope.metrics.seeds import BACKBONE, CONFIDENCE, seed_summary
 from tunnelscope.metrics.tunnel import normalise
+from tunnelscope.registry import CELL_VARIABLES
 
 
 def _curves(probes: pd.DataFrame):
@@ -125,7 +126,7 @@ def zero_shot_figure(layers: pd.DataFrame, summary: pd.DataFrame, png: str, pdf:
     shifted test rows under both protocols, the clean ID curve for reference, and the layer each
     protocol picks (one star per seed)."""
     apply_style()
-    keys = ["arch", "id_dataset", "resolution", "augmentation", "eval_set"] + ([] if by_layer is not None else ["seed"])
+    keys = [*BACKBONE, "eval_set"] + ([] if by_layer is not None else ["seed"])
     curves = (by_layer if by_layer is not None else layers).sort_values("layer")
     panels = list(curves.groupby(keys, sort=True))
     ncols = min(4, len(panels))
@@ -163,7 +164,7 @@ def solver_figure(metrics: pd.DataFrame, reference: str, png: str, pdf: str) -> 
     """Each metric under every other solver against the reference solver, one point per (cell,
     OOD set); points on the diagonal are protocols that agree."""
     apply_style()
-    keys = ["arch", "id_dataset", "resolution", "augmentation", "seed", "ood_set"]
+    keys = [*CELL_VARIABLES, "ood_set"]
     ref = metrics[metrics.solver == reference]
     others = [s for s in metrics.solver.unique() if s != reference]
     palette = dict(zip(others, sns.color_palette("colorblind", len(others))))

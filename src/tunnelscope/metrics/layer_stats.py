@@ -6,8 +6,6 @@ linear algebra on one matrix; no maintained library computes NC1 or RankMe.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
@@ -88,7 +86,7 @@ def layer_stats(layers: dict[int, np.ndarray], labels: np.ndarray, rank_tol: flo
 
 def embed_dir_stats(embed_dir: str, params: dict) -> pd.DataFrame:
     """Layer statistics of one cell from its ID embeddings (one split, seeded subsample)."""
-    from tunnelscope.features.store import read_embeddings
+    from tunnelscope.features.store import layer_files, read_embeddings
 
     layers, keep, labels = {}, None, None
 
@@ -103,10 +101,8 @@ def embed_dir_stats(embed_dir: str, params: dict) -> pd.DataFrame:
             keep[rows] = True
         return keep
 
-    for path in sorted((Path(embed_dir) / params["pooling"]).glob("layer_*.parquet")):
+    for path in layer_files(embed_dir, params["pooling"]):
         meta, x, labels, _ = read_embeddings(path, select=sample)  # only the sampled rows
         layers[meta["layer"]] = x
-    if not layers:
-        raise FileNotFoundError(f"{embed_dir}: no embeddings for pooling {params['pooling']}")
     front = {k: params[k] for k in CELL_VARIABLES}
     return pd.DataFrame([{**front, **row} for row in layer_stats(layers, labels, params["rank_tol"])])

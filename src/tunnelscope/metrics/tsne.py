@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tunnelscope.features.store import read_embeddings
+from tunnelscope.features.store import layer_files, read_embeddings
 from tunnelscope.registry import CELL_VARIABLES
 
 SAMPLE_STREAM = 1618  # random stream of the class and image choice (seeded by tsne.tsne_seed)
@@ -51,9 +51,7 @@ def embed_2d(x: np.ndarray, perplexity: float, seed: int, max_iter: int) -> np.n
 def tsne_layers(embed_dir: str | Path, params: dict) -> pd.DataFrame:
     """One row per (layer, shown image): layer, layer_name, row (its index in the layer file's
     shown rows), label, x, y."""
-    files = sorted((Path(embed_dir) / params["pooling"]).glob("layer_*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"{embed_dir}: no embeddings for pooling {params['pooling']}")
+    files = layer_files(embed_dir, params["pooling"])
     keep = None
 
     def shown(labels, splits):  # every layer file holds the same samples in the same order

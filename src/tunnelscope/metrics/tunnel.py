@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from tunnelscope.registry import CELL_VARIABLES
+
 STRENGTH_BANDS = ((95.0, "negligible"), (90.0, "weak"), (80.0, "medium"), (-math.inf, "strong"))
 
 
@@ -78,7 +80,7 @@ def normalise(curve) -> np.ndarray:
 
 
 # Cell facts copied from cell.json onto every metrics row (the analysis variables among them).
-CELL_FACTS = ("arch", "id_dataset", "resolution", "augmentation", "seed", "label", "family", "arch_family", "stem", "spatial_reduction", "depth", "id_classes", "gamma", "params", "width")
+CELL_FACTS = (*CELL_VARIABLES, "label", "family", "arch_family", "stem", "spatial_reduction", "depth", "id_classes", "gamma", "params", "width")
 
 
 def cell_metrics(probes: pd.DataFrame, cell_info: dict, params: dict) -> pd.DataFrame:

@@ -47,22 +47,22 @@ class LayerCapture:
     def __init__(self, model: torch.nn.Module, points: list[ProbePoint], poolings=("avg2x2",)):
         self.model, self.points, self.poolings = model, points, tuple(poolings)
         self.batch: dict = {}
-        self._calls: dict[str, int] = {}
+        self._fired: set[tuple[str, str]] = set()  # (module, side) already captured this forward
         self._handles = []
 
     def __enter__(self):
         modules = dict(self.model.named_modules())
-        by_module: dict[str, dict[tuple[str, int], ProbePoint]] = {}
+        by_module: dict[str, dict[str, ProbePoint]] = {}
         for point in self.points:
             for name in (point.name, point.post):
                 if name and name not in modules:
                     raise KeyError(f"probe point {point.index}: {name!r} is not a module of the model")
-            by_module.setdefault(point.name, {})[(point.side, point.call)] = point
-        # One hook per module and side; a module that runs several times per forward (a
-        # reused module) is captured at the call each probe point names.
+            by_module.setdefault(point.name, {})[point.side] = point
+        # One hook per module and side; a module that runs several times per forward (a reused
+        # module; no built-in or enumerated probe point is one) is captured at its first call.
         for name, wanted in by_module.items():
             module = modules[name]
-            for side in {s for s, _ in wanted}:
+            for side in wanted:
                 if side == "output":
                     hook = module.register_forward_hook(lambda m, args, out, n=name, w=wanted: self._on_call(n, w, "output", out))
                 else:
@@ -77,12 +77,9 @@ class LayerCapture:
         self._handles.clear()
 
     def _on_call(self, name: str, wanted: dict, side: str, tensor):
-        key = (name, side)
-        call = self._calls.get(key, 0)
-        self._calls[key] = call + 1
-        point = wanted.get((side, call))
-        if point is not None:
-            self._store(point, tensor)
+        if (name, side) not in self._fired:
+            self._fired.add((name, side))
+            self._store(wanted[side], tensor)
 
     def _store(self, point: ProbePoint, tensor: torch.Tensor):
         if isinstance(tensor, (tuple, list)):
@@ -102,7 +99,7 @@ class LayerCapture:
         if missing:
             raise RuntimeError(f"probe points {missing} did not run in the forward pass")
         out, self.batch = self.batch, {}
-        self._calls.clear()
+        self._fired.clear()
         return out
 
 

@@ -19,18 +19,17 @@ class ProbePoint:
     side: str  # "output" or "input" of that module
     post: str = ""  # module applied to the captured tensor before pooling (ViT: final norm)
     prefix_tokens: int = 0  # leading non-patch tokens (class/register tokens) of a token sequence
-    call: int = 0  # which call of the module within one forward (for modules run more than once)
 
 
 # Block classes of timm and torchvision CNNs and transformers; see enumerate_blocks.
-_BLOCK_CLASS = re.compile(r"(Block|Bottleneck|InvertedResidual|DepthwiseSeparableConv|EdgeResidual|MBConv|Residual|CNBlock)$")
+_BLOCK_CLASS = re.compile(r"(Block|Bottleneck|DepthwiseSeparableConv|MBConv|Residual)$")
 
 
 def enumerate_blocks(model: nn.Module) -> list[ProbePoint]:
     """Probe points at block granularity for any timm or torchvision model.
 
-    A block is a module whose class name ends in Block, Bottleneck, InvertedResidual,
-    DepthwiseSeparableConv, EdgeResidual, MBConv or Residual (ResNet blocks, ConvNeXt blocks,
+    A block is a module whose class name ends in Block, Bottleneck, DepthwiseSeparableConv,
+    MBConv or Residual (InvertedResidual, EdgeResidual: ResNet blocks, ConvNeXt blocks,
     MobileNet/EfficientNet blocks, transformer blocks, ...); only the outermost such modules
     count, in forward order, and each is captured at its output. Models with a ``blocks``
     attribute and prefix tokens (class/register tokens) record them so pooling can skip them.

@@ -1,15 +1,10 @@
-"""Linear probes: one multinomial logistic regression per layer, all layers in one job.
+"""The probe job: one multinomial logistic regression per layer of one (cell, eval set), all
+layers in one job, with the solver named by ``probe.solver``.
 
-Solvers (``probe.solver``):
-- ``lbfgs`` (default): full-batch L-BFGS in torch on standardised features. The L2 strength is
-  chosen on a seeded, stratified validation split of the probe's training data (never on the
-  test split), walking the grid from strong to weak with warm starts, then refit on all
-  training data. Written on torch rather than scikit-learn so it runs in float32 or bfloat16
-  (``probe.precision``) on the job's device (GPU when present) and reuses each fit as the next
-  one's starting point.
-- ``sklearn``: scikit-learn's LogisticRegression (lbfgs) at a fixed ``C``; a reference.
-- ``paper``: the papers' recipe, AdamW with label smoothing for a fixed number of epochs on raw
-  features; every layer's head is trained in the same pass over the data each epoch.
+Each solver is a module of this package (``lbfgs``: L-BFGS on standardised features, the L2
+strength chosen on a validation split, the default; ``sklearn``: scikit-learn at a fixed ``C``, a
+reference; ``paper``: the papers' AdamW recipe) with its config keys in ``registry.SOLVERS``;
+``SOLVER_FITS`` below says how the job calls it.
 """
 
 from __future__ import annotations
@@ -17,25 +12,70 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
-from tunnelscope.features.store import layer_files, read_embeddings
+from tunnelscope.features.store import layer_files, read_embeddings, read_metadata
 from tunnelscope.io import atomic_path
 from tunnelscope.probe.lbfgs import fit_lbfgs_probe
 from tunnelscope.probe.logistic import fit_sklearn_probe
 from tunnelscope.probe.recipe import fit_paper_probes
 from tunnelscope.registry import CELL_VARIABLES
+from tunnelscope.runtime import pick_device
 
 log = logging.getLogger("tunnelscope.probe")
 
 CELL_KEYS = (*CELL_VARIABLES, "eval_set", "role", "pooling")
 
 
-# ---------------------------------------------------------------- L-BFGS solver
+class SolverFit(NamedTuple):
+    """How the job calls a solver. ``per_layer``: ``fit(x_train, y_train, x_test, y_test,
+    n_classes, settings, device)`` -> one result, and the layers stream through it (read one, fit
+    it, drop it); else ``fit(layers, n_classes, settings, family, device)`` -> one result per
+    layer, on every layer's (x_train, y_train, x_test, y_test) at once."""
+
+    fit: Callable
+    per_layer: bool
+
+
+def _fit_sklearn(x_train, y_train, x_test, y_test, n_classes: int, settings: dict, device) -> dict:
+    return fit_sklearn_probe(x_train, y_train, x_test, y_test, settings["C"], settings["max_iter"], settings["standardize"], n_classes)
+
+
+def _fit_paper(layers: list[tuple], n_classes: int, settings: dict, family: str, device) -> list[dict]:
+    recipe = {**settings["paper"], "seed": settings["seed"]}
+    return fit_paper_probes([(x_train, x_test) for x_train, _, x_test, _ in layers], layers[0][1], layers[0][3], n_classes, recipe, family, device)
+
+
+# registry.SOLVERS name -> its fit (tests/test_probe.py checks that the two name the same solvers).
+SOLVER_FITS = {
+    "lbfgs": SolverFit(fit_lbfgs_probe, per_layer=True),
+    "sklearn": SolverFit(_fit_sklearn, per_layer=True),
+    "paper": SolverFit(_fit_paper, per_layer=False),
+}
+
+
+def _read_layer(path: Path) -> tuple[tuple[dict, int, int], tuple]:
+    """((metadata, n_train, n_test), (x_train, y_train, x_test, y_test)) of one layer file."""
+    meta, x, y, split = read_embeddings(path)
+    train, test = split == "train", split == "test"
+    return (meta, int(train.sum()), int(test.sum())), (x[train], y[train], x[test], y[test])
+
+
+def _fit_layer(fit: Callable, path: Path, n_classes: int, settings: dict, device):
+    """Read one layer and fit it; its features are freed on return, before the next is read."""
+    info, data = _read_layer(path)
+    return info, fit(*data, n_classes, settings, device)
+
+
+def _fit_together(fit: Callable, files: list[Path], n_classes: int, settings: dict, family: str, device) -> list:
+    """Every layer in memory at once, for a solver that fits them all in one pass."""
+    infos, layers = zip(*map(_read_layer, files))
+    return list(zip(infos, fit(list(layers), n_classes, settings, family, device)))
 
 
 def probe_layers(embed_dir: str, params: dict, family: str = "cnn", threads: int | None = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
@@ -46,30 +86,22 @@ def probe_layers(embed_dir: str, params: dict, family: str = "cnn", threads: int
     them all)."""
     if threads:
         torch.set_num_threads(threads)
+    if params["solver"] not in SOLVER_FITS:
+        raise ValueError(f"probe.solver: unknown solver {params['solver']!r}; known: {', '.join(SOLVER_FITS)}")
+    solver = SOLVER_FITS[params["solver"]]
     front = {k: params[k] for k in CELL_KEYS}
     # The solvers read their own seed as "seed"; in the job's params that key is the cell's.
     settings = {**params, "seed": params["probe_seed"]}
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    metas, data = [], []
-    for path in layer_files(Path(embed_dir) / params["pooling"]):
-        meta, x, y, split = read_embeddings(path)
-        train, test = split == "train", split == "test"
-        metas.append((meta, int(train.sum()), int(test.sum())))
-        data.append((x[train], y[train], x[test], y[test]))
-    n_classes = int(metas[0][0]["num_classes"])
+    device = pick_device()  # a GPU slot of its own, as every job that computes on a device
+    files = layer_files(embed_dir, params["pooling"])
+    n_classes = int(read_metadata(files[0])["num_classes"])
     started = time.perf_counter()
-    if params["solver"] == "paper":
-        recipe = {**params["paper"], "seed": settings["seed"]}
-        results = fit_paper_probes([(d[0], d[2]) for d in data], data[0][1], data[0][3], n_classes, recipe, family, device)
+    if solver.per_layer:
+        fitted = (_fit_layer(solver.fit, path, n_classes, settings, device) for path in tqdm(files, desc=f"probe {params['eval_set']}", leave=False))
     else:
-        results = []
-        for x_train, y_train, x_test, y_test in tqdm(data, desc=f"probe {params['eval_set']}", leave=False):
-            if params["solver"] == "lbfgs":
-                results.append(fit_lbfgs_probe(x_train, y_train, x_test, y_test, n_classes, settings, device))
-            else:
-                results.append(fit_sklearn_probe(x_train, y_train, x_test, y_test, params["C"], params["max_iter"], params["standardize"], n_classes))
+        fitted = _fit_together(solver.fit, files, n_classes, settings, family, device)
     rows, weights = [], {}
-    for (meta, n_train, n_test), result in zip(metas, results):
+    for (meta, n_train, n_test), result in fitted:
         weights[f"layer_{meta['layer']:03d}"] = result.pop("weights")
         if not result["converged"]:
             log.warning("layer %d: probe did not converge in %d iterations", meta["layer"], result["n_iter"])
@@ -96,4 +128,3 @@ def write_weights(weights: dict[str, np.ndarray], path: str | Path) -> None:
     """Probe weights as one uncompressed .npz (np.load reads a layer without the others)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a file object: savez adds no suffix
         np.savez(fh, **weights)
-

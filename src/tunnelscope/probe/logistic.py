@@ -43,8 +43,3 @@ def fit_sklearn_probe(x_train, y_train, x_test, y_test, C: float, max_iter: int,
         "converged": n_iter < max_iter,
         "weights": np.vstack([coef.T, intercept[None]]).astype(np.float32),
     }
-
-
-# ---------------------------------------------------------------- paper recipe
-
-

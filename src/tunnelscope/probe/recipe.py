@@ -66,8 +66,3 @@ def _head_acc(head, x, y) -> float:
 def _head_weights(head) -> np.ndarray:
     """An nn.Linear as (d + 1, C) weights with the bias as last row (the other solvers' layout)."""
     return torch.cat([head.weight.detach().t(), head.bias.detach()[None]]).cpu().numpy()
-
-
-# ---------------------------------------------------------------- the probe job
-
-

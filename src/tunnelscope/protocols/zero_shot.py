@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from tunnelscope.data.splits import stratified_split
-from tunnelscope.features.store import read_embeddings
+from tunnelscope.features.store import layer_path, read_embeddings
 from tunnelscope.metrics.seeds import (
     BACKBONE,
     CONFIDENCE,
@@ -41,10 +41,10 @@ def zero_shot_layers(id_probes: pd.DataFrame, id_weights, shifted_weights, clean
     np.load'ed .npz files; ``clean_dir`` / ``shifted_dir`` the two sets' embedding directories."""
     rows, split = [], None
     for probe in id_probes.sort_values("layer").itertuples():
-        key = f"layer_{probe.layer:03d}"
-        path = Path(shifted_dir) / params["pooling"] / f"{key}.parquet"
+        key = f"layer_{probe.layer:03d}"  # the probe's entry in the weights (probe.layers.probe_layers)
+        path = layer_path(shifted_dir, params["pooling"], probe.layer)
         _, x, y, _ = read_embeddings(path, select=lambda labels, splits: splits == "test")
-        _, clean, clean_y, _ = read_embeddings(Path(clean_dir) / params["pooling"] / f"{key}.parquet", select=lambda labels, splits: splits == "test")
+        _, clean, clean_y, _ = read_embeddings(layer_path(clean_dir, params["pooling"], probe.layer), select=lambda labels, splits: splits == "test")
         if split is None:
             rest, val = stratified_split(y, params["val_fraction"], params["split_seed"], ZERO_SHOT_STREAM)
             split = (rest, val, y)
