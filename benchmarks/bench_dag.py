@@ -20,7 +20,20 @@ def main():
     args = parser(__doc__).parse_args()
     config = REPO / ("config.yaml" if args.smoke else "config/paper.yaml")
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", tmp, "--configfile", str(config), "-n", "--cores", "8"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            tmp,
+            "--configfile",
+            str(config),
+            "-n",
+            "--cores",
+            "8",
+        ]
         start = time.perf_counter()
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         wall = time.perf_counter() - start

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from common import SCHEMA, parser, report
 
 BENCH = Path(__file__).resolve()
@@ -53,10 +54,23 @@ def training_params(resolution: int, width: float) -> dict:
     from tunnelscope.registry import IMAGENET_MEAN, IMAGENET_STD
     from tunnelscope.study.config import load_schema, section_defaults
 
-    training = {**section_defaults(load_schema(SCHEMA), "training"), "epochs": 1, "batch_size": 64, "warmup_epochs": 0, "val_fraction": 0.05}
+    training = {
+        **section_defaults(load_schema(SCHEMA), "training"),
+        "epochs": 1,
+        "batch_size": 64,
+        "warmup_epochs": 0,
+        "val_fraction": 0.05,
+    }
     return {
-        "arch": "vggm11", "id_dataset": "bench", "resolution": resolution, "augmentation": "rrc_flip", "seed": 0, "model": {"width": width},
-        "training": training, "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}, "compute": {"precision": "fp32"},
+        "arch": "vggm11",
+        "id_dataset": "bench",
+        "resolution": resolution,
+        "augmentation": "rrc_flip",
+        "seed": 0,
+        "model": {"width": width},
+        "training": training,
+        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "compute": {"precision": "fp32"},
     }
 
 
@@ -69,21 +83,49 @@ def run_stage(stage: str, work: Path, resolution: int, width: float) -> dict:
     if stage == "prepare":
         from tunnelscope.data.sources import prepare
 
-        spec = {"source": "imagefolder", "root": str(work / "tree"), "seed": 0, "test_fraction": 0.2, "on_bad_image": "error", "layout": "split_dirs"}
+        spec = {
+            "source": "imagefolder",
+            "root": str(work / "tree"),
+            "seed": 0,
+            "test_fraction": 0.2,
+            "on_bad_image": "error",
+            "layout": "split_dirs",
+        }
         store = prepare("bench", spec, resolution, work / "store", threads=threads)
         extra = {"store_gb": sum(s.nbytes for s in store.splits.values()) / 1e9}
     elif stage == "pretrain":
         from tunnelscope.data.store import Store
         from tunnelscope.training.loop import pretrain
 
-        info = pretrain(training_params(resolution, width), Store(work / "store"), work / "ckpt.safetensors", work / "log.csv", work / "info.json", work / "state.pt", threads=threads)
+        info = pretrain(
+            training_params(resolution, width),
+            Store(work / "store"),
+            work / "ckpt.safetensors",
+            work / "log.csv",
+            work / "info.json",
+            work / "state.pt",
+            threads=threads,
+        )
         extra = {"test_acc": info["test_acc"]}
     else:
         from tunnelscope.features.embed import embed_eval_set
 
-        params = {**training_params(resolution, width), "eval_set": "bench", "pooling": ["avg2x2"], "side": "default", "dtype": "float16"}
+        params = {
+            **training_params(resolution, width),
+            "eval_set": "bench",
+            "pooling": ["avg2x2"],
+            "side": "default",
+            "dtype": "float16",
+        }
         shutil.rmtree(work / "embeddings", ignore_errors=True)
-        embed_eval_set(params, str(work / "ckpt.safetensors"), str(work / "store"), str(work / "embeddings"), batch_size=128, threads=threads)
+        embed_eval_set(
+            params,
+            str(work / "ckpt.safetensors"),
+            str(work / "store"),
+            str(work / "embeddings"),
+            batch_size=128,
+            threads=threads,
+        )
         extra = {}
     return {"stage": stage, "seconds": time.perf_counter() - start, **peak_mb(), **extra}
 
@@ -114,10 +156,19 @@ def throughput(work: Path, resolution: int, images: int) -> tuple[float, float, 
     readers = [SplitReader(split, "whole", resolution, "cpu", resident_mb=0, workers=w) for w in (os.cpu_count(), 0)]
     workers, in_process = (max(ours(reader) for _ in range(2)) for reader in readers)
 
-    transform = T.Compose([T.RandomResizedCrop(resolution), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    transform = T.Compose(
+        [
+            T.RandomResizedCrop(resolution),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
     folder = tvd.ImageFolder(str(work / "tree" / "train"), transform=transform)
     subset = torch.utils.data.Subset(folder, order.tolist())
-    loader = torch.utils.data.DataLoader(subset, batch_size=64, shuffle=False, num_workers=os.cpu_count(), persistent_workers=True)
+    loader = torch.utils.data.DataLoader(
+        subset, batch_size=64, shuffle=False, num_workers=os.cpu_count(), persistent_workers=True
+    )
 
     def standard():
         start = time.perf_counter()
@@ -136,7 +187,9 @@ def main():
     p.add_argument("--width", type=float, default=0.0625, help="VGGm-11 width of the pretrain and embed jobs")
     p.add_argument("--throughput-images", type=int, default=3000)
     p.add_argument("--repeats", type=int, default=3, help="throughput measurements, interleaved")
-    p.add_argument("--throughput-only", action="store_true", help="skip the memory jobs (the stores of --work must exist)")
+    p.add_argument(
+        "--throughput-only", action="store_true", help="skip the memory jobs (the stores of --work must exist)"
+    )
     p.add_argument("--work", help="keep the trees and stores here (default: a temporary directory)")
     p.add_argument("--stage", help=argparse_hidden())
     args = p.parse_args()
@@ -144,7 +197,14 @@ def main():
         print(json.dumps(run_stage(args.stage, Path(args.work), args.resolution, args.width)))
         return
     if args.smoke:
-        args.images, args.resolution, args.short, args.width, args.throughput_images, args.repeats = [200, 800], 32, 40, 0.125, 100, 1
+        args.images, args.resolution, args.short, args.width, args.throughput_images, args.repeats = (
+            [200, 800],
+            32,
+            40,
+            0.125,
+            100,
+            1,
+        )
     root = Path(args.work or tempfile.mkdtemp(prefix="bench_data."))
     small, large = args.images
     results = {}
@@ -154,11 +214,25 @@ def main():
             if not (work / "tree").exists():
                 make_tree(work / "tree", n, args.short)
             for stage in () if args.throughput_only else ("prepare", "pretrain", "embed"):
-                cmd = [sys.executable, str(BENCH), "--stage", stage, "--work", str(work), "--resolution", str(args.resolution), "--width", str(args.width)]
+                cmd = [
+                    sys.executable,
+                    str(BENCH),
+                    "--stage",
+                    stage,
+                    "--work",
+                    str(work),
+                    "--resolution",
+                    str(args.resolution),
+                    "--width",
+                    str(args.width),
+                ]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=BENCH.parent)
                 results[(n, stage)] = json.loads(out.stdout.strip().splitlines()[-1])
         # Interleaved repeats: this machine's speed drifts by 20-30% over minutes.
-        runs = [throughput(root / f"n{small}", args.resolution, min(args.throughput_images, small)) for _ in range(args.repeats)]
+        runs = [
+            throughput(root / f"n{small}", args.resolution, min(args.throughput_images, small))
+            for _ in range(args.repeats)
+        ]
     finally:
         if not args.work:
             shutil.rmtree(root, ignore_errors=True)
@@ -174,8 +248,13 @@ def main():
         for stage in ("prepare", "pretrain", "embed"):
             a, b = results[(small, stage)], results[(large, stage)]
             ratio = b["peak_mb"] / a["peak_mb"]
-            lines.append(f"| {stage} | {a['peak_mb']:.0f} | {b['peak_mb']:.0f} | {ratio:.2f}x | <= 1.15x {'met' if ratio <= 1.15 else 'NOT met'} | {a['seconds']:.0f} / {b['seconds']:.0f} |")
-        lines += [f"Store: {results[(small, 'prepare')]['store_gb']:.2f} GB / {results[(large, 'prepare')]['store_gb']:.2f} GB on disk.", ""]
+            lines.append(
+                f"| {stage} | {a['peak_mb']:.0f} | {b['peak_mb']:.0f} | {ratio:.2f}x | <= 1.15x {'met' if ratio <= 1.15 else 'NOT met'} | {a['seconds']:.0f} / {b['seconds']:.0f} |"
+            )
+        lines += [
+            f"Store: {results[(small, 'prepare')]['store_gb']:.2f} GB / {results[(large, 'prepare')]['store_gb']:.2f} GB on disk.",
+            "",
+        ]
     cores = os.cpu_count()
     lines += [
         f"Training data path, {min(args.throughput_images, small):,} images of the {small:,}-image tree at {args.resolution}px, batch 64, images/s (ratio to torchvision's):",
@@ -184,9 +263,13 @@ def main():
         "|---|---|---|---|",
     ]
     for k, (workers, in_process, standard) in enumerate(runs, 1):
-        lines.append(f"| {k} | {standard:.0f} | {in_process:.0f} ({in_process / standard:.2f}x) | {workers:.0f} ({workers / standard:.2f}x) |")
+        lines.append(
+            f"| {k} | {standard:.0f} | {in_process:.0f} ({in_process / standard:.2f}x) | {workers:.0f} ({workers / standard:.2f}x) |"
+        )
     median = float(np.median([in_process / standard for _, in_process, standard in runs]))
-    lines.append(f"Median ratio of pretrain's path: {median:.2f}x (target >= 3x: {'met' if median >= 3 else 'NOT met'}).")
+    lines.append(
+        f"Median ratio of pretrain's path: {median:.2f}x (target >= 3x: {'met' if median >= 3 else 'NOT met'})."
+    )
     report("Data path: memory and throughput", lines, args)
 
 

@@ -13,8 +13,8 @@ import tempfile
 
 import numpy as np
 import torch
-from common import SCHEMA, add_device_args, best_of, chosen_device, parser, report
 
+from common import SCHEMA, add_device_args, best_of, chosen_device, parser, report
 from tunnelscope.data.store import write_arrays
 from tunnelscope.data.transforms import to_input
 from tunnelscope.features.embed import embed_eval_set
@@ -32,7 +32,9 @@ def main():
     p.add_argument("--images", type=int, default=4096)
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--stream", action="store_true", help="stream the store (resident_mb 0) instead of keeping it on the device")
+    p.add_argument(
+        "--stream", action="store_true", help="stream the store (resident_mb 0) instead of keeping it on the device"
+    )
     add_device_args(p)
     args = p.parse_args()
     if args.smoke:
@@ -42,15 +44,32 @@ def main():
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     points = probe_points(model)
-    images = np.random.default_rng(0).integers(0, 256, size=(args.images, args.resolution, args.resolution, 3), dtype=np.uint8)
+    images = np.random.default_rng(0).integers(
+        0, 256, size=(args.images, args.resolution, args.resolution, 3), dtype=np.uint8
+    )
     labels = np.arange(args.images) % 10
     work = tempfile.mkdtemp(prefix="bench_extract.")
     half = args.images // 2
-    store = write_arrays(f"{work}/store", {"train": (images[:half], labels[:half]), "test": (images[half:], labels[half:])}, 10, args.resolution)
+    store = write_arrays(
+        f"{work}/store",
+        {"train": (images[:half], labels[:half]), "test": (images[half:], labels[half:])},
+        10,
+        args.resolution,
+    )
     params = {
-        "arch": args.arch, "id_dataset": "bench", "resolution": args.resolution, "augmentation": "none", "seed": 0, "eval_set": "bench",
-        "model": {"width": args.width}, "training": section_defaults(load_schema(SCHEMA), "training"), "pooling": ["avg2x2"], "side": "default", "dtype": "float16",
-        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}, "compute": {"precision": args.precision},
+        "arch": args.arch,
+        "id_dataset": "bench",
+        "resolution": args.resolution,
+        "augmentation": "none",
+        "seed": 0,
+        "eval_set": "bench",
+        "model": {"width": args.width},
+        "training": section_defaults(load_schema(SCHEMA), "training"),
+        "pooling": ["avg2x2"],
+        "side": "default",
+        "dtype": "float16",
+        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "compute": {"precision": args.precision},
     }
     save_backbone(model, f"{work}/ckpt.safetensors", {"params": params, "num_classes": 10})
 
@@ -62,7 +81,16 @@ def main():
 
     def embed_job():
         shutil.rmtree(f"{work}/embeddings", ignore_errors=True)
-        embed_eval_set(params, f"{work}/ckpt.safetensors", str(store.root), f"{work}/embeddings", args.batch, os.cpu_count(), args.channels_last, resident_mb=0 if args.stream else 1024)
+        embed_eval_set(
+            params,
+            f"{work}/ckpt.safetensors",
+            str(store.root),
+            f"{work}/embeddings",
+            args.batch,
+            os.cpu_count(),
+            args.channels_last,
+            resident_mb=0 if args.stream else 1024,
+        )
 
     try:
         plain()  # warm-up

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import SCHEMA, chosen_device, parser, report
 
+from common import SCHEMA, chosen_device, parser, report
 from tunnelscope.data.splits import stratified_split
 from tunnelscope.features.store import layer_files, layer_path, read_embeddings, write_embeddings
 from tunnelscope.probe.lbfgs import (
@@ -34,7 +34,16 @@ from tunnelscope.probe.logistic import fit_sklearn_probe
 from tunnelscope.probe.recipe import fit_paper_probes
 from tunnelscope.study.config import load_schema, section_defaults
 
-DEFAULTS = {"standardize": True, "val_fraction": 0.2, "seed": 0, "l2_grid": [1e-1, 1e-2, 1e-3, 1e-4, 1e-5], "select_max_iter": 20, "max_iter": 300, "tol": 1e-4, "precision": "fp32"}
+DEFAULTS = {
+    "standardize": True,
+    "val_fraction": 0.2,
+    "seed": 0,
+    "l2_grid": [1e-1, 1e-2, 1e-3, 1e-4, 1e-5],
+    "select_max_iter": 20,
+    "max_iter": 300,
+    "tol": 1e-4,
+    "precision": "fp32",
+}
 PAPER = {**section_defaults(load_schema(SCHEMA), "probe")["paper"], "seed": 0}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -48,7 +57,14 @@ def synthetic_embeddings(embed_dir: Path, pooling: str, rows: int, dims: list[in
     latent = rng.normal(size=(classes, 32))[y] + 3.5 * rng.normal(size=(rows, 32))
     for layer, dim in enumerate(dims, start=1):
         x = np.maximum(latent @ rng.normal(size=(32, dim)) / 6 + rng.normal(size=(rows, dim)), 0).astype(np.float16)
-        write_embeddings(layer_path(embed_dir, pooling, layer), x, y, split, np.arange(rows), {"layer": layer, "num_classes": classes})
+        write_embeddings(
+            layer_path(embed_dir, pooling, layer),
+            x,
+            y,
+            split,
+            np.arange(rows),
+            {"layer": layer, "num_classes": classes},
+        )
 
 
 def timed(fn):
@@ -60,8 +76,18 @@ def timed(fn):
 def one_fit(x, y, x_test, y_test, n_classes, l2, precision, device):
     """The default solver's fit at a given l2, feature preparation included; test accuracy."""
     features, mean, std, basis = prepare_features(torch.from_numpy(x).to(device), True, DTYPES[precision])
-    w, _, _ = fit_softmax(features, torch.from_numpy(y).long().to(device), n_classes, l2, max_iter=DEFAULTS["max_iter"], tol=DEFAULTS["tol"], basis=basis)
-    return _accuracy(_unstandardise(w, mean, std), torch.from_numpy(x_test).to(device), torch.from_numpy(y_test).long().to(device))
+    w, _, _ = fit_softmax(
+        features,
+        torch.from_numpy(y).long().to(device),
+        n_classes,
+        l2,
+        max_iter=DEFAULTS["max_iter"],
+        tol=DEFAULTS["tol"],
+        basis=basis,
+    )
+    return _accuracy(
+        _unstandardise(w, mean, std), torch.from_numpy(x_test).to(device), torch.from_numpy(y_test).long().to(device)
+    )
 
 
 def sklearn_selection(x, y, x_test, y_test):
@@ -87,11 +113,21 @@ def sklearn_selection(x, y, x_test, y_test):
 
 def main():
     p = parser(__doc__)
-    p.add_argument("--embeddings", help="one pooling's folder of an eval set's embeddings (EMBED_DIR/POOLING, its layer files)")
-    p.add_argument("--rows", type=int, default=20000, help="synthetic embeddings (without --embeddings): rows, 80%% train")
-    p.add_argument("--dims", type=int, nargs="+", default=[256, 512, 1024, 2048], help="synthetic embeddings: one layer per dim")
+    p.add_argument(
+        "--embeddings", help="one pooling's folder of an eval set's embeddings (EMBED_DIR/POOLING, its layer files)"
+    )
+    p.add_argument(
+        "--rows", type=int, default=20000, help="synthetic embeddings (without --embeddings): rows, 80%% train"
+    )
+    p.add_argument(
+        "--dims", type=int, nargs="+", default=[256, 512, 1024, 2048], help="synthetic embeddings: one layer per dim"
+    )
     p.add_argument("--paper-epochs", type=int, default=30)
-    p.add_argument("--device", type=torch.device, help="where our solvers run (default: the probe job's, runtime.pick_device: a free GPU when present)")
+    p.add_argument(
+        "--device",
+        type=torch.device,
+        help="where our solvers run (default: the probe job's, runtime.pick_device: a free GPU when present)",
+    )
     args = p.parse_args()
     args.device = chosen_device(args)
     tmp = tempfile.TemporaryDirectory()
@@ -111,22 +147,41 @@ def main():
             for precision in DTYPES:
                 fit_lbfgs_probe(x[tr], y[tr], x[te], y[te], n_classes, dict(DEFAULTS, precision=precision), args.device)
             fit_sklearn_probe(x[tr], y[tr], x[te], y[te], C=1.0, max_iter=5, standardize=True)
-        whole = {pr: timed(lambda: fit_lbfgs_probe(x[tr], y[tr], x[te], y[te], n_classes, dict(DEFAULTS, precision=pr), args.device)) for pr in DTYPES}
+        whole = {
+            pr: timed(
+                lambda: fit_lbfgs_probe(
+                    x[tr], y[tr], x[te], y[te], n_classes, dict(DEFAULTS, precision=pr), args.device
+                )
+            )
+            for pr in DTYPES
+        }
         l2 = whole["fp32"][0]["l2"]
-        single = {pr: timed(lambda: one_fit(x[tr], y[tr], x[te], y[te], n_classes, l2, pr, args.device)) for pr in DTYPES}
+        single = {
+            pr: timed(lambda: one_fit(x[tr], y[tr], x[te], y[te], n_classes, l2, pr, args.device)) for pr in DTYPES
+        }
         mean, std = x[tr].mean(0), np.maximum(x[tr].std(0), 1e-6)
         xs, xte = (x[tr] - mean) / std, (x[te] - mean) / std
-        ref, t_ref = timed(lambda: fit_sklearn_probe(xs, y[tr], xte, y[te], C=1.0 / (l2 * tr.sum()), max_iter=1000, standardize=False))
+        ref, t_ref = timed(
+            lambda: fit_sklearn_probe(xs, y[tr], xte, y[te], C=1.0 / (l2 * tr.sum()), max_iter=1000, standardize=False)
+        )
         ref_sel_acc, t_ref_sel = timed(lambda: sklearn_selection(xs, y[tr], xte, y[te]))
         one = " | ".join(f"{single[pr][1]:.3f} ({t_ref / single[pr][1]:.1f}x)" for pr in DTYPES)
         one_diff = " | ".join(f"{100 * abs(single[pr][0] - ref['test_acc']):.2f}" for pr in DTYPES)
         sel = " | ".join(f"{whole[pr][1]:.3f} ({t_ref_sel / whole[pr][1]:.1f}x)" for pr in DTYPES)
-        accs = " / ".join(f"{100 * a:.2f}" for a in (ref_sel_acc, whole["fp32"][0]["test_acc"], whole["bf16"][0]["test_acc"]))
-        rows.append(f"| {meta['layer']} | {x.shape[1]} | {l2:g} | {ref['n_iter']} | {t_ref:.2f} | {one} | {one_diff} | {t_ref_sel:.2f} | {sel} | {accs} |")
+        accs = " / ".join(
+            f"{100 * a:.2f}" for a in (ref_sel_acc, whole["fp32"][0]["test_acc"], whole["bf16"][0]["test_acc"])
+        )
+        rows.append(
+            f"| {meta['layer']} | {x.shape[1]} | {l2:g} | {ref['n_iter']} | {t_ref:.2f} | {one} | {one_diff} | {t_ref_sel:.2f} | {sel} | {accs} |"
+        )
         layers.append((x[tr], x[te]))
         ours_acc.append(whole["fp32"][0]["test_acc"])
         labels = (y[tr], y[te], n_classes)
-    paper, t_paper = timed(lambda: fit_paper_probes(layers, labels[0], labels[1], labels[2], dict(PAPER, epochs=args.paper_epochs), device=args.device))
+    paper, t_paper = timed(
+        lambda: fit_paper_probes(
+            layers, labels[0], labels[1], labels[2], dict(PAPER, epochs=args.paper_epochs), device=args.device
+        )
+    )
     diff = np.abs(np.array([r["test_acc"] for r in paper]) - np.array(ours_acc)) * 100
     lines = [
         f"Embeddings: {'synthetic (benchmarks/bench_probe.py:synthetic_embeddings)' if synthetic else directory}; {len(files)} layers, {len(labels[0])} train rows, {len(labels[1])} test rows.",

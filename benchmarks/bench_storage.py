@@ -8,8 +8,8 @@ import os
 import tempfile
 
 import numpy as np
-from common import best_of, parser, report
 
+from common import best_of, parser, report
 from tunnelscope.features.store import read_embeddings, write_embeddings
 
 
@@ -21,13 +21,25 @@ def main():
     if args.smoke:
         args.rows, args.dims = 100, [8]
     rng = np.random.default_rng(0)
-    lines = [f"{args.rows} rows; vectors are ReLU-like features (half zeros, log-normal magnitudes), stored float16", "", "| dim | np.load f32 (ms) | Parquet -> f32 (ms) | read ratio | Parquet bytes / raw f16 bytes |", "|---|---|---|---|---|"]
+    lines = [
+        f"{args.rows} rows; vectors are ReLU-like features (half zeros, log-normal magnitudes), stored float16",
+        "",
+        "| dim | np.load f32 (ms) | Parquet -> f32 (ms) | read ratio | Parquet bytes / raw f16 bytes |",
+        "|---|---|---|---|---|",
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         for dim in args.dims:
             x = (np.maximum(rng.normal(size=(args.rows, dim)), 0) * rng.lognormal(size=(1, dim))).astype(np.float16)
             npy, pq = os.path.join(tmp, f"{dim}.npy"), os.path.join(tmp, f"{dim}.parquet")
             np.save(npy, x.astype(np.float32))
-            write_embeddings(pq, x, rng.integers(0, 100, args.rows), np.where(np.arange(args.rows) % 5, "train", "test"), np.arange(args.rows), {"layer": 1})
+            write_embeddings(
+                pq,
+                x,
+                rng.integers(0, 100, args.rows),
+                np.where(np.arange(args.rows) % 5, "train", "test"),
+                np.arange(args.rows),
+                {"layer": 1},
+            )
             np.load(npy), read_embeddings(pq)  # warm the page cache
             t_npy = best_of(lambda: np.load(npy), 5)
             t_pq = best_of(lambda: read_embeddings(pq), 5)

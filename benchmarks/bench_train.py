@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 import torch
-from common import SCHEMA, add_device_args, parser, report, synchronize
 
+from common import SCHEMA, add_device_args, parser, report, synchronize
 from tunnelscope.data.store import (
     SplitPlan,
     Store,
@@ -44,8 +44,15 @@ def varying_store(path: str, n: int, resolution: int, rng) -> Store:
     def fill(start, stop):
         return [np.random.default_rng(i).integers(0, 256, (*shapes[i], 3), dtype=np.uint8) for i in range(start, stop)]
 
-    plans = {split: SplitPlan(labels[:m], shapes[:m], fill, byte_chunks(shapes[:m])) for split, m in (("train", n), ("test", min(n, 256)))}
-    write_store(path, {"dataset": "bench", "num_classes": 10, "resolution": resolution, "shorter_side": short, "native": False}, plans)
+    plans = {
+        split: SplitPlan(labels[:m], shapes[:m], fill, byte_chunks(shapes[:m]))
+        for split, m in (("train", n), ("test", min(n, 256)))
+    }
+    write_store(
+        path,
+        {"dataset": "bench", "num_classes": 10, "resolution": resolution, "shorter_side": short, "native": False},
+        plans,
+    )
     return Store(path)
 
 
@@ -57,7 +64,11 @@ def main():
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--stream", action="store_true", help="images of varying size streamed from the store, with RandomResizedCrop + flip")
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="images of varying size streamed from the store, with RandomResizedCrop + flip",
+    )
     add_device_args(p, device=False)
     args = p.parse_args()
     if args.smoke:
@@ -72,11 +83,25 @@ def main():
         store = varying_store(f"{work}/store", args.images, r, rng)
     else:
         store = write_arrays(f"{work}/store", {"train": (images, labels), "test": (images[:256], labels[:256])}, 10, r)
-    training = {**section_defaults(load_schema(SCHEMA), "training"), "epochs": args.epochs, "batch_size": args.batch, "lr": 0.01, "warmup_epochs": 1, "val_fraction": 0.1}
+    training = {
+        **section_defaults(load_schema(SCHEMA), "training"),
+        "epochs": args.epochs,
+        "batch_size": args.batch,
+        "lr": 0.01,
+        "warmup_epochs": 1,
+        "val_fraction": 0.1,
+    }
     normalization = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
     params = {
-        "arch": args.arch, "id_dataset": "bench", "resolution": r, "augmentation": "rrc_flip" if args.stream else "none", "seed": 0, "model": {"width": args.width},
-        "training": training, "normalization": normalization, "compute": {"precision": args.precision},
+        "arch": args.arch,
+        "id_dataset": "bench",
+        "resolution": r,
+        "augmentation": "rrc_flip" if args.stream else "none",
+        "seed": 0,
+        "model": {"width": args.width},
+        "training": training,
+        "normalization": normalization,
+        "compute": {"precision": args.precision},
     }
     n_fit = int(args.images * 0.9)
 
@@ -104,7 +129,17 @@ def main():
     def ours():
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            pretrain(params, store, f"{tmp}/c.safetensors", f"{tmp}/log.csv", f"{tmp}/info.json", f"{tmp}/state.pt", threads, args.channels_last, resident_mb=0 if args.stream else 1024)
+            pretrain(
+                params,
+                store,
+                f"{tmp}/c.safetensors",
+                f"{tmp}/log.csv",
+                f"{tmp}/info.json",
+                f"{tmp}/state.pt",
+                threads,
+                args.channels_last,
+                resident_mb=0 if args.stream else 1024,
+            )
             return time.perf_counter() - start
 
     try:
@@ -114,7 +149,11 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
     seen = n_fit * args.epochs
     ratio = (seen / t_ours) / (seen / t_bare)
-    data = "streamed from a store of varying-size images, RandomResizedCrop + flip" if args.stream else "resident, no augmentation"
+    data = (
+        "streamed from a store of varying-size images, RandomResizedCrop + flip"
+        if args.stream
+        else "resident, no augmentation"
+    )
     report(
         "Pretrain loop vs bare training loop",
         [

@@ -15,7 +15,9 @@ SCHEMA = Path(__file__).resolve().parents[1] / "src" / "tunnelscope" / "study" /
 
 def parser(doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
-    p.add_argument("--smoke", action="store_true", help="tiny sizes, nothing appended: checks that the script runs (CI)")
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny sizes, nothing appended: checks that the script runs (CI)"
+    )
     p.add_argument("--append", action="store_true", help="append the figures to benchmarks/RESULTS.md")
     return p
 
@@ -25,7 +27,11 @@ def add_device_args(p: argparse.ArgumentParser, device: bool = True) -> None:
     import torch
 
     if device:
-        p.add_argument("--device", type=torch.device, help="default: the pipeline's choice (runtime.pick_device: a free GPU when present, else the CPU)")
+        p.add_argument(
+            "--device",
+            type=torch.device,
+            help="default: the pipeline's choice (runtime.pick_device: a free GPU when present, else the CPU)",
+        )
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16 autocast on both sides")
     p.add_argument("--channels-last", action="store_true", help="NHWC model weights on both sides")
 
@@ -66,7 +72,10 @@ def machine() -> str:
 
 def report(title: str, lines: list[str], args) -> None:
     command = "python " + " ".join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv))
-    text = "\n".join(["", f"### {title} ({time.strftime('%Y-%m-%d')})", f"Command: `{command}`; {machine()}", "", *lines]) + "\n"
+    text = (
+        "\n".join(["", f"### {title} ({time.strftime('%Y-%m-%d')})", f"Command: `{command}`; {machine()}", "", *lines])
+        + "\n"
+    )
     print(text)
     if args.append and not args.smoke:
         with open(RESULTS, "a") as fh:

@@ -26,11 +26,23 @@ TINY = {
     "results": "out",
     "datasets": {
         "toy": {"source": "synthetic", "family": "shapes", "classes": 4, "train_per_class": 24, "test_per_class": 8},
-        "toy-glyphs": {"source": "synthetic", "family": "glyphs", "classes": 3, "train_per_class": 12, "test_per_class": 6},
+        "toy-glyphs": {
+            "source": "synthetic",
+            "family": "glyphs",
+            "classes": 3,
+            "train_per_class": 12,
+            "test_per_class": 6,
+        },
         "digits": {"source": "sklearn_digits"},
         "toy-blur": {"source": "corrupted", "of": "toy", "corruption": "gaussian_blur", "severity": 5},
     },
-    "grid": {"arch": ["vggm11"], "id_dataset": ["toy"], "resolution": [32], "augmentation": ["none", "rrc_flip"], "seed": [0]},
+    "grid": {
+        "arch": ["vggm11"],
+        "id_dataset": ["toy"],
+        "resolution": [32],
+        "augmentation": ["none", "rrc_flip"],
+        "seed": [0],
+    },
     "ood_sets": ["toy-glyphs", "digits", "toy-blur"],
     "model": {"width": 0.125},
     "training": {"epochs": 1, "batch_size": 32, "warmup_epochs": 0},
@@ -41,7 +53,20 @@ EVAL_SETS = ["toy", "toy-glyphs", "digits", "toy-blur"]
 
 
 def snakemake(workdir, *args):
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile", str(workdir / "tiny.yaml"), "--cores", "2", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "tiny.yaml"),
+        "--cores",
+        "2",
+        *args,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
@@ -65,5 +90,3 @@ def study(tmp_path_factory):
     (workdir / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     snakemake(workdir)
     return workdir
-
-

@@ -11,6 +11,8 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 @pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("bench_*.py")))
 def test_benchmark_smoke(script):
-    result = subprocess.run([sys.executable, str(BENCH / script), "--smoke"], capture_output=True, text=True, timeout=300, cwd=BENCH.parent)
+    result = subprocess.run(
+        [sys.executable, str(BENCH / script), "--smoke"], capture_output=True, text=True, timeout=300, cwd=BENCH.parent
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "###" in result.stdout

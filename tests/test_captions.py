@@ -6,9 +6,9 @@ import re
 from types import SimpleNamespace
 
 import pandas as pd
-from conftest import REPO
 from jinja2 import Environment
 
+from conftest import REPO
 from tunnelscope.figures.captions import FIGURES, TABLES, figure_caption
 from tunnelscope.figures.paper import html_page
 
@@ -40,7 +40,9 @@ def test_the_page_links_its_inputs_and_shows_the_same_captions(tmp_path):
     slopes = out / "analysis/shap_slopes.csv"
     pd.DataFrame({"target": ["t"], "variable": ["v"], "slope": [0.1]}).to_csv(slopes, index=False)
     prov = out / "paper/provenance.json"
-    prov.write_text(json.dumps({"cells": [{}, {}], "config": {}, "software": {"torch": "1"}, "python": "3.11", "platform": "x"}))
+    prov.write_text(
+        json.dumps({"cells": [{}, {}], "config": {}, "software": {"torch": "1"}, "python": "3.11", "platform": "x"})
+    )
     figures = [str(out / "paper" / f"{name}.png") for name in FIGURES if name != "tunnel_curves"]
     page = out / "paper/index.html"
     html_page(str(page), str(out / "figures/tunnel_curves.png"), figures, tables, str(slopes), str(prov), 0.9)

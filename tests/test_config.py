@@ -29,7 +29,10 @@ def test_schema_architectures_match_the_registry(schema):
         (lambda c: c["training"].update(lr=-1.0), "training.lr"),
         (lambda c: c["grid"].update(augmentation=[]), "grid.augmentation"),
         (lambda c: c["datasets"]["shapes"].update(family="blobs"), "datasets.shapes.family: 'blobs'"),
-        (lambda c: c.update(overrides=[{"where": {"resolution": 99}, "training": {"epochs": 1}}]), "overrides[0].where.resolution: 99 matches no cell"),
+        (
+            lambda c: c.update(overrides=[{"where": {"resolution": 99}, "training": {"epochs": 1}}]),
+            "overrides[0].where.resolution: 99 matches no cell",
+        ),
         (lambda c: c["grid"].update(resolution=["32"]), "grid.resolution[0]: '32' is not of type 'integer'"),
         (lambda c: c["grid"].update(resolution=[32, 32]), "grid.resolution: [32, 32] has non-unique elements"),
         (lambda c: c["grid"].update(seed=[-1]), "grid.seed[0]: -1 is less than the minimum of 0"),
@@ -39,39 +42,115 @@ def test_schema_architectures_match_the_registry(schema):
         (lambda c: c.update(datasets={}), "datasets: {} should be non-empty"),
         (lambda c: c["training"].update(epochs=0), "training.epochs: 0 is less than the minimum of 1"),
         (lambda c: c["training"].update(batch_size=12.5), "training.batch_size: 12.5 is not of type 'integer'"),
-        (lambda c: c["training"].update(val_fraction=1.0), "training.val_fraction: 1.0 is greater than or equal to the maximum of 1"),
-        (lambda c: c["training"].update(label_smoothing=2), "training.label_smoothing: 2 is greater than the maximum of 1"),
+        (
+            lambda c: c["training"].update(val_fraction=1.0),
+            "training.val_fraction: 1.0 is greater than or equal to the maximum of 1",
+        ),
+        (
+            lambda c: c["training"].update(label_smoothing=2),
+            "training.label_smoothing: 2 is greater than the maximum of 1",
+        ),
         (lambda c: c["model"].update(width=0), "model.width: 0 is less than or equal to the minimum of 0"),
         (lambda c: c["embed"].update(pooling="max"), "embed.pooling: 'max' is not one of"),
         (lambda c: c["embed"].update(dtype="int8"), "embed.dtype: 'int8' is not one of float16, float32"),
         (lambda c: c["probe"].update(solver="svm"), "probe.solver: 'svm' is not one of lbfgs, sklearn, paper"),
-        (lambda c: c["probe"].update(solver=["lbfgs", "svm"]), "probe.solver[1]: 'svm' is not one of lbfgs, sklearn, paper"),
-        (lambda c: c["probe"].update(solver=["lbfgs", "lbfgs"]), "probe.solver: ['lbfgs', 'lbfgs'] has non-unique elements"),
+        (
+            lambda c: c["probe"].update(solver=["lbfgs", "svm"]),
+            "probe.solver[1]: 'svm' is not one of lbfgs, sklearn, paper",
+        ),
+        (
+            lambda c: c["probe"].update(solver=["lbfgs", "lbfgs"]),
+            "probe.solver: ['lbfgs', 'lbfgs'] has non-unique elements",
+        ),
         (lambda c: c["probe"].update(l2_grid=[]), "probe.l2_grid: [] should be non-empty"),
         (lambda c: c["probe"].update(pooling="avg1x1"), "probe.pooling: 'avg1x1' is not written by embed.pooling"),
-        (lambda c: c["datasets"].update(real={"source": "imagefolder"}), "datasets.real: 'root' is a required property"),
-        (lambda c: c["datasets"].update(real={"source": "webdataset", "root": "x"}), "datasets.real.source: 'webdataset' is not one of"),
-        (lambda c: c["datasets"]["shapes"].update(classes=1), "datasets.shapes.classes: 1 is less than the minimum of 2"),
+        (
+            lambda c: c["datasets"].update(real={"source": "imagefolder"}),
+            "datasets.real: 'root' is a required property",
+        ),
+        (
+            lambda c: c["datasets"].update(real={"source": "webdataset", "root": "x"}),
+            "datasets.real.source: 'webdataset' is not one of",
+        ),
+        (
+            lambda c: c["datasets"]["shapes"].update(classes=1),
+            "datasets.shapes.classes: 1 is less than the minimum of 2",
+        ),
         (lambda c: c["datasets"].update({"bad_name": c["datasets"]["digits"]}), "datasets: 'bad_name' does not match"),
         (lambda c: c.update(ood_sets="digits"), "ood_sets: 'digits' is not of type 'array'"),
-        (lambda c: c["compute"].update(precision="fp8") if "compute" in c else c.update(compute={"precision": "fp8"}), "compute.precision: 'fp8' is not one of fp32, bf16"),
+        (
+            lambda c: (
+                c["compute"].update(precision="fp8") if "compute" in c else c.update(compute={"precision": "fp8"})
+            ),
+            "compute.precision: 'fp8' is not one of fp32, bf16",
+        ),
         (lambda c: c.update(overrides=[{"training": {"epochs": 1}}]), "overrides[0]: 'where' is a required property"),
         (lambda c: c.update(overrides=[{"where": {"colour": "red"}}]), "overrides[0].where: unknown key 'colour'"),
-        (lambda c: c.update(overrides=[{"where": {"resolution": [32, 99]}, "training": {"epochs": 1}}]), "overrides[0].where.resolution: 99 matches no cell"),
-        (lambda c: c.update(overrides=[{"where": {"resolution": 32}, "probe": {"paper": {"epoch": 3}}}]), "overrides[0].probe.paper: unknown key 'epoch'"),
-        (lambda c: c["training"].update(checkpoint="best"), "training.checkpoint: 'best' is not one of last, best_val, best_test"),
-        (lambda c: c["training"].update(schedule_step="step"), "training.schedule_step: 'step' is not one of batch, epoch"),
-        (lambda c: c.update(probe={"paper": {"report": "best"}}), "probe.paper.report: 'best' is not one of last, best_test"),
+        (
+            lambda c: c.update(overrides=[{"where": {"resolution": [32, 99]}, "training": {"epochs": 1}}]),
+            "overrides[0].where.resolution: 99 matches no cell",
+        ),
+        (
+            lambda c: c.update(overrides=[{"where": {"resolution": 32}, "probe": {"paper": {"epoch": 3}}}]),
+            "overrides[0].probe.paper: unknown key 'epoch'",
+        ),
+        (
+            lambda c: c["training"].update(checkpoint="best"),
+            "training.checkpoint: 'best' is not one of last, best_val, best_test",
+        ),
+        (
+            lambda c: c["training"].update(schedule_step="step"),
+            "training.schedule_step: 'step' is not one of batch, epoch",
+        ),
+        (
+            lambda c: c.update(probe={"paper": {"report": "best"}}),
+            "probe.paper.report: 'best' is not one of last, best_test",
+        ),
         (lambda c: c["datasets"]["digits"].update(mean=[0.5, 0.5, 0.5]), "datasets.digits: mean is given without std"),
-        (lambda c: c["model"].update(preprocessing="cifar"), "model.preprocessing: 'cifar' is not one of dataset, imagenet"),
-        (lambda c: c.update(analysis={"comparisons": [{"name": "r", "variable": "resolution", "levels": [32, 96]}]}), "analysis.comparisons[0].levels[1]: 96 is not a resolution of any cell; grid levels: 32, 48"),
-        (lambda c: c.update(analysis={"comparisons": [{"name": "r", "variable": "colour"}]}), "analysis.comparisons[0].variable: 'colour' is not one of"),
-        (lambda c: c.update(analysis={"comparisons": [{"name": "a", "variable": "depth", "where": {"arch": ["vggm99"]}}]}), "analysis.comparisons[0].where.arch[0]: 'vggm99' matches no cell"),
-        (lambda c: c.update(analysis={"comparisons": [{"name": "a", "variable": "stem", "pairs": [[3, 7]]}]}), "analysis.comparisons[0].pairs[0][1]: 7 is not a stem of any cell"),
-        (lambda c: c.update(analysis={"comparisons": [{"name": "a", "variable": "augmentation"}, {"name": "a", "variable": "resolution"}]}), "analysis.comparisons[1].name: 'a' is used by an earlier comparison"),
-        (lambda c: c.update(analysis={"comparisons": [{"name": "a", "variable": "augmentation", "match": ["colour"]}]}), "analysis.comparisons[0].match[0]: 'colour' is not one of"),
-        (lambda c: c.update(analysis={"shap_slope_normalisation": "l2"}), "analysis.shap_slope_normalisation: 'l2' is not one of none, l1"),
-        (lambda c: c.update(analysis={"seed_confidence": 95}), "analysis.seed_confidence: 95 is greater than or equal to the maximum of 1"),
+        (
+            lambda c: c["model"].update(preprocessing="cifar"),
+            "model.preprocessing: 'cifar' is not one of dataset, imagenet",
+        ),
+        (
+            lambda c: c.update(analysis={"comparisons": [{"name": "r", "variable": "resolution", "levels": [32, 96]}]}),
+            "analysis.comparisons[0].levels[1]: 96 is not a resolution of any cell; grid levels: 32, 48",
+        ),
+        (
+            lambda c: c.update(analysis={"comparisons": [{"name": "r", "variable": "colour"}]}),
+            "analysis.comparisons[0].variable: 'colour' is not one of",
+        ),
+        (
+            lambda c: c.update(
+                analysis={"comparisons": [{"name": "a", "variable": "depth", "where": {"arch": ["vggm99"]}}]}
+            ),
+            "analysis.comparisons[0].where.arch[0]: 'vggm99' matches no cell",
+        ),
+        (
+            lambda c: c.update(analysis={"comparisons": [{"name": "a", "variable": "stem", "pairs": [[3, 7]]}]}),
+            "analysis.comparisons[0].pairs[0][1]: 7 is not a stem of any cell",
+        ),
+        (
+            lambda c: c.update(
+                analysis={
+                    "comparisons": [{"name": "a", "variable": "augmentation"}, {"name": "a", "variable": "resolution"}]
+                }
+            ),
+            "analysis.comparisons[1].name: 'a' is used by an earlier comparison",
+        ),
+        (
+            lambda c: c.update(
+                analysis={"comparisons": [{"name": "a", "variable": "augmentation", "match": ["colour"]}]}
+            ),
+            "analysis.comparisons[0].match[0]: 'colour' is not one of",
+        ),
+        (
+            lambda c: c.update(analysis={"shap_slope_normalisation": "l2"}),
+            "analysis.shap_slope_normalisation: 'l2' is not one of none, l1",
+        ),
+        (
+            lambda c: c.update(analysis={"seed_confidence": 95}),
+            "analysis.seed_confidence: 95 is greater than or equal to the maximum of 1",
+        ),
     ],
 )
 def test_bad_configs_give_one_line_naming_the_key(default_config, schema, edit, expected):
@@ -137,7 +216,10 @@ def test_a_solver_list_gives_each_solver_its_own_settings_and_the_first_drives_t
     assert first["solver"] == "paper" and "paper" in first and "C" not in first
     assert second["solver"] == "sklearn" and second["C"] == 0.5 and "paper" not in second
     # the settings' own seeds never replace the cell's seed
-    assert study.zero_shot_params(cell, "shapes-noise")["seed"] == 3 and study.zero_shot_params(cell, "shapes-noise")["split_seed"] == 7
+    assert (
+        study.zero_shot_params(cell, "shapes-noise")["seed"] == 3
+        and study.zero_shot_params(cell, "shapes-noise")["split_seed"] == 7
+    )
     assert study.tsne_params(cell)["seed"] == 3 and study.tsne_params(cell)["tsne_seed"] == 9
     assert study.shifted_sets(cell) == ["shapes-noise"]  # the default study's noisy copy of its ID set
     default_config["overrides"] = [{"where": {"resolution": 48}, "probe": {"solver": ["sklearn", "paper"]}}]
@@ -158,18 +240,36 @@ def test_probe_params_keep_the_cell_seed_apart_from_the_probe_seed(default_confi
 
 def test_eval_sets_put_the_id_set_first(default_config, schema):
     study = Study(default_config, schema)
-    assert study.eval_sets("vggm11_shapes_r48_none_s0") == ["shapes", "shapes-novel", "glyphs", "digits", "shapes-noise"]
+    assert study.eval_sets("vggm11_shapes_r48_none_s0") == [
+        "shapes",
+        "shapes-novel",
+        "glyphs",
+        "digits",
+        "shapes-noise",
+    ]
 
 
 def test_grid_blocks_join_and_take_their_own_ood_sets(default_config, schema):
     default_config["grid"] = [
         {"arch": ["vggm11"], "id_dataset": ["shapes"], "resolution": [32]},
-        {"arch": ["vggm17"], "id_dataset": ["glyphs"], "resolution": [32], "augmentation": ["rrc_flip"], "ood_sets": ["digits", "shapes"]},
+        {
+            "arch": ["vggm17"],
+            "id_dataset": ["glyphs"],
+            "resolution": [32],
+            "augmentation": ["rrc_flip"],
+            "ood_sets": ["digits", "shapes"],
+        },
     ]
     study = Study(default_config, schema)
     assert sorted(study.cells) == ["vggm11_shapes_r32_none_s0", "vggm17_glyphs_r32_rrc_flip_s0"]
     assert study.eval_sets("vggm17_glyphs_r32_rrc_flip_s0") == ["glyphs", "digits", "shapes"]
-    assert study.eval_sets("vggm11_shapes_r32_none_s0") == ["shapes", "shapes-novel", "glyphs", "digits", "shapes-noise"]
+    assert study.eval_sets("vggm11_shapes_r32_none_s0") == [
+        "shapes",
+        "shapes-novel",
+        "glyphs",
+        "digits",
+        "shapes-noise",
+    ]
 
 
 def test_duplicate_cells_across_blocks_are_rejected(default_config, schema):
@@ -198,16 +298,26 @@ def test_source_fingerprint_follows_the_tree(tmp_path):
 
 def test_cell_level_settings_are_checked_and_named(default_config, schema):
     config = dict(default_config, training=dict(default_config["training"], checkpoint="best_val", val_fraction=0))
-    with pytest.raises(ConfigError, match="cell vggm11_shapes_r32_none_s0: training.checkpoint best_val needs a validation split"):
+    with pytest.raises(
+        ConfigError, match="cell vggm11_shapes_r32_none_s0: training.checkpoint best_val needs a validation split"
+    ):
         Study(config, schema)
-    config = dict(default_config, grid=dict(default_config["grid"], arch=["timm/resnet18"]), model={"probe_points": "activations"})
+    config = dict(
+        default_config, grid=dict(default_config["grid"], arch=["timm/resnet18"]), model={"probe_points": "activations"}
+    )
     with pytest.raises(ConfigError, match="model.probe_points activations is defined for the built-in architectures"):
         Study(config, schema)
 
 
 def test_overrides_select_lists_of_levels_and_set_probe_settings(default_config, schema):
     default_config["probe"] = {"solver": "paper", "paper": {"epochs": 5}}
-    default_config["overrides"] = [{"where": {"resolution": [32, 48], "augmentation": "rrc_flip"}, "probe": {"paper": {"lr": 0.5}}, "training": {"epochs": 2}}]
+    default_config["overrides"] = [
+        {
+            "where": {"resolution": [32, 48], "augmentation": "rrc_flip"},
+            "probe": {"paper": {"lr": 0.5}},
+            "training": {"epochs": 2},
+        }
+    ]
     study = Study(default_config, schema)
     changed = {cid for cid, c in study.cells.items() if c.training["epochs"] == 2}
     assert changed == {"vggm11_shapes_r32_rrc_flip_s0", "vggm11_shapes_r48_rrc_flip_s0"}
@@ -217,18 +327,36 @@ def test_overrides_select_lists_of_levels_and_set_probe_settings(default_config,
 
 
 def test_cells_keep_grid_order_and_datasets_their_preprocessing(default_config, schema):
-    default_config["grid"] = [{"arch": ["vggm17"], "id_dataset": ["shapes"], "resolution": [48]}, {"arch": ["vggm11"], "id_dataset": ["shapes"], "resolution": [32]}]
+    default_config["grid"] = [
+        {"arch": ["vggm17"], "id_dataset": ["shapes"], "resolution": [48]},
+        {"arch": ["vggm11"], "id_dataset": ["shapes"], "resolution": [32]},
+    ]
     default_config["datasets"]["digits"].update(mean=[0.5, 0.5, 0.5], std=[0.2, 0.2, 0.2])
     study = Study(default_config, schema)
     assert list(study.cells) == ["vggm17_shapes_r48_none_s0", "vggm11_shapes_r32_none_s0"]
     embed = study.embed_params("vggm11_shapes_r32_none_s0", "digits")
     assert embed["normalization"] == {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}
     assert study.embed_params("vggm11_shapes_r32_none_s0", "glyphs")["normalization"]["mean"] == [0.485, 0.456, 0.406]
-    assert "mean" not in study.prepare_params("digits", "r32")["spec"]  # normalisation does not change the prepared images
-    assert study.metrics_params("vggm11_shapes_r32_none_s0")["ood_sets"] == ["shapes-novel", "glyphs", "digits", "shapes-noise"]
+    assert (
+        "mean" not in study.prepare_params("digits", "r32")["spec"]
+    )  # normalisation does not change the prepared images
+    assert study.metrics_params("vggm11_shapes_r32_none_s0")["ood_sets"] == [
+        "shapes-novel",
+        "glyphs",
+        "digits",
+        "shapes-noise",
+    ]
 
 
-@pytest.mark.parametrize("args,tag", [((224,), "r224"), ((224, "bilinear", 0.95), "r224-bilinear-c0.95"), ((32, "bicubic", 0.875, True), "r32-native"), ((224, "nearest", 1.0, True), "r224-nearest-c1-native")])
+@pytest.mark.parametrize(
+    "args,tag",
+    [
+        ((224,), "r224"),
+        ((224, "bilinear", 0.95), "r224-bilinear-c0.95"),
+        ((32, "bicubic", 0.875, True), "r32-native"),
+        ((224, "nearest", 1.0, True), "r224-nearest-c1-native"),
+    ],
+)
 def test_transform_tags_round_trip_through_the_registry_pattern(args, tag):
     from tunnelscope.registry import DEFAULT_TRANSFORM, TRANSFORM_TAG, parse_transform_tag, transform_tag
 

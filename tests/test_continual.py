@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO, planned_jobs, snakemake
 from PIL import Image
 from safetensors.torch import load_file
 from test_reliability import PARAMS, TRAINING, toy_store
 
+from conftest import REPO, planned_jobs, snakemake
 from tunnelscope.figures.tables import continual_table
 from tunnelscope.metrics.tunnel import id_tunnel_start
 from tunnelscope.models.build import build_model, probe_points
@@ -38,12 +38,24 @@ TASK2 = {"index": 2, "classes": [2, 4], "head": "shared"}
 
 def _train(tmp_path, name, task=None, **kwargs):
     """A short pretrain of the 4-class toy store; (info, weights) of its checkpoint."""
-    params = dict(PARAMS, augmentation="none", training={**TRAINING, "epochs": 2, "warmup_epochs": 0, **kwargs.pop("training", {})})
+    params = dict(
+        PARAMS,
+        augmentation="none",
+        training={**TRAINING, "epochs": 2, "warmup_epochs": 0, **kwargs.pop("training", {})},
+    )
     if task:
         params["task"] = task
     out = tmp_path / name
     out.mkdir()
-    info = pretrain(params, toy_store(tmp_path, 96), out / "ckpt.safetensors", out / "log.csv", out / "info.json", out / "state.pt", **kwargs)
+    info = pretrain(
+        params,
+        toy_store(tmp_path, 96),
+        out / "ckpt.safetensors",
+        out / "log.csv",
+        out / "info.json",
+        out / "state.pt",
+        **kwargs,
+    )
     return info, load_file(out / "ckpt.safetensors")
 
 
@@ -69,10 +81,14 @@ def test_a_task_trains_and_scores_on_its_classes_only(tmp_path):
     _, start = _train(tmp_path, "start")
     init, no_decay = str(tmp_path / "start/ckpt.safetensors"), {"weight_decay": 0.0}
     shared, shared_weights = _train(tmp_path, "shared", TASK2, init_checkpoint=init, training=no_decay)
-    per_task, per_task_weights = _train(tmp_path, "per_task", {**TASK2, "head": "per_task"}, init_checkpoint=init, training=no_decay)
+    per_task, per_task_weights = _train(
+        tmp_path, "per_task", {**TASK2, "head": "per_task"}, init_checkpoint=init, training=no_decay
+    )
     assert shared["n_train"] == per_task["n_train"] == 48 and shared["task"]["classes"] == [2, 4]
     assert not torch.equal(shared_weights["head.weight"][:2], start["head.weight"][:2])
-    assert torch.equal(per_task_weights["head.weight"][:2], start["head.weight"][:2]) and not torch.equal(per_task_weights["head.weight"][2:], start["head.weight"][2:])
+    assert torch.equal(per_task_weights["head.weight"][:2], start["head.weight"][:2]) and not torch.equal(
+        per_task_weights["head.weight"][2:], start["head.weight"][2:]
+    )
     assert 0.0 <= per_task["test_acc"] <= 1.0 and per_task["init_checkpoint"] == init
 
 
@@ -86,9 +102,20 @@ def test_frozen_modules_keep_their_weights_and_statistics(tmp_path):
         assert same == (key.rsplit(".", 1)[0] in frozen), key  # frozen tensors bitwise, the rest moved
     assert info["trainable_params"] < info["params"]
     _, moving = _train(tmp_path, "moving_stats", TASK2, init_checkpoint=init, frozen=frozen, freeze_norm_stats=False)
-    assert torch.equal(moving["features.1.weight"], start["features.1.weight"]) and not torch.equal(moving["features.1.running_mean"], start["features.1.running_mean"])
+    assert torch.equal(moving["features.1.weight"], start["features.1.weight"]) and not torch.equal(
+        moving["features.1.running_mean"], start["features.1.running_mean"]
+    )
     with pytest.raises(ValueError, match="every parameter is frozen"):
-        _train(tmp_path, "all", TASK2, frozen=[n for n, m in build_model("vggm11", 4, 0.125, 32).named_modules() if next(m.parameters(recurse=False), None) is not None])
+        _train(
+            tmp_path,
+            "all",
+            TASK2,
+            frozen=[
+                n
+                for n, m in build_model("vggm11", 4, 0.125, 32).named_modules()
+                if next(m.parameters(recurse=False), None) is not None
+            ],
+        )
 
 
 MIXED = {"mixup_alpha": 0.1, "cutmix_alpha": 1.0, "mix_prob": 1.0, "mix_switch_prob": 0.4}
@@ -114,7 +141,9 @@ def test_mixup_and_cutmix_are_seeded_and_resume_bitwise(tmp_path, monkeypatch):
     np.random.seed(12345)  # whatever the generator holds now, the resume restores its saved state
     params = dict(PARAMS, augmentation="none", task=TASK2, training=dict(TRAINING, epochs=3, warmup_epochs=0, **MIXED))
     out = tmp_path / "resumed"
-    pretrain(params, toy_store(tmp_path, 96), out / "ckpt.safetensors", out / "log.csv", out / "info.json", out / "state.pt")
+    pretrain(
+        params, toy_store(tmp_path, 96), out / "ckpt.safetensors", out / "log.csv", out / "info.json", out / "state.pt"
+    )
     resumed = load_file(out / "ckpt.safetensors")
     assert all(torch.equal(resumed[k], full[k]) for k in full)
     with pytest.raises(ValueError, match="need an even training.batch_size"):
@@ -151,7 +180,12 @@ def test_the_extractor_is_everything_that_computes_the_start_layer(arch, layer):
     assert torch.equal(mixed.state_dict()[f"{head}.weight"], b.state_dict()[f"{head}.weight"])
     if (arch, layer) == ("resnet18", 15):  # inside layer4.0: its conv1/bn1 run before, its shortcut after
         assert parts["extractor"][-2:] == ["layer4.0.conv1", "layer4.0.bn1"]
-        assert parts["tunnel"][:4] == ["layer4.0.conv2", "layer4.0.bn2", "layer4.0.downsample.0", "layer4.0.downsample.1"]
+        assert parts["tunnel"][:4] == [
+            "layer4.0.conv2",
+            "layer4.0.bn2",
+            "layer4.0.downsample.0",
+            "layer4.0.downsample.1",
+        ]
 
 
 def test_tunnel_start_by_masarczyks_rule_on_either_curve():
@@ -170,7 +204,9 @@ def test_tunnel_start_by_masarczyks_rule_on_either_curve():
 
 CONTINUAL = {
     "results": "out",
-    "datasets": {"toy": {"source": "synthetic", "family": "shapes", "classes": 8, "train_per_class": 48, "test_per_class": 16}},
+    "datasets": {
+        "toy": {"source": "synthetic", "family": "shapes", "classes": 8, "train_per_class": 48, "test_per_class": 16}
+    },
     "continual": {
         "arch": ["resnet18"],
         "id_dataset": ["toy"],
@@ -178,7 +214,14 @@ CONTINUAL = {
         "augmentation": ["none"],
         "tasks": [[0, 4], [4, 8]],
         "model": {"width": 0.125},
-        "training": {"epochs": 6, "batch_size": 16, "lr": 0.01, "warmup_epochs": 1, "val_fraction": 0, **dict(MIXED, mix_prob=0.5)},
+        "training": {
+            "epochs": 6,
+            "batch_size": 16,
+            "lr": 0.01,
+            "warmup_epochs": 1,
+            "val_fraction": 0,
+            **dict(MIXED, mix_prob=0.5),
+        },
         "finetune_training": {"epochs": 3, "step_milestones": [1, 2]},
     },
     "probe": {"l2_grid": [0.001], "max_iter": 50},
@@ -194,10 +237,20 @@ def test_continual_settings_reach_exactly_their_jobs(schema):
     task1, task2 = (study.continual_train_params(run, n) for n in ("e1-t1", "e2-t2"))
     assert task1["task"] == {"classes": [0, 4], "head": "shared", "index": 1} and task2["task"]["classes"] == [4, 8]
     tuned = study.continual_finetune_params(run, "e2-fine-tuned")
-    assert tuned["finetune"] == {"freeze_norm_stats": True, "start": "E2+T1", "train": ["extractor"]} and tuned["task"]["index"] == 1
+    assert (
+        tuned["finetune"] == {"freeze_norm_stats": True, "start": "E2+T1", "train": ["extractor"]}
+        and tuned["task"]["index"] == 1
+    )
     # The fine-tuning recipe is the task recipe with the paper's changes over it.
-    assert tuned["training"] | {"epochs": 6, "schedule": "cosine", "warmup_epochs": 1, "step_milestones": [20, 40]} == task1["training"]
-    assert (tuned["training"]["schedule"], tuned["training"]["warmup_epochs"], tuned["training"]["lr"]) == ("step", 0, 0.01)
+    assert (
+        tuned["training"] | {"epochs": 6, "schedule": "cosine", "warmup_epochs": 1, "step_milestones": [20, 40]}
+        == task1["training"]
+    )
+    assert (tuned["training"]["schedule"], tuned["training"]["warmup_epochs"], tuned["training"]["lr"]) == (
+        "step",
+        0,
+        0.01,
+    )
     own, other = study.continual_evaluate_params(run, "e1-t1"), study.continual_evaluate_params(run, "e1-t2")
     assert own["layers"] == {"1": "all", "2": "last"} and other["layers"] == {"1": "last", "2": "last"}
     assert "training" not in own and "batch_size" not in own and own["probe"]["l2_grid"] == [0.001]
@@ -208,19 +261,46 @@ def test_continual_settings_reach_exactly_their_jobs(schema):
     "edit,expected",
     [
         (lambda c: c.pop("continual"), "grid: missing; a study needs a grid of cells, a continual section, or both"),
-        (lambda c: c["continual"].update(id_dataset=["nope"]), "continual.id_dataset[0]: unknown dataset 'nope'; defined: toy"),
+        (
+            lambda c: c["continual"].update(id_dataset=["nope"]),
+            "continual.id_dataset[0]: unknown dataset 'nope'; defined: toy",
+        ),
         (lambda c: c["continual"].update(arch=["vgg99"]), "continual.arch[0]: 'vgg99' is not one of vggm11"),
-        (lambda c: c["continual"].update(tasks=[[0, 5], [4, 8]]), "continual.tasks[1]: [4, 8] overlaps task 1's classes [0, 5]"),
+        (
+            lambda c: c["continual"].update(tasks=[[0, 5], [4, 8]]),
+            "continual.tasks[1]: [4, 8] overlaps task 1's classes [0, 5]",
+        ),
         (lambda c: c["continual"].update(tasks=[[3, 3], [4, 8]]), "continual.tasks[0]: [3, 3] holds no class"),
-        (lambda c: c["continual"].update(tasks=[[0, 4], [4, 10]]), "continual.tasks: classes up to 10, but continual.id_dataset[0] 'toy' has 8"),
+        (
+            lambda c: c["continual"].update(tasks=[[0, 4], [4, 10]]),
+            "continual.tasks: classes up to 10, but continual.id_dataset[0] 'toy' has 8",
+        ),
         (lambda c: c["continual"].update(tasks=[[0, 4]]), "continual.tasks: [[0, 4]] is too short"),
         (lambda c: c["continual"].update(head="both"), "continual.head: 'both' is not one of shared, per_task"),
-        (lambda c: c["continual"].update(finetune=[{"name": "E1 T2", "start": "E2+T1", "train": ["tunnel"]}]), "continual.finetune[0].name: 'E1 T2' is taken (by 'E1+T2')"),
-        (lambda c: c["continual"].update(finetune=[{"name": "x", "start": "E3+T1", "train": ["tunnel"]}]), "continual.finetune[0].start: 'E3+T1' is not one of"),
-        (lambda c: c["continual"].update(finetune=[{"name": "x", "start": "E2+T1", "train": []}]), "continual.finetune[0].train: [] should be non-empty"),
-        (lambda c: c["continual"]["finetune_training"].update(step_milestones=[2, 5]), "continual.finetune_training.step_milestones: [2, 5] must lie after the warm-up (0 epochs) and before the last of the 3 epochs"),
-        (lambda c: c["continual"]["training"].update(checkpoint="best_val"), "continual.training.checkpoint best_val needs a validation split (continual.training.val_fraction > 0)"),
-        (lambda c: c["continual"]["finetune_training"].update(mixup_alpha=-1), "continual.finetune_training.mixup_alpha: -1 is less than the minimum of 0"),
+        (
+            lambda c: c["continual"].update(finetune=[{"name": "E1 T2", "start": "E2+T1", "train": ["tunnel"]}]),
+            "continual.finetune[0].name: 'E1 T2' is taken (by 'E1+T2')",
+        ),
+        (
+            lambda c: c["continual"].update(finetune=[{"name": "x", "start": "E3+T1", "train": ["tunnel"]}]),
+            "continual.finetune[0].start: 'E3+T1' is not one of",
+        ),
+        (
+            lambda c: c["continual"].update(finetune=[{"name": "x", "start": "E2+T1", "train": []}]),
+            "continual.finetune[0].train: [] should be non-empty",
+        ),
+        (
+            lambda c: c["continual"]["finetune_training"].update(step_milestones=[2, 5]),
+            "continual.finetune_training.step_milestones: [2, 5] must lie after the warm-up (0 epochs) and before the last of the 3 epochs",
+        ),
+        (
+            lambda c: c["continual"]["training"].update(checkpoint="best_val"),
+            "continual.training.checkpoint best_val needs a validation split (continual.training.val_fraction > 0)",
+        ),
+        (
+            lambda c: c["continual"]["finetune_training"].update(mixup_alpha=-1),
+            "continual.finetune_training.mixup_alpha: -1 is less than the minimum of 0",
+        ),
     ],
 )
 def test_bad_continual_config_is_one_line_naming_the_key(schema, edit, expected):
@@ -235,19 +315,67 @@ def test_bad_continual_config_is_one_line_naming_the_key(schema, edit, expected)
 
 
 def test_continual_preset_dry_run_without_data(tmp_path):
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(REPO / "config/continual.yaml"), "-n", "--cores", "8", "continual"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(REPO / "config/continual.yaml"),
+        "-n",
+        "--cores",
+        "8",
+        "continual",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
     # Per resolution: two task trainings, one swap, two fine-tunings, six evaluations.
-    assert {k: counts[k] for k in ("prepare", "continual_train", "continual_swap", "continual_finetune", "continual_evaluate", "continual_table")} == {
-        "prepare": "2", "continual_train": "4", "continual_swap": "2", "continual_finetune": "4", "continual_evaluate": "12", "continual_table": "1"}
+    assert {
+        k: counts[k]
+        for k in (
+            "prepare",
+            "continual_train",
+            "continual_swap",
+            "continual_finetune",
+            "continual_evaluate",
+            "continual_table",
+        )
+    } == {
+        "prepare": "2",
+        "continual_train": "4",
+        "continual_swap": "2",
+        "continual_finetune": "4",
+        "continual_evaluate": "12",
+        "continual_table": "1",
+    }
     study = Study(yaml.safe_load((REPO / "config/continual.yaml").read_text()), load_schema())
     recipe = study.runs["resnet18_imagenet100_r32_rrc_flip_s0"].training
-    assert (recipe["lr"], recipe["weight_decay"], recipe["batch_size"], recipe["epochs"], recipe["warmup_epochs"], recipe["label_smoothing"]) == (0.01, 0.05, 512, 50, 5, 0.1)
-    assert (recipe["mixup_alpha"], recipe["cutmix_alpha"], recipe["mix_prob"], recipe["mix_switch_prob"]) == (0.1, 1.0, 1.0, 0.4)
+    assert (
+        recipe["lr"],
+        recipe["weight_decay"],
+        recipe["batch_size"],
+        recipe["epochs"],
+        recipe["warmup_epochs"],
+        recipe["label_smoothing"],
+    ) == (0.01, 0.05, 512, 50, 5, 0.1)
+    assert (recipe["mixup_alpha"], recipe["cutmix_alpha"], recipe["mix_prob"], recipe["mix_switch_prob"]) == (
+        0.1,
+        1.0,
+        1.0,
+        0.4,
+    )
     tuned = study.runs["resnet18_imagenet100_r32_rrc_flip_s0"].finetune_training
-    assert (tuned["epochs"], tuned["schedule"], tuned["step_milestones"], tuned["step_gamma"], tuned["lr"]) == (50, "step", [20, 40], 0.1, 0.01)
+    assert (tuned["epochs"], tuned["schedule"], tuned["step_milestones"], tuned["step_gamma"], tuned["lr"]) == (
+        50,
+        "step",
+        [20, 40],
+        0.1,
+        0.01,
+    )
 
 
 @pytest.mark.integration
@@ -273,7 +401,10 @@ def test_the_continual_experiment_end_to_end(tmp_path):
     assert tunnel["start_layer"] == id_tunnel_start(curve.test_acc.to_numpy(), 0.95) == tunnel["starts"]["task1"]
 
     # Swapped networks hold each part of the network they name; a frozen part stays bitwise.
-    weights = {n: load_file(run / n / "checkpoint.safetensors") for n in ("e1-t1", "e2-t2", "e1-t2", "e2-t1", "e2-fine-tuned", "e2-t1-fine-tuned")}
+    weights = {
+        n: load_file(run / n / "checkpoint.safetensors")
+        for n in ("e1-t1", "e2-t2", "e1-t2", "e2-t1", "e2-fine-tuned", "e2-t1-fine-tuned")
+    }
     extractor = set(tunnel["extractor"])
 
     def part(key):
@@ -295,7 +426,10 @@ def test_the_continual_experiment_end_to_end(tmp_path):
     # Settings rerun exactly the jobs whose results they change.
     assert "Nothing to be done" in snakemake(tmp_path, "-n", "continual", *threads)
     for edit, rules in (
-        (lambda c: c["continual"]["finetune_training"].update(epochs=4), {"continual_finetune", "continual_evaluate", "continual_table"}),
+        (
+            lambda c: c["continual"]["finetune_training"].update(epochs=4),
+            {"continual_finetune", "continual_evaluate", "continual_table"},
+        ),
         (lambda c: c["continual"].update(score="head"), {"continual_table"}),
     ):
         config = copy.deepcopy(CONTINUAL)
@@ -304,7 +438,9 @@ def test_the_continual_experiment_end_to_end(tmp_path):
         jobs = planned_jobs(snakemake(tmp_path, "-n", "continual"))
         assert {rule for rule, _ in jobs} == rules | {"continual"}, jobs
         if "continual_finetune" in rules:
-            assert {w for r, w in jobs if r == "continual_evaluate"} == {f"run=resnet18_toy_r32_none_s0, network={n}" for n in ("e2-t1-fine-tuned", "e2-fine-tuned")}
+            assert {w for r, w in jobs if r == "continual_evaluate"} == {
+                f"run=resnet18_toy_r32_none_s0, network={n}" for n in ("e2-t1-fine-tuned", "e2-fine-tuned")
+            }
 
 
 def test_the_table_shows_seed_means_with_intervals():
@@ -312,11 +448,26 @@ def test_the_table_shows_seed_means_with_intervals():
     for seed, shift in ((0, 0.0), (1, 0.02), (2, 0.04)):
         for network in LABELS:
             for task in (1, 2):
-                rows.append({"arch": "resnet18", "id_dataset": "toy", "resolution": 32, "augmentation": "rrc_flip", "seed": seed, "network": network, "task": task, "probe_acc": 0.5 + shift + 0.1 * task, "head_acc": 0.3})
+                rows.append(
+                    {
+                        "arch": "resnet18",
+                        "id_dataset": "toy",
+                        "resolution": 32,
+                        "augmentation": "rrc_flip",
+                        "seed": seed,
+                        "network": network,
+                        "task": task,
+                        "probe_acc": 0.5 + shift + 0.1 * task,
+                        "head_acc": 0.3,
+                    }
+                )
     csv, latex = continual_table(pd.DataFrame(rows), LABELS, "probe")
     assert csv.configuration.tolist() == LABELS and csv.seeds.eq(3).all()
     column = [c for c in csv.columns if c.endswith("task 1")][0]
-    assert csv[column].iloc[0] == pytest.approx(62.0) and csv[f"{column} ci_low"].iloc[0] < 62.0 < csv[f"{column} ci_high"].iloc[0]
+    assert (
+        csv[column].iloc[0] == pytest.approx(62.0)
+        and csv[f"{column} ci_low"].iloc[0] < 62.0 < csv[f"{column} ci_high"].iloc[0]
+    )
     assert "±" in latex.iloc[0, 1] and " / " in latex.iloc[0, 1]
     single, _ = continual_table(pd.DataFrame(rows[: 2 * len(LABELS)]), LABELS, "probe")
     assert "seeds" not in single.columns

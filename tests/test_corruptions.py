@@ -37,7 +37,10 @@ def test_severity_zero_is_the_clean_image_and_severity_increases_the_distance(na
 
 def test_draws_are_seeded_per_image():
     image = photo()
-    noisy = lambda seed, split, index: corruptions.corrupt(image, "gaussian_noise", 3, corruptions.image_generator(seed, split, index))  # noqa: E731
+
+    def noisy(seed, split, index):
+        return corruptions.corrupt(image, "gaussian_noise", 3, corruptions.image_generator(seed, split, index))
+
     assert np.array_equal(noisy(0, "test", 5), noisy(0, "test", 5))
     assert not np.array_equal(noisy(0, "test", 5), noisy(0, "test", 6))
     assert not np.array_equal(noisy(0, "test", 5), noisy(1, "test", 5))
@@ -54,7 +57,10 @@ def test_unknown_corruption_and_severity_are_named():
 def _config(tmp_path, datasets, ood):
     config = {
         "results": str(tmp_path / "out"),
-        "datasets": {"toy": {"source": "synthetic", "family": "shapes", "classes": 3, "train_per_class": 6, "test_per_class": 4}, **datasets},
+        "datasets": {
+            "toy": {"source": "synthetic", "family": "shapes", "classes": 3, "train_per_class": 6, "test_per_class": 4},
+            **datasets,
+        },
         "grid": {"arch": ["vggm11"], "id_dataset": ["toy"], "resolution": [32]},
         "ood_sets": ood,
     }
@@ -62,12 +68,19 @@ def _config(tmp_path, datasets, ood):
 
 
 def test_config_resolves_the_clean_set_and_names_bad_references(tmp_path):
-    config = _config(tmp_path, {"toy-noise": {"source": "corrupted", "of": "toy", "corruption": "gaussian_noise", "severity": 2}}, ["toy-noise"])
+    config = _config(
+        tmp_path,
+        {"toy-noise": {"source": "corrupted", "of": "toy", "corruption": "gaussian_noise", "severity": 2}},
+        ["toy-noise"],
+    )
     spec = config["datasets"]["toy-noise"]
     assert spec["base"]["family"] == "shapes" and spec["seed"] == 0
     with pytest.raises(ConfigError, match=r"datasets.bad.of: unknown dataset 'nope'"):
         _config(tmp_path, {"bad": {"source": "corrupted", "of": "nope", "corruption": "jpeg", "severity": 1}}, ["bad"])
-    chained = {"a": {"source": "corrupted", "of": "toy", "corruption": "jpeg", "severity": 1}, "b": {"source": "corrupted", "of": "a", "corruption": "jpeg", "severity": 1}}
+    chained = {
+        "a": {"source": "corrupted", "of": "toy", "corruption": "jpeg", "severity": 1},
+        "b": {"source": "corrupted", "of": "a", "corruption": "jpeg", "severity": 1},
+    }
     with pytest.raises(ConfigError, match=r"datasets.b.of: 'a' is itself a corrupted copy"):
         _config(tmp_path, chained, ["b"])
     with pytest.raises(ConfigError, match="severity"):
@@ -75,7 +88,11 @@ def test_config_resolves_the_clean_set_and_names_bad_references(tmp_path):
 
 
 def test_prepared_copy_is_the_clean_store_corrupted_image_by_image(tmp_path):
-    config = _config(tmp_path, {"toy-blur": {"source": "corrupted", "of": "toy", "corruption": "gaussian_blur", "severity": 4, "seed": 3}}, ["toy-blur"])
+    config = _config(
+        tmp_path,
+        {"toy-blur": {"source": "corrupted", "of": "toy", "corruption": "gaussian_blur", "severity": 4, "seed": 3}},
+        ["toy-blur"],
+    )
     clean = prepare("toy", config["datasets"]["toy"], 32, tmp_path / "clean", threads=2)
     copy = prepare("toy-blur", config["datasets"]["toy-blur"], 32, tmp_path / "blur", threads=2)
     assert copy.meta["corruption"] == {"of": "toy", "corruption": "gaussian_blur", "severity": 4, "seed": 3}
@@ -89,10 +106,17 @@ def test_prepared_copy_is_the_clean_store_corrupted_image_by_image(tmp_path):
 
 
 def test_threads_do_not_change_the_copy(tmp_path):
-    config = _config(tmp_path, {"toy-noise": {"source": "corrupted", "of": "toy", "corruption": "gaussian_noise", "severity": 5}}, ["toy-noise"])
+    config = _config(
+        tmp_path,
+        {"toy-noise": {"source": "corrupted", "of": "toy", "corruption": "gaussian_noise", "severity": 5}},
+        ["toy-noise"],
+    )
     stores = [prepare("toy-noise", config["datasets"]["toy-noise"], 32, tmp_path / f"t{t}", threads=t) for t in (1, 3)]
     for split in ("train", "test"):
-        assert all(np.array_equal(stores[0].splits[split].image(i), stores[1].splits[split].image(i)) for i in range(len(stores[0].splits[split])))
+        assert all(
+            np.array_equal(stores[0].splits[split].image(i), stores[1].splits[split].image(i))
+            for i in range(len(stores[0].splits[split]))
+        )
     torch.manual_seed(0)  # the global generator plays no part
     again = prepare("toy-noise", config["datasets"]["toy-noise"], 32, tmp_path / "again", threads=2)
     assert np.array_equal(again.splits["test"].image(2), stores[0].splits["test"].image(2))

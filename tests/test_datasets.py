@@ -24,7 +24,15 @@ def _image(path: Path, size=(20, 14), mode="RGB"):
 
 
 def _spec(source, root, **extra):
-    return {"source": source, "root": str(root), "seed": 0, "test_fraction": 0.2, "on_bad_image": "error", "layout": "split_dirs", **extra}
+    return {
+        "source": source,
+        "root": str(root),
+        "seed": 0,
+        "test_fraction": 0.2,
+        "on_bad_image": "error",
+        "layout": "split_dirs",
+        **extra,
+    }
 
 
 @pytest.fixture()
@@ -98,7 +106,11 @@ def _write_cifar(root: Path, hundred: bool, n_train=6, n_test=4):
     def batch(n, offset):
         return {"data": RNG.integers(0, 256, size=(n, 3072), dtype=np.uint8), key: [(i + offset) % 5 for i in range(n)]}
 
-    names = {"train": ["train"], "test": ["test"]} if hundred else {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+    names = (
+        {"train": ["train"], "test": ["test"]}
+        if hundred
+        else {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+    )
     for split, files in names.items():
         for name in files:
             with open(base / name, "wb") as fh:
@@ -166,7 +178,10 @@ def test_flowers102_official_and_release_splits(tmp_path):
     for i in range(1, 9):
         _image(base / "jpg" / f"image_{i:05d}.jpg")
     savemat(base / "imagelabels.mat", {"labels": np.array([[1, 1, 2, 2, 3, 3, 1, 2]])})
-    savemat(base / "setid.mat", {"trnid": np.array([[1, 3, 5]]), "valid": np.array([[2, 4, 6]]), "tstid": np.array([[7, 8]])})
+    savemat(
+        base / "setid.mat",
+        {"trnid": np.array([[1, 3, 5]]), "valid": np.array([[2, 4, 6]]), "tstid": np.array([[7, 8]])},
+    )
     release = load_source(_spec("flowers102", tmp_path, splits="release"))  # what the paper's code probes
     assert [p.name for p in release["test"].items] == ["image_00002.jpg", "image_00004.jpg", "image_00006.jpg"]
     assert release["train"].labels.tolist() == [0, 1, 2]
@@ -261,7 +276,15 @@ def test_sklearn_digits_are_real_and_stratified(tmp_path):
     assert data.splits["test"].uniform_shape == (36, 36)
 
 
-SYNTHETIC = {"source": "synthetic", "family": "shapes", "classes": 2, "train_per_class": 3, "test_per_class": 2, "seed": 0, "class_offset": 0}
+SYNTHETIC = {
+    "source": "synthetic",
+    "family": "shapes",
+    "classes": 2,
+    "train_per_class": 3,
+    "test_per_class": 2,
+    "seed": 0,
+    "class_offset": 0,
+}
 
 
 def test_store_holds_the_generated_images_and_numpy_alone_reads_it(tmp_path):
@@ -310,7 +333,10 @@ def test_prepare_killed_part_way_resumes_to_the_same_store(tmp_path):
 
     for split, n in (("train", 400), ("test", 40)):
         for i in range(n):
-            _image(tmp_path / "tree" / split / f"c{i % 4}" / f"{i}.png", size=(int(RNG.integers(150, 300)), int(RNG.integers(150, 300))))
+            _image(
+                tmp_path / "tree" / split / f"c{i % 4}" / f"{i}.png",
+                size=(int(RNG.integers(150, 300)), int(RNG.integers(150, 300))),
+            )
     full, killed = tmp_path / "full", tmp_path / "killed"
     subprocess.run([sys.executable, "-c", PREPARE_SCRIPT, str(tmp_path / "tree"), str(full)], check=True, timeout=300)
     proc = subprocess.Popen([sys.executable, "-c", PREPARE_SCRIPT, str(tmp_path / "tree"), str(killed)])

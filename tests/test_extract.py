@@ -45,7 +45,11 @@ def test_several_poolings_from_one_forward():
     images = np.zeros((3, 32, 32, 3), dtype=np.uint8)
     out = embed_images(model, probe_points(model), images, ["avg2x2", "avg1x1", "avg4x4"], batch_size=8)
     assert len(calls) == 1  # one forward pass for all three poolings
-    assert out[(3, "avg2x2")].shape == (3, 16 * 4) and out[(3, "avg1x1")].shape == (3, 16) and out[(3, "avg4x4")].shape == (3, 16 * 16)
+    assert (
+        out[(3, "avg2x2")].shape == (3, 16 * 4)
+        and out[(3, "avg1x1")].shape == (3, 16)
+        and out[(3, "avg4x4")].shape == (3, 16 * 16)
+    )
 
 
 def test_parquet_round_trip_keeps_vectors_and_metadata(tmp_path):
@@ -74,7 +78,14 @@ def test_a_file_with_a_list_column_is_refused_by_name(tmp_path):
     """Early versions stored the vectors as a list column; such a file is named, not misread."""
     vectors = np.arange(12, dtype=np.float16).reshape(3, 4)
     splits = pa.array(["train", "train", "test"]).dictionary_encode()
-    table = pa.table({"sample_id": [0, 1, 2], "split": splits, "label": pa.array([0, 1, 0], pa.int32()), "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 4)})
+    table = pa.table(
+        {
+            "sample_id": [0, 1, 2],
+            "split": splits,
+            "label": pa.array([0, 1, 0], pa.int32()),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 4),
+        }
+    )
     path = tmp_path / "layer_001.parquet"
     pq.write_table(table.replace_schema_metadata({b"tunnelscope": b'{"dim": 4, "dtype": "float16"}'}), path)
     with pytest.raises(RuntimeError, match="layer_001.parquet.*'embedding' is fixed_size_list"):
@@ -126,7 +137,14 @@ def test_the_store_owns_the_layer_file_layout(tmp_path):
 
     assert layer_path(tmp_path, "avg2x2", 7) == tmp_path / "avg2x2" / "layer_007.parquet"
     for layer in (10, 2):
-        write_embeddings(layer_path(tmp_path, "avg2x2", layer), np.zeros((2, 3), np.float16), np.zeros(2, int), np.array(["train", "test"]), np.arange(2), {"layer": layer})
+        write_embeddings(
+            layer_path(tmp_path, "avg2x2", layer),
+            np.zeros((2, 3), np.float16),
+            np.zeros(2, int),
+            np.array(["train", "test"]),
+            np.arange(2),
+            {"layer": layer},
+        )
     assert layer_files(tmp_path, "avg2x2") == [layer_path(tmp_path, "avg2x2", 2), layer_path(tmp_path, "avg2x2", 10)]
     with pytest.raises(FileNotFoundError, match="pooling avg1x1"):
         layer_files(tmp_path, "avg1x1")

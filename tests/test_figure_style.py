@@ -15,15 +15,35 @@ from matplotlib.colors import to_rgb  # noqa: E402
 from tunnelscope.figures import paper, plots  # noqa: E402
 from tunnelscope.figures.style import wrap_text  # noqa: E402
 
-LONG = ["timm/vit_small_patch16_224.augreg_in21k_ft_in1k", "timm/convnextv2_base.fcmae_ft_in22k_in1k_384", "torchvision/resnet50", "vggm11"]
+LONG = [
+    "timm/vit_small_patch16_224.augreg_in21k_ft_in1k",
+    "timm/convnextv2_base.fcmae_ft_in22k_in1k_384",
+    "torchvision/resnet50",
+    "vggm11",
+]
 
 
 def curves(archs, layers=12) -> pd.DataFrame:
     rows = []
-    for arch, (name, role) in itertools.product(archs, [("imagenet100", "id"), ("stl10", "ood"), ("toy-glyphs", "ood")]):
+    for arch, (name, role) in itertools.product(
+        archs, [("imagenet100", "id"), ("stl10", "ood"), ("toy-glyphs", "ood")]
+    ):
         for layer in range(1, layers + 1):
             acc = 0.3 + 0.6 * layer / layers if role == "id" else 0.8 - 0.5 * abs(layer / layers - 0.4)
-            rows.append({"arch": arch, "id_dataset": "imagenet100", "resolution": 224, "augmentation": "rrc_flip", "seed": 0, "eval_set": name, "role": role, "layer": layer, "relative_depth": layer / layers, "test_acc": acc})
+            rows.append(
+                {
+                    "arch": arch,
+                    "id_dataset": "imagenet100",
+                    "resolution": 224,
+                    "augmentation": "rrc_flip",
+                    "seed": 0,
+                    "eval_set": name,
+                    "role": role,
+                    "layer": layer,
+                    "relative_depth": layer / layers,
+                    "test_acc": acc,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -63,7 +83,9 @@ def test_overview_titles_do_not_run_into_each_other(drawn):
 
 def test_layer_axes_tick_whole_numbers_only(drawn):
     probes = curves(LONG[1:2], layers=37)
-    plots.cell_figure(probes, "timm-convnextv2_base.fcmae_ft_in22k_in1k_384_imagenet100_r224_rrc_flip_s0", "c.png", "c.pdf")
+    plots.cell_figure(
+        probes, "timm-convnextv2_base.fcmae_ft_in22k_in1k_384_imagenet100_r224_rrc_flip_s0", "c.png", "c.pdf"
+    )
     for ax in drawn[-1].axes:
         ticks = ax.get_xticks()
         assert len(ticks) <= 12 and np.array_equal(ticks, np.round(ticks))  # not one tick per layer
@@ -71,7 +93,12 @@ def test_layer_axes_tick_whole_numbers_only(drawn):
 
 def test_numerical_rank_axes_are_whole_numbers(drawn):
     stats = curves(LONG[:2], layers=6)
-    stats = stats[stats.role == "id"].assign(numerical_rank=lambda t: 3.0 + t.layer % 4, rankme=lambda t: t.test_acc, nc1=lambda t: t.test_acc, cka_to_last=0.5)
+    stats = stats[stats.role == "id"].assign(
+        numerical_rank=lambda t: 3.0 + t.layer % 4,
+        rankme=lambda t: t.test_acc,
+        nc1=lambda t: t.test_acc,
+        cka_to_last=0.5,
+    )
     paper.layer_stats_figure(stats, "s.png", "s.pdf")
     ticks = drawn[-1].axes[0].get_yticks()
     assert np.array_equal(ticks, np.round(ticks))
@@ -79,8 +106,25 @@ def test_numerical_rank_axes_are_whole_numbers(drawn):
 
 def test_strength_classes_darken_in_order(drawn):
     retained = {"negligible": 97.0, "weak": 92.0, "medium": 85.0, "strong": 60.0}
-    metrics = pd.DataFrame([{"arch": f"net{i}", "id_dataset": "toy", "resolution": 32, "augmentation": "none", "seed": 0, "ood_set": "a", "ood_index": 1, "ood_retained": value,
-                             "pearson": 0.5, "alignment": 0.2, "ood_last_acc": 0.5, "tunnel": True} for i, value in enumerate(retained.values())])
+    metrics = pd.DataFrame(
+        [
+            {
+                "arch": f"net{i}",
+                "id_dataset": "toy",
+                "resolution": 32,
+                "augmentation": "none",
+                "seed": 0,
+                "ood_set": "a",
+                "ood_index": 1,
+                "ood_retained": value,
+                "pearson": 0.5,
+                "alignment": 0.2,
+                "ood_last_acc": 0.5,
+                "tunnel": True,
+            }
+            for i, value in enumerate(retained.values())
+        ]
+    )
     paper.strength_histogram(metrics, "h.png", "h.pdf")
     ax = drawn[-1].axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == list(retained)

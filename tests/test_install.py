@@ -23,12 +23,23 @@ def installed(tmp_path_factory):
     itself is built and installed as a wheel into the new environment's own site-packages."""
     root = tmp_path_factory.mktemp("install")
     source = root / "source"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", ".snakemake", "results", "logs", "*.egg-info", "__pycache__"))
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(".git", ".venv", ".snakemake", "results", "logs", "*.egg-info", "__pycache__"),
+    )
     env_dir = root / "env"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
-    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True).stdout.strip()
-    (root / "env" / site.split(str(env_dir) + "/", 1)[1] / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (root / "env" / site.split(str(env_dir) + "/", 1)[1] / "deps.pth").write_text(
+        sysconfig.get_paths()["purelib"] + "\n"
+    )
     cmd = [python, "-m", "pip", "install", "--quiet", "--no-deps", str(source)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -38,12 +49,16 @@ def installed(tmp_path_factory):
 
 def run(env_dir, *args, cwd):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    return subprocess.run([env_dir / "bin" / "tunnelscope", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    return subprocess.run(
+        [env_dir / "bin" / "tunnelscope", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
 
 
 def test_the_installed_package_is_the_wheel_not_the_checkout(installed, tmp_path):
     code = "import tunnelscope.study.config as c; print(c.__file__); print(c.SCHEMA_PATH.is_file())"
-    out = subprocess.run([installed / "bin" / "python", "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True).stdout.split()
+    out = subprocess.run(
+        [installed / "bin" / "python", "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True
+    ).stdout.split()
     assert str(installed) in out[0] and out[1] == "True"
 
 

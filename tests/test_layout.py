@@ -113,5 +113,13 @@ def test_the_dag_code_imports_no_heavy_stack():
         path = SRC.parent.joinpath(*module.split("."))
         path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
         for node in ast.parse(path.read_text()).body:  # top-level imports only: lazy ones are fine
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            assert not {n.split(".")[0] for n in names} & heavy, f"{module} (read by the DAG) imports {names} at the top"
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            assert not {n.split(".")[0] for n in names} & heavy, (
+                f"{module} (read by the DAG) imports {names} at the top"
+            )

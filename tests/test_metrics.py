@@ -45,7 +45,19 @@ def test_id_tunnel_start_rule():
     assert metrics.id_tunnel_start(curve, 0.9) == 3
 
 
-@pytest.mark.parametrize("value,name", [(100, "negligible"), (95, "negligible"), (94.9, "weak"), (90, "weak"), (85, "medium"), (80, "medium"), (79.99, "strong"), (10, "strong")])
+@pytest.mark.parametrize(
+    "value,name",
+    [
+        (100, "negligible"),
+        (95, "negligible"),
+        (94.9, "weak"),
+        (90, "weak"),
+        (85, "medium"),
+        (80, "medium"),
+        (79.99, "strong"),
+        (10, "strong"),
+    ],
+)
 def test_strength_bands(value, name):
     assert metrics.strength(value) == name
 
@@ -61,7 +73,15 @@ def test_mismatched_curves_are_rejected():
 
 
 def _probe_rows(eval_set, role, curve, n_classes):
-    return pd.DataFrame({"eval_set": eval_set, "role": role, "layer": np.arange(1, len(curve) + 1), "test_acc": curve, "n_classes": n_classes})
+    return pd.DataFrame(
+        {
+            "eval_set": eval_set,
+            "role": role,
+            "layer": np.arange(1, len(curve) + 1),
+            "test_acc": curve,
+            "n_classes": n_classes,
+        }
+    )
 
 
 def test_cell_metrics_table():
@@ -72,8 +92,28 @@ def test_cell_metrics_table():
             _probe_rows("oodB", "ood", [0.1, 0.2, 0.3], 2),
         ]
     )
-    info = dict(arch="vggm11", id_dataset="idset", resolution=32, augmentation="none", seed=0, family="cnn", stem=3, spatial_reduction=0.5, depth=11, id_classes=10, gamma=2.0, params=100, width=1.0, test_acc=0.7)
-    params = {"id_start_thresholds": [0.95], "ood_sets": ["oodB", "oodA"], "alignment_layer": "last", "alignment_id": "probe"}
+    info = dict(
+        arch="vggm11",
+        id_dataset="idset",
+        resolution=32,
+        augmentation="none",
+        seed=0,
+        family="cnn",
+        stem=3,
+        spatial_reduction=0.5,
+        depth=11,
+        id_classes=10,
+        gamma=2.0,
+        params=100,
+        width=1.0,
+        test_acc=0.7,
+    )
+    params = {
+        "id_start_thresholds": [0.95],
+        "ood_sets": ["oodB", "oodA"],
+        "alignment_layer": "last",
+        "alignment_id": "probe",
+    }
     table = metrics.cell_metrics(probes, info, params)
     assert table.ood_set.tolist() == ["oodB", "oodA"] and table.ood_index.tolist() == [1, 2]  # the config's order
     table = table.set_index("ood_set")

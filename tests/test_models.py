@@ -120,7 +120,10 @@ def _reference_vit(model, x):
 REFERENCES = {"vgg": _reference_vggm, "resnet": _reference_resnet, "vit": _reference_vit}
 
 
-@pytest.mark.parametrize("arch", ["vggm11", "vggm17", "vggm11-dagger", "vggm17-dagger", "resnet18", "resnet34", "vit-t", "vit-t-plus", "vgg19"])
+@pytest.mark.parametrize(
+    "arch",
+    ["vggm11", "vggm17", "vggm11-dagger", "vggm17-dagger", "resnet18", "resnet34", "vit-t", "vit-t-plus", "vgg19"],
+)
 def test_capture_parity_with_a_plain_forward(arch):
     torch.manual_seed(0)
     model = build_model(arch, 7, 0.25, 32).eval()
@@ -135,7 +138,16 @@ def test_capture_parity_with_a_plain_forward(arch):
         np.testing.assert_allclose(captured[(point.index, "avg2x2")], pool(ref, "avg2x2").numpy(), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["timm/resnet18", "timm/convnext_atto", "timm/efficientnet_b0", "timm/deit_tiny_patch16_224", "torchvision/mobilenet_v3_small"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "timm/resnet18",
+        "timm/convnext_atto",
+        "timm/efficientnet_b0",
+        "timm/deit_tiny_patch16_224",
+        "torchvision/mobilenet_v3_small",
+    ],
+)
 def test_any_timm_or_torchvision_model_captures_what_fx_computes(name):
     from timm.models._features_fx import create_feature_extractor
 
@@ -166,15 +178,27 @@ def test_block_enumeration_per_family():
 def test_describe_external_models():
     vit = build_model("timm/deit_tiny_patch16_224", 5, resolution=64)
     info = describe(vit, "timm/deit_tiny_patch16_224", 64)
-    assert {k: info[k] for k in ("family", "depth", "stem", "spatial_reduction")} == {"family": "vit", "depth": 12, "stem": 16, "spatial_reduction": 1.0}
+    assert {k: info[k] for k in ("family", "depth", "stem", "spatial_reduction")} == {
+        "family": "vit",
+        "depth": 12,
+        "stem": 16,
+        "spatial_reduction": 1.0,
+    }
     cnn = build_model("timm/resnet18", 5, resolution=64)
     info = describe(cnn, "timm/resnet18", 64)
     # phi = side of the first block's map / input side: stride-2 stem + max-pool = 0.25, as the paper codes ResNets.
-    assert info["family"] == "cnn" and info["stem"] == 7 and info["spatial_reduction"] == 0.25 and info["arch_family"] == "resnet"
+    assert (
+        info["family"] == "cnn"
+        and info["stem"] == 7
+        and info["spatial_reduction"] == 0.25
+        and info["arch_family"] == "resnet"
+    )
 
 
 def test_paper_architectures_are_coded_as_the_released_table():
-    phi = {arch: describe(None, arch, 32)["spatial_reduction"] for arch in ("vggm11", "vggm11-dagger", "resnet18", "vit-t")}
+    phi = {
+        arch: describe(None, arch, 32)["spatial_reduction"] for arch in ("vggm11", "vggm11-dagger", "resnet18", "vit-t")
+    }
     assert phi == {"vggm11": 0.5, "vggm11-dagger": 1.0, "resnet18": 0.25, "vit-t": 1.0}  # ViT coded 1.0 as in the table
     # The CNNs' phi is what the built models do: the map side entering the second stage / input side.
     for arch in ("vggm11", "vggm11-dagger", "resnet18"):
@@ -187,9 +211,13 @@ def test_paper_architectures_are_coded_as_the_released_table():
 
 def test_post_activation_probe_points():
     vgg = probe_points(build_model("vggm11", 5, width=0.125, resolution=32), enumeration="activations")
-    assert len(vgg) == 10 and all(isinstance(dict(build_model("vggm11", 5, width=0.125).named_modules())[p.name], torch.nn.ReLU) for p in vgg)
+    assert len(vgg) == 10 and all(
+        isinstance(dict(build_model("vggm11", 5, width=0.125).named_modules())[p.name], torch.nn.ReLU) for p in vgg
+    )
     resnet = [p.name for p in probe_points(build_model("resnet18", 5, width=0.125), enumeration="activations")]
-    assert len(resnet) == 17 and resnet[0] == "relu" and resnet[-1] == "layer4.1.relu2"  # ends at the last block's output
+    assert (
+        len(resnet) == 17 and resnet[0] == "relu" and resnet[-1] == "layer4.1.relu2"
+    )  # ends at the last block's output
     vit = probe_points(build_model("vit-t", 5, width=0.125, resolution=32), enumeration="activations")
     assert [p.name for p in vit] == [f"blocks.{i}" for i in range(12)]
     with pytest.raises(ValueError, match="activations enumeration is defined for the built-in architectures"):

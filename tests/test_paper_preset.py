@@ -2,8 +2,8 @@
 
 import pytest
 import yaml
-from conftest import REPO
 
+from conftest import REPO
 from tunnelscope.study.config import Study
 
 IN100 = "imagenet100"
@@ -65,7 +65,11 @@ def test_each_backbone_has_its_recipe_and_checkpoint_rule(paper):
             assert t["warmup_start_factor"] * t["lr"] == pytest.approx(1e-6) and t["min_lr"] == 1e-5
             assert t["repeated_augmentation"] == (3 if cell.augmentation == AUG else 1)
             assert t["drop_path"] == 0.1 and cell.model["preprocessing"] == "imagenet"
-            assert cell.probe["paper"]["batch_size"] == 512 and cell.probe["paper"]["reshuffle"] and cell.probe["paper"]["repeats"] == 3
+            assert (
+                cell.probe["paper"]["batch_size"] == 512
+                and cell.probe["paper"]["reshuffle"]
+                and cell.probe["paper"]["repeats"] == 3
+            )
             assert cell.probe["seed"] == 0
         else:
             assert t["warmup_start_factor"] == 0.01 and t["min_lr"] == 0 and t["repeated_augmentation"] == 1
@@ -79,15 +83,34 @@ def test_ood_suites_probe_protocol_and_preprocessing(paper):
     for cell in paper.cells.values():
         other_cifar = ["cifar10" if d == "cifar100" else d for d in suite] if cell.id_dataset == "cifar100" else suite
         assert paper.ood_sets(cell.id) == other_cifar, cell.id
-        assert cell.probe["solver"] == "paper" and cell.probe["paper"]["report"] == "best_test" and cell.probe["paper"]["epochs"] == 30
+        assert (
+            cell.probe["solver"] == "paper"
+            and cell.probe["paper"]["report"] == "best_test"
+            and cell.probe["paper"]["epochs"] == 30
+        )
     cnn = "vggm11_cifar100_r32_none_s0"
-    assert paper.transform(cnn, "cifar100") == "r32-native" and paper.normalization(cnn, "cifar100")["mean"] == [0.5071, 0.4865, 0.4409]
+    assert paper.transform(cnn, "cifar100") == "r32-native" and paper.normalization(cnn, "cifar100")["mean"] == [
+        0.5071,
+        0.4865,
+        0.4409,
+    ]
     vit = "vit-t_imagenet100_r32_none_s0"
-    assert paper.transform(vit, "cifar100") == "r32" and paper.normalization(vit, "cifar100")["mean"] == [0.485, 0.456, 0.406]
+    assert paper.transform(vit, "cifar100") == "r32" and paper.normalization(vit, "cifar100")["mean"] == [
+        0.485,
+        0.456,
+        0.406,
+    ]
     assert paper.transform("vggm11_imagenet100_r224_none_s0", "cifar100") == "r224"  # kept as it is at 32 only
     subsets = {name: paper.config["datasets"][name] for name in SUBSETS}
     assert all(spec["class_order"] == "sorted" for spec in subsets.values())
-    assert [(s.get("first_classes", 100), s["per_class"]) for s in subsets.values()] == [(10, 1000), (50, 200), (100, 100), (100, 200), (100, 500), (100, 700)]
+    assert [(s.get("first_classes", 100), s["per_class"]) for s in subsets.values()] == [
+        (10, 1000),
+        (50, 200),
+        (100, 100),
+        (100, 200),
+        (100, 500),
+        (100, 700),
+    ]
     assert paper.config["datasets"]["flowers102"]["splits"] == "release"
 
 
@@ -95,15 +118,36 @@ def test_pretrained_preset_is_the_papers_published_backbone_study(schema):
     study = Study(yaml.safe_load((REPO / "config/pretrained.yaml").read_text()), schema)
     archs = {name: spec["arch"] for name, spec in study.config["pretrained"].items()}
     assert archs == {
-        "resnet50-sup": "torchvision/resnet50", "resnet50-swav": "torchvision/resnet50",
-        "vit-b16-sup": "torchvision/vit_b_16", "vit-b16-dino": "timm/vit_base_patch16_224.dino",
-        "vit-b16-mae": "timm/vit_base_patch16_224.mae", "vit-b16-mugs": "timm/vit_base_patch16_224",
-        "convnext-b-sup": "timm/convnext_base.fb_in1k", "convnextv2-b-fcmae": "timm/convnextv2_base.fcmae",
+        "resnet50-sup": "torchvision/resnet50",
+        "resnet50-swav": "torchvision/resnet50",
+        "vit-b16-sup": "torchvision/vit_b_16",
+        "vit-b16-dino": "timm/vit_base_patch16_224.dino",
+        "vit-b16-mae": "timm/vit_base_patch16_224.mae",
+        "vit-b16-mugs": "timm/vit_base_patch16_224",
+        "convnext-b-sup": "timm/convnext_base.fb_in1k",
+        "convnextv2-b-fcmae": "timm/convnextv2_base.fcmae",
     }
     assert "11ad3fa6" in study.config["pretrained"]["resnet50-sup"]["weights"]  # torchvision's IMAGENET1K_V2 file
     lr = {c.arch: c.probe["paper"]["lr"] for c in study.cells.values()}
-    assert lr == {"resnet50-swav": 3e-5, "convnext-b-sup": 3e-5, "convnextv2-b-fcmae": 3e-5, "vit-b16-dino": 5e-4, "vit-b16-mae": 5e-4, "vit-b16-mugs": 5e-4, "vit-b16-sup": 5e-4, "resnet50-sup": 5e-4}
+    assert lr == {
+        "resnet50-swav": 3e-5,
+        "convnext-b-sup": 3e-5,
+        "convnextv2-b-fcmae": 3e-5,
+        "vit-b16-dino": 5e-4,
+        "vit-b16-mae": 5e-4,
+        "vit-b16-mugs": 5e-4,
+        "vit-b16-sup": 5e-4,
+        "resnet50-sup": 5e-4,
+    }
     for cell in study.cells.values():
-        assert cell.probe["solver"] == "paper" and cell.probe["paper"]["batch_size"] == 512 and cell.probe["paper"]["weight_decay"] == 0
+        assert (
+            cell.probe["solver"] == "paper"
+            and cell.probe["paper"]["batch_size"] == 512
+            and cell.probe["paper"]["weight_decay"] == 0
+        )
         assert cell.probe["paper"]["report"] == "best_test" and len(study.eval_sets(cell.id)) == 9
-    assert study.config["datasets"]["imagenet"] == {**study.config["datasets"]["imagenet"], "source": "imagenet", "per_class": 50}
+    assert study.config["datasets"]["imagenet"] == {
+        **study.config["datasets"]["imagenet"],
+        "source": "imagenet",
+        "per_class": 50,
+    }

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY, snakemake
 from safetensors.torch import save_file
 
+from conftest import TINY, snakemake
 from tunnelscope.cli import main as cli
 from tunnelscope.data.splits import SPLITS
 from tunnelscope.data.store import Store
@@ -54,7 +54,9 @@ def test_pretrained_cell_embeds_like_the_in_memory_model(tmp_path):
     own = model_preprocessing(model, ARCH)
     expected = embed_images(model, points, images, ["avg2x2"], 256, np.float16, mean=own["mean"], std=own["std"])
     for point in points:
-        _, got, _, _ = read_embeddings(tmp_path / f"out/cells/{CELL}/embeddings/toy/avg2x2/layer_{point.index:03d}.parquet")
+        _, got, _, _ = read_embeddings(
+            tmp_path / f"out/cells/{CELL}/embeddings/toy/avg2x2/layer_{point.index:03d}.parquet"
+        )
         np.testing.assert_array_equal(got, expected[(point.index, "avg2x2")].astype(np.float32))
     curves = __import__("pandas").read_csv(tmp_path / "out/aggregate/curves.csv")
     assert len(curves) == 2 * len(points)  # ID and one OOD set, every probe point
@@ -62,13 +64,18 @@ def test_pretrained_cell_embeds_like_the_in_memory_model(tmp_path):
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     save_file(random_model("timm/test_resnet").state_dict(), tmp_path / "resnet.safetensors")
-    with pytest.raises(ValueError, match=r"resnet\.safetensors does not fit timm/test_convnext: .*missing, first: stem"):
+    with pytest.raises(
+        ValueError, match=r"resnet\.safetensors does not fit timm/test_convnext: .*missing, first: stem"
+    ):
         load_pretrained(spec(tmp_path / "resnet.safetensors"), 32)
 
 
 def test_checkpoint_with_other_shapes_is_refused(tmp_path):
     torch.save(random_model().state_dict(), tmp_path / "ten_classes.pth")
-    with pytest.raises(ValueError, match=r"2 shape mismatches, first: head\.fc\.weight \(10, \d+\) in the file, \(5, \d+\) in the model \(num_classes must match"):
+    with pytest.raises(
+        ValueError,
+        match=r"2 shape mismatches, first: head\.fc\.weight \(10, \d+\) in the file, \(5, \d+\) in the model \(num_classes must match",
+    ):
         load_pretrained(spec(tmp_path / "ten_classes.pth", num_classes=5), 32)
 
 
@@ -102,16 +109,33 @@ def test_pretrained_entries_are_validated(schema):
     base = {**TINY, "grid": {"arch": ["net"], "id_dataset": ["toy"], "resolution": [32]}}
     with pytest.raises(ConfigError, match=r"pretrained\.net: give weights"):
         Study({**base, "pretrained": {"net": {"arch": ARCH}}}, schema)
-    with pytest.raises(ConfigError, match=r"grid\.arch\[0\]: 'net' is not one of .* a name under pretrained \(none defined\)"):
+    with pytest.raises(
+        ConfigError, match=r"grid\.arch\[0\]: 'net' is not one of .* a name under pretrained \(none defined\)"
+    ):
         Study(base, schema)
-    study = Study({**base, "pretrained": {"net": {"arch": ARCH, "weights": "w.pth", "interpolation": "bilinear", "crop_pct": 0.95}}}, schema)
+    study = Study(
+        {
+            **base,
+            "pretrained": {"net": {"arch": ARCH, "weights": "w.pth", "interpolation": "bilinear", "crop_pct": 0.95}},
+        },
+        schema,
+    )
     assert study.pretrained_cells() == ["net_toy_r32_none_s0"] and study.trained_cells() == []
     assert study.prepared_path("toy", "net_toy_r32_none_s0").endswith("prepared/toy/r32-bilinear-c0.95")
     assert study.prepare_params("toy", "r32-bilinear-c0.95")["interpolation"] == "bilinear"
 
 
 # 4 ViT-B x 12 + 2 ResNet-50 x 49 + 2 ConvNeXt-B x 37 = 220 positions: the paper's 1,980 probes / 9 eval sets.
-@pytest.mark.parametrize(("arch", "count"), [("timm/vit_base_patch16_224", 12), ("torchvision/vit_b_16", 12), ("torchvision/resnet50", 49), ("timm/convnext_base", 37), ("timm/convnextv2_base", 37)])
+@pytest.mark.parametrize(
+    ("arch", "count"),
+    [
+        ("timm/vit_base_patch16_224", 12),
+        ("torchvision/vit_b_16", 12),
+        ("torchvision/resnet50", 49),
+        ("timm/convnext_base", 37),
+        ("timm/convnextv2_base", 37),
+    ],
+)
 def test_paper_enumeration_of_published_architectures(arch, count, capsys):
     assert cli(["layers", arch, "--probe-points", "paper", "--classes", "1000", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["layers"]) == count

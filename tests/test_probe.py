@@ -16,7 +16,16 @@ from tunnelscope.probe.logistic import fit_sklearn_probe
 from tunnelscope.probe.recipe import fit_paper_probes
 
 RNG = np.random.default_rng(0)
-LBFGS = {"standardize": True, "val_fraction": 0.2, "seed": 0, "l2_grid": [1e-1, 1e-3], "select_max_iter": 50, "max_iter": 300, "tol": 1e-6, "precision": "fp32"}
+LBFGS = {
+    "standardize": True,
+    "val_fraction": 0.2,
+    "seed": 0,
+    "l2_grid": [1e-1, 1e-3],
+    "select_max_iter": 50,
+    "max_iter": 300,
+    "tol": 1e-6,
+    "precision": "fp32",
+}
 
 
 def blobs(n=300, d=8, c=3, spread=1.0):
@@ -86,7 +95,18 @@ def test_sklearn_reference_solver():
 def test_paper_recipe_trains_every_layer_in_one_pass():
     x, y = blobs(d=6)
     layers = [(x[:200], x[200:]), (x[:200, :3], x[200:, :3])]
-    params = {"seed": 0, "lr": None, "weight_decay": None, "epochs": 15, "batch_size": 32, "label_smoothing": 0.1, "report": "last", "reshuffle": True, "init_std": 0.01, "repeats": 1}
+    params = {
+        "seed": 0,
+        "lr": None,
+        "weight_decay": None,
+        "epochs": 15,
+        "batch_size": 32,
+        "label_smoothing": 0.1,
+        "report": "last",
+        "reshuffle": True,
+        "init_std": 0.01,
+        "repeats": 1,
+    }
     rows = fit_paper_probes(layers, y[:200], y[200:], 3, params)
     assert len(rows) == 2 and rows[0]["test_acc"] > 0.85 and rows[0]["epoch"] == 15
     best = fit_paper_probes(layers, y[:200], y[200:], 3, dict(params, report="best_test"))
@@ -156,8 +176,27 @@ def test_solver_table_names_the_registry_solvers():
     assert SOLVER_FITS.keys() == SOLVERS.keys()
 
 
-PAPER = {"lr": None, "weight_decay": None, "epochs": 3, "batch_size": 32, "label_smoothing": 0.1, "report": "last", "reshuffle": True, "init_std": 0.01, "repeats": 1}
-CELL = {"arch": "vggm11", "id_dataset": "toy", "resolution": 32, "augmentation": "none", "seed": 5, "eval_set": "toy", "role": "id", "pooling": "avg2x2"}
+PAPER = {
+    "lr": None,
+    "weight_decay": None,
+    "epochs": 3,
+    "batch_size": 32,
+    "label_smoothing": 0.1,
+    "report": "last",
+    "reshuffle": True,
+    "init_std": 0.01,
+    "repeats": 1,
+}
+CELL = {
+    "arch": "vggm11",
+    "id_dataset": "toy",
+    "resolution": 32,
+    "augmentation": "none",
+    "seed": 5,
+    "eval_set": "toy",
+    "role": "id",
+    "pooling": "avg2x2",
+}
 
 
 def probe_job_params(solver):
@@ -173,7 +212,9 @@ def write_layers(embed_dir, dims=(4, 6)):
     split = np.where(np.arange(len(y)) < 200, "train", "test")
     for layer, dim in enumerate(dims, start=1):
         meta = {"layer": layer, "layer_name": f"conv{layer}", "num_layers": len(dims), "num_classes": 3}
-        write_embeddings(layer_path(embed_dir, "avg2x2", layer), x[:, :dim].astype(np.float16), y, split, np.arange(len(y)), meta)
+        write_embeddings(
+            layer_path(embed_dir, "avg2x2", layer), x[:, :dim].astype(np.float16), y, split, np.arange(len(y)), meta
+        )
 
 
 def test_probe_job_takes_its_device_from_the_runtime(tmp_path, monkeypatch):
@@ -208,7 +249,11 @@ def test_per_layer_solvers_stream_the_layers_and_the_paper_recipe_reads_them_all
         return layers.SolverFit(recorded, layers.SOLVER_FITS[name].per_layer)
 
     monkeypatch.setattr(layers, "read_embeddings", reading)
-    for solver, expected in (("lbfgs", ["read", "fit", "read", "fit"]), ("sklearn", ["read", "fit", "read", "fit"]), ("paper", ["read", "read", "fit"])):
+    for solver, expected in (
+        ("lbfgs", ["read", "fit", "read", "fit"]),
+        ("sklearn", ["read", "fit", "read", "fit"]),
+        ("paper", ["read", "read", "fit"]),
+    ):
         monkeypatch.setitem(layers.SOLVER_FITS, solver, fitting(solver))
         events.clear()
         table, _ = layers.probe_layers(str(tmp_path), probe_job_params(solver))

@@ -6,8 +6,8 @@ import sys
 import tomllib
 
 import pytest
-from conftest import REPO
 
+from conftest import REPO
 from tunnelscope.cli import PROFILES, main
 
 NAMES = ["local", "slurm"]
@@ -41,8 +41,13 @@ def test_install_puts_the_profile_where_snakemake_looks(name, config_home, tmp_p
     assert target.read_bytes() == _shipped(name)
     assert f"snakemake --profile {name}" in capsys.readouterr().out
     # Snakemake's own lookup of a profile name, in a fresh process with the same environment
-    found = subprocess.run([sys.executable, "-c", f"from snakemake.cli import get_profile_dir; print(get_profile_dir({name!r})[1])"],
-                           cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+    found = subprocess.run(
+        [sys.executable, "-c", f"from snakemake.cli import get_profile_dir; print(get_profile_dir({name!r})[1])"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert found == str(target)
 
 

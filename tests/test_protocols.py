@@ -16,8 +16,28 @@ from tunnelscope.protocols.zero_shot import (
     zero_shot_summary,
 )
 
-LBFGS = {"standardize": True, "max_iter": 100, "l2_grid": [1e-2, 1e-3], "val_fraction": 0.2, "select_max_iter": 20, "tol": 1e-4, "precision": "fp32", "seed": 0}
-PAPER = {"epochs": 4, "batch_size": 32, "lr": 0.01, "weight_decay": 0.0, "label_smoothing": 0.1, "report": "best_test", "reshuffle": True, "init_std": 0.01, "repeats": 1, "seed": 0}
+LBFGS = {
+    "standardize": True,
+    "max_iter": 100,
+    "l2_grid": [1e-2, 1e-3],
+    "val_fraction": 0.2,
+    "select_max_iter": 20,
+    "tol": 1e-4,
+    "precision": "fp32",
+    "seed": 0,
+}
+PAPER = {
+    "epochs": 4,
+    "batch_size": 32,
+    "lr": 0.01,
+    "weight_decay": 0.0,
+    "label_smoothing": 0.1,
+    "report": "best_test",
+    "reshuffle": True,
+    "init_std": 0.01,
+    "repeats": 1,
+    "seed": 0,
+}
 
 
 def _blobs(n=240, d=12, classes=3, seed=0, shift=0.0):
@@ -35,7 +55,11 @@ def _accuracy(weights, x, y):
 def test_stored_weights_reproduce_every_solvers_reported_accuracy(classes):
     x, y = _blobs(classes=classes)
     xtr, ytr, xte, yte = x[:160], y[:160], x[160:], y[160:]
-    for result in (fit_lbfgs_probe(xtr, ytr, xte, yte, classes, LBFGS), fit_sklearn_probe(xtr, ytr, xte, yte, 1.0, 200, True), fit_sklearn_probe(xtr, ytr, xte, yte, 1.0, 200, False)):
+    for result in (
+        fit_lbfgs_probe(xtr, ytr, xte, yte, classes, LBFGS),
+        fit_sklearn_probe(xtr, ytr, xte, yte, 1.0, 200, True),
+        fit_sklearn_probe(xtr, ytr, xte, yte, 1.0, 200, False),
+    ):
         assert result["weights"].shape == (13, classes) and result["weights"].dtype == np.float32
         assert _accuracy(result["weights"], xte, yte) == pytest.approx(result["test_acc"], abs=1e-9)
         assert _accuracy(result["weights"], xtr, ytr) == pytest.approx(result["train_acc"], abs=1e-9)
@@ -52,7 +76,9 @@ def test_read_embeddings_select_equals_the_rows_of_a_full_read(tmp_path):
     write_embeddings(tmp_path / "layer_001.parquet", vectors, labels, splits, np.arange(n), {"layer": 1})
     _, full, full_labels, full_splits = read_embeddings(tmp_path / "layer_001.parquet")
     keep = (full_splits == "test") & (full_labels < 3)
-    _, some, some_labels, some_splits = read_embeddings(tmp_path / "layer_001.parquet", select=lambda lab, spl: (spl == "test") & (lab < 3))
+    _, some, some_labels, some_splits = read_embeddings(
+        tmp_path / "layer_001.parquet", select=lambda lab, spl: (spl == "test") & (lab < 3)
+    )
     np.testing.assert_array_equal(some, full[keep])
     np.testing.assert_array_equal(some_labels, full_labels[keep])
     assert set(some_splits) == {"test"}
@@ -63,7 +89,14 @@ def test_read_embeddings_select_equals_the_rows_of_a_full_read(tmp_path):
 def _shifted_dir(tmp_path, layers):
     """Embedding files of a shifted test split; layer k's test rows are the blobs plus noise k."""
     for k, (x, y) in enumerate(layers, start=1):
-        write_embeddings(layer_path(tmp_path, "avg2x2", k), x.astype(np.float16), y, np.array(["test"] * len(y)), np.arange(len(y)), {"layer": k})
+        write_embeddings(
+            layer_path(tmp_path, "avg2x2", k),
+            x.astype(np.float16),
+            y,
+            np.array(["test"] * len(y)),
+            np.arange(len(y)),
+            {"layer": k},
+        )
     return tmp_path
 
 
@@ -75,8 +108,25 @@ def test_zero_shot_scores_the_id_probe_on_shifted_rows_and_picks_the_layer_on_va
     directory = _shifted_dir(tmp_path / "shifted", shifted)
     clean = _shifted_dir(tmp_path / "clean", [(x[200:], y[200:])] * 2)
     weights = {"layer_001": clean_fit["weights"], "layer_002": clean_fit["weights"]}
-    id_probes = pd.DataFrame({"layer": [1, 2], "layer_name": ["a", "b"], "relative_depth": [0.5, 1.0], "test_acc": [clean_fit["test_acc"]] * 2})
-    params = {"arch": "a", "id_dataset": "toy", "resolution": 32, "augmentation": "none", "seed": 0, "eval_set": "toy-noise", "pooling": "avg2x2", "val_fraction": 0.25, "split_seed": 0}
+    id_probes = pd.DataFrame(
+        {
+            "layer": [1, 2],
+            "layer_name": ["a", "b"],
+            "relative_depth": [0.5, 1.0],
+            "test_acc": [clean_fit["test_acc"]] * 2,
+        }
+    )
+    params = {
+        "arch": "a",
+        "id_dataset": "toy",
+        "resolution": 32,
+        "augmentation": "none",
+        "seed": 0,
+        "eval_set": "toy-noise",
+        "pooling": "avg2x2",
+        "val_fraction": 0.25,
+        "split_seed": 0,
+    }
     layers = zero_shot_layers(id_probes, weights, weights, clean, directory, params)
     assert layers.n_val.tolist() == [50, 50] and layers.n_test.tolist() == [150, 150]
     assert layers.clean_test_acc.iloc[0] == layers.clean_test_acc.iloc[1] >= layers.zero_shot_test_acc.max() - 0.02
@@ -87,14 +137,34 @@ def test_zero_shot_scores_the_id_probe_on_shifted_rows_and_picks_the_layer_on_va
     summary = zero_shot_summary(layers).iloc[0]
     assert summary.zero_shot_layer == 1 and summary.zero_shot_acc == layers.zero_shot_test_acc[0]
     assert summary.zero_shot_last_acc == layers.zero_shot_test_acc[1] and summary.num_layers == 2
-    pd.testing.assert_frame_equal(layers, zero_shot_layers(id_probes, weights, weights, clean, directory, params))  # seeded split
+    pd.testing.assert_frame_equal(
+        layers, zero_shot_layers(id_probes, weights, weights, clean, directory, params)
+    )  # seeded split
     other = zero_shot_layers(id_probes, weights, weights, clean, directory, {**params, "split_seed": 1})
-    assert not other.zero_shot_val_acc.equals(layers.zero_shot_val_acc) or not other.zero_shot_test_acc.equals(layers.zero_shot_test_acc)
+    assert not other.zero_shot_val_acc.equals(layers.zero_shot_val_acc) or not other.zero_shot_test_acc.equals(
+        layers.zero_shot_test_acc
+    )
 
 
 def test_zero_shot_breaks_ties_towards_the_deeper_layer():
-    rows = [{"arch": "a", "id_dataset": "t", "resolution": 32, "augmentation": "none", "seed": 0, "eval_set": "n", "layer": k, "clean_test_acc": 0.9,
-             "zero_shot_val_acc": v, "zero_shot_test_acc": t, "shifted_probe_test_acc": p, "n_val": 10, "n_test": 90} for k, v, t, p in ((1, 0.5, 0.5, 0.6), (2, 0.8, 0.7, 0.8), (3, 0.8, 0.75, 0.8), (4, 0.7, 0.75, 0.7))]
+    rows = [
+        {
+            "arch": "a",
+            "id_dataset": "t",
+            "resolution": 32,
+            "augmentation": "none",
+            "seed": 0,
+            "eval_set": "n",
+            "layer": k,
+            "clean_test_acc": 0.9,
+            "zero_shot_val_acc": v,
+            "zero_shot_test_acc": t,
+            "shifted_probe_test_acc": p,
+            "n_val": 10,
+            "n_test": 90,
+        }
+        for k, v, t, p in ((1, 0.5, 0.5, 0.6), (2, 0.8, 0.7, 0.8), (3, 0.8, 0.75, 0.8), (4, 0.7, 0.75, 0.7))
+    ]
     summary = zero_shot_summary(pd.DataFrame(rows)).iloc[0]
     assert summary.zero_shot_layer == 3 and summary.zero_shot_oracle_layer == 4  # ties: the deeper
     assert summary.shifted_probe_layer == 2  # the paper's l_m: the first layer at the maximum
@@ -114,14 +184,31 @@ def test_solver_comparison_measures_differences_and_agreement():
     rows = []
     for seed in range(4):
         for solver, retained, tunnel in (("lbfgs", 80.0 + seed, True), ("paper", 70.0 + 2 * seed, seed < 2)):
-            rows.append({**keys, "seed": seed, "ood_set": "x", "solver": solver, "ood_retained": retained, "pearson": 0.5, "alignment": 0.1 * seed, "tunnel_start": 3, "ood_best_layer": 3, "ood_last_acc": 0.4, "tunnel": tunnel})
+            rows.append(
+                {
+                    **keys,
+                    "seed": seed,
+                    "ood_set": "x",
+                    "solver": solver,
+                    "ood_retained": retained,
+                    "pearson": 0.5,
+                    "alignment": 0.1 * seed,
+                    "tunnel_start": 3,
+                    "ood_best_layer": 3,
+                    "ood_last_acc": 0.4,
+                    "tunnel": tunnel,
+                }
+            )
     table = solver_comparison(pd.DataFrame(rows), "lbfgs").set_index("metric")
     retained = table.loc["ood_retained"]
     assert retained.solver == "paper" and retained.pairs == 4
     assert retained.mean_difference == pytest.approx(np.mean([(70 + 2 * s) - (80 + s) for s in range(4)]))
     assert retained.spearman == pytest.approx(1.0)  # both order the seeds alike
     assert retained.tunnel_agreement == pytest.approx(0.5)
-    assert retained.seeds == 4 and retained.mean_difference_ci_low < retained.mean_difference < retained.mean_difference_ci_high
+    assert (
+        retained.seeds == 4
+        and retained.mean_difference_ci_low < retained.mean_difference < retained.mean_difference_ci_high
+    )
     assert np.isnan(table.loc["pearson"].spearman)  # constant: no rank correlation
 
 
@@ -129,8 +216,27 @@ def test_tsne_is_finite_seeded_and_shows_the_chosen_images_at_every_layer(tmp_pa
     x, y = _blobs(n=300, d=16, classes=6)
     splits = np.where(np.arange(300) < 200, "train", "test")
     for k in (1, 2):
-        write_embeddings(layer_path(tmp_path, "avg2x2", k), (x * k).astype(np.float16), y, splits, np.arange(300), {"layer": k, "layer_name": f"conv{k}"})
-    params = {"arch": "a", "id_dataset": "toy", "resolution": 32, "augmentation": "none", "seed": 0, "pooling": "avg2x2", "classes": 4, "per_class": 10, "perplexity": 30.0, "max_iter": 300, "tsne_seed": 0}
+        write_embeddings(
+            layer_path(tmp_path, "avg2x2", k),
+            (x * k).astype(np.float16),
+            y,
+            splits,
+            np.arange(300),
+            {"layer": k, "layer_name": f"conv{k}"},
+        )
+    params = {
+        "arch": "a",
+        "id_dataset": "toy",
+        "resolution": 32,
+        "augmentation": "none",
+        "seed": 0,
+        "pooling": "avg2x2",
+        "classes": 4,
+        "per_class": 10,
+        "perplexity": 30.0,
+        "max_iter": 300,
+        "tsne_seed": 0,
+    }
     coords = tsne_layers(tmp_path, params)
     assert sorted(coords.layer.unique()) == [1, 2] and np.isfinite(coords[["x", "y"]]).all().all()
     counts = coords.groupby(["layer", "label"]).size().unstack()

@@ -4,8 +4,8 @@ import re
 
 import numpy as np
 import pytest
-from conftest import REPO
 
+from conftest import REPO
 from tunnelscope.features.store import read_embeddings, write_embeddings
 
 RECIPE = re.compile(r"<!-- embeddings-recipe: (\w+) -->\n```python\n(.*?)```", re.DOTALL)

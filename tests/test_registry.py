@@ -63,7 +63,14 @@ def test_every_pooling_and_probe_point_rule_runs():
         assert probe_points(model, enumeration=rule)
 
 
-@pytest.mark.parametrize("option, names", [("--probe-points", registry.PROBE_POINT_RULES), ("--side", registry.CAPTURE_SIDES), ("--pooling", registry.POOLINGS)])
+@pytest.mark.parametrize(
+    "option, names",
+    [
+        ("--probe-points", registry.PROBE_POINT_RULES),
+        ("--side", registry.CAPTURE_SIDES),
+        ("--pooling", registry.POOLINGS),
+    ],
+)
 def test_the_cli_offers_the_registered_names(capsys, option, names):
     with pytest.raises(SystemExit):
         main(["layers", "vggm11", option, "bogus"])
@@ -77,5 +84,10 @@ def test_config_files_name_only_registered_architectures():
         blocks = config.get("grid", [])
         for block in blocks if isinstance(blocks, list) else [blocks]:
             for arch in block.get("arch", []):
-                known = arch in registry.ARCHS or arch in published or registry.parse_mlp(arch) or arch.startswith(("timm/", "torchvision/"))
+                known = (
+                    arch in registry.ARCHS
+                    or arch in published
+                    or registry.parse_mlp(arch)
+                    or arch.startswith(("timm/", "torchvision/"))
+                )
                 assert known, f"{path.name}: {arch}"

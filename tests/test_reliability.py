@@ -21,11 +21,25 @@ from tunnelscope.study.config import load_schema, section_defaults
 from tunnelscope.training.checkpoints import load_backbone
 from tunnelscope.training.loop import pretrain
 
-TRAINING = {**section_defaults(load_schema(), "training"), "epochs": 3, "batch_size": 32, "lr": 0.01, "warmup_epochs": 1, "val_fraction": 0.1}
+TRAINING = {
+    **section_defaults(load_schema(), "training"),
+    "epochs": 3,
+    "batch_size": 32,
+    "lr": 0.01,
+    "warmup_epochs": 1,
+    "val_fraction": 0.1,
+}
 NORMALIZATION = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 PARAMS = {
-    "arch": "vggm11", "id_dataset": "toy", "resolution": 32, "augmentation": "rrc_flip", "seed": 0, "model": {"width": 0.125},
-    "training": TRAINING, "normalization": NORMALIZATION, "compute": {"precision": "fp32"},
+    "arch": "vggm11",
+    "id_dataset": "toy",
+    "resolution": 32,
+    "augmentation": "rrc_flip",
+    "seed": 0,
+    "model": {"width": 0.125},
+    "training": TRAINING,
+    "normalization": NORMALIZATION,
+    "compute": {"precision": "fp32"},
 }
 
 
@@ -39,7 +53,14 @@ def toy_store(root, n=200, size=32):
 
 def run_pretrain(tmp_path, params=PARAMS, store=None):
     store = store or toy_store(tmp_path)
-    return pretrain(params, store, tmp_path / "ckpt.safetensors", tmp_path / "log.csv", tmp_path / "info.json", tmp_path / "state.pt")
+    return pretrain(
+        params,
+        store,
+        tmp_path / "ckpt.safetensors",
+        tmp_path / "log.csv",
+        tmp_path / "info.json",
+        tmp_path / "state.pt",
+    )
 
 
 class _Exploit:
@@ -68,7 +89,9 @@ def test_corrupt_checkpoint_is_named(tmp_path):
 
 def test_non_finite_loss_names_the_cell_and_epoch(tmp_path):
     params = dict(PARAMS, training=dict(TRAINING, lr=1e30, warmup_epochs=0))
-    with pytest.raises(FloatingPointError, match=r"cell vggm11_toy_r32_rrc_flip_s0: non-finite training loss .* in epoch 1"):
+    with pytest.raises(
+        FloatingPointError, match=r"cell vggm11_toy_r32_rrc_flip_s0: non-finite training loss .* in epoch 1"
+    ):
         run_pretrain(tmp_path, params)
     assert not (tmp_path / "ckpt.safetensors").exists()
 
@@ -113,7 +136,9 @@ def test_sigkill_mid_training_resumes_to_bitwise_equal_weights(tmp_path):
     subprocess.run([sys.executable, str(tmp_path / "train_killed.py"), str(killed)], check=True, timeout=600)
     weights = {name: load_file(runs[name] / "ckpt.safetensors") for name in runs}
     for name in ("streamed", "killed"):
-        assert weights[name].keys() == weights["resident"].keys() and all(torch.equal(weights[name][k], weights["resident"][k]) for k in weights[name]), name
+        assert weights[name].keys() == weights["resident"].keys() and all(
+            torch.equal(weights[name][k], weights["resident"][k]) for k in weights[name]
+        ), name
     info = {name: json.loads((runs[name] / "info.json").read_text()) for name in runs}
     assert len({(i["checkpoint_epoch"], i["test_acc"]) for i in info.values()}) == 1
     assert not (killed / "state.pt").exists()

@@ -7,9 +7,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO
 from PIL import Image
 
+from conftest import REPO
 from tunnelscope.figures.captions import FIGURES
 
 pytestmark = pytest.mark.integration
@@ -33,9 +33,23 @@ def chromium():
 
 def _browse(chromium, page, tmp_path, *mode):
     profile = tmp_path / f"chrome-{mode[0].strip('-').split('=')[0]}"
-    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}", "--window-size=1280,2400",
-           "--allow-file-access-from-files", "--virtual-time-budget=5000", *mode, f"file://{page}"]
+    cmd = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=1280,2400",
+        "--allow-file-access-from-files",
+        "--virtual-time-budget=5000",
+        *mode,
+        f"file://{page}",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
@@ -84,7 +98,16 @@ def _report_images(report, chromium):
     from selenium.webdriver.support.ui import WebDriverWait
 
     options = webdriver.ChromeOptions()
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,1000"):
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(arg)
     options.binary_location = chromium
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
@@ -102,7 +125,9 @@ def _report_images(report, chromium):
             WebDriverWait(driver, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, "a[iconname=eye]"))
             for i in range(len(driver.find_elements(By.CSS_SELECTOR, "a[iconname=eye]"))):
                 driver.find_elements(By.CSS_SELECTOR, "a[iconname=eye]")[i].click()
-                shown = WebDriverWait(driver, 20).until(lambda d: [s for s in d.execute_script(images) if s[0] > 0] or None)
+                shown = WebDriverWait(driver, 20).until(
+                    lambda d: [s for s in d.execute_script(images) if s[0] > 0] or None
+                )
                 seen += [(category, natural, width) for natural, width in shown]
         driver.save_screenshot(str(report.with_suffix(".png")))
     finally:
@@ -112,7 +137,19 @@ def _report_images(report, chromium):
 
 def test_snakemake_report_renders_every_figure(study, chromium, tmp_path):
     report = tmp_path / "report.html"
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(study), "--configfile", str(study / "tiny.yaml"), "--report", str(report)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(study),
+        "--configfile",
+        str(study / "tiny.yaml"),
+        "--report",
+        str(report),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     text = report.read_text()

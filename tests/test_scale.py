@@ -49,12 +49,24 @@ def _store(root: Path, n: int):
     from tunnelscope.data.sources import prepare
 
     _tree(root / "tree", n)
-    spec = {"source": "imagefolder", "root": str(root / "tree"), "seed": 0, "test_fraction": 0.2, "on_bad_image": "error", "layout": "split_dirs"}
+    spec = {
+        "source": "imagefolder",
+        "root": str(root / "tree"),
+        "seed": 0,
+        "test_fraction": 0.2,
+        "on_bad_image": "error",
+        "layout": "split_dirs",
+    }
     return prepare("toy", spec, 128, root / "store", threads=2)
 
 
 def _run(stage: str, root: Path, script: Path) -> float:
-    result = subprocess.run([sys.executable, str(script), stage, str(root / "store"), str(root)], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(script), stage, str(root / "store"), str(root)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -63,7 +75,9 @@ def _run(stage: str, root: Path, script: Path) -> float:
 def stores(tmp_path_factory):
     """Two stores of non-uniform images (so they stream), the second 4x the first."""
     small, large = tmp_path_factory.mktemp("small"), tmp_path_factory.mktemp("large")
-    sizes = [sum(s.nbytes for s in _store(root, n).splits.values()) / 2**20 for root, n in ((small, 300), (large, 1200))]
+    sizes = [
+        sum(s.nbytes for s in _store(root, n).splits.values()) / 2**20 for root, n in ((small, 300), (large, 1200))
+    ]
     return small, large, sizes
 
 

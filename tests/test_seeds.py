@@ -18,27 +18,63 @@ from tunnelscope.metrics.seeds import seed_summary, summarise, t_interval  # noq
 
 # The planted truth: % OOD retained per (augmentation, OOD set); seeds add N(0, 4) noise.
 PLANTED = {("none", "a"): 70.0, ("none", "b"): 60.0, ("rrc_flip", "a"): 85.0, ("rrc_flip", "b"): 80.0}
-FACTS = {"arch": "vggm11", "label": "VGGm-11", "id_dataset": "toy", "resolution": 32, "family": "cnn", "stem": 3, "spatial_reduction": 0.5, "depth": 11, "id_classes": 4, "gamma": 9.5}
+FACTS = {
+    "arch": "vggm11",
+    "label": "VGGm-11",
+    "id_dataset": "toy",
+    "resolution": 32,
+    "family": "cnn",
+    "stem": 3,
+    "spatial_reduction": 0.5,
+    "depth": 11,
+    "id_classes": 4,
+    "gamma": 9.5,
+}
 
 
 def planted_metrics(n_seeds: int, noise: float = 4.0) -> pd.DataFrame:
     rng = np.random.default_rng(7)
     rows = []
     for seed, ((aug, ood), truth) in itertools.product(range(n_seeds), PLANTED.items()):
-        rows.append({**FACTS, "augmentation": aug, "seed": seed, "ood_set": ood, "ood_index": "ab".index(ood) + 1,
-                     "ood_retained": truth + rng.normal(0, noise), "pearson": 0.5 + rng.normal(0, 0.05), "alignment": 0.2, "ood_last_acc": 0.5, "tunnel": seed % 2 == 0})
+        rows.append(
+            {
+                **FACTS,
+                "augmentation": aug,
+                "seed": seed,
+                "ood_set": ood,
+                "ood_index": "ab".index(ood) + 1,
+                "ood_retained": truth + rng.normal(0, noise),
+                "pearson": 0.5 + rng.normal(0, 0.05),
+                "alignment": 0.2,
+                "ood_last_acc": 0.5,
+                "tunnel": seed % 2 == 0,
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def test_seed_summary_is_the_t_interval_on_the_seed_mean():
-    frame = pd.DataFrame({"g": ["x"] * 4 + ["y"] * 2 + ["z"], "seed": [0, 1, 2, 3, 0, 1, 0], "v": [1.0, 2.0, 4.0, 7.0, 5.0, 5.0, 3.0], "flag": [True, False, True, True, True, True, False]})
+    frame = pd.DataFrame(
+        {
+            "g": ["x"] * 4 + ["y"] * 2 + ["z"],
+            "seed": [0, 1, 2, 3, 0, 1, 0],
+            "v": [1.0, 2.0, 4.0, 7.0, 5.0, 5.0, 3.0],
+            "flag": [True, False, True, True, True, True, False],
+        }
+    )
     out = seed_summary(frame, ["g"], ["v", "flag"]).set_index("g")
     low, high = stats.t.interval(0.95, 3, loc=3.5, scale=stats.sem([1.0, 2.0, 4.0, 7.0]))
-    assert out.loc["x", "v"] == 3.5 and out.loc["x", "v_ci_low"] == pytest.approx(low) and out.loc["x", "v_ci_high"] == pytest.approx(high)
+    assert (
+        out.loc["x", "v"] == 3.5
+        and out.loc["x", "v_ci_low"] == pytest.approx(low)
+        and out.loc["x", "v_ci_high"] == pytest.approx(high)
+    )
     assert out.loc["x", "flag"] == 0.75 and out.n_seeds.tolist() == [4, 2, 1]
     assert out.loc["y", "v_ci_low"] == out.loc["y", "v_ci_high"] == 5.0  # no spread, no width
     assert np.isnan(out.loc["z", "v_ci_low"]) and np.isnan(out.loc["z", "v_ci_high"])  # one seed: no interval
-    assert seed_summary(frame, ["g"], ["v"], confidence=0.5).loc[0, "v_ci_high"] < high  # a lower confidence, a narrower interval
+    assert (
+        seed_summary(frame, ["g"], ["v"], confidence=0.5).loc[0, "v_ci_high"] < high
+    )  # a lower confidence, a narrower interval
     assert t_interval([1.0, 2.0, 4.0, 7.0, np.nan])[1:] == pytest.approx((low, high, 4))
 
 
@@ -89,12 +125,19 @@ def test_analysis_gives_level_means_and_deltas_an_interval_across_seeds():
     assert row.n_pairs == 2 * 4 and row.n_seeds == 4  # 2 OOD sets x 4 seeds, each pair within one seed
     assert row.delta_ci_low <= row.cliffs_delta <= row.delta_ci_high <= 1.0
     csv, latex = tables.level_means(means)
-    assert {"% retained ci_low", "% retained ci_high", "seeds"} <= set(csv.columns) and " ± " in latex["% retained"].iloc[0]
+    assert {"% retained ci_low", "% retained ci_high", "seeds"} <= set(csv.columns) and " ± " in latex[
+        "% retained"
+    ].iloc[0]
     csv, latex = tables.effect_sizes(tests)
-    assert csv.loc[0, "% retained |δ| ci_high"] == pytest.approx(row.delta_ci_high) and latex.loc[0, "% retained |δ|"].endswith("]")
+    assert csv.loc[0, "% retained |δ| ci_high"] == pytest.approx(row.delta_ci_high) and latex.loc[
+        0, "% retained |δ|"
+    ].endswith("]")
     single_tests, single_means = analysis.comparisons(analysis.check_table(planted_metrics(1)), "auto")
     assert single_means.seed_ci_low.isna().all() and single_tests.delta_ci_low.isna().all()
-    assert "% retained ci_low" not in tables.level_means(single_means)[0] and "seeds" not in tables.effect_sizes(single_tests)[0]
+    assert (
+        "% retained ci_low" not in tables.level_means(single_means)[0]
+        and "seeds" not in tables.effect_sizes(single_tests)[0]
+    )
 
 
 def test_pairs_match_on_the_seed_even_when_a_declared_match_leaves_it_out():
@@ -102,19 +145,38 @@ def test_pairs_match_on_the_seed_even_when_a_declared_match_leaves_it_out():
     is +1; paired across seeds (table order, rows of one level listed seed 1 first) it is ±49."""
     rows = []
     for aug, seed, ood in itertools.product(["none", "rrc_flip"], [0, 1], ["a", "b", "c", "d", "e", "f"]):
-        rows.append({"arch": "vggm11", "augmentation": aug, "seed": seed, "ood_set": ood, "ood_retained": 10.0 + 50 * seed + (aug == "rrc_flip") + "abcdef".index(ood), "pearson": 0.5, "alignment": 0.1})
+        rows.append(
+            {
+                "arch": "vggm11",
+                "augmentation": aug,
+                "seed": seed,
+                "ood_set": ood,
+                "ood_retained": 10.0 + 50 * seed + (aug == "rrc_flip") + "abcdef".index(ood),
+                "pearson": 0.5,
+                "alignment": 0.1,
+            }
+        )
     table = pd.DataFrame(rows)
-    table = pd.concat([table[table.augmentation == "none"], table[table.augmentation == "rrc_flip"].iloc[::-1]], ignore_index=True)
+    table = pd.concat(
+        [table[table.augmentation == "none"], table[table.augmentation == "rrc_flip"].iloc[::-1]], ignore_index=True
+    )
     assert "seed" in analysis.default_match(table, "augmentation")
     spec = {"name": "aug", "variable": "augmentation", "match": ["arch", "ood_set"]}
     assert analysis.comparison_match(table, spec) == ["arch", "ood_set", "seed"]
-    across, _ = analysis.pair_rows(table[table.augmentation == "none"], table[table.augmentation == "rrc_flip"], spec["match"], None)
+    across, _ = analysis.pair_rows(
+        table[table.augmentation == "none"], table[table.augmentation == "rrc_flip"], spec["match"], None
+    )
     assert (across.seed_from != across.seed_to).any()  # what the declared match alone would pair
     tests, _ = analysis.run_comparison(table, spec, 0.05, 200)
     row = next(t for t in tests if t["target"] == "ood_retained")
     assert row["n_pairs"] == 12 and row["mean_to"] - row["mean_from"] == pytest.approx(1.0)
     assert row["cliffs_delta"] > 0 and row["significant"] and row["n_seeds"] == 2
-    matched, _ = analysis.pair_rows(table[table.augmentation == "none"], table[table.augmentation == "rrc_flip"], analysis.comparison_match(table, spec), None)
+    matched, _ = analysis.pair_rows(
+        table[table.augmentation == "none"],
+        table[table.augmentation == "rrc_flip"],
+        analysis.comparison_match(table, spec),
+        None,
+    )
     assert (matched.ood_retained_to - matched.ood_retained_from == 1.0).all()
     assert analysis.comparison_match(table, {"name": "s", "variable": "seed"}) == ["arch", "augmentation", "ood_set"]
 
@@ -125,7 +187,20 @@ def probe_rows(seeds, ood_sets=("x", "y")) -> pd.DataFrame:
     for seed, (name, role) in itertools.product(seeds, [("toy", "id"), *((o, "ood") for o in ood_sets)]):
         for layer in range(1, 7):
             acc = (0.3 + 0.1 * layer if role == "id" else 0.9 - 0.05 * abs(layer - 3)) + 0.02 * seed
-            rows.append({"arch": "vggm11", "id_dataset": "toy", "resolution": 32, "augmentation": "none", "seed": seed, "eval_set": name, "role": role, "layer": layer, "relative_depth": layer / 6, "test_acc": acc})
+            rows.append(
+                {
+                    "arch": "vggm11",
+                    "id_dataset": "toy",
+                    "resolution": 32,
+                    "augmentation": "none",
+                    "seed": seed,
+                    "eval_set": name,
+                    "role": role,
+                    "layer": layer,
+                    "relative_depth": layer / 6,
+                    "test_acc": acc,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -165,12 +240,23 @@ def test_the_overview_has_one_panel_per_backbone(monkeypatch, tmp_path):
 def test_paper_figures_draw_seed_bands(monkeypatch, tmp_path):
     drawn = []
     monkeypatch.setattr(paper, "save_figure", lambda fig, png, pdf: drawn.append(fig))
-    curves = pd.concat([probe_rows([0, 1, 2]), probe_rows([0, 1, 2]).assign(augmentation="rrc_flip", test_acc=lambda t: t.test_acc - 0.1)])
+    curves = pd.concat(
+        [
+            probe_rows([0, 1, 2]),
+            probe_rows([0, 1, 2]).assign(augmentation="rrc_flip", test_acc=lambda t: t.test_acc - 0.1),
+        ]
+    )
     metrics = planted_metrics(3)
     paper.curves_by_variable(curves, metrics, str(tmp_path / "v.png"), str(tmp_path / "v.pdf"))
     (panel,) = drawn[-1].axes
-    assert len(bands(panel)) == 2 and "95% CI over seeds" in panel.get_legend().get_title().get_text()  # one band per augmentation level
-    layer_stats = curves[curves.role == "id"].rename(columns={"test_acc": "rankme"}).assign(numerical_rank=5.0, nc1=lambda t: t.rankme, cka_to_last=0.5)
+    assert (
+        len(bands(panel)) == 2 and "95% CI over seeds" in panel.get_legend().get_title().get_text()
+    )  # one band per augmentation level
+    layer_stats = (
+        curves[curves.role == "id"]
+        .rename(columns={"test_acc": "rankme"})
+        .assign(numerical_rank=5.0, nc1=lambda t: t.rankme, cka_to_last=0.5)
+    )
     paper.layer_stats_figure(layer_stats, str(tmp_path / "s.png"), str(tmp_path / "s.pdf"))
     assert [len(bands(ax)) for ax in drawn[-1].axes[:4]] == [2, 2, 2, 2]
     assert "(3 seeds)" in drawn[-1].axes[3].get_legend_handles_labels()[1][0]

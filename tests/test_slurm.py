@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
 from conftest import REPO, TINY
 
 pytestmark = pytest.mark.integration
@@ -122,7 +123,16 @@ def slurm(tmp_path_factory):
 def _overlay(directory: Path) -> Path:
     """profiles/slurm plus what this one-node test cluster needs (its partition, no GPUs)."""
     cfg = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
-    cfg.update({"slurm-no-account": True, "slurm-status-command": "squeue", "slurm-init-seconds-before-status-checks": 1, "seconds-between-status-checks": 2, "latency-wait": 5, "jobs": 4})
+    cfg.update(
+        {
+            "slurm-no-account": True,
+            "slurm-status-command": "squeue",
+            "slurm-init-seconds-before-status-checks": 1,
+            "seconds-between-status-checks": 2,
+            "latency-wait": 5,
+            "jobs": 4,
+        }
+    )
     cfg["default-resources"].update(slurm_partition="debug", mem_mb="500 * attempt", cpus_per_task=1)
     for rule, res in cfg["set-resources"].items():
         res.pop("gpu", None)
@@ -141,7 +151,18 @@ def _overlay(directory: Path) -> Path:
 
 
 def _snakemake(workdir: Path, *extra, env=None):
-    return [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile", str(workdir / "tiny.yaml"), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "tiny.yaml"),
+        *extra,
+    ]
 
 
 def _study(tmp_path: Path, name: str) -> Path:
@@ -173,7 +194,13 @@ def test_slurm_run_equals_a_local_run(slurm, tmp_path):
 
 def test_cancelled_job_is_retried(slurm, tmp_path):
     workdir = _study(tmp_path, "cancel")
-    proc = subprocess.Popen(_snakemake(workdir, "--workflow-profile", str(_overlay(tmp_path))), env=slurm, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        _snakemake(workdir, "--workflow-profile", str(_overlay(tmp_path))),
+        env=slurm,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     cancelled = None
     deadline = time.time() + 300
     while cancelled is None and time.time() < deadline and proc.poll() is None:

@@ -7,17 +7,46 @@ from tunnelscope.figures import tables
 
 
 def _cells():
-    rows = [("vggm11", "VGGm-11", 32, "none", 0.50), ("vggm11", "VGGm-11", 32, "rrc_flip", 0.60), ("vggm11", "VGGm-11", 224, "none", 0.70)]
+    rows = [
+        ("vggm11", "VGGm-11", 32, "none", 0.50),
+        ("vggm11", "VGGm-11", 32, "rrc_flip", 0.60),
+        ("vggm11", "VGGm-11", 224, "none", 0.70),
+    ]
     rows += [("resnet50-sup", "resnet50-sup", 224, "none", None), ("resnet50-swav", "resnet50-swav", 224, "none", None)]
-    return pd.DataFrame([{"arch": a, "label": label, "id_dataset": "in", "resolution": r, "augmentation": aug, "seed": 0, "test_acc": acc} for a, label, r, aug, acc in rows])
+    return pd.DataFrame(
+        [
+            {
+                "arch": a,
+                "label": label,
+                "id_dataset": "in",
+                "resolution": r,
+                "augmentation": aug,
+                "seed": 0,
+                "test_acc": acc,
+            }
+            for a, label, r, aug, acc in rows
+        ]
+    )
 
 
 def test_id_accuracy_is_laid_out_like_table_11():
     csv, latex = tables.id_accuracy(_cells())
-    assert csv.columns.tolist() == ["id_dataset", "arch", "backbone", "32 none", "32 rrc_flip", "224 none", "224 rrc_flip"]
+    assert csv.columns.tolist() == [
+        "id_dataset",
+        "arch",
+        "backbone",
+        "32 none",
+        "32 rrc_flip",
+        "224 none",
+        "224 rrc_flip",
+    ]
     assert csv.arch.tolist() == ["vggm11", "resnet50-sup", "resnet50-swav"]  # grid order, published models kept apart
     assert csv.iloc[0]["32 rrc_flip"] == 60.0 and np.isnan(csv.iloc[0]["224 rrc_flip"])
-    assert latex.iloc[0]["32²"] == "50.00 / 60.00" and latex.iloc[0]["224²"] == "70.00 / –" and latex.iloc[1]["224²"] == "–"
+    assert (
+        latex.iloc[0]["32²"] == "50.00 / 60.00"
+        and latex.iloc[0]["224²"] == "70.00 / –"
+        and latex.iloc[1]["224²"] == "–"
+    )
 
 
 def test_ood_tables_average_seeds_and_align_ood_sets_by_position():
@@ -25,24 +54,83 @@ def test_ood_tables_average_seeds_and_align_ood_sets_by_position():
     for arch, id_set, oods in (("a", "in", ["x", "cifar100"]), ("b", "cifar100", ["x", "cifar10"])):
         for seed, bump in ((0, 0.0), (1, 10.0)):
             for index, ood in enumerate(oods, start=1):
-                rows.append({"arch": arch, "label": arch.upper(), "id_dataset": id_set, "resolution": 32, "augmentation": "none", "seed": seed, "ood_set": ood, "ood_index": index, "ood_retained": 50.0 + 10 * index + bump})
+                rows.append(
+                    {
+                        "arch": arch,
+                        "label": arch.upper(),
+                        "id_dataset": id_set,
+                        "resolution": 32,
+                        "augmentation": "none",
+                        "seed": seed,
+                        "ood_set": ood,
+                        "ood_index": index,
+                        "ood_retained": 50.0 + 10 * index + bump,
+                    }
+                )
     csv, latex = tables.ood_table(pd.DataFrame(rows), "ood_retained")
     bounds = lambda name: [name, f"{name} ci_low", f"{name} ci_high"]  # noqa: E731
-    assert csv.columns.tolist() == ["id_dataset", "arch", "backbone", "resolution", "augmentation", *bounds("x"), *bounds("cifar100 / cifar10"), *bounds("mean"), "seeds"]
-    assert csv["x"].tolist() == [65.0, 65.0] and csv["mean"].tolist() == [70.0, 70.0] and csv.seeds.tolist() == [2, 2]  # two seeds averaged
+    assert csv.columns.tolist() == [
+        "id_dataset",
+        "arch",
+        "backbone",
+        "resolution",
+        "augmentation",
+        *bounds("x"),
+        *bounds("cifar100 / cifar10"),
+        *bounds("mean"),
+        "seeds",
+    ]
+    assert (
+        csv["x"].tolist() == [65.0, 65.0] and csv["mean"].tolist() == [70.0, 70.0] and csv.seeds.tolist() == [2, 2]
+    )  # two seeds averaged
     half = 12.7062 * np.std([60.0, 70.0], ddof=1) / np.sqrt(2)  # t(0.975, 1 df) s / sqrt(n)
     np.testing.assert_allclose(csv["x ci_high"] - csv["x"], [half, half], atol=1e-3)
     assert "arch" not in latex and "x ci_low" not in latex and latex.iloc[0]["mean"] == f"70.00 ± {half:.2f}"
     one_seed, latex = tables.ood_table(pd.DataFrame([r for r in rows if r["seed"] == 0]), "ood_retained")
-    assert one_seed.columns.tolist() == ["id_dataset", "arch", "backbone", "resolution", "augmentation", "x", "cifar100 / cifar10", "mean"]
+    assert one_seed.columns.tolist() == [
+        "id_dataset",
+        "arch",
+        "backbone",
+        "resolution",
+        "augmentation",
+        "x",
+        "cifar100 / cifar10",
+        "mean",
+    ]
     assert latex.iloc[0]["mean"] == "65.00"  # no interval printed with one seed
 
 
 def test_latex_is_escaped_and_symbols_are_math(tmp_path):
-    paired = pd.DataFrame([{"comparison": "stem", "target": t, "level_from": 3, "level_to": 7, "abs_delta": 0.3, "wilcoxon_p": 0.0001, "n_pairs": 4} for t in ("ood_retained", "pearson", "alignment")])
+    paired = pd.DataFrame(
+        [
+            {
+                "comparison": "stem",
+                "target": t,
+                "level_from": 3,
+                "level_to": 7,
+                "abs_delta": 0.3,
+                "wilcoxon_p": 0.0001,
+                "n_pairs": 4,
+            }
+            for t in ("ood_retained", "pearson", "alignment")
+        ]
+    )
     csv, latex = tables.effect_sizes(paired)
-    assert csv.columns.tolist() == ["comparison", "level_from", "level_to", "% retained |δ|", "% retained p", "Pearson |δ|", "Pearson p", "alignment |δ|", "alignment p", "pairs"]
+    assert csv.columns.tolist() == [
+        "comparison",
+        "level_from",
+        "level_to",
+        "% retained |δ|",
+        "% retained p",
+        "Pearson |δ|",
+        "Pearson p",
+        "alignment |δ|",
+        "alignment p",
+        "pairs",
+    ]
     tables.write("effect_sizes", csv, latex, tmp_path / "e.csv", tmp_path / "e.tex")
     tex = (tmp_path / "e.tex").read_text()
     assert r"\% retained $|\delta|$" in tex and "< 0.001" in tex and r"\caption{" in tex and "δ" not in tex
-    assert r"(\%)" not in tex.split("caption")[0] and "%" not in tex.replace(r"\%", "")  # no bare % comments the rest out
+    assert r"(\%)" not in tex.split("caption")[0] and "%" not in tex.replace(
+        r"\%", ""
+    )  # no bare % comments the rest out

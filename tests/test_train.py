@@ -24,7 +24,9 @@ def test_random_resized_crop_is_per_image_and_seeded():
 def test_full_crop_without_flip_is_identity():
     # scale (1, 1) and ratio (1, 1) force the whole image; flips are undone by comparing both.
     x = torch.randint(0, 256, (4, 8, 8, 3), dtype=torch.uint8)
-    out = random_resized_crop_flip(x, torch.full((4, 2), 8), 8, torch.Generator().manual_seed(0), scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    out = random_resized_crop_flip(
+        x, torch.full((4, 2), 8), 8, torch.Generator().manual_seed(0), scale=(1.0, 1.0), ratio=(1.0, 1.0)
+    )
     ref = x.permute(0, 3, 1, 2).float()
     for i in range(4):
         assert torch.allclose(out[i], ref[i], atol=1e-4) or torch.allclose(out[i], ref[i].flip(-1), atol=1e-4)
@@ -39,8 +41,12 @@ def test_crops_read_only_their_own_image_in_a_padded_batch():
     # The draws depend on the batch size only, so image 0 gets the same box in both batches: the
     # whole image (scale 1, its own aspect), so the resize samples right up to its last row and column.
     whole = {"scale": (1.0, 1.0), "ratio": (0.7, 0.7)}
-    unpadded = random_resized_crop_flip(small.repeat(2, 1, 1, 1), torch.tensor([[20, 14], [20, 14]]), 12, torch.Generator().manual_seed(3), **whole)
-    padded = random_resized_crop_flip(canvas, torch.tensor([[20, 14], [40, 30]]), 12, torch.Generator().manual_seed(3), **whole)
+    unpadded = random_resized_crop_flip(
+        small.repeat(2, 1, 1, 1), torch.tensor([[20, 14], [20, 14]]), 12, torch.Generator().manual_seed(3), **whole
+    )
+    padded = random_resized_crop_flip(
+        canvas, torch.tensor([[20, 14], [40, 30]]), 12, torch.Generator().manual_seed(3), **whole
+    )
     assert torch.equal(padded[0], unpadded[0])
 
 
@@ -66,7 +72,11 @@ def test_streamed_crops_are_the_same_wherever_they_are_made(tmp_path):
     shapes = rng.integers(20, 40, (70, 2))
     images = [rng.integers(0, 256, (*shape, 3), dtype=np.uint8) for shape in shapes]
     plan = SplitPlan(np.arange(70) % 3, shapes, lambda a, b: images[a:b], byte_chunks(shapes))
-    write_store(tmp_path / "s", {"dataset": "toy", "num_classes": 3, "resolution": 16, "shorter_side": 18, "native": False}, {"train": plan, "test": plan})
+    write_store(
+        tmp_path / "s",
+        {"dataset": "toy", "num_classes": 3, "resolution": 16, "shorter_side": 18, "native": False},
+        {"train": plan, "test": plan},
+    )
     split = Store(tmp_path / "s").splits["train"]
     order = rng.permutation(70)
     runs = {}
@@ -77,8 +87,17 @@ def test_streamed_crops_are_the_same_wherever_they_are_made(tmp_path):
     for name in ("here", "canvas"):
         assert all(torch.equal(a, b) for a, b in zip(runs["workers"], runs[name])), name
     # And they are the crops of the stored images themselves, as drawn from that generator.
-    first = torch.from_numpy(np.stack([np.pad(images[i], ((0, 40 - images[i].shape[0]), (0, 40 - images[i].shape[1]), (0, 0))) for i in order[:32]]))
-    expected = random_resized_crop_flip(first, torch.from_numpy(shapes[order[:32]]), 16, torch.Generator().manual_seed(4))
+    first = torch.from_numpy(
+        np.stack(
+            [
+                np.pad(images[i], ((0, 40 - images[i].shape[0]), (0, 40 - images[i].shape[1]), (0, 0)))
+                for i in order[:32]
+            ]
+        )
+    )
+    expected = random_resized_crop_flip(
+        first, torch.from_numpy(shapes[order[:32]]), 16, torch.Generator().manual_seed(4)
+    )
     assert torch.equal(runs["workers"][0].float(), expected)
 
 
@@ -149,7 +168,9 @@ def test_gpu_slots_are_claimed_one_job_each(tmp_path):
 def test_schedule_start_factor_floor_and_per_epoch_stepping():
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.AdamW([param], lr=1.0)
-    sched = lr_schedule(opt, warmup_steps=5, total_steps=20, start_factor=0.01, min_lr=0.1)  # released CNN code, per epoch
+    sched = lr_schedule(
+        opt, warmup_steps=5, total_steps=20, start_factor=0.01, min_lr=0.1
+    )  # released CNN code, per epoch
     lrs = []
     for _ in range(20):
         lrs.append(opt.param_groups[0]["lr"])
@@ -163,12 +184,22 @@ def test_repeated_augmentation_order():
     order = epoch_order(12, 3, torch.Generator().manual_seed(0))
     assert len(order) == 12 and len(set(order.tolist())) == 4  # n / k distinct images ...
     assert all(len(set(order[i : i + 3].tolist())) == 1 for i in range(0, 12, 3))  # ... each k times in a row
-    assert torch.equal(epoch_order(12, 1, torch.Generator().manual_seed(0)), torch.randperm(12, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(
+        epoch_order(12, 1, torch.Generator().manual_seed(0)),
+        torch.randperm(12, generator=torch.Generator().manual_seed(0)),
+    )
 
 
 def _pretrain(tmp_path, **training):
     params = dict(PARAMS, augmentation="none", training=dict(TRAINING, warmup_epochs=0, **training))
-    info = pretrain(params, toy_store(tmp_path, 120), tmp_path / "ckpt.safetensors", tmp_path / "log.csv", tmp_path / "info.json", tmp_path / "state.pt")
+    info = pretrain(
+        params,
+        toy_store(tmp_path, 120),
+        tmp_path / "ckpt.safetensors",
+        tmp_path / "log.csv",
+        tmp_path / "info.json",
+        tmp_path / "state.pt",
+    )
     return info, pd.read_csv(tmp_path / "log.csv")
 
 
@@ -181,7 +212,9 @@ def test_best_test_checkpoint_keeps_the_best_epoch(tmp_path):
 
 
 def test_best_val_checkpoint_and_lr_scaling(tmp_path):
-    info, log = _pretrain(tmp_path, epochs=3, checkpoint="best_val", val_fraction=0.2, lr_scaling_batch=64, schedule_step="epoch")
+    info, log = _pretrain(
+        tmp_path, epochs=3, checkpoint="best_val", val_fraction=0.2, lr_scaling_batch=64, schedule_step="epoch"
+    )
     assert info["checkpoint_epoch"] == int(log.val_acc.idxmax()) + 1 and "test_acc" not in log
     assert log.lr[0] == pytest.approx(0.01 * 32 / 64)  # lr x batch / lr_scaling_batch, no warm-up
     assert info["n_train"] == 120 and info["n_fit"] == 96
@@ -191,13 +224,24 @@ def test_gamma_is_coded_as_the_paper(tmp_path):
     info, _ = _pretrain(tmp_path, epochs=1)
     hundred = count_parameters(build_model("vggm11", 100, 0.125, 32))
     assert info["gamma_params"] == round(hundred / 1e4) * 1e4 != info["params"]  # a 100-class head, to 0.01M
-    assert info["gamma"] == info["gamma_params"] / 120  # over the whole train split, not what is left after the hold-out
+    assert (
+        info["gamma"] == info["gamma_params"] / 120
+    )  # over the whole train split, not what is left after the hold-out
     # At full width, P is the count the paper quotes, so gamma takes the paper's values (its sec. 2.1 table).
-    paper_gamma = {"vggm11": 74.67, "vggm17": 158.50, "resnet18": 88.56, "resnet34": 168.37, "vit-t": 44.28, "vit-t-plus": 66.23}
+    paper_gamma = {
+        "vggm11": 74.67,
+        "vggm17": 158.50,
+        "resnet18": 88.56,
+        "resnet34": 168.37,
+        "vit-t": 44.28,
+        "vit-t-plus": 66.23,
+    }
     for arch, gamma in paper_gamma.items():
         assert round(paper_parameter_count(arch, 1.0, 32) / 126_689, 2) == gamma, arch
     assert round(paper_parameter_count("vggm17-dagger", 1.0, 32) / 50_000, 1) == 401.6  # CIFAR-100
-    assert abs(paper_parameter_count("resnet18", 1.0, 32) - count_parameters(build_model("resnet18", 100))) < 1e4  # the model it names
+    assert (
+        abs(paper_parameter_count("resnet18", 1.0, 32) - count_parameters(build_model("resnet18", 100))) < 1e4
+    )  # the model it names
 
 
 def test_selection_on_an_empty_split_fails_before_training(tmp_path):

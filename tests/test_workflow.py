@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import CELLS, EVAL_SETS, REPO, TINY, planned_jobs, snakemake
 from PIL import Image
 
+from conftest import CELLS, EVAL_SETS, REPO, TINY, planned_jobs, snakemake
 from tunnelscope.figures.captions import TABLES as PAPER_TABLES
 
 pytestmark = pytest.mark.integration
@@ -55,7 +55,17 @@ def test_all_outputs_exist_and_parse(study):
     assert set(paired.comparison) == {"augmentation"}  # the only variable with two levels
     assert paired.n_pairs.eq(3).all()  # one per OOD set: the same backbone with and without augmentation
     retained = pd.read_csv(out / "paper/tables/ood_retained.csv")
-    assert retained.columns.tolist() == ["id_dataset", "arch", "backbone", "resolution", "augmentation", "toy-glyphs", "digits", "toy-blur", "mean"]
+    assert retained.columns.tolist() == [
+        "id_dataset",
+        "arch",
+        "backbone",
+        "resolution",
+        "augmentation",
+        "toy-glyphs",
+        "digits",
+        "toy-blur",
+        "mean",
+    ]
     assert retained.augmentation.tolist() == ["no aug", "aug"]  # grid order
     expected = metrics.groupby("augmentation", sort=False).ood_retained.mean().to_numpy()
     np.testing.assert_allclose(retained["mean"], expected, atol=1e-3)
@@ -75,7 +85,11 @@ def test_seed_summaries_stand_beside_the_per_seed_tables(study):
     summary = pd.read_parquet(agg / "metrics_seeds.parquet")
     assert summary.strength.tolist() == pd.read_parquet(agg / "metrics.parquet").strength.tolist()
     for table in PAPER_TABLES:
-        assert not [c for c in pd.read_csv(study / "out/paper/tables" / f"{table}.csv").columns if c.endswith(("ci_low", "ci_high", "seeds"))]
+        assert not [
+            c
+            for c in pd.read_csv(study / "out/paper/tables" / f"{table}.csv").columns
+            if c.endswith(("ci_low", "ci_high", "seeds"))
+        ]
         assert r"\pm" not in (study / "out/paper/tables" / f"{table}.tex").read_text().split("\\midrule")[1]
 
 
@@ -88,7 +102,10 @@ def test_a_corrupted_copy_is_its_clean_set_shifted(study):
     out = study / "out"
     clean, blurred = (Store(out / "prepared" / name / "r32") for name in ("toy", "toy-blur"))
     for i in (0, 7):
-        assert np.array_equal(blurred.splits["test"].image(i), corrupt(clean.splits["test"].image(i), "gaussian_blur", 5, image_generator(0, "test", i)))
+        assert np.array_equal(
+            blurred.splits["test"].image(i),
+            corrupt(clean.splits["test"].image(i), "gaussian_blur", 5, image_generator(0, "test", i)),
+        )
     cell = out / "cells" / CELLS[0] / "embeddings"
     a, b = (pd.read_parquet(cell / name / "avg2x2" / "layer_001.parquet") for name in ("toy", "toy-blur"))
     assert a[["sample_id", "split", "label"]].equals(b[["sample_id", "split", "label"]])
@@ -154,13 +171,18 @@ def test_editing_one_cell_reruns_exactly_its_chain(study):
     finally:
         (study / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     cell = "vggm11_toy_r32_rrc_flip_s0"
-    expected = {(rule, f"cell={cell}") for rule in ("pretrain", "cell_metrics", "cell_figure", "layer_stats", "tsne", "tsne_figure")}
+    expected = {
+        (rule, f"cell={cell}")
+        for rule in ("pretrain", "cell_metrics", "cell_figure", "layer_stats", "tsne", "tsne_figure")
+    }
     expected |= {("embed", f"cell={cell}, eval_set={e}") for e in EVAL_SETS}
     expected |= {("probe", f"cell={cell}, solver=lbfgs, eval_set={e}") for e in EVAL_SETS}
     expected |= {("zero_shot", f"cell={cell}, eval_set=toy-blur"), ("zero_shot_table", "")}
     expected |= {("aggregate_table", f"table={t}") for t in ("curves", "metrics", "layer_stats")}
     expected |= {("aggregate_cells", ""), ("aggregate", ""), ("analysis", ""), ("overview_figure", ""), ("all", "")}
-    expected |= {(f"{name}_figure", "") for name in ("curves_by_variable", "shap_slopes", "strength_histogram", "layer_stats")}
+    expected |= {
+        (f"{name}_figure", "") for name in ("curves_by_variable", "shap_slopes", "strength_histogram", "layer_stats")
+    }
     expected |= {("provenance", ""), ("paper_page", "")}
     expected |= {("paper_table", f"table={t}") for t in PAPER_TABLES}
     assert jobs == expected
@@ -169,7 +191,19 @@ def test_editing_one_cell_reruns_exactly_its_chain(study):
 def test_invalid_config_fails_before_any_job_with_one_line(tmp_path):
     bad = dict(TINY, grid=dict(TINY["grid"], arch=["vggm99"]))
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(bad))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(tmp_path / "tiny.yaml"), "--cores", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(tmp_path / "tiny.yaml"),
+        "--cores",
+        "1",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "grid.arch[0]: 'vggm99' is not one of" in result.stderr
@@ -196,7 +230,20 @@ def test_paper_vit_and_a_timm_model_run_through_the_workflow(tmp_path):
 
 
 def test_paper_grid_dry_run_without_data(tmp_path):
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(REPO / "config/paper.yaml"), "-n", "--cores", "8"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(REPO / "config/paper.yaml"),
+        "-n",
+        "--cores",
+        "8",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
@@ -204,9 +251,25 @@ def test_paper_grid_dry_run_without_data(tmp_path):
 
 
 def test_missing_dataset_root_stops_before_any_job(tmp_path):
-    config = dict(TINY, datasets=dict(TINY["datasets"], real={"source": "imagefolder", "root": str(tmp_path / "no-such-dir")}), ood_sets=["real"])
+    config = dict(
+        TINY,
+        datasets=dict(TINY["datasets"], real={"source": "imagefolder", "root": str(tmp_path / "no-such-dir")}),
+        ood_sets=["real"],
+    )
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(tmp_path / "tiny.yaml"), "--cores", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(tmp_path / "tiny.yaml"),
+        "--cores",
+        "1",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert f"datasets.real.root: directory {tmp_path / 'no-such-dir'} not found" in result.stderr
@@ -227,13 +290,45 @@ def test_the_papers_protocol_switched_on_produces_the_papers_tables(tmp_path):
     released code's schedule and ViT settings, a declared comparison: the tiny study end to end."""
     config = dict(
         TINY,
-        grid=[dict(TINY["grid"], seed=[0, 1]), {"arch": ["vit-t"], "id_dataset": ["toy"], "resolution": [32], "augmentation": ["none"]}],
+        grid=[
+            dict(TINY["grid"], seed=[0, 1]),
+            {"arch": ["vit-t"], "id_dataset": ["toy"], "resolution": [32], "augmentation": ["none"]},
+        ],
         ood_sets=["toy-glyphs", "digits"],
-        training={"epochs": 2, "batch_size": 32, "warmup_epochs": 1, "val_fraction": 0, "checkpoint": "best_test", "schedule_step": "epoch", "warmup_start_factor": 0.01},
-        overrides=[{"where": {"arch": "vit-t"}, "model": {"preprocessing": "imagenet"}, "training": {"min_lr": 0.00001}, "probe": {"paper": {"batch_size": 64}}}],
+        training={
+            "epochs": 2,
+            "batch_size": 32,
+            "warmup_epochs": 1,
+            "val_fraction": 0,
+            "checkpoint": "best_test",
+            "schedule_step": "epoch",
+            "warmup_start_factor": 0.01,
+        },
+        overrides=[
+            {
+                "where": {"arch": "vit-t"},
+                "model": {"preprocessing": "imagenet"},
+                "training": {"min_lr": 0.00001},
+                "probe": {"paper": {"batch_size": 64}},
+            }
+        ],
         # the paper's best-test-epoch AdamW first; the validated default beside it
-        probe={"solver": ["paper", "lbfgs"], "paper": {"epochs": 3, "report": "best_test", "reshuffle": False}, "max_iter": 50},
-        analysis={"comparisons": [{"name": "augmentation (VGGm)", "variable": "augmentation", "where": {"arch": ["vggm11"]}, "match": ["arch", "ood_set"]}, {"name": "family", "variable": "family", "where": {"augmentation": ["none"]}, "match": ["ood_index"]}]},
+        probe={
+            "solver": ["paper", "lbfgs"],
+            "paper": {"epochs": 3, "report": "best_test", "reshuffle": False},
+            "max_iter": 50,
+        },
+        analysis={
+            "comparisons": [
+                {
+                    "name": "augmentation (VGGm)",
+                    "variable": "augmentation",
+                    "where": {"arch": ["vggm11"]},
+                    "match": ["arch", "ood_set"],
+                },
+                {"name": "family", "variable": "family", "where": {"augmentation": ["none"]}, "match": ["ood_index"]},
+            ]
+        },
     )
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
     snakemake(tmp_path)
@@ -247,10 +342,21 @@ def test_the_papers_protocol_switched_on_produces_the_papers_tables(tmp_path):
     assert set(curves.solver) == {"paper"} and curves.epoch.between(1, 3).all()
     tables = {name: pd.read_csv(out / "paper/tables" / f"{name}.csv") for name in PAPER_TABLES}
     intervals = [f"{c} {end}" for c in ("32 none", "32 rrc_flip") for end in ("ci_low", "ci_high")]
-    assert tables["id_accuracy"].columns.tolist() == ["id_dataset", "arch", "backbone", "32 none", *intervals[:2], "32 rrc_flip", *intervals[2:], "seeds"]
+    assert tables["id_accuracy"].columns.tolist() == [
+        "id_dataset",
+        "arch",
+        "backbone",
+        "32 none",
+        *intervals[:2],
+        "32 rrc_flip",
+        *intervals[2:],
+        "seeds",
+    ]
     assert tables["id_accuracy"].backbone.tolist() == ["VGGm-11", "ViT-T"]
     cells = pd.read_parquet(out / "aggregate/cells.parquet").set_index("arch")
-    assert tables["id_accuracy"].set_index("backbone").loc["ViT-T", "32 none"] == pytest.approx(100 * cells.loc["vit-t", "test_acc"], abs=0.01)
+    assert tables["id_accuracy"].set_index("backbone").loc["ViT-T", "32 none"] == pytest.approx(
+        100 * cells.loc["vit-t", "test_acc"], abs=0.01
+    )
     assert tables["ood_accuracy"].backbone.tolist() == ["VGGm-11", "VGGm-11", "ViT-T"]
     assert tables["level_means"].comparison.tolist() == ["augmentation (VGGm)"] * 2 + ["family"] * 2
     effects = tables["effect_sizes"]
@@ -263,9 +369,14 @@ def test_the_papers_protocol_switched_on_produces_the_papers_tables(tmp_path):
     assert (vgg.ood_retained_ci_low <= vgg.ood_retained).all() and (vgg.ood_retained <= vgg.ood_retained_ci_high).all()
     per_seed = pd.read_parquet(out / "aggregate/metrics.parquet")
     expected_mean = per_seed[per_seed.arch == "vggm11"].groupby(["augmentation", "ood_set"]).ood_retained.mean()
-    np.testing.assert_allclose(vgg.set_index(["augmentation", "ood_set"]).ood_retained.loc[expected_mean.index], expected_mean)
+    np.testing.assert_allclose(
+        vgg.set_index(["augmentation", "ood_set"]).ood_retained.loc[expected_mean.index], expected_mean
+    )
     retained = tables["ood_retained"]
-    assert "mean ci_low" in retained.columns and retained.set_index("backbone").loc["VGGm-11", "seeds"].tolist() == [2, 2]
+    assert "mean ci_low" in retained.columns and retained.set_index("backbone").loc["VGGm-11", "seeds"].tolist() == [
+        2,
+        2,
+    ]
     assert "\\begin{tabular}" in (out / "paper/tables/effect_sizes.tex").read_text()
     # the solvers side by side: the first drives the metrics; each is recomputed from its own probes
     from tunnelscope.metrics.tunnel import cell_metrics
@@ -277,18 +388,43 @@ def test_the_papers_protocol_switched_on_produces_the_papers_tables(tmp_path):
     paper_rows = by_solver[by_solver.solver == "paper"].merge(metrics, on=keys, suffixes=("", "_main"))
     np.testing.assert_allclose(paper_rows.ood_retained, paper_rows.ood_retained_main)
     cell = CELLS[0]
-    lbfgs = pd.concat([pd.read_parquet(out / "cells" / cell / "probes/lbfgs" / f"{e}.parquet") for e in ("toy", "toy-glyphs", "digits")])
+    lbfgs = pd.concat(
+        [
+            pd.read_parquet(out / "cells" / cell / "probes/lbfgs" / f"{e}.parquet")
+            for e in ("toy", "toy-glyphs", "digits")
+        ]
+    )
     assert set(lbfgs.solver) == {"lbfgs"} and lbfgs.l2.notna().all()
     info = json.loads((out / "cells" / cell / "cell.json").read_text())
-    expected = cell_metrics(lbfgs, info, {"ood_sets": ["toy-glyphs", "digits"], "id_start_thresholds": [0.95, 0.98], "alignment_layer": "last", "alignment_id": "probe"})
-    mine = by_solver[(by_solver.solver == "lbfgs") & (by_solver.augmentation == "none") & (by_solver.arch == "vggm11") & (by_solver.seed == 0)].set_index("ood_set")
+    expected = cell_metrics(
+        lbfgs,
+        info,
+        {
+            "ood_sets": ["toy-glyphs", "digits"],
+            "id_start_thresholds": [0.95, 0.98],
+            "alignment_layer": "last",
+            "alignment_id": "probe",
+        },
+    )
+    mine = by_solver[
+        (by_solver.solver == "lbfgs")
+        & (by_solver.augmentation == "none")
+        & (by_solver.arch == "vggm11")
+        & (by_solver.seed == 0)
+    ].set_index("ood_set")
     for row in expected.itertuples():
-        assert mine.loc[row.ood_set, "tunnel_start"] == row.tunnel_start and mine.loc[row.ood_set, "pearson"] == pytest.approx(row.pearson, nan_ok=True)
+        assert mine.loc[row.ood_set, "tunnel_start"] == row.tunnel_start and mine.loc[
+            row.ood_set, "pearson"
+        ] == pytest.approx(row.pearson, nan_ok=True)
     comparison = pd.read_csv(out / "paper/tables/solvers.csv")
-    assert set(comparison.reference) == {"paper"} and set(comparison.solver) == {"lbfgs"} and comparison.pairs.max() == 10
+    assert (
+        set(comparison.reference) == {"paper"} and set(comparison.solver) == {"lbfgs"} and comparison.pairs.max() == 10
+    )
     assert set(comparison.metric) >= {"ood_retained", "pearson", "alignment", "tunnel_start"}
     retained = comparison.set_index("metric").loc["ood_retained"]
-    joined = by_solver[by_solver.solver == "paper"].merge(by_solver[by_solver.solver == "lbfgs"], on=keys, suffixes=("_p", "_l"))
+    joined = by_solver[by_solver.solver == "paper"].merge(
+        by_solver[by_solver.solver == "lbfgs"], on=keys, suffixes=("_p", "_l")
+    )
     assert retained.mean_difference == pytest.approx((joined.ood_retained_l - joined.ood_retained_p).mean(), abs=1e-3)
     with Image.open(out / "paper/solvers.png") as img:
         assert img.size[0] > 600

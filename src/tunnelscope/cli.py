@@ -41,7 +41,9 @@ def _validate(args) -> int:
     for cid in study.cells:
         print(f"  {cid}: eval sets {', '.join(study.eval_sets(cid))}")
     if study.runs:
-        print(f"continual learning: {len(study.runs)} runs, each of {', '.join(label for _, label in study.continual_networks())}")
+        print(
+            f"continual learning: {len(study.runs)} runs, each of {', '.join(label for _, label in study.continual_networks())}"
+        )
         for run in study.runs:
             print(f"  {run}")
     return 0
@@ -67,12 +69,16 @@ def _layers(args) -> int:
     layers = []
     for p in points:
         dim = pool(torch.zeros((1, *shapes[p.index])), args.pooling, p.prefix_tokens).shape[1]
-        layers.append({"index": p.index, "name": p.name, "side": p.side, "shape": list(shapes[p.index]), "dim": int(dim)})
+        layers.append(
+            {"index": p.index, "name": p.name, "side": p.side, "shape": list(shapes[p.index]), "dim": int(dim)}
+        )
     report = {"arch": args.arch, "params": count_parameters(model), "layers": layers}
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"{args.arch}: {report['params']:,} parameters ({args.classes} classes, {args.resolution}px, width {args.width}); {len(layers)} probe points ({args.probe_points}), pooling {args.pooling}")
+    print(
+        f"{args.arch}: {report['params']:,} parameters ({args.classes} classes, {args.resolution}px, width {args.width}); {len(layers)} probe points ({args.probe_points}), pooling {args.pooling}"
+    )
     print(f"{'index':>5}  {'module':<28} {'side':<6} {'shape':<18} {'dim':>6}")
     for row in layers:
         shape = "x".join(map(str, row["shape"]))
@@ -111,7 +117,10 @@ def _analyze(args) -> int:
     config_path = args.config or (str(PAPER_PRESET) if args.paper or _is_release(table_path) else None)
     settings = dict(DEFAULT_SETTINGS)
     if config_path == str(PAPER_PRESET) and not PAPER_PRESET.is_file():
-        print(f"tunnelscope: the paper's comparisons live in config/paper.yaml of the tunnelscope repository, not found at {PAPER_PRESET}; pass --config PATH/TO/paper.yaml", file=sys.stderr)
+        print(
+            f"tunnelscope: the paper's comparisons live in config/paper.yaml of the tunnelscope repository, not found at {PAPER_PRESET}; pass --config PATH/TO/paper.yaml",
+            file=sys.stderr,
+        )
         return 2
     if config_path:
         study, code = _read_study(config_path, args.schema)
@@ -125,7 +134,10 @@ def _analyze(args) -> int:
         return 1
     fit = results["shap_fit"].set_index("target").r2
     n = results["paired_tests"].comparison.nunique()
-    print(f"wrote {', '.join(f'{k}.csv' for k in results)} to {args.out}; {n} comparisons ({'from ' + config_path if config_path else 'auto'}); in-sample R2: " + ", ".join(f"{t} {r:.2f}" for t, r in fit.items()))
+    print(
+        f"wrote {', '.join(f'{k}.csv' for k in results)} to {args.out}; {n} comparisons ({'from ' + config_path if config_path else 'auto'}); in-sample R2: "
+        + ", ".join(f"{t} {r:.2f}" for t, r in fit.items())
+    )
     return 0
 
 
@@ -151,7 +163,10 @@ def _profile_install(args) -> int:
         print(f"{target}: the {args.name} profile is already installed")
         return 0
     if target.exists() and not args.force:
-        print(f"tunnelscope: {target} exists and differs from the shipped {args.name} profile; pass --force to overwrite it", file=sys.stderr)
+        print(
+            f"tunnelscope: {target} exists and differs from the shipped {args.name} profile; pass --force to overwrite it",
+            file=sys.stderr,
+        )
         return 1
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -161,7 +176,9 @@ def _profile_install(args) -> int:
         return 2
     # Snakemake finds a profile by name only in its own directories; elsewhere it needs the path.
     found = target.parent.parent.resolve() in (user_dir.resolve(), site_dir.resolve())
-    print(f"installed the {args.name} profile as {target}; use it with: snakemake --profile {args.name if found else target.parent}")
+    print(
+        f"installed the {args.name} profile as {target}; use it with: snakemake --profile {args.name if found else target.parent}"
+    )
     return 0
 
 
@@ -170,15 +187,25 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     val = sub.add_parser("validate", help="check a study config and list its cells")
     val.add_argument("config", help="YAML config file, e.g. config.yaml")
-    val.add_argument("--schema", default=str(SCHEMA_PATH), help="JSON schema (default: the one shipped with tunnelscope)")
+    val.add_argument(
+        "--schema", default=str(SCHEMA_PATH), help="JSON schema (default: the one shipped with tunnelscope)"
+    )
     val.set_defaults(func=_validate)
     lay = sub.add_parser("layers", help="list an architecture's probe points, shapes and pooled dims")
     lay.add_argument("arch", help="a paper architecture (vggm11, resnet18, vit-t, ...), timm/NAME or torchvision/NAME")
     lay.add_argument("--resolution", type=int, default=224, help="input resolution in pixels (default 224)")
-    lay.add_argument("--classes", type=int, default=100, help="classifier outputs, for the parameter count (default 100)")
-    lay.add_argument("--width", type=float, default=1.0, help="channel multiplier of the paper architectures (default 1.0)")
-    lay.add_argument("--pooling", default="avg2x2", choices=POOLINGS, help="pooling for the reported dims (default avg2x2)")
-    lay.add_argument("--side", default="default", choices=CAPTURE_SIDES, help="capture side (default: the paper's per architecture)")
+    lay.add_argument(
+        "--classes", type=int, default=100, help="classifier outputs, for the parameter count (default 100)"
+    )
+    lay.add_argument(
+        "--width", type=float, default=1.0, help="channel multiplier of the paper architectures (default 1.0)"
+    )
+    lay.add_argument(
+        "--pooling", default="avg2x2", choices=POOLINGS, help="pooling for the reported dims (default avg2x2)"
+    )
+    lay.add_argument(
+        "--side", default="default", choices=CAPTURE_SIDES, help="capture side (default: the paper's per architecture)"
+    )
     lay.add_argument(
         "--probe-points",
         default="default",
@@ -194,13 +221,32 @@ def main(argv: list[str] | None = None) -> int:
         "results/aggregate/metrics.csv of a study, any table with the same columns, or the paper's "
         "released experiments_results.csv exactly as published (backbones and OOD sets recovered from its row order).",
     )
-    ana.add_argument("table", nargs="?", help="CSV or Parquet: ood_retained, pearson, alignment, family, stem, spatial_reduction, augmentation, resolution, id_classes, gamma, depth (plus arch, id_dataset, seed, ood_set, ood_index for the comparisons)")
-    ana.add_argument("--paper", action="store_true", help="analyse the paper's released table (shipped with tunnelscope) with the comparisons of config/paper.yaml")
-    ana.add_argument("--config", help="a study config whose analysis section (comparisons, SHAP slope normalisation, alpha) to use (default: automatic comparisons; config/paper.yaml's for the released table)")
-    ana.add_argument("--schema", default=str(SCHEMA_PATH), help="JSON schema of --config (default: the one shipped with tunnelscope)")
-    ana.add_argument("--out", required=True, help="output directory for shap_slopes.csv, shap_fit.csv, paired_tests.csv, level_means.csv")
+    ana.add_argument(
+        "table",
+        nargs="?",
+        help="CSV or Parquet: ood_retained, pearson, alignment, family, stem, spatial_reduction, augmentation, resolution, id_classes, gamma, depth (plus arch, id_dataset, seed, ood_set, ood_index for the comparisons)",
+    )
+    ana.add_argument(
+        "--paper",
+        action="store_true",
+        help="analyse the paper's released table (shipped with tunnelscope) with the comparisons of config/paper.yaml",
+    )
+    ana.add_argument(
+        "--config",
+        help="a study config whose analysis section (comparisons, SHAP slope normalisation, alpha) to use (default: automatic comparisons; config/paper.yaml's for the released table)",
+    )
+    ana.add_argument(
+        "--schema", default=str(SCHEMA_PATH), help="JSON schema of --config (default: the one shipped with tunnelscope)"
+    )
+    ana.add_argument(
+        "--out",
+        required=True,
+        help="output directory for shap_slopes.csv, shap_fit.csv, paired_tests.csv, level_means.csv",
+    )
     ana.set_defaults(func=_analyze)
-    prof = sub.add_parser("profile", help="install a shipped Snakemake profile (local, slurm) where snakemake --profile NAME finds it")
+    prof = sub.add_parser(
+        "profile", help="install a shipped Snakemake profile (local, slurm) where snakemake --profile NAME finds it"
+    )
     prof_sub = prof.add_subparsers(dest="action", required=True)
     inst = prof_sub.add_parser(
         "install",
@@ -210,7 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         "An existing different file is left alone unless --force is given.",
     )
     inst.add_argument("name", choices=_profile_names(), help="the profile")
-    inst.add_argument("--dest", help="the profile directory to install into (default: Snakemake's user profile directory; /etc/xdg/snakemake for every user)")
+    inst.add_argument(
+        "--dest",
+        help="the profile directory to install into (default: Snakemake's user profile directory; /etc/xdg/snakemake for every user)",
+    )
     inst.add_argument("--force", action="store_true", help="overwrite an existing, different DEST/NAME/config.yaml")
     inst.set_defaults(func=_profile_install)
     args = parser.parse_args(argv)

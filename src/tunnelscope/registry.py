@@ -17,17 +17,89 @@ import re
 # params_m = the parameter count (millions, 100-class head) the paper quotes and its gamma uses:
 # the ResNet counts cut to two decimals, the ViT counts with the unused gate MLP of its code.
 ARCHS = {
-    "vggm11": {"label": "VGGm-11", "family": "cnn", "arch_family": "vggm", "depth": 11, "stem": 3, "spatial_reduction": 0.5, "params_m": 9.46},
-    "vggm17": {"label": "VGGm-17", "family": "cnn", "arch_family": "vggm", "depth": 17, "stem": 3, "spatial_reduction": 0.5, "params_m": 20.08},
-    "vggm11-dagger": {"label": "VGGm†-11", "family": "cnn", "arch_family": "vggm", "depth": 11, "stem": 3, "spatial_reduction": 1.0, "params_m": 9.46},
-    "vggm17-dagger": {"label": "VGGm†-17", "family": "cnn", "arch_family": "vggm", "depth": 17, "stem": 3, "spatial_reduction": 1.0, "params_m": 20.08},
-    "resnet18": {"label": "ResNet-18", "family": "cnn", "arch_family": "resnet", "depth": 18, "stem": 7, "spatial_reduction": 0.25, "params_m": 11.22},
-    "resnet34": {"label": "ResNet-34", "family": "cnn", "arch_family": "resnet", "depth": 34, "stem": 7, "spatial_reduction": 0.25, "params_m": 21.33},
-    "vit-t": {"label": "ViT-T", "family": "vit", "arch_family": "vit", "depth": 12, "stem": 8, "spatial_reduction": 1.0, "params_m": 5.61},
-    "vit-t-plus": {"label": "ViT-T+", "family": "vit", "arch_family": "vit", "depth": 18, "stem": 8, "spatial_reduction": 1.0, "params_m": 8.39},
+    "vggm11": {
+        "label": "VGGm-11",
+        "family": "cnn",
+        "arch_family": "vggm",
+        "depth": 11,
+        "stem": 3,
+        "spatial_reduction": 0.5,
+        "params_m": 9.46,
+    },
+    "vggm17": {
+        "label": "VGGm-17",
+        "family": "cnn",
+        "arch_family": "vggm",
+        "depth": 17,
+        "stem": 3,
+        "spatial_reduction": 0.5,
+        "params_m": 20.08,
+    },
+    "vggm11-dagger": {
+        "label": "VGGm†-11",
+        "family": "cnn",
+        "arch_family": "vggm",
+        "depth": 11,
+        "stem": 3,
+        "spatial_reduction": 1.0,
+        "params_m": 9.46,
+    },
+    "vggm17-dagger": {
+        "label": "VGGm†-17",
+        "family": "cnn",
+        "arch_family": "vggm",
+        "depth": 17,
+        "stem": 3,
+        "spatial_reduction": 1.0,
+        "params_m": 20.08,
+    },
+    "resnet18": {
+        "label": "ResNet-18",
+        "family": "cnn",
+        "arch_family": "resnet",
+        "depth": 18,
+        "stem": 7,
+        "spatial_reduction": 0.25,
+        "params_m": 11.22,
+    },
+    "resnet34": {
+        "label": "ResNet-34",
+        "family": "cnn",
+        "arch_family": "resnet",
+        "depth": 34,
+        "stem": 7,
+        "spatial_reduction": 0.25,
+        "params_m": 21.33,
+    },
+    "vit-t": {
+        "label": "ViT-T",
+        "family": "vit",
+        "arch_family": "vit",
+        "depth": 12,
+        "stem": 8,
+        "spatial_reduction": 1.0,
+        "params_m": 5.61,
+    },
+    "vit-t-plus": {
+        "label": "ViT-T+",
+        "family": "vit",
+        "arch_family": "vit",
+        "depth": 18,
+        "stem": 8,
+        "spatial_reduction": 1.0,
+        "params_m": 8.39,
+    },
     # Masarczyk et al.'s VGG-19 on CIFAR: VGGm-17's 16 convs and pools with VGG's three-layer
     # classifier (512-512-C), so 19 weight layers; counted here, no paper quotes a count.
-    "vgg19": {"label": "VGG-19", "family": "cnn", "arch_family": "vgg", "depth": 19, "stem": 3, "spatial_reduction": 0.5, "params_m": 20.61},
+    "vgg19": {
+        "label": "VGG-19",
+        "family": "cnn",
+        "arch_family": "vgg",
+        "depth": 19,
+        "stem": 3,
+        "spatial_reduction": 0.5,
+        "params_m": 20.61,
+    },
 }
 
 # MLPs are named mlpDEPTH-wWIDTH (mlp12-w512), so that depth and width are separate levels of the
@@ -63,7 +135,16 @@ def arch_facts(arch: str) -> dict | None:
     if match is None or int(match.group(1)) < 2:
         return None
     depth, width = map(int, match.groups())
-    return {"label": f"MLP-{depth} (w{width})", "family": "mlp", "arch_family": "mlp", "depth": depth, "stem": 0, "spatial_reduction": 1.0, "params_m": None}
+    return {
+        "label": f"MLP-{depth} (w{width})",
+        "family": "mlp",
+        "arch_family": "mlp",
+        "depth": depth,
+        "stem": 0,
+        "spatial_reduction": 1.0,
+        "params_m": None,
+    }
+
 
 CELL_VARIABLES = ("arch", "id_dataset", "resolution", "augmentation", "seed")
 # Variables of a cell derived from its architecture and ID data, and the cell variables that
@@ -87,8 +168,18 @@ ROW_VARIABLES = (*COMPARISON_VARIABLES, "ood_set", "ood_index")
 # then those read from files in their official on-disk layout.
 GENERATED_SOURCES = ("synthetic", "sklearn_digits", "corrupted")
 FILE_SOURCES = (
-    "imagefolder", "imagenet", "imagenet100", "cifar10", "cifar100", "stl10", "cub200", "flowers102",
-    "fgvc_aircraft", "oxford_pets", "ninco", "imagenet_r",
+    "imagefolder",
+    "imagenet",
+    "imagenet100",
+    "cifar10",
+    "cifar100",
+    "stl10",
+    "cub200",
+    "flowers102",
+    "fgvc_aircraft",
+    "oxford_pets",
+    "ninco",
+    "imagenet_r",
 )
 SOURCES = (*GENERATED_SOURCES, *FILE_SOURCES)
 SYNTHETIC_FAMILIES = ("shapes", "glyphs")  # data.synthetic
@@ -161,7 +252,12 @@ def network_slug(label: str) -> str:
 TRANSFORM_TAG = re.compile(r"r(\d+)(?:-([a-z]+)-c([0-9.]+))?(-native)?")
 
 
-def transform_tag(resolution: int, interpolation: str = DEFAULT_TRANSFORM["interpolation"], crop_pct: float = DEFAULT_TRANSFORM["crop_pct"], native: bool = False) -> str:
+def transform_tag(
+    resolution: int,
+    interpolation: str = DEFAULT_TRANSFORM["interpolation"],
+    crop_pct: float = DEFAULT_TRANSFORM["crop_pct"],
+    native: bool = False,
+) -> str:
     """Name of a prepared-image cache: ``r224`` for the paper's eval transform, else e.g.
     ``r224-bilinear-c0.95``; ``-native`` when images already at the resolution are kept as they
     are (CIFAR at 32 in the paper's CNN release)."""

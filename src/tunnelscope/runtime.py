@@ -76,5 +76,3 @@ def pick_device() -> torch.device:
 def autocast(device: torch.device, precision: str):
     """bf16 autocast when asked for (meant for GPUs); a no-op context for fp32."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-

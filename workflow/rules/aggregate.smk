@@ -1,14 +1,3 @@
-AGGREGATED = ("curves", "metrics", "layer_stats")  # grid-wide tables, each beside its seed summary
-AGGREGATE = {name: f"{RESULTS}/aggregate/{name}.parquet" for name in (*AGGREGATED, "cells")}
-
-
-def aggregate_inputs(wc):
-    """The per-cell tables one grid-wide table concatenates."""
-    if wc.table == "curves":
-        return [probe_table(c, e) for c in CELLS for e in STUDY.eval_sets(c)]
-    return expand(f"{RESULTS}/cells/{{cell}}/{wc.table}.parquet", cell=CELLS)
-
-
 rule aggregate_table:
     """One tidy table over all cells (probe curves, tunnel metrics or layer statistics) and its seed
     summary (mean and t-interval per backbone)."""

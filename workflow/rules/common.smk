@@ -44,9 +44,7 @@ wildcard_constraints:
 
 
 def embed_dirs(wc):
-    return [
-        f"{RESULTS}/cells/{wc.cell}/embeddings/{e}" for e in STUDY.eval_sets(wc.cell)
-    ]
+    return [f"{RESULTS}/cells/{wc.cell}/embeddings/{e}" for e in STUDY.eval_sets(wc.cell)]
 
 
 def probe_table(cell, eval_set, solver=None, suffix=".parquet"):
@@ -83,9 +81,7 @@ RUNS = list(STUDY.runs)
 NETWORKS = [slug for slug, _ in STUDY.continual_networks()]
 # E1+T1, E2+T2: the two trainings
 TASK_NETWORKS = [network_slug(label) for label in TRAINED]
-FINETUNED = [
-    slug for slug, label in STUDY.continual_networks() if label not in COMPOSED
-]
+FINETUNED = [slug for slug, label in STUDY.continual_networks() if label not in COMPOSED]
 CONTINUAL = f"{RESULTS}/continual"
 
 
@@ -97,9 +93,18 @@ onstart:
     # Before any job runs (never in a dry run): every dataset root that a pending prepare job
     # reads must exist, so a typo fails now rather than hours into the run.
     missing = STUDY.missing_roots(
-        lambda ds, transform: Path(
-            f"{RESULTS}/prepared/{ds}/{transform}/store.json"
-        ).exists()
+        lambda ds, transform: Path(f"{RESULTS}/prepared/{ds}/{transform}/store.json").exists()
     )
     if missing:
         sys.exit("tunnelscope: " + "; ".join(missing))
+
+
+AGGREGATED = ("curves", "metrics", "layer_stats")  # grid-wide tables, each beside its seed summary
+AGGREGATE = {name: f"{RESULTS}/aggregate/{name}.parquet" for name in (*AGGREGATED, "cells")}
+
+
+def aggregate_inputs(wc):
+    """The per-cell tables one grid-wide table concatenates."""
+    if wc.table == "curves":
+        return [probe_table(c, e) for c in CELLS for e in STUDY.eval_sets(c)]
+    return expand(f"{RESULTS}/cells/{{cell}}/{wc.table}.parquet", cell=CELLS)

@@ -9,11 +9,7 @@ rule continual_train:
     """Task 1 from scratch (E1+T1), or task 2 from the E1+T1 weights (E2+T2)."""
     input:
         data=lambda wc: STUDY.run_prepared_path(wc.run),
-        init=lambda wc: (
-            [network_checkpoint(wc.run, TASK_NETWORKS[0])]
-            if wc.network == TASK_NETWORKS[1]
-            else []
-        ),
+        init=lambda wc: ([network_checkpoint(wc.run, TASK_NETWORKS[0])] if wc.network == TASK_NETWORKS[1] else []),
     output:
         checkpoint=f"{CONTINUAL}/{{run}}/{{network}}/checkpoint.safetensors",
         train_log=f"{CONTINUAL}/{{run}}/{{network}}/train_log.csv",
@@ -42,9 +38,7 @@ rule continual_swap:
     """Locate the tunnel on the ID curves of E1+T1 and E2+T2; compose E1+T2 and E2+T1."""
     input:
         networks=lambda wc: [network_checkpoint(wc.run, n) for n in TASK_NETWORKS],
-        evaluations=lambda wc: [
-            f"{CONTINUAL}/{wc.run}/{n}/evaluation.parquet" for n in TASK_NETWORKS
-        ],
+        evaluations=lambda wc: [f"{CONTINUAL}/{wc.run}/{n}/evaluation.parquet" for n in TASK_NETWORKS],
     output:
         tunnel=f"{CONTINUAL}/{{run}}/tunnel.json",
         e1t2=f"{CONTINUAL}/{{run}}/e1-t2/checkpoint.safetensors",
@@ -65,9 +59,7 @@ rule continual_finetune:
     """A finetune configuration: parts of a composed network trained on one task, the rest frozen."""
     input:
         data=lambda wc: STUDY.run_prepared_path(wc.run),
-        init=lambda wc: network_checkpoint(
-            wc.run, network_slug(STUDY.continual_finetune(wc.network)["start"])
-        ),
+        init=lambda wc: network_checkpoint(wc.run, network_slug(STUDY.continual_finetune(wc.network)["start"])),
         tunnel=f"{CONTINUAL}/{{run}}/tunnel.json",
     output:
         checkpoint=f"{CONTINUAL}/{{run}}/{{network}}/checkpoint.safetensors",
@@ -125,9 +117,7 @@ rule continual_evaluate:
 rule continual_table:
     """Table 2 (CSV and LaTeX), every score in long form, and the ID curves with their tunnels."""
     input:
-        evaluations=[
-            f"{CONTINUAL}/{r}/{n}/evaluation.parquet" for r in RUNS for n in NETWORKS
-        ],
+        evaluations=[f"{CONTINUAL}/{r}/{n}/evaluation.parquet" for r in RUNS for n in NETWORKS],
         tunnels=[f"{CONTINUAL}/{r}/tunnel.json" for r in RUNS],
     output:
         csv=report(

@@ -39,9 +39,7 @@ rule overview_figure:
         ENV
     params:
         seeds=lambda wc: STUDY.seed_params(),
-        caption=lambda wc: figure_caption(
-            "tunnel_curves", STUDY.seed_params()["confidence"]
-        ),
+        caption=lambda wc: figure_caption("tunnel_curves", STUDY.seed_params()["confidence"]),
     script:
         "../scripts/overview_figure.py"
 

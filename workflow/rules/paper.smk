@@ -48,9 +48,7 @@ rule curves_by_variable_figure:
         ENV
     params:
         seeds=lambda wc: STUDY.seed_params(),
-        caption=lambda wc: figure_caption(
-            "curves_by_variable", STUDY.seed_params()["confidence"]
-        ),
+        caption=lambda wc: figure_caption("curves_by_variable", STUDY.seed_params()["confidence"]),
     script:
         "../scripts/curves_by_variable_figure.py"
 
@@ -71,9 +69,7 @@ rule shap_slopes_figure:
     conda:
         ENV
     params:
-        caption=lambda wc: figure_caption(
-            "shap_slopes", STUDY.seed_params()["confidence"]
-        ),
+        caption=lambda wc: figure_caption("shap_slopes", STUDY.seed_params()["confidence"]),
     script:
         "../scripts/shap_slopes_figure.py"
 
@@ -94,9 +90,7 @@ rule strength_histogram_figure:
     conda:
         ENV
     params:
-        caption=lambda wc: figure_caption(
-            "strength_histogram", STUDY.seed_params()["confidence"]
-        ),
+        caption=lambda wc: figure_caption("strength_histogram", STUDY.seed_params()["confidence"]),
     script:
         "../scripts/strength_histogram_figure.py"
 
@@ -118,9 +112,7 @@ rule layer_stats_figure:
         ENV
     params:
         seeds=lambda wc: STUDY.seed_params(),
-        caption=lambda wc: figure_caption(
-            "layer_stats", STUDY.seed_params()["confidence"]
-        ),
+        caption=lambda wc: figure_caption("layer_stats", STUDY.seed_params()["confidence"]),
     script:
         "../scripts/layer_stats_figure.py"
 

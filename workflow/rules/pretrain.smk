@@ -32,9 +32,7 @@ rule import_pretrained:
     input:
         # A weights file is an input, so replacing it reruns the cell.
         weights=lambda wc: (
-            [STUDY.cells[wc.cell].pretrained["weights"]]
-            if STUDY.cells[wc.cell].pretrained.get("weights")
-            else []
+            [STUDY.cells[wc.cell].pretrained["weights"]] if STUDY.cells[wc.cell].pretrained.get("weights") else []
         ),
     output:
         checkpoint=f"{RESULTS}/cells/{{cell}}/checkpoint.safetensors",

@@ -8,12 +8,8 @@ rule zero_shot:
     part of it), beside the probe trained on the shifted set, on the same rows."""
     input:
         id_probes=lambda wc: probe_table(wc.cell, STUDY.cells[wc.cell].id_dataset),
-        id_weights=lambda wc: probe_table(
-            wc.cell, STUDY.cells[wc.cell].id_dataset, suffix=".weights.npz"
-        ),
-        shifted_weights=lambda wc: probe_table(
-            wc.cell, wc.eval_set, suffix=".weights.npz"
-        ),
+        id_weights=lambda wc: probe_table(wc.cell, STUDY.cells[wc.cell].id_dataset, suffix=".weights.npz"),
+        shifted_weights=lambda wc: probe_table(wc.cell, wc.eval_set, suffix=".weights.npz"),
         clean=lambda wc: f"{RESULTS}/cells/{wc.cell}/embeddings/{STUDY.cells[wc.cell].id_dataset}",
         shifted=lambda wc: f"{RESULTS}/cells/{wc.cell}/embeddings/{wc.eval_set}",
     output:
@@ -60,11 +56,7 @@ rule zero_shot_table:
 rule solver_metrics:
     """One cell's tunnel metrics under each of its probe solvers."""
     input:
-        probes=lambda wc: [
-            probe_table(wc.cell, e, s)
-            for s in STUDY.solvers(wc.cell)
-            for e in STUDY.eval_sets(wc.cell)
-        ],
+        probes=lambda wc: [probe_table(wc.cell, e, s) for s in STUDY.solvers(wc.cell) for e in STUDY.eval_sets(wc.cell)],
         info=rules.pretrain.output.info,
     output:
         f"{RESULTS}/cells/{{cell}}/solver_metrics.parquet",

@@ -31,13 +31,31 @@ TARGETS = ("ood_retained", "pearson", "alignment")
 VARIABLES = ("stem", "spatial_reduction", "family", "augmentation", "resolution", "id_classes", "gamma", "depth")
 NUMERIC = ("stem", "spatial_reduction", "resolution", "id_classes", "gamma", "depth")
 # Variables the automatic comparisons look at, in this order.
-COMPARED = ("augmentation", "resolution", "id_dataset", "arch", "arch_family", "family", "stem", "spatial_reduction", "depth", "id_classes", "gamma")
+COMPARED = (
+    "augmentation",
+    "resolution",
+    "id_dataset",
+    "arch",
+    "arch_family",
+    "family",
+    "stem",
+    "spatial_reduction",
+    "depth",
+    "id_classes",
+    "gamma",
+)
 # Levels of ``family``, in the order of its SHAP code: the paper's CNN-vs-ViT, and MLPs
 # (Masarczyk et al.'s), whose one-hot column exists only in tables that have them, so the paper's
 # own fit is unchanged.
 FAMILIES = ("cnn", "vit", "mlp")
 CLIFF_BANDS = ((0.474, "large"), (0.33, "medium"), (0.147, "small"))  # below the last: negligible
-DEFAULT_SETTINGS = {"comparisons": "auto", "shap_slope_normalisation": "none", "alpha": 0.05, "bootstrap_resamples": 2000, "seed_confidence": CONFIDENCE}
+DEFAULT_SETTINGS = {
+    "comparisons": "auto",
+    "shap_slope_normalisation": "none",
+    "alpha": 0.05,
+    "bootstrap_resamples": 2000,
+    "seed_confidence": CONFIDENCE,
+}
 
 
 class TableError(ValueError):
@@ -119,7 +137,10 @@ def shap_slopes(table: pd.DataFrame, normalisation: str = "none") -> tuple[pd.Da
         y = y[y.notna()]
         if len(rows) < 3:
             fits.append({"target": target, "r2": float("nan"), "n": len(rows)})
-            slopes += [{"target": target, "variable": v, "slope": float("nan"), "note": "not estimable: fewer than 3 rows"} for v in VARIABLES]
+            slopes += [
+                {"target": target, "variable": v, "slope": float("nan"), "note": "not estimable: fewer than 3 rows"}
+                for v in VARIABLES
+            ]
             continue
         x = encode(rows)
         model = GradientBoostingRegressor(loss="huber", random_state=0).fit(x, y)
@@ -172,7 +193,9 @@ def cliffs_magnitude(delta: float) -> str:
 def bootstrap_interval(values: np.ndarray, n_resamples: int) -> tuple[float, float]:
     """Percentile bootstrap 95% interval of the mean (the mean itself for 0-spread data)."""
     if len(values) > 1 and np.ptp(values) > 0:
-        ci = stats.bootstrap((values,), np.mean, n_resamples=n_resamples, method="percentile", random_state=0).confidence_interval
+        ci = stats.bootstrap(
+            (values,), np.mean, n_resamples=n_resamples, method="percentile", random_state=0
+        ).confidence_interval
         return float(ci.low), float(ci.high)
     mean = float(values.mean()) if len(values) else float("nan")
     return mean, mean
@@ -215,7 +238,12 @@ def default_match(table: pd.DataFrame, variable: str) -> list[str]:
     carriers = set(DERIVED_VARIABLES.get(variable, ())) | {variable}
     match = [c for c in CELL_VARIABLES if c in table.columns and c not in carriers]
     for derived, carried_by in DERIVED_VARIABLES.items():
-        if derived not in carriers and derived != "gamma" and derived in table.columns and not all(c in table.columns for c in carried_by):
+        if (
+            derived not in carriers
+            and derived != "gamma"
+            and derived in table.columns
+            and not all(c in table.columns for c in carried_by)
+        ):
             match.append(derived)
     return match + [c for c in ("ood_set",) if c in table.columns]
 
@@ -234,12 +262,18 @@ def auto_comparisons(table: pd.DataFrame) -> list[dict]:
             log.info("comparison %s left out: it groups the rows exactly as %s", variable, seen[groups])
             continue
         seen[groups] = variable
-        order = {"pair_order": "depth"} if variable in DERIVED_VARIABLES and variable != "depth" and "depth" in table.columns else {}
+        order = (
+            {"pair_order": "depth"}
+            if variable in DERIVED_VARIABLES and variable != "depth" and "depth" in table.columns
+            else {}
+        )
         specs.append({"name": variable, "variable": variable, **order})
     return specs
 
 
-def pair_rows(low: pd.DataFrame, high: pd.DataFrame, match: list[str], pair_order: str | None) -> tuple[pd.DataFrame, bool]:
+def pair_rows(
+    low: pd.DataFrame, high: pd.DataFrame, match: list[str], pair_order: str | None
+) -> tuple[pd.DataFrame, bool]:
     """One-to-one pairs: rows of the two levels with equal ``match`` values; where several share
     them, the k-th of one level (in ``pair_order``, else table order) pairs with the k-th of the
     other. Backbones are never averaged into one pair. Returns (pairs, whether any match value
@@ -276,7 +310,9 @@ def seed_interval(rows: pd.DataFrame, statistic, confidence: float) -> dict:
     return {"n_seeds": int(rows[SEED].nunique()), "ci_low": low, "ci_high": high}
 
 
-def run_comparison(table: pd.DataFrame, spec: dict, alpha: float, n_resamples: int, confidence: float = CONFIDENCE) -> tuple[list[dict], list[dict]]:
+def run_comparison(
+    table: pd.DataFrame, spec: dict, alpha: float, n_resamples: int, confidence: float = CONFIDENCE
+) -> tuple[list[dict], list[dict]]:
     """(paired test rows, level mean rows) of one comparison."""
     name, variable = spec["name"], spec["variable"]
     head = {"comparison": name, "variable": variable}
@@ -295,8 +331,20 @@ def run_comparison(table: pd.DataFrame, spec: dict, alpha: float, n_resamples: i
             values = group[target].dropna().to_numpy(dtype=float)
             low, high = bootstrap_interval(values, n_resamples)
             seeds = seed_interval(group.dropna(subset=[target]), lambda g: g[target].mean(), confidence)
-            means.append({**head, "level": level, "target": target, "n": len(values), "mean": float(values.mean()) if len(values) else float("nan"), "ci_low": low, "ci_high": high,
-                          "n_seeds": seeds["n_seeds"], "seed_ci_low": seeds["ci_low"], "seed_ci_high": seeds["ci_high"]})
+            means.append(
+                {
+                    **head,
+                    "level": level,
+                    "target": target,
+                    "n": len(values),
+                    "mean": float(values.mean()) if len(values) else float("nan"),
+                    "ci_low": low,
+                    "ci_high": high,
+                    "n_seeds": seeds["n_seeds"],
+                    "seed_ci_low": seeds["ci_low"],
+                    "seed_ci_high": seeds["ci_high"],
+                }
+            )
     if len(levels) < 2 and not spec.get("pairs"):
         return [{**head, "target": t, "note": "not estimable: single level"} for t in TARGETS], means
     pairs = spec.get("pairs") or list(itertools.combinations(levels, 2))
@@ -306,15 +354,34 @@ def run_comparison(table: pd.DataFrame, spec: dict, alpha: float, n_resamples: i
         a, b = rows[level_mask(rows[variable], lo)], rows[level_mask(rows[variable], hi)]
         lo, hi = (a[variable].iloc[0] if len(a) else lo), (b[variable].iloc[0] if len(b) else hi)
         matched, shared = pair_rows(a, b, match, spec.get("pair_order"))
-        note = f"several backbones per level share the matched values: paired in order of {spec.get('pair_order') or 'the grid'}" if shared else ""
+        note = (
+            f"several backbones per level share the matched values: paired in order of {spec.get('pair_order') or 'the grid'}"
+            if shared
+            else ""
+        )
         for target in TARGETS:
             pair = matched[[f"{target}_from", f"{target}_to"] + ([SEED] if SEED in matched.columns else [])].dropna()
-            row = {**head, "target": target, "level_from": lo, "level_to": hi, "n_from": int(a[target].notna().sum()), "n_to": int(b[target].notna().sum())}
+            row = {
+                **head,
+                "target": target,
+                "level_from": lo,
+                "level_to": hi,
+                "n_from": int(a[target].notna().sum()),
+                "n_to": int(b[target].notna().sum()),
+            }
             tests.append(_compare(row, pair, a[target].dropna(), b[target].dropna(), alpha, note, confidence))
     return tests, means
 
 
-def _compare(row: dict, pair: pd.DataFrame, before: pd.Series, after: pd.Series, alpha: float, note: str, confidence: float = CONFIDENCE) -> dict:
+def _compare(
+    row: dict,
+    pair: pd.DataFrame,
+    before: pd.Series,
+    after: pd.Series,
+    alpha: float,
+    note: str,
+    confidence: float = CONFIDENCE,
+) -> dict:
     """Means, Cliff's delta and the Wilcoxon test over the matched pairs, so all three compare
     like with like (and the t-interval across seeds of the delta within each seed's pairs);
     without pairs, means and delta over all rows of the two levels, no test."""
@@ -325,26 +392,68 @@ def _compare(row: dict, pair: pd.DataFrame, before: pd.Series, after: pd.Series,
     elif len(before) == 0 or len(after) == 0:
         return {**row, "note": "not estimable: a level has no rows"}
     delta = cliffs_delta(after, before)
-    row.update(mean_from=float(before.mean()), mean_to=float(after.mean()), cliffs_delta=delta, abs_delta=abs(delta), magnitude=cliffs_magnitude(delta))
+    row.update(
+        mean_from=float(before.mean()),
+        mean_to=float(after.mean()),
+        cliffs_delta=delta,
+        abs_delta=abs(delta),
+        magnitude=cliffs_magnitude(delta),
+    )
     if len(pair) == 0:
         return {**row, "note": "no matched pairs: means and delta over all rows of each level, no test"}
     seeds = seed_interval(pair, lambda g: cliffs_delta(g[f"{target}_to"], g[f"{target}_from"]), confidence)
     # delta lies in [-1, 1]; a t-interval over a few seeds can reach past that.
-    row.update(n_seeds=seeds["n_seeds"], delta_ci_low=max(seeds["ci_low"], -1.0), delta_ci_high=min(seeds["ci_high"], 1.0))
+    row.update(
+        n_seeds=seeds["n_seeds"], delta_ci_low=max(seeds["ci_low"], -1.0), delta_ci_high=min(seeds["ci_high"], 1.0)
+    )
     x, y = after.to_numpy(), before.to_numpy()
     p = 1.0 if np.allclose(x - y, 0) else float(stats.wilcoxon(x, y).pvalue)
     return {**row, "wilcoxon_p": p, "significant": bool(p < alpha), "note": note}
 
 
-def comparisons(table: pd.DataFrame, specs, alpha: float = 0.05, n_resamples: int = 2000, confidence: float = CONFIDENCE) -> tuple[pd.DataFrame, pd.DataFrame]:
+def comparisons(
+    table: pd.DataFrame, specs, alpha: float = 0.05, n_resamples: int = 2000, confidence: float = CONFIDENCE
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(paired tests, level means) of every comparison; ``specs`` "auto" or a list."""
     tests, means = [], []
     for spec in auto_comparisons(table) if specs == "auto" else specs:
         t, m = run_comparison(table, spec, alpha, n_resamples, confidence)
         tests += t
         means += m
-    columns = ["comparison", "variable", "target", "level_from", "level_to", "n_from", "n_to", "n_pairs", "mean_from", "mean_to", "wilcoxon_p", "significant", "cliffs_delta", "abs_delta", "magnitude", "n_seeds", "delta_ci_low", "delta_ci_high", "note"]
-    mean_columns = ["comparison", "variable", "level", "target", "n", "mean", "ci_low", "ci_high", "n_seeds", "seed_ci_low", "seed_ci_high"]
+    columns = [
+        "comparison",
+        "variable",
+        "target",
+        "level_from",
+        "level_to",
+        "n_from",
+        "n_to",
+        "n_pairs",
+        "mean_from",
+        "mean_to",
+        "wilcoxon_p",
+        "significant",
+        "cliffs_delta",
+        "abs_delta",
+        "magnitude",
+        "n_seeds",
+        "delta_ci_low",
+        "delta_ci_high",
+        "note",
+    ]
+    mean_columns = [
+        "comparison",
+        "variable",
+        "level",
+        "target",
+        "n",
+        "mean",
+        "ci_low",
+        "ci_high",
+        "n_seeds",
+        "seed_ci_low",
+        "seed_ci_high",
+    ]
     return pd.DataFrame(tests).reindex(columns=columns), pd.DataFrame(means).reindex(columns=mean_columns)
 
 
@@ -355,7 +464,9 @@ def analyze(table: pd.DataFrame, out_dir: str | Path, settings: dict | None = No
     settings = {**DEFAULT_SETTINGS, **(settings or {})}
     table = check_table(table)
     slopes, fit = shap_slopes(table, settings["shap_slope_normalisation"])
-    paired, means = comparisons(table, settings["comparisons"], settings["alpha"], settings["bootstrap_resamples"], settings["seed_confidence"])
+    paired, means = comparisons(
+        table, settings["comparisons"], settings["alpha"], settings["bootstrap_resamples"], settings["seed_confidence"]
+    )
     results = {"shap_slopes": slopes, "shap_fit": fit, "paired_tests": paired, "level_means": means}
     out = Path(out_dir)
     for name, frame in results.items():

@@ -47,11 +47,22 @@ def _release_blocks() -> list[tuple[str, str, int, str]]:
     for arch in ("vggm11", "vggm17", "resnet18", "resnet34", "vit-t", "vit-t-plus"):
         blocks += [(arch, "imagenet100", res, aug) for aug in ("none", "rrc_flip") for res in (32, 224)]
     # 24-27: VGGm-dagger on ImageNet-100; 28-35: CIFAR-100; 36-39: CIFAR-10.
-    blocks += [(arch, "imagenet100", 32, aug) for arch in ("vggm11-dagger", "vggm17-dagger") for aug in ("none", "rrc_flip")]
-    blocks += [(arch, "cifar100", 32, aug) for arch in ("vggm11", "vggm17", "vggm11-dagger", "vggm17-dagger") for aug in ("none", "rrc_flip")]
+    blocks += [
+        (arch, "imagenet100", 32, aug) for arch in ("vggm11-dagger", "vggm17-dagger") for aug in ("none", "rrc_flip")
+    ]
+    blocks += [
+        (arch, "cifar100", 32, aug)
+        for arch in ("vggm11", "vggm17", "vggm11-dagger", "vggm17-dagger")
+        for aug in ("none", "rrc_flip")
+    ]
     blocks += [(arch, "cifar10", 32, aug) for arch in ("vggm11", "vggm17") for aug in ("none", "rrc_flip")]
     # 40-51: the 64 and 128 runs; 52-63: the ImageNet-100 subsets with VGGm-11 at 32.
-    blocks += [(arch, "imagenet100", res, aug) for arch in ("vggm17", "vit-t-plus", "resnet18") for res in (64, 128) for aug in ("none", "rrc_flip")]
+    blocks += [
+        (arch, "imagenet100", res, aug)
+        for arch in ("vggm17", "vit-t-plus", "resnet18")
+        for res in (64, 128)
+        for aug in ("none", "rrc_flip")
+    ]
     blocks += [("vggm11", subset, 32, aug) for subset in SUBSETS for aug in ("none", "rrc_flip")]
     return blocks
 
@@ -78,7 +89,9 @@ def from_release(table: pd.DataFrame) -> pd.DataFrame:
     row (arch, label, arch_family, id_dataset, seed 0, ood_set, ood_index) from its position.
     Raises ValueError, naming the row, where a block's coding does not fit its identity."""
     if len(table) != 8 * len(RELEASE_BLOCKS):
-        raise ValueError(f"the released table has {8 * len(RELEASE_BLOCKS)} rows (64 backbones x 8 OOD sets), this one {len(table)}")
+        raise ValueError(
+            f"the released table has {8 * len(RELEASE_BLOCKS)} rows (64 backbones x 8 OOD sets), this one {len(table)}"
+        )
     out = table.rename(columns=RELEASE_COLUMNS).copy()
     out["family"] = out.family.map(FAMILIES)
     out["augmentation"] = out.augmentation.map(AUGMENTATIONS)
@@ -86,17 +99,37 @@ def from_release(table: pd.DataFrame) -> pd.DataFrame:
     for arch, id_dataset, resolution, augmentation in RELEASE_BLOCKS:
         facts = ARCHS[arch]
         for index, ood_set in enumerate(ood_sets_of(id_dataset), start=1):
-            identity.append({
-                "arch": arch, "label": facts["label"], "arch_family": facts["arch_family"], "id_dataset": id_dataset,
-                "seed": 0, "ood_set": ood_set, "ood_index": index,
-                "_expect": (facts["stem"], facts["family"], facts["depth"], resolution, augmentation, ID_SETS[id_dataset][0], facts["spatial_reduction"], facts["params_m"] * 1e6 / ID_SETS[id_dataset][1]),
-            })
+            identity.append(
+                {
+                    "arch": arch,
+                    "label": facts["label"],
+                    "arch_family": facts["arch_family"],
+                    "id_dataset": id_dataset,
+                    "seed": 0,
+                    "ood_set": ood_set,
+                    "ood_index": index,
+                    "_expect": (
+                        facts["stem"],
+                        facts["family"],
+                        facts["depth"],
+                        resolution,
+                        augmentation,
+                        ID_SETS[id_dataset][0],
+                        facts["spatial_reduction"],
+                        facts["params_m"] * 1e6 / ID_SETS[id_dataset][1],
+                    ),
+                }
+            )
     ids = pd.DataFrame(identity, index=out.index)
-    coded = out[["stem", "family", "depth", "resolution", "augmentation", "id_classes", "spatial_reduction", "gamma"]].itertuples(index=False)
+    coded = out[
+        ["stem", "family", "depth", "resolution", "augmentation", "id_classes", "spatial_reduction", "gamma"]
+    ].itertuples(index=False)
     for row, (expect, got) in enumerate(zip(ids.pop("_expect"), coded)):
         fits = expect[:6] == tuple(got[:6]) and np.allclose(expect[6:], tuple(got[6:]), rtol=1e-3)
         if not fits:
-            raise ValueError(f"row {row + 2} of the released table (block {row // 8}) reads {tuple(got)}, but that block is {RELEASE_BLOCKS[row // 8]}, coded {expect}: rows out of the published order?")
+            raise ValueError(
+                f"row {row + 2} of the released table (block {row // 8}) reads {tuple(got)}, but that block is {RELEASE_BLOCKS[row // 8]}, coded {expect}: rows out of the published order?"
+            )
     front = ["arch", "label", "arch_family", "id_dataset", "resolution", "augmentation", "seed", "ood_set", "ood_index"]
     out = pd.concat([ids, out], axis=1)
     return out[front + [c for c in out.columns if c not in front]]

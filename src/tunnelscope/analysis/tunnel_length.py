@@ -47,7 +47,9 @@ def cell_table(metrics: pd.DataFrame, threshold: float) -> pd.DataFrame:
     start, length = (f"{name}_{round(threshold * 100)}" for name in ("id_start", "id_tunnel_length"))
     missing = [c for c in (start, length) if c not in metrics.columns]
     if missing:
-        raise ValueError(f"the metrics table has no {', '.join(missing)}: add {threshold} to metrics.id_start_thresholds")
+        raise ValueError(
+            f"the metrics table has no {', '.join(missing)}: add {threshold} to metrics.id_start_thresholds"
+        )
     # The ID rule reads the ID curve only, so every OOD row of a cell carries the same values.
     cells = _mlp_columns(metrics.drop_duplicates(list(CELL_VARIABLES)))
     if cells.empty:
@@ -75,10 +77,12 @@ def rank_table(layer_stats: pd.DataFrame, cells: pd.DataFrame, confidence: float
     the cells' class count and mean ID-rule tunnel start (for the reference lines)."""
     # The cells of the tunnel table, nothing else.
     mlp = _mlp_columns(layer_stats).merge(cells[list(CELL_VARIABLES)], on=list(CELL_VARIABLES))
-    starts = cells.groupby(MLP_KEYS).agg(id_classes=("id_classes", "first"), mean_id_start=("id_start", "mean")).reset_index()
+    starts = (
+        cells.groupby(MLP_KEYS)
+        .agg(id_classes=("id_classes", "first"), mean_id_start=("id_start", "mean"))
+        .reset_index()
+    )
     rows = []
     for key, group in mlp.groupby([*MLP_KEYS, "layer"], sort=True):
         rows.append({**dict(zip([*MLP_KEYS, "layer"], key)), **seed_interval(group.numerical_rank, confidence)})
     return pd.DataFrame(rows).merge(starts, on=MLP_KEYS, how="left")
-
-

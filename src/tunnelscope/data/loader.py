@@ -29,14 +29,18 @@ SCALE = (0.08, 1.0)
 RATIO = (3 / 4, 4 / 3)
 
 
-def rrc_boxes(heights: torch.Tensor, widths: torch.Tensor, generator: torch.Generator, scale=SCALE, ratio=RATIO, tries: int = 10) -> torch.Tensor:
+def rrc_boxes(
+    heights: torch.Tensor, widths: torch.Tensor, generator: torch.Generator, scale=SCALE, ratio=RATIO, tries: int = 10
+) -> torch.Tensor:
     """(n, 4) integer crop boxes (top, left, height, width), one per image of the given sizes,
     drawn as torchvision's ``RandomResizedCrop.get_params`` draws them, all images at once."""
     h, w = heights.double(), widths.double()
     n = len(h)
     area = (h * w)[:, None]
     target = area * torch.empty(n, tries, dtype=torch.float64).uniform_(scale[0], scale[1], generator=generator)
-    aspect = torch.exp(torch.empty(n, tries, dtype=torch.float64).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator))
+    aspect = torch.exp(
+        torch.empty(n, tries, dtype=torch.float64).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    )
     cw = torch.round(torch.sqrt(target * aspect))
     ch = torch.round(torch.sqrt(target / aspect))
     ok = (cw > 0) & (cw <= w[:, None]) & (ch > 0) & (ch <= h[:, None])
@@ -64,7 +68,9 @@ def crop_plan(heights, widths, generator: torch.Generator, scale=SCALE, ratio=RA
     return boxes.numpy(), flips.numpy()
 
 
-def crop_batch(images, boxes: np.ndarray, flips: np.ndarray, size: int, out: torch.Tensor | None = None) -> torch.Tensor:
+def crop_batch(
+    images, boxes: np.ndarray, flips: np.ndarray, size: int, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Crop box k of image k ((h, w, 3) uint8 tensors, or rows of a canvas holding each image in
     its top-left corner), resize it to ``size`` as torchvision's RandomResizedCrop resizes tensors
     (bilinear, antialiased ``interpolate``) and flip it where ``flips`` says.
@@ -79,13 +85,22 @@ def crop_batch(images, boxes: np.ndarray, flips: np.ndarray, size: int, out: tor
         out = torch.empty((len(boxes), size, size, 3), dtype=dtype, device=device).permute(0, 3, 1, 2)
     for k, ((top, left, h, w), flip) in enumerate(zip(boxes.tolist(), flips.tolist())):
         # A dense channels-last crop: the uint8 kernel's fast path (2x a strided view, measured).
-        crop = images[k][top : top + h, left : left + w].permute(2, 0, 1)[None].to(dtype).contiguous(memory_format=torch.channels_last)
-        resized = torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+        crop = (
+            images[k][top : top + h, left : left + w]
+            .permute(2, 0, 1)[None]
+            .to(dtype)
+            .contiguous(memory_format=torch.channels_last)
+        )
+        resized = torch.nn.functional.interpolate(
+            crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )[0]
         out[k] = resized.flip(-1) if flip else resized
     return out
 
 
-def random_resized_crop_flip(canvas: torch.Tensor, sizes: torch.Tensor, size: int, generator: torch.Generator, scale=SCALE, ratio=RATIO) -> torch.Tensor:
+def random_resized_crop_flip(
+    canvas: torch.Tensor, sizes: torch.Tensor, size: int, generator: torch.Generator, scale=SCALE, ratio=RATIO
+) -> torch.Tensor:
     """RandomResizedCrop(size) + HorizontalFlip(0.5) of a batch: ``canvas`` (n, H, W, 3) uint8
     holds image k in its top-left (h_k, w_k) = ``sizes[k]``; returns (n, 3, size, size) float
     in [0, 255], channels-last. The draws are ``crop_plan``'s, the resize ``crop_batch``'s."""
@@ -123,7 +138,10 @@ class _Batches(torch.utils.data.Dataset):
         if self.mode == "crops":
             indices, boxes, flips = item
             # Only the rows each crop covers are read (on average 3/4 of the image's).
-            images = [torch.from_numpy(self.split.image(int(i), int(top), int(h))) for i, (top, _, h, _) in zip(indices, boxes)]
+            images = [
+                torch.from_numpy(self.split.image(int(i), int(top), int(h)))
+                for i, (top, _, h, _) in zip(indices, boxes)
+            ]
             rows = boxes.copy()
             rows[:, 0] = 0
             out = torch.empty((len(indices), self.size, self.size, 3), dtype=torch.uint8)
@@ -171,7 +189,16 @@ class SplitReader:
     (R x R crops cross the process boundary); streamed to an accelerator, whole images are sent
     and it crops them (``crop_in_workers`` overrides that choice)."""
 
-    def __init__(self, split: StoreSplit, view: str, size: int, device, resident_mb: float, workers: int = 1, crop_in_workers: bool | None = None):
+    def __init__(
+        self,
+        split: StoreSplit,
+        view: str,
+        size: int,
+        device,
+        resident_mb: float,
+        workers: int = 1,
+        crop_in_workers: bool | None = None,
+    ):
         self.split, self.view, self.size, self.device = split, view, size, torch.device(device)
         shape = split.uniform_shape
         self.resident = shape is not None and split.nbytes <= resident_mb * 2**20

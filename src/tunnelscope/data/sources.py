@@ -76,7 +76,10 @@ def _class_folders(root: Path, classes: list[str] | None) -> list[str]:
         return found
     missing = [c for c in classes if c not in found]
     if missing:
-        raise DatasetError(f"{root}: class list does not match the tree; missing folders: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+        raise DatasetError(
+            f"{root}: class list does not match the tree; missing folders: {', '.join(missing[:5])}"
+            + (" ..." if len(missing) > 5 else "")
+        )
     return list(classes)
 
 
@@ -112,7 +115,9 @@ def _class_list(spec: dict, default: list[str] | None = None) -> list[str] | Non
     return classes
 
 
-def _imagefolder(spec: dict, root: Path, default_classes: list[str] | None = None, test_dir: str = "test") -> dict[str, RawSplit]:
+def _imagefolder(
+    spec: dict, root: Path, default_classes: list[str] | None = None, test_dir: str = "test"
+) -> dict[str, RawSplit]:
     classes = _class_list(spec, default_classes)
     if spec.get("layout", "split_dirs") == "single":
         classes = _class_folders(root, classes)
@@ -182,7 +187,9 @@ def _cub(root: Path) -> dict[str, RawSplit]:
     out = {}
     for split, flag in (("train", "1"), ("test", "0")):
         ids = sorted(i for i in paths if is_train[i] == flag)
-        out[split] = RawSplit([base / "images" / paths[i] for i in ids], np.array([int(labels[i]) - 1 for i in ids], dtype=np.int64))
+        out[split] = RawSplit(
+            [base / "images" / paths[i] for i in ids], np.array([int(labels[i]) - 1 for i in ids], dtype=np.int64)
+        )
     return out
 
 
@@ -229,7 +236,11 @@ def _pets(root: Path) -> dict[str, RawSplit]:
     base = _need_dir(root / "oxford-iiit-pet")
     out = {}
     for split, name in (("train", "trainval"), ("test", "test")):
-        rows = [line.split() for line in _need_file(base / "annotations" / f"{name}.txt").read_text().splitlines() if line.strip()]
+        rows = [
+            line.split()
+            for line in _need_file(base / "annotations" / f"{name}.txt").read_text().splitlines()
+            if line.strip()
+        ]
         items = [base / "images" / f"{r[0]}.jpg" for r in rows]
         out[split] = RawSplit(items, np.array([int(r[1]) - 1 for r in rows], dtype=np.int64))
     return out
@@ -244,7 +255,12 @@ def _download(source: str, root: Path) -> None:
         for train in (True, False):
             cls(str(root), train=train, download=True)
         return
-    by_split = {"stl10": (tvd.STL10, ("train", "test")), "flowers102": (tvd.Flowers102, ("train",)), "fgvc_aircraft": (tvd.FGVCAircraft, ("trainval",)), "oxford_pets": (tvd.OxfordIIITPet, ("trainval",))}
+    by_split = {
+        "stl10": (tvd.STL10, ("train", "test")),
+        "flowers102": (tvd.Flowers102, ("train",)),
+        "fgvc_aircraft": (tvd.FGVCAircraft, ("trainval",)),
+        "oxford_pets": (tvd.OxfordIIITPet, ("trainval",)),
+    }
     if source not in by_split:
         raise DatasetError(f"{root}: {source} cannot be downloaded automatically; place it there by hand")
     cls, splits = by_split[source]
@@ -332,7 +348,14 @@ def prepare(
     synthetic sets are rendered at R. Memory stays at one chunk of ``chunk_bytes`` of pixels."""
     bound_heap()
     shorter = int(resolution / crop_pct)
-    meta = {"dataset": name, "resolution": int(resolution), "shorter_side": shorter, "interpolation": interpolation, "crop_pct": crop_pct, "native": bool(native)}
+    meta = {
+        "dataset": name,
+        "resolution": int(resolution),
+        "shorter_side": shorter,
+        "interpolation": interpolation,
+        "crop_pct": crop_pct,
+        "native": bool(native),
+    }
     with ThreadPoolExecutor(max(1, threads)) as pool:
 
         def plans_of(spec: dict) -> dict[str, SplitPlan]:
@@ -345,7 +368,12 @@ def prepare(
             raw = _sklearn_digits(spec) if spec["source"] == "sklearn_digits" else load_source(spec)
             meta["num_classes"] = _num_classes(raw)
             on_bad = spec.get("on_bad_image", "error")
-            return {s: _raw_plan(raw[s], resolution, shorter, native, interpolation, on_bad, pool, f"{name}/{s}", chunk_bytes) for s in SPLITS}
+            return {
+                s: _raw_plan(
+                    raw[s], resolution, shorter, native, interpolation, on_bad, pool, f"{name}/{s}", chunk_bytes
+                )
+                for s in SPLITS
+            }
 
         plans = plans_of(spec)
         write_store(out_dir, meta, plans, spec.get("on_bad_image", "error"))
@@ -379,12 +407,24 @@ def _synthetic_plan(spec: dict, split: str, resolution: int) -> SplitPlan:
 
     def fill(start: int, stop: int):
         cls = start // per_class
-        return synthetic.class_images(spec["family"], spec["class_offset"] + cls, per_class, resolution, split, spec["seed"])
+        return synthetic.class_images(
+            spec["family"], spec["class_offset"] + cls, per_class, resolution, split, spec["seed"]
+        )
 
     return SplitPlan(labels, shapes, fill, [(k * per_class, (k + 1) * per_class) for k in range(classes)])
 
 
-def _raw_plan(raw: RawSplit, resolution: int, shorter: int, native: bool, interpolation: str, on_bad_image: str, pool, desc: str, chunk_bytes: int = CHUNK_BYTES) -> SplitPlan:
+def _raw_plan(
+    raw: RawSplit,
+    resolution: int,
+    shorter: int,
+    native: bool,
+    interpolation: str,
+    on_bad_image: str,
+    pool,
+    desc: str,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> SplitPlan:
     """Stored sizes from the image headers (no decoding), then images decoded chunk by chunk."""
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as TF
@@ -393,14 +433,18 @@ def _raw_plan(raw: RawSplit, resolution: int, shorter: int, native: bool, interp
     readable = [i for i, size in enumerate(sizes) if not isinstance(size, Exception)]
     for i in sorted(set(range(len(sizes))) - set(readable)):
         if on_bad_image == "error":
-            raise DatasetError(f"{raw.items[i]}: unreadable image ({sizes[i]}); set on_bad_image: skip to leave such files out")
+            raise DatasetError(
+                f"{raw.items[i]}: unreadable image ({sizes[i]}); set on_bad_image: skip to leave such files out"
+            )
         log.warning("skipping unreadable image %s (%s)", raw.items[i], sizes[i])
     if len(readable) < len(sizes):
         log.warning("%s: skipped %d unreadable images of %d", desc, len(sizes) - len(readable), len(sizes))
     if not readable:
         raise DatasetError(f"{desc}: no readable images")
     items = [raw.items[i] for i in readable]
-    shapes = np.array([stored_size(*sizes[i], resolution, shorter, native) for i in readable], dtype=np.int64).reshape(-1, 2)
+    shapes = np.array([stored_size(*sizes[i], resolution, shorter, native) for i in readable], dtype=np.int64).reshape(
+        -1, 2
+    )
     mode = InterpolationMode(interpolation)
 
     def load(i: int):
@@ -413,7 +457,13 @@ def _raw_plan(raw: RawSplit, resolution: int, shorter: int, native: bool, interp
             image = TF.resize(image, [h, w], interpolation=mode)
         return np.asarray(image, dtype=np.uint8)
 
-    return SplitPlan(raw.labels[readable].astype(np.int64), shapes, parallel_fill(pool, load), byte_chunks(shapes, chunk_bytes), names=items)
+    return SplitPlan(
+        raw.labels[readable].astype(np.int64),
+        shapes,
+        parallel_fill(pool, load),
+        byte_chunks(shapes, chunk_bytes),
+        names=items,
+    )
 
 
 def _open_rgb(item) -> Image.Image:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 SPLITS = ("train", "test")
+
+
 def stratified_split(labels: np.ndarray, fraction: float, seed: int, stream: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded per-class split of indices into sorted (kept, held out).
 
@@ -30,5 +32,3 @@ def epoch_order(n: int, repeats: int, generator):
 
     order = torch.randperm(n, generator=generator)
     return order if repeats == 1 else order.repeat_interleave(repeats)[:n]
-
-

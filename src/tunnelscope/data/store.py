@@ -126,7 +126,9 @@ def write_store(out_dir: str | Path, meta: dict, plans: dict[str, SplitPlan], on
     os.replace(partial, out)
 
 
-def _write_split(partial: Path, split: str, plan: SplitPlan, progress: dict, progress_path: Path, on_bad_image: str) -> dict:
+def _write_split(
+    partial: Path, split: str, plan: SplitPlan, progress: dict, progress_path: Path, on_bad_image: str
+) -> dict:
     sizes = plan.shapes[:, 0] * plan.shapes[:, 1] * 3
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     pixels_path = partial / f"{split}.pixels.npy"
@@ -137,13 +139,21 @@ def _write_split(partial: Path, split: str, plan: SplitPlan, progress: dict, pro
     fd = os.open(pixels_path, os.O_RDWR)
     start_byte = _data_start(pixels_path)
     todo = [(k, c) for k, c in enumerate(plan.chunks) if k not in done]
-    bar = tqdm(total=len(plan.labels), initial=len(plan.labels) - sum(stop - start for _, (start, stop) in todo), desc=f"prepare {split}", leave=False, mininterval=2.0)
+    bar = tqdm(
+        total=len(plan.labels),
+        initial=len(plan.labels) - sum(stop - start for _, (start, stop) in todo),
+        desc=f"prepare {split}",
+        leave=False,
+        mininterval=2.0,
+    )
     for k, (start, stop) in todo:
         for i, image in enumerate(plan.fill(start, stop), start=start):
             if isinstance(image, Exception):
                 name = plan.names[i] if len(plan.names) else f"image {i}"
                 if on_bad_image == "error":
-                    raise DatasetError(f"{name}: unreadable image ({image}); set on_bad_image: skip to leave such files out")
+                    raise DatasetError(
+                        f"{name}: unreadable image ({image}); set on_bad_image: skip to leave such files out"
+                    )
                 log.warning("skipping unreadable image %s (%s)", name, image)
                 bad.add(i)
                 continue
@@ -167,7 +177,11 @@ def _write_split(partial: Path, split: str, plan: SplitPlan, progress: dict, pro
     np.save(partial / f"{split}.index.npy", index.astype(np.int64))
     np.save(partial / f"{split}.labels.npy", plan.labels[keep].astype(np.int64))
     shapes = {tuple(s) for s in plan.shapes[keep].tolist()}
-    return {"images": int(len(keep)), "pixel_bytes": int(offsets[-1]), "uniform_shape": list(shapes.pop()) if len(shapes) == 1 else None}
+    return {
+        "images": int(len(keep)),
+        "pixel_bytes": int(offsets[-1]),
+        "uniform_shape": list(shapes.pop()) if len(shapes) == 1 else None,
+    }
 
 
 def _allocate(path: Path, nbytes: int) -> None:
@@ -206,7 +220,9 @@ class StoreSplit:
             raise StoreError(f"{root}: split {split} is not readable ({exc}); delete the store and rerun") from exc
         self.offsets, self.heights, self.widths = (index[:, k] for k in range(3))
         total = os.path.getsize(self.path) - self._data_start
-        if len(self.labels) != len(index) or (len(index) and int(self.offsets[-1] + self.heights[-1] * self.widths[-1] * 3) > total):
+        if len(self.labels) != len(index) or (
+            len(index) and int(self.offsets[-1] + self.heights[-1] * self.widths[-1] * 3) > total
+        ):
             raise StoreError(f"{self.path}: inconsistent with its index; delete the store and rerun")
         self.uniform_shape = tuple(uniform_shape) if uniform_shape else None
         self._fd, self._pid = None, None
@@ -239,7 +255,11 @@ class StoreSplit:
         """Every image as one (N, h, w, 3) array: only for uniform splits small enough to keep."""
         if self.uniform_shape is None:
             raise StoreError(f"{self.path}: images of different sizes cannot be one array")
-        return np.stack([self.image(i) for i in range(len(self))]) if len(self) else np.empty((0, *self.uniform_shape, 3), np.uint8)
+        return (
+            np.stack([self.image(i) for i in range(len(self))])
+            if len(self)
+            else np.empty((0, *self.uniform_shape, 3), np.uint8)
+        )
 
 
 class Store:
@@ -252,8 +272,12 @@ class Store:
         except (OSError, ValueError) as exc:
             raise StoreError(f"{self.root}: not a prepared store ({exc}); delete it and rerun prepare") from exc
         if self.meta.get("format") != FORMAT or self.meta.get("version") != VERSION:
-            raise StoreError(f"{self.root}: store format {self.meta.get('format')} v{self.meta.get('version')}, this tunnelscope reads {FORMAT} v{VERSION}; delete it and rerun")
-        self.splits = {name: StoreSplit(self.root, name, info["uniform_shape"]) for name, info in self.meta["splits"].items()}
+            raise StoreError(
+                f"{self.root}: store format {self.meta.get('format')} v{self.meta.get('version')}, this tunnelscope reads {FORMAT} v{VERSION}; delete it and rerun"
+            )
+        self.splits = {
+            name: StoreSplit(self.root, name, info["uniform_shape"]) for name, info in self.meta["splits"].items()
+        }
 
     @property
     def num_classes(self) -> int:
@@ -268,14 +292,28 @@ class Store:
             raise StoreError(f"{self.root}: prepared for {self.resolution} px, read at {resolution} px")
 
 
-def write_arrays(out_dir: str | Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int, resolution: int, name: str = "arrays") -> Store:
+def write_arrays(
+    out_dir: str | Path,
+    splits: dict[str, tuple[np.ndarray, np.ndarray]],
+    num_classes: int,
+    resolution: int,
+    name: str = "arrays",
+) -> Store:
     """A store of in-memory (images (N, h, w, 3) uint8, labels) per split, stored as they are:
     for tests, benchmarks and sets generated at their resolution."""
     plans = {}
     for split, (images, labels) in splits.items():
         shapes = np.tile(np.asarray(images.shape[1:3], dtype=np.int64), (len(images), 1))
-        plans[split] = SplitPlan(np.asarray(labels, dtype=np.int64), shapes, lambda a, b, im=images: im[a:b], byte_chunks(shapes))
-    meta = {"dataset": name, "num_classes": int(num_classes), "resolution": int(resolution), "shorter_side": int(resolution), "native": True}
+        plans[split] = SplitPlan(
+            np.asarray(labels, dtype=np.int64), shapes, lambda a, b, im=images: im[a:b], byte_chunks(shapes)
+        )
+    meta = {
+        "dataset": name,
+        "num_classes": int(num_classes),
+        "resolution": int(resolution),
+        "shorter_side": int(resolution),
+        "native": True,
+    }
     write_store(out_dir, meta, plans)
     return Store(out_dir)
 
@@ -292,5 +330,3 @@ def parallel_fill(pool: ThreadPoolExecutor, fill_one: Callable[[int], object]) -
 
 class DatasetError(RuntimeError):
     """A problem with a dataset on disk, naming the offending path."""
-
-

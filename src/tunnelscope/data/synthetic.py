@@ -172,7 +172,9 @@ def generate(
         raise ValueError(f"classes and per_class must be >= 1, got {classes}, {per_class}")
     if split not in _SPLIT_CODES:
         raise ValueError(f"split must be one of {sorted(_SPLIT_CODES)}, got {split!r}")
-    images = np.concatenate([class_images(family, class_offset + k, per_class, resolution, split, seed) for k in range(classes)])
+    images = np.concatenate(
+        [class_images(family, class_offset + k, per_class, resolution, split, seed) for k in range(classes)]
+    )
     labels = np.repeat(np.arange(classes, dtype=np.int64), per_class)
     return images, labels
 

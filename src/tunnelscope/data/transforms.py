@@ -29,7 +29,9 @@ class Normaliser:
         n, channels, h, w = images.shape
         buffer = self._buffer
         if buffer is None or buffer.shape[1:] != images.shape[1:] or len(buffer) < n or buffer.device != images.device:
-            buffer = self._buffer = torch.empty((n, h, w, channels), dtype=torch.float32, device=images.device).permute(0, 3, 1, 2)
+            buffer = self._buffer = torch.empty((n, h, w, channels), dtype=torch.float32, device=images.device).permute(
+                0, 3, 1, 2
+            )
             # Per-element factors of one channels-last row (w pixels x 3 channels): a plain
             # vectorised multiply-add, where broadcasting over a size-3 inner axis is not.
             self._rows = (self._scale.repeat(w).to(images.device), self._shift.repeat(w).to(images.device))
@@ -67,5 +69,3 @@ def eval_transform(
 
 
 # ---------------------------------------------------------------- sources
-
-

@@ -28,7 +28,14 @@ log = logging.getLogger("tunnelscope.embed")
 
 
 def embed_eval_set(
-    params: dict, checkpoint: str, data_path: str, out_dir: str, batch_size: int = 256, threads: int = 1, channels_last: bool = False, resident_mb: float = 1024
+    params: dict,
+    checkpoint: str,
+    data_path: str,
+    out_dir: str,
+    batch_size: int = 256,
+    threads: int = 1,
+    channels_last: bool = False,
+    resident_mb: float = 1024,
 ) -> None:
     """Embed one eval set; ``params`` may narrow it to a class range ``classes`` [first, stop)
     (labels counted from first) and to ``layers: last``."""
@@ -49,27 +56,48 @@ def embed_eval_set(
     # A class range [first, stop) (a continual-learning task): its images, labels from first.
     first, stop = params.get("classes") or (0, store.num_classes)
     rows = {s: np.flatnonzero((store.splits[s].labels >= first) & (store.splits[s].labels < stop)) for s in SPLITS}
-    common = {"eval_set": params["eval_set"], "num_classes": stop - first, "num_layers": num_layers, "checkpoint": checkpoint, "checkpoint_sha256": file_sha256(checkpoint)}
+    common = {
+        "eval_set": params["eval_set"],
+        "num_classes": stop - first,
+        "num_layers": num_layers,
+        "checkpoint": checkpoint,
+        "checkpoint_sha256": file_sha256(checkpoint),
+    }
     poolings, dtype = params["pooling"], np.dtype(params["dtype"])
     total = sum(-(-len(rows[s]) // batch_size) for s in SPLITS)
     bar = tqdm(total=total, desc=f"embed {params['eval_set']}", leave=False, mininterval=1.0)
     with atomic_dir(out_dir) as tmp, ThreadPoolExecutor(1) as writer_thread:
         writers = {
-            (point.index, pooling): EmbeddingWriter(layer_path(tmp, pooling, point.index), {**common, "layer": point.index, "layer_name": point.name, "side": point.side, "pooling": pooling})
+            (point.index, pooling): EmbeddingWriter(
+                layer_path(tmp, pooling, point.index),
+                {**common, "layer": point.index, "layer_name": point.name, "side": point.side, "pooling": pooling},
+            )
             for pooling in poolings
             for point in points
         }
         pending = None
         for split in SPLITS:  # train then test: the rows of every layer file, in this order
             part = store.splits[split]
-            reader = SplitReader(part, "center", params["resolution"], device, resident_mb, workers=loader_workers(device, threads))
+            reader = SplitReader(
+                part, "center", params["resolution"], device, resident_mb, workers=loader_workers(device, threads)
+            )
             start = 0
-            for vectors in embed_batches(model, points, reader.batches(rows[split], batch_size), poolings, dtype, params["compute"]["precision"], **normalise):
+            for vectors in embed_batches(
+                model,
+                points,
+                reader.batches(rows[split], batch_size),
+                poolings,
+                dtype,
+                params["compute"]["precision"],
+                **normalise,
+            ):
                 n = len(next(iter(vectors.values())))
                 ids = rows[split][start : start + n]
                 if pending is not None:
                     pending.result()  # one batch in flight: memory stays at two batches
-                pending = writer_thread.submit(_append, writers, vectors, (part.labels[ids] - first, np.full(n, split), ids))
+                pending = writer_thread.submit(
+                    _append, writers, vectors, (part.labels[ids] - first, np.full(n, split), ids)
+                )
                 start += n
                 bar.update()
         if pending is not None:

@@ -64,8 +64,15 @@ class EmbeddingWriter:
         self.width = dim * np.dtype(_VECTOR_DTYPES[dtype]).itemsize
         self._group = max(1024, _ROW_GROUP_BYTES // self.width)
         schema = pa.schema(
-            [("sample_id", pa.int64()), ("split", pa.dictionary(pa.int32(), pa.string())), ("label", pa.int32()), ("embedding", pa.binary(self.width))],
-            metadata={b"tunnelscope": json.dumps({**self.metadata, "dim": int(dim), "dtype": dtype}, sort_keys=True).encode()},
+            [
+                ("sample_id", pa.int64()),
+                ("split", pa.dictionary(pa.int32(), pa.string())),
+                ("label", pa.int32()),
+                ("embedding", pa.binary(self.width)),
+            ],
+            metadata={
+                b"tunnelscope": json.dumps({**self.metadata, "dim": int(dim), "dtype": dtype}, sort_keys=True).encode()
+            },
         )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = pq.ParquetWriter(
@@ -91,14 +98,18 @@ class EmbeddingWriter:
                 "sample_id": pa.array(ids, pa.int64()),
                 "split": pa.DictionaryArray.from_arrays(codes, SPLIT_NAMES),
                 "label": pa.array(labels, pa.int32()),
-                "embedding": pa.FixedSizeBinaryArray.from_buffers(pa.binary(self.width), n, [None, pa.py_buffer(np.ascontiguousarray(vectors))]),
+                "embedding": pa.FixedSizeBinaryArray.from_buffers(
+                    pa.binary(self.width), n, [None, pa.py_buffer(np.ascontiguousarray(vectors))]
+                ),
             },
             schema=self._schema,
         )
         self._writer.write_table(table, row_group_size=n)
 
 
-def write_embeddings(path, vectors: np.ndarray, labels: np.ndarray, splits: np.ndarray, sample_ids: np.ndarray, metadata: dict) -> None:
+def write_embeddings(
+    path, vectors: np.ndarray, labels: np.ndarray, splits: np.ndarray, sample_ids: np.ndarray, metadata: dict
+) -> None:
     """One layer's embeddings in one call (see ``EmbeddingWriter``), written atomically."""
     with atomic_path(path) as tmp:
         writer = EmbeddingWriter(tmp, metadata)
@@ -178,7 +189,9 @@ def _check_columns(schema: pa.Schema) -> None:
     """The column types EmbeddingWriter writes (files of early versions had a list column)."""
     for name, is_type in (("embedding", pa.types.is_fixed_size_binary), ("split", pa.types.is_dictionary)):
         if not is_type(schema.field(name).type):
-            raise TypeError(f"column {name!r} is {schema.field(name).type}, not as EmbeddingWriter writes it; embed again")
+            raise TypeError(
+                f"column {name!r} is {schema.field(name).type}, not as EmbeddingWriter writes it; embed again"
+            )
 
 
 def _split_names(split: pa.ChunkedArray) -> np.ndarray:
@@ -196,7 +209,9 @@ def _read_selected(file: pq.ParquetFile, dim: int, dtype: str, keep: np.ndarray)
         start += n
         if not len(rows):
             continue
-        out[filled : filled + len(rows)] = _vectors(file.read_row_group(i, columns=["embedding"]).column(0), dim, dtype)[rows]
+        out[filled : filled + len(rows)] = _vectors(
+            file.read_row_group(i, columns=["embedding"]).column(0), dim, dtype
+        )[rows]
         filled += len(rows)
     return out
 
@@ -212,5 +227,3 @@ def layer_files(embed_dir: str | Path, pooling: str) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"{embed_dir}: no embeddings for pooling {pooling} ({pooling}/layer_*.parquet)")
     return files
-
-

@@ -3,7 +3,6 @@
 Kept free of heavy imports: the workflow reads it while the DAG is built.
 """
 
-
 # name -> (the paper's table it is laid out like, caption)
 TABLES = {
     "id_accuracy": (

@@ -38,7 +38,21 @@ from tunnelscope.registry import CELL_VARIABLES
 
 CELL_COLUMNS = list(CELL_VARIABLES)
 STRENGTHS = ["negligible", "weak", "medium", "strong"]
-PACKAGES = ["tunnelscope", "torch", "torchvision", "timm", "snakemake", "numpy", "pandas", "scikit-learn", "scipy", "shap", "pyarrow", "matplotlib", "seaborn"]
+PACKAGES = [
+    "tunnelscope",
+    "torch",
+    "torchvision",
+    "timm",
+    "snakemake",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "scipy",
+    "shap",
+    "pyarrow",
+    "matplotlib",
+    "seaborn",
+]
 
 
 def _normalised_ood(curves: pd.DataFrame) -> pd.DataFrame:
@@ -48,12 +62,17 @@ def _normalised_ood(curves: pd.DataFrame) -> pd.DataFrame:
     return ood
 
 
-def curves_by_variable(curves: pd.DataFrame, metrics: pd.DataFrame, png: str, pdf: str, confidence: float = CONFIDENCE) -> list[str]:
+def curves_by_variable(
+    curves: pd.DataFrame, metrics: pd.DataFrame, png: str, pdf: str, confidence: float = CONFIDENCE
+) -> list[str]:
     """One panel per variable with at least two levels: mean normalised OOD curve per level,
     shaded ±1 SD over cells and OOD sets, or with several seeds per backbone the t-interval
     across the seeds' level curves."""
     apply_style()
-    ood = _normalised_ood(curves).merge(metrics[CELL_COLUMNS + [v for v in VARIABLES if v not in CELL_COLUMNS]].drop_duplicates(CELL_COLUMNS), on=CELL_COLUMNS)
+    ood = _normalised_ood(curves).merge(
+        metrics[CELL_COLUMNS + [v for v in VARIABLES if v not in CELL_COLUMNS]].drop_duplicates(CELL_COLUMNS),
+        on=CELL_COLUMNS,
+    )
     varying = [v for v in VARIABLES if ood[v].nunique() > 1]
     panels = varying or ["augmentation"]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
@@ -73,7 +92,16 @@ def draw_levels(ax, ood: pd.DataFrame, variable: str, confidence: float = CONFID
     backbone, shaded ±1 SD over cells and OOD sets; several, each seed's level curve (mean over
     its cells and OOD sets) summarised by the mean and t-interval across seeds."""
     if not several_seeds(ood):
-        sns.lineplot(data=ood, x="relative_depth", y="normalised", hue=variable, errorbar=("sd", 1), marker="o", ax=ax, palette="colorblind")
+        sns.lineplot(
+            data=ood,
+            x="relative_depth",
+            y="normalised",
+            hue=variable,
+            errorbar=("sd", 1),
+            marker="o",
+            ax=ax,
+            palette="colorblind",
+        )
         return
     per_seed = ood.groupby([variable, "seed", "relative_depth"], sort=True).normalised.mean().reset_index()
     summary = seed_summary(per_seed, [variable, "relative_depth"], ["normalised"], confidence)
@@ -103,7 +131,9 @@ def strength_histogram(metrics: pd.DataFrame, png: str, pdf: str) -> None:
     """Backbones per strength class, each classed by its % OOD retained averaged over its OOD
     sets and its seeds (so that seeds do not multiply the counts)."""
     apply_style()
-    per_backbone = summarise("metrics", metrics).drop_duplicates(BACKBONE).strength.value_counts().reindex(STRENGTHS, fill_value=0)
+    per_backbone = (
+        summarise("metrics", metrics).drop_duplicates(BACKBONE).strength.value_counts().reindex(STRENGTHS, fill_value=0)
+    )
     fig, ax = plt.subplots(figsize=(5, 3.4))
     # Ordered classes, a sequential palette: the stronger the tunnel, the darker its bar.
     ax.bar(per_backbone.index, per_backbone.to_numpy(), color=sns.color_palette("rocket_r", len(STRENGTHS)))
@@ -115,7 +145,12 @@ def strength_histogram(metrics: pd.DataFrame, png: str, pdf: str) -> None:
 
 
 LEGEND_CHARS = 48  # a legend line's width in characters
-LAYER_STATS = {"numerical_rank": "numerical rank (count)", "rankme": "RankMe", "nc1": "NC1 (log scale)", "cka_to_last": "linear CKA to last layer"}
+LAYER_STATS = {
+    "numerical_rank": "numerical rank (count)",
+    "rankme": "RankMe",
+    "nc1": "NC1 (log scale)",
+    "cka_to_last": "linear CKA to last layer",
+}
 
 
 def layer_stats_figure(stats: pd.DataFrame, png: str, pdf: str, confidence: float = CONFIDENCE) -> None:
@@ -125,7 +160,9 @@ def layer_stats_figure(stats: pd.DataFrame, png: str, pdf: str, confidence: floa
     several = several_seeds(stats)
     if several:
         lines = seed_summary(stats, BACKBONE + ["layer"], list(LAYER_STATS), confidence)
-        lines["cell"] = lines[BACKBONE].astype(str).agg(" ".join, axis=1) + lines.groupby(BACKBONE, sort=False).n_seeds.transform("max").map(lambda n: f" ({n} seeds)")
+        lines["cell"] = lines[BACKBONE].astype(str).agg(" ".join, axis=1) + lines.groupby(
+            BACKBONE, sort=False
+        ).n_seeds.transform("max").map(lambda n: f" ({n} seeds)")
     else:
         lines = stats.assign(cell=stats[CELL_COLUMNS].astype(str).agg(" ".join, axis=1))
     lines["relative_depth"] = lines.layer / lines.groupby("cell").layer.transform("max")
@@ -142,7 +179,16 @@ def layer_stats_figure(stats: pd.DataFrame, png: str, pdf: str, confidence: floa
             if ax is axes[-1]:
                 ax.legend(title=f"backbone ({confidence:.0%} CI over seeds)")
         else:
-            sns.lineplot(data=lines, x="relative_depth", y=column, hue="cell", marker="o", ax=ax, legend=ax is axes[-1], palette="colorblind")
+            sns.lineplot(
+                data=lines,
+                x="relative_depth",
+                y=column,
+                hue="cell",
+                marker="o",
+                ax=ax,
+                legend=ax is axes[-1],
+                palette="colorblind",
+            )
         ax.set_xlabel("relative depth (layer / L)")
         ax.set_ylabel(label)
         if column == "numerical_rank":
@@ -161,7 +207,13 @@ def provenance(metrics: pd.DataFrame, config: dict) -> dict:
         except metadata.PackageNotFoundError:
             versions[name] = None
     cells = metrics.drop_duplicates(CELL_COLUMNS)[CELL_COLUMNS].to_dict("records")
-    return {"cells": cells, "config": config, "software": versions, "python": platform.python_version(), "platform": platform.platform()}
+    return {
+        "cells": cells,
+        "config": config,
+        "software": versions,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def write_provenance(metrics: pd.DataFrame, config: dict, path: str) -> None:
@@ -169,8 +221,10 @@ def write_provenance(metrics: pd.DataFrame, config: dict, path: str) -> None:
         Path(tmp).write_text(json.dumps(provenance(metrics, config), indent=1, sort_keys=True, default=str))
 
 
-PAGE_HEAD = ["<!doctype html><html><head><meta charset='utf-8'><title>tunnelscope paper build</title>",
-             "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto}img{max-width:100%;border:1px solid #ddd}table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>"]
+PAGE_HEAD = [
+    "<!doctype html><html><head><meta charset='utf-8'><title>tunnelscope paper build</title>",
+    "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto}img{max-width:100%;border:1px solid #ddd}table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>",
+]
 SHAP_TABLE_CAPTION = "SHAP slope per variable and target."
 
 
@@ -183,29 +237,60 @@ def _figure(png: str, src: str, confidence: float, heading: bool = True) -> list
     name = _name(png)
     words = html.escape(name.replace("_", " "))
     title = [f"<h2>{words}</h2>"] if heading else []
-    return title + [f"<p><img src='{html.escape(src)}' alt='{words}'></p>", f"<p>{html.escape(figure_caption(name, confidence))}</p>"]
+    return title + [
+        f"<p><img src='{html.escape(src)}' alt='{words}'></p>",
+        f"<p>{html.escape(figure_caption(name, confidence))}</p>",
+    ]
 
 
 def _table(csv: str, href: str, caption: str, title: str) -> list[str]:
-    return [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(caption)} <a href='{html.escape(href)}'>CSV</a></p>",
-            pd.read_csv(csv).to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–")]
+    return [
+        f"<h2>{html.escape(title)}</h2>",
+        f"<p>{html.escape(caption)} <a href='{html.escape(href)}'>CSV</a></p>",
+        pd.read_csv(csv).to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–"),
+    ]
 
 
-def html_page(page: str, overview: str, figures: list[str], tables: list[str], slopes: str, provenance_json: str, confidence: float = CONFIDENCE) -> None:
+def html_page(
+    page: str,
+    overview: str,
+    figures: list[str],
+    tables: list[str],
+    slopes: str,
+    provenance_json: str,
+    confidence: float = CONFIDENCE,
+) -> None:
     """A static page with every figure and table, readable without Snakemake: the given files,
     linked relative to the page, figures with the Snakemake report's captions (captions.FIGURES)."""
+
     def link(path: str) -> str:
         return os.path.relpath(path, Path(page).parent)
 
-    parts = [*PAGE_HEAD, "<h1>tunnelscope paper build</h1>", *_figure(overview, link(overview), confidence, heading=False)]
+    parts = [
+        *PAGE_HEAD,
+        "<h1>tunnelscope paper build</h1>",
+        *_figure(overview, link(overview), confidence, heading=False),
+    ]
     for png in figures:
         parts += _figure(png, link(png), confidence)
     for csv in tables:
-        parts += _table(csv, link(csv), table_caption(_name(csv), confidence), f"{_name(csv).replace('_', ' ')} ({TABLES[_name(csv)][0]})")
+        parts += _table(
+            csv,
+            link(csv),
+            table_caption(_name(csv), confidence),
+            f"{_name(csv).replace('_', ' ')} ({TABLES[_name(csv)][0]})",
+        )
     parts += _table(slopes, link(slopes), SHAP_TABLE_CAPTION, _name(slopes).replace("_", " "))
     prov = json.loads(Path(provenance_json).read_text())
-    shown = {"software": {name: prov["software"].get(name) for name in PACKAGES}, "python": prov["python"], "platform": prov["platform"]}  # PACKAGES' order
-    parts += ["<h2>provenance</h2>", f"<pre>{html.escape(json.dumps(shown, indent=1))}</pre>",
-              f"<p>{len(prov['cells'])} cells; full config in {html.escape(link(provenance_json))}.</p></body></html>"]
+    shown = {
+        "software": {name: prov["software"].get(name) for name in PACKAGES},
+        "python": prov["python"],
+        "platform": prov["platform"],
+    }  # PACKAGES' order
+    parts += [
+        "<h2>provenance</h2>",
+        f"<pre>{html.escape(json.dumps(shown, indent=1))}</pre>",
+        f"<p>{len(prov['cells'])} cells; full config in {html.escape(link(provenance_json))}.</p></body></html>",
+    ]
     with atomic_path(Path(page)) as tmp:
         Path(tmp).write_text("\n".join(parts))

@@ -58,7 +58,16 @@ def draw_normalised(ax, probes: pd.DataFrame, legend: bool = True, confidence: f
     if ood:
         draw_band(ax, layers, lines, "ood", "tab:red", f"OOD mean of {len(ood)}" + (f" ({shade})" if shade else ""))
         best = int(np.argmax(lines.ood.to_numpy()))
-        ax.plot(layers[best], lines.ood.iloc[best], marker="*", ms=14, color="gold", mec="black", zorder=5, label="OOD best layer")
+        ax.plot(
+            layers[best],
+            lines.ood.iloc[best],
+            marker="*",
+            ms=14,
+            color="gold",
+            mec="black",
+            zorder=5,
+            label="OOD best layer",
+        )
     ax.set_xlabel("probed layer (index)")
     integer_axis(ax.xaxis)
     ax.set_ylabel("accuracy / curve max")
@@ -73,7 +82,10 @@ def draw_band(ax, x, frame: pd.DataFrame, column: str, colour, label: str, alpha
     reaches 0 is cut at a tenth of the line's smallest positive value."""
     mean = frame[column].to_numpy(dtype=float)
     ax.plot(x, mean, color=colour, marker="o", ms=3, label=label)
-    low, high = (frame.get(f"{column}_{bound}", pd.Series(np.nan, index=frame.index)).to_numpy(dtype=float) for bound in ("ci_low", "ci_high"))
+    low, high = (
+        frame.get(f"{column}_{bound}", pd.Series(np.nan, index=frame.index)).to_numpy(dtype=float)
+        for bound in ("ci_low", "ci_high")
+    )
     if np.isfinite(low).any():
         if ax.get_yscale() == "log" and (mean > 0).any():
             low = np.maximum(low, mean[mean > 0].min() / 10)
@@ -114,13 +126,15 @@ def overview_figure(curves: pd.DataFrame, png: str, pdf: str, confidence: float 
         seeds = sorted(probes.seed.unique())
         runs = f"{len(seeds)} seeds" if len(seeds) > 1 else f"s{seeds[0]}"
         fit_title(ax, f"{arch} {id_set} {res}px aug={aug} {runs}", fontsize="small")
-    for ax in list(axes.flat)[len(backbones):]:
+    for ax in list(axes.flat)[len(backbones) :]:
         ax.set_visible(False)
     fig.tight_layout()
     save_figure(fig, png, pdf)
 
 
-def zero_shot_figure(layers: pd.DataFrame, summary: pd.DataFrame, png: str, pdf: str, by_layer: pd.DataFrame | None = None) -> None:
+def zero_shot_figure(
+    layers: pd.DataFrame, summary: pd.DataFrame, png: str, pdf: str, by_layer: pd.DataFrame | None = None
+) -> None:
     """Per (cell, shifted set), or with several seeds per (backbone, shifted set) as seed means
     with t-interval bands (``by_layer``, protocols.zero_shot_seeds): accuracy per layer on the
     shifted test rows under both protocols, the clean ID curve for reference, and the layer each
@@ -132,24 +146,54 @@ def zero_shot_figure(layers: pd.DataFrame, summary: pd.DataFrame, png: str, pdf:
     ncols = min(4, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.8 * ncols, 3.2 * nrows), squeeze=False, sharey=True)
-    lines = (("clean_test_acc", ID_COLOUR, "ID probe, clean ID test"), ("zero_shot_test_acc", "tab:blue", "zero-shot: ID probe on shifted"), ("shifted_probe_test_acc", "tab:red", "paper: probe trained on shifted"))
+    lines = (
+        ("clean_test_acc", ID_COLOUR, "ID probe, clean ID test"),
+        ("zero_shot_test_acc", "tab:blue", "zero-shot: ID probe on shifted"),
+        ("shifted_probe_test_acc", "tab:red", "paper: probe trained on shifted"),
+    )
     for ax, (key, group) in zip(axes.flat, panels):
         x = group.layer.to_numpy()
-        percent = group.assign(**{c: 100 * group[c] for c in group.columns if c.split("_ci_")[0] in dict((k, 0) for k, _, _ in lines)})
+        percent = group.assign(
+            **{c: 100 * group[c] for c in group.columns if c.split("_ci_")[0] in dict((k, 0) for k, _, _ in lines)}
+        )
         for column, colour, label in lines:
             draw_band(ax, x, percent, column, colour, label)
         picks = summary.merge(pd.DataFrame([dict(zip(keys, key))]), on=keys)
-        ax.plot(picks.zero_shot_layer, 100 * picks.zero_shot_acc, ls="", marker="*", ms=13, color="tab:blue", mec="black", zorder=5, label="layer chosen on shifted val")
-        ax.plot(picks.shifted_probe_layer, 100 * picks.shifted_probe_acc, ls="", marker="*", ms=13, color="tab:red", mec="black", zorder=5, label="paper's best layer")
+        ax.plot(
+            picks.zero_shot_layer,
+            100 * picks.zero_shot_acc,
+            ls="",
+            marker="*",
+            ms=13,
+            color="tab:blue",
+            mec="black",
+            zorder=5,
+            label="layer chosen on shifted val",
+        )
+        ax.plot(
+            picks.shifted_probe_layer,
+            100 * picks.shifted_probe_acc,
+            ls="",
+            marker="*",
+            ms=13,
+            color="tab:red",
+            mec="black",
+            zorder=5,
+            label="paper's best layer",
+        )
         row = group.iloc[0]
         seeds = f"{picks.seed.nunique()} seeds" if by_layer is not None else f"s{row.seed}"
-        fit_title(ax, f"{row.arch} {row.id_dataset} {row.resolution}px aug={row.augmentation} {seeds}\n{row.eval_set}", fontsize="small")
+        fit_title(
+            ax,
+            f"{row.arch} {row.id_dataset} {row.resolution}px aug={row.augmentation} {seeds}\n{row.eval_set}",
+            fontsize="small",
+        )
         ax.set_xlabel("probed layer (index)")
         integer_axis(ax.xaxis)
         ax.set_ylim(0, 102)
     for ax in axes[:, 0]:
         ax.set_ylabel("test accuracy on shifted rows (%)")
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize="small", bbox_to_anchor=(0.5, -0.02))
@@ -157,7 +201,12 @@ def zero_shot_figure(layers: pd.DataFrame, summary: pd.DataFrame, png: str, pdf:
     save_figure(fig, png, pdf)
 
 
-SOLVER_PANELS = {"ood_retained": "% OOD retained", "pearson": "Pearson ρ (ID vs OOD curve)", "alignment": "ID/OOD alignment A", "tunnel_start": "tunnel start (layer)"}
+SOLVER_PANELS = {
+    "ood_retained": "% OOD retained",
+    "pearson": "Pearson ρ (ID vs OOD curve)",
+    "alignment": "ID/OOD alignment A",
+    "tunnel_start": "tunnel start (layer)",
+}
 
 
 def solver_figure(metrics: pd.DataFrame, reference: str, png: str, pdf: str) -> None:
@@ -172,8 +221,19 @@ def solver_figure(metrics: pd.DataFrame, reference: str, png: str, pdf: str) -> 
     for ax, (metric, label) in zip(axes, SOLVER_PANELS.items()):
         values = [ref[metric].astype(float)]  # the axes' common range
         for solver in others:
-            joined = ref[[*keys, metric]].merge(metrics.loc[metrics.solver == solver, [*keys, metric]], on=keys, suffixes=("", "_other"))
-            ax.scatter(joined[metric], joined[f"{metric}_other"], color=palette[solver], s=22, alpha=0.8, label=solver, edgecolor="black", lw=0.3)
+            joined = ref[[*keys, metric]].merge(
+                metrics.loc[metrics.solver == solver, [*keys, metric]], on=keys, suffixes=("", "_other")
+            )
+            ax.scatter(
+                joined[metric],
+                joined[f"{metric}_other"],
+                color=palette[solver],
+                s=22,
+                alpha=0.8,
+                label=solver,
+                edgecolor="black",
+                lw=0.3,
+            )
             values.append(joined[f"{metric}_other"])
         finite = pd.concat(values).dropna()
         if len(finite):
@@ -184,12 +244,17 @@ def solver_figure(metrics: pd.DataFrame, reference: str, png: str, pdf: str) -> 
         ax.set_ylabel("under the other solver")
         ax.set_title(label, fontsize="medium")
     axes[0].legend(title="solver", fontsize="small", loc="best")
-    fig.suptitle(f"Tunnel metrics under each probe solver against {reference} (one point per backbone and OOD set)", fontsize="medium")
+    fig.suptitle(
+        f"Tunnel metrics under each probe solver against {reference} (one point per backbone and OOD set)",
+        fontsize="medium",
+    )
     fig.tight_layout()
     save_figure(fig, png, pdf)
 
 
-def tsne_figure(coords: pd.DataFrame, layer_stats: pd.DataFrame, title: str, png: str, pdf: str, columns: int = 5) -> None:
+def tsne_figure(
+    coords: pd.DataFrame, layer_stats: pd.DataFrame, title: str, png: str, pdf: str, columns: int = 5
+) -> None:
     """Left: numerical rank of the ID representation per layer. Right: t-SNE of the same ID test
     images at every probed layer, coloured by class (Harun et al., Fig. 4)."""
     apply_style()

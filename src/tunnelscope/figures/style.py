@@ -20,7 +20,17 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from tunnelscope.io import atomic_path  # noqa: E402
 
-__all__ = ["ID_COLOUR", "apply_style", "fit_suptitle", "fit_title", "integer_axis", "plt", "save_figure", "sns", "wrap_text"]
+__all__ = [
+    "ID_COLOUR",
+    "apply_style",
+    "fit_suptitle",
+    "fit_title",
+    "integer_axis",
+    "plt",
+    "save_figure",
+    "sns",
+    "wrap_text",
+]
 
 ID_COLOUR = "black"
 # A name longer than a line breaks after / or . (timm/vit_small_patch16_224.augreg_in21k_ft_in1k),

@@ -29,10 +29,22 @@ from tunnelscope.registry import ARCHS
 # label); ``label`` (VGGm-11, ...) is what the tables print.
 BACKBONE = ["id_dataset", "arch", "resolution", "augmentation"]
 # Characters of the labels that plain pdflatex needs as math.
-LATEX_SYMBOLS = {"|δ|": r"$|\delta|$", "|Δ|": r"$|\Delta|$", "Δ": r"$\Delta$", "²": r"$^2$", "†": r"$^\dagger$", "±": r"$\pm$"}
+LATEX_SYMBOLS = {
+    "|δ|": r"$|\delta|$",
+    "|Δ|": r"$|\Delta|$",
+    "Δ": r"$\Delta$",
+    "²": r"$^2$",
+    "†": r"$^\dagger$",
+    "±": r"$\pm$",
+}
 TARGET_NAMES = {"ood_retained": "% retained", "pearson": "Pearson", "alignment": "alignment"}
 # (metrics column, scale, decimals) of the per-OOD-set tables
-OOD_TABLES = {"ood_accuracy": ("ood_last_acc", 100.0, 2), "ood_retained": ("ood_retained", 1.0, 2), "pearson": ("pearson", 1.0, 2), "alignment": ("alignment", 1.0, 3)}
+OOD_TABLES = {
+    "ood_accuracy": ("ood_last_acc", 100.0, 2),
+    "ood_retained": ("ood_retained", 1.0, 2),
+    "pearson": ("pearson", 1.0, 2),
+    "alignment": ("alignment", 1.0, 3),
+}
 
 
 def _aug_label(value: str) -> str:
@@ -43,15 +55,23 @@ def id_accuracy(cells: pd.DataFrame, confidence: float = CONFIDENCE) -> tuple[pd
     """(CSV table, LaTeX table) of ID top-1 in %: rows (ID set, backbone), columns resolution x
     augmentation; LaTeX cells read "no aug / aug" as in the paper (each "mean ± half-interval"
     with several seeds)."""
-    top1 = cells.assign(top1=100.0 * pd.to_numeric(cells.test_acc, errors="coerce"), setting=cells.resolution.astype(str) + " " + cells.augmentation)
+    top1 = cells.assign(
+        top1=100.0 * pd.to_numeric(cells.test_acc, errors="coerce"),
+        setting=cells.resolution.astype(str) + " " + cells.augmentation,
+    )
     augs = list(dict.fromkeys(top1.augmentation))
     resolutions = sorted(top1.resolution.unique())
-    wide, with_ci = seed_spread(top1, ["id_dataset", "arch"], "setting", "top1", [f"{r} {a}" for r in resolutions for a in augs], confidence)
+    wide, with_ci = seed_spread(
+        top1, ["id_dataset", "arch"], "setting", "top1", [f"{r} {a}" for r in resolutions for a in augs], confidence
+    )
     wide = _labelled(wide, cells)
     latex = wide[["id_dataset", "backbone"]].rename(columns={"id_dataset": "ID set"})
     for r in resolutions:
         settings = [f"{r} {a}" for a in augs]
-        latex[f"{r}²"] = [" / ".join(_fmt_ci(row, s, 2, with_ci) for s in settings) if not row[settings].isna().all() else "–" for _, row in wide.iterrows()]
+        latex[f"{r}²"] = [
+            " / ".join(_fmt_ci(row, s, 2, with_ci) for s in settings) if not row[settings].isna().all() else "–"
+            for _, row in wide.iterrows()
+        ]
     if with_ci:
         latex["seeds"] = wide.seeds
     return wide.round(2), latex
@@ -71,9 +91,16 @@ def ood_table(metrics: pd.DataFrame, name: str, confidence: float = CONFIDENCE) 
     rows = metrics.assign(value=pd.to_numeric(metrics[column], errors="coerce") * scale)
     heads = rows.groupby("ood_index", sort=True).ood_set.agg(lambda s: " / ".join(dict.fromkeys(s)))
     csv, with_ci = seed_spread(rows, BACKBONE, "ood_index", "value", list(heads.index), confidence)
-    csv = csv.rename(columns={index: head for index, head in heads.items()} | {f"{index} {bound}": f"{head} {bound}" for index, head in heads.items() for bound in CI})
-    over_sets = seed_summary(rows.groupby(BACKBONE + ["seed"], sort=False).value.mean().reset_index(), BACKBONE, ["value"], confidence)
-    over_sets = over_sets.rename(columns={"value": "mean", "value_ci_low": "mean ci_low", "value_ci_high": "mean ci_high"})
+    csv = csv.rename(
+        columns={index: head for index, head in heads.items()}
+        | {f"{index} {bound}": f"{head} {bound}" for index, head in heads.items() for bound in CI}
+    )
+    over_sets = seed_summary(
+        rows.groupby(BACKBONE + ["seed"], sort=False).value.mean().reset_index(), BACKBONE, ["value"], confidence
+    )
+    over_sets = over_sets.rename(
+        columns={"value": "mean", "value_ci_low": "mean ci_low", "value_ci_high": "mean ci_high"}
+    )
     csv = csv.merge(over_sets[BACKBONE + _with_bounds("mean", with_ci)], on=BACKBONE, how="left")
     if with_ci:
         csv = csv[[c for c in csv.columns if c != "seeds"] + ["seeds"]]
@@ -95,7 +122,9 @@ def level_means(means: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     if with_ci:
         for target in targets:
             for bound in CI:
-                csv[f"{TARGET_NAMES[target]} {bound}"] = spread(means, keys, "target", f"seed_{bound}", [target])[target]
+                csv[f"{TARGET_NAMES[target]} {bound}"] = spread(means, keys, "target", f"seed_{bound}", [target])[
+                    target
+                ]
         csv = csv[keys + [c for t in targets for c in _with_bounds(TARGET_NAMES[t], True)]]
     counts = means[means.target == "ood_retained"][keys + ["n"] + (["n_seeds"] if with_ci else [])]
     csv = csv.merge(counts.rename(columns={"n": "rows", "n_seeds": "seeds"}), on=keys, how="left")
@@ -110,10 +139,14 @@ def effect_sizes(paired: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(CSV, LaTeX) of Tables 1 and 13: |delta| and p per comparison, level pair and target. With
     several seeds, |delta| gets the t-interval of the per-seed delta, signed so that positive
     is the direction of the pooled delta (an interval reaching below 0: seeds disagree)."""
-    tests = paired.dropna(subset=["level_from"]).assign(level_from=lambda t: t.level_from.map(_level), level_to=lambda t: t.level_to.map(_level))
+    tests = paired.dropna(subset=["level_from"]).assign(
+        level_from=lambda t: t.level_from.map(_level), level_to=lambda t: t.level_to.map(_level)
+    )
     with_ci = "n_seeds" in tests.columns and bool(tests.n_seeds.max() > 1)
     keys = ["comparison", "level_from", "level_to"]
-    wide = tests[tests.target == "ood_retained"][keys + ["n_pairs"] + (["n_seeds"] if with_ci else [])].rename(columns={"n_pairs": "pairs", "n_seeds": "seeds"})
+    wide = tests[tests.target == "ood_retained"][keys + ["n_pairs"] + (["n_seeds"] if with_ci else [])].rename(
+        columns={"n_pairs": "pairs", "n_seeds": "seeds"}
+    )
     for target, label in TARGET_NAMES.items():
         part = tests[tests.target == target]
         columns = {f"{label} |δ|": part.abs_delta}
@@ -157,18 +190,39 @@ def _latex_text(text: str) -> str:
     return text
 
 
-def write(name: str, csv: pd.DataFrame, latex: pd.DataFrame, csv_path: str, tex_path: str, confidence: float = CONFIDENCE, caption: str | None = None) -> None:
+def write(
+    name: str,
+    csv: pd.DataFrame,
+    latex: pd.DataFrame,
+    csv_path: str,
+    tex_path: str,
+    confidence: float = CONFIDENCE,
+    caption: str | None = None,
+) -> None:
     """A table as CSV and LaTeX; the caption defaults to the paper table's (captions.TABLES)."""
     with atomic_path(csv_path) as tmp:
         csv.to_csv(tmp, index=False)
-    tex = latex.to_latex(index=False, caption=_latex_text(caption or table_caption(name, confidence)), label=f"tab:{name}", na_rep="–", escape=True)
+    tex = latex.to_latex(
+        index=False,
+        caption=_latex_text(caption or table_caption(name, confidence)),
+        label=f"tab:{name}",
+        na_rep="–",
+        escape=True,
+    )
     for text, macro in LATEX_SYMBOLS.items():
         tex = tex.replace(text, macro)
     with atomic_path(tex_path) as tmp:
         Path(tmp).write_text(tex)
 
 
-def build(name: str, cells: pd.DataFrame, metrics: pd.DataFrame, means: pd.DataFrame, paired: pd.DataFrame, confidence: float = CONFIDENCE) -> tuple[pd.DataFrame, pd.DataFrame]:
+def build(
+    name: str,
+    cells: pd.DataFrame,
+    metrics: pd.DataFrame,
+    means: pd.DataFrame,
+    paired: pd.DataFrame,
+    confidence: float = CONFIDENCE,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     if name == "id_accuracy":
         return id_accuracy(cells, confidence)
     if name in OOD_TABLES:
@@ -196,7 +250,10 @@ def zero_shot_table(summary: pd.DataFrame, seeds: pd.DataFrame | None = None) ->
     def cells(column: str, decimals: int = 2) -> list[str]:
         return [_fmt_ci(row, column, decimals, with_ci) for row in rows]
 
-    names = [f"{r.arch} {r.resolution}² {_aug_label(r.augmentation)} " + (f"({r.seeds} seeds)" if with_ci else f"s{r.seed}") for r in csv.itertuples()]
+    names = [
+        f"{r.arch} {r.resolution}² {_aug_label(r.augmentation)} " + (f"({r.seeds} seeds)" if with_ci else f"s{r.seed}")
+        for r in csv.itertuples()
+    ]
     layer = (lambda column: cells(column, 1)) if with_ci else (lambda column: csv[column].astype(str).tolist())
     latex = pd.DataFrame(
         {
@@ -239,6 +296,8 @@ def solver_table(comparison: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 # Suffixes of the interval columns a table gets when a backbone has several seeds.
 CI = ("ci_low", "ci_high")
+
+
 def spread(frame: pd.DataFrame, keys: list[str], column: str, value: str, columns: list | None = None) -> pd.DataFrame:
     """Long to wide: one row per distinct ``keys`` (in order of first appearance, which pandas'
     pivot does not keep), one column per value of ``column`` (``columns`` order), means of
@@ -250,7 +309,9 @@ def spread(frame: pd.DataFrame, keys: list[str], column: str, value: str, column
     return rows
 
 
-def seed_spread(frame: pd.DataFrame, keys: list[str], column: str, value: str, columns: list, confidence: float) -> tuple[pd.DataFrame, bool]:
+def seed_spread(
+    frame: pd.DataFrame, keys: list[str], column: str, value: str, columns: list, confidence: float
+) -> tuple[pd.DataFrame, bool]:
     """``spread`` of the seed means of ``value``, and whether any row has several seeds; then
     each level's column is followed by ``LEVEL ci_low`` and ``LEVEL ci_high`` (its t-interval
     across seeds) and a last column ``seeds`` counts each row's seeds."""
@@ -264,7 +325,9 @@ def seed_spread(frame: pd.DataFrame, keys: list[str], column: str, value: str, c
         for bound in CI if with_ci else ():
             rows[f"{level} {bound}"] = wide[f"{value}_{bound}"][level]
     if with_ci:
-        rows = rows.merge(summary.groupby(keys, sort=False).n_seeds.max().rename("seeds").reset_index(), on=keys, how="left")
+        rows = rows.merge(
+            summary.groupby(keys, sort=False).n_seeds.max().rename("seeds").reset_index(), on=keys, how="left"
+        )
     return rows, with_ci
 
 
@@ -288,7 +351,9 @@ def _fmt(value, decimals: int) -> str:
     return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{decimals}f}"
 
 
-def continual_table(frame: pd.DataFrame, networks: list[str], score: str, confidence: float = CONFIDENCE) -> tuple[pd.DataFrame, pd.DataFrame]:
+def continual_table(
+    frame: pd.DataFrame, networks: list[str], score: str, confidence: float = CONFIDENCE
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(CSV, LaTeX) laid out like the paper's Table 2: a row per configuration (in ``networks``
     order), per run setting the accuracy (%) on task 1 and task 2, means over seeds (with
     several seeds followed by their t-interval columns, and a ``seeds`` column). LaTeX cells read
@@ -314,6 +379,5 @@ def _group_labels(frame: pd.DataFrame) -> pd.Series:
     def label(row):
         parts = [ARCHS[row.arch]["label"] if k == "arch" else str(row[k]) for k in varying]
         return " ".join([*parts, f"{row.resolution}²"])
+
     return frame.apply(label, axis=1)
-
-

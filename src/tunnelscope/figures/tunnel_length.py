@@ -31,7 +31,9 @@ def tunnel_length_figure(summary: pd.DataFrame, confidence: float, png: str, pdf
     apply_style()
     settings = summary.groupby(SETTING, sort=True)
     panels = [(m, "depth", "width") for m in METRICS] + [(m, "width", "depth") for m in METRICS]
-    fig, axes = plt.subplots(settings.ngroups, len(panels), figsize=(4.3 * len(panels), 3.5 * settings.ngroups), squeeze=False)
+    fig, axes = plt.subplots(
+        settings.ngroups, len(panels), figsize=(4.3 * len(panels), 3.5 * settings.ngroups), squeeze=False
+    )
     n_seeds = int(summary.n_seeds.max())
     for row, (setting, here) in zip(axes, settings):
         for ax, (metric, x, line) in zip(row, panels):
@@ -52,7 +54,11 @@ def tunnel_length_figure(summary: pd.DataFrame, confidence: float, png: str, pdf
                 integer_axis(ax.yaxis)
             ax.set_title(_setting_label(setting), fontsize="small")
             ax.legend(fontsize="x-small", title=None)
-    band = f"shaded: {round(confidence * 100)}% t-interval over {n_seeds} seeds" if n_seeds > 1 else "one seed: no interval"
+    band = (
+        f"shaded: {round(confidence * 100)}% t-interval over {n_seeds} seeds"
+        if n_seeds > 1
+        else "one seed: no interval"
+    )
     fig.suptitle(f"ID-rule tunnel length of the MLPs (mean over seeds; {band})", fontsize="medium")
     fig.tight_layout()
     save_figure(fig, png, pdf)
@@ -64,7 +70,9 @@ def rank_figure(ranks: pd.DataFrame, confidence: float, png: str, pdf: str) -> N
     apply_style()
     settings = ranks.groupby(SETTING, sort=True)
     depths, widths = sorted(ranks.depth.unique()), sorted(ranks.width.unique())
-    fig, axes = plt.subplots(settings.ngroups, len(depths), figsize=(4.0 * len(depths), 3.4 * settings.ngroups), squeeze=False)
+    fig, axes = plt.subplots(
+        settings.ngroups, len(depths), figsize=(4.0 * len(depths), 3.4 * settings.ngroups), squeeze=False
+    )
     n_seeds = int(ranks.n_seeds.max())
     for row, (setting, here) in zip(axes, settings):
         for ax, depth in zip(row, depths):
@@ -76,7 +84,13 @@ def rank_figure(ranks: pd.DataFrame, confidence: float, png: str, pdf: str) -> N
                 _line(ax, one.layer.to_numpy(), one, colour, f"width {width}")
                 ax.axvline(one.mean_id_start.iloc[0], color=colour, ls=":", lw=1.2)
             if len(part):
-                ax.axhline(part.id_classes.iloc[0], color="black", ls="--", lw=1, label=f"{int(part.id_classes.iloc[0])} ID classes")
+                ax.axhline(
+                    part.id_classes.iloc[0],
+                    color="black",
+                    ls="--",
+                    lw=1,
+                    label=f"{int(part.id_classes.iloc[0])} ID classes",
+                )
                 ax.set_xticks(sorted(part.layer.unique()))
             ax.set_yscale("log")
             # Plain counts (10, 100; minor ticks labelled only over a short range), not 10^k.
@@ -87,6 +101,8 @@ def rank_figure(ranks: pd.DataFrame, confidence: float, png: str, pdf: str) -> N
             ax.set_title(f"MLP-{depth}: {_setting_label(setting)}", fontsize="small")
             ax.legend(fontsize="x-small")
     band = f"shaded: {round(confidence * 100)}% t-interval over {n_seeds} seeds" if n_seeds > 1 else "one seed"
-    fig.suptitle(f"Numerical rank of the ID test embeddings per layer (mean; {band}; dotted: tunnel start)", fontsize="medium")
+    fig.suptitle(
+        f"Numerical rank of the ID test embeddings per layer (mean; {band}; dotted: tunnel start)", fontsize="medium"
+    )
     fig.tight_layout()
     save_figure(fig, png, pdf)

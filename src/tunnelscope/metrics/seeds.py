@@ -46,7 +46,9 @@ def t_interval(values, confidence: float = CONFIDENCE) -> tuple[float, float, fl
     return mean, mean - half, mean + half, len(values)
 
 
-def seed_summary(frame: pd.DataFrame, keys: list[str], columns: list[str], confidence: float = CONFIDENCE) -> pd.DataFrame:
+def seed_summary(
+    frame: pd.DataFrame, keys: list[str], columns: list[str], confidence: float = CONFIDENCE
+) -> pd.DataFrame:
     """One row per distinct ``keys`` (in order of first appearance) summarising its seeds.
 
     Columns: ``keys``, ``n_seeds`` (rows in the group), then for each of ``columns`` its mean
@@ -66,7 +68,9 @@ def seed_summary(frame: pd.DataFrame, keys: list[str], columns: list[str], confi
         repeated = frame.duplicated(keys + [SEED], keep=False)
         if repeated.any():
             first = frame[repeated].iloc[0]
-            raise ValueError(f"seed_summary: seed {first[SEED]} occurs more than once for {dict(first[keys])}; the keys miss a variable")
+            raise ValueError(
+                f"seed_summary: seed {first[SEED]} occurs more than once for {dict(first[keys])}; the keys miss a variable"
+            )
     values = frame[keys].assign(**{c: pd.to_numeric(frame[c], errors="raise").astype(float) for c in columns})
     groups = values.groupby(keys, sort=False, dropna=False)
     mean, sd, n = groups[columns].mean(), groups[columns].std(ddof=1), groups[columns].count()
@@ -88,11 +92,38 @@ def several_seeds(frame: pd.DataFrame) -> bool:
 
 # The aggregate tables' seed summaries: (what identifies a row besides the backbone, what is
 # summarised). Identifying columns absent from a table are skipped.
-_FACTS = ["label", "family", "arch_family", "stem", "spatial_reduction", "depth", "id_classes", "gamma", "params", "width", "num_layers"]
-_METRICS = ["ood_retained", "pearson", "alignment", "tunnel", "tunnel_start", "tunnel_length", "ood_best_layer", "ood_best_acc", "ood_last_acc", "id_last_acc", "backbone_test_acc"]
+_FACTS = [
+    "label",
+    "family",
+    "arch_family",
+    "stem",
+    "spatial_reduction",
+    "depth",
+    "id_classes",
+    "gamma",
+    "params",
+    "width",
+    "num_layers",
+]
+_METRICS = [
+    "ood_retained",
+    "pearson",
+    "alignment",
+    "tunnel",
+    "tunnel_start",
+    "tunnel_length",
+    "ood_best_layer",
+    "ood_best_acc",
+    "ood_last_acc",
+    "id_last_acc",
+    "backbone_test_acc",
+]
 SUMMARIES = {
     "metrics": (["ood_set", "ood_index", *_FACTS], _METRICS),
-    "curves": (["eval_set", "role", "pooling", "solver", "layer", "layer_name", "relative_depth", "dim", "n_classes"], ["test_acc", "train_acc", "val_acc"]),
+    "curves": (
+        ["eval_set", "role", "pooling", "solver", "layer", "layer_name", "relative_depth", "dim", "n_classes"],
+        ["test_acc", "train_acc", "val_acc"],
+    ),
     "layer_stats": (["layer"], ["numerical_rank", "rankme", "nc1", "cka_to_last"]),
 }
 
@@ -105,7 +136,9 @@ def summarise(name: str, table: pd.DataFrame, confidence: float = CONFIDENCE) ->
     identity, measured = SUMMARIES[name]
     keys = [c for c in BACKBONE + identity if c in table.columns]
     columns = [c for c in measured if c in table.columns]
-    columns += [c for c in table.columns if c.startswith(("id_start_", "id_tunnel_length_"))] if name == "metrics" else []
+    columns += (
+        [c for c in table.columns if c.startswith(("id_start_", "id_tunnel_length_"))] if name == "metrics" else []
+    )
     summary = seed_summary(table, keys, columns, confidence)
     if name == "metrics" and len(summary):
         mean_retained = summary.groupby(BACKBONE, sort=False, dropna=False).ood_retained.transform("mean")

@@ -65,5 +65,17 @@ def tsne_layers(embed_dir: str | Path, params: dict) -> pd.DataFrame:
     for path in files:
         meta, x, labels, _ = read_embeddings(path, select=shown)
         xy = embed_2d(x, params["perplexity"], params["tsne_seed"], params["max_iter"])
-        parts.append(pd.DataFrame({**front, "layer": meta["layer"], "layer_name": meta["layer_name"], "row": np.arange(len(x)), "label": labels, "x": xy[:, 0], "y": xy[:, 1]}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    **front,
+                    "layer": meta["layer"],
+                    "layer_name": meta["layer_name"],
+                    "row": np.arange(len(x)),
+                    "label": labels,
+                    "x": xy[:, 0],
+                    "y": xy[:, 1],
+                }
+            )
+        )
     return pd.concat(parts, ignore_index=True)

@@ -16,7 +16,14 @@ from tunnelscope.registry import CELL_VARIABLES
 STRENGTH_BANDS = ((95.0, "negligible"), (90.0, "weak"), (80.0, "medium"), (-math.inf, "strong"))
 
 
-def tunnel_metrics(id_curve, ood_curve, id_classes: int, ood_classes: int, alignment_layer: str = "last", id_accuracy: float | None = None) -> dict:
+def tunnel_metrics(
+    id_curve,
+    ood_curve,
+    id_classes: int,
+    ood_classes: int,
+    alignment_layer: str = "last",
+    id_accuracy: float | None = None,
+) -> dict:
     """Metrics of one (backbone, OOD set) pair.
 
     l_m is the first layer reaching the OOD maximum; a tunnel exists iff l_m < L and the
@@ -80,7 +87,19 @@ def normalise(curve) -> np.ndarray:
 
 
 # Cell facts copied from cell.json onto every metrics row (the analysis variables among them).
-CELL_FACTS = (*CELL_VARIABLES, "label", "family", "arch_family", "stem", "spatial_reduction", "depth", "id_classes", "gamma", "params", "width")
+CELL_FACTS = (
+    *CELL_VARIABLES,
+    "label",
+    "family",
+    "arch_family",
+    "stem",
+    "spatial_reduction",
+    "depth",
+    "id_classes",
+    "gamma",
+    "params",
+    "width",
+)
 
 
 def cell_metrics(probes: pd.DataFrame, cell_info: dict, params: dict) -> pd.DataFrame:
@@ -97,7 +116,9 @@ def cell_metrics(probes: pd.DataFrame, cell_info: dict, params: dict) -> pd.Data
     if params["alignment_id"] == "backbone":
         id_accuracy = cell_info.get("test_acc")
         if id_accuracy is None:
-            raise ValueError(f"metrics.alignment_id backbone: cell {cell_info['arch']} has no backbone test accuracy (a published model); use probe")
+            raise ValueError(
+                f"metrics.alignment_id backbone: cell {cell_info['arch']} has no backbone test accuracy (a published model); use probe"
+            )
     ood_rows = {name: group for name, group in probes[probes.role == "ood"].groupby("eval_set")}
     rows = []
     for index, eval_set in enumerate(params["ood_sets"], start=1):
@@ -107,7 +128,13 @@ def cell_metrics(probes: pd.DataFrame, cell_info: dict, params: dict) -> pd.Data
         if len(ood) != len(id_curve):
             raise ValueError(f"eval set {eval_set}: {len(ood)} layers probed, ID has {len(id_curve)}")
         curve = ood.test_acc.to_numpy()
-        row = {"ood_set": eval_set, "ood_index": index, **tunnel_metrics(id_curve, curve, id_classes, int(ood.n_classes.iloc[0]), params["alignment_layer"], id_accuracy)}
+        row = {
+            "ood_set": eval_set,
+            "ood_index": index,
+            **tunnel_metrics(
+                id_curve, curve, id_classes, int(ood.n_classes.iloc[0]), params["alignment_layer"], id_accuracy
+            ),
+        }
         for thr in params["id_start_thresholds"]:
             start = id_tunnel_start(id_curve, thr)
             row[f"id_start_{round(thr * 100)}"] = start

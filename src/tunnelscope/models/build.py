@@ -45,7 +45,9 @@ from tunnelscope.registry import (
 BUILDERS = {**vggm.BUILDERS, **resnet.BUILDERS, **vit.BUILDERS}
 
 
-def build_model(arch: str, num_classes: int, width: float = 1.0, resolution: int = 224, drop_path: float = 0.1) -> nn.Module:
+def build_model(
+    arch: str, num_classes: int, width: float = 1.0, resolution: int = 224, drop_path: float = 0.1
+) -> nn.Module:
     """A freshly initialised backbone. ``resolution`` matters for ViTs (positions, patches);
     ``drop_path`` is the stochastic depth rate of the paper ViTs (active in training only)."""
     if arch.startswith("timm/"):
@@ -60,7 +62,9 @@ def build_model(arch: str, num_classes: int, width: float = 1.0, resolution: int
             raise ValueError(f"{arch}: an MLP's width is in its name; width multiplier {width} does not apply")
         return MLP(*mlp, num_classes, 3 * resolution * resolution)
     if arch not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}, mlpDEPTH-wWIDTH, timm/NAME, torchvision/NAME")
+        raise ValueError(
+            f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}, mlpDEPTH-wWIDTH, timm/NAME, torchvision/NAME"
+        )
     return BUILDERS[arch](num_classes, width, resolution, drop_path)
 
 
@@ -119,7 +123,9 @@ def enumerate_activations(model: nn.Module) -> list[ProbePoint]:
     if isinstance(model, MLP):  # its default probe points are post-ReLU already
         return model.probe_points()
     if not isinstance(model, (VGGm, ResNet)):
-        raise ValueError(f"{type(model).__name__}: the activations enumeration is defined for the built-in architectures; use default, blocks or paper")
+        raise ValueError(
+            f"{type(model).__name__}: the activations enumeration is defined for the built-in architectures; use default, blocks or paper"
+        )
     # The ReLUs of the feature extractor (VGG-19's classifier has its own, never probed).
     names = [n for n, m in model.named_modules() if isinstance(m, nn.ReLU) and not n.startswith("head")]
     return [ProbePoint(i + 1, n, "output") for i, n in enumerate(names)]
@@ -151,5 +157,3 @@ def probe_points(model: nn.Module, side: str = "default", enumeration: str = "de
     if side not in ("input", "output"):
         raise ValueError(f"capture side must be default, input or output, got {side!r}")
     return [replace(p, side=side) for p in points]
-
-

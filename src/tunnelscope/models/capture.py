@@ -64,9 +64,13 @@ class LayerCapture:
             module = modules[name]
             for side in wanted:
                 if side == "output":
-                    hook = module.register_forward_hook(lambda m, args, out, n=name, w=wanted: self._on_call(n, w, "output", out))
+                    hook = module.register_forward_hook(
+                        lambda m, args, out, n=name, w=wanted: self._on_call(n, w, "output", out)
+                    )
                 else:
-                    hook = module.register_forward_pre_hook(lambda m, args, n=name, w=wanted: self._on_call(n, w, "input", args[0]))
+                    hook = module.register_forward_pre_hook(
+                        lambda m, args, n=name, w=wanted: self._on_call(n, w, "input", args[0])
+                    )
                 self._handles.append(hook)
         self._post = {p.post: modules[p.post] for p in self.points if p.post}
         return self
@@ -115,5 +119,3 @@ def layer_shapes(model: torch.nn.Module, points: list[ProbePoint], resolution: i
             return {index: tuple(t.shape[1:]) for (index, _), t in capture.take().items()}
     finally:
         model.train(was_training)
-
-

@@ -17,5 +17,3 @@ def init_conv_bn(model: nn.Module) -> None:
 
 def scaled(channels: int, width: float) -> int:
     return max(1, round(channels * width))
-
-

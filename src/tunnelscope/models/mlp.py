@@ -42,5 +42,3 @@ class MLP(nn.Module):
     def probe_points(self) -> list[ProbePoint]:
         """Each hidden layer's output (after ReLU), in forward order."""
         return [ProbePoint(i + 1, f"hidden.{i}", "output") for i in range(len(self.hidden))]
-
-

@@ -45,7 +45,11 @@ def enumerate_blocks(model: nn.Module) -> list[ProbePoint]:
 
 
 def _is_depthwise(module: nn.Module) -> bool:
-    return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels == module.out_channels
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.groups > 1
+        and module.groups == module.in_channels == module.out_channels
+    )
 
 
 # Convs on a residual shortcut (torchvision/timm ``downsample``, some timm ``shortcut``).
@@ -77,5 +81,3 @@ def enumerate_paper(model: nn.Module) -> list[ProbePoint]:
     else:
         chosen = [n for n, _ in convs if not _SHORTCUT.search(n)]
     return [ProbePoint(i + 1, n, "output") for i, n in enumerate(chosen)]
-
-

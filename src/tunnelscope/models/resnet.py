@@ -10,6 +10,8 @@ from tunnelscope.models.common import init_conv_bn, scaled
 from tunnelscope.models.points import ProbePoint
 
 _RESNET_BLOCKS = {"resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}
+
+
 class BasicBlock(nn.Module):
     """torchvision's BasicBlock with separate ReLUs, so no module runs twice per forward."""
 

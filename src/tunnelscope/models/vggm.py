@@ -14,18 +14,31 @@ _VGGM_STAGES = {
     "vggm11": [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]],
     "vggm17": [[64, 64], [128, 128], [256] * 4, [512] * 4, [512] * 4],
 }
+
+
 class VGGm(nn.Module):
     """VGGm; with ``classifier_hidden`` the head is VGG's multi-layer classifier (Linear + ReLU
     per hidden size, then the output Linear), as Masarczyk et al.'s VGG-19."""
 
-    def __init__(self, stages: list[list[int]], num_classes: int, width: float = 1.0, pool_first_stages: bool = True, classifier_hidden: tuple[int, ...] = ()):
+    def __init__(
+        self,
+        stages: list[list[int]],
+        num_classes: int,
+        width: float = 1.0,
+        pool_first_stages: bool = True,
+        classifier_hidden: tuple[int, ...] = (),
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         in_ch = 3
         for s, stage in enumerate(stages):
             for channels in stage:
                 out_ch = scaled(channels, width)
-                layers += [nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)]
+                layers += [
+                    nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(out_ch),
+                    nn.ReLU(inplace=True),
+                ]
                 in_ch = out_ch
             if pool_first_stages or s >= 2:
                 layers.append(nn.MaxPool2d(2, 2))
@@ -57,7 +70,9 @@ class VGGm(nn.Module):
 
 
 def _vggm(stages: str, dagger: bool):
-    return lambda num_classes, width, resolution, drop_path: VGGm(_VGGM_STAGES[stages], num_classes, width, pool_first_stages=not dagger)
+    return lambda num_classes, width, resolution, drop_path: VGGm(
+        _VGGM_STAGES[stages], num_classes, width, pool_first_stages=not dagger
+    )
 
 
 # arch name -> builder(num_classes, width, resolution, drop_path); models.build collects these.
@@ -66,5 +81,7 @@ BUILDERS = {
     "vggm17": _vggm("vggm17", dagger=False),
     "vggm11-dagger": _vggm("vggm11", dagger=True),
     "vggm17-dagger": _vggm("vggm17", dagger=True),
-    "vgg19": lambda num_classes, width, resolution, drop_path: VGGm(_VGGM_STAGES["vggm17"], num_classes, width, classifier_hidden=_VGG19_CLASSIFIER),
+    "vgg19": lambda num_classes, width, resolution, drop_path: VGGm(
+        _VGGM_STAGES["vggm17"], num_classes, width, classifier_hidden=_VGG19_CLASSIFIER
+    ),
 }

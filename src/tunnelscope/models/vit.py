@@ -43,7 +43,9 @@ def _paper_vit(depth: int, num_classes: int, resolution: int, width: float = 1.0
 
 def _vit_probe_points(model: nn.Module) -> list[ProbePoint]:
     prefix = int(getattr(model, "num_prefix_tokens", 0))
-    return [ProbePoint(i + 1, f"blocks.{i}", "output", post="norm", prefix_tokens=prefix) for i in range(len(model.blocks))]
+    return [
+        ProbePoint(i + 1, f"blocks.{i}", "output", post="norm", prefix_tokens=prefix) for i in range(len(model.blocks))
+    ]
 
 
 def _build(arch: str):

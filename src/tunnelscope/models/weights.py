@@ -53,7 +53,11 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str, 
     head = _classifier_prefix(model)
     missing = [k for k in own if k not in state and not (head and k.startswith(head))]
     unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model" for k in state if k in own and state[k].shape != own[k].shape]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model"
+        for k in state
+        if k in own and state[k].shape != own[k].shape
+    ]
     problems = []
     if wrong:
         hint = " (num_classes must match the checkpoint's classifier)" if head and wrong[0].startswith(head) else ""
@@ -73,7 +77,11 @@ def load_pretrained(spec: dict, resolution: int) -> nn.Module:
     arch = spec["arch"]
     if spec.get("weights"):
         model = build_model(arch, spec["num_classes"], 1.0, resolution)
-        state = {k: v for k, v in read_state_dict(spec["weights"]).items() if not k.startswith(tuple(spec.get("ignore_prefixes", ())))}
+        state = {
+            k: v
+            for k, v in read_state_dict(spec["weights"]).items()
+            if not k.startswith(tuple(spec.get("ignore_prefixes", ())))
+        }
         load_weights(model, state, spec["weights"], arch)
         return model.eval()
     name = arch.split("/", 1)[1]
@@ -81,7 +89,9 @@ def load_pretrained(spec: dict, resolution: int) -> nn.Module:
         import timm
 
         def create(**size):
-            return timm.create_model(name, pretrained=True, num_classes=spec["num_classes"], cache_dir=spec.get("hf_cache"), **size)
+            return timm.create_model(
+                name, pretrained=True, num_classes=spec["num_classes"], cache_dir=spec.get("hf_cache"), **size
+            )
 
         try:
             with _hub_offline(not spec.get("download")):

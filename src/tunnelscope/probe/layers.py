@@ -43,12 +43,22 @@ class SolverFit(NamedTuple):
 
 
 def _fit_sklearn(x_train, y_train, x_test, y_test, n_classes: int, settings: dict, device) -> dict:
-    return fit_sklearn_probe(x_train, y_train, x_test, y_test, settings["C"], settings["max_iter"], settings["standardize"], n_classes)
+    return fit_sklearn_probe(
+        x_train, y_train, x_test, y_test, settings["C"], settings["max_iter"], settings["standardize"], n_classes
+    )
 
 
 def _fit_paper(layers: list[tuple], n_classes: int, settings: dict, family: str, device) -> list[dict]:
     recipe = {**settings["paper"], "seed": settings["seed"]}
-    return fit_paper_probes([(x_train, x_test) for x_train, _, x_test, _ in layers], layers[0][1], layers[0][3], n_classes, recipe, family, device)
+    return fit_paper_probes(
+        [(x_train, x_test) for x_train, _, x_test, _ in layers],
+        layers[0][1],
+        layers[0][3],
+        n_classes,
+        recipe,
+        family,
+        device,
+    )
 
 
 # registry.SOLVERS name -> its fit (tests/test_probe.py checks that the two name the same solvers).
@@ -78,7 +88,9 @@ def _fit_together(fit: Callable, files: list[Path], n_classes: int, settings: di
     return list(zip(infos, fit(list(layers), n_classes, settings, family, device)))
 
 
-def probe_layers(embed_dir: str, params: dict, family: str = "cnn", threads: int | None = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+def probe_layers(
+    embed_dir: str, params: dict, family: str = "cnn", threads: int | None = None
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Probe every layer of one (cell, eval set): one row per layer, and each layer's probe as
     (d + 1, C) float32 weights on raw features, bias last (``layer_NNN`` keys; write_weights;
     protocols.probe_logits scores them).
@@ -97,7 +109,10 @@ def probe_layers(embed_dir: str, params: dict, family: str = "cnn", threads: int
     n_classes = int(read_metadata(files[0])["num_classes"])
     started = time.perf_counter()
     if solver.per_layer:
-        fitted = (_fit_layer(solver.fit, path, n_classes, settings, device) for path in tqdm(files, desc=f"probe {params['eval_set']}", leave=False))
+        fitted = (
+            _fit_layer(solver.fit, path, n_classes, settings, device)
+            for path in tqdm(files, desc=f"probe {params['eval_set']}", leave=False)
+        )
     else:
         fitted = _fit_together(solver.fit, files, n_classes, settings, family, device)
     rows, weights = [], {}
@@ -105,7 +120,9 @@ def probe_layers(embed_dir: str, params: dict, family: str = "cnn", threads: int
         weights[f"layer_{meta['layer']:03d}"] = result.pop("weights")
         if not result["converged"]:
             log.warning("layer %d: probe did not converge in %d iterations", meta["layer"], result["n_iter"])
-        log.info("layer %3d %-24s dim %5d test acc %.4f", meta["layer"], meta["layer_name"], meta["dim"], result["test_acc"])
+        log.info(
+            "layer %3d %-24s dim %5d test acc %.4f", meta["layer"], meta["layer_name"], meta["dim"], result["test_acc"]
+        )
         rows.append(
             {
                 **front,

@@ -33,7 +33,9 @@ def matmul_precision(requested: str, device: str | torch.device = "cpu") -> str:
         return requested
     if torch.device(device).type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    native = [getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    native = [
+        getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    ]
     return "bf16" if any(native) else "fp32"
 
 
@@ -80,7 +82,9 @@ def _lbfgs_direction(g: torch.Tensor, pairs: list) -> torch.Tensor:
     return q.neg_()
 
 
-def minimize_lbfgs(fg, u: torch.Tensor, max_iter: int, tol: float, ftol: float = 0.0, history: int = 10, max_evals: int = 10):
+def minimize_lbfgs(
+    fg, u: torch.Tensor, max_iter: int, tol: float, ftol: float = 0.0, history: int = 10, max_evals: int = 10
+):
     """L-BFGS with a backtracking Armijo line search on a flat ``u``; ``fg(u)`` returns
     (loss as a float, gradient).
 
@@ -172,7 +176,9 @@ def fit_softmax(
     @torch.no_grad()
     def loss_and_grad(flat):
         w, b = to_weights(flat)
-        logits = torch.mm(x, w.to(dtype).t()).t().to(torch.float32, memory_format=torch.contiguous_format).add_(b[:, None])
+        logits = (
+            torch.mm(x, w.to(dtype).t()).t().to(torch.float32, memory_format=torch.contiguous_format).add_(b[:, None])
+        )
         log_p = torch.log_softmax(logits, dim=0)
         loss = -log_p[y, rows].sum() / n + 0.5 * l2 * w.pow(2).sum()
         residual = log_p.exp_()
@@ -236,5 +242,3 @@ def fit_lbfgs_probe(x_train, y_train, x_test, y_test, n_classes: int, params: di
         "precision": precision,
         "weights": w.cpu().numpy(),
     }
-
-

@@ -10,7 +10,9 @@ import warnings
 import numpy as np
 
 
-def fit_sklearn_probe(x_train, y_train, x_test, y_test, C: float, max_iter: int, standardize: bool, n_classes: int | None = None) -> dict:
+def fit_sklearn_probe(
+    x_train, y_train, x_test, y_test, C: float, max_iter: int, standardize: bool, n_classes: int | None = None
+) -> dict:
     """scikit-learn's LogisticRegression; the weights take one column per class of ``n_classes``
     (default those seen), a class absent from the training rows getting a bias no logit reaches."""
     from sklearn.exceptions import ConvergenceWarning

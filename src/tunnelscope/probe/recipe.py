@@ -13,7 +13,9 @@ import torch.nn.functional as F
 from tunnelscope.data.splits import epoch_order
 
 
-def fit_paper_probes(layers: list[tuple], y_train, y_test, n_classes: int, params: dict, family: str = "cnn", device="cpu") -> list[dict]:
+def fit_paper_probes(
+    layers: list[tuple], y_train, y_test, n_classes: int, params: dict, family: str = "cnn", device="cpu"
+) -> list[dict]:
     """The papers' probe recipe for every layer at once.
 
     ``layers`` holds (x_train, x_test) per layer. One nn.Linear per layer (weights
@@ -45,18 +47,30 @@ def fit_paper_probes(layers: list[tuple], y_train, y_test, n_classes: int, param
             order = epoch_order(len(ytr), params["repeats"], gen).to(device)
         for start in range(0, len(order), params["batch_size"]):
             idx = order[start : start + params["batch_size"]]
-            loss = sum(F.cross_entropy(head(x[idx]), ytr[idx], label_smoothing=params["label_smoothing"]) for head, x in zip(heads, xs_train))
+            loss = sum(
+                F.cross_entropy(head(x[idx]), ytr[idx], label_smoothing=params["label_smoothing"])
+                for head, x in zip(heads, xs_train)
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         heads.eval()
         with torch.no_grad():
-            last = [(_head_acc(h, xte, yte), epoch + 1, _head_acc(h, xtr, ytr), h) for h, xtr, xte in zip(heads, xs_train, xs_test)]
+            last = [
+                (_head_acc(h, xte, yte), epoch + 1, _head_acc(h, xtr, ytr), h)
+                for h, xtr, xte in zip(heads, xs_train, xs_test)
+            ]
         # a head's weights are copied only when its epoch is kept
         keep = params["report"] == "best_test"
-        best = [(*cur[:3], _head_weights(cur[3])) if keep and (b[3] is None or cur[0] > b[0]) else b for b, cur in zip(best, last)]
+        best = [
+            (*cur[:3], _head_weights(cur[3])) if keep and (b[3] is None or cur[0] > b[0]) else b
+            for b, cur in zip(best, last)
+        ]
     chosen = best if params["report"] == "best_test" else [(*row[:3], _head_weights(row[3])) for row in last]
-    return [{"train_acc": tr, "test_acc": te, "epoch": ep, "n_iter": params["epochs"], "converged": True, "weights": w} for te, ep, tr, w in chosen]
+    return [
+        {"train_acc": tr, "test_acc": te, "epoch": ep, "n_iter": params["epochs"], "converged": True, "weights": w}
+        for te, ep, tr, w in chosen
+    ]
 
 
 def _head_acc(head, x, y) -> float:

@@ -41,7 +41,11 @@ PARTS = ("extractor", "tunnel")
 
 def _owners(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     """Modules holding parameters or buffers of their own, by name."""
-    return {name: m for name, m in model.named_modules() if next(m.parameters(recurse=False), None) is not None or next(m.buffers(recurse=False), None) is not None}
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if next(m.parameters(recurse=False), None) is not None or next(m.buffers(recurse=False), None) is not None
+    }
 
 
 @torch.no_grad()
@@ -97,7 +101,9 @@ def locate_tunnel(curves: dict[int, np.ndarray], threshold: float, rule: str) ->
     return {"threshold": threshold, "curve": rule, "starts": starts, "start_layer": start}
 
 
-def swap(params: dict, networks: dict[str, str], evaluations: dict[str, str], tunnel_path: str, outputs: dict[str, str]) -> dict:
+def swap(
+    params: dict, networks: dict[str, str], evaluations: dict[str, str], tunnel_path: str, outputs: dict[str, str]
+) -> dict:
     """Locate the tunnel on the E1+T1 and E2+T2 ID curves and write E1+T2 and E2+T1.
 
     ``networks`` / ``evaluations``: checkpoint / evaluation table of E1+T1 and E2+T2;
@@ -116,31 +122,55 @@ def swap(params: dict, networks: dict[str, str], evaluations: dict[str, str], tu
         net1.load_state_dict(compose(states[e], states[t], parts["extractor"]))
         save_backbone(net1, outputs[label], meta)
     write_json(tunnel, tunnel_path)
-    log.info("tunnel: layers %d-%d (%s %s), starts %s; extractor %d modules, tunnel %d", tunnel["start_layer"], len(points), point.side, point.name, tunnel["starts"], len(parts["extractor"]), len(parts["tunnel"]))
+    log.info(
+        "tunnel: layers %d-%d (%s %s), starts %s; extractor %d modules, tunnel %d",
+        tunnel["start_layer"],
+        len(points),
+        point.side,
+        point.name,
+        tunnel["starts"],
+        len(parts["extractor"]),
+        len(parts["tunnel"]),
+    )
     return tunnel
 
 
 def frozen_modules(tunnel: dict, train: list[str]) -> list[str]:
     """Modules a finetune configuration keeps as they are: those of the parts it does not train."""
     if not any(tunnel[part] for part in train):
-        raise ValueError(f"nothing to fine-tune: the tunnel starts at layer {tunnel['start_layer']} of {tunnel['num_layers']}, so {' and '.join(train)} hold no module")
+        raise ValueError(
+            f"nothing to fine-tune: the tunnel starts at layer {tunnel['start_layer']} of {tunnel['num_layers']}, so {' and '.join(train)} hold no module"
+        )
     return [name for part in PARTS if part not in train for name in tunnel[part]]
 
 
 @torch.no_grad()
-def head_accuracy(model, store: Store, first: int, stop: int, params: dict, batch_size: int, resident_mb: float, threads: int) -> float:
+def head_accuracy(
+    model, store: Store, first: int, stop: int, params: dict, batch_size: int, resident_mb: float, threads: int
+) -> float:
     """Top-1 of the model's own classifier on the test images of classes [first, stop), the
     argmax over those classes' logits."""
     test = store.splits["test"]
     rows = np.flatnonzero((test.labels >= first) & (test.labels < stop))
     device = next(model.parameters()).device
-    reader = SplitReader(test, "center", params["resolution"], device, resident_mb, workers=min(loader_workers(device, threads), 1))
+    reader = SplitReader(
+        test, "center", params["resolution"], device, resident_mb, workers=min(loader_workers(device, threads), 1)
+    )
     labels = torch.from_numpy(test.labels[rows]).to(device) - first
     norm = params["normalization"]
     return accuracy(model, reader, rows, labels, norm["mean"], norm["std"], batch_size, slice(first, stop))
 
 
-def evaluate(params: dict, checkpoint: str, data_path: str, out_dir: str, batch_size: int = 256, threads: int = 1, channels_last: bool = False, resident_mb: float = 1024) -> pd.DataFrame:
+def evaluate(
+    params: dict,
+    checkpoint: str,
+    data_path: str,
+    out_dir: str,
+    batch_size: int = 256,
+    threads: int = 1,
+    channels_last: bool = False,
+    resident_mb: float = 1024,
+) -> pd.DataFrame:
     """One configuration on both tasks: embeddings of every layer (its own task's curve) or of
     the last one, a probe per embedded layer, and its classifier's accuracy. One row per
     (task, layer) with the probe's results, ``network``, ``task`` and ``head_acc``."""
@@ -155,7 +185,14 @@ def evaluate(params: dict, checkpoint: str, data_path: str, out_dir: str, batch_
         probe = {**params["probe"], **{k: params[k] for k in CELL_VARIABLES}, "eval_set": f"task{task}", "role": "task"}
         table, _ = probe_layers(str(where), probe, family, threads)  # weights are not kept here
         head = head_accuracy(model, store, first, stop, params, batch_size, resident_mb, threads)
-        log.info("%s task %d: probe at layer %d %.4f, head %.4f", params["network"], task, table.layer.max(), table.sort_values("layer").test_acc.iloc[-1], head)
+        log.info(
+            "%s task %d: probe at layer %d %.4f, head %.4f",
+            params["network"],
+            task,
+            table.layer.max(),
+            table.sort_values("layer").test_acc.iloc[-1],
+            head,
+        )
         tables.append(table.assign(network=params["network"], task=task, head_acc=head))
     return pd.concat(tables, ignore_index=True)
 
@@ -173,8 +210,17 @@ def scores(evaluations: list[pd.DataFrame], tunnels: dict[str, dict], run_of: di
             last = part.loc[part.layer.idxmax()]
             run = run_of[tuple(last[k] for k in CELL_VARIABLES)]
             tunnel = tunnels[run]
-            rows.append({"run": run, **{k: last[k] for k in CELL_VARIABLES}, "network": network, "task": int(task), "probe_acc": float(last.test_acc), "head_acc": float(last.head_acc),
-                         "layer": int(last.layer), "tunnel_start": tunnel["start_layer"], "num_layers": tunnel["num_layers"]})
+            rows.append(
+                {
+                    "run": run,
+                    **{k: last[k] for k in CELL_VARIABLES},
+                    "network": network,
+                    "task": int(task),
+                    "probe_acc": float(last.test_acc),
+                    "head_acc": float(last.head_acc),
+                    "layer": int(last.layer),
+                    "tunnel_start": tunnel["start_layer"],
+                    "num_layers": tunnel["num_layers"],
+                }
+            )
     return pd.DataFrame(rows)
-
-

@@ -20,7 +20,13 @@ COMPARED_METRICS = ("ood_retained", "pearson", "alignment", "tunnel_start", "ood
 
 def solver_metrics(probes: pd.DataFrame, cell_info: dict, params: dict) -> pd.DataFrame:
     """The cell's tunnel metrics under each solver of its probe tables (a ``solver`` column)."""
-    return pd.concat([cell_metrics(group, cell_info, params).assign(solver=solver) for solver, group in probes.groupby("solver", sort=False)], ignore_index=True)
+    return pd.concat(
+        [
+            cell_metrics(group, cell_info, params).assign(solver=solver)
+            for solver, group in probes.groupby("solver", sort=False)
+        ],
+        ignore_index=True,
+    )
 
 
 def solver_comparison(metrics: pd.DataFrame, reference: str, confidence: float = CONFIDENCE) -> pd.DataFrame:
@@ -38,9 +44,17 @@ def solver_comparison(metrics: pd.DataFrame, reference: str, confidence: float =
             a, b = paired[metric].astype(float), paired[f"{metric}_other"].astype(float)
             ok = a.notna() & b.notna()
             diff = (b - a)[ok]
-            rho = stats.spearmanr(a[ok], b[ok]).statistic if ok.sum() > 2 and a[ok].nunique() > 1 and b[ok].nunique() > 1 else float("nan")
+            rho = (
+                stats.spearmanr(a[ok], b[ok]).statistic
+                if ok.sum() > 2 and a[ok].nunique() > 1 and b[ok].nunique() > 1
+                else float("nan")
+            )
             # with several seeds: the t-interval of the mean difference over the seeds' means
-            _, low, high, n_seeds = t_interval(diff.groupby(paired.seed[ok]).mean(), confidence) if seeds else (None, float("nan"), float("nan"), 1)
+            _, low, high, n_seeds = (
+                t_interval(diff.groupby(paired.seed[ok]).mean(), confidence)
+                if seeds
+                else (None, float("nan"), float("nan"), 1)
+            )
             rows.append(
                 {
                     "reference": reference,

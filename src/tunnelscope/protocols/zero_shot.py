@@ -24,6 +24,8 @@ from tunnelscope.metrics.seeds import (
 from tunnelscope.registry import CELL_VARIABLES
 
 ZERO_SHOT_STREAM = 3141  # the random stream of the shifted validation split (zero_shot.split_seed)
+
+
 def probe_logits(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Logits on raw features ``x`` (n, d) of a probe stored by probe.layers.write_weights."""
     return x.astype(np.float32) @ weights[:-1] + weights[-1]
@@ -33,7 +35,9 @@ def _accuracy(weights: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
     return float((probe_logits(weights, x).argmax(1) == y).mean()) if len(y) else float("nan")
 
 
-def zero_shot_layers(id_probes: pd.DataFrame, id_weights, shifted_weights, clean_dir: str | Path, shifted_dir: str | Path, params: dict) -> pd.DataFrame:
+def zero_shot_layers(
+    id_probes: pd.DataFrame, id_weights, shifted_weights, clean_dir: str | Path, shifted_dir: str | Path, params: dict
+) -> pd.DataFrame:
     """One row per layer, all on the test rows outside the validation part (``rest``) unless
     named: the ID probe on the clean ID test rows (``clean_test_acc``), on their shifted copies
     (``zero_shot_test_acc``; ``zero_shot_val_acc`` on the validation part), and the shifted-set
@@ -44,7 +48,9 @@ def zero_shot_layers(id_probes: pd.DataFrame, id_weights, shifted_weights, clean
         key = f"layer_{probe.layer:03d}"  # the probe's entry in the weights (probe.layers.probe_layers)
         path = layer_path(shifted_dir, params["pooling"], probe.layer)
         _, x, y, _ = read_embeddings(path, select=lambda labels, splits: splits == "test")
-        _, clean, clean_y, _ = read_embeddings(layer_path(clean_dir, params["pooling"], probe.layer), select=lambda labels, splits: splits == "test")
+        _, clean, clean_y, _ = read_embeddings(
+            layer_path(clean_dir, params["pooling"], probe.layer), select=lambda labels, splits: splits == "test"
+        )
         if split is None:
             rest, val = stratified_split(y, params["val_fraction"], params["split_seed"], ZERO_SHOT_STREAM)
             split = (rest, val, y)
@@ -109,14 +115,26 @@ def zero_shot_summary(layers: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-ZERO_SHOT_VALUES = ["zero_shot_acc", "zero_shot_last_acc", "zero_shot_oracle_acc", "shifted_probe_acc", "shifted_probe_last_acc", "clean_last_acc", "zero_shot_layer", "shifted_probe_layer", "zero_shot_before_penultimate"]
+ZERO_SHOT_VALUES = [
+    "zero_shot_acc",
+    "zero_shot_last_acc",
+    "zero_shot_oracle_acc",
+    "shifted_probe_acc",
+    "shifted_probe_last_acc",
+    "clean_last_acc",
+    "zero_shot_layer",
+    "shifted_probe_layer",
+    "zero_shot_before_penultimate",
+]
 LAYER_VALUES = ["clean_test_acc", "zero_shot_val_acc", "zero_shot_test_acc", "shifted_probe_test_acc"]
 
 
-def zero_shot_seeds(summary: pd.DataFrame, layers: pd.DataFrame, confidence: float = CONFIDENCE) -> tuple[pd.DataFrame, pd.DataFrame]:
+def zero_shot_seeds(
+    summary: pd.DataFrame, layers: pd.DataFrame, confidence: float = CONFIDENCE
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Seed means with t-intervals (seeds.seed_summary) of the summary per backbone and shifted
     set, and of the per-layer accuracies per backbone, shifted set and layer."""
     keys = [*BACKBONE, "eval_set"]
-    return seed_summary(summary, [*keys, "num_layers"], ZERO_SHOT_VALUES, confidence), seed_summary(layers, [*keys, "layer"], LAYER_VALUES, confidence)
-
-
+    return seed_summary(summary, [*keys, "num_layers"], ZERO_SHOT_VALUES, confidence), seed_summary(
+        layers, [*keys, "layer"], LAYER_VALUES, confidence
+    )

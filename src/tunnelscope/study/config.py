@@ -74,9 +74,13 @@ def _deepest(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
     """
     while error.context:
         depth = len(error.absolute_path)
-        mistyped = {e.relative_schema_path[0] for e in error.context if e.validator == "type" and len(e.absolute_path) == depth}
+        mistyped = {
+            e.relative_schema_path[0] for e in error.context if e.validator == "type" and len(e.absolute_path) == depth
+        }
         relevant = [e for e in error.context if e.relative_schema_path[0] not in mistyped]
-        if error.validator == "anyOf" and all(e.validator in ("enum", "pattern") and len(e.absolute_path) == depth for e in relevant):
+        if error.validator == "anyOf" and all(
+            e.validator in ("enum", "pattern") and len(e.absolute_path) == depth for e in relevant
+        ):
             break
         error = max(relevant or error.context, key=lambda e: len(e.absolute_path))
     return error
@@ -96,7 +100,9 @@ def _fill_defaults(schema: dict, data, root: dict):
         if key == "overrides":
             data.setdefault(key, [])
             continue
-        if isinstance(sub, dict) and sub.get("x-partial"):  # settings over others, key by key: the given over the default's
+        if isinstance(sub, dict) and sub.get(
+            "x-partial"
+        ):  # settings over others, key by key: the given over the default's
             data[key] = {**copy.deepcopy(sub.get("default", {})), **data.get(key, {})}
             continue
         if key not in data and isinstance(sub, dict) and "default" in sub:
@@ -201,7 +207,9 @@ def validate(config: dict, schema: dict) -> dict:
     probe = config["probe"]
     probe.setdefault("pooling", embed["pooling"][0])
     if probe["pooling"] not in embed["pooling"]:
-        raise ConfigError(f"probe.pooling: {probe['pooling']!r} is not written by embed.pooling ({', '.join(embed['pooling'])})")
+        raise ConfigError(
+            f"probe.pooling: {probe['pooling']!r} is not written by embed.pooling ({', '.join(embed['pooling'])})"
+        )
     if "grid" not in config and "continual" not in config:
         raise ConfigError("grid: missing; a study needs a grid of cells, a continual section, or both")
     grid = config.get("grid", [])
@@ -225,7 +233,9 @@ def validate(config: dict, schema: dict) -> dict:
             if arch_facts(arch) is None:
                 known = ", ".join([*ARCHS, "mlpDEPTH-wWIDTH", "timm/NAME", "torchvision/NAME"])
                 named = ", ".join(sorted(config["pretrained"])) or "none defined"
-                raise ConfigError(f"{where}.arch[{i}]: {arch!r} is not one of {known} or a name under pretrained ({named})")
+                raise ConfigError(
+                    f"{where}.arch[{i}]: {arch!r} is not one of {known} or a name under pretrained ({named})"
+                )
         for i, name in enumerate(block["id_dataset"]):
             if name not in names:
                 raise ConfigError(f"{where}.id_dataset[{i}]: unknown dataset {name!r}; defined: {defined}")
@@ -240,22 +250,30 @@ def validate(config: dict, schema: dict) -> dict:
             levels = [v for block in blocks for v in block[key]]
             for one in value if isinstance(value, list) else [value]:
                 if one not in levels:
-                    raise ConfigError(f"overrides[{i}].where.{key}: {one!r} matches no cell; grid levels: {', '.join(map(str, dict.fromkeys(levels)))}")
+                    raise ConfigError(
+                        f"overrides[{i}].where.{key}: {one!r} matches no cell; grid levels: {', '.join(map(str, dict.fromkeys(levels)))}"
+                    )
     _check_comparisons(config["analysis"]["comparisons"], blocks)
     if "continual" in config:
         _check_continual(config["continual"], config["datasets"])
     thresholds = config["metrics"]["id_start_thresholds"]
     if not any(math.isclose(config["tunnel_length"]["threshold"], t) for t in thresholds):
-        raise ConfigError(f"tunnel_length.threshold: {config['tunnel_length']['threshold']} is not one of metrics.id_start_thresholds ({', '.join(map(str, thresholds))})")
+        raise ConfigError(
+            f"tunnel_length.threshold: {config['tunnel_length']['threshold']} is not one of metrics.id_start_thresholds ({', '.join(map(str, thresholds))})"
+        )
     return config
 
 
 def _check_pretrained(entries: dict) -> None:
     for name, spec in entries.items():
         if not (spec.get("weights") or spec.get("hf_cache") or spec["download"]):
-            raise ConfigError(f"pretrained.{name}: give weights (a local file), hf_cache (a local Hugging Face cache) or download: true")
+            raise ConfigError(
+                f"pretrained.{name}: give weights (a local file), hf_cache (a local Hugging Face cache) or download: true"
+            )
         if spec.get("hf_cache") and not spec["arch"].startswith("timm/"):
-            raise ConfigError(f"pretrained.{name}.hf_cache: only timm models load from a Hugging Face cache; use weights for {spec['arch']}")
+            raise ConfigError(
+                f"pretrained.{name}.hf_cache: only timm models load from a Hugging Face cache; use weights for {spec['arch']}"
+            )
 
 
 def _check_datasets(datasets: dict) -> None:
@@ -289,7 +307,10 @@ def _check_comparisons(comparisons, blocks: list[dict]) -> None:
         return
     grid = {k: {v for block in blocks for v in block[k]} for k in CELL_VARIABLES}
     if all(arch_facts(a) is not None for a in grid["arch"]):
-        grid |= {k: {arch_facts(a)[k] for a in grid["arch"]} for k in ("family", "arch_family", "stem", "spatial_reduction", "depth")}
+        grid |= {
+            k: {arch_facts(a)[k] for a in grid["arch"]}
+            for k in ("family", "arch_family", "stem", "spatial_reduction", "depth")
+        }
     seen = set()
     for i, entry in enumerate(comparisons):
         where = f"analysis.comparisons[{i}]"
@@ -298,10 +319,14 @@ def _check_comparisons(comparisons, blocks: list[dict]) -> None:
         seen.add(entry["name"])
         known = grid.get(entry["variable"])
         values = [(f"{where}.levels[{j}]", v) for j, v in enumerate(entry.get("levels", []))]
-        values += [(f"{where}.pairs[{j}][{k}]", v) for j, pair in enumerate(entry.get("pairs", [])) for k, v in enumerate(pair)]
+        values += [
+            (f"{where}.pairs[{j}][{k}]", v) for j, pair in enumerate(entry.get("pairs", [])) for k, v in enumerate(pair)
+        ]
         for key, value in values:
             if known is not None and not any(_same_level(value, k) for k in known):
-                raise ConfigError(f"{key}: {value!r} is not a {entry['variable']} of any cell; grid levels: {', '.join(map(str, sorted(known, key=str)))}")
+                raise ConfigError(
+                    f"{key}: {value!r} is not a {entry['variable']} of any cell; grid levels: {', '.join(map(str, sorted(known, key=str)))}"
+                )
         if entry.get("levels") and entry.get("pairs"):
             for j, pair in enumerate(entry["pairs"]):
                 for k, value in enumerate(pair):
@@ -310,7 +335,9 @@ def _check_comparisons(comparisons, blocks: list[dict]) -> None:
         for key, values in entry.get("where", {}).items():
             for j, value in enumerate(values):
                 if key in grid and not any(_same_level(value, k) for k in grid[key]):
-                    raise ConfigError(f"{where}.where.{key}[{j}]: {value!r} matches no cell; grid levels: {', '.join(map(str, sorted(grid[key], key=str)))}")
+                    raise ConfigError(
+                        f"{where}.where.{key}[{j}]: {value!r} matches no cell; grid levels: {', '.join(map(str, sorted(grid[key], key=str)))}"
+                    )
 
 
 def known_classes(spec: dict) -> int | None:
@@ -328,25 +355,36 @@ def known_classes(spec: dict) -> int | None:
 def _check_continual(section: dict, datasets: dict) -> None:
     for i, name in enumerate(section["id_dataset"]):
         if name not in datasets:
-            raise ConfigError(f"continual.id_dataset[{i}]: unknown dataset {name!r}; defined: {', '.join(sorted(datasets))}")
+            raise ConfigError(
+                f"continual.id_dataset[{i}]: unknown dataset {name!r}; defined: {', '.join(sorted(datasets))}"
+            )
     (a, b), (c, d) = section["tasks"]
     for t, (first, stop) in enumerate(section["tasks"]):
         if first >= stop:
-            raise ConfigError(f"continual.tasks[{t}]: [{first}, {stop}] holds no class; give [first, stop) with first < stop")
+            raise ConfigError(
+                f"continual.tasks[{t}]: [{first}, {stop}] holds no class; give [first, stop) with first < stop"
+            )
     if a < d and c < b:
         raise ConfigError(f"continual.tasks[1]: [{c}, {d}] overlaps task 1's classes [{a}, {b}]")
     for i, name in enumerate(section["id_dataset"]):
         count = known_classes(datasets[name])
         if count is not None and max(b, d) > count:
-            raise ConfigError(f"continual.tasks: classes up to {max(b, d)}, but continual.id_dataset[{i}] {name!r} has {count}")
+            raise ConfigError(
+                f"continual.tasks: classes up to {max(b, d)}, but continual.id_dataset[{i}] {name!r} has {count}"
+            )
     reserved = {network_slug(n): n for n in COMPOSED}
     for i, entry in enumerate(section["finetune"]):
         entry.setdefault("task", 1)
         slug = network_slug(entry["name"])
         if slug in reserved:
-            raise ConfigError(f"continual.finetune[{i}].name: {entry['name']!r} is taken (by {reserved[slug]!r}); names must differ in their letters and digits")
+            raise ConfigError(
+                f"continual.finetune[{i}].name: {entry['name']!r} is taken (by {reserved[slug]!r}); names must differ in their letters and digits"
+            )
         reserved[slug] = entry["name"]
-    for key, recipe in (("continual.training", section["training"]), ("continual.finetune_training", finetune_recipe(section))):
+    for key, recipe in (
+        ("continual.training", section["training"]),
+        ("continual.finetune_training", finetune_recipe(section)),
+    ):
         _check_training(recipe, key)
 
 
@@ -364,7 +402,9 @@ def _check_training(training: dict, key: str, where: str = "") -> None:
         if milestones != sorted(milestones):
             raise ConfigError(f"{where}{key}.step_milestones: {milestones} is not increasing")
         if any(m <= training["warmup_epochs"] or m >= training["epochs"] for m in milestones):
-            raise ConfigError(f"{where}{key}.step_milestones: {milestones} must lie after the warm-up ({training['warmup_epochs']} epochs) and before the last of the {training['epochs']} epochs")
+            raise ConfigError(
+                f"{where}{key}.step_milestones: {milestones} must lie after the warm-up ({training['warmup_epochs']} epochs) and before the last of the {training['epochs']} epochs"
+            )
 
 
 def _same_level(a, b) -> bool:
@@ -390,13 +430,21 @@ class Study:
         # the solver comparison sets every other solver against one reference
         firsts = {c.probe["solver"] for c in self.cells.values() if len(c.probe["solvers"]) > 1}
         if len(firsts) > 1:
-            raise ConfigError(f"probe.solver: the cells with several solvers must list the same one first (the comparison's reference); overrides give {', '.join(sorted(firsts))}")
+            raise ConfigError(
+                f"probe.solver: the cells with several solvers must list the same one first (the comparison's reference); overrides give {', '.join(sorted(firsts))}"
+            )
         self.runs: dict[str, Run] = {}
         section = self.config.get("continual")
         if section:
             for combo in itertools.product(*(section[k] for k in CELL_VARIABLES)):
                 variables = dict(zip(CELL_VARIABLES, combo))
-                run = Run(cell_id(**variables), model=section["model"], training=section["training"], finetune_training=finetune_recipe(section), **variables)
+                run = Run(
+                    cell_id(**variables),
+                    model=section["model"],
+                    training=section["training"],
+                    finetune_training=finetune_recipe(section),
+                    **variables,
+                )
                 self.runs[run.id] = run
 
     def _cell(self, variables: dict, ood_sets: tuple) -> Cell:
@@ -416,16 +464,26 @@ class Study:
         cid = cell_id(**variables)
         facts = arch_facts(variables["arch"])
         if model.get("probe_points") == "activations" and facts is None:
-            raise ConfigError(f"cell {cid}: model.probe_points activations is defined for the built-in architectures ({', '.join(ARCHS)}, MLPs), not {variables['arch']}")
+            raise ConfigError(
+                f"cell {cid}: model.probe_points activations is defined for the built-in architectures ({', '.join(ARCHS)}, MLPs), not {variables['arch']}"
+            )
         if facts and facts["family"] == "mlp":
             if model["width"] != 1.0:
-                raise ConfigError(f"cell {cid}: model.width scales the channels of the CNNs and ViTs; an MLP's width is in its name ({MLP_FORMAT})")
+                raise ConfigError(
+                    f"cell {cid}: model.width scales the channels of the CNNs and ViTs; an MLP's width is in its name ({MLP_FORMAT})"
+                )
             if model.get("probe_points", "default") not in ("default", "activations"):
-                raise ConfigError(f"cell {cid}: model.probe_points {model['probe_points']} is not defined for MLPs; use default (every hidden layer's output)")
+                raise ConfigError(
+                    f"cell {cid}: model.probe_points {model['probe_points']} is not defined for MLPs; use default (every hidden layer's output)"
+                )
         _check_training(training, "training", f"cell {cid}: ")
         if probe["pooling"] not in self.config["embed"]["pooling"]:
-            raise ConfigError(f"cell {cid}: overrides set probe.pooling {probe['pooling']!r}, which embed.pooling ({', '.join(self.config['embed']['pooling'])}) does not write")
-        return Cell(id=cid, model=model, training=training, probe=probe, ood_sets=ood_sets, pretrained=pretrained, **variables)
+            raise ConfigError(
+                f"cell {cid}: overrides set probe.pooling {probe['pooling']!r}, which embed.pooling ({', '.join(self.config['embed']['pooling'])}) does not write"
+            )
+        return Cell(
+            id=cid, model=model, training=training, probe=probe, ood_sets=ood_sets, pretrained=pretrained, **variables
+        )
 
     @property
     def results(self) -> str:
@@ -460,7 +518,10 @@ class Study:
     def _transform(self, c: Cell | Run, dataset: str) -> str:
         if c.pretrained:
             return transform_tag(c.resolution, c.pretrained["interpolation"], c.pretrained["crop_pct"])
-        native = c.model["preprocessing"] == "dataset" and self.config["datasets"][dataset].get("native_resolution") == c.resolution
+        native = (
+            c.model["preprocessing"] == "dataset"
+            and self.config["datasets"][dataset].get("native_resolution") == c.resolution
+        )
         return transform_tag(c.resolution, native=native)
 
     def normalization(self, cell: str, dataset: str) -> dict | None:
@@ -494,7 +555,10 @@ class Study:
                 spec, key = spec["base"], spec["of"]
             pending = any(not prepared_exists(d, r) for d, r in self.prepared() if d == name)
             if "root" in spec and pending and not spec.get("download") and not Path(spec["root"]).is_dir():
-                problems.append(f"datasets.{key}.root: directory {spec['root']} not found" + (f" (needed by {name})" if key != name else ""))
+                problems.append(
+                    f"datasets.{key}.root: directory {spec['root']} not found"
+                    + (f" (needed by {name})" if key != name else "")
+                )
         return problems
 
     # --- per-stage params: exactly the keys the stage uses, sorted, builtin types ---
@@ -512,7 +576,9 @@ class Study:
     def pretrain_params(self, cell: str) -> dict:
         c = self.cells[cell]
         norm = self.normalization(cell, c.id_dataset)
-        return _sorted({**c.variables, "model": c.model, "training": c.training, "normalization": norm, "compute": self._compute()})
+        return _sorted(
+            {**c.variables, "model": c.model, "training": c.training, "normalization": norm, "compute": self._compute()}
+        )
 
     def import_params(self, cell: str) -> dict:
         c = self.cells[cell]
@@ -522,7 +588,16 @@ class Study:
         c = self.cells[cell]
         embed = {k: v for k, v in self.config["embed"].items() if k != "batch_size"}
         norm = self.normalization(cell, eval_set)
-        return _sorted({**c.variables, "model": c.model, "eval_set": eval_set, **embed, "normalization": norm, "compute": self._compute()})
+        return _sorted(
+            {
+                **c.variables,
+                "model": c.model,
+                "eval_set": eval_set,
+                **embed,
+                "normalization": norm,
+                "compute": self._compute(),
+            }
+        )
 
     def _compute(self) -> dict:
         """Result-affecting compute settings (precision); channels_last is a speed knob only."""
@@ -578,7 +653,12 @@ class Study:
 
     def _run_common(self, run: str) -> dict:
         r = self.runs[run]
-        return {**r.variables, "model": r.model, "normalization": self._normalization(r, r.id_dataset), "compute": self._compute()}
+        return {
+            **r.variables,
+            "model": r.model,
+            "normalization": self._normalization(r, r.id_dataset),
+            "compute": self._compute(),
+        }
 
     def continual_train_params(self, run: str, network: str) -> dict:
         """Task 1 (E1+T1) or task 2 (E2+T2, from the E1+T1 weights)."""
@@ -587,13 +667,32 @@ class Study:
 
     def continual_finetune_params(self, run: str, network: str) -> dict:
         entry = self.continual_finetune(network)
-        finetune = {"start": entry["start"], "train": sorted(entry["train"]), "freeze_norm_stats": self.config["continual"]["freeze_norm_stats"]}
-        return _sorted({**self._run_common(run), "training": self.runs[run].finetune_training, "task": self._task(entry["task"]), "finetune": finetune})
+        finetune = {
+            "start": entry["start"],
+            "train": sorted(entry["train"]),
+            "freeze_norm_stats": self.config["continual"]["freeze_norm_stats"],
+        }
+        return _sorted(
+            {
+                **self._run_common(run),
+                "training": self.runs[run].finetune_training,
+                "task": self._task(entry["task"]),
+                "finetune": finetune,
+            }
+        )
 
     def continual_swap_params(self, run: str) -> dict:
         section = self.config["continual"]
         r = self.runs[run]
-        return _sorted({**r.variables, "model": r.model, "side": self.config["embed"]["side"], "threshold": section["tunnel_threshold"], "curve": section["tunnel_curve"]})
+        return _sorted(
+            {
+                **r.variables,
+                "model": r.model,
+                "side": self.config["embed"]["side"],
+                "threshold": section["tunnel_threshold"],
+                "curve": section["tunnel_curve"],
+            }
+        )
 
     def continual_evaluate_params(self, run: str, network: str) -> dict:
         """Embed settings, the probe's, and per task which layers: every layer where the network
@@ -603,12 +702,23 @@ class Study:
         probe = self.config["probe"]
         probe = _probe_settings({**probe, **_solvers(probe)})
         layers = {str(t): "all" if t == own else "last" for t in (1, 2)}
-        return _sorted({**self._run_common(run), **embed, "probe": probe, "tasks": self.config["continual"]["tasks"], "layers": layers, "network": self.continual_label(network)})
+        return _sorted(
+            {
+                **self._run_common(run),
+                **embed,
+                "probe": probe,
+                "tasks": self.config["continual"]["tasks"],
+                "layers": layers,
+                "network": self.continual_label(network),
+            }
+        )
 
     def continual_table_params(self) -> dict:
         section = self.config["continual"]
         runs = {run: r.variables for run, r in self.runs.items()}
-        return _sorted({"score": section["score"], "networks": [list(n) for n in self.continual_networks()], "runs": runs})
+        return _sorted(
+            {"score": section["score"], "networks": [list(n) for n in self.continual_networks()], "runs": runs}
+        )
 
     def seed_params(self) -> dict:
         """What the seed summaries of the aggregate, tables and figures read."""

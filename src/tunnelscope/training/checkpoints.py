@@ -30,7 +30,9 @@ GAMMA_HEAD_CLASSES = 100
 log = logging.getLogger("tunnelscope.train")
 
 
-def backbone_info(model, params: dict, arch: str, id_classes: int, n_train: int, gamma_params: int | None = None) -> dict:
+def backbone_info(
+    model, params: dict, arch: str, id_classes: int, n_train: int, gamma_params: int | None = None
+) -> dict:
     """The cell.json fields every backbone has: cell variables, the analysis variables of the
     built ``arch``, size, gamma and the number of probe points. ``gamma_params``: P of gamma
     (default: the model's own count, as for published backbones)."""
@@ -76,10 +78,24 @@ def import_pretrained(params: dict, checkpoint: str, train_log: str, info_path: 
     spec = params["pretrained"]
     model = load_pretrained(spec, params["resolution"])
     own = model_preprocessing(model, spec["arch"])
-    used = {"mean": spec["mean"] or own["mean"], "std": spec["std"] or own["std"], "interpolation": spec["interpolation"], "crop_pct": spec["crop_pct"], "resolution": params["resolution"]}
+    used = {
+        "mean": spec["mean"] or own["mean"],
+        "std": spec["std"] or own["std"],
+        "interpolation": spec["interpolation"],
+        "crop_pct": spec["crop_pct"],
+        "resolution": params["resolution"],
+    }
     for key in ("interpolation", "crop_pct", "resolution"):
         if used[key] != own[key] and not (key == "crop_pct" and math.isclose(used[key], own[key], abs_tol=1e-3)):
-            log.warning("%s: %s %s differs from the model's own %s (set pretrained.%s.%s to match)", params["arch"], key, used[key], own[key], params["arch"], key)
+            log.warning(
+                "%s: %s %s differs from the model's own %s (set pretrained.%s.%s to match)",
+                params["arch"],
+                key,
+                used[key],
+                own[key],
+                params["arch"],
+                key,
+            )
     info = {
         **backbone_info(model, params, spec["arch"], spec["num_classes"], spec["n_train"], spec.get("gamma_params")),
         "final_train_acc": None,
@@ -89,11 +105,22 @@ def import_pretrained(params: dict, checkpoint: str, train_log: str, info_path: 
         "preprocessing": used,
     }
     # The checkpoint names the real architecture, so embed rebuilds it like a trained cell's.
-    save_backbone(model, checkpoint, {"params": {**params, "arch": spec["arch"]}, "num_classes": spec["num_classes"], "mean": used["mean"], "std": used["std"]})
+    save_backbone(
+        model,
+        checkpoint,
+        {
+            "params": {**params, "arch": spec["arch"]},
+            "num_classes": spec["num_classes"],
+            "mean": used["mean"],
+            "std": used["std"],
+        },
+    )
     with atomic_path(train_log) as tmp:
         pd.DataFrame(columns=["epoch", "train_loss", "train_acc", "val_acc", "lr", "seconds"]).to_csv(tmp, index=False)
     write_json(info, info_path)
-    log.info("%s: %s with %d parameters, %d probe points", params["arch"], spec["arch"], info["params"], info["num_layers"])
+    log.info(
+        "%s: %s with %d parameters, %d probe points", params["arch"], spec["arch"], info["params"], info["num_layers"]
+    )
     return info
 
 

@@ -42,7 +42,16 @@ log = logging.getLogger("tunnelscope.train")
 
 
 @torch.no_grad()
-def accuracy(model, reader: SplitReader, indices: np.ndarray, labels: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD, batch_size: int = 512, columns: slice = slice(None)) -> float:
+def accuracy(
+    model,
+    reader: SplitReader,
+    indices: np.ndarray,
+    labels: torch.Tensor,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    batch_size: int = 512,
+    columns: slice = slice(None),
+) -> float:
     """Top-1 of ``model`` on the eval crops of ``indices`` of a split (``labels`` aligned), the
     argmax taken over the logits in ``columns`` (a task's classes; labels counted from its first)."""
     if len(indices) == 0:
@@ -71,7 +80,9 @@ def task_view(task: dict | None, num_classes: int) -> tuple[int, int, int, slice
         return 0, num_classes, 0, slice(None)
     first, stop = task["classes"]
     if stop > num_classes:
-        raise ValueError(f"task {task['index']}: classes [{first}, {stop}) exceed the {num_classes} classes of the dataset")
+        raise ValueError(
+            f"task {task['index']}: classes [{first}, {stop}) exceed the {num_classes} classes of the dataset"
+        )
     if task["head"] == "per_task":
         return first, stop, first, slice(first, stop)
     return first, stop, 0, slice(None)
@@ -87,18 +98,33 @@ def _mixer(cfg: dict, num_classes: int):
         return None
     from timm.data import Mixup
 
-    return Mixup(mixup_alpha=cfg["mixup_alpha"], cutmix_alpha=cfg["cutmix_alpha"], prob=cfg["mix_prob"], switch_prob=cfg["mix_switch_prob"], mode="batch", label_smoothing=cfg["label_smoothing"], num_classes=num_classes)
+    return Mixup(
+        mixup_alpha=cfg["mixup_alpha"],
+        cutmix_alpha=cfg["cutmix_alpha"],
+        prob=cfg["mix_prob"],
+        switch_prob=cfg["mix_switch_prob"],
+        mode="batch",
+        label_smoothing=cfg["label_smoothing"],
+        num_classes=num_classes,
+    )
 
 
 def _numpy_rng() -> dict:
     """numpy's global generator (timm's Mixup draws from it) as tensors and numbers, so a resume
     state holding it still loads with ``weights_only``."""
     _, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)}
+    return {
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "gauss": float(gauss),
+    }
 
 
 def _set_numpy_rng(state: dict) -> None:
-    np.random.set_state(("MT19937", state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"], state["gauss"]))
+    np.random.set_state(
+        ("MT19937", state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"], state["gauss"])
+    )
 
 
 def _freeze(model, frozen, cell: str) -> list:
@@ -161,7 +187,11 @@ def pretrain(
     tr_idx, val_idx = (rows[i] for i in stratified_split(train.labels[rows], cfg["val_fraction"], seed, stream=7919))
     test_idx = _rows(test.labels, first, stop)
     if selection != "last" and len({"best_val": val_idx, "best_test": test_idx}[selection]) == 0:
-        split = "held-out split (training.val_fraction holds out no image of any class)" if selection == "best_val" else "test split"
+        split = (
+            "held-out split (training.val_fraction holds out no image of any class)"
+            if selection == "best_val"
+            else "test split"
+        )
         raise ValueError(f"cell {cell}: training.checkpoint {selection} selects on an empty {split}")
     # Data-loader processes when a split streams: as many as the device wants for training's
     # batches, at most one each for the (short) evaluation passes.
@@ -173,17 +203,28 @@ def pretrain(
     y_val = labels[torch.from_numpy(val_idx).to(device)]
     y_te = torch.from_numpy(test.labels[test_idx]).to(device) - offset
     where = {True: "on the device", False: "streamed"}
-    log.info("%s: %d train images (%s), %d test (%s)", cell, len(rows), where[fit.resident], len(test_idx), where[test_eval.resident])
+    log.info(
+        "%s: %d train images (%s), %d test (%s)",
+        cell,
+        len(rows),
+        where[fit.resident],
+        len(test_idx),
+        where[test_eval.resident],
+    )
 
     def evaluate(reader, indices, y):  # in training-sized batches: memory stays what training needs
         return accuracy(model, reader, indices, y, norm["mean"], norm["std"], cfg["batch_size"], columns)
 
-    model = build_model(params["arch"], store.num_classes, params["model"]["width"], size, drop_path=cfg["drop_path"]).to(device)
+    model = build_model(
+        params["arch"], store.num_classes, params["model"]["width"], size, drop_path=cfg["drop_path"]
+    ).to(device)
     if init_checkpoint:
         try:
             model.load_state_dict(load_file(init_checkpoint, device=str(device)))
         except Exception as exc:  # a missing, corrupt or mismatched checkpoint
-            raise RuntimeError(f"cell {cell}: initial weights {init_checkpoint} do not load into {params['arch']} ({exc})") from exc
+            raise RuntimeError(
+                f"cell {cell}: initial weights {init_checkpoint} do not load into {params['arch']} ({exc})"
+            ) from exc
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     frozen_modules = _freeze(model, frozen, cell)
@@ -198,11 +239,21 @@ def pretrain(
     # batch of an epoch is dropped, as timm's training loader does.
     steps_per_epoch = len(tr_idx) // cfg["batch_size"] if mixer else math.ceil(len(tr_idx) / cfg["batch_size"])
     if mixer and (steps_per_epoch == 0 or cfg["batch_size"] % 2):
-        raise ValueError(f"cell {cell}: mixup / CutMix need an even training.batch_size of at most the {len(tr_idx)} training images, got {cfg['batch_size']}")
+        raise ValueError(
+            f"cell {cell}: mixup / CutMix need an even training.batch_size of at most the {len(tr_idx)} training images, got {cfg['batch_size']}"
+        )
     per_batch = cfg["schedule_step"] == "batch"
     units = steps_per_epoch if per_batch else 1
     milestones = [m * units for m in cfg["step_milestones"]] if cfg["schedule"] == "step" else None
-    scheduler = lr_schedule(optimizer, cfg["warmup_epochs"] * units, cfg["epochs"] * units, cfg["warmup_start_factor"], cfg["min_lr"], milestones, cfg["step_gamma"])
+    scheduler = lr_schedule(
+        optimizer,
+        cfg["warmup_epochs"] * units,
+        cfg["epochs"] * units,
+        cfg["warmup_start_factor"],
+        cfg["min_lr"],
+        milestones,
+        cfg["step_gamma"],
+    )
     gen = torch.Generator().manual_seed(seed)
     if mixer:
         np.random.seed(seed)
@@ -210,7 +261,14 @@ def pretrain(
     start_epoch = 0
     best = {"score": -1.0, "epoch": 0, "weights": None}  # the kept epoch under best_val / best_test
     # A resume state is only valid for the same settings, starting weights and frozen parts.
-    fingerprint = _fingerprint({**params, "init": file_sha256(init_checkpoint) if init_checkpoint else None, "frozen": sorted(frozen), "freeze_norm_stats": freeze_norm_stats})
+    fingerprint = _fingerprint(
+        {
+            **params,
+            "init": file_sha256(init_checkpoint) if init_checkpoint else None,
+            "frozen": sorted(frozen),
+            "freeze_norm_stats": freeze_norm_stats,
+        }
+    )
 
     state_file = Path(state_path)
     if state_file.exists():
@@ -218,7 +276,9 @@ def pretrain(
             # weights_only: a state file is data; a crafted pickle is refused, never executed.
             state = torch.load(state_file, map_location=device, weights_only=True)
         except Exception as exc:  # UnpicklingError, RuntimeError (truncated zip), EOFError, ...
-            raise RuntimeError(f"{state_file}: resume state cannot be loaded safely ({type(exc).__name__}); delete it to train from scratch") from exc
+            raise RuntimeError(
+                f"{state_file}: resume state cannot be loaded safely ({type(exc).__name__}); delete it to train from scratch"
+            ) from exc
         if state["fingerprint"] == fingerprint:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -227,7 +287,11 @@ def pretrain(
             torch.set_rng_state(state["torch_rng"])
             _set_numpy_rng(state["numpy_rng"])
             history, start_epoch = json.loads(state["history"]), int(state["epoch"])
-            best = {"score": float(state["best_score"]), "epoch": int(state["best_epoch"]), "weights": state["best_weights"] or None}
+            best = {
+                "score": float(state["best_score"]),
+                "epoch": int(state["best_epoch"]),
+                "weights": state["best_weights"] or None,
+            }
             log.info("resuming %s from saved state after epoch %d", cell, start_epoch)
         else:
             log.info("ignoring saved state %s: it was made with other settings", state_file)
@@ -245,9 +309,13 @@ def pretrain(
             for module in frozen_modules:
                 module.eval()
         t0 = time.perf_counter()
-        order = tr_idx[epoch_order(len(tr_idx), cfg["repeated_augmentation"], gen).numpy()][: steps_per_epoch * cfg["batch_size"]]
+        order = tr_idx[epoch_order(len(tr_idx), cfg["repeated_augmentation"], gen).numpy()][
+            : steps_per_epoch * cfg["batch_size"]
+        ]
         total_loss, correct = 0.0, 0
-        bar = tqdm(total=steps_per_epoch, desc=f"{cell} epoch {epoch + 1}/{cfg['epochs']}", leave=False, mininterval=1.0)
+        bar = tqdm(
+            total=steps_per_epoch, desc=f"{cell} epoch {epoch + 1}/{cfg['epochs']}", leave=False, mininterval=1.0
+        )
         for step, batch in enumerate(fit.batches(order, cfg["batch_size"], gen)):
             y = labels[torch.from_numpy(order[step * cfg["batch_size"] : (step + 1) * cfg["batch_size"]]).to(device)]
             x = to_model(batch if augment else batch.permute(0, 3, 1, 2))
@@ -258,7 +326,9 @@ def pretrain(
                 logits = model(x)[:, columns]
                 loss = loss_fn(logits, target)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"cell {cell}: non-finite training loss ({loss.item()}) in epoch {epoch + 1}, step {step + 1}")
+                raise FloatingPointError(
+                    f"cell {cell}: non-finite training loss ({loss.item()}) in epoch {epoch + 1}, step {step + 1}"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -283,21 +353,43 @@ def pretrain(
         row["seconds"] = time.perf_counter() - t0
         score = {"best_val": row["val_acc"], "best_test": row.get("test_acc")}.get(selection)
         if score is not None and score > best["score"]:
-            best = {"score": score, "epoch": epoch + 1, "weights": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+            best = {
+                "score": score,
+                "epoch": epoch + 1,
+                "weights": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            }
         history.append(row)
-        log.info("%s epoch %d/%d loss %.4f train %.3f val %.3f (%.1fs)", cell, row["epoch"], cfg["epochs"], row["train_loss"], row["train_acc"], row["val_acc"], row["seconds"])
+        log.info(
+            "%s epoch %d/%d loss %.4f train %.3f val %.3f (%.1fs)",
+            cell,
+            row["epoch"],
+            cfg["epochs"],
+            row["train_loss"],
+            row["train_acc"],
+            row["val_acc"],
+            row["seconds"],
+        )
         _save_state(state_file, model, optimizer, scheduler, gen, fingerprint, history, epoch + 1, best)
 
     kept = history[-1]
     if selection != "last" and best["weights"] is None:
-        raise RuntimeError(f"cell {cell}: checkpoint {selection} found no epoch with a score (is the {selection.removeprefix('best_')} split empty?)")
+        raise RuntimeError(
+            f"cell {cell}: checkpoint {selection} found no epoch with a score (is the {selection.removeprefix('best_')} split empty?)"
+        )
     if selection != "last":
         model.load_state_dict(best["weights"])
         kept = history[best["epoch"] - 1]
         log.info("%s: kept the weights of epoch %d (%s %.4f)", cell, best["epoch"], selection, best["score"])
     test_acc = evaluate(test_eval, test_idx, y_te)
     info = {
-        **backbone_info(model, params, params["arch"], store.num_classes, len(rows), paper_parameter_count(params["arch"], params["model"]["width"], size)),
+        **backbone_info(
+            model,
+            params,
+            params["arch"],
+            store.num_classes,
+            len(rows),
+            paper_parameter_count(params["arch"], params["model"]["width"], size),
+        ),
         "n_fit": len(tr_idx),
         "checkpoint_rule": selection,
         "checkpoint_epoch": kept["epoch"],
@@ -307,7 +399,11 @@ def pretrain(
         "device": str(device),
     }
     if params.get("task") is not None:
-        info |= {"task": params["task"], "init_checkpoint": init_checkpoint, "trainable_params": sum(p.numel() for p in trainable)}
+        info |= {
+            "task": params["task"],
+            "init_checkpoint": init_checkpoint,
+            "trainable_params": sum(p.numel() for p in trainable),
+        }
     save_backbone(model, checkpoint, {"params": params, "num_classes": store.num_classes})
     with atomic_path(train_log) as tmp:
         pd.DataFrame(history).to_csv(tmp, index=False)
@@ -334,5 +430,3 @@ def _save_state(path: Path, model, optimizer, scheduler, gen, fingerprint: str, 
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
-
-
