@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from tunnelscope.metrics.tunnel import strength
+from tunnelscope.metrics.tunnel import BACKBONE_FACTS, strength
 from tunnelscope.registry import CELL_VARIABLES
 
 SEED = "seed"
@@ -92,19 +92,7 @@ def several_seeds(frame: pd.DataFrame) -> bool:
 
 # The aggregate tables' seed summaries: (what identifies a row besides the backbone, what is
 # summarised). Identifying columns absent from a table are skipped.
-_FACTS = [
-    "label",
-    "family",
-    "arch_family",
-    "stem",
-    "spatial_reduction",
-    "depth",
-    "id_classes",
-    "gamma",
-    "params",
-    "width",
-    "num_layers",
-]
+_FACTS = [*BACKBONE_FACTS, "num_layers"]
 _METRICS = [
     "ood_retained",
     "pearson",

@@ -86,9 +86,9 @@ def normalise(curve) -> np.ndarray:
     return curve / top if top > 0 else curve.copy()
 
 
-# Cell facts copied from cell.json onto every metrics row (the analysis variables among them).
-CELL_FACTS = (
-    *CELL_VARIABLES,
+# A backbone's facts besides its cell variables; with those, copied from cell.json onto every
+# metrics row (the analysis variables among them) and kept by the seed summaries.
+BACKBONE_FACTS = (
     "label",
     "family",
     "arch_family",
@@ -100,6 +100,7 @@ CELL_FACTS = (
     "params",
     "width",
 )
+CELL_FACTS = (*CELL_VARIABLES, *BACKBONE_FACTS)
 
 
 def cell_metrics(probes: pd.DataFrame, cell_info: dict, params: dict) -> pd.DataFrame:
