@@ -16,91 +16,22 @@ import re
 # coded 1.0 there although the patch embedding downsamples by 8); depth = nominal depth;
 # params_m = the parameter count (millions, 100-class head) the paper quotes and its gamma uses:
 # the ResNet counts cut to two decimals, the ViT counts with the unused gate MLP of its code.
+# One architecture per line, a table to read across: left as written by the formatter.
+# fmt: off
 ARCHS = {
-    "vggm11": {
-        "label": "VGGm-11",
-        "family": "cnn",
-        "arch_family": "vggm",
-        "depth": 11,
-        "stem": 3,
-        "spatial_reduction": 0.5,
-        "params_m": 9.46,
-    },
-    "vggm17": {
-        "label": "VGGm-17",
-        "family": "cnn",
-        "arch_family": "vggm",
-        "depth": 17,
-        "stem": 3,
-        "spatial_reduction": 0.5,
-        "params_m": 20.08,
-    },
-    "vggm11-dagger": {
-        "label": "VGGm†-11",
-        "family": "cnn",
-        "arch_family": "vggm",
-        "depth": 11,
-        "stem": 3,
-        "spatial_reduction": 1.0,
-        "params_m": 9.46,
-    },
-    "vggm17-dagger": {
-        "label": "VGGm†-17",
-        "family": "cnn",
-        "arch_family": "vggm",
-        "depth": 17,
-        "stem": 3,
-        "spatial_reduction": 1.0,
-        "params_m": 20.08,
-    },
-    "resnet18": {
-        "label": "ResNet-18",
-        "family": "cnn",
-        "arch_family": "resnet",
-        "depth": 18,
-        "stem": 7,
-        "spatial_reduction": 0.25,
-        "params_m": 11.22,
-    },
-    "resnet34": {
-        "label": "ResNet-34",
-        "family": "cnn",
-        "arch_family": "resnet",
-        "depth": 34,
-        "stem": 7,
-        "spatial_reduction": 0.25,
-        "params_m": 21.33,
-    },
-    "vit-t": {
-        "label": "ViT-T",
-        "family": "vit",
-        "arch_family": "vit",
-        "depth": 12,
-        "stem": 8,
-        "spatial_reduction": 1.0,
-        "params_m": 5.61,
-    },
-    "vit-t-plus": {
-        "label": "ViT-T+",
-        "family": "vit",
-        "arch_family": "vit",
-        "depth": 18,
-        "stem": 8,
-        "spatial_reduction": 1.0,
-        "params_m": 8.39,
-    },
+    "vggm11": {"label": "VGGm-11", "family": "cnn", "arch_family": "vggm", "depth": 11, "stem": 3, "spatial_reduction": 0.5, "params_m": 9.46},
+    "vggm17": {"label": "VGGm-17", "family": "cnn", "arch_family": "vggm", "depth": 17, "stem": 3, "spatial_reduction": 0.5, "params_m": 20.08},
+    "vggm11-dagger": {"label": "VGGm†-11", "family": "cnn", "arch_family": "vggm", "depth": 11, "stem": 3, "spatial_reduction": 1.0, "params_m": 9.46},
+    "vggm17-dagger": {"label": "VGGm†-17", "family": "cnn", "arch_family": "vggm", "depth": 17, "stem": 3, "spatial_reduction": 1.0, "params_m": 20.08},
+    "resnet18": {"label": "ResNet-18", "family": "cnn", "arch_family": "resnet", "depth": 18, "stem": 7, "spatial_reduction": 0.25, "params_m": 11.22},
+    "resnet34": {"label": "ResNet-34", "family": "cnn", "arch_family": "resnet", "depth": 34, "stem": 7, "spatial_reduction": 0.25, "params_m": 21.33},
+    "vit-t": {"label": "ViT-T", "family": "vit", "arch_family": "vit", "depth": 12, "stem": 8, "spatial_reduction": 1.0, "params_m": 5.61},
+    "vit-t-plus": {"label": "ViT-T+", "family": "vit", "arch_family": "vit", "depth": 18, "stem": 8, "spatial_reduction": 1.0, "params_m": 8.39},
     # Masarczyk et al.'s VGG-19 on CIFAR: VGGm-17's 16 convs and pools with VGG's three-layer
     # classifier (512-512-C), so 19 weight layers; counted here, no paper quotes a count.
-    "vgg19": {
-        "label": "VGG-19",
-        "family": "cnn",
-        "arch_family": "vgg",
-        "depth": 19,
-        "stem": 3,
-        "spatial_reduction": 0.5,
-        "params_m": 20.61,
-    },
+    "vgg19": {"label": "VGG-19", "family": "cnn", "arch_family": "vgg", "depth": 19, "stem": 3, "spatial_reduction": 0.5, "params_m": 20.61},
 }
+# fmt: on
 
 # MLPs are named mlpDEPTH-wWIDTH (mlp12-w512), so that depth and width are separate levels of the
 # arch variable and every MLP gets its own cell id. DEPTH counts the linear layers with the
