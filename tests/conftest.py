@@ -52,8 +52,11 @@ CELLS = ["vggm11_toy_r32_none_s0", "vggm11_toy_r32_rrc_flip_s0"]
 EVAL_SETS = ["toy", "toy-glyphs", "digits", "toy-blur"]
 
 
-def snakemake(workdir, *args):
-    cmd = [
+def snakemake_cmd(workdir, *args, configfile=None):
+    """The snakemake CLI on this repository's Snakefile, in ``workdir``, on ``configfile``
+    (default: ``workdir``/tiny.yaml)."""
+    config = configfile or Path(workdir) / "tiny.yaml"
+    return [
         sys.executable,
         "-m",
         "snakemake",
@@ -62,11 +65,13 @@ def snakemake(workdir, *args):
         "--directory",
         str(workdir),
         "--configfile",
-        str(workdir / "tiny.yaml"),
-        "--cores",
-        "2",
+        str(config),
         *args,
     ]
+
+
+def snakemake(workdir, *args):
+    cmd = snakemake_cmd(workdir, "--cores", "2", *args)
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr

@@ -5,7 +5,6 @@ import copy
 import json
 import re
 import subprocess
-import sys
 from dataclasses import replace
 
 import numpy as np
@@ -17,7 +16,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from test_reliability import PARAMS, TRAINING, toy_store
 
-from conftest import REPO, planned_jobs, snakemake
+from conftest import REPO, planned_jobs, snakemake, snakemake_cmd
 from tunnelscope.figures.tables import continual_table
 from tunnelscope.metrics.tunnel import id_tunnel_start
 from tunnelscope.models.build import build_model, probe_points
@@ -315,21 +314,7 @@ def test_bad_continual_config_is_one_line_naming_the_key(schema, edit, expected)
 
 
 def test_continual_preset_dry_run_without_data(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(tmp_path),
-        "--configfile",
-        str(REPO / "config/continual.yaml"),
-        "-n",
-        "--cores",
-        "8",
-        "continual",
-    ]
+    cmd = snakemake_cmd(tmp_path, "-n", "--cores", "8", "continual", configfile=REPO / "config/continual.yaml")
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))

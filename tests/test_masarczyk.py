@@ -3,7 +3,6 @@
 import copy
 import re
 import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -12,7 +11,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import REPO, snakemake
+from conftest import REPO, snakemake, snakemake_cmd
 from tunnelscope.analysis import comparisons as analysis
 from tunnelscope.analysis.tunnel_length import (
     cell_table,
@@ -320,20 +319,7 @@ def test_masarczyk_preset_dry_runs_without_data(tmp_path, schema):
     assert {c.training["lr"] for c in mlps} == {0.001} and study.cells["vgg19_cifar10_r32_none_s0"].training[
         "lr"
     ] == 0.01
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(tmp_path),
-        "--configfile",
-        str(REPO / "config/masarczyk.yaml"),
-        "-n",
-        "--cores",
-        "8",
-    ]
+    cmd = snakemake_cmd(tmp_path, "-n", "--cores", "8", configfile=REPO / "config/masarczyk.yaml")
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))

@@ -3,13 +3,12 @@
 import os
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import snakemake_cmd
 from tunnelscope.figures.captions import FIGURES
 
 pytestmark = pytest.mark.integration
@@ -137,19 +136,7 @@ def _report_images(report, chromium):
 
 def test_snakemake_report_renders_every_figure(study, chromium, tmp_path):
     report = tmp_path / "report.html"
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(study),
-        "--configfile",
-        str(study / "tiny.yaml"),
-        "--report",
-        str(report),
-    ]
+    cmd = snakemake_cmd(study, "--report", str(report))
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     text = report.read_text()

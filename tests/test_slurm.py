@@ -8,7 +8,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, snakemake_cmd
 
 pytestmark = pytest.mark.integration
 MARKER = "# one-node test cluster written by tunnelscope's tests/test_slurm.py"
@@ -150,21 +149,6 @@ def _overlay(directory: Path) -> Path:
     return profile
 
 
-def _snakemake(workdir: Path, *extra, env=None):
-    return [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(workdir / "tiny.yaml"),
-        *extra,
-    ]
-
-
 def _study(tmp_path: Path, name: str) -> Path:
     workdir = tmp_path / name
     workdir.mkdir()
@@ -186,10 +170,12 @@ def _tables(workdir: Path) -> dict:
 
 def test_slurm_run_equals_a_local_run(slurm, tmp_path):
     local = _study(tmp_path, "local")
-    result = _run(_snakemake(local, "--cores", "2", *TARGETS), timeout=600)
+    result = _run(snakemake_cmd(local, "--cores", "2", *TARGETS), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     cluster = _study(tmp_path, "cluster")
-    result = _run(_snakemake(cluster, "--workflow-profile", str(_overlay(tmp_path)), *TARGETS), env=slurm, timeout=900)
+    result = _run(
+        snakemake_cmd(cluster, "--workflow-profile", str(_overlay(tmp_path)), *TARGETS), env=slurm, timeout=900
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "sbatch" in result.stdout + result.stderr or "SLURM" in result.stdout + result.stderr
     ours, theirs = _tables(local), _tables(cluster)
@@ -200,7 +186,7 @@ def test_slurm_run_equals_a_local_run(slurm, tmp_path):
 def test_cancelled_job_is_retried(slurm, tmp_path):
     workdir = _study(tmp_path, "cancel")
     proc = subprocess.Popen(
-        _snakemake(workdir, "--workflow-profile", str(_overlay(tmp_path)), "out/aggregate/curves.parquet"),
+        snakemake_cmd(workdir, "--workflow-profile", str(_overlay(tmp_path)), "out/aggregate/curves.parquet"),
         env=slurm,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -4,7 +4,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -12,7 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import CELLS, EVAL_SETS, REPO, TINY, planned_jobs, snakemake
+from conftest import CELLS, EVAL_SETS, REPO, TINY, planned_jobs, snakemake, snakemake_cmd
 from tunnelscope.figures.captions import TABLES as PAPER_TABLES
 
 pytestmark = pytest.mark.integration
@@ -192,19 +191,7 @@ def test_editing_one_cell_reruns_exactly_its_chain(study):
 def test_invalid_config_fails_before_any_job_with_one_line(tmp_path):
     bad = dict(TINY, grid=dict(TINY["grid"], arch=["vggm99"]))
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(bad))
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(tmp_path),
-        "--configfile",
-        str(tmp_path / "tiny.yaml"),
-        "--cores",
-        "1",
-    ]
+    cmd = snakemake_cmd(tmp_path, "--cores", "1")
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "grid.arch[0]: 'vggm99' is not one of" in result.stderr
@@ -231,20 +218,7 @@ def test_paper_vit_and_a_timm_model_run_through_the_workflow(tmp_path):
 
 
 def test_paper_grid_dry_run_without_data(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(tmp_path),
-        "--configfile",
-        str(REPO / "config/paper.yaml"),
-        "-n",
-        "--cores",
-        "8",
-    ]
+    cmd = snakemake_cmd(tmp_path, "-n", "--cores", "8", configfile=REPO / "config/paper.yaml")
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
@@ -258,19 +232,7 @@ def test_missing_dataset_root_stops_before_any_job(tmp_path):
         ood_sets=["real"],
     )
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(tmp_path),
-        "--configfile",
-        str(tmp_path / "tiny.yaml"),
-        "--cores",
-        "1",
-    ]
+    cmd = snakemake_cmd(tmp_path, "--cores", "1")
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert f"datasets.real.root: directory {tmp_path / 'no-such-dir'} not found" in result.stderr
