@@ -154,33 +154,17 @@ def zero_shot_figure(
     for ax, (key, group) in zip(axes.flat, panels):
         x = group.layer.to_numpy()
         percent = group.assign(
-            **{c: 100 * group[c] for c in group.columns if c.split("_ci_")[0] in dict((k, 0) for k, _, _ in lines)}
+            **{c: 100 * group[c] for c in group.columns if c.split("_ci_")[0] in {k for k, _, _ in lines}}
         )
         for column, colour, label in lines:
             draw_band(ax, x, percent, column, colour, label)
         picks = summary.merge(pd.DataFrame([dict(zip(keys, key))]), on=keys)
-        ax.plot(
-            picks.zero_shot_layer,
-            100 * picks.zero_shot_acc,
-            ls="",
-            marker="*",
-            ms=13,
-            color="tab:blue",
-            mec="black",
-            zorder=5,
-            label="layer chosen on shifted val",
-        )
-        ax.plot(
-            picks.shifted_probe_layer,
-            100 * picks.shifted_probe_acc,
-            ls="",
-            marker="*",
-            ms=13,
-            color="tab:red",
-            mec="black",
-            zorder=5,
-            label="paper's best layer",
-        )
+        for protocol, colour, label in (
+            ("zero_shot", "tab:blue", "layer chosen on shifted val"),
+            ("shifted_probe", "tab:red", "paper's best layer"),
+        ):
+            layer, acc = picks[f"{protocol}_layer"], 100 * picks[f"{protocol}_acc"]
+            ax.plot(layer, acc, ls="", marker="*", ms=13, color=colour, mec="black", zorder=5, label=label)
         row = group.iloc[0]
         seeds = f"{picks.seed.nunique()} seeds" if by_layer is not None else f"s{row.seed}"
         fit_title(
