@@ -21,6 +21,7 @@ STAGES = [
     {"protocols"},
     {"analysis"},
     {"figures"},
+    {"budget"},
     {"cli"},
 ]
 RANK = {name: i for i, stage in enumerate(STAGES) for name in stage}

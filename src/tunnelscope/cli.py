@@ -38,8 +38,11 @@ def _validate(args) -> int:
         return code
     n_eval = sum(len(study.eval_sets(c)) for c in study.cells)
     print(f"{args.config}: valid; {len(study.cells)} cells, {n_eval} probe jobs")
-    for cid in study.cells:
-        print(f"  {cid}: eval sets {', '.join(study.eval_sets(cid))}")
+    if args.no_budget:
+        for cid in study.cells:
+            print(f"  {cid}: eval sets {', '.join(study.eval_sets(cid))}")
+    else:
+        _print_budget(study, args.jobs)
     if study.runs:
         print(
             f"continual learning: {len(study.runs)} runs, each of {', '.join(label for _, label in study.continual_networks())}"
@@ -47,6 +50,40 @@ def _validate(args) -> int:
         for run in study.runs:
             print(f"  {run}")
     return 0
+
+
+def _print_budget(study: Study, parallel_jobs: int) -> None:
+    from tunnelscope import budget
+
+    budgets = budget.cell_budgets(study)
+    rates = budget.calibrate(budgets, study.results)
+    if budgets:
+        print(f"  {'cell':<40} {'eval sets':>9} {'train img-ep':>12} {'TFLOP':>8} {'job-min':>8}")
+    for b in budgets:
+        c = study.cells[b.cell]
+        sets = len(study.eval_sets(b.cell))
+        if c.id_dataset in b.missing:
+            print(f"  {b.cell:<40} {sets:>9}  (no estimate: the files of {c.id_dataset} are not there)")
+            continue
+        epochs = c.training["epochs"] * b.train_images if c.pretrained is None else 0
+        tflop = (b.units("pretrain") + b.units("embed")) / 1e12
+        notes = [f"{', '.join(b.missing)} not counted"] * bool(b.missing)
+        notes += [f"published sizes of {', '.join(b.nominal)}"] * bool(b.nominal)
+        note = f"  ({'; '.join(notes)})" if notes else ""
+        print(f"  {b.cell:<40} {sets:>9} {epochs:>12,} {tflop:>8.2f} {b.seconds(rates) / 60:>8.1f}{note}")
+    if not budgets:
+        return
+    total = sum(b.seconds(rates) for b in budgets) / 60
+    print(
+        f"budget: {total:,.0f} job-min of prepare, pretrain, embed and probe jobs, about {total / parallel_jobs:,.0f} min "
+        f"with {parallel_jobs} at a time (--jobs), plus the small per-cell and analysis jobs; rates per job:"
+    )
+    for stage in budget.STAGES:
+        n = rates.jobs[stage]
+        where = f"the median of {n} jobs in {study.results}/benchmarks" if n else "from the reference machine"
+        archs = sorted(a for s, a in rates.by_arch if s == stage)
+        per_arch = f" (per architecture for {', '.join(archs)})" if archs else ""
+        print(f"  {stage:<8} {rates.by_stage[stage]:.3g} {budget.UNIT[stage]}/s, {where}{per_arch}")
 
 
 def _layers(args) -> int:
@@ -190,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     val.add_argument(
         "--schema", default=str(SCHEMA_PATH), help="JSON schema (default: the one shipped with tunnelscope)"
     )
+    val.add_argument(
+        "--jobs", type=int, default=2, help="jobs that run at a time, for the wall-time estimate (default 2)"
+    )
+    val.add_argument("--no-budget", action="store_true", help="list the cells without the budget estimate")
     val.set_defaults(func=_validate)
     lay = sub.add_parser("layers", help="list an architecture's probe points, shapes and pooled dims")
     lay.add_argument("arch", help="a paper architecture (vggm11, resnet18, vit-t, ...), timm/NAME or torchvision/NAME")

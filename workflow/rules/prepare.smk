@@ -5,6 +5,8 @@ rule prepare:
         directory(f"{RESULTS}/prepared/{{dataset}}/{{transform}}"),
     log:
         "logs/prepare/{dataset}_{transform}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/prepare/{{dataset}}/{{transform}}.tsv"
     conda:
         ENV
     threads: HEAVY_THREADS

@@ -302,6 +302,49 @@ def load_source(spec: dict) -> dict[str, RawSplit]:
     return _subset(splits, spec)
 
 
+# Published split sizes (train, test, classes) of the file sources, for planning a study whose
+# files are not there yet (tunnelscope validate's budget); imagefolder has none.
+OFFICIAL_SIZES = {
+    "imagenet": (1_281_167, 50_000, 1000),
+    "imagenet100": (126_689, 5_000, 100),
+    "cifar10": (50_000, 10_000, 10),
+    "cifar100": (50_000, 10_000, 100),
+    "stl10": (5_000, 8_000, 10),
+    "cub200": (5_994, 5_794, 200),
+    "flowers102": (2_040, 6_149, 102),
+    "fgvc_aircraft": (6_667, 3_333, 100),
+    "oxford_pets": (3_680, 3_669, 37),
+    "ninco": (4_703, 1_176, 64),
+    "imagenet_r": (24_000, 6_000, 200),
+}
+
+
+def split_sizes(spec: dict) -> tuple[dict[str, int], int, bool]:
+    """Images per split, the class count, and whether they were counted (else the published
+    sizes, scaled to the spec's classes) of a dataset spec. Counting lists the files and decodes
+    none; it never downloads. Raises DatasetError where the files are missing and no published
+    size is known."""
+    if spec["source"] == "corrupted":
+        return split_sizes(spec["base"])
+    if spec["source"] == "synthetic":
+        return {s: spec[f"{s}_per_class"] * spec["classes"] for s in SPLITS}, spec["classes"], True
+    try:
+        raw = _sklearn_digits(spec) if spec["source"] == "sklearn_digits" else load_source({**spec, "download": False})
+    except DatasetError:
+        if spec["source"] not in OFFICIAL_SIZES:
+            raise
+        return (*_published_sizes(spec), False)
+    return {s: len(raw[s].labels) for s in SPLITS}, _num_classes(raw), True
+
+
+def _published_sizes(spec: dict) -> tuple[dict[str, int], int]:
+    train, test, classes = OFFICIAL_SIZES[spec["source"]]
+    listed = spec.get("classes") if isinstance(spec.get("classes"), list) else None
+    k = min(spec.get("first_classes") or classes, len(listed) if listed else classes)
+    per_class = spec.get("per_class")
+    return {"train": per_class * k if per_class else train * k // classes, "test": test * k // classes}, k
+
+
 def _subset(splits: dict[str, RawSplit], spec: dict) -> dict[str, RawSplit]:
     """First ``first_classes`` classes; ``per_class`` seeded random train images per class."""
     k, n = spec.get("first_classes"), spec.get("per_class")

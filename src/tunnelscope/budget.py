@@ -1,0 +1,159 @@
+"""A study's compute budget before it runs: per cell, the work of its pretrain, embed and probe
+jobs in machine-independent units, and a time estimate from per-stage rates.
+
+Units: pretrain and embed in forward FLOPs (torch's FlopCounterMode on one image; a training
+step counts 3x its forward), probe in feature x image x class products summed over the layers
+(what one L-BFGS step multiplies), prepare in images. Rates come from the benchmark files of a
+finished run where there are some (``{results}/benchmarks``, written by Snakemake for every job),
+else from the reference machine (REFERENCE_RATES)."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunnelscope.data.sources import split_sizes
+from tunnelscope.data.splits import SPLITS
+from tunnelscope.data.store import DatasetError
+from tunnelscope.study.config import Study
+
+STAGES = ("prepare", "pretrain", "embed", "probe")
+UNIT = {"prepare": "images", "pretrain": "FLOP", "embed": "FLOP", "probe": "products"}
+# Units per second of one single-threaded CPU job on the reference machine (2-core AMD EPYC,
+# 2 jobs side by side), fitted to the benchmark files of config/claims.yaml (benchmarks/RESULTS.md).
+REFERENCE_RATES = {"prepare": 500.0, "pretrain": 20e9, "embed": 20e9, "probe": 2e9}
+TRAIN_STEP_FLOPS = 3  # forward + backward (two products per forward one)
+
+
+@dataclass
+class Rates:
+    """Units per second of one job: per (stage, architecture) where a run measured that
+    architecture (the FLOPs of small maps run slower than those of large ones), else the stage's
+    median over every measured job, else the reference machine's."""
+
+    by_arch: dict[tuple[str, str], float]
+    by_stage: dict[str, float]
+    jobs: dict[str, int]  # measured jobs per stage
+
+    def of(self, stage: str, arch: str) -> float:
+        return self.by_arch.get((stage, arch)) or self.by_stage[stage]
+
+
+@dataclass
+class CellBudget:
+    cell: str
+    arch: str
+    train_images: int = 0
+    jobs: dict[tuple[str, str], float] = field(default_factory=dict)  # (stage, job) -> units
+    missing: list[str] = field(default_factory=list)  # datasets whose files are not there to count
+    nominal: list[str] = field(default_factory=list)  # datasets sized from their published sizes
+
+    def units(self, stage: str) -> float:
+        return sum(u for (s, _), u in self.jobs.items() if s == stage)
+
+    def seconds(self, rates: Rates) -> float:
+        return sum(units / rates.of(stage, self.arch) for (stage, _), units in self.jobs.items())
+
+
+class Sizes:
+    """Split sizes and class counts per dataset, each listed once."""
+
+    def __init__(self, datasets: dict):
+        self.datasets, self.cache = datasets, {}
+
+    def __call__(self, name: str) -> tuple[dict[str, int], int, bool] | None:
+        if name not in self.cache:
+            try:
+                self.cache[name] = split_sizes(self.datasets[name])
+            except (DatasetError, OSError):
+                self.cache[name] = None
+        return self.cache[name]
+
+
+@functools.cache
+def _model_costs(
+    arch: str, classes: int, width: float, resolution: int, enumeration: str, pooling: str, side: str
+) -> tuple[float, tuple[int, ...]]:
+    """Forward FLOPs of one image and the pooled dim of every probe point."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tunnelscope.models.build import build_model, probe_points
+    from tunnelscope.models.capture import layer_shapes, pool
+
+    model = build_model(arch, classes, width, resolution).eval()
+    points = probe_points(model, side, enumeration)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, resolution, resolution))
+    shapes = layer_shapes(model, points, resolution)
+    dims = tuple(int(pool(torch.zeros((1, *shapes[p.index])), pooling, p.prefix_tokens).shape[1]) for p in points)
+    return float(counter.get_total_flops()), dims
+
+
+def cell_budgets(study: Study) -> list[CellBudget]:
+    """Every cell's units per stage; prepare is charged to the first cell that reads a store."""
+    sizes = Sizes(study.config["datasets"])
+    side = study.config["embed"]["side"]
+    prepared = set()
+    out = []
+    for cid, cell in study.cells.items():
+        budget = CellBudget(cid, cell.arch)
+        id_sizes = sizes(cell.id_dataset)
+        eval_sizes = {d: sizes(d) for d in study.eval_sets(cid)}
+        budget.missing = [d for d, s in eval_sizes.items() if s is None]
+        budget.nominal = [d for d, s in eval_sizes.items() if s and not s[2]]
+        if id_sizes is None:
+            out.append(budget)
+            continue
+        flops, dims = _model_costs(
+            cell.arch,
+            id_sizes[1],
+            cell.model["width"],
+            cell.resolution,
+            cell.model.get("probe_points", "default"),
+            cell.probe["pooling"],
+            side,
+        )
+        budget.train_images = id_sizes[0]["train"]
+        images = {d: sum(s[0][k] for k in SPLITS) for d, s in eval_sizes.items() if s}
+        for d in images:
+            store = (d, study.transform(cid, d))
+            if store not in prepared:
+                prepared.add(store)
+                budget.jobs["prepare", "/".join(store)] = float(images[d])
+        if cell.pretrained is None:
+            budget.jobs["pretrain", cid] = TRAIN_STEP_FLOPS * flops * budget.train_images * cell.training["epochs"]
+        for d in images:
+            budget.jobs["embed", f"{cid}_{d}"] = flops * images[d]
+            for solver in study.solvers(cid):
+                budget.jobs["probe", f"{cid}_{d}_{solver}"] = float(sum(dims) * images[d] * eval_sizes[d][1])
+        out.append(budget)
+    return out
+
+
+def _benchmark_seconds(path: Path) -> float | None:
+    with open(path) as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    return float(rows[-1]["s"]) if rows else None
+
+
+def calibrate(budgets: list[CellBudget], results: str | Path) -> Rates:
+    """Rates from the benchmark files that a run of this study left under ``results/benchmarks``
+    (one per job, named as the job), as medians over jobs."""
+    root = Path(results) / "benchmarks"
+    samples = {}
+    for budget in budgets:
+        for (stage, job), units in budget.jobs.items():
+            path = root / stage / f"{job}.tsv"
+            seconds = _benchmark_seconds(path) if path.is_file() else None
+            if seconds:
+                samples.setdefault((stage, budget.arch), []).append(units / seconds)
+    by_stage = {stage: [r for (s, _), rates in samples.items() if s == stage for r in rates] for stage in STAGES}
+    return Rates(
+        by_arch={key: statistics.median(rates) for key, rates in samples.items()},
+        by_stage={stage: statistics.median(r) if r else REFERENCE_RATES[stage] for stage, r in by_stage.items()},
+        jobs={stage: len(r) for stage, r in by_stage.items()},
+    )

@@ -1,0 +1,92 @@
+"""The budget estimate of `tunnelscope validate`: units per job, published sizes where files are
+absent, rates calibrated from a run's benchmark files."""
+
+import copy
+
+import pytest
+import yaml
+
+from conftest import CELLS, EVAL_SETS, TINY
+from tunnelscope import budget
+from tunnelscope.cli import main
+from tunnelscope.data.sources import split_sizes
+from tunnelscope.data.store import DatasetError
+from tunnelscope.study.config import Study, load_schema
+
+
+def _study(config: dict, results) -> Study:
+    return Study({**copy.deepcopy(config), "results": str(results)}, load_schema())
+
+
+def _units(study: Study) -> dict[str, dict]:
+    return {b.cell: b for b in budget.cell_budgets(study)}
+
+
+def test_units_follow_epochs_images_and_resolution(tmp_path):
+    base = _units(_study(TINY, tmp_path))[CELLS[0]]
+    longer = _units(_study({**TINY, "training": {**TINY["training"], "epochs": 3}}, tmp_path))[CELLS[0]]
+    assert longer.units("pretrain") == pytest.approx(3 * base.units("pretrain"))
+    assert longer.units("embed") == base.units("embed")
+    # the ID set has 4 classes x 24 train images; a training image costs 3 forward passes
+    flops = base.jobs["pretrain", CELLS[0]] / (3 * 96)
+    assert base.jobs["embed", f"{CELLS[0]}_toy"] == pytest.approx(flops * (96 + 32))
+    assert base.jobs["embed", f"{CELLS[0]}_toy-glyphs"] == pytest.approx(flops * (36 + 18))
+    big = _units(_study({**TINY, "grid": {**TINY["grid"], "resolution": [64]}}, tmp_path))
+    ratio = big[CELLS[0].replace("r32", "r64")].units("embed") / base.units("embed")
+    assert 3.5 < ratio < 4.5  # convolutions cost per pixel
+    # every eval set gets one embed and one probe job; each store is prepared once, for the first cell
+    assert {j for s, j in base.jobs if s == "probe"} == {f"{CELLS[0]}_{d}_lbfgs" for d in EVAL_SETS}
+    second = _units(_study(TINY, tmp_path))[CELLS[1]]
+    assert second.units("prepare") == 0 and base.units("prepare") == 2 * (96 + 32) + 36 + 18 + 1797
+
+
+def test_no_early_reduction_costs_more_than_the_plain_stem(tmp_path):
+    grid = {**TINY["grid"], "arch": ["vggm11", "vggm11-dagger"], "augmentation": ["none"]}
+    units = _units(_study({**TINY, "grid": grid}, tmp_path))
+    plain, dagger = units["vggm11_toy_r32_none_s0"], units["vggm11-dagger_toy_r32_none_s0"]
+    assert dagger.units("pretrain") > 5 * plain.units("pretrain")
+    assert dagger.units("probe") == plain.units("probe")  # the same pooled dims per layer
+
+
+def test_rates_come_from_the_run_benchmark_files(tmp_path):
+    study = _study(TINY, tmp_path)
+    budgets = budget.cell_budgets(study)
+    assert budget.calibrate(budgets, tmp_path).by_stage == budget.REFERENCE_RATES
+    first = budgets[0]
+    for (stage, job), units in first.jobs.items():
+        path = tmp_path / "benchmarks" / stage / f"{job}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"s\th:m:s\tmax_rss\n{units / 1e6:.6f}\t0:00:01\t1\n")
+    rates = budget.calibrate(budgets, tmp_path)
+    for stage in budget.STAGES:
+        assert rates.of(stage, "vggm11") == pytest.approx(1e6, rel=1e-3)
+        assert rates.of(stage, "resnet18") == pytest.approx(1e6, rel=1e-3)  # the stage's median
+    assert rates.jobs == {"prepare": 4, "pretrain": 1, "embed": 4, "probe": 4}
+    assert len(first.jobs) == 13
+    assert first.seconds(rates) == pytest.approx(sum(first.jobs.values()) / 1e6, rel=1e-3)
+
+
+def test_published_sizes_stand_in_for_absent_files(tmp_path):
+    spec = {"source": "cifar100", "root": str(tmp_path / "nowhere")}
+    assert split_sizes(spec) == ({"train": 50_000, "test": 10_000}, 100, False)
+    subset = {"source": "imagenet", "root": str(tmp_path / "nowhere"), "first_classes": 100, "per_class": 260}
+    assert split_sizes(subset) == ({"train": 26_000, "test": 5_000}, 100, False)
+    with pytest.raises(DatasetError):
+        split_sizes({"source": "imagefolder", "root": str(tmp_path / "nowhere")})
+
+
+def test_validate_lists_every_cell_with_its_estimate(tmp_path, capsys):
+    config = {**copy.deepcopy(TINY), "results": str(tmp_path / "out")}
+    config["datasets"]["folder"] = {"source": "imagefolder", "root": str(tmp_path / "absent")}
+    config["grid"] = [TINY["grid"], {**TINY["grid"], "id_dataset": ["folder"], "augmentation": ["none"]}]
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["validate", str(path), "--jobs", "4"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  vggm11")}
+    assert set(lines) == {*CELLS, "vggm11_folder_r32_none_s0"}
+    assert "no estimate: the files of folder are not there" in lines["vggm11_folder_r32_none_s0"]
+    assert lines[CELLS[0]].split()[1:3] == ["4", "96"]  # eval sets, train image-epochs
+    assert "with 4 at a time" in out and "from the reference machine" in out
+    assert main(["validate", str(path), "--no-budget"]) == 0
+    assert "eval sets toy, toy-glyphs" in capsys.readouterr().out
