@@ -1,5 +1,7 @@
 """Corrupted copies of an eval set: the corruptions themselves, their config, and their store."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -45,6 +47,16 @@ def test_draws_are_seeded_per_image():
     assert not np.array_equal(noisy(0, "test", 5), noisy(0, "test", 6))
     assert not np.array_equal(noisy(0, "test", 5), noisy(1, "test", 5))
     assert not np.array_equal(noisy(0, "test", 5), noisy(0, "train", 5))
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_read_only_images_are_corrupted_without_a_warning(name):
+    image = np.random.default_rng(1).integers(0, 256, size=(12, 12, 3), dtype=np.uint8)
+    image.setflags(write=False)  # as decoded images and memory-mapped stores hand them over
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = corruptions.corrupt(image, name, 3, corruptions.image_generator(0, "test", 2))
+    assert out.shape == image.shape and out.dtype == np.uint8
 
 
 def test_unknown_corruption_and_severity_are_named():

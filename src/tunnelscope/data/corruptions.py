@@ -75,7 +75,8 @@ def corrupt(image: np.ndarray, corruption: str, severity: int, generator: torch.
         return _jpeg(image, int(value))
     if corruption == "pixelate":
         return _pixelate(image, value)
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    # decoded images can be read-only views; torch wants a writable buffer (copied only then)
+    x = torch.from_numpy(np.require(image, requirements=("C", "W"))).permute(2, 0, 1)
     if corruption == "gaussian_noise":
         out = _noise(x, value, generator or torch.Generator().manual_seed(0))
     elif corruption == "gaussian_blur":
