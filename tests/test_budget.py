@@ -58,9 +58,15 @@ def test_rates_come_from_the_run_benchmark_files(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"s\th:m:s\tmax_rss\n{units / 1e6:.6f}\t0:00:01\t1\n")
     rates = budget.calibrate(budgets, tmp_path)
-    for stage in budget.STAGES:
-        assert rates.of(stage, "vggm11") == pytest.approx(1e6, rel=1e-3)
-        assert rates.of(stage, "resnet18") == pytest.approx(1e6, rel=1e-3)  # the stage's median
+    assert set(rates.by_kind) == {
+        ("prepare", ""),
+        ("pretrain", "vggm11"),
+        ("embed", "vggm11"),
+        ("probe", "lbfgs"),
+    }
+    for stage, job in first.jobs:
+        assert rates.of(stage, job, "vggm11") == pytest.approx(1e6, rel=1e-3)
+        assert rates.of(stage, job.replace("lbfgs", "paper"), "resnet18") == pytest.approx(1e6, rel=1e-3)  # the median
     assert rates.jobs == {"prepare": 4, "pretrain": 1, "embed": 4, "probe": 4}
     assert len(first.jobs) == 13
     assert first.seconds(rates) == pytest.approx(sum(first.jobs.values()) / 1e6, rel=1e-3)

@@ -28,18 +28,24 @@ REFERENCE_RATES = {"prepare": 500.0, "pretrain": 20e9, "embed": 20e9, "probe": 2
 TRAIN_STEP_FLOPS = 3  # forward + backward (two products per forward one)
 
 
+def job_kind(stage: str, job: str, arch: str) -> str:
+    """What sets a job's speed beyond its units: the solver of a probe job (named CELL_SET_SOLVER),
+    the architecture of pretrain and embed jobs (the FLOPs of small maps run slower than those of
+    large ones); nothing for prepare."""
+    return {"prepare": "", "probe": job.rsplit("_", 1)[-1]}.get(stage, arch)
+
+
 @dataclass
 class Rates:
-    """Units per second of one job: per (stage, architecture) where a run measured that
-    architecture (the FLOPs of small maps run slower than those of large ones), else the stage's
-    median over every measured job, else the reference machine's."""
+    """Units per second of one job: per (stage, kind) where a run measured that kind (job_kind),
+    else the stage's median over every measured job, else the reference machine's."""
 
-    by_arch: dict[tuple[str, str], float]
+    by_kind: dict[tuple[str, str], float]
     by_stage: dict[str, float]
     jobs: dict[str, int]  # measured jobs per stage
 
-    def of(self, stage: str, arch: str) -> float:
-        return self.by_arch.get((stage, arch)) or self.by_stage[stage]
+    def of(self, stage: str, job: str, arch: str) -> float:
+        return self.by_kind.get((stage, job_kind(stage, job, arch))) or self.by_stage[stage]
 
 
 @dataclass
@@ -55,7 +61,7 @@ class CellBudget:
         return sum(u for (s, _), u in self.jobs.items() if s == stage)
 
     def seconds(self, rates: Rates) -> float:
-        return sum(units / rates.of(stage, self.arch) for (stage, _), units in self.jobs.items())
+        return sum(units / rates.of(stage, job, self.arch) for (stage, job), units in self.jobs.items())
 
 
 class Sizes:
@@ -150,10 +156,10 @@ def calibrate(budgets: list[CellBudget], results: str | Path) -> Rates:
             path = root / stage / f"{job}.tsv"
             seconds = _benchmark_seconds(path) if path.is_file() else None
             if seconds:
-                samples.setdefault((stage, budget.arch), []).append(units / seconds)
+                samples.setdefault((stage, job_kind(stage, job, budget.arch)), []).append(units / seconds)
     by_stage = {stage: [r for (s, _), rates in samples.items() if s == stage for r in rates] for stage in STAGES}
     return Rates(
-        by_arch={key: statistics.median(rates) for key, rates in samples.items()},
+        by_kind={key: statistics.median(rates) for key, rates in samples.items()},
         by_stage={stage: statistics.median(r) if r else REFERENCE_RATES[stage] for stage, r in by_stage.items()},
         jobs={stage: len(r) for stage, r in by_stage.items()},
     )

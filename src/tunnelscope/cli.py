@@ -81,9 +81,9 @@ def _print_budget(study: Study, parallel_jobs: int) -> None:
     for stage in budget.STAGES:
         n = rates.jobs[stage]
         where = f"the median of {n} jobs in {study.results}/benchmarks" if n else "from the reference machine"
-        archs = sorted(a for s, a in rates.by_arch if s == stage)
-        per_arch = f" (per architecture for {', '.join(archs)})" if archs else ""
-        print(f"  {stage:<8} {rates.by_stage[stage]:.3g} {budget.UNIT[stage]}/s, {where}{per_arch}")
+        kinds = sorted(k for s, k in rates.by_kind if s == stage and k)
+        per_kind = f" (its own for {', '.join(kinds)})" if kinds else ""
+        print(f"  {stage:<8} {rates.by_stage[stage]:.3g} {budget.UNIT[stage]}/s, {where}{per_kind}")
 
 
 def _layers(args) -> int:
