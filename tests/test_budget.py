@@ -70,6 +70,7 @@ def test_rates_come_from_the_run_benchmark_files(tmp_path):
     assert rates.jobs == {"prepare": 4, "pretrain": 1, "embed": 4, "probe": 4}
     assert len(first.jobs) == 13
     assert first.seconds(rates) == pytest.approx(sum(first.jobs.values()) / 1e6, rel=1e-3)
+    assert first.remaining(rates) == 0 and budgets[1].remaining(rates) == pytest.approx(budgets[1].seconds(rates))
 
 
 def test_published_sizes_stand_in_for_absent_files(tmp_path):

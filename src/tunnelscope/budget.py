@@ -43,6 +43,7 @@ class Rates:
     by_kind: dict[tuple[str, str], float]
     by_stage: dict[str, float]
     jobs: dict[str, int]  # measured jobs per stage
+    measured: dict[tuple[str, str], float] = field(default_factory=dict)  # (stage, job) -> seconds taken
 
     def of(self, stage: str, job: str, arch: str) -> float:
         return self.by_kind.get((stage, job_kind(stage, job, arch))) or self.by_stage[stage]
@@ -61,7 +62,16 @@ class CellBudget:
         return sum(u for (s, _), u in self.jobs.items() if s == stage)
 
     def seconds(self, rates: Rates) -> float:
+        """Predicted seconds of every job (what a fresh run takes)."""
         return sum(units / rates.of(stage, job, self.arch) for (stage, job), units in self.jobs.items())
+
+    def remaining(self, rates: Rates) -> float:
+        """Predicted seconds of the jobs a run has not finished yet."""
+        return sum(
+            units / rates.of(stage, job, self.arch)
+            for (stage, job), units in self.jobs.items()
+            if (stage, job) not in rates.measured
+        )
 
 
 class Sizes:
@@ -150,16 +160,18 @@ def calibrate(budgets: list[CellBudget], results: str | Path) -> Rates:
     """Rates from the benchmark files that a run of this study left under ``results/benchmarks``
     (one per job, named as the job), as medians over jobs."""
     root = Path(results) / "benchmarks"
-    samples = {}
+    samples, measured = {}, {}
     for budget in budgets:
         for (stage, job), units in budget.jobs.items():
             path = root / stage / f"{job}.tsv"
             seconds = _benchmark_seconds(path) if path.is_file() else None
             if seconds:
+                measured[stage, job] = seconds
                 samples.setdefault((stage, job_kind(stage, job, budget.arch)), []).append(units / seconds)
     by_stage = {stage: [r for (s, _), rates in samples.items() if s == stage for r in rates] for stage in STAGES}
     return Rates(
         by_kind={key: statistics.median(rates) for key, rates in samples.items()},
         by_stage={stage: statistics.median(r) if r else REFERENCE_RATES[stage] for stage, r in by_stage.items()},
         jobs={stage: len(r) for stage, r in by_stage.items()},
+        measured=measured,
     )

@@ -76,8 +76,16 @@ def _print_budget(study: Study, parallel_jobs: int) -> None:
     total = sum(b.seconds(rates) for b in budgets) / 60
     print(
         f"budget: {total:,.0f} job-min of prepare, pretrain, embed and probe jobs, about {total / parallel_jobs:,.0f} min "
-        f"with {parallel_jobs} at a time (--jobs), plus the small per-cell and analysis jobs; rates per job:"
+        f"with {parallel_jobs} at a time (--jobs), plus the small per-cell and analysis jobs"
     )
+    if rates.measured:
+        left = sum(b.remaining(rates) for b in budgets) / 60
+        print(
+            f"  {len(rates.measured)} of {sum(len(b.jobs) for b in budgets)} of these jobs have run "
+            f"({sum(rates.measured.values()) / 60:,.0f} job-min); the rest: about {left:,.0f} job-min, "
+            f"{left / parallel_jobs:,.0f} min with {parallel_jobs} at a time"
+        )
+    print("rates per job:")
     for stage in budget.STAGES:
         n = rates.jobs[stage]
         where = f"the median of {n} jobs in {study.results}/benchmarks" if n else "from the reference machine"
