@@ -95,5 +95,8 @@ def test_validate_lists_every_cell_with_its_estimate(tmp_path, capsys):
     assert "no estimate: the files of folder are not there" in lines["vggm11_folder_r32_none_s0"]
     assert lines[CELLS[0]].split()[1:3] == ["4", "96"]  # eval sets, train image-epochs
     assert "with 4 at a time" in out and "from the reference machine" in out
+    with pytest.raises(SystemExit):
+        main(["validate", str(path), "--jobs", "0"])
+    assert "--jobs: 0: must be 1 or more" in capsys.readouterr().err
     assert main(["validate", str(path), "--no-budget"]) == 0
     assert "eval sets toy, toy-glyphs" in capsys.readouterr().out

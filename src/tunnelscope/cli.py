@@ -52,6 +52,13 @@ def _validate(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be 1 or more")
+    return value
+
+
 def _print_budget(study: Study, parallel_jobs: int) -> None:
     from tunnelscope import budget
 
@@ -230,13 +237,19 @@ def _profile_install(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tunnelscope", description="Layer-wise OOD transfer of image networks.")
     sub = parser.add_subparsers(dest="command", required=True)
-    val = sub.add_parser("validate", help="check a study config and list its cells")
+    val = sub.add_parser(
+        "validate",
+        help="check a study config; list its cells with their budget estimate",
+        description="Check a study config, then list its cells with their eval sets, training image-epochs, TFLOPs "
+        "and estimated job-minutes, and the study's total. Rates come from the benchmark files of a run of the same "
+        "config where there are some (RESULTS/benchmarks), else from the reference machine (a 2-core CPU).",
+    )
     val.add_argument("config", help="YAML config file, e.g. config.yaml")
     val.add_argument(
         "--schema", default=str(SCHEMA_PATH), help="JSON schema (default: the one shipped with tunnelscope)"
     )
     val.add_argument(
-        "--jobs", type=int, default=2, help="jobs that run at a time, for the wall-time estimate (default 2)"
+        "--jobs", type=_positive_int, default=2, help="jobs that run at a time, for the wall-time estimate (default 2)"
     )
     val.add_argument("--no-budget", action="store_true", help="list the cells without the budget estimate")
     val.set_defaults(func=_validate)
