@@ -9,8 +9,9 @@ import yaml
 from conftest import CELLS, EVAL_SETS, TINY
 from tunnelscope import budget
 from tunnelscope.cli import main
-from tunnelscope.data.sources import split_sizes
+from tunnelscope.data.sources import OFFICIAL_SIZES, split_sizes
 from tunnelscope.data.store import DatasetError
+from tunnelscope.registry import FILE_SOURCES
 from tunnelscope.study.config import Study, load_schema
 
 
@@ -74,6 +75,7 @@ def test_rates_come_from_the_run_benchmark_files(tmp_path):
 
 
 def test_published_sizes_stand_in_for_absent_files(tmp_path):
+    assert set(OFFICIAL_SIZES) == set(FILE_SOURCES) - {"imagefolder"}  # a tree has no published size
     spec = {"source": "cifar100", "root": str(tmp_path / "nowhere")}
     assert split_sizes(spec) == ({"train": 50_000, "test": 10_000}, 100, False)
     subset = {"source": "imagenet", "root": str(tmp_path / "nowhere"), "first_classes": 100, "per_class": 260}
