@@ -43,8 +43,12 @@ class Rates:
 
     by_kind: dict[tuple[str, str], float]
     by_stage: dict[str, float]
-    jobs: dict[str, int]  # measured jobs per stage
     measured: dict[tuple[str, str], float] = field(default_factory=dict)  # (stage, job) -> seconds taken
+
+    @property
+    def jobs(self) -> dict[str, int]:
+        """Measured jobs per stage."""
+        return {stage: sum(s == stage for s, _ in self.measured) for stage in STAGES}
 
     def of(self, stage: str, job: str, arch: str) -> float:
         return self.by_kind.get((stage, job_kind(stage, job, arch))) or self.by_stage[stage]
@@ -62,32 +66,24 @@ class CellBudget:
     def units(self, stage: str) -> float:
         return sum(u for (s, _), u in self.jobs.items() if s == stage)
 
+    def predicted(self, rates: Rates) -> dict[tuple[str, str], float]:
+        return {(stage, job): units / rates.of(stage, job, self.arch) for (stage, job), units in self.jobs.items()}
+
     def seconds(self, rates: Rates) -> float:
         """Predicted seconds of every job (what a fresh run takes)."""
-        return sum(units / rates.of(stage, job, self.arch) for (stage, job), units in self.jobs.items())
+        return sum(self.predicted(rates).values())
 
     def remaining(self, rates: Rates) -> float:
         """Predicted seconds of the jobs a run has not finished yet."""
-        return sum(
-            units / rates.of(stage, job, self.arch)
-            for (stage, job), units in self.jobs.items()
-            if (stage, job) not in rates.measured
-        )
+        return sum(s for key, s in self.predicted(rates).items() if key not in rates.measured)
 
 
-class Sizes:
-    """Split sizes and class counts per dataset, each listed once."""
-
-    def __init__(self, datasets: dict):
-        self.datasets, self.cache = datasets, {}
-
-    def __call__(self, name: str) -> tuple[dict[str, int], int, bool] | None:
-        if name not in self.cache:
-            try:
-                self.cache[name] = split_sizes(self.datasets[name])
-            except (DatasetError, OSError):
-                self.cache[name] = None
-        return self.cache[name]
+def _sizes(spec: dict) -> tuple[dict[str, int], int, bool] | None:
+    """``split_sizes``, or None where the files are not there to count."""
+    try:
+        return split_sizes(spec)
+    except (DatasetError, OSError):
+        return None
 
 
 @functools.cache
@@ -99,27 +95,28 @@ def _model_costs(
     from torch.utils.flop_counter import FlopCounterMode
 
     from tunnelscope.models.build import build_model, probe_points
-    from tunnelscope.models.capture import layer_shapes, pool
+    from tunnelscope.models.capture import layer_shapes, pooled_dims
 
     model = build_model(arch, classes, width, resolution).eval()
     points = probe_points(model, side, enumeration)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, 3, resolution, resolution))
-    shapes = layer_shapes(model, points, resolution)
-    dims = tuple(int(pool(torch.zeros((1, *shapes[p.index])), pooling, p.prefix_tokens).shape[1]) for p in points)
-    return float(counter.get_total_flops()), dims
+    return float(counter.get_total_flops()), tuple(
+        pooled_dims(layer_shapes(model, points, resolution), points, pooling)
+    )
 
 
 def cell_budgets(study: Study) -> list[CellBudget]:
     """Every cell's units per stage; prepare is charged to the first cell that reads a store."""
-    sizes = Sizes(study.config["datasets"])
+    read = {d for cid in study.cells for d in study.eval_sets(cid)}
+    sizes = {d: _sizes(study.config["datasets"][d]) for d in read}
     side = study.config["embed"]["side"]
     prepared = set()
     out = []
     for cid, cell in study.cells.items():
         budget = CellBudget(cid, cell.arch)
-        id_sizes = sizes(cell.id_dataset)
-        eval_sizes = {d: sizes(d) for d in study.eval_sets(cid)}
+        id_sizes = sizes[cell.id_dataset]
+        eval_sizes = {d: sizes[d] for d in study.eval_sets(cid)}
         budget.missing = [d for d, s in eval_sizes.items() if s is None]
         budget.nominal = [d for d, s in eval_sizes.items() if s and not s[2]]
         if id_sizes is None:
@@ -173,6 +170,5 @@ def calibrate(budgets: list[CellBudget], results: str | Path) -> Rates:
     return Rates(
         by_kind={key: statistics.median(rates) for key, rates in samples.items()},
         by_stage={stage: statistics.median(r) if r else REFERENCE_RATES[stage] for stage, r in by_stage.items()},
-        jobs={stage: len(r) for stage, r in by_stage.items()},
         measured=measured,
     )

@@ -103,27 +103,23 @@ def _print_budget(study: Study, parallel_jobs: int) -> None:
 
 def _layers(args) -> int:
     from tunnelscope.models.build import build_model, count_parameters, probe_points
-    from tunnelscope.models.capture import layer_shapes, pool
+    from tunnelscope.models.capture import layer_shapes, pooled_dims
 
     try:
         model = build_model(args.arch, args.classes, args.width, args.resolution)
     except (ValueError, RuntimeError) as exc:
         print(f"tunnelscope: {exc}", file=sys.stderr)
         return 1
-    import torch
-
     try:
         points = probe_points(model, args.side, args.probe_points)
     except ValueError as exc:
         print(f"tunnelscope: {args.arch}: {exc}", file=sys.stderr)
         return 1
     shapes = layer_shapes(model, points, args.resolution)
-    layers = []
-    for p in points:
-        dim = pool(torch.zeros((1, *shapes[p.index])), args.pooling, p.prefix_tokens).shape[1]
-        layers.append(
-            {"index": p.index, "name": p.name, "side": p.side, "shape": list(shapes[p.index]), "dim": int(dim)}
-        )
+    layers = [
+        {"index": p.index, "name": p.name, "side": p.side, "shape": list(shapes[p.index]), "dim": dim}
+        for p, dim in zip(points, pooled_dims(shapes, points, args.pooling))
+    ]
     report = {"arch": args.arch, "params": count_parameters(model), "layers": layers}
     if args.json:
         print(json.dumps(report))

@@ -119,3 +119,8 @@ def layer_shapes(model: torch.nn.Module, points: list[ProbePoint], resolution: i
             return {index: tuple(t.shape[1:]) for (index, _), t in capture.take().items()}
     finally:
         model.train(was_training)
+
+
+def pooled_dims(shapes: dict[int, tuple], points: list[ProbePoint], pooling: str) -> list[int]:
+    """Per probe point, the length of its vector under ``pooling``, from ``layer_shapes``."""
+    return [int(pool(torch.zeros((1, *shapes[p.index])), pooling, p.prefix_tokens).shape[1]) for p in points]
