@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from tunnelscope.data.splits import stratified_split
@@ -224,7 +225,7 @@ def test_probe_job_takes_its_device_from_the_runtime(tmp_path, monkeypatch):
     write_layers(tmp_path)
     asked = []
     monkeypatch.setattr(layers, "pick_device", lambda: asked.append("device") or torch.device("cpu"))
-    table, weights = layers.probe_layers(str(tmp_path), probe_job_params("lbfgs"))
+    table, weights, _ = layers.probe_layers(str(tmp_path), probe_job_params("lbfgs"))
     assert asked == ["device"] and table.layer.tolist() == [1, 2] and sorted(weights) == ["layer_001", "layer_002"]
     assert (table.seed == 5).all() and table.test_acc.min() > 0.8
 
@@ -256,5 +257,22 @@ def test_per_layer_solvers_stream_the_layers_and_the_paper_recipe_reads_them_all
     ):
         monkeypatch.setitem(layers.SOLVER_FITS, solver, fitting(solver))
         events.clear()
-        table, _ = layers.probe_layers(str(tmp_path), probe_job_params(solver))
+        table, _, _ = layers.probe_layers(str(tmp_path), probe_job_params(solver))
         assert events == expected and table.solver.eq(solver).all() and table.n_train.eq(200).all(), solver
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "sklearn", "paper"])
+def test_predictions_are_the_ones_test_acc_was_computed_from(tmp_path, solver):
+    """Every solver returns its class per test image; the job's predictions table holds them in
+    the test split's order, and each layer's accuracy on it is exactly the table's test_acc."""
+    import tunnelscope.probe.layers as layers
+    from tunnelscope.features.store import layer_path, read_embeddings
+    from tunnelscope.probe.predictions import correct
+
+    write_layers(tmp_path)
+    table, _, predictions = layers.probe_layers(str(tmp_path), probe_job_params(solver))
+    _, _, y, split = read_embeddings(layer_path(tmp_path, "avg2x2", 1))
+    assert predictions.columns.tolist() == ["label", "layer_001", "layer_002"]
+    assert predictions.dtypes.eq(np.int16).all() and predictions.label.tolist() == y[split == "test"].tolist()
+    np.testing.assert_array_equal(correct(predictions, [1, 2]).mean(0), table.test_acc.to_numpy())
+    assert table.n_test.eq(len(predictions)).all()

@@ -1,12 +1,13 @@
 rule probe:
     """Fit one linear probe per layer of one (cell, eval set) with one solver, all layers in this
-    job; the table and every layer's probe weights."""
+    job; the table, every layer's probe weights and its class for each test image."""
     input:
         embeddings=rules.embed.output,
         info=rules.pretrain.output.info,
     output:
         table=f"{RESULTS}/cells/{{cell}}/probes/{{solver}}/{{eval_set}}.parquet",
         weights=f"{RESULTS}/cells/{{cell}}/probes/{{solver}}/{{eval_set}}.weights.npz",
+        predictions=f"{RESULTS}/cells/{{cell}}/probes/{{solver}}/{{eval_set}}.predictions.parquet",
     log:
         "logs/probe/{cell}_{eval_set}_{solver}.log",
     benchmark:

@@ -7,8 +7,9 @@ from tunnelscope.probe.layers import probe_layers, write_weights
 with job_logging(snakemake.log[0]):
     with open(snakemake.input.info) as fh:
         family = json.load(fh)["family"]
-    table, weights = probe_layers(
+    table, weights, predictions = probe_layers(
         snakemake.input.embeddings[0], snakemake.params.settings, family, threads=snakemake.threads
     )
     write_weights(weights, snakemake.output.weights)
+    write_table(predictions, snakemake.output.predictions)
     write_table(table, snakemake.output.table)

@@ -23,6 +23,7 @@ from tunnelscope.features.store import layer_files, read_embeddings, read_metada
 from tunnelscope.io import atomic_path
 from tunnelscope.probe.lbfgs import fit_lbfgs_probe
 from tunnelscope.probe.logistic import fit_sklearn_probe
+from tunnelscope.probe.predictions import layer_column, prediction_table
 from tunnelscope.probe.recipe import fit_paper_probes
 from tunnelscope.registry import CELL_VARIABLES
 from tunnelscope.runtime import pick_device
@@ -69,11 +70,11 @@ SOLVER_FITS = {
 }
 
 
-def _read_layer(path: Path) -> tuple[tuple[dict, int, int], tuple]:
-    """((metadata, n_train, n_test), (x_train, y_train, x_test, y_test)) of one layer file."""
+def _read_layer(path: Path) -> tuple[tuple[dict, int, np.ndarray], tuple]:
+    """((metadata, n_train, test labels), (x_train, y_train, x_test, y_test)) of one layer file."""
     meta, x, y, split = read_embeddings(path)
     train, test = split == "train", split == "test"
-    return (meta, int(train.sum()), int(test.sum())), (x[train], y[train], x[test], y[test])
+    return (meta, int(train.sum()), y[test]), (x[train], y[train], x[test], y[test])
 
 
 def _fit_layer(fit: Callable, path: Path, n_classes: int, settings: dict, device):
@@ -90,10 +91,11 @@ def _fit_together(fit: Callable, files: list[Path], n_classes: int, settings: di
 
 def probe_layers(
     embed_dir: str, params: dict, family: str = "cnn", threads: int | None = None
-) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """Probe every layer of one (cell, eval set): one row per layer, and each layer's probe as
+) -> tuple[pd.DataFrame, dict[str, np.ndarray], pd.DataFrame]:
+    """Probe every layer of one (cell, eval set): one row per layer; each layer's probe as
     (d + 1, C) float32 weights on raw features, bias last (``layer_NNN`` keys; write_weights;
-    protocols.probe_logits scores them).
+    protocols.probe_logits scores them); and the predictions (``prediction_table``), from which
+    each row's ``test_acc`` was computed.
     ``threads`` caps torch's CPU threads (the job's share of the cores; torch's default takes
     them all)."""
     if threads:
@@ -115,9 +117,11 @@ def probe_layers(
         )
     else:
         fitted = _fit_together(solver.fit, files, n_classes, settings, family, device)
-    rows, weights = [], {}
-    for (meta, n_train, n_test), result in fitted:
+    rows, weights, predicted, labels = [], {}, {}, None
+    for (meta, n_train, labels), result in fitted:
         weights[f"layer_{meta['layer']:03d}"] = result.pop("weights")
+        predicted[layer_column(meta["layer"])] = result.pop("test_pred")
+        n_test = len(labels)
         if not result["converged"]:
             log.warning("layer %d: probe did not converge in %d iterations", meta["layer"], result["n_iter"])
         log.info(
@@ -138,7 +142,7 @@ def probe_layers(
             }
         )
     log.info("%d layers probed in %.1fs (%s)", len(rows), time.perf_counter() - started, params["solver"])
-    return pd.DataFrame(rows), weights
+    return pd.DataFrame(rows), weights, prediction_table(labels, predicted, n_classes)
 
 
 def write_weights(weights: dict[str, np.ndarray], path: str | Path) -> None:

@@ -24,7 +24,8 @@ def fit_paper_probes(
     layers; ``reshuffle: false`` keeps one seeded order for every epoch (the released CNN probe
     code shuffles its cached features once); ``repeats`` k > 1 draws n / k rows per epoch, each
     k times (the released ViT probes keep DeiT's repeated-augmentation sampler). Reports the last epoch, or the best test epoch
-    with ``report: best_test`` (the paper's optimistic choice).
+    with ``report: best_test`` (the paper's optimistic choice), with that epoch's class per test
+    row (``test_pred``). The recipe has no validation split, so no ``val_acc``.
     """
     gen = torch.Generator().manual_seed(params["seed"])
     lr = params["lr"] or (1e-2 if family == "vit" else 1e-3)
@@ -38,7 +39,7 @@ def fit_paper_probes(
         torch.nn.init.normal_(head.weight, 0.0, params["init_std"], generator=gen)
         torch.nn.init.zeros_(head.bias)
     opt = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=wd)
-    best = [(-1.0, 0, 0.0, None)] * len(heads)  # (test acc, epoch, train acc, weights)
+    best = [(-1.0, 0, 0.0, None, None)] * len(heads)  # (test acc, epoch, train acc, weights, test predictions)
     last = best
     order = epoch_order(len(ytr), params["repeats"], gen).to(device)
     for epoch in range(params["epochs"]):
@@ -56,20 +57,28 @@ def fit_paper_probes(
             opt.step()
         heads.eval()
         with torch.no_grad():
-            last = [
-                (_head_acc(h, xte, yte), epoch + 1, _head_acc(h, xtr, ytr), h)
-                for h, xtr, xte in zip(heads, xs_train, xs_test)
-            ]
+            last = []
+            for h, xtr, xte in zip(heads, xs_train, xs_test):
+                pred = h(xte).argmax(1)
+                last.append((float((pred == yte).double().mean()), epoch + 1, _head_acc(h, xtr, ytr), h, pred))
         # a head's weights are copied only when its epoch is kept
         keep = params["report"] == "best_test"
         best = [
-            (*cur[:3], _head_weights(cur[3])) if keep and (b[3] is None or cur[0] > b[0]) else b
+            (*cur[:3], _head_weights(cur[3]), cur[4]) if keep and (b[3] is None or cur[0] > b[0]) else b
             for b, cur in zip(best, last)
         ]
-    chosen = best if params["report"] == "best_test" else [(*row[:3], _head_weights(row[3])) for row in last]
+    chosen = best if params["report"] == "best_test" else [(*row[:3], _head_weights(row[3]), row[4]) for row in last]
     return [
-        {"train_acc": tr, "test_acc": te, "epoch": ep, "n_iter": params["epochs"], "converged": True, "weights": w}
-        for te, ep, tr, w in chosen
+        {
+            "train_acc": tr,
+            "test_acc": te,
+            "test_pred": pred.cpu().numpy(),
+            "epoch": ep,
+            "n_iter": params["epochs"],
+            "converged": True,
+            "weights": w,
+        }
+        for te, ep, tr, w, pred in chosen
     ]
 
 

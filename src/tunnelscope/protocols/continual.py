@@ -183,7 +183,7 @@ def evaluate(
         embed = {**params, "eval_set": f"task{task}", "classes": [first, stop], "layers": params["layers"][str(task)]}
         embed_eval_set(embed, checkpoint, data_path, str(where), batch_size, threads, channels_last, resident_mb)
         probe = {**params["probe"], **{k: params[k] for k in CELL_VARIABLES}, "eval_set": f"task{task}", "role": "task"}
-        table, _ = probe_layers(str(where), probe, family, threads)  # weights are not kept here
+        table, _, _ = probe_layers(str(where), probe, family, threads)  # weights, predictions not kept here
         head = head_accuracy(model, store, first, stop, params, batch_size, resident_mb, threads)
         log.info(
             "%s task %d: probe at layer %d %.4f, head %.4f",
