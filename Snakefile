@@ -40,6 +40,7 @@ rule all:
             *rules.analysis.output,
             *rules.paper.input,
             *rules.overview_figure.output,
+            *rules.best_layers_figure.output,
         ]
         if CELLS
         else [],

@@ -42,6 +42,9 @@ def curves(archs, layers=12) -> pd.DataFrame:
                     "layer": layer,
                     "relative_depth": layer / layers,
                     "test_acc": acc,
+                    "layer_name": f"blocks.{layer - 1}.mlp",
+                    "n_test": 500,
+                    "n_classes": 100 if role == "id" else 10,
                 }
             )
     return pd.DataFrame(rows)
@@ -89,6 +92,16 @@ def test_layer_axes_tick_whole_numbers_only(drawn):
     for ax in drawn[-1].axes:
         ticks = ax.get_xticks()
         assert len(ticks) <= 12 and np.array_equal(ticks, np.round(ticks))  # not one tick per layer
+
+
+def test_cell_figure_names_modules_where_they_fit_with_chance_and_intervals(drawn):
+    plots.cell_figure(curves(LONG[3:], layers=12), "vggm11_imagenet100_r224_rrc_flip_s0", "c.png", "c.pdf")
+    left = drawn[-1].axes[0]
+    labels = [t.get_text() for t in left.get_xticklabels()]
+    assert labels[0] == "1 blocks.0.mlp" and len(labels) == 12
+    chance = sorted({round(line.get_ydata()[0], 6) for line in left.get_lines() if line.get_linestyle() == ":" and len(line.get_ydata())})
+    assert chance == [1.0, 10.0]  # 1 / 100 ID classes, 1 / 10 for both OOD sets, in %
+    assert len(left.collections) == 3  # an interval band per eval set
 
 
 def test_numerical_rank_axes_are_whole_numbers(drawn):

@@ -113,6 +113,8 @@ def test_cell_metrics_table():
         "ood_sets": ["oodB", "oodA"],
         "alignment_layer": "last",
         "alignment_id": "probe",
+        "tunnel_rule": "paper",
+        "alpha": 0.05,
     }
     table = metrics.cell_metrics(probes, info, params)
     assert table.ood_set.tolist() == ["oodB", "oodA"] and table.ood_index.tolist() == [1, 2]  # the config's order

@@ -139,6 +139,7 @@ SETTING_CHOICES = {
     "layer_stats.split": ("train", "test"),
     "metrics.alignment_layer": ("last", "ood_best"),
     "metrics.alignment_id": ("probe", "backbone"),
+    "metrics.tunnel_rule": ("significant", "paper"),
     "analysis.shap_slope_normalisation": ("none", "l1"),
     "model.preprocessing": ("dataset", "imagenet"),
     "pretrained.interpolation": ("bicubic", "bilinear", "nearest"),

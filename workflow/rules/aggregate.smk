@@ -1,3 +1,6 @@
+from tunnelscope.figures.captions import best_layers_caption
+
+
 rule aggregate_table:
     """One tidy table over all cells (probe curves, tunnel metrics or layer statistics) and its seed
     summary (mean and t-interval per backbone)."""
@@ -35,8 +38,31 @@ rule aggregate_cells:
         "../scripts/aggregate.py"
 
 
+rule best_layers_table:
+    """The cells' best layers in one table, and its readable form for the report and the page."""
+    input:
+        expand(f"{RESULTS}/cells/{{cell}}/best_layers.parquet", cell=CELLS),
+    output:
+        table=f"{RESULTS}/aggregate/best_layers.parquet",
+        csv=f"{RESULTS}/aggregate/best_layers.csv",
+        summary=report(
+            f"{RESULTS}/paper/tables/best_layers.csv",
+            caption="../report/best_layers_table.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/best_layers_table.log",
+    conda:
+        ENV
+    params:
+        caption=lambda wc: best_layers_caption(STUDY.config["metrics"]["alpha"]),
+    script:
+        "../scripts/best_layers_table.py"
+
+
 rule aggregate:
     """Target: every grid-wide table."""
     input:
         [path for name, path in AGGREGATE.items()],
+        rules.best_layers_table.output,
         expand(f"{RESULTS}/aggregate/{{table}}_seeds.parquet", table=AGGREGATED),

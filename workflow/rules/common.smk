@@ -57,6 +57,10 @@ def probe_tables(wc):
     return [probe_table(wc.cell, e) for e in STUDY.eval_sets(wc.cell)]
 
 
+def probe_predictions(wc):
+    return [probe_table(wc.cell, e, suffix=".predictions.parquet") for e in STUDY.eval_sets(wc.cell)]
+
+
 # Probe protocols (protocols.smk): the cells and shifted sets each comparison runs on.
 def zero_shot_pairs():
     return [(c, e) for c in CELLS for e in STUDY.shifted_sets(c)]

@@ -2,7 +2,8 @@ from tunnelscope.figures.captions import figure_caption
 
 
 rule cell_figure:
-    """Per cell: probe accuracy per eval set, and the normalised tunnel view with its star."""
+    """Per cell: probe accuracy per eval set with intervals and chance, and the normalised tunnel
+    view with its star."""
     input:
         probe_tables,
     output:
@@ -18,6 +19,7 @@ rule cell_figure:
         ENV
     params:
         title=lambda wc: wc.cell,
+        confidence=lambda wc: 1 - STUDY.config["metrics"]["alpha"],
     script:
         "../scripts/cell_figure.py"
 
@@ -80,3 +82,26 @@ rule tsne_figure:
         title=lambda wc: wc.cell,
     script:
         "../scripts/tsne_figure.py"
+
+
+rule best_layers_figure:
+    """Every backbone and OOD set: accuracy per layer with intervals, the best and the
+    validation-chosen layers."""
+    input:
+        best=rules.best_layers_table.output.table,
+        curves=AGGREGATE["curves"],
+    output:
+        png=report(
+            f"{RESULTS}/figures/best_layers.png",
+            caption="../report/best_layers.rst",
+            category="Overview",
+        ),
+        pdf=f"{RESULTS}/figures/best_layers.pdf",
+    log:
+        "logs/best_layers_figure.log",
+    conda:
+        ENV
+    params:
+        caption=lambda wc: figure_caption("best_layers"),
+    script:
+        "../scripts/best_layers_figure.py"

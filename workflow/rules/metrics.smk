@@ -2,6 +2,7 @@ rule cell_metrics:
     """Tunnel metrics of one cell against each of its OOD sets."""
     input:
         probes=probe_tables,
+        predictions=probe_predictions,
         info=rules.pretrain.output.info,
     output:
         f"{RESULTS}/cells/{{cell}}/metrics.parquet",
@@ -13,3 +14,22 @@ rule cell_metrics:
         settings=lambda wc: STUDY.metrics_params(wc.cell),
     script:
         "../scripts/cell_metrics.py"
+
+
+rule best_layers:
+    """Per cell and OOD set: the best layer with its interval, the layers indistinguishable from
+    it, the validation-chosen layer and the last layer's gap, on the probes' predictions."""
+    input:
+        probes=probe_tables,
+        predictions=probe_predictions,
+        info=rules.pretrain.output.info,
+    output:
+        f"{RESULTS}/cells/{{cell}}/best_layers.parquet",
+    log:
+        "logs/best_layers/{cell}.log",
+    conda:
+        ENV
+    params:
+        settings=lambda wc: STUDY.best_layers_params(wc.cell),
+    script:
+        "../scripts/best_layers.py"

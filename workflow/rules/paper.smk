@@ -142,8 +142,10 @@ rule paper_page:
             rules.shap_slopes_figure.output.png,
             rules.strength_histogram_figure.output.png,
             rules.layer_stats_figure.output.png,
+            rules.best_layers_figure.output.png,
         ],
         tables=expand(rules.paper_table.output.csv, table=TABLES),
+        best_layers=rules.best_layers_table.output.summary,
         slopes=rules.analysis.output.slopes,
         provenance=rules.provenance.output[0],
     output:
@@ -154,6 +156,7 @@ rule paper_page:
         ENV
     params:
         seeds=lambda wc: STUDY.seed_params(),
+        alpha=lambda wc: STUDY.config["metrics"]["alpha"],
     script:
         "../scripts/paper_page.py"
 

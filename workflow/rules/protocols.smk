@@ -57,6 +57,11 @@ rule solver_metrics:
     """One cell's tunnel metrics under each of its probe solvers."""
     input:
         probes=lambda wc: [probe_table(wc.cell, e, s) for s in STUDY.solvers(wc.cell) for e in STUDY.eval_sets(wc.cell)],
+        predictions=lambda wc: [
+            probe_table(wc.cell, e, s, ".predictions.parquet")
+            for s in STUDY.solvers(wc.cell)
+            for e in STUDY.eval_sets(wc.cell)
+        ],
         info=rules.pretrain.output.info,
     output:
         f"{RESULTS}/cells/{{cell}}/solver_metrics.parquet",

@@ -11,4 +11,5 @@ with job_logging(snakemake.log[0]):
         i.slopes,
         i.provenance,
         snakemake.params.seeds["confidence"],
+        best_layers=(i.best_layers, snakemake.params.alpha),
     )

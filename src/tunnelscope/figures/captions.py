@@ -71,6 +71,21 @@ SOLVERS_CAPTION = (
     "solvers agree that there is a tunnel."
 )
 
+BEST_LAYERS_CAPTION = (
+    "The best layer of every backbone and OOD set, with its uncertainty (metrics.best_layers): the layer of highest "
+    "OOD probe test accuracy by index and module name, that accuracy with its {confidence} Wilson interval over the "
+    "test images; the layers indistinguishable from it (exact McNemar test on the same test images, p ≥ α = {alpha}, "
+    "each layer tested alone, no multiplicity correction); the layer chosen on the probe's validation split, with no "
+    "test image used (unavailable for solvers without one); the last layer's accuracy and the gap best − last in "
+    "percentage points with Newcombe's paired score interval; the McNemar p of last against best; whether there is "
+    "a tunnel under metrics.tunnel_rule (paper: the best layer beats the last by any margin; significant: in addition "
+    "p < α). Every value in aggregate/best_layers.csv."
+)
+
+
+def best_layers_caption(alpha: float) -> str:
+    return BEST_LAYERS_CAPTION.format(confidence=f"{1 - alpha:.0%}", alpha=f"{alpha:g}")
+
 
 # The study-wide figures: name (the figure's file stem) -> caption; "{confidence}" stands for the
 # seed-interval level (analysis.seed_confidence). The report's caption files render these from
@@ -104,6 +119,13 @@ FIGURES = {
         "between-class scatter) and linear CKA to the last probed layer. Tunnel layers show falling rank and NC1 and CKA "
         "close to 1. With several seeds per backbone, one line per backbone (the seed mean) shaded with the {confidence} "
         "t-interval across seeds (on the NC1 log axis a band reaching 0 is cut at a tenth of the line's smallest value)."
+    ),
+    "best_layers": (
+        "OOD linear-probe test accuracy per probed layer of every backbone and OOD set, shaded with its Wilson interval "
+        "over the test images (at 1 - metrics.alpha); the star marks the best layer, filled points the layers "
+        "indistinguishable from it (exact McNemar p ≥ metrics.alpha on the same test images), the diamond the layer "
+        "chosen on the probe's validation split (none for solvers without one); dotted: chance, 1 / classes. The panel "
+        "title says whether there is a tunnel under metrics.tunnel_rule; the numbers are in aggregate/best_layers.csv."
     ),
 }
 

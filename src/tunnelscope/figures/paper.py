@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from tunnelscope.analysis.comparisons import VARIABLES, present_levels
-from tunnelscope.figures.captions import TABLES, figure_caption, table_caption
+from tunnelscope.figures.captions import TABLES, best_layers_caption, figure_caption, table_caption
 from tunnelscope.figures.plots import draw_band
 from tunnelscope.figures.style import (
     apply_style,
@@ -259,9 +259,11 @@ def html_page(
     slopes: str,
     provenance_json: str,
     confidence: float = CONFIDENCE,
+    best_layers: tuple[str, float] | None = None,
 ) -> None:
     """A static page with every figure and table, readable without Snakemake: the given files,
-    linked relative to the page, figures with the Snakemake report's captions (captions.FIGURES)."""
+    linked relative to the page, figures with the Snakemake report's captions (captions.FIGURES);
+    ``best_layers``: (its readable CSV, metrics.alpha), shown first among the tables."""
 
     def link(path: str) -> str:
         return os.path.relpath(path, Path(page).parent)
@@ -273,6 +275,9 @@ def html_page(
     ]
     for png in figures:
         parts += _figure(png, link(png), confidence)
+    if best_layers:
+        csv, alpha = best_layers
+        parts += _table(csv, link(csv), best_layers_caption(alpha), "best layers")
     for csv in tables:
         parts += _table(
             csv,

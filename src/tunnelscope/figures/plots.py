@@ -17,6 +17,7 @@ from tunnelscope.figures.style import (
     save_figure,
     sns,
 )
+from tunnelscope.metrics.paired import accuracy_interval
 from tunnelscope.metrics.seeds import BACKBONE, CONFIDENCE, seed_summary
 from tunnelscope.metrics.tunnel import normalise
 from tunnelscope.registry import CELL_VARIABLES
@@ -92,22 +93,47 @@ def draw_band(ax, x, frame: pd.DataFrame, column: str, colour, label: str, alpha
         ax.fill_between(x, low, high, color=colour, alpha=alpha, lw=0)
 
 
-def cell_figure(probes: pd.DataFrame, title: str, png: str, pdf: str) -> None:
-    """Left: probe test accuracy per eval set. Right: normalised curves with the OOD star."""
+# Module names on a layer axis: rotated labels of this size, each one line tall, and at most
+# this many characters (the layer index stays in front of each).
+NAME_POINTS, NAME_CHARS = 6.5, 22
+
+
+def layer_axis(ax, layers, names, width_inches: float) -> None:
+    """Ticks at every layer labelled "index name" where one rotated line per layer fits the
+    panel's ``width_inches``; else whole-number indices only."""
+    if len(layers) * NAME_POINTS * 1.3 > 0.85 * 72 * width_inches:
+        ax.set_xlabel("probed layer (index)")
+        integer_axis(ax.xaxis)
+        return
+    short = [n if len(n) <= NAME_CHARS else "…" + n[-(NAME_CHARS - 1) :] for n in map(str, names)]
+    ax.set_xticks(list(layers), [f"{i} {n}" for i, n in zip(layers, short)], rotation=90, fontsize=NAME_POINTS)
+    ax.set_xlabel("probed layer (index, module)")
+
+
+def cell_figure(probes: pd.DataFrame, title: str, png: str, pdf: str, confidence: float = 0.95) -> None:
+    """Left: probe test accuracy per eval set with its Wilson interval over the test images
+    (``confidence``), chance level (1 / classes) of each set, module names on the layer axis
+    where they fit. Right: normalised curves with the OOD star."""
     apply_style()
     layers, id_curve, ood, id_name = _curves(probes)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    left.plot(layers, 100 * id_curve, color=ID_COLOUR, lw=2, marker="o", ms=3, label=f"{id_name} (ID)")
-    palette = sns.color_palette("colorblind", max(1, len(ood)))
-    for colour, (name, curve) in zip(palette, ood.items()):
-        left.plot(layers, 100 * curve, color=colour, marker="o", ms=3, label=f"{name} (OOD)")
-    left.set_xlabel("probed layer (index)")
+    names = probes[probes.role == "id"].sort_values("layer").layer_name.to_numpy()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8 + (0.9 if len(layers) <= 40 else 0)))
+    palette = [ID_COLOUR, *sns.color_palette("colorblind", max(1, len(ood)))]
+    sets = [(id_name, "ID"), *((name, "OOD") for name in ood)]
+    for colour, (name, role) in zip(palette, sets):
+        rows = probes[probes.eval_set == name].sort_values("layer")
+        acc, n = rows.test_acc.to_numpy(), rows.n_test.to_numpy()
+        bounds = np.array([accuracy_interval(round(a * k), k, confidence) for a, k in zip(acc, n)])
+        left.plot(layers, 100 * acc, color=colour, lw=2 if role == "ID" else 1.2, marker="o", ms=3, label=f"{name} ({role})")
+        left.fill_between(layers, 100 * bounds[:, 0], 100 * bounds[:, 1], color=colour, alpha=0.15, lw=0)
+        left.axhline(100 / int(rows.n_classes.iloc[0]), color=colour, lw=0.8, ls=":")
+    left.plot([], [], color="grey", lw=0.8, ls=":", label="chance (1 / classes), per set")
     left.set_ylabel("linear probe test accuracy (%)")
-    left.set_title("probe accuracy per eval set")
-    left.legend(loc="best", fontsize="small")
+    left.set_title(f"probe accuracy per eval set ({confidence:.0%} Wilson interval)")
+    left.legend(loc="best", fontsize="x-small")
     draw_normalised(right, probes)
     right.set_title("normalised curves (mean ± SD over OOD sets)")
-    integer_axis(left.xaxis)  # a tick per layer would crowd a 37-layer network's axis
+    layer_axis(left, layers, names, 5.0)
     fit_suptitle(fig, title)
     fig.tight_layout()
     save_figure(fig, png, pdf)

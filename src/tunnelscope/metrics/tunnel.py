@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from tunnelscope.metrics.paired import last_significantly_below_best
+from tunnelscope.probe.predictions import correct
 from tunnelscope.registry import CELL_VARIABLES
 
 STRENGTH_BANDS = ((95.0, "negligible"), (90.0, "weak"), (80.0, "medium"), (-math.inf, "strong"))
@@ -23,11 +25,15 @@ def tunnel_metrics(
     ood_classes: int,
     alignment_layer: str = "last",
     id_accuracy: float | None = None,
+    last_below_best: bool | None = None,
 ) -> dict:
     """Metrics of one (backbone, OOD set) pair.
 
-    l_m is the first layer reaching the OOD maximum; a tunnel exists iff l_m < L and the
-    maximum beats the last layer strictly, so ties with the last layer mean no tunnel.
+    l_m is the first layer reaching the OOD maximum; by the papers' rule a tunnel exists iff
+    l_m < L and the maximum beats the last layer strictly, so ties with the last layer mean no
+    tunnel. ``last_below_best`` (the ``significant`` rule: is the last layer significantly
+    below the best on the same test images?) must hold as well when given.
+    % OOD retained 100 a_p / a_m does not depend on the rule (100 where a_m = 0).
     Alignment A = (a_id - 1/C_id)(a_ood - 1/C_ood) takes both accuracies at the last layer
     (``alignment_layer`` "last", the paper's) or at l_m ("ood_best"); ``id_accuracy``, when
     given, replaces the ID probe's accuracy (the backbone's own top-1).
@@ -39,7 +45,7 @@ def tunnel_metrics(
     n_layers = len(ood)
     l_m = int(np.argmax(ood)) + 1
     a_m, a_p = float(ood[l_m - 1]), float(ood[-1])
-    tunnel = l_m < n_layers and a_m > a_p
+    tunnel = l_m < n_layers and a_m > a_p and (last_below_best is None or last_below_best)
     at = n_layers if alignment_layer == "last" else l_m
     a_id = float(id_curve[at - 1]) if id_accuracy is None else float(id_accuracy)
     return {
@@ -51,7 +57,7 @@ def tunnel_metrics(
         "tunnel": bool(tunnel),
         "tunnel_start": l_m if tunnel else n_layers,
         "tunnel_length": n_layers - l_m if tunnel else 0,
-        "ood_retained": 100.0 * a_p / a_m if tunnel else 100.0,
+        "ood_retained": 100.0 * a_p / a_m if a_m > 0 else 100.0,
         "pearson": pearson(id_curve, ood),
         "alignment": (a_id - 1.0 / id_classes) * (float(ood[at - 1]) - 1.0 / ood_classes),
     }
@@ -103,10 +109,14 @@ BACKBONE_FACTS = (
 CELL_FACTS = (*CELL_VARIABLES, *BACKBONE_FACTS)
 
 
-def cell_metrics(probes: pd.DataFrame, cell_info: dict, params: dict) -> pd.DataFrame:
+def cell_metrics(
+    probes: pd.DataFrame, cell_info: dict, params: dict, predictions: dict[str, pd.DataFrame] | None = None
+) -> pd.DataFrame:
     """One row per OOD set of one cell, from its probe table (all eval sets, all layers), in the
     order of ``params['ood_sets']`` (``ood_index`` 1.. is that position); ``params`` also holds
-    id_start_thresholds, alignment_layer and alignment_id (metrics settings)."""
+    id_start_thresholds, alignment_layer, alignment_id, tunnel_rule and alpha (metrics
+    settings). ``predictions`` (by eval set, probe/predictions.py) give ``last_vs_best_p``, the
+    McNemar p of the last layer against the best, and are needed by the ``significant`` rule."""
     probes = probes.sort_values(["eval_set", "layer"])
     id_rows = probes[probes.role == "id"]
     if id_rows.empty:
@@ -129,12 +139,14 @@ def cell_metrics(probes: pd.DataFrame, cell_info: dict, params: dict) -> pd.Data
         if len(ood) != len(id_curve):
             raise ValueError(f"eval set {eval_set}: {len(ood)} layers probed, ID has {len(id_curve)}")
         curve = ood.test_acc.to_numpy()
+        below, p = _last_below_best(ood, (predictions or {}).get(eval_set), params, eval_set)
         row = {
             "ood_set": eval_set,
             "ood_index": index,
             **tunnel_metrics(
-                id_curve, curve, id_classes, int(ood.n_classes.iloc[0]), params["alignment_layer"], id_accuracy
+                id_curve, curve, id_classes, int(ood.n_classes.iloc[0]), params["alignment_layer"], id_accuracy, below
             ),
+            "last_vs_best_p": p,
         }
         for thr in params["id_start_thresholds"]:
             start = id_tunnel_start(id_curve, thr)
@@ -142,8 +154,20 @@ def cell_metrics(probes: pd.DataFrame, cell_info: dict, params: dict) -> pd.Data
             row[f"id_tunnel_length_{round(thr * 100)}"] = len(id_curve) - start
         rows.append(row)
     table = pd.DataFrame(rows)
+    table["tunnel_rule"] = params["tunnel_rule"]
     table["strength"] = strength(table.ood_retained.mean()) if len(table) else None
     for key in CELL_FACTS:
         table[key] = cell_info.get(key)
     table["backbone_test_acc"] = cell_info.get("test_acc")
     return table
+
+
+def _last_below_best(ood: pd.DataFrame, predictions: pd.DataFrame | None, params: dict, eval_set: str):
+    """(the ``significant`` rule's verdict, or None under the ``paper`` rule; McNemar p of the
+    last layer against the best, NaN without predictions)."""
+    if predictions is None:
+        if params["tunnel_rule"] == "significant":
+            raise ValueError(f"metrics.tunnel_rule significant: OOD set {eval_set} has no predictions table")
+        return None, float("nan")
+    below, p = last_significantly_below_best(correct(predictions, ood.layer.to_numpy()), params["alpha"])
+    return (below if params["tunnel_rule"] == "significant" else None), p

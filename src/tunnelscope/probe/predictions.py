@@ -8,6 +8,8 @@ layers on the same images from it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -28,3 +30,17 @@ def correct(predictions: pd.DataFrame, layers) -> np.ndarray:
     """(images, layers) booleans: whether each layer's probe got each image right."""
     labels = predictions["label"].to_numpy()
     return np.stack([predictions[layer_column(layer)].to_numpy() == labels for layer in layers], axis=1)
+
+
+SUFFIX = ".predictions.parquet"
+
+
+def read_predictions(paths) -> dict[tuple[str, str], pd.DataFrame]:
+    """Predictions tables by (solver, eval set), from their paths
+    (``.../probes/{solver}/{eval_set}.predictions.parquet``)."""
+    tables = {}
+    for path in map(Path, paths):
+        if not path.name.endswith(SUFFIX):
+            raise ValueError(f"{path}: not a predictions table (*{SUFFIX})")
+        tables[path.parent.name, path.name.removesuffix(SUFFIX)] = pd.read_parquet(path)
+    return tables

@@ -18,11 +18,17 @@ from tunnelscope.registry import CELL_VARIABLES
 COMPARED_METRICS = ("ood_retained", "pearson", "alignment", "tunnel_start", "ood_best_layer", "ood_last_acc")
 
 
-def solver_metrics(probes: pd.DataFrame, cell_info: dict, params: dict) -> pd.DataFrame:
-    """The cell's tunnel metrics under each solver of its probe tables (a ``solver`` column)."""
+def solver_metrics(
+    probes: pd.DataFrame, cell_info: dict, params: dict, predictions: dict[tuple[str, str], pd.DataFrame] | None = None
+) -> pd.DataFrame:
+    """The cell's tunnel metrics under each solver of its probe tables (a ``solver`` column);
+    ``predictions`` by (solver, eval set), each solver's tunnels judged on its own."""
+    predictions = predictions or {}
     return pd.concat(
         [
-            cell_metrics(group, cell_info, params).assign(solver=solver)
+            cell_metrics(group, cell_info, params, {e: p for (s, e), p in predictions.items() if s == solver}).assign(
+                solver=solver
+            )
             for solver, group in probes.groupby("solver", sort=False)
         ],
         ignore_index=True,

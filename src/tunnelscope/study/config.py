@@ -626,6 +626,13 @@ class Study:
         c = self.cells[cell]
         return _sorted({**c.variables, "ood_sets": self.ood_sets(cell), **self.config["metrics"]})
 
+    def best_layers_params(self, cell: str) -> dict:
+        """The keys metrics.best_layers reads: the cell, its OOD sets, the tunnel rule and alpha."""
+        c, metrics = self.cells[cell], self.config["metrics"]
+        return _sorted(
+            {**c.variables, "ood_sets": self.ood_sets(cell), **{k: metrics[k] for k in ("alpha", "tunnel_rule")}}
+        )
+
     def analysis_params(self) -> dict:
         return _sorted(self.config["analysis"])
 
