@@ -143,7 +143,9 @@ def test_best_layers_table_in_config_order_and_cell_facts(tmp_path):
     preds = _one_image_apart()
     probes = pd.concat([_probe_rows(preds, "a"), _probe_rows(preds, "b")])
     info = {"arch": "vggm11", "seed": 0, "label": "VGGm-11"}
-    table = best_layers(probes, {"a": preds, "b": preds}, info, {"ood_sets": ["b", "a"], "alpha": 0.05, "tunnel_rule": "paper"})
+    table = best_layers(
+        probes, {"a": preds, "b": preds}, info, {"ood_sets": ["b", "a"], "alpha": 0.05, "tunnel_rule": "paper"}
+    )
     assert table.ood_set.tolist() == ["b", "a"] and table.ood_index.tolist() == [1, 2]
     assert table.label.eq("VGGm-11").all() and table.tunnel.all() and table.confidence.eq(0.95).all()
     with pytest.raises(ValueError, match="OOD set c: no probe rows or no predictions"):
@@ -168,7 +170,9 @@ def test_cell_metrics_under_the_significant_rule_needs_predictions():
         "alpha": 0.05,
     }
     table = tunnel.cell_metrics(probes, {}, params, {"ood": preds})
-    assert not table.tunnel.iloc[0] and table.last_vs_best_p.iloc[0] == 1.0 and table.tunnel_rule.iloc[0] == "significant"
+    assert (
+        not table.tunnel.iloc[0] and table.last_vs_best_p.iloc[0] == 1.0 and table.tunnel_rule.iloc[0] == "significant"
+    )
     paper = tunnel.cell_metrics(probes, {}, {**params, "tunnel_rule": "paper"}, {"ood": preds})
     assert paper.tunnel.iloc[0] and paper.ood_retained.iloc[0] == table.ood_retained.iloc[0]
     with pytest.raises(ValueError, match="metrics.tunnel_rule significant: OOD set ood has no predictions table"):

@@ -6,6 +6,4 @@ from tunnelscope.joblog import job_logging
 
 with job_logging(snakemake.log[0]):
     probes = pd.concat([read_table(p) for p in snakemake.input], ignore_index=True)
-    cell_figure(
-        probes, snakemake.params.title, snakemake.output.png, snakemake.output.pdf, snakemake.params.confidence
-    )
+    cell_figure(probes, snakemake.params.title, snakemake.output.png, snakemake.output.pdf, snakemake.params.confidence)

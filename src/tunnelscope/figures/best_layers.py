@@ -44,7 +44,7 @@ def summary_table(best: pd.DataFrame) -> pd.DataFrame:
                 f"gap best − last, points [{level} CI]": _percent(
                     row.gap_best_last, row.gap_best_last_ci_low, row.gap_best_last_ci_high
                 ),
-                "McNemar p (last vs best)": row.best_vs_last_p,
+                "McNemar p (last vs best)": f"{row.best_vs_last_p:.2g}",
                 f"tunnel ({row.tunnel_rule} rule)": "yes" if row.tunnel else "no",
             }
         )
@@ -59,7 +59,9 @@ def best_layers_figure(best: pd.DataFrame, curves: pd.DataFrame, png: str, pdf: 
     keys = list(CELL_VARIABLES)
     ncols = min(6, max(1, len(best)))
     nrows = max(1, math.ceil(len(best) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.8 * nrows + 0.6), squeeze=False, sharey=True)
+    legend_inches = 0.45 if ncols >= 3 else 0.8  # one legend row under wide grids, two under narrow
+    height = 2.8 * nrows + legend_inches
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, height), squeeze=False, sharey=True)
     for ax, row in zip(axes.flat, best.itertuples()):
         match = (curves[keys] == pd.Series({k: getattr(row, k) for k in keys})).all(axis=1)
         curve = curves[match & (curves.eval_set == row.ood_set)].sort_values("layer")
@@ -83,12 +85,14 @@ def best_layers_figure(best: pd.DataFrame, curves: pd.DataFrame, png: str, pdf: 
         ax.set_visible(False)
     level = f"{best.confidence.iloc[0]:.0%}" if len(best) else ""
     handles = [
-        plt.Line2D([], [], color="tab:red", marker="o", ms=3, label=f"accuracy, {level} Wilson interval over test images"),
+        plt.Line2D(
+            [], [], color="tab:red", marker="o", ms=3, label=f"accuracy, {level} Wilson interval over test images"
+        ),
         plt.Line2D([], [], color="tab:red", marker="o", ms=3, mfc="white", ls="", label="distinguishable from best"),
         plt.Line2D([], [], color="gold", marker="*", ms=11, mec="black", ls="", label="best layer"),
         plt.Line2D([], [], marker="D", ms=6, mfc="none", mec="tab:blue", ls="", label="validation-chosen layer"),
         plt.Line2D([], [], color="grey", ls=":", label="chance (1 / classes)"),
     ]
-    fig.legend(handles=handles, loc="lower center", ncol=3 if ncols < 3 else 5, fontsize="small")
-    fig.tight_layout(rect=(0, 0.6 / (2.8 * nrows + 0.6) + (0.06 if ncols < 3 else 0), 1, 1))
+    fig.legend(handles=handles, loc="lower center", ncol=2 if ncols < 3 else 5, fontsize="small")
+    fig.tight_layout(rect=(0, legend_inches / height, 1, 1))
     save_figure(fig, png, pdf)

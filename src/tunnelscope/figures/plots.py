@@ -124,7 +124,9 @@ def cell_figure(probes: pd.DataFrame, title: str, png: str, pdf: str, confidence
         rows = probes[probes.eval_set == name].sort_values("layer")
         acc, n = rows.test_acc.to_numpy(), rows.n_test.to_numpy()
         bounds = np.array([accuracy_interval(round(a * k), k, confidence) for a, k in zip(acc, n)])
-        left.plot(layers, 100 * acc, color=colour, lw=2 if role == "ID" else 1.2, marker="o", ms=3, label=f"{name} ({role})")
+        left.plot(
+            layers, 100 * acc, color=colour, lw=2 if role == "ID" else 1.2, marker="o", ms=3, label=f"{name} ({role})"
+        )
         left.fill_between(layers, 100 * bounds[:, 0], 100 * bounds[:, 1], color=colour, alpha=0.15, lw=0)
         left.axhline(100 / int(rows.n_classes.iloc[0]), color=colour, lw=0.8, ls=":")
     left.plot([], [], color="grey", lw=0.8, ls=":", label="chance (1 / classes), per set")
@@ -283,15 +285,18 @@ def tsne_figure(
     integer_axis(rank.yaxis)
     classes = sorted(coords.label.unique())
     palette = dict(zip(classes, sns.color_palette("colorblind", len(classes))))
+    # the dataset's class names where the embeddings carry them (older tables: "class N")
+    named = coords.drop_duplicates("label").set_index("label").get("class_name")
+    names = {c: named[c] if named is not None else f"class {c}" for c in classes}
     for i, layer in enumerate(layers):
         ax = fig.add_subplot(grid[i // ncols, 1 + i % ncols])
         points = coords[coords.layer == layer]
         for label, group in points.groupby("label"):
-            ax.scatter(group.x, group.y, s=4, color=palette[label], label=f"class {label}", rasterized=True)
+            ax.scatter(group.x, group.y, s=4, color=palette[label], label=names[label], rasterized=True)
         fit_title(ax, f"layer {layer}: {points.layer_name.iloc[0]}", fontsize="x-small")
         ax.set_xticks([])
         ax.set_yticks([])
-    handles = [plt.Line2D([], [], ls="", marker="o", color=palette[c], label=f"class {c}") for c in classes]
+    handles = [plt.Line2D([], [], ls="", marker="o", color=palette[c], label=names[c]) for c in classes]
     fig.legend(handles=handles, loc="lower center", ncol=len(classes), fontsize="small", bbox_to_anchor=(0.6, -0.01))
     fit_suptitle(fig, f"{title}: t-SNE of ID test embeddings per layer ({len(classes)} classes)")
     fig.tight_layout(rect=(0, 0.05, 1, 1))

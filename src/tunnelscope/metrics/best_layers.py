@@ -78,9 +78,7 @@ def best_layer_row(probe_rows: pd.DataFrame, predictions: pd.DataFrame, alpha: f
 
     def gap(prefix: str, i: int | None) -> dict:
         diff, low, high = (
-            paired_difference_interval(hits[:, i], hits[:, last], confidence)
-            if i is not None
-            else (float("nan"),) * 3
+            paired_difference_interval(hits[:, i], hits[:, last], confidence) if i is not None else (float("nan"),) * 3
         )
         p = mcnemar_p(hits[:, i], hits[:, last]) if i is not None else float("nan")
         return {f"gap_{prefix}_last": diff, f"gap_{prefix}_last_ci_low": low, f"gap_{prefix}_last_ci_high": high} | {
