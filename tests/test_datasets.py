@@ -58,11 +58,13 @@ def test_imagefolder_split_dirs(folder_tree):
     # 20 x 14 images stored whole at the eval resize (shorter side int(16 / 0.875) = 18).
     assert data.splits["train"].image(0).shape == (18, 25, 3) and data.splits["train"].uniform_shape == (18, 25)
     assert data.splits["train"].labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert data.meta["class_names"] == ["cat", "dog", "emu"]  # the folder names, for figure legends
 
 
 def test_imagefolder_class_list_orders_labels_and_must_match(folder_tree):
     raw = load_source(_spec("imagefolder", folder_tree, classes=["emu", "cat"]))
     assert raw["train"].labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert raw["train"].classes == raw["test"].classes == ["emu", "cat"]
     assert all("emu" in str(p) for p in raw["train"].items[:3])
     with pytest.raises(DatasetError, match="missing folders: yak"):
         load_source(_spec("imagefolder", folder_tree, classes=["cat", "yak"]))
@@ -232,6 +234,7 @@ def test_imagenet100_class_list_and_subsets(tmp_path):
         load_source(_spec("imagenet100", tmp_path))
     raw = load_source(_spec("imagenet100", tmp_path, first_classes=10, per_class=2, classes=wnids[:12]))
     assert np.bincount(raw["train"].labels).tolist() == [2] * 10
+    assert raw["train"].classes == raw["test"].classes == wnids[:10]  # first_classes keeps their names
     assert len(raw["test"].items) == 10
     again = load_source(_spec("imagenet100", tmp_path, first_classes=10, per_class=2, classes=wnids[:12]))
     assert raw["train"].items == again["train"].items

@@ -99,9 +99,33 @@ def test_cell_figure_names_modules_where_they_fit_with_chance_and_intervals(draw
     left = drawn[-1].axes[0]
     labels = [t.get_text() for t in left.get_xticklabels()]
     assert labels[0] == "1 blocks.0.mlp" and len(labels) == 12
-    chance = sorted({round(line.get_ydata()[0], 6) for line in left.get_lines() if line.get_linestyle() == ":" and len(line.get_ydata())})
+    chance = sorted(
+        {
+            round(line.get_ydata()[0], 6)
+            for line in left.get_lines()
+            if line.get_linestyle() == ":" and len(line.get_ydata())
+        }
+    )
     assert chance == [1.0, 10.0]  # 1 / 100 ID classes, 1 / 10 for both OOD sets, in %
     assert len(left.collections) == 3  # an interval band per eval set
+
+
+def test_tsne_legend_names_the_classes(drawn):
+    coords = pd.DataFrame(
+        {
+            "layer": np.repeat([1, 2], 4),
+            "layer_name": np.repeat(["conv1", "fc"], 4),
+            "label": [0, 0, 1, 1] * 2,
+            "class_name": ["cat", "cat", "dog", "dog"] * 2,
+            "x": np.arange(8.0),
+            "y": np.arange(8.0) % 3,
+        }
+    )
+    stats = pd.DataFrame({"layer": [1, 2], "numerical_rank": [3, 2]})
+    plots.tsne_figure(coords, stats, "cell", "t.png", "t.pdf")
+    assert [t.get_text() for t in drawn[-1].legends[0].get_texts()] == ["cat", "dog"]
+    plots.tsne_figure(coords.drop(columns="class_name"), stats, "cell", "t.png", "t.pdf")  # an older table
+    assert [t.get_text() for t in drawn[-1].legends[0].get_texts()] == ["class 0", "class 1"]
 
 
 def test_numerical_rank_axes_are_whole_numbers(drawn):

@@ -247,3 +247,16 @@ def test_tsne_is_finite_seeded_and_shows_the_chosen_images_at_every_layer(tmp_pa
     assert not np.allclose(other.x.to_numpy(), coords.x.to_numpy())
     keep = choose_rows(y, splits, 4, 10, 0)
     assert keep.sum() == 40 and (splits[keep] == "test").all()
+    assert (coords.class_name == "class " + coords.label.astype(str)).all()  # a source without names
+    names = [f"bird{c}" for c in range(6)]
+    for k in (1, 2):  # the dataset's names, as embed copies them from the prepared store
+        write_embeddings(
+            layer_path(tmp_path / "named", "avg2x2", k),
+            x.astype(np.float16),
+            y,
+            splits,
+            np.arange(300),
+            {"layer": k, "layer_name": f"conv{k}", "class_names": names},
+        )
+    named = tsne_layers(tmp_path / "named", params)
+    assert (named.class_name == [names[c] for c in named.label]).all()

@@ -47,10 +47,12 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tif
 
 @dataclass
 class RawSplit:
-    """Images before the transform: file paths or HxWxC uint8 arrays, with labels."""
+    """Images before the transform: file paths or HxWxC uint8 arrays, with labels, and the
+    classes' names in label order where the source has them (folder names, CIFAR's, ...)."""
 
     items: list
     labels: np.ndarray
+    classes: list[str] | None = None
 
 
 # ---------------------------------------------------------------- sources
@@ -91,7 +93,7 @@ def _folder_split(root: Path, classes: list[str]) -> RawSplit:
             raise DatasetError(f"{root / cls}: empty class folder (no image files)")
         items += files
         labels += [label] * len(files)
-    return RawSplit(items, np.array(labels, dtype=np.int64))
+    return RawSplit(items, np.array(labels, dtype=np.int64), list(classes))
 
 
 def _stratified(raw: RawSplit, test_fraction: float, seed: int) -> dict[str, RawSplit]:
@@ -158,8 +160,16 @@ def _cifar(root: Path, hundred: bool) -> dict[str, RawSplit]:
         batches = [_unpickle(base / n) for n in names]
         data = np.concatenate([np.asarray(b["data"], dtype=np.uint8).reshape(-1, 3, 32, 32) for b in batches])
         labels = np.concatenate([np.asarray(b[key], dtype=np.int64) for b in batches])
-        out[split] = RawSplit(list(data.transpose(0, 2, 3, 1)), labels)
+        out[split] = RawSplit(list(data.transpose(0, 2, 3, 1)), labels, _cifar_names(base, hundred))
     return out
+
+
+def _cifar_names(base: Path, hundred: bool) -> list[str] | None:
+    """CIFAR's class names from its meta file (None where it is missing)."""
+    path = base / ("meta" if hundred else "batches.meta")
+    if not path.is_file():
+        return None
+    return [str(n) for n in _unpickle(path)["fine_label_names" if hundred else "label_names"]]
 
 
 def _stl10(root: Path) -> dict[str, RawSplit]:
@@ -228,7 +238,7 @@ def _aircraft(root: Path) -> dict[str, RawSplit]:
                 raise DatasetError(f"{listing}: variant {variant!r} is not in variants.txt")
             items.append(base / "images" / f"{image_id}.jpg")
             labels.append(index[variant])
-        out[split] = RawSplit(items, np.array(labels, dtype=np.int64))
+        out[split] = RawSplit(items, np.array(labels, dtype=np.int64), classes)
     return out
 
 
@@ -349,7 +359,7 @@ def _subset(splits: dict[str, RawSplit], spec: dict) -> dict[str, RawSplit]:
     """First ``first_classes`` classes; ``per_class`` seeded random train images per class."""
     k, n = spec.get("first_classes"), spec.get("per_class")
     if k:
-        splits = {s: _select(r, r.labels < k) for s, r in splits.items()}
+        splits = {s: replace(_select(r, r.labels < k), classes=r.classes and r.classes[:k]) for s, r in splits.items()}
     if n:
         rng = np.random.default_rng([spec.get("seed", 0), 104729])
         train = splits["train"]
@@ -364,7 +374,7 @@ def _subset(splits: dict[str, RawSplit], spec: dict) -> dict[str, RawSplit]:
 
 
 def _select(raw: RawSplit, mask: np.ndarray) -> RawSplit:
-    return RawSplit([it for it, m in zip(raw.items, mask) if m], raw.labels[mask])
+    return RawSplit([it for it, m in zip(raw.items, mask) if m], raw.labels[mask], raw.classes)
 
 
 def _num_classes(splits: dict[str, RawSplit]) -> int:
@@ -410,6 +420,8 @@ def prepare(
                 return {split: _synthetic_plan(spec, split, resolution) for split in SPLITS}
             raw = _sklearn_digits(spec) if spec["source"] == "sklearn_digits" else load_source(spec)
             meta["num_classes"] = _num_classes(raw)
+            if raw["train"].classes:  # for legends (the t-SNE figure); sources without names have none
+                meta["class_names"] = raw["train"].classes[: meta["num_classes"]]
             on_bad = spec.get("on_bad_image", "error")
             return {
                 s: _raw_plan(
@@ -534,5 +546,5 @@ def _sklearn_digits(spec: dict) -> dict[str, RawSplit]:
 
     digits = load_digits()
     gray = (digits.images / 16.0 * 255.0).round().astype(np.uint8)
-    raw = RawSplit(list(gray), digits.target.astype(np.int64))
+    raw = RawSplit(list(gray), digits.target.astype(np.int64), [str(d) for d in range(10)])
     return _stratified(raw, spec["test_fraction"], spec["seed"])

@@ -59,6 +59,7 @@ def embed_eval_set(
     common = {
         "eval_set": params["eval_set"],
         "num_classes": stop - first,
+        "class_names": (store.meta.get("class_names") or [])[first:stop] or None,  # where the source names them
         "num_layers": num_layers,
         "checkpoint": checkpoint,
         "checkpoint_sha256": file_sha256(checkpoint),

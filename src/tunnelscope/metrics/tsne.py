@@ -50,7 +50,7 @@ def embed_2d(x: np.ndarray, perplexity: float, seed: int, max_iter: int) -> np.n
 
 def tsne_layers(embed_dir: str | Path, params: dict) -> pd.DataFrame:
     """One row per (layer, shown image): layer, layer_name, row (its index in the layer file's
-    shown rows), label, x, y."""
+    shown rows), label, class_name (the dataset's name of the class, else "class N"), x, y."""
     files = layer_files(embed_dir, params["pooling"])
     keep = None
 
@@ -65,6 +65,7 @@ def tsne_layers(embed_dir: str | Path, params: dict) -> pd.DataFrame:
     for path in files:
         meta, x, labels, _ = read_embeddings(path, select=shown)
         xy = embed_2d(x, params["perplexity"], params["tsne_seed"], params["max_iter"])
+        names = meta.get("class_names")
         parts.append(
             pd.DataFrame(
                 {
@@ -73,6 +74,7 @@ def tsne_layers(embed_dir: str | Path, params: dict) -> pd.DataFrame:
                     "layer_name": meta["layer_name"],
                     "row": np.arange(len(x)),
                     "label": labels,
+                    "class_name": [names[c] if names else f"class {c}" for c in labels],
                     "x": xy[:, 0],
                     "y": xy[:, 1],
                 }
