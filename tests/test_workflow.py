@@ -159,6 +159,46 @@ def test_tsne_shows_the_same_id_images_at_every_layer(study):
             assert img.size[0] > 600
 
 
+def test_best_layers_with_intervals_and_a_validation_choice_blind_to_test_labels(study):
+    """aggregate/best_layers from the real CLI: every interval holds its estimate, the best layer
+    and the tunnel agree with the metrics table, the accuracies are the predictions'; relabelling
+    the test images moves the test accuracies, never the validation-chosen layer."""
+    from tunnelscope.metrics.best_layers import best_layers
+    from tunnelscope.probe.predictions import correct
+
+    out = study / "out"
+    best = pd.read_parquet(out / "aggregate/best_layers.parquet")
+    assert len(best) == len(CELLS) * 3 and pd.read_csv(out / "aggregate/best_layers.csv").shape == best.shape
+    for name in ("best_acc", "last_acc", "val_acc", "gap_best_last", "gap_val_last"):
+        assert (best[f"{name}_ci_low"] <= best[name]).all() and (best[name] <= best[f"{name}_ci_high"]).all(), name
+    assert best.val_layer.notna().all() and best.confidence.eq(0.95).all() and best.tunnel_rule.eq("significant").all()
+    metrics = pd.read_parquet(out / "aggregate/metrics.parquet")
+    keys = ["arch", "augmentation", "seed", "ood_set"]
+    joined = best.merge(metrics, on=keys, suffixes=("", "_metrics"))
+    assert (joined.best_layer == joined.ood_best_layer).all() and (joined.tunnel == joined.tunnel_metrics).all()
+    assert (joined.tunnel <= (joined.best_vs_last_p < 0.05)).all()
+    summary = pd.read_csv(out / "paper/tables/best_layers.csv")
+    assert len(summary) == len(best) and "best layers" in (out / "paper/index.html").read_text()
+    with Image.open(out / "figures/best_layers.png") as img:
+        assert np.asarray(img).std() > 0
+    cell = CELLS[0]
+    probes = pd.concat([pd.read_parquet(out / "cells" / cell / "probes/lbfgs" / f"{e}.parquet") for e in EVAL_SETS])
+    predictions = {
+        e: pd.read_parquet(out / "cells" / cell / "probes/lbfgs" / f"{e}.predictions.parquet") for e in EVAL_SETS
+    }
+    for e, table in predictions.items():
+        rows = probes[probes.eval_set == e].sort_values("layer")
+        np.testing.assert_array_equal(correct(table, rows.layer).mean(0), rows.test_acc.to_numpy())
+    info = json.loads((out / "cells" / cell / "cell.json").read_text())
+    params = {"ood_sets": TINY["ood_sets"], "alpha": 0.05, "tunnel_rule": "significant"}
+    mine = best_layers(probes, predictions, info, params)
+    rng = np.random.default_rng(0)
+    relabelled = {e: t.assign(label=rng.permutation(t.label.to_numpy())) for e, t in predictions.items()}
+    moved = best_layers(probes, relabelled, info, params)
+    assert moved.val_layer.tolist() == mine.val_layer.tolist()
+    assert not np.allclose(moved.best_acc, mine.best_acc)  # the test accuracies did change
+
+
 def test_second_dry_run_has_nothing_to_do(study):
     assert "Nothing to be done" in snakemake(study, "-n")
 
@@ -173,13 +213,14 @@ def test_editing_one_cell_reruns_exactly_its_chain(study):
     cell = "vggm11_toy_r32_rrc_flip_s0"
     expected = {
         (rule, f"cell={cell}")
-        for rule in ("pretrain", "cell_metrics", "cell_figure", "layer_stats", "tsne", "tsne_figure")
+        for rule in ("pretrain", "cell_metrics", "best_layers", "cell_figure", "layer_stats", "tsne", "tsne_figure")
     }
     expected |= {("embed", f"cell={cell}, eval_set={e}") for e in EVAL_SETS}
     expected |= {("probe", f"cell={cell}, solver=lbfgs, eval_set={e}") for e in EVAL_SETS}
     expected |= {("zero_shot", f"cell={cell}, eval_set=toy-blur"), ("zero_shot_table", "")}
     expected |= {("aggregate_table", f"table={t}") for t in ("curves", "metrics", "layer_stats")}
     expected |= {("aggregate_cells", ""), ("analysis", ""), ("overview_figure", ""), ("all", "")}
+    expected |= {("best_layers_table", ""), ("best_layers_figure", "")}
     expected |= {
         (f"{name}_figure", "") for name in ("curves_by_variable", "shap_slopes", "strength_histogram", "layer_stats")
     }
@@ -368,6 +409,12 @@ def test_the_papers_protocol_switched_on_produces_the_papers_tables(tmp_path):
             "id_start_thresholds": [0.95, 0.98],
             "alignment_layer": "last",
             "alignment_id": "probe",
+            "tunnel_rule": "significant",
+            "alpha": 0.05,
+        },
+        {
+            e: pd.read_parquet(out / "cells" / cell / "probes/lbfgs" / f"{e}.predictions.parquet")
+            for e in ("toy-glyphs", "digits")
         },
     )
     mine = by_solver[
