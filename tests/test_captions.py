@@ -9,7 +9,7 @@ import pandas as pd
 from jinja2 import Environment
 
 from conftest import REPO
-from tunnelscope.figures.captions import FIGURES, TABLES, figure_caption
+from tunnelscope.figures.captions import FIGURES, TABLES, best_layers_caption, figure_caption
 from tunnelscope.figures.paper import html_page
 
 
@@ -45,8 +45,21 @@ def test_the_page_links_its_inputs_and_shows_the_same_captions(tmp_path):
     )
     figures = [str(out / "paper" / f"{name}.png") for name in FIGURES if name != "tunnel_curves"]
     page = out / "paper/index.html"
-    html_page(str(page), str(out / "figures/tunnel_curves.png"), figures, tables, str(slopes), str(prov), 0.9)
+    best = out / "paper/tables/best_layers.csv"
+    pd.DataFrame({"backbone": ["a"], "best layer": ["3 (features.7)"]}).to_csv(best, index=False)
+    html_page(
+        str(page),
+        str(out / "figures/tunnel_curves.png"),
+        figures,
+        tables,
+        str(slopes),
+        str(prov),
+        0.9,
+        best_layers=(str(best), 0.01),
+    )
     text = page.read_text()
+    assert html.escape(best_layers_caption(0.01)) in text and "99% Wilson interval" in text
+    assert "href='tables/best_layers.csv'" in text and "3 (features.7)" in text
     for name in FIGURES:
         assert html.escape(figure_caption(name, 0.9)) in text, name
     assert "src='../figures/tunnel_curves.png'" in text and "src='layer_stats.png'" in text

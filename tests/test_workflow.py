@@ -178,7 +178,7 @@ def test_best_layers_with_intervals_and_a_validation_choice_blind_to_test_labels
     assert (joined.best_layer == joined.ood_best_layer).all() and (joined.tunnel == joined.tunnel_metrics).all()
     assert (joined.tunnel <= (joined.best_vs_last_p < 0.05)).all()
     summary = pd.read_csv(out / "paper/tables/best_layers.csv")
-    assert len(summary) == len(best) and "best layers" in (out / "paper/index.html").read_text()
+    assert len(summary) == len(best) and "best layers (table)" in (out / "paper/index.html").read_text()
     with Image.open(out / "figures/best_layers.png") as img:
         assert np.asarray(img).std() > 0
     cell = CELLS[0]

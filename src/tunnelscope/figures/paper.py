@@ -277,7 +277,7 @@ def html_page(
         parts += _figure(png, link(png), confidence)
     if best_layers:
         csv, alpha = best_layers
-        parts += _table(csv, link(csv), best_layers_caption(alpha), "best layers")
+        parts += _table(csv, link(csv), best_layers_caption(alpha), "best layers (table)")
     for csv in tables:
         parts += _table(
             csv,
