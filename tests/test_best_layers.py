@@ -114,16 +114,16 @@ def test_best_layer_row_on_a_hand_built_table():
     row = best_layer_row(_probe_rows(predictions, "ood"), predictions, 0.05, "significant")
     assert (row["best_layer"], row["best_layer_name"], row["best_acc"]) == (2, "conv2", pytest.approx(297 / 300))
     assert row["indistinguishable_layers"] == "2,3" and row["n_indistinguishable"] == 2  # layer 1: 200 / 300
-    assert row["val_layer"] == 2 and row["val_score"] == 0.8  # tie of 2 and 3 on validation: the earlier
+    assert row["val_chosen_layer"] == 2 and row["val_chosen_score"] == 0.8  # tie of 2 and 3 on validation: the earlier
     assert row["last_layer"] == 3 and row["last_acc"] == pytest.approx(296 / 300)
     assert row["gap_best_last"] == pytest.approx(1 / 300) and row["gap_best_last_ci_low"] < 0
     assert row["best_vs_last_p"] == 1.0 and row["chance"] == pytest.approx(1 / 3) and row["n_test"] == 300
-    for name in ("best_acc", "val_acc", "last_acc", "gap_best_last", "gap_val_last"):
+    for name in ("best_acc", "val_chosen_acc", "last_acc", "gap_best_last", "gap_val_chosen_last"):
         assert row[f"{name}_ci_low"] <= row[name] <= row[f"{name}_ci_high"], name
     sklearn = best_layer_row(
         _probe_rows(predictions, "ood", (np.nan,) * 3, "sklearn"), predictions, 0.05, "significant"
     )
-    assert pd.isna(sklearn["val_layer"]) and math.isnan(sklearn["gap_val_last"])
+    assert pd.isna(sklearn["val_chosen_layer"]) and math.isnan(sklearn["gap_val_chosen_last"])
     assert sklearn["val_selection"].startswith("unavailable")
 
 
@@ -135,8 +135,8 @@ def test_the_validation_choice_ignores_the_test_labels():
     relabelled = predictions.assign(label=predictions.layer_001)  # now layer 1 is always right
     after = best_layer_row(rows, relabelled, 0.05, "significant")
     assert (before["best_layer"], after["best_layer"]) == (2, 1)
-    assert before["val_layer"] == after["val_layer"] == 3
-    assert after["val_acc"] != before["val_acc"]  # its test accuracy is re-scored, its choice is not
+    assert before["val_chosen_layer"] == after["val_chosen_layer"] == 3
+    assert after["val_chosen_acc"] != before["val_chosen_acc"]  # its test accuracy is re-scored, its choice is not
 
 
 def test_best_layers_table_in_config_order_and_cell_facts(tmp_path):

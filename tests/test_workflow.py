@@ -169,9 +169,13 @@ def test_best_layers_with_intervals_and_a_validation_choice_blind_to_test_labels
     out = study / "out"
     best = pd.read_parquet(out / "aggregate/best_layers.parquet")
     assert len(best) == len(CELLS) * 3 and pd.read_csv(out / "aggregate/best_layers.csv").shape == best.shape
-    for name in ("best_acc", "last_acc", "val_acc", "gap_best_last", "gap_val_last"):
+    for name in ("best_acc", "last_acc", "val_chosen_acc", "gap_best_last", "gap_val_chosen_last"):
         assert (best[f"{name}_ci_low"] <= best[name]).all() and (best[name] <= best[f"{name}_ci_high"]).all(), name
-    assert best.val_layer.notna().all() and best.confidence.eq(0.95).all() and best.tunnel_rule.eq("significant").all()
+    assert (
+        best.val_chosen_layer.notna().all()
+        and best.confidence.eq(0.95).all()
+        and best.tunnel_rule.eq("significant").all()
+    )
     metrics = pd.read_parquet(out / "aggregate/metrics.parquet")
     keys = ["arch", "augmentation", "seed", "ood_set"]
     joined = best.merge(metrics, on=keys, suffixes=("", "_metrics"))
@@ -195,7 +199,7 @@ def test_best_layers_with_intervals_and_a_validation_choice_blind_to_test_labels
     rng = np.random.default_rng(0)
     relabelled = {e: t.assign(label=rng.permutation(t.label.to_numpy())) for e, t in predictions.items()}
     moved = best_layers(probes, relabelled, info, params)
-    assert moved.val_layer.tolist() == mine.val_layer.tolist()
+    assert moved.val_chosen_layer.tolist() == mine.val_chosen_layer.tolist()
     assert not np.allclose(moved.best_acc, mine.best_acc)  # the test accuracies did change
 
 

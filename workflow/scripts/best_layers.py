@@ -16,5 +16,5 @@ with job_logging(snakemake.log[0]) as log:
         info = json.load(fh)
     table = best_layers(probes, predictions, info, snakemake.params.settings)
     write_table(table, snakemake.output[0])
-    shown = ["ood_set", "best_layer", "best_acc", "n_indistinguishable", "val_layer", "gap_best_last", "tunnel"]
+    shown = ["ood_set", "best_layer", "best_acc", "n_indistinguishable", "val_chosen_layer", "gap_best_last", "tunnel"]
     log.info("\n%s", table[shown].to_string(index=False))

@@ -38,13 +38,18 @@ def summary_table(best: pd.DataFrame) -> pd.DataFrame:
                 "best layer": _layer(row.best_layer, row.best_layer_name),
                 f"best OOD acc % [{level} CI]": _percent(row.best_acc, row.best_acc_ci_low, row.best_acc_ci_high),
                 "indistinguishable layers (McNemar p ≥ α)": row.indistinguishable_layers,
-                "validation-chosen layer": _layer(row.val_layer, row.val_layer_name),
-                f"its OOD acc % [{level} CI]": _percent(row.val_acc, row.val_acc_ci_low, row.val_acc_ci_high),
+                "validation-chosen layer": _layer(row.val_chosen_layer, row.val_chosen_layer_name),
+                f"its OOD acc % [{level} CI]": _percent(
+                    row.val_chosen_acc, row.val_chosen_acc_ci_low, row.val_chosen_acc_ci_high
+                ),
                 f"last layer OOD acc % [{level} CI]": _percent(row.last_acc, row.last_acc_ci_low, row.last_acc_ci_high),
                 f"gap best − last, points [{level} CI]": _percent(
                     row.gap_best_last, row.gap_best_last_ci_low, row.gap_best_last_ci_high
                 ),
                 "McNemar p (last vs best)": f"{row.best_vs_last_p:.2g}",
+                f"gap validation-chosen − last, points [{level} CI]": _percent(
+                    row.gap_val_chosen_last, row.gap_val_chosen_last_ci_low, row.gap_val_chosen_last_ci_high
+                ),
                 f"tunnel ({row.tunnel_rule} rule)": "yes" if row.tunnel else "no",
             }
         )
@@ -74,8 +79,17 @@ def best_layers_figure(best: pd.DataFrame, curves: pd.DataFrame, png: str, pdf: 
         ax.plot(layers[tied], 100 * acc[tied], ls="", marker="o", ms=3, color="tab:red")
         ax.axhline(100 * row.chance, color="grey", lw=1, ls=":")
         ax.plot(row.best_layer, 100 * row.best_acc, marker="*", ms=13, color="gold", mec="black", ls="", zorder=5)
-        if pd.notna(row.val_layer):
-            ax.plot(row.val_layer, 100 * row.val_acc, marker="D", ms=6, mfc="none", mec="tab:blue", ls="", zorder=6)
+        if pd.notna(row.val_chosen_layer):
+            ax.plot(
+                row.val_chosen_layer,
+                100 * row.val_chosen_acc,
+                marker="D",
+                ms=6,
+                mfc="none",
+                mec="tab:blue",
+                ls="",
+                zorder=6,
+            )
         fit_title(ax, f"{_backbone(row)}\n{row.ood_set}: tunnel {'yes' if row.tunnel else 'no'}", fontsize="x-small")
         integer_axis(ax.xaxis)
         ax.set_xlabel("probed layer (index)")

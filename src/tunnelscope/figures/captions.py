@@ -77,7 +77,8 @@ BEST_LAYERS_CAPTION = (
     "test images; the layers indistinguishable from it (exact McNemar test on the same test images, p ≥ α = {alpha}, "
     "each layer tested alone, no multiplicity correction); the layer chosen on the probe's validation split, with no "
     "test image used (unavailable for solvers without one); the last layer's accuracy and the gap best − last in "
-    "percentage points with Newcombe's paired score interval; the McNemar p of last against best; whether there is "
+    "percentage points with Newcombe's paired score interval, the McNemar p of last against best, and the gap "
+    "validation-chosen − last with its interval; whether there is "
     "a tunnel under metrics.tunnel_rule (paper: the best layer beats the last by any margin; significant: in addition "
     "p < α). Every value in aggregate/best_layers.csv."
 )

@@ -17,7 +17,7 @@ comparison between two layers is paired: the same test images, the same labels.
 - The validation-chosen layer: the argmax of the probes' validation accuracy (``val_acc``: the
   lbfgs solver's accuracy of its chosen L2 on its validation split, held out of the probe's
   training split; no test image is used), the earlier layer on ties. The ``sklearn`` and
-  ``paper`` solvers have no validation split: the choice is reported unavailable (``val_layer``
+  ``paper`` solvers have no validation split: the choice is reported unavailable (``val_chosen_layer``
   empty, ``val_selection`` says why).
 
 Tunnel rules (``metrics.tunnel_rule``): ``paper``, the papers' argmax rule (a tunnel iff the best
@@ -98,12 +98,12 @@ def best_layer_row(probe_rows: pd.DataFrame, predictions: pd.DataFrame, alpha: f
         **at("best", best),
         "indistinguishable_layers": _layer_list(tied),
         "n_indistinguishable": len(tied),
-        **at("val", chosen),
+        **at("val_chosen", chosen),
         "val_selection": selection,
-        "val_score": float(probe_rows.val_acc.iloc[chosen]) if chosen is not None else float("nan"),
+        "val_chosen_score": float(probe_rows.val_acc.iloc[chosen]) if chosen is not None else float("nan"),
         **at("last", last),
         **gap("best", best),
-        **gap("val", chosen),
+        **gap("val_chosen", chosen),
         "tunnel_rule": tunnel_rule,
         "alpha": alpha,
         "confidence": confidence,
