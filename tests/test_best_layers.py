@@ -177,3 +177,22 @@ def test_cell_metrics_under_the_significant_rule_needs_predictions():
     assert paper.tunnel.iloc[0] and paper.ood_retained.iloc[0] == table.ood_retained.iloc[0]
     with pytest.raises(ValueError, match="metrics.tunnel_rule significant: OOD set ood has no predictions table"):
         tunnel.cell_metrics(probes, {}, params)
+
+
+def test_readable_table_and_figure(tmp_path):
+    from PIL import Image
+
+    from tunnelscope.figures.best_layers import best_layers_figure, summary_table
+
+    preds = _one_image_apart()
+    probes = _probe_rows(preds, "glyphs")
+    info = {"arch": "vggm11", "id_dataset": "toy", "resolution": 32, "augmentation": "none", "seed": 0}
+    best = best_layers(probes, {"glyphs": preds}, info, {"ood_sets": ["glyphs"], "alpha": 0.05, "tunnel_rule": "paper"})
+    line = summary_table(best).iloc[0]
+    assert line["best layer"] == "2 (conv2)" and line["best OOD acc % [95% CI]"].startswith("99.0 [")
+    assert line["indistinguishable layers (McNemar p ≥ α)"] == "2,3" and line["tunnel (paper rule)"] == "yes"
+    assert line["gap best − last, points [95% CI]"].startswith("0.3 [-")
+    curves = probes.assign(**info, n_test=300)
+    best_layers_figure(best, curves, str(tmp_path / "b.png"), str(tmp_path / "b.pdf"))
+    with Image.open(tmp_path / "b.png") as img:
+        assert img.size[0] > 600 and (tmp_path / "b.pdf").stat().st_size > 1000

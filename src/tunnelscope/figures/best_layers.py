@@ -66,7 +66,8 @@ def best_layers_figure(best: pd.DataFrame, curves: pd.DataFrame, png: str, pdf: 
     nrows = max(1, math.ceil(len(best) / ncols))
     legend_inches = 0.45 if ncols >= 3 else 0.8  # one legend row under wide grids, two under narrow
     height = 2.8 * nrows + legend_inches
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, height), squeeze=False, sharey=True)
+    width = max(3.2 * ncols, 6.0)  # room for the legend under one or two panels
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False, sharey=True)
     for ax, row in zip(axes.flat, best.itertuples()):
         match = (curves[keys] == pd.Series({k: getattr(row, k) for k in keys})).all(axis=1)
         curve = curves[match & (curves.eval_set == row.ood_set)].sort_values("layer")
