@@ -1,5 +1,6 @@
 """One cell's tunnel metrics from its probe tables: under its first solver (rule cell_metrics) or
-under each of its solvers (rule solver_metrics)."""
+under each of its solvers (rule solver_metrics). The cell_metrics rows also carry the cell's
+training health (``trained``, ``untrained_reason``; metrics.health), warned here when false."""
 
 import json
 
@@ -7,6 +8,7 @@ import pandas as pd
 
 from tunnelscope.io import read_table, write_table
 from tunnelscope.joblog import job_logging
+from tunnelscope.metrics.health import training_health
 from tunnelscope.metrics.tunnel import cell_metrics
 from tunnelscope.protocols.solvers import solver_metrics
 
@@ -17,6 +19,15 @@ with job_logging(snakemake.log[0]) as log:
     with open(snakemake.input.info) as fh:
         info = json.load(fh)
     table = (solver_metrics if BY_SOLVER else cell_metrics)(probes, info, snakemake.params.settings)
+    if not BY_SOLVER:
+        health = training_health(info, pd.read_csv(snakemake.input.train_log), snakemake.params.health)
+        table = table.assign(**health)
+        if not health["trained"]:
+            log.warning(
+                "%s did not train (%s): left out of the study-level analysis unless analysis.include_untrained",
+                snakemake.wildcards.cell,
+                health["untrained_reason"],
+            )
     write_table(table, snakemake.output[0])
     shown = ["solver", "ood_set", "tunnel_start"] if BY_SOLVER else ["ood_set", "tunnel", "ood_best_layer"]
     log.info("\n%s", table[[*shown, "ood_retained", "pearson", "alignment"]].to_string(index=False))
