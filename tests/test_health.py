@@ -275,7 +275,7 @@ def test_a_one_model_study_of_an_untrained_cell(tmp_path, schema):
     for line in Study(config, schema).absent_parts():
         assert line in page
     report = tmp_path / "report.html"
-    result = subprocess.run(snakemake_cmd(tmp_path, "--report", str(report)), capture_output=True, text=True)
+    result = subprocess.run(snakemake_cmd(tmp_path, "--report", str(report), "paper"), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     text = report.read_text()
     assert "Not built: the tunnel-strength histogram: the study has one backbone." in text

@@ -8,18 +8,14 @@ STUDY_TABLES = [t for t in TABLES if t not in ANALYSIS_TABLES or STUDY.builds("a
 SLOPES = [rules.analysis.output.slopes] if STUDY.builds("analysis") else []
 
 
-def analysis_tables_input(name):
-    """The analysis output a paper table reads: only Tables 1, 12 and 13 read one."""
-    return lambda wc: getattr(rules.analysis.output, name) if wc.table in ANALYSIS_TABLES else []
-
-
 rule paper_table:
     """One of the paper's tables (Table 11, Tables 4-7, 12, 13) from this study, CSV and LaTeX."""
     input:
         cells=AGGREGATE["cells"],
         metrics=AGGREGATE["metrics"],
-        paired=analysis_tables_input("paired"),
-        means=analysis_tables_input("means"),
+        # only Tables 1, 12 and 13 read the analysis
+        paired=lambda wc: rules.analysis.output.paired if wc.table in ANALYSIS_TABLES else [],
+        means=lambda wc: rules.analysis.output.means if wc.table in ANALYSIS_TABLES else [],
     output:
         csv=report(
             f"{RESULTS}/paper/tables/{{table}}.csv",
