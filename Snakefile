@@ -37,7 +37,7 @@ rule all:
         # The grid's outputs when the study has cells, the continual experiment's when it has runs.
         [
             *rules.aggregate.input,
-            *rules.analysis.output,
+            *(rules.analysis.output if STUDY.builds("analysis") else []),
             *rules.paper.input,
             *rules.overview_figure.output,
             *rules.best_layers_figure.output,

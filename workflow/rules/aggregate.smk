@@ -24,16 +24,23 @@ rule aggregate_table:
 
 
 rule aggregate_cells:
-    """The cells' facts (cell.json of each), one row per cell."""
+    """The cells' facts (cell.json of each) and training health (metrics.health), one row per cell."""
     input:
-        expand(f"{RESULTS}/cells/{{cell}}/cell.json", cell=CELLS),
+        info=expand(f"{RESULTS}/cells/{{cell}}/cell.json", cell=CELLS),
+        train_logs=expand(f"{RESULTS}/cells/{{cell}}/train_log.csv", cell=CELLS),
     output:
         table=AGGREGATE["cells"],
-        csv=f"{RESULTS}/aggregate/cells.csv",
+        csv=report(
+            f"{RESULTS}/aggregate/cells.csv",
+            caption="../report/cells.rst",
+            category="Training health",
+        ),
     log:
         "logs/aggregate_cells.log",
     conda:
         ENV
+    params:
+        health=lambda wc: STUDY.health_params(),
     script:
         "../scripts/aggregate.py"
 

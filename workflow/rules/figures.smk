@@ -42,6 +42,7 @@ rule overview_figure:
     params:
         seeds=lambda wc: STUDY.seed_params(),
         caption=lambda wc: figure_caption("tunnel_curves", STUDY.seed_params()["confidence"]),
+        absent=lambda wc: STUDY.absent_parts(),  # the report says why a part is missing
     script:
         "../scripts/overview_figure.py"
 

@@ -1,9 +1,10 @@
 rule cell_metrics:
-    """Tunnel metrics of one cell against each of its OOD sets."""
+    """Tunnel metrics of one cell against each of its OOD sets, and its training health."""
     input:
         probes=probe_tables,
         predictions=probe_predictions,
         info=rules.pretrain.output.info,
+        train_log=rules.pretrain.output.train_log,
     output:
         f"{RESULTS}/cells/{{cell}}/metrics.parquet",
     log:
@@ -12,6 +13,7 @@ rule cell_metrics:
         ENV
     params:
         settings=lambda wc: STUDY.metrics_params(wc.cell),
+        health=lambda wc: STUDY.health_params(),
     script:
         "../scripts/cell_metrics.py"
 

@@ -1,6 +1,11 @@
 # The paper build: its tables, the cross-grid figures, provenance and a static page; a rule per
 # output, and the target rule paper for all of them. Captions: tunnelscope.figures.captions.
-from tunnelscope.figures.captions import TABLES, figure_caption, table_caption
+from tunnelscope.figures.captions import ANALYSIS_TABLES, TABLES, figure_caption, table_caption
+
+# A lean study builds only the study-level parts its grid can fill (Study.absent_parts says why
+# the others are not there).
+STUDY_TABLES = [t for t in TABLES if t not in ANALYSIS_TABLES or STUDY.builds("analysis")]
+SLOPES = [rules.analysis.output.slopes] if STUDY.builds("analysis") else []
 
 
 rule paper_table:
@@ -8,8 +13,9 @@ rule paper_table:
     input:
         cells=AGGREGATE["cells"],
         metrics=AGGREGATE["metrics"],
-        paired=rules.analysis.output.paired,
-        means=rules.analysis.output.means,
+        # only Tables 1, 12 and 13 read the analysis
+        paired=lambda wc: rules.analysis.output.paired if wc.table in ANALYSIS_TABLES else [],
+        means=lambda wc: rules.analysis.output.means if wc.table in ANALYSIS_TABLES else [],
     output:
         csv=report(
             f"{RESULTS}/paper/tables/{{table}}.csv",
@@ -26,6 +32,8 @@ rule paper_table:
     params:
         caption=lambda wc: table_caption(wc.table, STUDY.seed_params()["confidence"]),
         seeds=lambda wc: STUDY.seed_params(),
+        # Tables 4-7 summarise the metrics rows; Table 11 lists every cell, the rest come from the analysis.
+        untrained=lambda wc: STUDY.untrained_params() if wc.table not in ("id_accuracy", *ANALYSIS_TABLES) else {},
     script:
         "../scripts/paper_table.py"
 
@@ -48,6 +56,7 @@ rule curves_by_variable_figure:
         ENV
     params:
         seeds=lambda wc: STUDY.seed_params(),
+        untrained=lambda wc: STUDY.untrained_params(),
         caption=lambda wc: figure_caption("curves_by_variable", STUDY.seed_params()["confidence"]),
     script:
         "../scripts/curves_by_variable_figure.py"
@@ -90,6 +99,7 @@ rule strength_histogram_figure:
     conda:
         ENV
     params:
+        untrained=lambda wc: STUDY.untrained_params(),
         caption=lambda wc: figure_caption("strength_histogram", STUDY.seed_params()["confidence"]),
     script:
         "../scripts/strength_histogram_figure.py"
@@ -138,16 +148,17 @@ rule paper_page:
     input:
         overview=rules.overview_figure.output.png,
         figures=[
-            rules.curves_by_variable_figure.output.png,
-            rules.shap_slopes_figure.output.png,
-            rules.strength_histogram_figure.output.png,
+            *([rules.curves_by_variable_figure.output.png] if STUDY.builds("analysis") else []),
+            *([rules.shap_slopes_figure.output.png] if STUDY.builds("shap_figure") else []),
+            *([rules.strength_histogram_figure.output.png] if STUDY.builds("strength_histogram") else []),
             rules.layer_stats_figure.output.png,
             rules.best_layers_figure.output.png,
         ],
-        tables=expand(rules.paper_table.output.csv, table=TABLES),
+        tables=expand(rules.paper_table.output.csv, table=STUDY_TABLES),
         best_layers=rules.best_layers_table.output.summary,
-        slopes=rules.analysis.output.slopes,
+        slopes=SLOPES,
         provenance=rules.provenance.output[0],
+        cells=AGGREGATE["cells"],
     output:
         f"{RESULTS}/paper/index.html",
     log:
@@ -157,6 +168,8 @@ rule paper_page:
     params:
         seeds=lambda wc: STUDY.seed_params(),
         alpha=lambda wc: STUDY.config["metrics"]["alpha"],
+        untrained=lambda wc: STUDY.untrained_params(),
+        absent=lambda wc: STUDY.absent_parts(),
     script:
         "../scripts/paper_page.py"
 
@@ -167,7 +180,7 @@ rule paper:
         rules.paper_page.input.tables,
         rules.paper_page.output,
         rules.provenance.output,
-        rules.curves_by_variable_figure.output,
-        rules.shap_slopes_figure.output,
-        rules.strength_histogram_figure.output,
+        rules.curves_by_variable_figure.output if STUDY.builds("analysis") else [],
+        rules.shap_slopes_figure.output if STUDY.builds("shap_figure") else [],
+        rules.strength_histogram_figure.output if STUDY.builds("strength_histogram") else [],
         rules.layer_stats_figure.output,

@@ -1,5 +1,5 @@
 """One grid-wide table: the per-cell tables concatenated (rule aggregate_table, with the seed
-summary beside) or the cells' facts (rule aggregate_cells)."""
+summary beside) or the cells' facts with their training health (rule aggregate_cells)."""
 
 import json
 
@@ -7,16 +7,22 @@ import pandas as pd
 
 from tunnelscope.io import read_table, write_table
 from tunnelscope.joblog import job_logging
+from tunnelscope.metrics.health import training_health
 from tunnelscope.metrics.seeds import summarise
 
 with job_logging(snakemake.log[0]) as log:
     out = snakemake.output
     if snakemake.rule == "aggregate_cells":
         cells = []
-        for path in snakemake.input:
+        for path, train_log in zip(snakemake.input.info, snakemake.input.train_logs):
             with open(path) as fh:
-                cells.append(json.load(fh))
+                info = json.load(fh)
+            cells.append({**info, **training_health(info, pd.read_csv(train_log), snakemake.params.health)})
         table = pd.DataFrame(cells)
+        if not table.trained.all():
+            log.warning(
+                "%d of %d cells did not train (see trained, untrained_reason)", (~table.trained).sum(), len(table)
+            )
     else:
         table = pd.concat([read_table(p) for p in snakemake.input], ignore_index=True)
         name = snakemake.wildcards.table

@@ -1,5 +1,6 @@
 """One cell's tunnel metrics from its probe tables: under its first solver (rule cell_metrics) or
-under each of its solvers (rule solver_metrics)."""
+under each of its solvers (rule solver_metrics). The cell_metrics rows also carry the cell's
+training health (``trained``, ``untrained_reason``; metrics.health), warned here when false."""
 
 import json
 
@@ -7,6 +8,7 @@ import pandas as pd
 
 from tunnelscope.io import read_table, write_table
 from tunnelscope.joblog import job_logging
+from tunnelscope.metrics.health import training_health
 from tunnelscope.metrics.tunnel import cell_metrics
 from tunnelscope.probe.predictions import read_predictions
 from tunnelscope.protocols.solvers import solver_metrics
@@ -22,6 +24,14 @@ with job_logging(snakemake.log[0]) as log:
         table = solver_metrics(probes, info, snakemake.params.settings, predictions)
     else:
         table = cell_metrics(probes, info, snakemake.params.settings, {e: p for (_, e), p in predictions.items()})
+        health = training_health(info, pd.read_csv(snakemake.input.train_log), snakemake.params.health)
+        table = table.assign(**health)
+        if not health["trained"]:
+            log.warning(
+                "%s did not train (%s): left out of the study-level analysis unless analysis.include_untrained",
+                snakemake.wildcards.cell,
+                health["untrained_reason"],
+            )
     write_table(table, snakemake.output[0])
     shown = ["solver", "ood_set", "tunnel_start"] if BY_SOLVER else ["ood_set", "tunnel", "ood_best_layer"]
     log.info("\n%s", table[[*shown, "ood_retained", "pearson", "alignment"]].to_string(index=False))

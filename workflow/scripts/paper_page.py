@@ -1,5 +1,7 @@
 from tunnelscope.figures.paper import html_page
+from tunnelscope.io import read_table
 from tunnelscope.joblog import job_logging
+from tunnelscope.metrics.health import health_lines
 
 with job_logging(snakemake.log[0]):
     i = snakemake.input
@@ -8,8 +10,10 @@ with job_logging(snakemake.log[0]):
         i.overview,
         i.figures,
         i.tables,
-        i.slopes,
+        i.slopes[0] if i.slopes else None,
         i.provenance,
         snakemake.params.seeds["confidence"],
         best_layers=(i.best_layers, snakemake.params.alpha),
+        absent=snakemake.params.absent,
+        health=health_lines(read_table(i.cells), snakemake.params.untrained["include_untrained"]),
     )

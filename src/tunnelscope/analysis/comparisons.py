@@ -21,8 +21,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from tunnelscope.metrics.health import study_rows
 from tunnelscope.metrics.seeds import CONFIDENCE, SEED, t_interval
 from tunnelscope.registry import CELL_VARIABLES, DERIVED_VARIABLES
+from tunnelscope.study.config import SHAP_MIN_ROWS
 
 log = logging.getLogger("tunnelscope.analysis")
 
@@ -55,6 +57,7 @@ DEFAULT_SETTINGS = {
     "alpha": 0.05,
     "bootstrap_resamples": 2000,
     "seed_confidence": CONFIDENCE,
+    "include_untrained": False,
 }
 
 
@@ -135,10 +138,15 @@ def shap_slopes(table: pd.DataFrame, normalisation: str = "none") -> tuple[pd.Da
         y = target_values(table, target)
         rows = table[y.notna()]
         y = y[y.notna()]
-        if len(rows) < 3:
+        if len(rows) < SHAP_MIN_ROWS:
             fits.append({"target": target, "r2": float("nan"), "n": len(rows)})
             slopes += [
-                {"target": target, "variable": v, "slope": float("nan"), "note": "not estimable: fewer than 3 rows"}
+                {
+                    "target": target,
+                    "variable": v,
+                    "slope": float("nan"),
+                    "note": f"not estimable: fewer than {SHAP_MIN_ROWS} rows",
+                }
                 for v in VARIABLES
             ]
             continue
@@ -458,10 +466,17 @@ def comparisons(
 
 
 def analyze(table: pd.DataFrame, out_dir: str | Path, settings: dict | None = None) -> dict[str, pd.DataFrame]:
-    """Write shap_slopes.csv, shap_fit.csv, paired_tests.csv and level_means.csv to out_dir."""
+    """Write shap_slopes.csv, shap_fit.csv, paired_tests.csv and level_means.csv to out_dir,
+    over the rows of trained cells (a ``trained`` column, metrics.health) unless
+    ``include_untrained``."""
     from tunnelscope.io import atomic_path
 
     settings = {**DEFAULT_SETTINGS, **(settings or {})}
+    table, left_out = study_rows(table, settings["include_untrained"])
+    if left_out:
+        log.warning(
+            "left out %d untrained cell(s) (analysis.include_untrained false): %s", len(left_out), ", ".join(left_out)
+        )
     table = check_table(table)
     slopes, fit = shap_slopes(table, settings["shap_slope_normalisation"])
     paired, means = comparisons(

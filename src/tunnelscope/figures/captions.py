@@ -39,6 +39,9 @@ TABLES = {
     ),
 }
 
+# The tables built from the analysis (paired tests and level means), only where the grid varies.
+ANALYSIS_TABLES = ("level_means", "effect_sizes")
+
 # The continual-learning table (rule continual_table), laid out like the paper's Table 2.
 CONTINUAL_TABLE = (
     "Table 2",

@@ -22,6 +22,7 @@ from tunnelscope.figures.style import (
     integer_axis,
     plt,
     save_figure,
+    say,
     sns,
     wrap_text,
 )
@@ -74,9 +75,10 @@ def curves_by_variable(
         on=CELL_COLUMNS,
     )
     varying = [v for v in VARIABLES if ood[v].nunique() > 1]
-    panels = varying or ["augmentation"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-    for ax, variable in zip(axes.flat, panels):
+    fig, axes = plt.subplots(1, max(len(varying), 1), figsize=(4.2 * max(len(varying), 1), 3.4), squeeze=False)
+    if not varying:  # e.g. the untrained cells left out took a variable's other levels
+        say(axes[0, 0], "no variable has two levels among the cells analysed")
+    for ax, variable in zip(axes.flat, varying):
         draw_levels(ax, ood, variable, confidence)
         ax.set_xlabel("relative depth (layer / L)")
         ax.set_ylabel("OOD accuracy / curve max")
@@ -118,11 +120,12 @@ def shap_bars(slopes: pd.DataFrame, png: str, pdf: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.6))
     if len(data):
         sns.barplot(data=data, y="variable", x="slope", hue="target", ax=ax, palette="colorblind", orient="h")
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_xlabel("SHAP slope (effect on target per full range of the variable)")
+        ax.set_ylabel("")
     else:
-        ax.text(0.5, 0.5, "no variable has two levels in this grid", ha="center", va="center", transform=ax.transAxes)
-    ax.axvline(0, color="black", lw=0.8)
-    ax.set_xlabel("SHAP slope (effect on target per full range of the variable)")
-    ax.set_ylabel("")
+        note = slopes.note.dropna().iloc[0] if "note" in slopes and slopes.note.notna().any() else "no slopes"
+        say(ax, f"no SHAP slope: {note}")
     fig.tight_layout()
     save_figure(fig, png, pdf)
 
@@ -131,10 +134,14 @@ def strength_histogram(metrics: pd.DataFrame, png: str, pdf: str) -> None:
     """Backbones per strength class, each classed by its % OOD retained averaged over its OOD
     sets and its seeds (so that seeds do not multiply the counts)."""
     apply_style()
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    if metrics.empty:
+        say(ax, "no backbone to class (every cell left out as untrained)")
+        save_figure(fig, png, pdf)
+        return
     per_backbone = (
         summarise("metrics", metrics).drop_duplicates(BACKBONE).strength.value_counts().reindex(STRENGTHS, fill_value=0)
     )
-    fig, ax = plt.subplots(figsize=(5, 3.4))
     # Ordered classes, a sequential palette: the stronger the tunnel, the darker its bar.
     ax.bar(per_backbone.index, per_backbone.to_numpy(), color=sns.color_palette("rocket_r", len(STRENGTHS)))
     ax.set_xlabel("tunnel strength (mean % OOD retained: >=95, [90,95), [80,90), <80)")
@@ -256,14 +263,18 @@ def html_page(
     overview: str,
     figures: list[str],
     tables: list[str],
-    slopes: str,
+    slopes: str | None,
     provenance_json: str,
     confidence: float = CONFIDENCE,
     best_layers: tuple[str, float] | None = None,
+    absent: list[str] = (),
+    health: list[str] = (),
 ) -> None:
     """A static page with every figure and table, readable without Snakemake: the given files,
-    linked relative to the page, figures with the Snakemake report's captions (captions.FIGURES);
-    ``best_layers``: (its readable CSV, metrics.alpha), shown first among the tables."""
+    linked relative to the page, figures with the Snakemake report's captions (captions.FIGURES).
+    ``best_layers``: (its readable CSV, metrics.alpha), shown first among the tables;
+    ``absent``: one line per study-level part the grid does not fill (Study.absent_parts);
+    ``health``: the training-health lines (metrics.health.health_lines)."""
 
     def link(path: str) -> str:
         return os.path.relpath(path, Path(page).parent)
@@ -271,6 +282,8 @@ def html_page(
     parts = [
         *PAGE_HEAD,
         "<h1>tunnelscope paper build</h1>",
+        *(f"<p class='note'>{html.escape(line)}</p>" for line in [*health[:1], *absent]),
+        *([f"<ul>{''.join(f'<li>{html.escape(line)}</li>' for line in health[1:])}</ul>"] if health[1:] else []),
         *_figure(overview, link(overview), confidence, heading=False),
     ]
     for png in figures:
@@ -285,7 +298,8 @@ def html_page(
             table_caption(_name(csv), confidence),
             f"{_name(csv).replace('_', ' ')} ({TABLES[_name(csv)][0]})",
         )
-    parts += _table(slopes, link(slopes), SHAP_TABLE_CAPTION, _name(slopes).replace("_", " "))
+    if slopes:
+        parts += _table(slopes, link(slopes), SHAP_TABLE_CAPTION, _name(slopes).replace("_", " "))
     prov = json.loads(Path(provenance_json).read_text())
     shown = {
         "software": {name: prov["software"].get(name) for name in PACKAGES},

@@ -28,6 +28,7 @@ __all__ = [
     "integer_axis",
     "plt",
     "save_figure",
+    "say",
     "sns",
     "wrap_text",
 ]
@@ -42,8 +43,35 @@ def apply_style():
     sns.set_theme(context="paper", style="whitegrid", font_scale=1.1)
 
 
+class EmptyFigureError(ValueError):
+    """A figure with an axes that shows nothing: its script must say why instead (paper.say)."""
+
+
+def blank_axes(fig) -> list:
+    """The visible axes of ``fig`` without a line, patch, collection, image or text of their own."""
+    return [
+        ax
+        for ax in fig.axes
+        if ax.get_visible() and not (ax.lines or ax.patches or ax.collections or ax.images or ax.texts or ax.tables)
+    ]
+
+
+def say(ax, text: str) -> None:
+    """An axes that says why it has nothing to plot, in place of an empty plot."""
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, wrap_text(text, 60), ha="center", va="center", transform=ax.transAxes)
+
+
 def save_figure(fig, png: str, pdf: str) -> None:
-    """Write the figure as PNG (150 dpi) and PDF, each atomically, and close it."""
+    """Write the figure as PNG (150 dpi) and PDF, each atomically, and close it. No empty figure
+    anywhere: a figure that draws nothing at all is an error, and a panel of a larger figure
+    left blank says "no data"."""
+    blank, shown = blank_axes(fig), [ax for ax in fig.axes if ax.get_visible()]
+    if shown and len(blank) == len(shown):
+        plt.close(fig)
+        raise EmptyFigureError(f"{png}: the figure draws nothing; say why instead (style.say)")
+    for ax in blank:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
     for path, kwargs in ((png, {"dpi": 150}), (pdf, {})):
         suffix = "." + path.rsplit(".", 1)[-1]
         with atomic_path(path) as tmp:

@@ -37,6 +37,9 @@ from tunnelscope.registry import (
     transform_tag,
 )
 
+# SHAP's gradient-boosting fit needs this many (cell, OOD set) rows (analysis.comparisons.shap_slopes).
+SHAP_MIN_ROWS = 3
+
 
 class ConfigError(ValueError):
     """A config problem, described in one line that names the offending key."""
@@ -624,7 +627,62 @@ class Study:
 
     def metrics_params(self, cell: str) -> dict:
         c = self.cells[cell]
-        return _sorted({**c.variables, "ood_sets": self.ood_sets(cell), **self.config["metrics"]})
+        metrics = {k: v for k, v in self.config["metrics"].items() if k != "health"}  # health_params
+        return _sorted({**c.variables, "ood_sets": self.ood_sets(cell), **metrics})
+
+    def health_params(self) -> dict:
+        """The training-health rule (metrics.health) of cell_metrics and aggregate_cells."""
+        return _sorted(self.config["metrics"]["health"])
+
+    def untrained_params(self) -> dict:
+        """Whether the study-level tables and figures keep untrained cells."""
+        return {"include_untrained": self.config["analysis"]["include_untrained"]}
+
+    # --- which study-level outputs the grid can fill (a lean study builds only those) ---
+
+    def varying(self) -> list[str]:
+        """Cell variables other than the seed with two or more levels among the cells: what the
+        comparisons, SHAP and the curves by variable need (the architecture facts and class
+        counts vary only with them)."""
+        return [v for v in CELL_VARIABLES if v != "seed" and len({getattr(c, v) for c in self.cells.values()}) > 1]
+
+    def backbones(self) -> int:
+        """Distinct backbones: cells without their seed."""
+        return len({tuple(getattr(c, v) for v in CELL_VARIABLES if v != "seed") for c in self.cells.values()})
+
+    def metric_rows(self) -> int:
+        """Rows of the metrics table: one per (cell, OOD set)."""
+        return sum(len(self.ood_sets(c)) for c in self.cells)
+
+    def builds(self, part: str) -> bool:
+        """Whether the study-level ``part`` is built: "analysis" (SHAP, paired tests, level
+        means, Tables 1/12/13, curves by variable), "shap_figure" or "strength_histogram"."""
+        return not self._absence(part)
+
+    def _absence(self, part: str) -> str:
+        if part in ("analysis", "shap_figure") and not self.varying():
+            cells = "the one cell" if len(self.cells) == 1 else f"the {len(self.cells)} cells"
+            return f"no cell variable other than the seed has two levels among {cells}"
+        if part == "shap_figure" and self.metric_rows() < SHAP_MIN_ROWS:
+            return f"SHAP needs {SHAP_MIN_ROWS} or more (cell, OOD set) rows and the grid has {self.metric_rows()}"
+        if part == "strength_histogram" and self.backbones() < 2:
+            return "the study has one backbone"
+        return ""
+
+    def absent_parts(self) -> list[str]:
+        """One line per study-level part the grid cannot fill, saying why (the report and the
+        paper page show them)."""
+        parts = {
+            "analysis": "SHAP slopes, paired tests, level means (Tables 1, 12, 13) and curves by variable",
+            "shap_figure": "the SHAP slopes figure",
+            "strength_histogram": "the tunnel-strength histogram",
+        }
+        lines = []
+        for part, what in parts.items():
+            why = self._absence(part)
+            if why and not (part == "shap_figure" and not self.builds("analysis")):
+                lines.append(f"Not built: {what}: {why}.")
+        return lines
 
     def best_layers_params(self, cell: str) -> dict:
         """The keys metrics.best_layers reads: the cell, its OOD sets, the tunnel rule and alpha."""
