@@ -309,3 +309,35 @@ def test_an_own_model_runs_through_the_workflow_with_named_probe_points(tmp_path
         ("embed", "cell=mynet_toy_r32_none_s0, eval_set=toy"),
     } <= planned
     assert "prepare" not in rules
+
+
+def test_a_grid_cell_trains_an_own_model_and_its_checkpoint_rebuilds_it(mynet):
+    from test_reliability import PARAMS, TRAINING, toy_store
+
+    from tunnelscope.training.checkpoints import load_backbone
+    from tunnelscope.training.loop import pretrain
+
+    model = {"width": 1.0, "kwargs": {"channels": 4}, "probe_points": POINTS, "source_sha256": "x"}
+    params = dict(PARAMS, arch=ARCH, augmentation="none", model=model, training=dict(TRAINING, epochs=1))
+    outputs = [mynet / name for name in ("ckpt.safetensors", "log.csv", "info.json", "state.pt")]
+    store = toy_store(mynet, 64)
+    info = pretrain(params, store, *outputs)
+    assert info["num_layers"] == 3 and info["depth"] == 3 and info["label"] == ARCH and info["id_classes"] == 4
+    rebuilt, meta = load_backbone(outputs[0])
+    assert rebuilt.head.out_features == 4 and rebuilt.features[0].out_channels == 4
+    # a misspelt probe point stops the job before any training
+    outputs[0].unlink()
+    bad = dict(params, model=dict(model, probe_points=["features.0", "feature.3"]))
+    with pytest.raises(ValueError, match="no module 'feature.3'"):
+        pretrain(bad, store, *outputs)
+    assert not outputs[0].exists()
+
+
+def test_cell_ids_of_own_models_are_path_and_wildcard_safe():
+    assert (
+        cell_id("python:models/my net.v2.py:build_net", "toy", 32, "none", 0)
+        == "python-my-net-v2-build_net_toy_r32_none_s0"
+    )
+    assert cell_id("python:/abs/mynet.py:build", "toy", 32, "none", 0) == "python-mynet-build_toy_r32_none_s0"
+    assert cell_id("timm/resnet18", "toy", 32, "none", 0) == "timm-resnet18_toy_r32_none_s0"  # unchanged
+    assert cell_id("vggm11", "toy", 32, "rrc_flip", 1) == "vggm11_toy_r32_rrc_flip_s1"
