@@ -256,6 +256,10 @@ def test_layers_lists_an_own_model_and_the_names_to_copy(mynet, capsys):
 
 
 def test_validate_builds_own_models_and_checks_their_names(mynet, capsys):
+    (mynet / "good.yaml").write_text(yaml.safe_dump(own_config()))
+    assert cli(["validate", "good.yaml"]) == 0  # with the budget, which builds every model
+    out = capsys.readouterr().out
+    assert "valid; 3 cells" in out and "python-mynet-build_toy_r32_none_s0" in out and "mynet_toy_r32_none_s0" in out
     config = own_config()
     config["pretrained"]["mynet"]["probe_points"] = ["features.0", "feature.3"]
     (mynet / "bad.yaml").write_text(yaml.safe_dump(config))

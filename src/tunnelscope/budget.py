@@ -97,17 +97,19 @@ def _model_costs(
     pooling: str,
     side: str,
     kwargs_json: str = "{}",
+    pretrained_json: str = "null",
 ) -> tuple[float, tuple[int, ...]]:
     """Forward FLOPs of one image and the pooled dim of every probe point (``enumeration``: a
-    rule or a tuple of module names; ``kwargs_json``: a python: model's model.kwargs, as JSON so
-    that the cache can key on it)."""
+    rule or a tuple of module names; ``kwargs_json``: a python: model's model.kwargs;
+    ``pretrained_json``: a published backbone's entry; as JSON so that the cache can key on them)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from tunnelscope.models.build import build_model, probe_points
+    from tunnelscope.models.build import build_cell_model, probe_points
     from tunnelscope.models.capture import layer_shapes, pooled_dims
 
-    model = build_model(arch, classes, width, resolution, kwargs=json.loads(kwargs_json)).eval()
+    settings = {"width": width, "kwargs": json.loads(kwargs_json)}
+    model = build_cell_model(arch, settings, classes, resolution, json.loads(pretrained_json)).eval()
     points = probe_points(model, side, enumeration)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, 3, resolution, resolution))
@@ -146,6 +148,7 @@ def cell_budgets(study: Study) -> list[CellBudget]:
             cell.probe["pooling"],
             side,
             json.dumps(cell.model.get("kwargs", {}), sort_keys=True),
+            json.dumps(cell.pretrained, sort_keys=True),
         )
         budget.train_images = id_sizes[0]["train"]
         images = {d: sum(s[0][k] for k in SPLITS) for d, s in eval_sizes.items() if s}
