@@ -1,6 +1,7 @@
 """A researcher's own model: python:FILE.py:FUNCTION architectures and named probe points."""
 
 import json
+import re
 
 import pyarrow.parquet as pq
 import pytest
@@ -247,6 +248,10 @@ def test_layers_lists_an_own_model_and_the_names_to_copy(mynet, capsys):
     modules = {m["name"]: m for m in json.loads(capsys.readouterr().out)["modules"]}
     assert modules["features.3"] == {"name": "features.3", "type": "Conv2d", "shape": [4, 16, 16]}
     assert modules["head"]["shape"] == [100]  # --classes, as a grid cell's num_classes
+    assert cli(["layers", ARCH, "--resolution", "32"]) == 0  # no blocks: its modules, to name some
+    out = capsys.readouterr().out
+    assert "has no block modules" in out and "features.6                   ReLU" not in out
+    assert re.search(r"^features\.6 +Conv2d +8x8x8", out, re.M)
     assert cli(["layers", ARCH, "--modules", "features.9"]) == 1
     assert (
         "no module 'features.9' in python:mynet.py:build; nearest: features.7, features.6, features.5"
@@ -267,6 +272,18 @@ def test_validate_builds_own_models_and_checks_their_names(mynet, capsys):
     assert capsys.readouterr().err.strip() == (
         "tunnelscope: config error in bad.yaml: pretrained.mynet.probe_points: no module 'feature.3' in "
         "python:mynet.py:build; nearest: features.3, features.7, features.6"
+    )
+    config = own_config()
+    config["overrides"][0]["model"]["probe_points"] = ["features.3", "features.0"]
+    (mynet / "bad.yaml").write_text(yaml.safe_dump(config))
+    assert cli(["validate", "bad.yaml", "--no-budget"]) == 1
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            "cell python-mynet-build_toy_r32_none_s0: model.probe_points: layer i is the i-th name, so list them "
+            "from input to output; a forward pass runs them as features.0, features.3"
+        )
     )
     config = own_config()
     config["model"]["kwargs"] = {"chanels": 4}
@@ -331,10 +348,10 @@ def test_a_grid_cell_trains_an_own_model_and_its_checkpoint_rebuilds_it(mynet):
     assert rebuilt.head.out_features == 4 and rebuilt.features[0].out_channels == 4
     # a misspelt probe point stops the job before any training
     outputs[0].unlink()
-    bad = dict(params, model=dict(model, probe_points=["features.0", "feature.3"]))
-    with pytest.raises(ValueError, match="no module 'feature.3'"):
-        pretrain(bad, store, *outputs)
-    assert not outputs[0].exists()
+    for names, message in ((["features.0", "feature.3"], "no module 'feature.3'"), (POINTS[::-1], "input to output")):
+        with pytest.raises(ValueError, match=message):
+            pretrain(dict(params, model=dict(model, probe_points=names)), store, *outputs)
+        assert not outputs[0].exists()
 
 
 def test_cell_ids_of_own_models_are_path_and_wildcard_safe():

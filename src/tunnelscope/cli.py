@@ -59,8 +59,9 @@ def _validate(args) -> int:
 
 def _check_own_models(study: Study) -> str | None:
     """What the config cannot say without torch: every python: model builds, and every list of
-    probe points names modules of its model. The first problem, in one line, or None."""
-    from tunnelscope.models.build import build_cell_model, probe_points
+    probe points names modules of its model that a forward pass runs, in that order. The first
+    problem, in one line, or None."""
+    from tunnelscope.models.build import build_cell_model, check_forward_order, probe_points
     from tunnelscope.study.config import known_classes
 
     checked = set()
@@ -83,6 +84,7 @@ def _check_own_models(study: Study) -> str | None:
             return str(exc)
         try:
             probe_points(model, study.config["embed"]["side"], rule)
+            check_forward_order(model, rule, cell.resolution)
         except ValueError as exc:
             return f"{where}.probe_points: {str(exc).removeprefix('probe_points: ')}"
     return None
@@ -164,6 +166,10 @@ def _layers(args) -> int:
     try:
         points = probe_points(model, args.side, rule)
     except ValueError as exc:
+        if rule == "default" and parse_python_arch(args.arch) is not None:  # no blocks: show what to name
+            if not args.json:
+                print(f"{args.arch} has no block modules, so no default probe points; name some of its modules:")
+            return _print_modules(args, model, module_output_shapes(model, args.resolution))
         message = str(exc) if str(exc).startswith(args.arch) else f"{args.arch}: {exc}"
         print(f"tunnelscope: {message}", file=sys.stderr)
         return 1

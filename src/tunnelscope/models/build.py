@@ -36,7 +36,7 @@ from pathlib import Path
 from torch import nn
 
 from tunnelscope.models import resnet, vggm, vit
-from tunnelscope.models.capture import layer_shapes
+from tunnelscope.models.capture import forward_order, layer_shapes
 from tunnelscope.models.mlp import MLP
 from tunnelscope.models.points import ProbePoint, enumerate_blocks, enumerate_paper
 from tunnelscope.models.resnet import ResNet
@@ -250,6 +250,19 @@ def named_points(model: nn.Module, names: list[str] | tuple[str, ...]) -> list[P
         raise ValueError(f"probe_points: {', '.join(map(repr, repeated))} listed more than once")
     prefix = int(getattr(model, "num_prefix_tokens", 0))
     return [ProbePoint(i + 1, n, "output", prefix_tokens=prefix) for i, n in enumerate(names)]
+
+
+def check_forward_order(model: nn.Module, enumeration, resolution: int) -> None:
+    """A list of module names must be in the order a forward pass runs them (layer i is the
+    i-th name), each run; a one-line ValueError otherwise. Rules are ordered by construction."""
+    if not isinstance(enumeration, (list, tuple)):
+        return
+    names = list(enumeration)
+    ran = forward_order(model, names, resolution)
+    if ran != names:
+        missing = [n for n in names if n not in ran]
+        why = f"{', '.join(missing)} never run" if missing else f"a forward pass runs them as {', '.join(ran)}"
+        raise ValueError(f"probe_points: layer i is the i-th name, so list them from input to output; {why}")
 
 
 def probe_points(

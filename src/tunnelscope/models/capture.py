@@ -151,3 +151,24 @@ def module_output_shapes(model: torch.nn.Module, resolution: int) -> dict[str, t
         for handle in handles:
             handle.remove()
     return shapes
+
+
+@torch.no_grad()
+def forward_order(model: torch.nn.Module, names: list[str], resolution: int) -> list[str]:
+    """``names`` (modules of ``model``) in the order a forward pass first runs them; modules
+    that do not run are left out."""
+    order: list[str] = []
+    modules = dict(model.named_modules())
+    handles = [
+        modules[n].register_forward_hook(lambda m, args, out, n=n: order.append(n) if n not in order else None)
+        for n in names
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(1, 3, resolution, resolution, device=next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return order

@@ -235,7 +235,9 @@ def validate(config: dict, schema: dict) -> dict:
             except ValueError as exc:
                 raise ConfigError(f"{where}.arch[{i}]: {exc}") from None
             if arch_facts(arch) is None:
-                known = ", ".join([*ARCHS, "mlpDEPTH-wWIDTH", "timm/NAME", "torchvision/NAME"])
+                known = ", ".join(
+                    [*ARCHS, "mlpDEPTH-wWIDTH", "timm/NAME", "torchvision/NAME", "python:FILE.py:FUNCTION"]
+                )
                 named = ", ".join(sorted(config["pretrained"])) or "none defined"
                 raise ConfigError(
                     f"{where}.arch[{i}]: {arch!r} is not one of {known} or a name under pretrained ({named})"

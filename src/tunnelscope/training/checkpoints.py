@@ -13,6 +13,7 @@ from tunnelscope.io import atomic_path, write_json
 from tunnelscope.models.build import (
     build_model,
     build_python_model,
+    check_forward_order,
     count_parameters,
     describe,
     probe_points,
@@ -80,6 +81,7 @@ def import_pretrained(params: dict, checkpoint: str, train_log: str, info_path: 
 
     spec = params["pretrained"]
     model = load_pretrained(spec, params["resolution"], key=f"pretrained.{params['arch']}.arch")
+    check_forward_order(model, spec["probe_points"], params["resolution"])
     own = model_preprocessing(model, spec["arch"])
     used = {
         "mean": spec["mean"] or own["mean"],

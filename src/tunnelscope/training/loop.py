@@ -23,7 +23,7 @@ from tunnelscope.data.splits import epoch_order, stratified_split
 from tunnelscope.data.store import Store
 from tunnelscope.data.transforms import Normaliser
 from tunnelscope.io import atomic_path, file_sha256, write_json
-from tunnelscope.models.build import build_model, probe_points
+from tunnelscope.models.build import build_model, check_forward_order, probe_points
 from tunnelscope.registry import (
     CELL_VARIABLES,
     IMAGENET_MEAN,
@@ -224,7 +224,9 @@ def pretrain(
         kwargs=params["model"].get("kwargs"),
         key=f"cell {cell}: grid.arch",
     ).to(device)
-    probe_points(model, "default", params["model"].get("probe_points", "default"))  # a bad name fails before training
+    rule = params["model"].get("probe_points", "default")
+    probe_points(model, "default", rule)  # a bad name fails before training
+    check_forward_order(model, rule, size)
     if init_checkpoint:
         try:
             model.load_state_dict(load_file(init_checkpoint, device=str(device)))
