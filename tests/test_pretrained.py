@@ -37,7 +37,7 @@ def test_pretrained_cell_embeds_like_the_in_memory_model(tmp_path):
     save_file(model.state_dict(), tmp_path / "weights.safetensors")
     config = {
         **TINY,
-        "pretrained": {"tiny-convnext": spec(tmp_path / "weights.safetensors")},
+        "pretrained": {"tiny-convnext": spec(tmp_path / "weights.safetensors", probe_points="paper")},
         "grid": {"arch": ["tiny-convnext"], "id_dataset": ["toy"], "resolution": [32]},
         "ood_sets": ["toy-glyphs"],
     }

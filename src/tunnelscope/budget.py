@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,22 +89,38 @@ def _sizes(spec: dict) -> tuple[dict[str, int], int, bool] | None:
 
 @functools.cache
 def _model_costs(
-    arch: str, classes: int, width: float, resolution: int, enumeration: str, pooling: str, side: str
+    arch: str,
+    classes: int,
+    width: float,
+    resolution: int,
+    enumeration: str | tuple[str, ...],
+    pooling: str,
+    side: str,
+    kwargs_json: str = "{}",
+    pretrained_json: str = "null",
 ) -> tuple[float, tuple[int, ...]]:
-    """Forward FLOPs of one image and the pooled dim of every probe point."""
+    """Forward FLOPs of one image and the pooled dim of every probe point (``enumeration``: a
+    rule or a tuple of module names; ``kwargs_json``: a python: model's model.kwargs;
+    ``pretrained_json``: a published backbone's entry; as JSON so that the cache can key on them)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from tunnelscope.models.build import build_model, probe_points
+    from tunnelscope.models.build import build_cell_model, probe_points
     from tunnelscope.models.capture import layer_shapes, pooled_dims
 
-    model = build_model(arch, classes, width, resolution).eval()
+    settings = {"width": width, "kwargs": json.loads(kwargs_json)}
+    model = build_cell_model(arch, settings, classes, resolution, json.loads(pretrained_json)).eval()
     points = probe_points(model, side, enumeration)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, 3, resolution, resolution))
     return float(counter.get_total_flops()), tuple(
         pooled_dims(layer_shapes(model, points, resolution), points, pooling)
     )
+
+
+def _hashable(points):
+    """A probe-point rule, or its list of module names as a tuple (a cache key)."""
+    return tuple(points) if isinstance(points, list) else points
 
 
 def cell_budgets(study: Study) -> list[CellBudget]:
@@ -127,9 +144,11 @@ def cell_budgets(study: Study) -> list[CellBudget]:
             id_sizes[1],
             cell.model["width"],
             cell.resolution,
-            cell.model.get("probe_points", "default"),
+            _hashable(cell.model.get("probe_points", "default")),
             cell.probe["pooling"],
             side,
+            json.dumps(cell.model.get("kwargs", {}), sort_keys=True),
+            json.dumps(cell.pretrained, sort_keys=True),
         )
         budget.train_images = id_sizes[0]["train"]
         images = {d: sum(s[0][k] for k in SPLITS) for d, s in eval_sizes.items() if s}

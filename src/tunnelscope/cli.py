@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from importlib import resources
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from tunnelscope.registry import CAPTURE_SIDES, POOLINGS, PROBE_POINT_RULES
+from tunnelscope.registry import CAPTURE_SIDES, POOLINGS, PROBE_POINT_RULES, parse_python_arch
 from tunnelscope.study.config import SCHEMA_PATH, ConfigError, Study, load_schema
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +37,10 @@ def _validate(args) -> int:
     study, code = _read_study(args.config, args.schema)
     if study is None:
         return code
+    problem = _check_own_models(study)
+    if problem:
+        print(f"tunnelscope: config error in {args.config}: {problem}", file=sys.stderr)
+        return 1
     n_eval = sum(len(study.eval_sets(c)) for c in study.cells)
     print(f"{args.config}: valid; {len(study.cells)} cells, {n_eval} probe jobs")
     if args.no_budget:
@@ -50,6 +55,51 @@ def _validate(args) -> int:
         for run in study.runs:
             print(f"  {run}")
     return 0
+
+
+def _check_own_models(study: Study) -> str | None:
+    """What the config cannot say without torch: every python: model builds, and every list of
+    probe points names modules of its model that a forward pass runs, in that order. The first
+    problem, in one line, or None."""
+    from tunnelscope.models.build import build_cell_model, check_forward_order, probe_points
+    from tunnelscope.study.config import known_classes
+
+    checked = set()
+    for cid, cell in study.cells.items():
+        rule = cell.model.get("probe_points", "default")
+        source = cell.pretrained["arch"] if cell.pretrained else cell.arch
+        if parse_python_arch(source) is None and not isinstance(rule, list):
+            continue
+        key = json.dumps([cell.arch, cell.model, cell.resolution], sort_keys=True)
+        if key in checked:
+            continue
+        checked.add(key)
+        classes = known_classes(study.config["datasets"][cell.id_dataset]) or 2  # the head size changes no name
+        where = f"pretrained.{cell.arch}" if cell.pretrained else f"cell {cid}: model"
+        try:
+            model = build_cell_model(
+                cell.arch, cell.model, classes, cell.resolution, cell.pretrained, key=_arch_key(study, cell)
+            )
+        except ValueError as exc:
+            return str(exc)
+        try:
+            probe_points(model, study.config["embed"]["side"], rule)
+            check_forward_order(model, rule, cell.resolution)
+        except ValueError as exc:
+            return f"{where}.probe_points: {str(exc).removeprefix('probe_points: ')}"
+    return None
+
+
+def _arch_key(study: Study, cell) -> str:
+    """The config key of a cell's architecture: pretrained.NAME.arch, or its first grid.arch[i]."""
+    if cell.pretrained:
+        return f"pretrained.{cell.arch}.arch"
+    blocks = study.config["grid"]
+    for b, block in enumerate(blocks):
+        if cell.arch in block["arch"]:
+            where = f"grid[{b}]" if len(blocks) > 1 else "grid"
+            return f"{where}.arch[{block['arch'].index(cell.arch)}]"
+    return "grid.arch"
 
 
 def _positive_int(text: str) -> int:
@@ -102,18 +152,26 @@ def _print_budget(study: Study, parallel_jobs: int) -> None:
 
 
 def _layers(args) -> int:
-    from tunnelscope.models.build import build_model, count_parameters, probe_points
-    from tunnelscope.models.capture import layer_shapes, pooled_dims
+    from tunnelscope.models.build import count_parameters, probe_points
+    from tunnelscope.models.capture import layer_shapes, module_output_shapes, pooled_dims
 
     try:
-        model = build_model(args.arch, args.classes, args.width, args.resolution)
+        model = _layers_model(args)
     except (ValueError, RuntimeError) as exc:
         print(f"tunnelscope: {exc}", file=sys.stderr)
         return 1
+    if args.all_modules:
+        return _print_modules(args, model, module_output_shapes(model, args.resolution))
+    rule = args.modules or args.probe_points
     try:
-        points = probe_points(model, args.side, args.probe_points)
+        points = probe_points(model, args.side, rule)
     except ValueError as exc:
-        print(f"tunnelscope: {args.arch}: {exc}", file=sys.stderr)
+        if rule == "default" and parse_python_arch(args.arch) is not None:  # no blocks: show what to name
+            if not args.json:
+                print(f"{args.arch} has no block modules, so no default probe points; name some of its modules:")
+            return _print_modules(args, model, module_output_shapes(model, args.resolution))
+        message = str(exc) if str(exc).startswith(args.arch) else f"{args.arch}: {exc}"
+        print(f"tunnelscope: {message}", file=sys.stderr)
         return 1
     shapes = layer_shapes(model, points, args.resolution)
     layers = [
@@ -124,13 +182,69 @@ def _layers(args) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
+    named = "the listed modules" if args.modules else args.probe_points
     print(
-        f"{args.arch}: {report['params']:,} parameters ({args.classes} classes, {args.resolution}px, width {args.width}); {len(layers)} probe points ({args.probe_points}), pooling {args.pooling}"
+        f"{args.arch}: {report['params']:,} parameters ({args.classes} classes, {args.resolution}px, width {args.width}); {len(layers)} probe points ({named}), pooling {args.pooling}"
     )
-    print(f"{'index':>5}  {'module':<28} {'side':<6} {'shape':<18} {'dim':>6}")
+    width = max(28, *(len(row["name"]) for row in layers))
+    print(f"{'index':>5}  {'module':<{width}} {'side':<6} {'shape':<18} {'dim':>6}")
     for row in layers:
         shape = "x".join(map(str, row["shape"]))
-        print(f"{row['index']:>5}  {row['name']:<28} {row['side']:<6} {shape:<18} {row['dim']:>6}")
+        print(f"{row['index']:>5}  {row['name']:<{width}} {row['side']:<6} {shape:<18} {row['dim']:>6}")
+    names = yaml.safe_dump([row["name"] for row in layers], default_flow_style=True, width=10**6).strip()
+    print(f"as names: probe_points: {names}")
+    return 0
+
+
+def _layers_model(args):
+    """The model ``tunnelscope layers`` lists: a python: model gets ``--kwargs`` and, as in a grid
+    cell, num_classes = --classes, unless --kwargs names num_classes or its function takes none
+    (then --kwargs as they are, as a pretrained entry's kwargs)."""
+    from tunnelscope.models.build import build_model, build_python_model, python_function
+
+    kwargs = _parse_kwargs(args.kwargs)
+    if parse_python_arch(args.arch) is not None:
+        takes = inspect.signature(python_function(args.arch)).parameters
+        if "num_classes" in kwargs or not (
+            "num_classes" in takes or any(p.kind is p.VAR_KEYWORD for p in takes.values())
+        ):
+            return build_python_model(args.arch, kwargs)
+    elif kwargs:
+        raise ValueError(f"--kwargs: only a python:FILE.py:FUNCTION model takes keyword arguments, not {args.arch}")
+    return build_model(args.arch, args.classes, args.width, args.resolution, kwargs=kwargs)
+
+
+def _parse_kwargs(items: list[str]) -> dict:
+    """--kwargs: one JSON object, or KEY=VALUE pairs whose values are read as YAML (8, 0.5, true, [1, 2], text)."""
+    if len(items) == 1 and items[0].lstrip().startswith("{"):
+        try:
+            value = json.loads(items[0])
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--kwargs: {items[0]!r} is not a JSON object ({exc})") from None
+        return value
+    kwargs = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--kwargs: {item!r} is not KEY=VALUE or one JSON object")
+        kwargs[key] = yaml.safe_load(text)
+    return kwargs
+
+
+def _print_modules(args, model, shapes: dict) -> int:
+    modules = dict(model.named_modules())
+    if args.json:
+        rows = [{"name": n, "type": type(modules[n]).__name__, "shape": s and list(s)} for n, s in shapes.items()]
+        print(json.dumps({"arch": args.arch, "modules": rows}))
+        return 0
+    print(
+        f"{args.arch}: {len(shapes)} modules; any name below may be listed in probe_points (captured at its output for one {args.resolution}px image)"
+    )
+    width = max(28, *(len(n) for n in shapes))
+    print(f"{'module':<{width}} {'type':<24} {'output':<18}")
+    for name, shape in shapes.items():
+        out = "x".join(map(str, shape)) if shape is not None else "(not run)"
+        print(f"{name:<{width}} {type(modules[name]).__name__:<24} {out:<18}")
     return 0
 
 
@@ -249,8 +363,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     val.add_argument("--no-budget", action="store_true", help="list the cells without the budget estimate")
     val.set_defaults(func=_validate)
-    lay = sub.add_parser("layers", help="list an architecture's probe points, shapes and pooled dims")
-    lay.add_argument("arch", help="a paper architecture (vggm11, resnet18, vit-t, ...), timm/NAME or torchvision/NAME")
+    lay = sub.add_parser(
+        "layers",
+        help="list an architecture's probe points (or every module), shapes and pooled dims",
+        description="List an architecture's probe points with their shapes and pooled dims, ending with their names "
+        "as a probe_points list to copy into a config; --all-modules lists every module name instead (any of them "
+        "may be a probe point).",
+    )
+    lay.add_argument(
+        "arch",
+        help="a paper architecture (vggm11, resnet18, vit-t, ...), mlpDEPTH-wWIDTH, timm/NAME, torchvision/NAME or "
+        "python:FILE.py:FUNCTION (a model of your own: FUNCTION from FILE returns the nn.Module)",
+    )
+    lay.add_argument(
+        "--kwargs",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="python: models: FUNCTION's keyword arguments, KEY=VALUE pairs (values read as YAML) or one JSON object; "
+        "num_classes = --classes is added as in a grid cell unless given here or FUNCTION takes none",
+    )
     lay.add_argument("--resolution", type=int, default=224, help="input resolution in pixels (default 224)")
     lay.add_argument(
         "--classes", type=int, default=100, help="classifier outputs, for the parameter count (default 100)"
@@ -268,7 +400,18 @@ def main(argv: list[str] | None = None) -> int:
         "--probe-points",
         default="default",
         choices=PROBE_POINT_RULES,
-        help="enumeration: the architecture's own (default), blocks, paper (Harun et al. Sec. 4.2: every transformer block, every Conv2d but projection shortcuts, ConvNeXt's stem and each block's depthwise conv), or activations (post-ReLU outputs of the paper CNNs)",
+        help="enumeration: the architecture's own (default; blocks for timm, torchvision and python: models), blocks, paper (Harun et al. Sec. 4.2: every transformer block, every Conv2d but projection shortcuts, ConvNeXt's stem and each block's depthwise conv), or activations (post-ReLU outputs of the paper CNNs)",
+    )
+    lay.add_argument(
+        "--modules",
+        nargs="+",
+        metavar="NAME",
+        help="probe these modules (names as --all-modules prints them), in this order, instead of a rule: what a list in probe_points does",
+    )
+    lay.add_argument(
+        "--all-modules",
+        action="store_true",
+        help="list every named module with its type and output shape instead of the probe points",
     )
     lay.add_argument("--json", action="store_true", help="print one JSON object: arch, params, layers")
     lay.set_defaults(func=_layers)

@@ -57,6 +57,24 @@ def parse_mlp(arch: str) -> tuple[int, int] | None:
     return int(match.group(1)), int(match.group(2))
 
 
+# A model of the researcher's own: python:FILE.py:FUNCTION, a Python file (absolute or relative to
+# the working directory) and a function in it that returns the nn.Module (models.build.build_model).
+PYTHON_ARCH = re.compile(r"python:(?P<file>[^:]+\.py):(?P<function>[A-Za-z_][A-Za-z0-9_]*)")
+PYTHON_ARCH_FORMAT = "python:FILE.py:FUNCTION (a Python file and a function in it that returns the nn.Module)"
+
+
+def parse_python_arch(arch: str) -> tuple[str, str] | None:
+    """(file, function) of a ``python:FILE.py:FUNCTION`` architecture, None for any other name.
+
+    A name that starts with ``python:`` but does not spell one raises ValueError."""
+    if not arch.startswith("python:"):
+        return None
+    match = PYTHON_ARCH.fullmatch(arch)
+    if match is None:
+        raise ValueError(f"{arch!r} is not a valid model of your own; write {PYTHON_ARCH_FORMAT}")
+    return match.group("file"), match.group("function")
+
+
 def arch_facts(arch: str) -> dict | None:
     """The ARCHS facts of a built-in architecture (the paper's, VGG-19 and the MLPs), or None
     for a timm/torchvision model or a published backbone."""
@@ -165,7 +183,17 @@ DEFAULT_TRANSFORM = {"interpolation": "bicubic", "crop_pct": 0.875}
 
 
 def cell_id(arch: str, id_dataset: str, resolution: int, augmentation: str, seed: int) -> str:
-    return f"{arch.replace('/', '-')}_{id_dataset}_r{resolution}_{augmentation}_s{seed}"
+    return f"{arch_slug(arch)}_{id_dataset}_r{resolution}_{augmentation}_s{seed}"
+
+
+def arch_slug(arch: str) -> str:
+    """An architecture's part of a cell id, safe as a directory name and a wildcard:
+    ``timm/resnet18`` -> ``timm-resnet18``, ``python:models/my net.py:build`` -> ``python-my-net-build``."""
+    own = parse_python_arch(arch)
+    if own is None:
+        return arch.replace("/", "-")
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", own[0].replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".py"))
+    return f"python-{stem.strip('-') or 'model'}-{own[1]}"
 
 
 # The four networks of the continual-learning experiment (E = extractor, T = tunnel; 1 / 2 = of

@@ -124,3 +124,51 @@ def layer_shapes(model: torch.nn.Module, points: list[ProbePoint], resolution: i
 def pooled_dims(shapes: dict[int, tuple], points: list[ProbePoint], pooling: str) -> list[int]:
     """Per probe point, the length of its vector under ``pooling``, from ``layer_shapes``."""
     return [int(pool(torch.zeros((1, *shapes[p.index])), pooling, p.prefix_tokens).shape[1]) for p in points]
+
+
+@torch.no_grad()
+def module_output_shapes(model: torch.nn.Module, resolution: int) -> dict[str, tuple | None]:
+    """Every named module (``named_modules()`` order) with its output's shape for one image (no
+    batch dim; the first tensor of a tuple output), None for a module the forward does not run.
+    What ``tunnelscope layers --all-modules`` lists: any of these names may be a probe point."""
+    shapes: dict[str, tuple | None] = {name: None for name, _ in model.named_modules() if name}
+
+    def record(name, output):
+        if isinstance(output, (tuple, list)) and output:
+            output = output[0]
+        if shapes[name] is None and isinstance(output, torch.Tensor):
+            shapes[name] = tuple(output.shape[1:])
+
+    modules = dict(model.named_modules())
+    handles = [modules[name].register_forward_hook(lambda m, args, out, n=name: record(n, out)) for name in shapes]
+    was_training = model.training
+    device = next(model.parameters()).device
+    model.eval()
+    try:
+        model(torch.zeros(1, 3, resolution, resolution, device=device))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+@torch.no_grad()
+def forward_order(model: torch.nn.Module, names: list[str], resolution: int) -> list[str]:
+    """``names`` (modules of ``model``) in the order a forward pass first runs them; modules
+    that do not run are left out."""
+    order: list[str] = []
+    modules = dict(model.named_modules())
+    handles = [
+        modules[n].register_forward_hook(lambda m, args, out, n=n: order.append(n) if n not in order else None)
+        for n in names
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(1, 3, resolution, resolution, device=next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return order

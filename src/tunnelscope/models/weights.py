@@ -7,11 +7,12 @@ import contextlib
 import torch
 from torch import nn
 
-from tunnelscope.models.build import build_model
+from tunnelscope.models.build import build_model, build_python_model
 from tunnelscope.registry import (
     DEFAULT_TRANSFORM,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    parse_python_arch,
 )
 
 
@@ -71,12 +72,17 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str, 
     model.load_state_dict(state, strict=False)
 
 
-def load_pretrained(spec: dict, resolution: int) -> nn.Module:
+def load_pretrained(spec: dict, resolution: int, key: str = "") -> nn.Module:
     """``spec['arch']`` with published weights: a local file, a local Hugging Face cache, or
-    (only with ``download: true``) a download through timm or torchvision."""
+    (only with ``download: true``) a download through timm or torchvision. A ``python:`` model
+    is its function called with the entry's ``kwargs`` as they are, then given its weights file
+    (``key``: the config key its build errors name)."""
     arch = spec["arch"]
     if spec.get("weights"):
-        model = build_model(arch, spec["num_classes"], 1.0, resolution)
+        if parse_python_arch(arch) is not None:
+            model = build_python_model(arch, spec.get("kwargs", {}), key)
+        else:
+            model = build_model(arch, spec["num_classes"], 1.0, resolution)
         state = {
             k: v
             for k, v in read_state_dict(spec["weights"]).items()
@@ -125,7 +131,16 @@ def _hub_offline(offline: bool):
 
 
 def model_preprocessing(model: nn.Module, arch: str) -> dict:
-    """The normalisation, interpolation and crop a published model was evaluated with."""
+    """The normalisation, interpolation and crop a published model was evaluated with. A
+    ``python:`` model declares none: ImageNet's mean and std, and None for the rest."""
+    if parse_python_arch(arch) is not None:
+        return {
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "interpolation": None,
+            "crop_pct": None,
+            "resolution": None,
+        }
     if arch.startswith("timm/"):
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         return {

@@ -33,6 +33,7 @@ from tunnelscope.registry import (
     cell_id,
     network_slug,
     parse_mlp,
+    parse_python_arch,
     parse_transform_tag,
     transform_tag,
 )
@@ -227,6 +228,9 @@ def validate(config: dict, schema: dict) -> dict:
     for b, block in enumerate(blocks):
         where = f"grid[{b}]" if len(blocks) > 1 else "grid"
         for i, arch in enumerate(block["arch"]):
+            if arch.startswith("python:"):
+                _check_python_file(arch, f"{where}.arch[{i}]")
+                continue
             if arch in config["pretrained"] or "/" in arch:
                 continue
             try:
@@ -234,7 +238,9 @@ def validate(config: dict, schema: dict) -> dict:
             except ValueError as exc:
                 raise ConfigError(f"{where}.arch[{i}]: {exc}") from None
             if arch_facts(arch) is None:
-                known = ", ".join([*ARCHS, "mlpDEPTH-wWIDTH", "timm/NAME", "torchvision/NAME"])
+                known = ", ".join(
+                    [*ARCHS, "mlpDEPTH-wWIDTH", "timm/NAME", "torchvision/NAME", "python:FILE.py:FUNCTION"]
+                )
                 named = ", ".join(sorted(config["pretrained"])) or "none defined"
                 raise ConfigError(
                     f"{where}.arch[{i}]: {arch!r} is not one of {known} or a name under pretrained ({named})"
@@ -267,8 +273,38 @@ def validate(config: dict, schema: dict) -> dict:
     return config
 
 
+def _check_python_file(arch: str, key: str) -> None:
+    """A python:FILE.py:FUNCTION architecture names a file that exists (the function is checked
+    when the model is built, which needs torch)."""
+    path, _ = parse_python_arch(arch)
+    if not Path(path).is_file():
+        raise ConfigError(
+            f"{key}: {arch}: file {path} not found (relative paths start at the working directory {Path.cwd()})"
+        )
+
+
+_SOURCE_SHA256: dict[tuple, str] = {}
+
+
+def source_sha256(path: str) -> str:
+    """The sha256 of a python: model's file, read once per process and file state."""
+    st = Path(path).stat()
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SOURCE_SHA256:
+        _SOURCE_SHA256[key] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return _SOURCE_SHA256[key]
+
+
 def _check_pretrained(entries: dict) -> None:
     for name, spec in entries.items():
+        if spec["arch"].startswith("python:"):
+            _check_python_file(spec["arch"], f"pretrained.{name}.arch")
+            if not spec.get("weights") or spec.get("hf_cache") or spec["download"]:
+                raise ConfigError(
+                    f"pretrained.{name}: a python: arch loads its weights from weights (a local file) only, not hf_cache or download"
+                )
+        elif "kwargs" in spec:
+            raise ConfigError(f"pretrained.{name}.kwargs: only a python:FILE.py:FUNCTION arch takes kwargs")
         if not (spec.get("weights") or spec.get("hf_cache") or spec["download"]):
             raise ConfigError(
                 f"pretrained.{name}: give weights (a local file), hf_cache (a local Hugging Face cache) or download: true"
@@ -410,6 +446,28 @@ def _check_training(training: dict, key: str, where: str = "") -> None:
             )
 
 
+def _own_model(model: dict, arch: str, pretrained: dict | None, cid: str) -> dict:
+    """A cell's model settings with what a python: model adds: its file's sha256 (so that editing
+    the file reruns the stages that build it) and, in a grid cell, ``kwargs``. ``model.kwargs``
+    is dropped from other cells (it changes nothing there) and from published backbones (their
+    entry's kwargs, in the import params, are what their function gets)."""
+    own = {k: v for k, v in model.items() if k != "kwargs"}
+    source = pretrained["arch"] if pretrained else arch
+    if parse_python_arch(source) is None:
+        return own
+    own["source_sha256"] = source_sha256(parse_python_arch(source)[0])
+    if pretrained:
+        return own
+    if model["width"] != 1.0:
+        raise ConfigError(
+            f"cell {cid}: model.width scales the built-in architectures; {arch} is built as its function builds it (give it an argument in model.kwargs)"
+        )
+    if "num_classes" in model.get("kwargs", {}):
+        raise ConfigError(f"cell {cid}: model.kwargs may not set num_classes; {arch} gets the ID set's class count")
+    own["kwargs"] = dict(model.get("kwargs", {}))
+    return own
+
+
 def _same_level(a, b) -> bool:
     """Level equality; numbers within 0.1% (gamma is written to two decimals in configs)."""
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
@@ -462,9 +520,10 @@ class Study:
                     probe[key] = {**probe[key], **value} if key == "paper" else value
         probe.update(_solvers(probe))
         pretrained = self.config["pretrained"].get(variables["arch"])
+        cid = cell_id(**variables)
+        model = _own_model(model, variables["arch"], pretrained, cid)
         if pretrained:
             model = {**model, "width": 1.0, "probe_points": pretrained["probe_points"]}
-        cid = cell_id(**variables)
         facts = arch_facts(variables["arch"])
         if model.get("probe_points") == "activations" and facts is None:
             raise ConfigError(
@@ -475,7 +534,7 @@ class Study:
                 raise ConfigError(
                     f"cell {cid}: model.width scales the channels of the CNNs and ViTs; an MLP's width is in its name ({MLP_FORMAT})"
                 )
-            if model.get("probe_points", "default") not in ("default", "activations"):
+            if model.get("probe_points", "default") in ("blocks", "paper"):
                 raise ConfigError(
                     f"cell {cid}: model.probe_points {model['probe_points']} is not defined for MLPs; use default (every hidden layer's output)"
                 )

@@ -12,6 +12,8 @@ from safetensors.torch import load_file, save_file
 from tunnelscope.io import atomic_path, write_json
 from tunnelscope.models.build import (
     build_model,
+    build_python_model,
+    check_forward_order,
     count_parameters,
     describe,
     probe_points,
@@ -19,6 +21,7 @@ from tunnelscope.models.build import (
 from tunnelscope.registry import (
     CELL_VARIABLES,
     arch_facts,
+    parse_python_arch,
 )
 
 # The over-parameterisation level gamma = P / N as Harun et al. code it: N = the whole ID training
@@ -53,13 +56,14 @@ def backbone_info(
     }
 
 
-def paper_parameter_count(arch: str, width: float, resolution: int) -> int:
+def paper_parameter_count(arch: str, width: float, resolution: int, kwargs: dict | None = None) -> int:
     """P of gamma for a trained backbone: the paper's count for its architectures at full
-    width, else the count with a GAMMA_HEAD_CLASSES-way head rounded to 0.01M."""
+    width, else the count with a GAMMA_HEAD_CLASSES-way head rounded to 0.01M (``kwargs``: a
+    python: model's ``model.kwargs``)."""
     facts = arch_facts(arch)
     if facts and facts["params_m"] and width == 1.0:
         return int(round(facts["params_m"] * 1e6))
-    count = count_parameters(build_model(arch, GAMMA_HEAD_CLASSES, width, resolution))
+    count = count_parameters(build_model(arch, GAMMA_HEAD_CLASSES, width, resolution, kwargs=kwargs))
     return int(round(count / 1e4) * 1e4)
 
 
@@ -76,7 +80,8 @@ def import_pretrained(params: dict, checkpoint: str, train_log: str, info_path: 
     from tunnelscope.models.weights import load_pretrained, model_preprocessing
 
     spec = params["pretrained"]
-    model = load_pretrained(spec, params["resolution"])
+    model = load_pretrained(spec, params["resolution"], key=f"pretrained.{params['arch']}.arch")
+    check_forward_order(model, spec["probe_points"], params["resolution"])
     own = model_preprocessing(model, spec["arch"])
     used = {
         "mean": spec["mean"] or own["mean"],
@@ -86,6 +91,8 @@ def import_pretrained(params: dict, checkpoint: str, train_log: str, info_path: 
         "resolution": params["resolution"],
     }
     for key in ("interpolation", "crop_pct", "resolution"):
+        if own[key] is None:  # a python: model declares none
+            continue
         if used[key] != own[key] and not (key == "crop_pct" and math.isclose(used[key], own[key], abs_tol=1e-3)):
             log.warning(
                 "%s: %s %s differs from the model's own %s (set pretrained.%s.%s to match)",
@@ -113,6 +120,7 @@ def import_pretrained(params: dict, checkpoint: str, train_log: str, info_path: 
             "num_classes": spec["num_classes"],
             "mean": used["mean"],
             "std": used["std"],
+            **({"kwargs": spec.get("kwargs", {})} if parse_python_arch(spec["arch"]) else {}),
         },
     )
     with atomic_path(train_log) as tmp:
@@ -135,6 +143,11 @@ def load_backbone(checkpoint: str, device=None):
     except Exception as exc:  # safetensors raises several types for corrupt files
         raise RuntimeError(f"{checkpoint}: not a readable tunnelscope checkpoint ({exc})") from exc
     p = meta["params"]
-    model = build_model(p["arch"], meta["num_classes"], p["model"]["width"], p["resolution"])
+    if "kwargs" in meta:  # an imported python: model, called with its entry's kwargs as they are
+        model = build_python_model(p["arch"], meta["kwargs"])
+    else:
+        model = build_model(
+            p["arch"], meta["num_classes"], p["model"]["width"], p["resolution"], kwargs=p["model"].get("kwargs")
+        )
     model.load_state_dict(weights)
     return model.to(device or "cpu").eval(), meta

@@ -23,7 +23,7 @@ from tunnelscope.data.splits import epoch_order, stratified_split
 from tunnelscope.data.store import Store
 from tunnelscope.data.transforms import Normaliser
 from tunnelscope.io import atomic_path, file_sha256, write_json
-from tunnelscope.models.build import build_model
+from tunnelscope.models.build import build_model, check_forward_order, probe_points
 from tunnelscope.registry import (
     CELL_VARIABLES,
     IMAGENET_MEAN,
@@ -216,8 +216,17 @@ def pretrain(
         return accuracy(model, reader, indices, y, norm["mean"], norm["std"], cfg["batch_size"], columns)
 
     model = build_model(
-        params["arch"], store.num_classes, params["model"]["width"], size, drop_path=cfg["drop_path"]
+        params["arch"],
+        store.num_classes,
+        params["model"]["width"],
+        size,
+        drop_path=cfg["drop_path"],
+        kwargs=params["model"].get("kwargs"),
+        key=f"cell {cell}: grid.arch",
     ).to(device)
+    rule = params["model"].get("probe_points", "default")
+    probe_points(model, "default", rule)  # a bad name fails before training
+    check_forward_order(model, rule, size)
     if init_checkpoint:
         try:
             model.load_state_dict(load_file(init_checkpoint, device=str(device)))
@@ -388,7 +397,7 @@ def pretrain(
             params["arch"],
             store.num_classes,
             len(rows),
-            paper_parameter_count(params["arch"], params["model"]["width"], size),
+            paper_parameter_count(params["arch"], params["model"]["width"], size, params["model"].get("kwargs")),
         ),
         "n_fit": len(tr_idx),
         "checkpoint_rule": selection,
