@@ -37,6 +37,7 @@ def test_pretrained_cell_embeds_like_the_in_memory_model(tmp_path):
     save_file(model.state_dict(), tmp_path / "weights.safetensors")
     config = {
         **TINY,
+        "model": {},  # a published model keeps its width
         "pretrained": {"tiny-convnext": spec(tmp_path / "weights.safetensors")},
         "grid": {"arch": ["tiny-convnext"], "id_dataset": ["toy"], "resolution": [32]},
         "ood_sets": ["toy-glyphs"],
@@ -49,7 +50,7 @@ def test_pretrained_cell_embeds_like_the_in_memory_model(tmp_path):
     assert info["num_layers"] == len(points) == 10 and info["id_classes"] == 10  # the stem and 9 depthwise convs
 
     torch.set_num_threads(2)  # as the embed job
-    store = Store(tmp_path / "out/prepared/toy/r32")
+    store = Store(tmp_path / "out/prepared/toy/r32-bicubic-c0.95")  # test_convnext's own crop_pct
     images = np.concatenate([store.splits[s].array() for s in SPLITS])  # synthetic: stored at 32
     own = model_preprocessing(model, ARCH)
     expected = embed_images(model, points, images, ["avg2x2"], 256, np.float16, mean=own["mean"], std=own["std"])
@@ -106,7 +107,7 @@ def test_timm_weights_load_from_a_local_hugging_face_cache_without_network(tmp_p
 
 
 def test_pretrained_entries_are_validated(schema):
-    base = {**TINY, "grid": {"arch": ["net"], "id_dataset": ["toy"], "resolution": [32]}}
+    base = {**TINY, "model": {}, "grid": {"arch": ["net"], "id_dataset": ["toy"], "resolution": [32]}}
     with pytest.raises(ConfigError, match=r"pretrained\.net: give weights"):
         Study({**base, "pretrained": {"net": {"arch": ARCH}}}, schema)
     with pytest.raises(

@@ -10,15 +10,16 @@ else from the reference machine (REFERENCE_RATES)."""
 from __future__ import annotations
 
 import csv
+import math
 import functools
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunnelscope.data.sources import split_sizes
+from tunnelscope.data.sources import load_source, split_sizes
 from tunnelscope.data.splits import SPLITS
 from tunnelscope.data.store import DatasetError
-from tunnelscope.study.config import Study
+from tunnelscope.study.config import Cell, Study
 
 STAGES = ("prepare", "pretrain", "embed", "probe")
 UNIT = {"prepare": "images", "pretrain": "FLOP", "embed": "FLOP", "probe": "products"}
@@ -54,10 +55,15 @@ class Rates:
         return self.by_kind.get((stage, job_kind(stage, job, arch))) or self.by_stage[stage]
 
 
+class BudgetError(ValueError):
+    """A cell whose model cannot be built: the run would fail (one line naming the cell)."""
+
+
 @dataclass
 class CellBudget:
     cell: str
     arch: str
+    patch_grid: int | None = None  # tokens per side of a patch-based model at the cell's resolution
     train_images: int = 0
     jobs: dict[tuple[str, str], float] = field(default_factory=dict)  # (stage, job) -> units
     missing: list[str] = field(default_factory=list)  # datasets whose files are not there to count
@@ -86,30 +92,83 @@ def _sizes(spec: dict) -> tuple[dict[str, int], int, bool] | None:
         return None
 
 
+def built_model(cell: Cell, id_classes: int) -> tuple[str, int, float]:
+    """(architecture, classes, width) a cell's job builds: a published entry's real architecture
+    and head, else the cell's own. The one place that maps a cell to a buildable model."""
+    if cell.pretrained:
+        return cell.pretrained["arch"], cell.pretrained["num_classes"], 1.0
+    return cell.arch, id_classes, cell.model["width"]
+
+
+def _patch_grid(model, resolution: int) -> int | None:
+    """Tokens per side of a patch-embedding model (timm's patch_embed, torchvision's ViT), else None."""
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None) or getattr(model, "patch_size", None)
+    if patch is None:
+        return None
+    return resolution // (patch[0] if isinstance(patch, (tuple, list)) else int(patch))
+
+
 @functools.cache
 def _model_costs(
     arch: str, classes: int, width: float, resolution: int, enumeration: str, pooling: str, side: str
-) -> tuple[float, tuple[int, ...]]:
-    """Forward FLOPs of one image and the pooled dim of every probe point."""
+) -> tuple[float, tuple[int, ...], int | None]:
+    """Forward FLOPs of one image, the pooled dim of every probe point and the patch grid; one
+    model build per distinct setting."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from tunnelscope.models.build import build_model, probe_points
     from tunnelscope.models.capture import layer_shapes, pooled_dims
 
-    model = build_model(arch, classes, width, resolution).eval()
-    points = probe_points(model, side, enumeration)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, resolution, resolution))
-    return float(counter.get_total_flops()), tuple(
-        pooled_dims(layer_shapes(model, points, resolution), points, pooling)
-    )
+    def measure(device: str):
+        with torch.device(device):
+            model = build_model(arch, classes, width, resolution).eval()
+            points = probe_points(model, side, enumeration)
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                model(torch.zeros(1, 3, resolution, resolution))
+            dims = tuple(pooled_dims(layer_shapes(model, points, resolution), points, pooling))
+        return float(counter.get_total_flops()), dims, _patch_grid(model, resolution)
+
+    try:  # shapes only, no weights initialised or multiplied: a tenth of the time
+        return measure("meta")
+    except NotImplementedError:  # an operation without a meta kernel
+        return measure("cpu")
 
 
-def cell_budgets(study: Study) -> list[CellBudget]:
-    """Every cell's units per stage; prepare is charged to the first cell that reads a store."""
-    read = {d for cid in study.cells for d in study.eval_sets(cid)}
-    sizes = {d: _sizes(study.config["datasets"][d]) for d in read}
+def dataset_sizes(study: Study) -> dict[str, tuple[dict[str, int], int, bool] | None]:
+    """``split_sizes`` of every set a cell reads; None where neither files nor a published size exist."""
+    return {d: _sizes(study.config["datasets"][d]) for cid in study.cells for d in study.eval_sets(cid)}
+
+
+def data_warnings(study: Study, sizes: dict) -> list[str]:
+    """One line per dataset whose files are not there (yet), naming its root: the run stops
+    before any job until they are, and the budget falls back on published sizes."""
+    out, seen = [], set()
+    for name in sorted(sizes):
+        spec, key = study.config["datasets"][name], name
+        if "base" in spec:  # a corrupted copy reads its clean set's files
+            spec, key = spec["base"], spec["of"]
+        if "root" not in spec or key in seen or (sizes[name] and sizes[name][2]):
+            continue
+        seen.add(key)
+        root = Path(spec["root"])
+        fallback = "published sizes used" if sizes[name] else "no published size: no estimate"
+        if not root.is_dir():
+            fetch = "; download: true fetches it when preparing" if spec.get("download") else ""
+            out.append(f"datasets.{key}.root: directory {root} not found ({fallback}){fetch}")
+            continue
+        try:
+            load_source({**spec, "download": False})
+            continue
+        except (DatasetError, OSError) as exc:
+            out.append(f"datasets.{key}.root: {exc} ({fallback})")
+    return out
+
+
+def cell_budgets(study: Study, sizes: dict | None = None) -> list[CellBudget]:
+    """Every cell's units per stage; prepare is charged to the first cell that reads a store.
+    Raises BudgetError where a cell's model cannot be built."""
+    sizes = dataset_sizes(study) if sizes is None else sizes
     side = study.config["embed"]["side"]
     prepared = set()
     out = []
@@ -119,18 +178,25 @@ def cell_budgets(study: Study) -> list[CellBudget]:
         eval_sizes = {d: sizes[d] for d in study.eval_sets(cid)}
         budget.missing = [d for d, s in eval_sizes.items() if s is None]
         budget.nominal = [d for d, s in eval_sizes.items() if s and not s[2]]
+        if id_sizes is None and not cell.pretrained:
+            out.append(budget)
+            continue
+        arch, classes, width = built_model(cell, id_sizes[1] if id_sizes else 0)
+        try:
+            flops, dims, budget.patch_grid = _model_costs(
+                arch,
+                classes,
+                width,
+                cell.resolution,
+                cell.model.get("probe_points", "default"),
+                cell.probe["pooling"],
+                side,
+            )
+        except (ValueError, RuntimeError, TypeError, KeyError) as exc:  # builders of many libraries
+            raise BudgetError(f"cell {cid}: {arch} cannot be built ({type(exc).__name__}: {exc})") from None
         if id_sizes is None:
             out.append(budget)
             continue
-        flops, dims = _model_costs(
-            cell.arch,
-            id_sizes[1],
-            cell.model["width"],
-            cell.resolution,
-            cell.model.get("probe_points", "default"),
-            cell.probe["pooling"],
-            side,
-        )
         budget.train_images = id_sizes[0]["train"]
         images = {d: sum(s[0][k] for k in SPLITS) for d, s in eval_sizes.items() if s}
         for d in images:
@@ -172,3 +238,75 @@ def calibrate(budgets: list[CellBudget], results: str | Path) -> Rates:
         by_stage={stage: statistics.median(r) if r else REFERENCE_RATES[stage] for stage, r in by_stage.items()},
         measured=measured,
     )
+
+
+# ----------------------------------------------- what validate checks beyond the config itself
+
+
+def model_name_errors(study: Study) -> list[str]:
+    """One line per timm/torchvision name the installed libraries do not know, naming its key."""
+    from tunnelscope.study.preprocessing import UnknownModel, check_name
+
+    named = [(f"pretrained.{name}.arch", spec["arch"]) for name, spec in study.config["pretrained"].items()]
+    blocks = study.config["grid"]
+    for b, block in enumerate(blocks):
+        where = f"grid[{b}]" if len(blocks) > 1 else "grid"
+        named += [(f"{where}.arch[{i}]", arch) for i, arch in enumerate(block["arch"])]
+    errors = []
+    for key, arch in named:
+        if arch.startswith(("timm/", "torchvision/")):
+            try:
+                check_name(arch)
+            except UnknownModel as exc:
+                errors.append(f"{key}: {exc}")
+    return errors
+
+
+def preprocessing_report(study: Study) -> tuple[list[str], list[str]]:
+    """(one line per published model: each eval-transform setting and where it came from;
+    warnings where a setting differs from what the model itself declares, naming the key to set)."""
+    from tunnelscope.study.preprocessing import resolve
+
+    lines, warnings = [], []
+    own = resolve(sorted({spec["arch"] for spec in study.pretrained.values()}))
+    resolutions = {name: sorted({c.resolution for c in study.cells.values() if c.arch == name}) for name in study.pretrained}
+    for name, used in study.pretrained.items():
+        entry, model = study.config["pretrained"][name], own[used["arch"]]
+        fallback = "paper" if entry["preprocessing"] == "paper" else "model's own"
+        parts = []
+        for key in ("interpolation", "crop_pct"):
+            parts.append(f"{key} {used[key]:g} " if key == "crop_pct" else f"{key} {used[key]} ")
+            parts[-1] += "(entry)" if key in entry else f"({fallback})"
+        given = entry["mean"] is not None
+        parts.append("mean/std " + ("(entry)" if given else f"{_triple(used['mean'] or model['mean'])} / {_triple(used['std'] or model['std'])} (model's own)"))
+        parts.append(f"resolution {', '.join(map(str, resolutions[name]))} (grid)")
+        lines.append(f"  {name} ({used['arch']}, preprocessing {entry['preprocessing']}): {', '.join(parts)}")
+        for key in ("interpolation", "crop_pct"):
+            if used[key] != model[key] and not (key == "crop_pct" and math.isclose(used[key], model[key], abs_tol=1e-3)):
+                advice = f"set pretrained.{name}.{key}" + (" or preprocessing: model" if key not in entry else "")
+                warnings.append(
+                    f"pretrained.{name}.{key}: {used[key]} ({'entry' if key in entry else fallback}) differs from the model's own {model[key]}; {advice} to match"
+                )
+        other = [r for r in resolutions[name] if r != model["resolution"]]
+        if other:
+            warnings.append(
+                f"grid.resolution: {name} runs at {', '.join(map(str, other))} px, the model's own input size is {model['resolution']}"
+            )
+        if model["crop_mode"] != "center":
+            warnings.append(
+                f"pretrained.{name}: the model's own crop_mode {model['crop_mode']!r} is not reproduced; its eval sets are centre-cropped"
+            )
+    return lines, warnings
+
+
+def _triple(values) -> str:
+    return "(" + ", ".join(f"{v:.3g}" for v in values) + ")"
+
+
+def patch_warnings(study: Study, budgets: list[CellBudget]) -> list[str]:
+    """Patch models whose token grid at the cell's resolution is smaller than 4x4."""
+    return [
+        f"grid.resolution: {b.arch} at {study.cells[b.cell].resolution} px sees a {b.patch_grid}x{b.patch_grid} patch grid (cell {b.cell}), fewer than 4x4 tokens"
+        for b in budgets
+        if b.patch_grid is not None and b.patch_grid < 4
+    ]

@@ -33,16 +33,41 @@ def _read_study(path: str, schema: str) -> tuple[Study | None, int]:
 
 
 def _validate(args) -> int:
+    """Everything that would stop the run is an error (exit 1) before "valid" is printed; data
+    that may still arrive, and settings that differ from a model's own, are warnings."""
+    from tunnelscope import budget
+
     study, code = _read_study(args.config, args.schema)
     if study is None:
         return code
+    uses_libraries = study.config["pretrained"] or any(
+        c.arch.startswith(("timm/", "torchvision/")) for c in study.cells.values()
+    )
+    errors = budget.model_name_errors(study) if uses_libraries else []
+    sizes = budget.dataset_sizes(study)
+    budgets = []
+    if not args.no_budget:
+        try:
+            budgets = budget.cell_budgets(study, sizes)
+        except budget.BudgetError as exc:
+            errors.append(str(exc))
+    if errors:
+        print(f"tunnelscope: config error in {args.config}: {errors[0]}", file=sys.stderr)
+        return 1
     n_eval = sum(len(study.eval_sets(c)) for c in study.cells)
     print(f"{args.config}: valid; {len(study.cells)} cells, {n_eval} probe jobs")
+    lines, warnings = budget.preprocessing_report(study) if study.pretrained else ([], [])
+    warnings = budget.data_warnings(study, sizes) + warnings + budget.patch_warnings(study, budgets)
+    for line in warnings:
+        print(f"warning: {line}")
+    if lines:
+        print("eval preprocessing of the published models:")
+        print("\n".join(lines))
     if args.no_budget:
         for cid in study.cells:
             print(f"  {cid}: eval sets {', '.join(study.eval_sets(cid))}")
     else:
-        _print_budget(study, args.jobs)
+        _print_budget(study, budgets, args.jobs)
     if study.runs:
         print(
             f"continual learning: {len(study.runs)} runs, each of {', '.join(label for _, label in study.continual_networks())}"
@@ -59,10 +84,9 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _print_budget(study: Study, parallel_jobs: int) -> None:
+def _print_budget(study: Study, budgets: list, parallel_jobs: int) -> None:
     from tunnelscope import budget
 
-    budgets = budget.cell_budgets(study)
     rates = budget.calibrate(budgets, study.results)
     if budgets:
         print(f"  {'cell':<40} {'eval sets':>9} {'train img-ep':>12} {'TFLOP':>8} {'job-min':>8}")
@@ -80,9 +104,14 @@ def _print_budget(study: Study, parallel_jobs: int) -> None:
         print(f"  {b.cell:<40} {sets:>9} {epochs:>12,} {tflop:>8.2f} {b.seconds(rates) / 60:>8.1f}{note}")
     if not budgets:
         return
+    unknown = [b for b in budgets if study.cells[b.cell].id_dataset in b.missing]
+    if len(unknown) == len(budgets):
+        print("budget: no estimate; the ID sets' files are not there and have no published size (see the warnings)")
+        return
     total = sum(b.seconds(rates) for b in budgets) / 60
+    scope = f" for the {len(budgets) - len(unknown)} cells with an estimate (none for {len(unknown)})" if unknown else ""
     print(
-        f"budget: {total:,.0f} job-min of prepare, pretrain, embed and probe jobs, about {total / parallel_jobs:,.0f} min "
+        f"budget: {total:,.0f} job-min of prepare, pretrain, embed and probe jobs{scope}, about {total / parallel_jobs:,.0f} min "
         f"with {parallel_jobs} at a time (--jobs), plus the small per-cell and analysis jobs"
     )
     if rates.measured:

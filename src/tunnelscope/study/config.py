@@ -19,10 +19,12 @@ import jsonschema
 import yaml
 
 from tunnelscope import registry
+from tunnelscope.study import preprocessing
 from tunnelscope.registry import (
     ARCHS,
     CELL_VARIABLES,
     COMPOSED,
+    DEFAULT_TRANSFORM,
     IMAGENET_MEAN,
     IMAGENET_STD,
     MLP_FORMAT,
@@ -340,6 +342,38 @@ def _check_comparisons(comparisons, blocks: list[dict]) -> None:
                     )
 
 
+# Architectures built by another library or file, whose width is their own.
+PUBLISHED_PREFIXES = ("timm/", "torchvision/", "python:")
+
+
+def resolve_pretrained(config: dict) -> dict[str, dict]:
+    """The grid's pretrained entries with interpolation and crop_pct filled in (and mean/std
+    where the model's own were resolved): the entry's, else the model's own (``preprocessing:
+    model``, resolved by tunnelscope.study.preprocessing) or the paper's (``preprocessing: paper``)."""
+    used = {a for block in config["grid"] for a in block["arch"]}
+    entries = {name: spec for name, spec in config["pretrained"].items() if name in used}
+    need = [
+        s["arch"]
+        for s in entries.values()
+        if s["preprocessing"] == "model" and not {"interpolation", "crop_pct"} <= set(s)
+    ]
+    own = preprocessing.resolve(need) if need else {}
+    resolved = {}
+    for name, spec in entries.items():
+        if spec["arch"] in own:
+            found = own[spec["arch"]]
+            if "error" in found:
+                raise ConfigError(f"pretrained.{name}.arch: {found['error']}")
+            spec = {
+                **{k: found[k] for k in ("interpolation", "crop_pct")},
+                **spec,
+                "mean": spec["mean"] or found["mean"],
+                "std": spec["std"] or found["std"],
+            }
+        resolved[name] = {**DEFAULT_TRANSFORM, **spec}
+    return resolved
+
+
 def known_classes(spec: dict) -> int | None:
     """The class count of a dataset spec where it follows from the spec alone, else None."""
     spec = spec.get("base", spec)
@@ -419,6 +453,7 @@ class Study:
 
     def __init__(self, config: dict, schema: dict):
         self.config = validate(config, schema)
+        self.pretrained = resolve_pretrained(self.config)
         self.cells: dict[str, Cell] = {}
         for b, block in enumerate(self.config["grid"]):
             ood_sets = tuple(block.get("ood_sets", self.config.get("ood_sets", [])))
@@ -451,17 +486,24 @@ class Study:
         model = dict(self.config["model"])
         training = dict(self.config["training"])
         probe = copy.deepcopy(self.config["probe"])
-        for entry in self.config["overrides"]:
+        width_key = "model.width"
+        for i, entry in enumerate(self.config["overrides"]):
             if all(variables[k] in (v if isinstance(v, list) else [v]) for k, v in entry["where"].items()):
                 model.update(entry.get("model", {}))
+                width_key = f"overrides[{i}].model.width" if "width" in entry.get("model", {}) else width_key
                 training.update(entry.get("training", {}))
                 for key, value in entry.get("probe", {}).items():
                     probe[key] = {**probe[key], **value} if key == "paper" else value
         probe.update(_solvers(probe))
-        pretrained = self.config["pretrained"].get(variables["arch"])
+        cid = cell_id(**variables)
+        pretrained = self.pretrained.get(variables["arch"])
+        built_as_published = pretrained or variables["arch"].startswith(PUBLISHED_PREFIXES)
+        if built_as_published and model["width"] != 1.0:
+            raise ConfigError(
+                f"{width_key}: {model['width']} does not apply to {variables['arch']} (cell {cid}): timm, torchvision, python: and published models are built as defined; scope the width to the paper architectures with overrides"
+            )
         if pretrained:
             model = {**model, "width": 1.0, "probe_points": pretrained["probe_points"]}
-        cid = cell_id(**variables)
         facts = arch_facts(variables["arch"])
         if model.get("probe_points") == "activations" and facts is None:
             raise ConfigError(
