@@ -129,7 +129,10 @@ def test_a_missing_root_is_a_warning_and_the_budget_never_zero(tmp_path, capsys)
     assert "budget: no estimate" in out and "0 job-min" not in out
     config["grid"] = [config["grid"], {**config["grid"], "id_dataset": ["c100"]}]  # one cell sized from published sizes
     code, out, _ = _validate(tmp_path, capsys, config)
-    assert code == 0 and "job-min of prepare, pretrain, embed and probe jobs for the 1 cells with an estimate (none for 1)" in out
+    assert (
+        code == 0
+        and "job-min of prepare, pretrain, embed and probe jobs for the 1 cells with an estimate (none for 1)" in out
+    )
 
 
 def test_an_unknown_timm_name_is_one_line_naming_its_key(tmp_path, capsys):

@@ -10,8 +10,8 @@ else from the reference machine (REFERENCE_RATES)."""
 from __future__ import annotations
 
 import csv
-import math
 import functools
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +19,7 @@ from pathlib import Path
 from tunnelscope.data.sources import load_source, split_sizes
 from tunnelscope.data.splits import SPLITS
 from tunnelscope.data.store import DatasetError
+from tunnelscope.registry import TRAINED, network_slug
 from tunnelscope.study.config import Cell, Study
 
 STAGES = ("prepare", "pretrain", "embed", "probe")
@@ -65,6 +66,8 @@ class CellBudget:
     arch: str
     patch_grid: int | None = None  # tokens per side of a patch-based model at the cell's resolution
     train_images: int = 0
+    image_epochs: int = 0  # training images x epochs of every training job
+    eval_sets: int = 0
     jobs: dict[tuple[str, str], float] = field(default_factory=dict)  # (stage, job) -> units
     missing: list[str] = field(default_factory=list)  # datasets whose files are not there to count
     nominal: list[str] = field(default_factory=list)  # datasets sized from their published sizes
@@ -136,8 +139,10 @@ def _model_costs(
 
 
 def dataset_sizes(study: Study) -> dict[str, tuple[dict[str, int], int, bool] | None]:
-    """``split_sizes`` of every set a cell reads; None where neither files nor a published size exist."""
-    return {d: _sizes(study.config["datasets"][d]) for cid in study.cells for d in study.eval_sets(cid)}
+    """``split_sizes`` of every set a cell or continual run reads; None where neither files nor a
+    published size exist."""
+    read = {d for cid in study.cells for d in study.eval_sets(cid)} | {r.id_dataset for r in study.runs.values()}
+    return {d: _sizes(study.config["datasets"][d]) for d in sorted(read)}
 
 
 def data_warnings(study: Study, sizes: dict) -> list[str]:
@@ -165,15 +170,28 @@ def data_warnings(study: Study, sizes: dict) -> list[str]:
     return out
 
 
+def weights_warnings(study: Study) -> list[str]:
+    """One line per published model of the grid whose weights are not where its entry says (the
+    run stops at its import job until they are)."""
+    out = []
+    for name, spec in study.pretrained.items():
+        if spec.get("weights") and not Path(spec["weights"]).is_file():
+            out.append(f"pretrained.{name}.weights: file {spec['weights']} not found")
+        elif spec.get("hf_cache") and not spec.get("weights") and not Path(spec["hf_cache"]).is_dir():
+            fetch = "; download: true fetches the weights" if spec["download"] else ""
+            out.append(f"pretrained.{name}.hf_cache: directory {spec['hf_cache']} not found{fetch}")
+    return out
+
+
 def cell_budgets(study: Study, sizes: dict | None = None) -> list[CellBudget]:
-    """Every cell's units per stage; prepare is charged to the first cell that reads a store.
-    Raises BudgetError where a cell's model cannot be built."""
+    """Every cell's units per stage, then every continual run's (run_budgets); prepare is charged
+    to the first that reads a store. Raises BudgetError where a cell's model cannot be built."""
     sizes = dataset_sizes(study) if sizes is None else sizes
     side = study.config["embed"]["side"]
     prepared = set()
     out = []
     for cid, cell in study.cells.items():
-        budget = CellBudget(cid, cell.arch)
+        budget = CellBudget(cid, cell.arch, eval_sets=len(study.eval_sets(cid)))
         id_sizes = sizes[cell.id_dataset]
         eval_sizes = {d: sizes[d] for d in study.eval_sets(cid)}
         budget.missing = [d for d, s in eval_sizes.items() if s is None]
@@ -198,6 +216,8 @@ def cell_budgets(study: Study, sizes: dict | None = None) -> list[CellBudget]:
             out.append(budget)
             continue
         budget.train_images = id_sizes[0]["train"]
+        if cell.pretrained is None:
+            budget.image_epochs = budget.train_images * cell.training["epochs"]
         images = {d: sum(s[0][k] for k in SPLITS) for d, s in eval_sizes.items() if s}
         for d in images:
             store = (d, study.transform(cid, d))
@@ -211,6 +231,57 @@ def cell_budgets(study: Study, sizes: dict | None = None) -> list[CellBudget]:
             for solver in study.solvers(cid):
                 budget.jobs["probe", f"{cid}_{d}_{solver}"] = float(sum(dims) * images[d] * eval_sizes[d][1])
         out.append(budget)
+    return out + run_budgets(study, sizes, prepared)
+
+
+def run_budgets(study: Study, sizes: dict, prepared: set | None = None) -> list[CellBudget]:
+    """Every continual run's units: its two task trainings and the fine-tunings as pretrain jobs,
+    each configuration's evaluation (both tasks' images; probes on every layer of its own task's
+    curve, else the last) as embed and probe jobs. Task sizes pro rata to their classes."""
+    if not study.runs:
+        return []
+    section, side = study.config["continual"], study.config["embed"]["side"]
+    solver = study.config["probe"]["solver"]
+    solver = solver[0] if isinstance(solver, list) else solver
+    prepared = set() if prepared is None else prepared
+    out = []
+    for rid, run in study.runs.items():
+        budget = CellBudget(rid, run.arch, eval_sets=len(section["tasks"]))
+        out.append(budget)
+        found = sizes[run.id_dataset]
+        if found is None:
+            budget.missing = [run.id_dataset]
+            continue
+        split, classes, counted = found
+        budget.nominal = [] if counted else [run.id_dataset]
+        flops, dims, budget.patch_grid = _model_costs(
+            run.arch,
+            classes,
+            run.model["width"],
+            run.resolution,
+            run.model.get("probe_points", "default"),
+            study.config["probe"]["pooling"],
+            side,
+        )
+        share = {t: (stop - first) / classes for t, (first, stop) in enumerate(section["tasks"], start=1)}
+        store = (run.id_dataset, study.run_prepared_path(rid).rsplit("/", 1)[-1])
+        if store not in prepared:
+            prepared.add(store)
+            budget.jobs["prepare", "/".join(store)] = float(sum(split[k] for k in SPLITS))
+        trainings = [(network, task, run.training) for network, task in TRAINED.items()]
+        trainings += [(e["name"], e["task"], run.finetune_training) for e in section["finetune"]]
+        for network, task, recipe in trainings:
+            images = split["train"] * share[task] * recipe["epochs"]
+            budget.image_epochs += int(images)
+            budget.jobs["pretrain", f"{rid}_{network_slug(network)}"] = TRAIN_STEP_FLOPS * flops * images
+        for slug, label in study.continual_networks():
+            own = TRAINED.get(label)
+            for task, fraction in share.items():
+                images = sum(split[k] for k in SPLITS) * fraction
+                budget.jobs["embed", f"{rid}_{slug}_task{task}"] = flops * images
+                width = sum(dims) if task == own else dims[-1]
+                task_classes = classes * fraction
+                budget.jobs["probe", f"{rid}_{slug}_task{task}_{solver}"] = float(width * images * task_classes)
     return out
 
 
@@ -269,7 +340,9 @@ def preprocessing_report(study: Study) -> tuple[list[str], list[str]]:
 
     lines, warnings = [], []
     own = resolve(sorted({spec["arch"] for spec in study.pretrained.values()}))
-    resolutions = {name: sorted({c.resolution for c in study.cells.values() if c.arch == name}) for name in study.pretrained}
+    resolutions = {
+        name: sorted({c.resolution for c in study.cells.values() if c.arch == name}) for name in study.pretrained
+    }
     for name, used in study.pretrained.items():
         entry, model = study.config["pretrained"][name], own[used["arch"]]
         fallback = "paper" if entry["preprocessing"] == "paper" else "model's own"
@@ -278,11 +351,20 @@ def preprocessing_report(study: Study) -> tuple[list[str], list[str]]:
             parts.append(f"{key} {used[key]:g} " if key == "crop_pct" else f"{key} {used[key]} ")
             parts[-1] += "(entry)" if key in entry else f"({fallback})"
         given = entry["mean"] is not None
-        parts.append("mean/std " + ("(entry)" if given else f"{_triple(used['mean'] or model['mean'])} / {_triple(used['std'] or model['std'])} (model's own)"))
+        parts.append(
+            "mean/std "
+            + (
+                "(entry)"
+                if given
+                else f"{_triple(used['mean'] or model['mean'])} / {_triple(used['std'] or model['std'])} (model's own)"
+            )
+        )
         parts.append(f"resolution {', '.join(map(str, resolutions[name]))} (grid)")
         lines.append(f"  {name} ({used['arch']}, preprocessing {entry['preprocessing']}): {', '.join(parts)}")
         for key in ("interpolation", "crop_pct"):
-            if used[key] != model[key] and not (key == "crop_pct" and math.isclose(used[key], model[key], abs_tol=1e-3)):
+            if used[key] != model[key] and not (
+                key == "crop_pct" and math.isclose(used[key], model[key], abs_tol=1e-3)
+            ):
                 advice = f"set pretrained.{name}.{key}" + (" or preprocessing: model" if key not in entry else "")
                 warnings.append(
                     f"pretrained.{name}.{key}: {used[key]} ({'entry' if key in entry else fallback}) differs from the model's own {model[key]}; {advice} to match"

@@ -57,7 +57,12 @@ def _validate(args) -> int:
     n_eval = sum(len(study.eval_sets(c)) for c in study.cells)
     print(f"{args.config}: valid; {len(study.cells)} cells, {n_eval} probe jobs")
     lines, warnings = budget.preprocessing_report(study) if study.pretrained else ([], [])
-    warnings = budget.data_warnings(study, sizes) + warnings + budget.patch_warnings(study, budgets)
+    warnings = [
+        *budget.data_warnings(study, sizes),
+        *budget.weights_warnings(study),
+        *warnings,
+        *budget.patch_warnings(study, budgets),
+    ]
     for line in warnings:
         print(f"warning: {line}")
     if lines:
@@ -90,26 +95,30 @@ def _print_budget(study: Study, budgets: list, parallel_jobs: int) -> None:
     rates = budget.calibrate(budgets, study.results)
     if budgets:
         print(f"  {'cell':<40} {'eval sets':>9} {'train img-ep':>12} {'TFLOP':>8} {'job-min':>8}")
+    backbones = {**study.cells, **study.runs}
+    unknown = [b for b in budgets if backbones[b.cell].id_dataset in b.missing]
     for b in budgets:
-        c = study.cells[b.cell]
-        sets = len(study.eval_sets(b.cell))
-        if c.id_dataset in b.missing:
-            print(f"  {b.cell:<40} {sets:>9}  (no estimate: the files of {c.id_dataset} are not there)")
+        if b in unknown:
+            id_set = backbones[b.cell].id_dataset
+            print(f"  {b.cell:<40} {b.eval_sets:>9}  (no estimate: the files of {id_set} are not there)")
             continue
-        epochs = c.training["epochs"] * b.train_images if c.pretrained is None else 0
         tflop = (b.units("pretrain") + b.units("embed")) / 1e12
-        notes = [f"{', '.join(b.missing)} not counted"] * bool(b.missing)
+        notes = [f"continual run, {b.eval_sets} tasks"] * (b.cell in study.runs)
+        notes += [f"{', '.join(b.missing)} not counted"] * bool(b.missing)
         notes += [f"published sizes of {', '.join(b.nominal)}"] * bool(b.nominal)
         note = f"  ({'; '.join(notes)})" if notes else ""
-        print(f"  {b.cell:<40} {sets:>9} {epochs:>12,} {tflop:>8.2f} {b.seconds(rates) / 60:>8.1f}{note}")
+        print(
+            f"  {b.cell:<40} {b.eval_sets:>9} {b.image_epochs:>12,} {tflop:>8.2f} {b.seconds(rates) / 60:>8.1f}{note}"
+        )
     if not budgets:
         return
-    unknown = [b for b in budgets if study.cells[b.cell].id_dataset in b.missing]
     if len(unknown) == len(budgets):
         print("budget: no estimate; the ID sets' files are not there and have no published size (see the warnings)")
         return
     total = sum(b.seconds(rates) for b in budgets) / 60
-    scope = f" for the {len(budgets) - len(unknown)} cells with an estimate (none for {len(unknown)})" if unknown else ""
+    scope = (
+        f" for the {len(budgets) - len(unknown)} cells with an estimate (none for {len(unknown)})" if unknown else ""
+    )
     print(
         f"budget: {total:,.0f} job-min of prepare, pretrain, embed and probe jobs{scope}, about {total / parallel_jobs:,.0f} min "
         f"with {parallel_jobs} at a time (--jobs), plus the small per-cell and analysis jobs"

@@ -19,7 +19,6 @@ import jsonschema
 import yaml
 
 from tunnelscope import registry
-from tunnelscope.study import preprocessing
 from tunnelscope.registry import (
     ARCHS,
     CELL_VARIABLES,
@@ -38,6 +37,7 @@ from tunnelscope.registry import (
     parse_transform_tag,
     transform_tag,
 )
+from tunnelscope.study import preprocessing
 
 
 class ConfigError(ValueError):
