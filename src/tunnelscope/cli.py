@@ -276,7 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         help="check a study config; list its cells with their budget estimate",
         description="Check a study config, then list its cells with their eval sets, training image-epochs, TFLOPs "
         "and estimated job-minutes, and the study's total. Rates come from the benchmark files of a run of the same "
-        "config where there are some (RESULTS/benchmarks), else from the reference machine (a 2-core CPU).",
+        "config where there are some (RESULTS/benchmarks), else from the reference machine (a 2-core CPU). What the run "
+        "would fail on is an error (exit 1, one line naming the key); data or weights not there yet, published models' "
+        "preprocessing that differs from their own, and patch grids under 4x4 are 'warning:' lines.",
     )
     val.add_argument("config", help="YAML config file, e.g. config.yaml")
     val.add_argument(
@@ -285,7 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     val.add_argument(
         "--jobs", type=_positive_int, default=2, help="jobs that run at a time, for the wall-time estimate (default 2)"
     )
-    val.add_argument("--no-budget", action="store_true", help="list the cells without the budget estimate")
+    val.add_argument(
+        "--no-budget",
+        action="store_true",
+        help="list the cells without the budget estimate (and without building models)",
+    )
     val.set_defaults(func=_validate)
     lay = sub.add_parser("layers", help="list an architecture's probe points, shapes and pooled dims")
     lay.add_argument("arch", help="a paper architecture (vggm11, resnet18, vit-t, ...), timm/NAME or torchvision/NAME")
