@@ -12,7 +12,7 @@ from tunnelscope.cli import main
 from tunnelscope.data.sources import OFFICIAL_SIZES, split_sizes
 from tunnelscope.data.store import DatasetError
 from tunnelscope.registry import FILE_SOURCES
-from tunnelscope.study.config import Study, load_schema
+from tunnelscope.study.config import ConfigError, Study, load_schema
 
 
 def _study(config: dict, results) -> Study:
@@ -143,6 +143,8 @@ def test_an_unknown_timm_name_is_one_line_naming_its_key(tmp_path, capsys):
         assert err.strip().splitlines() == [
             f"tunnelscope: config error in {tmp_path / 'study.yaml'}: grid.arch[1]: unknown timm model 'regnetx_0002'; nearest: regnetx_002, regnety_002, regnetx_080"
         ]
+    with pytest.raises(ConfigError, match=r"^grid\.arch\[1\]: unknown timm model 'regnetx_0002'"):
+        _study(config, tmp_path)  # what the DAG builds from: the dry run stops too
     config = {**config, "grid": {**TINY["grid"], "arch": ["net"]}}
     config["pretrained"] = {"net": {"arch": "torchvision/resnet5", "weights": "w.pth"}}
     code, _, err = _validate(tmp_path, capsys, config)

@@ -346,6 +346,27 @@ def _check_comparisons(comparisons, blocks: list[dict]) -> None:
 PUBLISHED_PREFIXES = ("timm/", "torchvision/", "python:")
 
 
+def check_library_names(config: dict) -> None:
+    """Every timm/torchvision name the grid builds must exist (one line naming its key, with the
+    nearest names), so a typo fails the dry run, not a job; answered from preprocessing's cache."""
+    blocks, pretrained = config["grid"], config["pretrained"]
+    named = {}
+    for b, block in enumerate(blocks):
+        where = f"grid[{b}]" if len(blocks) > 1 else "grid"
+        for i, arch in enumerate(block["arch"]):
+            key, arch = (
+                (f"pretrained.{arch}.arch", pretrained[arch]["arch"])
+                if arch in pretrained
+                else (f"{where}.arch[{i}]", arch)
+            )
+            if arch.startswith(("timm/", "torchvision/")):
+                named.setdefault(key, arch)
+    found = preprocessing.resolve(sorted(set(named.values()))) if named else {}
+    for key, arch in named.items():
+        if "error" in found[arch]:
+            raise ConfigError(f"{key}: {found[arch]['error']}")
+
+
 def resolve_pretrained(config: dict) -> dict[str, dict]:
     """The grid's pretrained entries with interpolation and crop_pct filled in (and mean/std
     where the model's own were resolved): the entry's, else the model's own (``preprocessing:
@@ -453,6 +474,7 @@ class Study:
 
     def __init__(self, config: dict, schema: dict):
         self.config = validate(config, schema)
+        check_library_names(self.config)
         self.pretrained = resolve_pretrained(self.config)
         self.cells: dict[str, Cell] = {}
         for b, block in enumerate(self.config["grid"]):
