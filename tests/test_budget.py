@@ -172,3 +172,10 @@ def test_a_vit_with_fewer_than_4x4_patches_is_warned(tmp_path, capsys):
     assert code == 0 and warnings == [
         "warning: grid.resolution: timm/deit_tiny_patch16_224 at 32 px sees a 2x2 patch grid (cell timm-deit_tiny_patch16_224_toy_r32_none_s0), fewer than 4x4 tokens"
     ]  # the paper's ViT-T: patch 8 at 32 px = 4x4, fine
+
+
+def test_a_model_that_cannot_run_at_the_resolution_is_an_error(tmp_path, capsys):
+    grid = {**TINY["grid"], "arch": ["torchvision/vit_b_16"], "augmentation": ["none"]}  # fixed at 224 px
+    code, out, err = _validate(tmp_path, capsys, {**copy.deepcopy(TINY), "model": {}, "grid": grid})
+    assert code == 1 and "valid" not in out and err.count("\n") == 1
+    assert "cell torchvision-vit_b_16_toy_r32_none_s0: torchvision/vit_b_16 cannot be built or run at 32 px" in err

@@ -210,8 +210,10 @@ def cell_budgets(study: Study, sizes: dict | None = None) -> list[CellBudget]:
                 cell.probe["pooling"],
                 side,
             )
-        except (ValueError, RuntimeError, TypeError, KeyError) as exc:  # builders of many libraries
-            raise BudgetError(f"cell {cid}: {arch} cannot be built ({type(exc).__name__}: {exc})") from None
+        except (ValueError, RuntimeError, TypeError, KeyError, AssertionError) as exc:  # builders of many libraries
+            raise BudgetError(
+                f"cell {cid}: {arch} cannot be built or run at {cell.resolution} px ({type(exc).__name__}: {exc})"
+            ) from None
         if id_sizes is None:
             out.append(budget)
             continue
