@@ -210,3 +210,39 @@ def test_the_dag_resolves_a_models_own_preprocessing_without_torch(tmp_path):
         assert run.stdout.split() == ["0.95", "False"], run.stderr
     (cache,) = (tmp_path / "tunnelscope").glob("preprocessing-timm*-torchvision*.json")
     assert json.loads(cache.read_text())["timm/test_convnext"]["interpolation"] == "bicubic"
+
+
+def test_validate_shows_each_setting_its_origin_and_each_mismatch(tmp_path, capsys):
+    config = {
+        **TINY,
+        "results": str(tmp_path / "out"),
+        "model": {},
+        "pretrained": {"net": {"arch": ARCH, "weights": str(tmp_path / "w.pth")}},
+        "grid": {"arch": ["net"], "id_dataset": ["toy"], "resolution": [32]},
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert cli(["validate", str(path), "--no-budget"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "  net (timm/test_convnext, preprocessing model): interpolation bicubic (model's own), crop_pct 0.95 (model's own), "
+        "mean/std (0.5, 0.5, 0.5) / (0.5, 0.5, 0.5) (model's own), resolution 32 (grid)"
+    ) in out
+    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: pretrained.net.weights: file {tmp_path / 'w.pth'} not found",
+        "warning: grid.resolution: net runs at 32 px, the model's own input size is 160",
+    ]
+    config["pretrained"]["net"] |= {"preprocessing": "paper", "interpolation": "bilinear"}
+    path.write_text(yaml.safe_dump(config))
+    assert cli(["validate", str(path), "--no-budget"]) == 0
+    out = capsys.readouterr().out
+    assert "interpolation bilinear (entry), crop_pct 0.875 (paper)" in out
+    assert (
+        "warning: pretrained.net.interpolation: bilinear (entry) differs from the model's own bicubic; set pretrained.net.interpolation to match"
+        in out
+    )
+    assert (
+        "warning: pretrained.net.crop_pct: 0.875 (paper) differs from the model's own 0.95; set pretrained.net.crop_pct or preprocessing: model to match"
+        in out
+    )
