@@ -239,10 +239,10 @@ def test_validate_shows_each_setting_its_origin_and_each_mismatch(tmp_path, caps
     out = capsys.readouterr().out
     assert "interpolation bilinear (entry), crop_pct 0.875 (paper)" in out
     assert (
-        "warning: pretrained.net.interpolation: bilinear (entry) differs from the model's own bicubic; set pretrained.net.interpolation to match"
+        "warning: pretrained.net.interpolation: bilinear (entry) differs from bicubic, what timm/test_convnext declares; set pretrained.net.interpolation to match"
         in out
     )
     assert (
-        "warning: pretrained.net.crop_pct: 0.875 (paper) differs from the model's own 0.95; set pretrained.net.crop_pct or preprocessing: model to match"
+        "warning: pretrained.net.crop_pct: 0.875 (paper) differs from 0.95, what timm/test_convnext declares; set pretrained.net.crop_pct or preprocessing: model to match"
         in out
     )

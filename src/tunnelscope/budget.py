@@ -369,7 +369,7 @@ def preprocessing_report(study: Study) -> tuple[list[str], list[str]]:
             ):
                 advice = f"set pretrained.{name}.{key}" + (" or preprocessing: model" if key not in entry else "")
                 warnings.append(
-                    f"pretrained.{name}.{key}: {used[key]} ({'entry' if key in entry else fallback}) differs from the model's own {model[key]}; {advice} to match"
+                    f"pretrained.{name}.{key}: {used[key]} ({'entry' if key in entry else fallback}) differs from {model[key]}, what {used['arch']} declares; {advice} to match"
                 )
         other = [r for r in resolutions[name] if r != model["resolution"]]
         if other:
