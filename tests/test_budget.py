@@ -12,7 +12,7 @@ from tunnelscope.cli import main
 from tunnelscope.data.sources import OFFICIAL_SIZES, split_sizes
 from tunnelscope.data.store import DatasetError
 from tunnelscope.registry import FILE_SOURCES
-from tunnelscope.study.config import Study, load_schema
+from tunnelscope.study.config import ConfigError, Study, load_schema
 
 
 def _study(config: dict, results) -> Study:
@@ -102,3 +102,80 @@ def test_validate_lists_every_cell_with_its_estimate(tmp_path, capsys):
     assert "--jobs: 0: must be 1 or more" in capsys.readouterr().err
     assert main(["validate", str(path), "--no-budget"]) == 0
     assert "eval sets toy, toy-glyphs" in capsys.readouterr().out
+
+
+def _validate(tmp_path, capsys, config: dict, *args) -> tuple[int, str, str]:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({**config, "results": str(tmp_path / "out")}))
+    code = main(["validate", str(path), *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_a_missing_root_is_a_warning_and_the_budget_never_zero(tmp_path, capsys):
+    config = copy.deepcopy(TINY)
+    config["datasets"]["folder"] = {"source": "imagefolder", "root": str(tmp_path / "absent")}
+    config["datasets"]["c100"] = {"source": "cifar100", "root": str(tmp_path / "no-cifar")}
+    (tmp_path / "empty").mkdir()
+    config["datasets"]["empty"] = {"source": "imagefolder", "root": str(tmp_path / "empty")}
+    config["grid"] = {**TINY["grid"], "id_dataset": ["folder"], "augmentation": ["none"]}
+    config["ood_sets"] = ["c100", "empty"]
+    code, out, _ = _validate(tmp_path, capsys, config)
+    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert code == 0 and len(warnings) == 3
+    assert f"warning: datasets.folder.root: directory {tmp_path / 'absent'} not found (no published size" in out
+    assert f"warning: datasets.c100.root: directory {tmp_path / 'no-cifar'} not found (published sizes used)" in out
+    assert "warning: datasets.empty.root:" in out
+    assert "budget: no estimate" in out and "0 job-min" not in out
+    config["grid"] = [config["grid"], {**config["grid"], "id_dataset": ["c100"]}]  # one cell sized from published sizes
+    code, out, _ = _validate(tmp_path, capsys, config)
+    assert (
+        code == 0
+        and "job-min of prepare, pretrain, embed and probe jobs for the 1 cells with an estimate (none for 1)" in out
+    )
+
+
+def test_an_unknown_timm_name_is_one_line_naming_its_key(tmp_path, capsys):
+    config = {**copy.deepcopy(TINY), "model": {}, "grid": {**TINY["grid"], "arch": ["vggm11", "timm/regnetx_0002"]}}
+    for args in ([], ["--no-budget"]):
+        code, out, err = _validate(tmp_path, capsys, config, *args)
+        assert code == 1 and "valid" not in out
+        assert err.strip().splitlines() == [
+            f"tunnelscope: config error in {tmp_path / 'study.yaml'}: grid.arch[1]: unknown timm model 'regnetx_0002'; nearest: regnetx_002, regnety_002, regnetx_080"
+        ]
+    with pytest.raises(ConfigError, match=r"^grid\.arch\[1\]: unknown timm model 'regnetx_0002'"):
+        _study(config, tmp_path)  # what the DAG builds from: the dry run stops too
+    config = {**config, "grid": {**TINY["grid"], "arch": ["net"]}}
+    config["pretrained"] = {"net": {"arch": "torchvision/resnet5", "weights": "w.pth"}}
+    code, _, err = _validate(tmp_path, capsys, config)
+    assert code == 1 and err.count("\n") == 1
+    assert "pretrained.net.arch: unknown torchvision model 'resnet5'; nearest: resnet50" in err
+
+
+def test_width_on_a_timm_model_is_refused_naming_the_key(tmp_path, capsys):
+    config = {**copy.deepcopy(TINY), "grid": {**TINY["grid"], "arch": ["vggm11", "timm/deit_tiny_patch16_224"]}}
+    code, _, err = _validate(tmp_path, capsys, config)
+    assert code == 1 and err.count("\n") == 1
+    assert "model.width: 0.125 does not apply to timm/deit_tiny_patch16_224" in err
+    config["overrides"] = [{"where": {"arch": "timm/deit_tiny_patch16_224"}, "model": {"width": 0.5}}]
+    with pytest.raises(Exception, match=r"overrides\[0\]\.model\.width: 0\.5 does not apply"):
+        _study(config, tmp_path)
+    config["overrides"][0]["model"]["width"] = 1.0  # the width scoped to the paper architecture
+    assert _study(config, tmp_path).cells["timm-deit_tiny_patch16_224_toy_r32_none_s0"].model["width"] == 1.0
+
+
+def test_a_vit_with_fewer_than_4x4_patches_is_warned(tmp_path, capsys):
+    grid = {**TINY["grid"], "arch": ["vit-t", "timm/deit_tiny_patch16_224"], "augmentation": ["none"]}
+    config = {**copy.deepcopy(TINY), "model": {}, "grid": grid}
+    code, out, _ = _validate(tmp_path, capsys, config)
+    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert code == 0 and warnings == [
+        "warning: grid.resolution: timm/deit_tiny_patch16_224 at 32 px sees a 2x2 patch grid (cell timm-deit_tiny_patch16_224_toy_r32_none_s0), fewer than 4x4 tokens"
+    ]  # the paper's ViT-T: patch 8 at 32 px = 4x4, fine
+
+
+def test_a_model_that_cannot_run_at_the_resolution_is_an_error(tmp_path, capsys):
+    grid = {**TINY["grid"], "arch": ["torchvision/vit_b_16"], "augmentation": ["none"]}  # fixed at 224 px
+    code, out, err = _validate(tmp_path, capsys, {**copy.deepcopy(TINY), "model": {}, "grid": grid})
+    assert code == 1 and "valid" not in out and err.count("\n") == 1
+    assert "cell torchvision-vit_b_16_toy_r32_none_s0: torchvision/vit_b_16 cannot be built or run at 32 px" in err

@@ -1,6 +1,9 @@
 """Published backbones: cells that load weights instead of pretraining (issue 10)."""
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -17,6 +20,7 @@ from tunnelscope.features.extract import embed_images
 from tunnelscope.features.store import read_embeddings
 from tunnelscope.models.build import build_model, probe_points
 from tunnelscope.models.weights import load_pretrained, model_preprocessing
+from tunnelscope.registry import parse_transform_tag
 from tunnelscope.study.config import ConfigError, Study
 
 ARCH = "timm/test_convnext"
@@ -37,6 +41,7 @@ def test_pretrained_cell_embeds_like_the_in_memory_model(tmp_path):
     save_file(model.state_dict(), tmp_path / "weights.safetensors")
     config = {
         **TINY,
+        "model": {},  # a published model keeps its width
         "pretrained": {"tiny-convnext": spec(tmp_path / "weights.safetensors", probe_points="paper")},
         "grid": {"arch": ["tiny-convnext"], "id_dataset": ["toy"], "resolution": [32]},
         "ood_sets": ["toy-glyphs"],
@@ -49,7 +54,7 @@ def test_pretrained_cell_embeds_like_the_in_memory_model(tmp_path):
     assert info["num_layers"] == len(points) == 10 and info["id_classes"] == 10  # the stem and 9 depthwise convs
 
     torch.set_num_threads(2)  # as the embed job
-    store = Store(tmp_path / "out/prepared/toy/r32")
+    store = Store(tmp_path / "out/prepared/toy/r32-bicubic-c0.95")  # test_convnext's own crop_pct
     images = np.concatenate([store.splits[s].array() for s in SPLITS])  # synthetic: stored at 32
     own = model_preprocessing(model, ARCH)
     expected = embed_images(model, points, images, ["avg2x2"], 256, np.float16, mean=own["mean"], std=own["std"])
@@ -106,7 +111,7 @@ def test_timm_weights_load_from_a_local_hugging_face_cache_without_network(tmp_p
 
 
 def test_pretrained_entries_are_validated(schema):
-    base = {**TINY, "grid": {"arch": ["net"], "id_dataset": ["toy"], "resolution": [32]}}
+    base = {**TINY, "model": {}, "grid": {"arch": ["net"], "id_dataset": ["toy"], "resolution": [32]}}
     with pytest.raises(ConfigError, match=r"pretrained\.net: give weights"):
         Study({**base, "pretrained": {"net": {"arch": ARCH}}}, schema)
     with pytest.raises(
@@ -139,3 +144,105 @@ def test_pretrained_entries_are_validated(schema):
 def test_paper_enumeration_of_published_architectures(arch, count, capsys):
     assert cli(["layers", arch, "--probe-points", "paper", "--classes", "1000", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["layers"]) == count
+
+
+def _preprocessing_study(schema, resolution=32, **entry) -> Study:
+    config = {
+        **TINY,
+        "model": {},
+        "pretrained": {"net": {"arch": ARCH, "weights": "w.pth", **entry}},
+        "grid": {"arch": ["net"], "id_dataset": ["toy"], "resolution": [resolution]},
+    }
+    return Study(config, schema)
+
+
+def test_published_models_use_their_own_preprocessing_unless_told(schema):
+    cell = "net_toy_r32_none_s0"
+    own = _preprocessing_study(schema)  # test_convnext declares bicubic, crop_pct 0.95, mean/std 0.5
+    assert own.transform(cell, "toy") == "r32-bicubic-c0.95"
+    assert own.import_params(cell)["pretrained"]["mean"] == [0.5, 0.5, 0.5]
+    assert _preprocessing_study(schema, crop_pct=0.9).transform(cell, "toy") == "r32-bicubic-c0.9"  # the entry wins
+    paper = _preprocessing_study(schema, preprocessing="paper")
+    assert paper.transform(cell, "toy") == "r32" and paper.import_params(cell)["pretrained"]["mean"] is None
+    assert _preprocessing_study(schema, preprocessing="paper", interpolation="bilinear").transform(cell, "toy") == (
+        "r32-bilinear-c0.875"
+    )
+    with pytest.raises(
+        ConfigError, match=r"^pretrained\.net\.arch: unknown timm model 'test_convnxt'; nearest: test_convnext"
+    ):
+        _preprocessing_study(schema, arch="timm/test_convnxt")
+
+
+@pytest.mark.parametrize("arch", ["timm/vit_base_patch16_224.mae", "timm/resnet18", "torchvision/resnet50"])
+def test_the_resolved_eval_transform_is_the_models_own(schema, arch):
+    """What prepare stores and embed normalises equals timm's (torchvision's) eval transform."""
+    import timm
+    import torchvision
+    from PIL import Image
+    from timm.data import create_transform, resolve_model_data_config
+
+    from tunnelscope.data.transforms import eval_transform, to_input
+
+    study = _preprocessing_study(schema, 224, arch=arch)
+    cell = "net_toy_r224_none_s0"
+    tag = parse_transform_tag(study.transform(cell, "toy"))
+    used = study.import_params(cell)["pretrained"]
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 260, 3), dtype=np.uint8))
+    stored = eval_transform(image, tag["resolution"], tag.get("interpolation", "bicubic"), tag.get("crop_pct", 0.875))
+    ours = to_input(torch.from_numpy(stored.copy())[None], used["mean"], used["std"])[0]
+    name = arch.split("/", 1)[1]
+    if arch.startswith("timm/"):
+        theirs = create_transform(**resolve_model_data_config(timm.create_model(name, pretrained=False)))(image)
+    else:
+        theirs = torchvision.models.get_model_weights(name).DEFAULT.transforms()(image)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_the_dag_resolves_a_models_own_preprocessing_without_torch(tmp_path):
+    """A child process answers once; the cache file answers after that; torch never loads."""
+    code = (
+        "import sys; from tunnelscope.study.preprocessing import resolve; "
+        "print(resolve(['timm/test_convnext'])['timm/test_convnext']['crop_pct'], 'torch' in sys.modules)"
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    for _ in range(2):
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        assert run.stdout.split() == ["0.95", "False"], run.stderr
+    (cache,) = (tmp_path / "tunnelscope").glob("preprocessing-timm*-torchvision*.json")
+    assert json.loads(cache.read_text())["timm/test_convnext"]["interpolation"] == "bicubic"
+
+
+def test_validate_shows_each_setting_its_origin_and_each_mismatch(tmp_path, capsys):
+    config = {
+        **TINY,
+        "results": str(tmp_path / "out"),
+        "model": {},
+        "pretrained": {"net": {"arch": ARCH, "weights": str(tmp_path / "w.pth")}},
+        "grid": {"arch": ["net"], "id_dataset": ["toy"], "resolution": [32]},
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert cli(["validate", str(path), "--no-budget"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "  net (timm/test_convnext, preprocessing model): interpolation bicubic (model's own), crop_pct 0.95 (model's own), "
+        "mean/std (0.5, 0.5, 0.5) / (0.5, 0.5, 0.5) (model's own), resolution 32 (grid)"
+    ) in out
+    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: pretrained.net.weights: file {tmp_path / 'w.pth'} not found",
+        "warning: grid.resolution: net runs at 32 px, the model's own input size is 160",
+    ]
+    config["pretrained"]["net"] |= {"preprocessing": "paper", "interpolation": "bilinear"}
+    path.write_text(yaml.safe_dump(config))
+    assert cli(["validate", str(path), "--no-budget"]) == 0
+    out = capsys.readouterr().out
+    assert "interpolation bilinear (entry), crop_pct 0.875 (paper)" in out
+    assert (
+        "warning: pretrained.net.interpolation: bilinear (entry) differs from bicubic, what timm/test_convnext declares; set pretrained.net.interpolation to match"
+        in out
+    )
+    assert (
+        "warning: pretrained.net.crop_pct: 0.875 (paper) differs from 0.95, what timm/test_convnext declares; set pretrained.net.crop_pct or preprocessing: model to match"
+        in out
+    )

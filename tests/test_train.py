@@ -7,7 +7,7 @@ from test_reliability import PARAMS, TRAINING, toy_store
 from tunnelscope.data.loader import random_resized_crop_flip, rrc_boxes
 from tunnelscope.data.splits import epoch_order, stratified_split
 from tunnelscope.models.build import build_model, count_parameters
-from tunnelscope.training.checkpoints import paper_parameter_count
+from tunnelscope.training.checkpoints import paper_parameter_count, paper_params_m
 from tunnelscope.training.loop import pretrain
 from tunnelscope.training.schedule import lr_schedule
 
@@ -224,6 +224,11 @@ def test_gamma_is_coded_as_the_paper(tmp_path):
     info, _ = _pretrain(tmp_path, epochs=1)
     hundred = count_parameters(build_model("vggm11", 100, 0.125, 32))
     assert info["gamma_params"] == round(hundred / 1e4) * 1e4 != info["params"]  # a 100-class head, to 0.01M
+    # cell.json: the built model's count; the paper's nominal one only where it describes that model
+    assert info["params"] == count_parameters(build_model("vggm11", 4, 0.125, 32))
+    assert info["paper_params_m"] is None and "params_m" not in info  # width 0.125, not the paper's VGGm-11
+    assert paper_params_m("vggm11", 1.0) == 9.46 and paper_params_m("vggm11", 0.25) is None
+    assert paper_params_m("timm/resnet18", 1.0) is None and paper_params_m("mlp3-w16", 1.0) is None
     assert (
         info["gamma"] == info["gamma_params"] / 120
     )  # over the whole train split, not what is left after the hold-out

@@ -247,6 +247,7 @@ def test_paper_vit_and_a_timm_model_run_through_the_workflow(tmp_path):
     config = dict(
         TINY,
         grid=dict(TINY["grid"], arch=["vit-t", "timm/resnet18"], augmentation=["none"]),
+        overrides=[{"where": {"arch": "timm/resnet18"}, "model": {"width": 1.0}}],  # built as timm defines it
         ood_sets=["toy-glyphs"],
         embed={"pooling": ["avg2x2", "avg1x1"]},
     )

@@ -34,20 +34,48 @@ def _read_study(path: str, schema: str) -> tuple[Study | None, int]:
 
 
 def _validate(args) -> int:
+    """Everything that would stop the run is an error (exit 1) before "valid" is printed; data
+    that may still arrive, and settings that differ from a model's own, are warnings."""
+    from tunnelscope import budget
+
     study, code = _read_study(args.config, args.schema)
     if study is None:
         return code
     problem = _check_own_models(study)
-    if problem:
-        print(f"tunnelscope: config error in {args.config}: {problem}", file=sys.stderr)
+    errors = [problem] if problem else []
+    uses_libraries = study.config["pretrained"] or any(
+        c.arch.startswith(("timm/", "torchvision/")) for c in study.cells.values()
+    )
+    errors += budget.model_name_errors(study) if uses_libraries else []
+    sizes = budget.dataset_sizes(study)
+    budgets = []
+    if not args.no_budget and not errors:
+        try:
+            budgets = budget.cell_budgets(study, sizes)
+        except budget.BudgetError as exc:
+            errors.append(str(exc))
+    if errors:
+        print(f"tunnelscope: config error in {args.config}: {errors[0]}", file=sys.stderr)
         return 1
     n_eval = sum(len(study.eval_sets(c)) for c in study.cells)
     print(f"{args.config}: valid; {len(study.cells)} cells, {n_eval} probe jobs")
+    lines, warnings = budget.preprocessing_report(study) if study.pretrained else ([], [])
+    warnings = [
+        *budget.data_warnings(study, sizes),
+        *budget.weights_warnings(study),
+        *warnings,
+        *budget.patch_warnings(study, budgets),
+    ]
+    for line in warnings:
+        print(f"warning: {line}")
+    if lines:
+        print("eval preprocessing of the published models:")
+        print("\n".join(lines))
     if args.no_budget:
         for cid in study.cells:
             print(f"  {cid}: eval sets {', '.join(study.eval_sets(cid))}")
     else:
-        _print_budget(study, args.jobs)
+        _print_budget(study, budgets, args.jobs)
     if study.runs:
         print(
             f"continual learning: {len(study.runs)} runs, each of {', '.join(label for _, label in study.continual_networks())}"
@@ -109,30 +137,38 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _print_budget(study: Study, parallel_jobs: int) -> None:
+def _print_budget(study: Study, budgets: list, parallel_jobs: int) -> None:
     from tunnelscope import budget
 
-    budgets = budget.cell_budgets(study)
     rates = budget.calibrate(budgets, study.results)
     if budgets:
         print(f"  {'cell':<40} {'eval sets':>9} {'train img-ep':>12} {'TFLOP':>8} {'job-min':>8}")
+    backbones = {**study.cells, **study.runs}
+    unknown = [b for b in budgets if backbones[b.cell].id_dataset in b.missing]
     for b in budgets:
-        c = study.cells[b.cell]
-        sets = len(study.eval_sets(b.cell))
-        if c.id_dataset in b.missing:
-            print(f"  {b.cell:<40} {sets:>9}  (no estimate: the files of {c.id_dataset} are not there)")
+        if b in unknown:
+            id_set = backbones[b.cell].id_dataset
+            print(f"  {b.cell:<40} {b.eval_sets:>9}  (no estimate: the files of {id_set} are not there)")
             continue
-        epochs = c.training["epochs"] * b.train_images if c.pretrained is None else 0
         tflop = (b.units("pretrain") + b.units("embed")) / 1e12
-        notes = [f"{', '.join(b.missing)} not counted"] * bool(b.missing)
+        notes = [f"continual run, {b.eval_sets} tasks"] * (b.cell in study.runs)
+        notes += [f"{', '.join(b.missing)} not counted"] * bool(b.missing)
         notes += [f"published sizes of {', '.join(b.nominal)}"] * bool(b.nominal)
         note = f"  ({'; '.join(notes)})" if notes else ""
-        print(f"  {b.cell:<40} {sets:>9} {epochs:>12,} {tflop:>8.2f} {b.seconds(rates) / 60:>8.1f}{note}")
+        print(
+            f"  {b.cell:<40} {b.eval_sets:>9} {b.image_epochs:>12,} {tflop:>8.2f} {b.seconds(rates) / 60:>8.1f}{note}"
+        )
     if not budgets:
         return
+    if len(unknown) == len(budgets):
+        print("budget: no estimate; the ID sets' files are not there and have no published size (see the warnings)")
+        return
     total = sum(b.seconds(rates) for b in budgets) / 60
+    scope = (
+        f" for the {len(budgets) - len(unknown)} cells with an estimate (none for {len(unknown)})" if unknown else ""
+    )
     print(
-        f"budget: {total:,.0f} job-min of prepare, pretrain, embed and probe jobs, about {total / parallel_jobs:,.0f} min "
+        f"budget: {total:,.0f} job-min of prepare, pretrain, embed and probe jobs{scope}, about {total / parallel_jobs:,.0f} min "
         f"with {parallel_jobs} at a time (--jobs), plus the small per-cell and analysis jobs"
     )
     if rates.measured:
@@ -352,7 +388,9 @@ def main(argv: list[str] | None = None) -> int:
         help="check a study config; list its cells with their budget estimate",
         description="Check a study config, then list its cells with their eval sets, training image-epochs, TFLOPs "
         "and estimated job-minutes, and the study's total. Rates come from the benchmark files of a run of the same "
-        "config where there are some (RESULTS/benchmarks), else from the reference machine (a 2-core CPU).",
+        "config where there are some (RESULTS/benchmarks), else from the reference machine (a 2-core CPU). What the run "
+        "would fail on is an error (exit 1, one line naming the key); data or weights not there yet, published models' "
+        "preprocessing that differs from their own, and patch grids under 4x4 are 'warning:' lines.",
     )
     val.add_argument("config", help="YAML config file, e.g. config.yaml")
     val.add_argument(
@@ -361,7 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     val.add_argument(
         "--jobs", type=_positive_int, default=2, help="jobs that run at a time, for the wall-time estimate (default 2)"
     )
-    val.add_argument("--no-budget", action="store_true", help="list the cells without the budget estimate")
+    val.add_argument(
+        "--no-budget",
+        action="store_true",
+        help="list the cells without the budget estimate (and without building models)",
+    )
     val.set_defaults(func=_validate)
     lay = sub.add_parser(
         "layers",

@@ -161,6 +161,7 @@ SETTING_CHOICES = {
     "analysis.shap_slope_normalisation": ("none", "l1"),
     "model.preprocessing": ("dataset", "imagenet"),
     "pretrained.interpolation": ("bicubic", "bilinear", "nearest"),
+    "pretrained.preprocessing": ("model", "paper"),
     "training.schedule": ("cosine", "step"),
     "training.schedule_step": ("batch", "epoch"),
     "training.checkpoint": ("last", "best_val", "best_test"),

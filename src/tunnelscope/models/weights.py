@@ -8,12 +8,8 @@ import torch
 from torch import nn
 
 from tunnelscope.models.build import build_model, build_python_model
-from tunnelscope.registry import (
-    DEFAULT_TRANSFORM,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    parse_python_arch,
-)
+from tunnelscope.registry import IMAGENET_MEAN, IMAGENET_STD, parse_python_arch
+from tunnelscope.study.preprocessing import own_preprocessing
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
@@ -131,8 +127,10 @@ def _hub_offline(offline: bool):
 
 
 def model_preprocessing(model: nn.Module, arch: str) -> dict:
-    """The normalisation, interpolation and crop a published model was evaluated with. A
-    ``python:`` model declares none: ImageNet's mean and std, and None for the rest."""
+    """The normalisation, interpolation, crop and input size a published model was evaluated
+    with: timm's ``resolve_model_data_config`` of the loaded model, torchvision's DEFAULT weights'
+    ``transforms()``. A ``python:`` model declares none: ImageNet's mean and std, and None for the
+    rest."""
     if parse_python_arch(arch) is not None:
         return {
             "mean": list(IMAGENET_MEAN),
@@ -142,21 +140,15 @@ def model_preprocessing(model: nn.Module, arch: str) -> dict:
             "resolution": None,
         }
     if arch.startswith("timm/"):
-        cfg = getattr(model, "pretrained_cfg", {}) or {}
-        return {
-            "mean": list(cfg.get("mean", IMAGENET_MEAN)),
-            "std": list(cfg.get("std", IMAGENET_STD)),
-            "interpolation": cfg.get("interpolation", DEFAULT_TRANSFORM["interpolation"]),
-            "crop_pct": float(cfg.get("crop_pct", DEFAULT_TRANSFORM["crop_pct"])),
-            "resolution": int(cfg.get("input_size", (3, 224, 224))[-1]),
-        }
-    import torchvision
+        from timm.data import resolve_model_data_config
 
-    transform = torchvision.models.get_model_weights(arch.split("/", 1)[1]).DEFAULT.transforms()
-    return {
-        "mean": list(transform.mean),
-        "std": list(transform.std),
-        "interpolation": transform.interpolation.value,
-        "crop_pct": transform.crop_size[0] / transform.resize_size[0],
-        "resolution": int(transform.crop_size[0]),
-    }
+        data = resolve_model_data_config(model)
+        return {
+            "mean": [float(v) for v in data["mean"]],
+            "std": [float(v) for v in data["std"]],
+            "interpolation": data["interpolation"],
+            "crop_pct": round(float(data["crop_pct"]), 4),
+            "resolution": int(data["input_size"][-1]),
+        }
+    own = own_preprocessing(arch)
+    return {k: own[k] for k in ("mean", "std", "interpolation", "crop_pct", "resolution")}

@@ -23,6 +23,7 @@ from tunnelscope.registry import (
     ARCHS,
     CELL_VARIABLES,
     COMPOSED,
+    DEFAULT_TRANSFORM,
     IMAGENET_MEAN,
     IMAGENET_STD,
     MLP_FORMAT,
@@ -37,6 +38,7 @@ from tunnelscope.registry import (
     parse_transform_tag,
     transform_tag,
 )
+from tunnelscope.study import preprocessing
 
 # SHAP's gradient-boosting fit needs this many (cell, OOD set) rows (analysis.comparisons.shap_slopes).
 SHAP_MIN_ROWS = 3
@@ -379,6 +381,61 @@ def _check_comparisons(comparisons, blocks: list[dict]) -> None:
                     )
 
 
+# Architectures built by another library or file, whose width is their own.
+PUBLISHED_PREFIXES = ("timm/", "torchvision/", "python:")
+
+
+def check_library_names(config: dict) -> None:
+    """Every timm/torchvision name the grid builds must exist (one line naming its key, with the
+    nearest names), so a typo fails the dry run, not a job; answered from preprocessing's cache."""
+    blocks, pretrained = config["grid"], config["pretrained"]
+    named = {}
+    for b, block in enumerate(blocks):
+        where = f"grid[{b}]" if len(blocks) > 1 else "grid"
+        for i, arch in enumerate(block["arch"]):
+            key, arch = (
+                (f"pretrained.{arch}.arch", pretrained[arch]["arch"])
+                if arch in pretrained
+                else (f"{where}.arch[{i}]", arch)
+            )
+            if arch.startswith(("timm/", "torchvision/")):
+                named.setdefault(key, arch)
+    found = preprocessing.resolve(sorted(set(named.values()))) if named else {}
+    for key, arch in named.items():
+        if "error" in found[arch]:
+            raise ConfigError(f"{key}: {found[arch]['error']}")
+
+
+def resolve_pretrained(config: dict) -> dict[str, dict]:
+    """The grid's pretrained entries with interpolation and crop_pct filled in (and mean/std
+    where the model's own were resolved): the entry's, else the model's own (``preprocessing:
+    model``, resolved by tunnelscope.study.preprocessing) or the paper's (``preprocessing: paper``)."""
+    used = {a for block in config["grid"] for a in block["arch"]}
+    entries = {name: spec for name, spec in config["pretrained"].items() if name in used}
+    need = [
+        s["arch"]
+        for s in entries.values()
+        if s["preprocessing"] == "model"
+        and not {"interpolation", "crop_pct"} <= set(s)
+        and parse_python_arch(s["arch"]) is None  # a python: model declares none: the paper's
+    ]
+    own = preprocessing.resolve(need) if need else {}
+    resolved = {}
+    for name, spec in entries.items():
+        if spec["arch"] in own:
+            found = own[spec["arch"]]
+            if "error" in found:
+                raise ConfigError(f"pretrained.{name}.arch: {found['error']}")
+            spec = {
+                **{k: found[k] for k in ("interpolation", "crop_pct")},
+                **spec,
+                "mean": spec["mean"] or found["mean"],
+                "std": spec["std"] or found["std"],
+            }
+        resolved[name] = {**DEFAULT_TRANSFORM, **spec}
+    return resolved
+
+
 def known_classes(spec: dict) -> int | None:
     """The class count of a dataset spec where it follows from the spec alone, else None."""
     spec = spec.get("base", spec)
@@ -458,10 +515,6 @@ def _own_model(model: dict, arch: str, pretrained: dict | None, cid: str) -> dic
     own["source_sha256"] = source_sha256(parse_python_arch(source)[0])
     if pretrained:
         return own
-    if model["width"] != 1.0:
-        raise ConfigError(
-            f"cell {cid}: model.width scales the built-in architectures; {arch} is built as its function builds it (give it an argument in model.kwargs)"
-        )
     if "num_classes" in model.get("kwargs", {}):
         raise ConfigError(f"cell {cid}: model.kwargs may not set num_classes; {arch} gets the ID set's class count")
     own["kwargs"] = dict(model.get("kwargs", {}))
@@ -480,6 +533,8 @@ class Study:
 
     def __init__(self, config: dict, schema: dict):
         self.config = validate(config, schema)
+        check_library_names(self.config)
+        self.pretrained = resolve_pretrained(self.config)
         self.cells: dict[str, Cell] = {}
         for b, block in enumerate(self.config["grid"]):
             ood_sets = tuple(block.get("ood_sets", self.config.get("ood_sets", [])))
@@ -512,15 +567,22 @@ class Study:
         model = dict(self.config["model"])
         training = dict(self.config["training"])
         probe = copy.deepcopy(self.config["probe"])
-        for entry in self.config["overrides"]:
+        width_key = "model.width"
+        for i, entry in enumerate(self.config["overrides"]):
             if all(variables[k] in (v if isinstance(v, list) else [v]) for k, v in entry["where"].items()):
                 model.update(entry.get("model", {}))
+                width_key = f"overrides[{i}].model.width" if "width" in entry.get("model", {}) else width_key
                 training.update(entry.get("training", {}))
                 for key, value in entry.get("probe", {}).items():
                     probe[key] = {**probe[key], **value} if key == "paper" else value
         probe.update(_solvers(probe))
-        pretrained = self.config["pretrained"].get(variables["arch"])
         cid = cell_id(**variables)
+        pretrained = self.pretrained.get(variables["arch"])
+        built_as_published = pretrained or variables["arch"].startswith(PUBLISHED_PREFIXES)
+        if built_as_published and model["width"] != 1.0:
+            raise ConfigError(
+                f"{width_key}: {model['width']} does not apply to {variables['arch']} (cell {cid}): timm, torchvision, python: and published models are built as defined; scope the width to the paper architectures with overrides"
+            )
         model = _own_model(model, variables["arch"], pretrained, cid)
         if pretrained:
             model = {**model, "width": 1.0, "probe_points": pretrained["probe_points"]}

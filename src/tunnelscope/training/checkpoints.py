@@ -42,27 +42,35 @@ def backbone_info(
     points = probe_points(model, "default", params["model"].get("probe_points", "default"))
     n_params = count_parameters(model)
     gamma_params = n_params if gamma_params is None else gamma_params
+    facts = {k: v for k, v in describe(model, arch, params["resolution"], points).items() if k != "params_m"}
     return {
         **{k: params[k] for k in CELL_VARIABLES},
-        **describe(model, arch, params["resolution"], points),
+        **facts,
         "label": (arch_facts(params["arch"]) or {}).get("label", params["arch"]),  # a published model: its entry's name
         "width": params["model"]["width"],
         "id_classes": id_classes,
         "n_train": int(n_train),
-        "params": n_params,
+        "params": n_params,  # the built model's, this head included
+        "paper_params_m": paper_params_m(params["arch"], params["model"]["width"]),
         "gamma_params": gamma_params,
         "gamma": gamma_params / n_train,
         "num_layers": len(points),
     }
 
 
+def paper_params_m(arch: str, width: float) -> float | None:
+    """The count (millions, 100-class head) the paper's architecture table quotes: only for its
+    architectures at full width, where it describes the model built; None elsewhere."""
+    facts = arch_facts(arch)
+    return facts["params_m"] if facts and facts["params_m"] and width == 1.0 else None
+
+
 def paper_parameter_count(arch: str, width: float, resolution: int, kwargs: dict | None = None) -> int:
     """P of gamma for a trained backbone: the paper's count for its architectures at full
     width, else the count with a GAMMA_HEAD_CLASSES-way head rounded to 0.01M (``kwargs``: a
     python: model's ``model.kwargs``)."""
-    facts = arch_facts(arch)
-    if facts and facts["params_m"] and width == 1.0:
-        return int(round(facts["params_m"] * 1e6))
+    if paper_params_m(arch, width):
+        return int(round(paper_params_m(arch, width) * 1e6))
     count = count_parameters(build_model(arch, GAMMA_HEAD_CLASSES, width, resolution, kwargs=kwargs))
     return int(round(count / 1e4) * 1e4)
 
@@ -94,14 +102,14 @@ def import_pretrained(params: dict, checkpoint: str, train_log: str, info_path: 
         if own[key] is None:  # a python: model declares none
             continue
         if used[key] != own[key] and not (key == "crop_pct" and math.isclose(used[key], own[key], abs_tol=1e-3)):
+            setting = "grid.resolution" if key == "resolution" else f"pretrained.{params['arch']}.{key}"
             log.warning(
-                "%s: %s %s differs from the model's own %s (set pretrained.%s.%s to match)",
+                "%s: %s %s differs from the model's own %s (set %s to match)",
                 params["arch"],
                 key,
                 used[key],
                 own[key],
-                params["arch"],
-                key,
+                setting,
             )
     info = {
         **backbone_info(model, params, spec["arch"], spec["num_classes"], spec["n_train"], spec.get("gamma_params")),
@@ -110,6 +118,7 @@ def import_pretrained(params: dict, checkpoint: str, train_log: str, info_path: 
         "test_acc": None,
         "source": spec.get("weights") or spec.get("hf_cache") or "download",
         "preprocessing": used,
+        "own_preprocessing": own,
     }
     # The checkpoint names the real architecture, so embed rebuilds it like a trained cell's.
     save_backbone(
