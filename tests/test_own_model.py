@@ -160,8 +160,11 @@ def own_config(**pretrained_extra):
             }
         },
         "grid": {"arch": ["mynet", ARCH, "vggm11"], "id_dataset": ["toy"], "resolution": [32]},
-        "model": {"width": 0.125, "kwargs": {"channels": 4}},
-        "overrides": [{"where": {"arch": ARCH}, "model": {"width": 1.0, "probe_points": POINTS}}],
+        "model": {"kwargs": {"channels": 4}},
+        "overrides": [
+            {"where": {"arch": "vggm11"}, "model": {"width": 0.125}},  # the width of a paper architecture only
+            {"where": {"arch": ARCH}, "model": {"probe_points": POINTS}},
+        ],
         "ood_sets": ["toy-glyphs"],
     }
 
@@ -208,8 +211,8 @@ def test_the_file_content_is_in_the_params_of_every_stage_that_builds_the_model(
             r"^pretrained\.other\.kwargs: only a python:FILE\.py:FUNCTION arch takes kwargs",
         ),
         (
-            lambda c: c["overrides"].clear(),
-            r"^cell python-mynet-build_toy_r32_none_s0: model\.width scales the built-in architectures",
+            lambda c: c["model"].update(width=0.5),
+            r"^model\.width: 0\.5 does not apply to mynet \(cell mynet_toy_r32_none_s0\)",
         ),
         (lambda c: c["model"]["kwargs"].update(num_classes=3), r"model\.kwargs may not set num_classes"),
         (
@@ -274,7 +277,7 @@ def test_validate_builds_own_models_and_checks_their_names(mynet, capsys):
         "python:mynet.py:build; nearest: features.3, features.7, features.6"
     )
     config = own_config()
-    config["overrides"][0]["model"]["probe_points"] = ["features.3", "features.0"]
+    config["overrides"][1]["model"]["probe_points"] = ["features.3", "features.0"]
     (mynet / "bad.yaml").write_text(yaml.safe_dump(config))
     assert cli(["validate", "bad.yaml", "--no-budget"]) == 1
     assert (

@@ -20,7 +20,7 @@ from pathlib import Path
 from tunnelscope.data.sources import load_source, split_sizes
 from tunnelscope.data.splits import SPLITS
 from tunnelscope.data.store import DatasetError
-from tunnelscope.registry import TRAINED, network_slug
+from tunnelscope.registry import IMAGENET_MEAN, IMAGENET_STD, TRAINED, network_slug
 from tunnelscope.study.config import Study
 
 STAGES = ("prepare", "pretrain", "embed", "probe")
@@ -352,12 +352,15 @@ def preprocessing_report(study: Study) -> tuple[list[str], list[str]]:
     from tunnelscope.study.preprocessing import resolve
 
     lines, warnings = [], []
-    own = resolve(sorted({spec["arch"] for spec in study.pretrained.values()}))
+    own = resolve(sorted({s["arch"] for s in study.pretrained.values() if not s["arch"].startswith("python:")}))
     resolutions = {
         name: sorted({c.resolution for c in study.cells.values() if c.arch == name}) for name in study.pretrained
     }
     for name, used in study.pretrained.items():
-        entry, model = study.config["pretrained"][name], own[used["arch"]]
+        entry, model = study.config["pretrained"][name], own.get(used["arch"])
+        if model is None:  # a python: model declares no preprocessing of its own
+            lines.append(_own_model_line(name, used, entry, resolutions[name]))
+            continue
         fallback = "paper" if entry["preprocessing"] == "paper" else "model's own"
         parts = []
         for key in ("interpolation", "crop_pct"):
@@ -392,6 +395,20 @@ def preprocessing_report(study: Study) -> tuple[list[str], list[str]]:
                 f"pretrained.{name}: the model's own crop_mode {model['crop_mode']!r} is not reproduced; its eval sets are centre-cropped"
             )
     return lines, warnings
+
+
+def _own_model_line(name: str, used: dict, entry: dict, resolutions: list[int]) -> str:
+    """The preprocessing line of a python: model, which declares none: the paper's eval transform
+    and ImageNet's mean/std where the entry gives none."""
+    parts = [
+        f"interpolation {used['interpolation']} ({'entry' if 'interpolation' in entry else 'paper'})",
+        f"crop_pct {used['crop_pct']:g} ({'entry' if 'crop_pct' in entry else 'paper'})",
+        "mean/std (entry)"
+        if entry["mean"] is not None
+        else f"mean/std {_triple(IMAGENET_MEAN)} / {_triple(IMAGENET_STD)} (ImageNet's)",
+        f"resolution {', '.join(map(str, resolutions))} (grid)",
+    ]
+    return f"  {name} ({used['arch']}, declares no preprocessing): {', '.join(parts)}"
 
 
 def _triple(values) -> str:
