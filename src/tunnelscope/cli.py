@@ -295,6 +295,28 @@ def _is_release(path: str) -> bool:
         return False
 
 
+def _best_layers(args) -> int:
+    """Print a study's best layers (aggregate/best_layers.parquet), one block per (backbone, OOD
+    set): what the figure and the report show, readable in a terminal."""
+    from tunnelscope.figures.best_layers import summary_table
+    from tunnelscope.io import read_table
+
+    path = Path(args.results) / "aggregate" / "best_layers.parquet"
+    if not path.is_file():
+        print(
+            f"tunnelscope: {path} not found; build it with: snakemake --cores N --configfile CONFIG {path}",
+            file=sys.stderr,
+        )
+        return 1
+    table = summary_table(read_table(path))
+    for _, row in table.iterrows():
+        print(f"{row['backbone']} -> {row['OOD set']}")
+        width = max(map(len, row.index))
+        for key, value in row.drop(["backbone", "OOD set"]).items():
+            print(f"  {key:<{width}}  {value}")
+    return 0
+
+
 def _analyze(args) -> int:
     import logging
 
@@ -457,6 +479,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     lay.add_argument("--json", action="store_true", help="print one JSON object: arch, params, layers")
     lay.set_defaults(func=_layers)
+    best = sub.add_parser(
+        "best-layers",
+        help="print a study's best layer per (backbone, OOD set), with its intervals",
+        description="Print RESULTS/aggregate/best_layers.parquet of a finished study, one block per (backbone, OOD "
+        "set): the best layer by index and module name with its OOD accuracy and interval over the test images, the "
+        "layers not distinguishable from it, the layer chosen on the probe's validation split, the last layer's "
+        "accuracy, the gap and the tunnel verdict.",
+    )
+    best.add_argument("results", nargs="?", default="results", help="the study's results directory (default: results)")
+    best.set_defaults(func=_best_layers)
     ana = sub.add_parser(
         "analyze",
         help="SHAP slopes, paired comparisons and level means of a (backbone x OOD set) table",
