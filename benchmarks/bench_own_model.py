@@ -201,7 +201,9 @@ def main():
         (workdir / "mynet.py").write_text(MODEL_FILE)
         _save_weights(workdir, classes)
         (workdir / "own.yaml").write_text(_config(id_root, ood_root, classes))
-        (workdir / "answer.py").write_text(SCRIPT.format(points=POINTS, classes=classes, id_root=id_root, ood_root=ood_root))
+        (workdir / "answer.py").write_text(
+            SCRIPT.format(points=POINTS, classes=classes, id_root=id_root, ood_root=ood_root)
+        )
         dry = _snakemake(workdir, "-n", "--cores", "2").stdout
         jobs = int(next(line.split()[-1] for line in dry.splitlines() if line.startswith("total")))
         if args.smoke:  # the script side and the plan only: the pipeline's run is the integration tests'
