@@ -207,8 +207,8 @@ def main():
         dry = _snakemake(workdir, "-n", "--cores", "2").stdout
         jobs = int(next(line.split()[-1] for line in dry.splitlines() if line.startswith("total")))
         if args.smoke:  # the script side and the plan only: the pipeline's run is the integration tests'
-            _run_script(workdir)
-            print(f"smoke: script ran; the pipeline plans {jobs} jobs")
+            seconds = _run_script(workdir)
+            report("Own model (smoke)", [f"script {seconds:.1f} s; the pipeline plans {jobs} jobs"], args)
             return
         pipeline, script = [], []
         for _ in range(args.repeats):

@@ -255,7 +255,8 @@ def test_a_one_model_study_of_an_untrained_cell(tmp_path, schema):
     snakemake(tmp_path, "paper")
     out = tmp_path / "out"
     tables = {p.stem for p in (out / "paper/tables").glob("*.csv")}
-    assert tables == {"id_accuracy", "ood_accuracy", "ood_retained", "pearson", "alignment"}
+    # Tables 4-7 and 11, and the answer of a one-model study: its best layers
+    assert tables == {"id_accuracy", "ood_accuracy", "ood_retained", "pearson", "alignment", "best_layers"}
     assert not (out / "analysis").exists()
     cells, metrics = (
         pd.read_parquet(out / "aggregate/cells.parquet"),
@@ -268,9 +269,10 @@ def test_a_one_model_study_of_an_untrained_cell(tmp_path, schema):
     assert f"left out 1 untrained cell(s): {cell}" in (tmp_path / "logs/paper_table/ood_retained.log").read_text()
     assert len(pd.read_csv(out / "paper/tables/id_accuracy.csv")) == 1  # Table 11 shows it
     pngs = sorted(out.rglob("*.png"))
-    assert {p.name for p in pngs} == {"tunnel_curves.png", "layer_stats.png"}
+    assert {p.name for p in pngs} == {"tunnel_curves.png", "layer_stats.png", "best_layers.png"}
     assert all(drawn(p) for p in pngs)
     page = (out / "paper/index.html").read_text()
+    assert "best layers (table)" in page  # the answer, with its intervals
     assert "Training health: 1 of 1 cells did not train" in page and f"{cell}: ID test accuracy" in page
     for line in Study(config, schema).absent_parts():
         assert line in page
@@ -279,6 +281,7 @@ def test_a_one_model_study_of_an_untrained_cell(tmp_path, schema):
     assert result.returncode == 0, result.stderr[-2000:]
     text = report.read_text()
     assert "Not built: the tunnel-strength histogram: the study has one backbone." in text
+    assert "filename=best_layers.csv;base64," in text  # the best-layer table is a report item
     # the cells table is a report item (category "Training health"), embedded as base64
     embedded = re.search(r"filename=cells\.csv;base64,([A-Za-z0-9+/=]+)", text).group(1)
     shown = pd.read_csv(io.BytesIO(base64.b64decode(embedded)))

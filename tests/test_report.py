@@ -82,7 +82,7 @@ def test_paper_page_renders_every_figure(study, chromium, tmp_path):
     probe.write_text(page.read_text().replace("</body>", IMAGE_CHECK + "</body>"))
     dom = _browse(chromium, probe, tmp_path, "--dump-dom")
     total, loaded = map(int, dom.split('data-images="')[1].split('"')[0].split("/"))
-    assert total == 5 and loaded == total
+    assert total == 6 and loaded == total  # overview, variables, SHAP, strength, layer statistics, best layers
     shot = tmp_path / "page.png"
     _browse(chromium, page, tmp_path, f"--screenshot={shot}")
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
@@ -144,8 +144,8 @@ def test_snakemake_report_renders_every_figure(study, chromium, tmp_path):
     assert "Laid out like the paper" in text and "Table 11" in text  # the paper tables, with their captions
     assert SHARED_CAPTION in text
     seen = _report_images(report, chromium)
-    # overview + 2 cell figures + 2 t-SNE figures + variables + SHAP + strength + layer statistics
-    assert len(seen) == 9, seen
+    # overview + 2 cell figures + 2 t-SNE figures + variables + SHAP + strength + layer statistics + best layers
+    assert len(seen) == 10, seen
     assert all(natural > 0 and width > 0 for _, natural, width in seen), seen
     pixels = np.asarray(Image.open(report.with_suffix(".png")).convert("L"), dtype=float)
     assert pixels.std() > 10  # not blank
