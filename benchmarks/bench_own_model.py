@@ -232,9 +232,11 @@ def main():
             f"{statistics.median(ratios):.2f}x ({', '.join(f'{r:.2f}' for r in ratios)}) | "
             f"<= 1x {'met' if statistics.median(ratios) <= 1 else 'NOT met'} |",
             "",
-            f"Pipeline: {jobs} jobs; their benchmark files sum to {sum(by_rule.values()):.1f} s ({rules}); "
-            f"one job process starts in {startup:.1f} s (python + torch + tunnelscope), "
-            f"so about {jobs * startup:.0f} s of the job time is start-up.",
+            f"Where the pipeline's time goes: {jobs} jobs, each a fresh Python process that starts in "
+            f"{startup:.1f} s (python + torch + tunnelscope), so {jobs} x {startup:.1f} = {jobs * startup:.0f} s of "
+            f"start-up over 2 cores; the heavy jobs' benchmark files (start-up included) sum to "
+            f"{sum(by_rule.values()):.1f} s ({rules}). The script's time is one start-up, decoding the PNGs and "
+            "scikit-learn's LogisticRegression per layer.",
         ],
         args,
     )
