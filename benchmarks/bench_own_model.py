@@ -109,6 +109,7 @@ def _config(id_root: str, ood_root: str, classes: int) -> str:
             kwargs: {{num_classes: {classes}}}
             weights: mynet.pt
             num_classes: {classes}
+            n_train: {classes * 200}
             probe_points: {POINTS}
         grid: {{arch: [mynet], id_dataset: [mine], resolution: [32]}}
         ood_sets: [other]

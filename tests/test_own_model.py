@@ -155,6 +155,7 @@ def own_config(**pretrained_extra):
                 "kwargs": {"num_classes": 10},
                 "weights": "mynet.pt",
                 "num_classes": 10,
+                "n_train": 96,
                 "probe_points": POINTS,
                 **pretrained_extra,
             }
@@ -202,6 +203,10 @@ def test_the_file_content_is_in_the_params_of_every_stage_that_builds_the_model(
             r"^grid\.arch\[0\]: python:models/gone\.py:build: file models/gone\.py not found",
         ),
         (lambda c: c["grid"].update(arch=["python:mynet.py:"]), r"^grid\.arch\[0\]: 'python:mynet\.py:' is not one of"),
+        (
+            lambda c: c["pretrained"]["mynet"].pop("n_train"),
+            r"^pretrained\.mynet\.n_train: give the number of images mynet\.pt was trained on",
+        ),
         (
             lambda c: c["pretrained"]["mynet"].update(hf_cache="hf"),
             r"^pretrained\.mynet: a python: arch loads its weights from weights",
@@ -365,3 +370,21 @@ def test_cell_ids_of_own_models_are_path_and_wildcard_safe():
     assert cell_id("python:/abs/mynet.py:build", "toy", 32, "none", 0) == "python-mynet-build_toy_r32_none_s0"
     assert cell_id("timm/resnet18", "toy", 32, "none", 0) == "timm-resnet18_toy_r32_none_s0"  # unchanged
     assert cell_id("vggm11", "toy", 32, "rrc_flip", 1) == "vggm11_toy_r32_rrc_flip_s1"
+
+
+def test_a_module_that_runs_twice_is_refused_as_a_probe_point():
+    """A hook sees every call of a shared module (torchvision's BasicBlock runs one ReLU twice);
+    its capture would keep the first, which is not what the name says."""
+    from torch import nn
+
+    from tunnelscope.models.build import check_forward_order
+
+    relu = nn.ReLU()
+    model = nn.Sequential()
+    model.conv, model.act, model.conv2 = nn.Conv2d(3, 4, 3), relu, nn.Conv2d(4, 4, 3)
+    model.act2 = relu  # the same module again
+    with pytest.raises(ValueError, match=r"^probe_points: act \(2 times\) runs more than once per forward pass"):
+        check_forward_order(model, ["conv", "act"], 16)
+    with pytest.raises(ValueError, match=r"^probe_points: no module 'conv3'"):
+        check_forward_order(model, ["conv", "conv3"], 16)
+    check_forward_order(model, ["conv", "conv2"], 16)

@@ -188,7 +188,7 @@ def _print_budget(study: Study, budgets: list, parallel_jobs: int) -> None:
 
 
 def _layers(args) -> int:
-    from tunnelscope.models.build import count_parameters, probe_points
+    from tunnelscope.models.build import check_forward_order, count_parameters, probe_points
     from tunnelscope.models.capture import layer_shapes, module_output_shapes, pooled_dims
 
     try:
@@ -201,6 +201,7 @@ def _layers(args) -> int:
     rule = args.modules or args.probe_points
     try:
         points = probe_points(model, args.side, rule)
+        check_forward_order(model, rule, args.resolution)  # listed names: as validate and the jobs check them
     except ValueError as exc:
         if rule == "default" and parse_python_arch(args.arch) is not None:  # no blocks: show what to name
             if not args.json:
@@ -219,8 +220,13 @@ def _layers(args) -> int:
         print(json.dumps(report))
         return 0
     named = "the listed modules" if args.modules else args.probe_points
+    built = (
+        f"{args.resolution}px"
+        if parse_python_arch(args.arch)
+        else f"{args.classes} classes, {args.resolution}px, width {args.width}"
+    )
     print(
-        f"{args.arch}: {report['params']:,} parameters ({args.classes} classes, {args.resolution}px, width {args.width}); {len(layers)} probe points ({named}), pooling {args.pooling}"
+        f"{args.arch}: {report['params']:,} parameters ({built}); {len(layers)} probe points ({named}), pooling {args.pooling}"
     )
     width = max(28, *(len(row["name"]) for row in layers))
     print(f"{'index':>5}  {'module':<{width}} {'side':<6} {'shape':<18} {'dim':>6}")
@@ -239,6 +245,8 @@ def _layers_model(args):
     from tunnelscope.models.build import build_model, build_python_model, python_function
 
     kwargs = _parse_kwargs(args.kwargs)
+    if parse_python_arch(args.arch) is not None and args.width != 1.0:
+        raise ValueError(f"--width: {args.arch} is built as its function builds it; give it an argument in --kwargs")
     if parse_python_arch(args.arch) is not None:
         takes = inspect.signature(python_function(args.arch)).parameters
         if "num_classes" in kwargs or not (
@@ -424,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     val.add_argument(
         "--no-budget",
         action="store_true",
-        help="list the cells without the budget estimate (and without building models)",
+        help="list the cells without the budget estimate (building only python: models and models with listed probe points, to check them)",
     )
     val.set_defaults(func=_validate)
     lay = sub.add_parser(

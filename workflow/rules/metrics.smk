@@ -25,6 +25,7 @@ rule best_layers:
         probes=probe_tables,
         predictions=probe_predictions,
         info=rules.pretrain.output.info,
+        train_log=rules.pretrain.output.train_log,
     output:
         f"{RESULTS}/cells/{{cell}}/best_layers.parquet",
     log:
@@ -33,5 +34,6 @@ rule best_layers:
         ENV
     params:
         settings=lambda wc: STUDY.best_layers_params(wc.cell),
+        health=lambda wc: STUDY.health_params(),
     script:
         "../scripts/best_layers.py"

@@ -25,6 +25,13 @@ def _layer(layer, name) -> str:
     return f"{int(layer)} ({name})" if pd.notna(layer) else "unavailable"
 
 
+def _trained(row) -> str:
+    """Training health (metrics.health): a backbone that did not learn makes its answer moot."""
+    if not hasattr(row, "trained") or row.untrained_reason == "published weights":
+        return "not checked (published weights)" if hasattr(row, "trained") else "not checked"
+    return "yes" if row.trained else f"NO: {row.untrained_reason}"
+
+
 def summary_table(best: pd.DataFrame) -> pd.DataFrame:
     """One line per (backbone, OOD set) of ``aggregate/best_layers``: layers by index and module
     name, accuracies in % with their intervals, the gap in percentage points."""
@@ -51,6 +58,7 @@ def summary_table(best: pd.DataFrame) -> pd.DataFrame:
                     row.gap_val_chosen_last, row.gap_val_chosen_last_ci_low, row.gap_val_chosen_last_ci_high
                 ),
                 f"tunnel ({row.tunnel_rule} rule)": "yes" if row.tunnel else "no",
+                "backbone trained": _trained(row),
             }
         )
     return pd.DataFrame(rows)

@@ -282,8 +282,9 @@ def html_page(
     parts = [
         *PAGE_HEAD,
         "<h1>tunnelscope paper build</h1>",
-        *(f"<p class='note'>{html.escape(line)}</p>" for line in [*health[:1], *absent]),
+        *(f"<p class='note'>{html.escape(line)}</p>" for line in health[:1]),
         *([f"<ul>{''.join(f'<li>{html.escape(line)}</li>' for line in health[1:])}</ul>"] if health[1:] else []),
+        *(f"<p class='note'>{html.escape(line)}</p>" for line in absent),
         *_figure(overview, link(overview), confidence, heading=False),
     ]
     for png in figures:

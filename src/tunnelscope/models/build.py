@@ -253,12 +253,21 @@ def named_points(model: nn.Module, names: list[str] | tuple[str, ...]) -> list[P
 
 
 def check_forward_order(model: nn.Module, enumeration, resolution: int) -> None:
-    """A list of module names must be in the order a forward pass runs them (layer i is the
-    i-th name), each run; a one-line ValueError otherwise. Rules are ordered by construction."""
+    """A list of module names must name modules of the model that a forward pass runs once each,
+    in the order it runs them (layer i is the i-th name); a one-line ValueError otherwise. Rules
+    are ordered by construction."""
     if not isinstance(enumeration, (list, tuple)):
         return
     names = list(enumeration)
-    ran = forward_order(model, names, resolution)
+    named_points(model, names)  # an unknown name: one line with the nearest names
+    ran, calls = forward_order(model, names, resolution)
+    repeated = [f"{n} ({calls[n]} times)" for n in names if calls[n] > 1]
+    if repeated:
+        # A hook sees every call; the capture keeps the first, which is not what the name says
+        # (a ResNet block's shared ReLU runs after bn1 and after the residual sum).
+        raise ValueError(
+            f"probe_points: {', '.join(repeated)} runs more than once per forward pass; name a module that runs once (its parent block, say)"
+        )
     if ran != names:
         missing = [n for n in names if n not in ran]
         why = f"{', '.join(missing)} never run" if missing else f"a forward pass runs them as {', '.join(ran)}"

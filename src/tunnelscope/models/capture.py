@@ -154,15 +154,19 @@ def module_output_shapes(model: torch.nn.Module, resolution: int) -> dict[str, t
 
 
 @torch.no_grad()
-def forward_order(model: torch.nn.Module, names: list[str], resolution: int) -> list[str]:
-    """``names`` (modules of ``model``) in the order a forward pass first runs them; modules
-    that do not run are left out."""
+def forward_order(model: torch.nn.Module, names: list[str], resolution: int) -> tuple[list[str], dict[str, int]]:
+    """``names`` (modules of ``model``) in the order a forward pass first runs them (modules that
+    do not run are left out), and how many times each ran."""
     order: list[str] = []
+    calls = dict.fromkeys(names, 0)
+
+    def seen(name):
+        calls[name] += 1
+        if calls[name] == 1:
+            order.append(name)
+
     modules = dict(model.named_modules())
-    handles = [
-        modules[n].register_forward_hook(lambda m, args, out, n=n: order.append(n) if n not in order else None)
-        for n in names
-    ]
+    handles = [modules[n].register_forward_hook(lambda m, args, out, n=n: seen(n)) for n in names]
     was_training = model.training
     model.eval()
     try:
@@ -171,4 +175,4 @@ def forward_order(model: torch.nn.Module, names: list[str], resolution: int) -> 
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return order
+    return order, calls

@@ -297,16 +297,25 @@ def source_sha256(path: str) -> str:
     return _SOURCE_SHA256[key]
 
 
+# Training images of a timm/torchvision checkpoint unless its entry says otherwise: ImageNet-1K's.
+IMAGENET1K_TRAIN = 1281167
+
+
 def _check_pretrained(entries: dict) -> None:
     for name, spec in entries.items():
         if spec["arch"].startswith("python:"):
             _check_python_file(spec["arch"], f"pretrained.{name}.arch")
+            if "n_train" not in spec:  # no library default to assume: gamma would be made up
+                raise ConfigError(
+                    f"pretrained.{name}.n_train: give the number of images {spec.get('weights') or 'its checkpoint'} was trained on (gamma = parameters / n_train); a python: model has no default"
+                )
             if not spec.get("weights") or spec.get("hf_cache") or spec["download"]:
                 raise ConfigError(
                     f"pretrained.{name}: a python: arch loads its weights from weights (a local file) only, not hf_cache or download"
                 )
         elif "kwargs" in spec:
             raise ConfigError(f"pretrained.{name}.kwargs: only a python:FILE.py:FUNCTION arch takes kwargs")
+        spec.setdefault("n_train", IMAGENET1K_TRAIN)
         if not (spec.get("weights") or spec.get("hf_cache") or spec["download"]):
             raise ConfigError(
                 f"pretrained.{name}: give weights (a local file), hf_cache (a local Hugging Face cache) or download: true"
@@ -752,7 +761,7 @@ class Study:
         return _sorted({**c.variables, "ood_sets": self.ood_sets(cell), **metrics})
 
     def health_params(self) -> dict:
-        """The training-health rule (metrics.health) of cell_metrics and aggregate_cells."""
+        """The training-health rule (metrics.health) of cell_metrics, best_layers and aggregate_cells."""
         return _sorted(self.config["metrics"]["health"])
 
     def untrained_params(self) -> dict:
