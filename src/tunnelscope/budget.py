@@ -327,25 +327,6 @@ def calibrate(budgets: list[CellBudget], results: str | Path) -> Rates:
 # ----------------------------------------------- what validate checks beyond the config itself
 
 
-def model_name_errors(study: Study) -> list[str]:
-    """One line per timm/torchvision name the installed libraries do not know, naming its key."""
-    from tunnelscope.study.preprocessing import UnknownModel, check_name
-
-    named = [(f"pretrained.{name}.arch", spec["arch"]) for name, spec in study.config["pretrained"].items()]
-    blocks = study.config["grid"]
-    for b, block in enumerate(blocks):
-        where = f"grid[{b}]" if len(blocks) > 1 else "grid"
-        named += [(f"{where}.arch[{i}]", arch) for i, arch in enumerate(block["arch"])]
-    errors = []
-    for key, arch in named:
-        if arch.startswith(("timm/", "torchvision/")):
-            try:
-                check_name(arch)
-            except UnknownModel as exc:
-                errors.append(f"{key}: {exc}")
-    return errors
-
-
 def preprocessing_report(study: Study) -> tuple[list[str], list[str]]:
     """(one line per published model: each eval-transform setting and where it came from;
     warnings where a setting differs from what the model itself declares, naming the key to set)."""

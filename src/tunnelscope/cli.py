@@ -43,10 +43,6 @@ def _validate(args) -> int:
         return code
     problem = _check_own_models(study)
     errors = [problem] if problem else []
-    uses_libraries = study.config["pretrained"] or any(
-        c.arch.startswith(("timm/", "torchvision/")) for c in study.cells.values()
-    )
-    errors += budget.model_name_errors(study) if uses_libraries else []
     sizes = budget.dataset_sizes(study)
     budgets = []
     if not args.no_budget and not errors:

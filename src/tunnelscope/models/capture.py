@@ -127,46 +127,20 @@ def pooled_dims(shapes: dict[int, tuple], points: list[ProbePoint], pooling: str
 
 
 @torch.no_grad()
-def module_output_shapes(model: torch.nn.Module, resolution: int) -> dict[str, tuple | None]:
-    """Every named module (``named_modules()`` order) with its output's shape for one image (no
-    batch dim; the first tensor of a tuple output), None for a module the forward does not run.
-    What ``tunnelscope layers --all-modules`` lists: any of these names may be a probe point."""
-    shapes: dict[str, tuple | None] = {name: None for name, _ in model.named_modules() if name}
+def _trace(model: torch.nn.Module, names: list[str], resolution: int) -> dict[str, list]:
+    """One eval-mode forward of a blank image with a hook on each module ``names``: ``{name:
+    [calls, output shape of its first call]}`` for the modules that ran, in the order they first
+    ran (shape without the batch dim; the first tensor of a tuple output; None for no tensor)."""
+    ran: dict[str, list] = {}
 
     def record(name, output):
         if isinstance(output, (tuple, list)) and output:
             output = output[0]
-        if shapes[name] is None and isinstance(output, torch.Tensor):
-            shapes[name] = tuple(output.shape[1:])
+        entry = ran.setdefault(name, [0, tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else None])
+        entry[0] += 1
 
     modules = dict(model.named_modules())
-    handles = [modules[name].register_forward_hook(lambda m, args, out, n=name: record(n, out)) for name in shapes]
-    was_training = model.training
-    device = next(model.parameters()).device
-    model.eval()
-    try:
-        model(torch.zeros(1, 3, resolution, resolution, device=device))
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return shapes
-
-
-@torch.no_grad()
-def forward_order(model: torch.nn.Module, names: list[str], resolution: int) -> tuple[list[str], dict[str, int]]:
-    """``names`` (modules of ``model``) in the order a forward pass first runs them (modules that
-    do not run are left out), and how many times each ran."""
-    order: list[str] = []
-    calls = dict.fromkeys(names, 0)
-
-    def seen(name):
-        calls[name] += 1
-        if calls[name] == 1:
-            order.append(name)
-
-    modules = dict(model.named_modules())
-    handles = [modules[n].register_forward_hook(lambda m, args, out, n=n: seen(n)) for n in names]
+    handles = [modules[n].register_forward_hook(lambda m, args, out, n=n: record(n, out)) for n in names]
     was_training = model.training
     model.eval()
     try:
@@ -175,4 +149,20 @@ def forward_order(model: torch.nn.Module, names: list[str], resolution: int) -> 
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return order, calls
+    return ran
+
+
+def module_output_shapes(model: torch.nn.Module, resolution: int) -> dict[str, tuple | None]:
+    """Every named module (``named_modules()`` order) with its output's shape for one image, None
+    for a module the forward does not run. What ``tunnelscope layers --all-modules`` lists: any of
+    these names may be a probe point."""
+    names = [name for name, _ in model.named_modules() if name]
+    ran = _trace(model, names, resolution)
+    return {name: ran[name][1] if name in ran else None for name in names}
+
+
+def forward_order(model: torch.nn.Module, names: list[str], resolution: int) -> tuple[list[str], dict[str, int]]:
+    """``names`` (modules of ``model``) in the order a forward pass first runs them (modules that
+    do not run are left out), and how many times each ran."""
+    ran = _trace(model, names, resolution)
+    return list(ran), {name: ran[name][0] if name in ran else 0 for name in names}

@@ -395,20 +395,17 @@ PUBLISHED_PREFIXES = ("timm/", "torchvision/", "python:")
 
 
 def check_library_names(config: dict) -> None:
-    """Every timm/torchvision name the grid builds must exist (one line naming its key, with the
-    nearest names), so a typo fails the dry run, not a job; answered from preprocessing's cache."""
-    blocks, pretrained = config["grid"], config["pretrained"]
-    named = {}
+    """Every timm/torchvision name of the grid and of the pretrained entries must exist (one line
+    naming its key, with the nearest names), so a typo fails the dry run and validate, not a job;
+    answered from preprocessing's cache."""
+    named = {f"pretrained.{name}.arch": spec["arch"] for name, spec in config["pretrained"].items()}
+    blocks = config["grid"]
     for b, block in enumerate(blocks):
         where = f"grid[{b}]" if len(blocks) > 1 else "grid"
-        for i, arch in enumerate(block["arch"]):
-            key, arch = (
-                (f"pretrained.{arch}.arch", pretrained[arch]["arch"])
-                if arch in pretrained
-                else (f"{where}.arch[{i}]", arch)
-            )
-            if arch.startswith(("timm/", "torchvision/")):
-                named.setdefault(key, arch)
+        named |= {
+            f"{where}.arch[{i}]": arch for i, arch in enumerate(block["arch"]) if arch not in config["pretrained"]
+        }
+    named = {key: arch for key, arch in named.items() if arch.startswith(("timm/", "torchvision/"))}
     found = preprocessing.resolve(sorted(set(named.values()))) if named else {}
     for key, arch in named.items():
         if "error" in found[arch]:
@@ -431,10 +428,8 @@ def resolve_pretrained(config: dict) -> dict[str, dict]:
     own = preprocessing.resolve(need) if need else {}
     resolved = {}
     for name, spec in entries.items():
-        if spec["arch"] in own:
+        if spec["arch"] in own:  # its name exists: check_library_names ran first
             found = own[spec["arch"]]
-            if "error" in found:
-                raise ConfigError(f"pretrained.{name}.arch: {found['error']}")
             spec = {
                 **{k: found[k] for k in ("interpolation", "crop_pct")},
                 **spec,
