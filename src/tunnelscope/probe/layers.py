@@ -92,7 +92,9 @@ def _fit_together(fit: Callable, files: list[Path], n_classes: int, settings: di
 def probe_layers(
     embed_dir: str, params: dict, family: str = "cnn", threads: int | None = None
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray], pd.DataFrame]:
-    """Probe every layer of one (cell, eval set): one row per layer; each layer's probe as
+    """Probe every layer of one (cell, eval set): one row per layer (with the ``precision`` of
+    its products and the ``device_type`` it ran on, "cpu" or "cuda", known only here in the job:
+    params are fixed where the DAG is built, often a node without the GPU); each layer's probe as
     (d + 1, C) float32 weights on raw features, bias last (``layer_NNN`` keys; write_weights;
     protocols.probe_logits scores them); and the predictions (``prediction_table``), from which
     each row's ``test_acc`` was computed.
@@ -141,7 +143,14 @@ def probe_layers(
                 **result,
             }
         )
-    log.info("%d layers probed in %.1fs (%s)", len(rows), time.perf_counter() - started, params["solver"])
+    log.info(
+        "%d layers probed in %.1fs (%s on %s, %s products)",
+        len(rows),
+        time.perf_counter() - started,
+        params["solver"],
+        rows[0]["device_type"],
+        rows[0]["precision"],
+    )
     return pd.DataFrame(rows), weights, prediction_table(labels, predicted, n_classes)
 
 

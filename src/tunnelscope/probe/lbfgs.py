@@ -27,16 +27,28 @@ _LOSS_RESOLUTION = {torch.float32: 0.0, torch.bfloat16: 1e-5}
 
 
 def matmul_precision(requested: str, device: str | torch.device = "cpu") -> str:
-    """Resolve ``probe.precision``: ``auto`` is bf16 where bfloat16 products run natively (a CUDA
-    GPU with bf16, a CPU with AVX512-BF16 or AMX), fp32 elsewhere, where bf16 is emulated and slow."""
+    """Resolve ``probe.precision``: ``auto`` is bf16 where bfloat16 products run natively
+    (``native_bf16``), fp32 elsewhere, where bf16 is emulated and slow."""
     if requested != "auto":
         return requested
-    if torch.device(device).type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    native = [
-        getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    ]
-    return "bf16" if any(native) else "fp32"
+    return "bf16" if native_bf16(device) else "fp32"
+
+
+def native_bf16(device: str | torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 in hardware: a CUDA GPU of compute capability 8.0
+    or more (torch emulates bf16 on older ones, which its default ``is_bf16_supported()`` counts
+    too), a CPU with AVX512-BF16 or AMX; no other device is assumed to."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        # is_bf16_supported asks the current device (and answers True on ROCm); the capability is this one's.
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        return native and torch.cuda.get_device_capability(device) >= (8, 0)
+    if device.type == "cpu":
+        return any(
+            getattr(torch.cpu, name, lambda: False)()
+            for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        )
+    return False
 
 
 def prepare_features(x: torch.Tensor, standardize: bool, dtype: torch.dtype = torch.float32):
@@ -251,5 +263,6 @@ def fit_lbfgs_probe(x_train, y_train, x_test, y_test, n_classes: int, params: di
         "n_iter": n_iter,
         "converged": converged,
         "precision": precision,
+        "device_type": x_raw.device.type,
         "weights": w.cpu().numpy(),
     }

@@ -48,4 +48,6 @@ def fit_sklearn_probe(
         "n_iter": n_iter,
         "converged": n_iter < max_iter,
         "weights": np.vstack([coef.T, intercept[None]]).astype(np.float32),
+        "precision": "fp32",  # scikit-learn keeps float32 features as they are
+        "device_type": "cpu",  # numpy on the CPU, whatever device the job holds
     }

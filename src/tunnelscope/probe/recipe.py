@@ -27,6 +27,8 @@ def fit_paper_probes(
     with ``report: best_test`` (the paper's optimistic choice), with that epoch's class per test
     row (``test_pred``). The recipe has no validation split, so no ``val_acc``.
     """
+    # A CPU generator, and every draw made on the CPU then moved: the heads' initial weights and
+    # the epoch orders are the same numbers on every device (a CUDA tensor refuses a CPU generator).
     gen = torch.Generator().manual_seed(params["seed"])
     lr = params["lr"] or (1e-2 if family == "vit" else 1e-3)
     wd = params["weight_decay"] if params["weight_decay"] is not None else (1e-4 if family == "vit" else 0.0)
@@ -34,29 +36,17 @@ def fit_paper_probes(
     xs_test = [torch.as_tensor(te, dtype=torch.float32, device=device) for _, te in layers]
     ytr = torch.as_tensor(y_train, dtype=torch.long, device=device)
     yte = torch.as_tensor(y_test, dtype=torch.long, device=device)
-    heads = torch.nn.ModuleList(torch.nn.Linear(x.shape[1], n_classes) for x in xs_train).to(device)
-    for head in heads:
-        torch.nn.init.normal_(head.weight, 0.0, params["init_std"], generator=gen)
-        torch.nn.init.zeros_(head.bias)
+    heads = init_heads([x.shape[1] for x in xs_train], n_classes, params["init_std"], gen).to(device)
     opt = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=wd)
     best = [(-1.0, 0, 0.0, None, None)] * len(heads)  # (test acc, epoch, train acc, weights, test predictions)
     last = best
     order = epoch_order(len(ytr), params["repeats"], gen).to(device)
     for epoch in range(params["epochs"]):
-        heads.train()
         if epoch and params["reshuffle"]:
             order = epoch_order(len(ytr), params["repeats"], gen).to(device)
-        for start in range(0, len(order), params["batch_size"]):
-            idx = order[start : start + params["batch_size"]]
-            loss = sum(
-                F.cross_entropy(head(x[idx]), ytr[idx], label_smoothing=params["label_smoothing"])
-                for head, x in zip(heads, xs_train)
-            )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        train_epoch(heads, opt, xs_train, ytr, order, params["batch_size"], params["label_smoothing"])
         heads.eval()
-        with torch.no_grad():
+        with torch.no_grad():  # the job's host reads: two per head and epoch
             last = []
             for h, xtr, xte in zip(heads, xs_train, xs_test):
                 pred = h(xte).argmax(1)
@@ -77,9 +67,33 @@ def fit_paper_probes(
             "n_iter": params["epochs"],
             "converged": True,
             "weights": w,
+            "precision": "fp32",
+            "device_type": torch.device(device).type,
         }
         for te, ep, tr, w, pred in chosen
     ]
+
+
+def init_heads(dims: list[int], n_classes: int, init_std: float, generator: torch.Generator) -> torch.nn.ModuleList:
+    """One nn.Linear per layer of ``dims`` features, weights N(0, init_std) drawn from the CPU
+    ``generator`` in layer order, bias 0, on the CPU: the caller moves them to its device."""
+    heads = torch.nn.ModuleList(torch.nn.Linear(d, n_classes) for d in dims)
+    for head in heads:
+        torch.nn.init.normal_(head.weight, 0.0, init_std, generator=generator)
+        torch.nn.init.zeros_(head.bias)
+    return heads
+
+
+def train_epoch(heads, opt, xs_train: list, y: torch.Tensor, order: torch.Tensor, batch_size: int, smoothing: float):
+    """One pass of every head over ``order`` (on the features' device), minibatches shared by
+    all heads; no value is read back to the host."""
+    heads.train()
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        loss = sum(F.cross_entropy(head(x[idx]), y[idx], label_smoothing=smoothing) for head, x in zip(heads, xs_train))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
 
 
 def _head_acc(head, x, y) -> float:
