@@ -37,7 +37,8 @@ class SolverFit(NamedTuple):
     """How the job calls a solver. ``per_layer``: ``fit(x_train, y_train, x_test, y_test,
     n_classes, settings, device)`` -> one result, and the layers stream through it (read one, fit
     it, drop it); else ``fit(layers, n_classes, settings, family, device)`` -> one result per
-    layer, on every layer's (x_train, y_train, x_test, y_test) at once."""
+    layer, on every layer's (x_train, y_train, x_test, y_test) at once. A result names the
+    ``precision`` of its products and the ``device_type`` it ran on (sklearn: always the CPU)."""
 
     fit: Callable
     per_layer: bool

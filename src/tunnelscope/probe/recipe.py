@@ -25,7 +25,8 @@ def fit_paper_probes(
     code shuffles its cached features once); ``repeats`` k > 1 draws n / k rows per epoch, each
     k times (the released ViT probes keep DeiT's repeated-augmentation sampler). Reports the last epoch, or the best test epoch
     with ``report: best_test`` (the paper's optimistic choice), with that epoch's class per test
-    row (``test_pred``). The recipe has no validation split, so no ``val_acc``.
+    row (``test_pred``). The recipe has no validation split, so no ``val_acc``. It runs in float32
+    on ``device``; the random draws are made on the CPU, so a seed gives the same start there.
     """
     # A CPU generator, and every draw made on the CPU then moved: the heads' initial weights and
     # the epoch orders are the same numbers on every device (a CUDA tensor refuses a CPU generator).
