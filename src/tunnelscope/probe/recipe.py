@@ -26,7 +26,8 @@ def fit_paper_probes(
     k times (the released ViT probes keep DeiT's repeated-augmentation sampler). Reports the last epoch, or the best test epoch
     with ``report: best_test`` (the paper's optimistic choice), with that epoch's class per test
     row (``test_pred``). The recipe has no validation split, so no ``val_acc``. It runs in float32
-    on ``device``; the random draws are made on the CPU, so a seed gives the same start there.
+    on ``device``; its random draws are made on the CPU, so a seed gives the same initial weights
+    and epoch orders on every device.
     """
     # A CPU generator, and every draw made on the CPU then moved: the heads' initial weights and
     # the epoch orders are the same numbers on every device (a CUDA tensor refuses a CPU generator).
@@ -47,7 +48,7 @@ def fit_paper_probes(
             order = epoch_order(len(ytr), params["repeats"], gen).to(device)
         train_epoch(heads, opt, xs_train, ytr, order, params["batch_size"], params["label_smoothing"])
         heads.eval()
-        with torch.no_grad():  # the job's host reads: two per head and epoch
+        with torch.no_grad():  # the host reads: two per head and epoch, none per batch
             last = []
             for h, xtr, xte in zip(heads, xs_train, xs_test):
                 pred = h(xte).argmax(1)
