@@ -69,11 +69,18 @@ def main():
         action="store_true",
         help="images of varying size streamed from the store, with RandomResizedCrop + flip",
     )
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        help="RandomResizedCrop + flip of resident images (the CIFAR case); implied by --stream",
+    )
     add_device_args(p, device=False)
     args = p.parse_args()
     if args.smoke:
         args.images, args.epochs, args.width = 64, 1, 0.125
-    device, threads = pick_device(), os.cpu_count()
+    # The cores this process may use (a job's share under SLURM or taskset), not the machine's.
+    device, threads = pick_device(), len(os.sched_getaffinity(0))
+    augment = args.augment or args.stream
     rng = np.random.default_rng(0)
     r = args.resolution
     images = rng.integers(0, 256, size=(args.images, r, r, 3), dtype=np.uint8)
@@ -96,7 +103,7 @@ def main():
         "arch": args.arch,
         "id_dataset": "bench",
         "resolution": r,
-        "augmentation": "rrc_flip" if args.stream else "none",
+        "augmentation": "rrc_flip" if augment else "none",
         "seed": 0,
         "model": {"width": args.width},
         "training": training,
@@ -152,7 +159,7 @@ def main():
     data = (
         "streamed from a store of varying-size images, RandomResizedCrop + flip"
         if args.stream
-        else "resident, no augmentation"
+        else f"resident, {'RandomResizedCrop + flip' if augment else 'no augmentation'}"
     )
     report(
         "Pretrain loop vs bare training loop",
