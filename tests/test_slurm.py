@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+import yte
 
 from conftest import REPO, TINY, snakemake_cmd
 
@@ -120,8 +121,10 @@ def slurm(tmp_path_factory):
 
 
 def _overlay(directory: Path) -> Path:
-    """profiles/slurm plus what this one-node test cluster needs (its partition, no GPUs)."""
-    cfg = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    """profiles/slurm, as Snakemake renders it (YTE), plus what this one-node test cluster needs
+    (its partition, no GPUs)."""
+    with open(REPO / "profiles/slurm/config.yaml") as fh:
+        cfg = yte.process_yaml(fh, require_use_yte=True)
     cfg.update(
         {
             "slurm-no-account": True,
@@ -134,8 +137,9 @@ def _overlay(directory: Path) -> Path:
     )
     cfg["default-resources"].update(slurm_partition="debug", mem_mb="500 * attempt", cpus_per_task=1)
     for rule, res in cfg["set-resources"].items():
-        res.pop("gpu", None)
-        res.update(slurm_partition="debug", mem_mb="1000 * attempt", runtime="30 * attempt")
+        # gpu: 0 also over a rule's own gpu count, should this machine have GPUs
+        res.pop("gres", None)
+        res.update(slurm_partition="debug", gpu=0, mem_mb="1000 * attempt", runtime="30 * attempt")
         if rule in cfg["set-threads"]:
             res["cpus_per_task"] = 1
     # as a local --cores 2 run, whose heavy jobs take one thread each (HEAVY_THREADS)
