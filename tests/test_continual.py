@@ -127,13 +127,13 @@ def test_mixup_and_cutmix_are_seeded_and_resume_bitwise(tmp_path, monkeypatch):
     assert len(log) == 3 and info["n_fit"] == 44  # 48 task images less the 10% hold-out ...
     _, plain = _train(tmp_path, "plain", TASK2, training={"epochs": 3})
     assert not torch.equal(full["head.weight"], plain["head.weight"])
-    save = train._save_state
+    save = train.save_train_state
 
     def save_then_crash(*args, **kwargs):
         save(*args, **kwargs)
         raise RuntimeError("pre-empted")
 
-    monkeypatch.setattr(train, "_save_state", save_then_crash)
+    monkeypatch.setattr(train, "save_train_state", save_then_crash)
     with pytest.raises(RuntimeError, match="pre-empted"):
         _train(tmp_path, "resumed", TASK2, training=dict(MIXED, epochs=3))
     monkeypatch.undo()

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -253,3 +255,297 @@ def test_selection_on_an_empty_split_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match="checkpoint best_val selects on an empty held-out split"):
         _pretrain(tmp_path, epochs=1, checkpoint="best_val", val_fraction=0.001)
     assert not (tmp_path / "state.pt").exists()
+
+
+# --- resume state: device-independent save and restore ---------------------------------------
+
+
+def _small_training(seed=0):
+    """A model, AdamW with moments, a schedule and a generator, one step into training."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scheduler = lr_schedule(optimizer, warmup_steps=1, total_steps=4)
+    model(torch.randn(5, 4)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    gen = torch.Generator().manual_seed(seed + 1)
+    torch.rand(3, generator=gen)  # advanced, not at its seed
+    return model, optimizer, scheduler, gen
+
+
+def _best(model):
+    return {"score": 0.5, "epoch": 1, "weights": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+
+
+def _rng_draws(gen):
+    """The next draws of every generator a resume restores (consumes them)."""
+    return torch.rand(4, generator=gen), torch.rand(4), np.random.random_sample(4)
+
+
+@pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter")
+def test_resume_state_restores_onto_the_models_device(tmp_path):
+    """The training objects live on another device than the CPU (meta here, standing for a GPU):
+    the generators continue exactly where they were saved, AdamW's moments land on the model's
+    device and its step counts on the CPU (where AdamW hosts them unless fused or capturable),
+    the kept best weights on the CPU. Mapping the file onto the model's device, as the loader
+    once did (map_location=device), hands set_state meta tensors: 'RNG state must be a
+    torch.ByteTensor', the crash of every GPU resume."""
+    from tunnelscope.training.loop import load_train_state, save_train_state
+
+    model, optimizer, scheduler, gen = _small_training()
+    np.random.seed(3)
+    save_train_state(
+        tmp_path / "state.pt", "cpu", model, optimizer, scheduler, gen, "fp", [{"epoch": 1}], 1, _best(model)
+    )
+    expected = _rng_draws(gen)
+
+    on_meta = _small_training(seed=7)[0].to("meta")
+    meta_optimizer = torch.optim.AdamW(on_meta.parameters(), lr=0.1)
+    meta_scheduler = lr_schedule(meta_optimizer, warmup_steps=1, total_steps=4)
+    fresh = torch.Generator().manual_seed(99)
+    torch.manual_seed(99), np.random.seed(99)  # whatever they hold, the resume restores the saved states
+    history, epoch, best = load_train_state(
+        tmp_path / "state.pt", torch.device("meta"), "fp", on_meta, meta_optimizer, meta_scheduler, fresh
+    )
+    assert (history, epoch, best["score"], best["epoch"]) == ([{"epoch": 1}], 1, 0.5, 1)
+    drawn = _rng_draws(fresh)
+    assert torch.equal(drawn[0], expected[0]) and torch.equal(drawn[1], expected[1])
+    assert np.array_equal(drawn[2], expected[2])
+    moments = meta_optimizer.state[next(on_meta.parameters())]
+    assert moments["exp_avg"].is_meta and moments["exp_avg_sq"].is_meta and moments["step"].device.type == "cpu"
+    assert all(w.device.type == "cpu" and torch.equal(w, model.state_dict()[k]) for k, w in best["weights"].items())
+    assert meta_scheduler.state_dict() == scheduler.state_dict()
+    assert (
+        load_train_state(
+            tmp_path / "state.pt", "meta", "other settings", on_meta, meta_optimizer, meta_scheduler, fresh
+        )
+        is None
+    )
+
+
+def test_cuda_generator_of_the_jobs_gpu_is_saved_and_restored(tmp_path, monkeypatch, caplog):
+    """On a CUDA device the state holds that GPU's generator (drop_path draws from it) and a
+    resume restores it there, the GPU named by the job's device (cuda:1 here, a mocked torch.cuda).
+    A state written off CUDA leaves it at its seed, said in the log; on the CPU it is not touched."""
+    from tunnelscope.training.loop import load_train_state, save_train_state
+
+    calls = []
+    saved = torch.arange(16, dtype=torch.uint8)  # what torch.cuda.get_rng_state returns: a CPU ByteTensor
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": calls.append(("get", device)) or saved)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": calls.append(("set", device, state)))
+    gpu = torch.device("cuda", 1)
+
+    def save_then_load(saved_on, loaded_on):
+        model, optimizer, scheduler, gen = _small_training()
+        path = tmp_path / f"{saved_on}-{loaded_on}.pt"
+        save_train_state(path, saved_on, model, optimizer, scheduler, gen, "fp", [], 1, _best(model))
+        load_train_state(path, loaded_on, "fp", model, optimizer, scheduler, gen)
+
+    save_then_load(gpu, gpu)
+    assert calls[0] == ("get", gpu) and calls[1][:2] == ("set", gpu)
+    assert calls[1][2].dtype == torch.uint8 and calls[1][2].device.type == "cpu" and torch.equal(calls[1][2], saved)
+    calls.clear()
+    with caplog.at_level("WARNING", logger="tunnelscope.train"):
+        save_then_load(torch.device("cpu"), gpu)
+    assert calls == [] and "written off CUDA: the CUDA generator (drop_path) restarts from the seed" in caplog.text
+    save_then_load(gpu, torch.device("cpu"))
+    assert calls == [("get", gpu)]
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda s: s.update(generator=s["generator"].float()), r"TypeError: RNG state must be a torch.ByteTensor"),
+        (lambda s: s.pop("optimizer"), r"KeyError: 'optimizer'"),
+        (lambda s: s["model"].pop("0.weight"), r"RuntimeError: Error\(s\) in loading state_dict"),
+    ],
+)
+def test_a_state_that_cannot_be_restored_is_named(tmp_path, damage, reason):
+    """A state with the right settings that does not fit the training objects: one line naming
+    the file and saying to delete it, not a raw TypeError that every retry repeats."""
+    from tunnelscope.training.loop import load_train_state, save_train_state
+
+    model, optimizer, scheduler, gen = _small_training()
+    path = tmp_path / "state.pt"
+    save_train_state(path, "cpu", model, optimizer, scheduler, gen, "fp", [], 1, _best(model))
+    state = torch.load(path, weights_only=True)
+    damage(state)
+    torch.save(state, path)
+    with pytest.raises(
+        RuntimeError,
+        match=rf"state.pt: resume state cannot be restored \({reason}.*\); delete it to train from scratch$",
+    ):
+        load_train_state(path, "cpu", "fp", model, optimizer, scheduler, gen)
+
+
+def _train_to(out, params, store, **kwargs):
+    return pretrain(
+        params, store, out / "ckpt.safetensors", out / "log.csv", out / "info.json", out / "state.pt", **kwargs
+    )
+
+
+def test_resume_of_a_state_a_gpu_wrote_is_bitwise_an_uninterrupted_run(tmp_path, monkeypatch):
+    """A run pre-empted after epoch 2 of 3, its state written as a GPU job writes it (weights and
+    AdamW's moments tagged cuda:0; generator states, AdamW's step counts and the kept best weights
+    on the CPU), resumes on this machine, which has no CUDA: the loader maps the file onto the CPU
+    itself rather than following its tags (torch.load would fail on them) and the run continues
+    bitwise as one never interrupted (weights, log, cell info)."""
+    from safetensors.torch import load_file
+
+    from tunnelscope.training import loop
+
+    params = dict(PARAMS, training=dict(TRAINING, epochs=3, checkpoint="best_val"))  # rrc_flip crops, best weights kept
+    store = toy_store(tmp_path, 120)
+    runs = {name: tmp_path / name for name in ("whole", "resumed")}
+    for out in runs.values():
+        out.mkdir()
+    _train_to(runs["whole"], params, store)
+
+    save, tag = loop.save_train_state, torch.serialization.location_tag
+
+    def save_as_a_gpu_job_then_stop(path, device, model, optimizer, scheduler, *args):
+        moments = [v for s in optimizer.state.values() for k, v in s.items() if k != "step"]
+        on_gpu = {t.untyped_storage().data_ptr() for t in [*model.state_dict().values(), *moments]}
+        with monkeypatch.context() as m:
+            m.setattr(torch.serialization, "location_tag", lambda s: "cuda:0" if s.data_ptr() in on_gpu else tag(s))
+            save(path, device, model, optimizer, scheduler, *args)
+        if args[-2] == 2:  # epochs done
+            raise KeyboardInterrupt("pre-empted")
+
+    monkeypatch.setattr(loop, "save_train_state", save_as_a_gpu_job_then_stop)
+    with pytest.raises(KeyboardInterrupt, match="pre-empted"):
+        _train_to(runs["resumed"], params, store)
+    monkeypatch.undo()
+    locations = []
+    torch.load(runs["resumed"] / "state.pt", weights_only=True, map_location=lambda s, loc: locations.append(loc) or s)
+    assert {"cuda:0", "cpu"} <= set(locations)  # the file says what a GPU job's file says
+    with pytest.raises(RuntimeError, match="CUDA"):
+        torch.load(runs["resumed"] / "state.pt", weights_only=True)  # followed here, its tags fail
+    torch.manual_seed(1234), np.random.seed(1234)  # whatever the generators hold now
+    _train_to(runs["resumed"], params, store)
+
+    whole, resumed = (load_file(out / "ckpt.safetensors") for out in runs.values())
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+    logs = [pd.read_csv(out / "log.csv").drop(columns="seconds") for out in runs.values()]
+    pd.testing.assert_frame_equal(*logs, check_exact=True)
+    infos = [json.loads((out / "info.json").read_text()) for out in runs.values()]
+    assert infos[0] == infos[1] and not (runs["resumed"] / "state.pt").exists()
+
+
+# --- host syncs per training step ---------------------------------------------------------------
+
+
+class _HostSyncs:
+    """Records what makes the host wait for a GPU, done to tensors on the meta device (which
+    stands for one): reading values (item, bool, float, int, index, tolist, numpy, cpu, a copy to
+    the CPU) and copies from the host that block (``to`` / ``copy_`` without non_blocking, which
+    CUDA completes with a stream sync). Reads return ones, so the loop carries on; ``events`` also
+    holds the test's markers, in order."""
+
+    READS = ("item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy", "cpu")
+
+    def __init__(self, monkeypatch):
+        self.events = []
+        for name in self.READS:
+            monkeypatch.setattr(torch.Tensor, name, self._read(name, getattr(torch.Tensor, name)))
+        to, copy_ = torch.Tensor.to, torch.Tensor.copy_
+
+        def counted_to(t, *args, **kwargs):
+            device, dtype, non_blocking, *_ = torch._C._nn._parse_to(*args, **kwargs)
+            if t.is_meta and device is not None and device.type == "cpu":
+                self.events.append("to(cpu)")
+                return torch.ones(t.shape, dtype=dtype or t.dtype)
+            if t.device.type == "cpu" and device is not None and device.type == "meta" and not non_blocking:
+                self.events.append("blocking to(device)")
+            return to(t, *args, **kwargs)
+
+        def counted_copy(t, src, non_blocking=False):
+            if t.is_meta and src.device.type == "cpu" and not non_blocking:
+                self.events.append("blocking copy_")
+            if src.is_meta and not t.is_meta:
+                self.events.append("copy_ to the host")
+                return t.fill_(1)
+            return copy_(t, src, non_blocking)
+
+        monkeypatch.setattr(torch.Tensor, "to", counted_to)
+        monkeypatch.setattr(torch.Tensor, "copy_", counted_copy)
+
+    def _read(self, name, method):
+        def counted(t, *args, **kwargs):
+            if not t.is_meta:
+                return method(t, *args, **kwargs)
+            self.events.append(name)
+            return method(torch.ones(t.shape, dtype=t.dtype), *args, **kwargs)
+
+        return counted
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("mixing", [{}, {"mixup_alpha": 0.1, "cutmix_alpha": 1.0, "mix_prob": 1.0}])
+def test_a_training_step_waits_for_the_device_at_most_once(tmp_path, monkeypatch, mixing):
+    """The training loop on the meta device, where a value cannot be read: every read of a device
+    value and every blocking copy to it (each a wait for the GPU on CUDA) is counted, the per-epoch
+    evaluation left out. Batches come from the CPU reader by non-blocking copies, as streamed ones
+    do. Over each epoch at most one wait per step; after the first epoch (whose first step uploads
+    the normaliser's factors: two one-off copies) the only ones are the reads of the running loss
+    every CHECK_EVERY steps and at the epoch's end. The loop of issue 32 waited 5 times a step
+    (isfinite in an if, three .item(), the step's labels copied to the device)."""
+    from contextlib import nullcontext
+
+    from tunnelscope.data.loader import SplitReader
+    from tunnelscope.training import loop
+
+    store = toy_store(tmp_path, 120)
+    syncs = _HostSyncs(monkeypatch)
+    events = syncs.events
+
+    class ReaderFeedingMeta:
+        def __init__(self, split, view, size, device, *args, **kwargs):
+            self._reader = SplitReader(split, view, size, "cpu", *args, **kwargs)
+            self.resident = self._reader.resident
+
+        def batches(self, *args, **kwargs):
+            for batch in self._reader.batches(*args, **kwargs):
+                events.append("step")
+                yield batch.to("meta", non_blocking=True)
+
+    def save_then_stop(*args):
+        if args[-2] == 2:  # epochs done
+            raise _Stop
+
+    order = loop.epoch_order
+    monkeypatch.setattr(loop, "pick_device", lambda *args, **kwargs: torch.device("meta"))
+    monkeypatch.setattr(loop, "autocast", lambda *args, **kwargs: nullcontext())  # fp32; torch.autocast has no meta
+    monkeypatch.setattr(loop, "SplitReader", ReaderFeedingMeta)
+    monkeypatch.setattr(loop, "accuracy", lambda *args, **kwargs: events.append("eval") or 0.5)
+    monkeypatch.setattr(loop, "epoch_order", lambda *args: events.append("epoch") or order(*args))
+    monkeypatch.setattr(loop, "save_train_state", save_then_stop)
+    monkeypatch.setattr(loop, "CHECK_EVERY", 4)
+    params = dict(PARAMS, training=dict(TRAINING, epochs=3, batch_size=16, **mixing))
+    with pytest.raises(_Stop):
+        _train_to(tmp_path, params, store)
+
+    epochs = [part[: part.index("eval")] for part in _cut(events, "epoch")[1:]]
+    assert len(epochs) == 2
+    for epoch in epochs:
+        steps = _cut(epoch, "step")  # [before the first step, step 1, step 2, ...]
+        waits = sum(len(step) for step in steps)
+        assert len(steps) - 1 in (6, 7) and waits <= len(steps) - 1, steps  # 108 images in 16s (mixup drops 12)
+    second = _cut(epochs[1], "step")
+    assert all(len(step) <= 1 for step in second), second
+    assert sum(second, []) == ["tolist", "tolist"]  # at step 4 and at the epoch's end
+
+
+def _cut(events: list[str], marker: str) -> list[list[str]]:
+    """``events`` cut at each ``marker``: what came before the first, after the first, ..."""
+    parts = [[]]
+    for event in events:
+        if event == marker:
+            parts.append([])
+        else:
+            parts[-1].append(event)
+    return parts

@@ -57,13 +57,46 @@ def accuracy(
     if len(indices) == 0:
         return float("nan")
     model.eval()
-    correct, seen = 0, 0
+    correct, seen = torch.zeros((), dtype=torch.int64, device=labels.device), 0
     to_model = Normaliser(mean, std)
     for crops in reader.batches(indices, batch_size):
         logits = model(to_model(crops.permute(0, 3, 1, 2)))[:, columns]
-        correct += (logits.argmax(1) == labels[seen : seen + len(crops)]).sum().item()
+        correct += (logits.argmax(1) == labels[seen : seen + len(crops)]).sum()  # counted on the device
         seen += len(crops)
-    return correct / len(indices)
+    return correct.item() / len(indices)
+
+
+# Steps between reads of an epoch's running loss by the host (a GPU sync each): a non-finite loss
+# stops training within this many steps (it is caught, not saved: the state is written at epoch
+# ends), and the progress bar's loss is this fresh.
+CHECK_EVERY = 25
+
+
+class _EpochTotals:
+    """An epoch's loss sum and correct count, accumulated on the device and read by the host
+    only when asked (every ``CHECK_EVERY`` steps and at the epoch's end), so a training step never
+    waits for the GPU. The loss sum is float64 as the Python float it replaces: CPU logs are
+    bitwise what per-step ``.item()`` calls gave."""
+
+    def __init__(self, device, cell: str, epoch: int):
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.cell, self.epoch, self.read_steps = cell, epoch, 0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss_sum += loss.detach().double() * len(y)
+        self.correct += (logits.argmax(1) == y).sum()
+
+    def read(self, steps: int) -> tuple[float, int]:
+        """(loss sum, correct) after ``steps`` steps, in one copy to the host; a FloatingPointError
+        naming the steps since the last read when a loss among them was not finite."""
+        loss_sum, correct = torch.stack([self.loss_sum, self.correct.double()]).tolist()
+        if not math.isfinite(loss_sum):
+            raise FloatingPointError(
+                f"cell {self.cell}: non-finite training loss ({loss_sum}) in epoch {self.epoch}, steps {self.read_steps + 1}-{steps}"
+            )
+        self.read_steps = steps
+        return loss_sum, int(correct)
 
 
 def _fingerprint(params: dict) -> str:
@@ -281,29 +314,12 @@ def pretrain(
 
     state_file = Path(state_path)
     if state_file.exists():
-        try:
-            # weights_only: a state file is data; a crafted pickle is refused, never executed.
-            state = torch.load(state_file, map_location=device, weights_only=True)
-        except Exception as exc:  # UnpicklingError, RuntimeError (truncated zip), EOFError, ...
-            raise RuntimeError(
-                f"{state_file}: resume state cannot be loaded safely ({type(exc).__name__}); delete it to train from scratch"
-            ) from exc
-        if state["fingerprint"] == fingerprint:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            gen.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-            _set_numpy_rng(state["numpy_rng"])
-            history, start_epoch = json.loads(state["history"]), int(state["epoch"])
-            best = {
-                "score": float(state["best_score"]),
-                "epoch": int(state["best_epoch"]),
-                "weights": state["best_weights"] or None,
-            }
-            log.info("resuming %s from saved state after epoch %d", cell, start_epoch)
-        else:
+        resumed = load_train_state(state_file, device, fingerprint, model, optimizer, scheduler, gen)
+        if resumed is None:
             log.info("ignoring saved state %s: it was made with other settings", state_file)
+        else:
+            history, start_epoch, best = resumed
+            log.info("resuming %s from saved state after epoch %d", cell, start_epoch)
 
     if mixer:
         from timm.loss import SoftTargetCrossEntropy
@@ -321,12 +337,15 @@ def pretrain(
         order = tr_idx[epoch_order(len(tr_idx), cfg["repeated_augmentation"], gen).numpy()][
             : steps_per_epoch * cfg["batch_size"]
         ]
-        total_loss, correct = 0.0, 0
+        # The labels of the epoch's order go to the device once, not in a copy per step; from
+        # pageable memory a non-blocking copy is staged before it returns, with no wait for the GPU.
+        epoch_labels = labels[torch.from_numpy(order).to(device, non_blocking=True)]
+        totals = _EpochTotals(device, cell, epoch + 1)
         bar = tqdm(
             total=steps_per_epoch, desc=f"{cell} epoch {epoch + 1}/{cfg['epochs']}", leave=False, mininterval=1.0
         )
         for step, batch in enumerate(fit.batches(order, cfg["batch_size"], gen)):
-            y = labels[torch.from_numpy(order[step * cfg["batch_size"] : (step + 1) * cfg["batch_size"]]).to(device)]
+            y = epoch_labels[step * cfg["batch_size"] : (step + 1) * cfg["batch_size"]]
             x = to_model(batch if augment else batch.permute(0, 3, 1, 2))
             target = y
             if mixer:
@@ -334,19 +353,17 @@ def pretrain(
             with autocast(device, precision):
                 logits = model(x)[:, columns]
                 loss = loss_fn(logits, target)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"cell {cell}: non-finite training loss ({loss.item()}) in epoch {epoch + 1}, step {step + 1}"
-                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if per_batch:
                 scheduler.step()
-            total_loss += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
+            totals.add(loss, logits, y)
             bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if (step + 1) % CHECK_EVERY == 0 and step + 1 < steps_per_epoch:
+                total_loss, _ = totals.read(step + 1)
+                bar.set_postfix(loss=f"{total_loss / ((step + 1) * cfg['batch_size']):.3f}")  # the epoch's mean so far
+        total_loss, correct = totals.read(steps_per_epoch)
         bar.close()
         row = {
             "epoch": epoch + 1,
@@ -378,7 +395,7 @@ def pretrain(
             row["val_acc"],
             row["seconds"],
         )
-        _save_state(state_file, model, optimizer, scheduler, gen, fingerprint, history, epoch + 1, best)
+        save_train_state(state_file, device, model, optimizer, scheduler, gen, fingerprint, history, epoch + 1, best)
 
     kept = history[-1]
     if selection != "last" and best["weights"] is None:
@@ -422,7 +439,11 @@ def pretrain(
     return info
 
 
-def _save_state(path: Path, model, optimizer, scheduler, gen, fingerprint: str, history, epoch, best):
+def save_train_state(path: Path, device, model, optimizer, scheduler, gen, fingerprint: str, history, epoch, best):
+    """Everything a rerun needs to continue bitwise after ``epoch``: weights, optimiser and
+    schedule, the kept best weights (on the CPU), the history, and every generator the training
+    draws from: ``gen`` (orders, crops), torch's and numpy's global ones (timm's Mixup), and on a
+    CUDA device its generator (drop_path's draws). Generator states are CPU byte tensors."""
     state = {
         "best_score": best["score"],
         "best_epoch": best["epoch"],
@@ -437,5 +458,58 @@ def _save_state(path: Path, model, optimizer, scheduler, gen, fingerprint: str, 
         "epoch": epoch,
         "fingerprint": fingerprint,
     }
+    if torch.device(device).type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+def load_train_state(
+    path: Path, device, fingerprint: str, model, optimizer, scheduler, gen
+) -> tuple[list[dict], int, dict] | None:
+    """Restore what ``save_train_state`` wrote into the training objects: (history, epochs done,
+    best) or None when the state was made with other settings (``fingerprint``). Whatever device
+    wrote it, the file is read onto the CPU: generator states must stay CPU byte tensors (set_state
+    refuses others), weights and AdamW's moments are copied onto the model's device by
+    ``load_state_dict``, and AdamW's ``step`` counts stay on the CPU, where AdamW keeps them when
+    neither fused nor capturable (on a device each step would read them back to the host).
+    A RuntimeError naming the file when it cannot be read or restored."""
+    try:
+        # weights_only: a state file is data; a crafted pickle is refused, never executed.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError (truncated zip), EOFError, ...
+        raise RuntimeError(
+            f"{path}: resume state cannot be loaded safely ({type(exc).__name__}); delete it to train from scratch"
+        ) from exc
+    try:
+        if state["fingerprint"] != fingerprint:
+            return None
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        _set_numpy_rng(state["numpy_rng"])
+        _set_cuda_rng(state.get("cuda_rng"), torch.device(device), path)
+        best = {
+            "score": float(state["best_score"]),
+            "epoch": int(state["best_epoch"]),
+            "weights": state["best_weights"] or None,
+        }
+        return json.loads(state["history"]), int(state["epoch"]), best
+    except Exception as exc:  # a key missing, a tensor of another shape or type, ...
+        first_line = str(exc).strip().split("\n")[0]  # load_state_dict lists every key on lines of its own
+        reason = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
+        raise RuntimeError(
+            f"{path}: resume state cannot be restored ({reason}); delete it to train from scratch"
+        ) from exc
+
+
+def _set_cuda_rng(state: torch.Tensor | None, device: torch.device, path: Path) -> None:
+    """Restore the CUDA generator of ``device`` (the job's GPU, whatever its index)."""
+    if device.type != "cuda":
+        return  # a GPU run's state resumed elsewhere: nothing draws from CUDA here
+    if state is None:
+        log.warning("%s was written off CUDA: the CUDA generator (drop_path) restarts from the seed", path)
+        return
+    torch.cuda.set_rng_state(state, device)
