@@ -69,13 +69,16 @@ def launches(fn, device) -> int:
 
 
 def per_batch(fn, device, repeats: int) -> float:
-    fn()  # warm-up
-    synchronize(device)
-    start = time.perf_counter()
+    """Median wall time of ``repeats`` warm calls (a shared machine's noise stays out of it)."""
+    fn()
+    times = []
     for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
         fn()
-    synchronize(device)
-    return (time.perf_counter() - start) / repeats
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
 
 
 def main():
@@ -85,11 +88,11 @@ def main():
     p.add_argument("--draws", type=int, default=20, help="batches of random boxes compared per case")
     args = p.parse_args()
     device = chosen_device(args)
-    draws, repeats, n = (2, 1, 16) if args.smoke else (args.draws, 5, args.batch)
+    draws, repeats, n = (2, 1, 16) if args.smoke else (args.draws, 7, args.batch)
     lines = [
         f"batch {n}, {draws} batches of random boxes per case, {device}",
         "",
-        "| case | path | launches / batch | ms / batch | max abs diff vs per-crop float32 (0-255) |",
+        "| case | path | launches / batch | ms / batch (median) | max abs diff vs per-crop float32 (0-255) |",
         "|---|---|---|---|---|",
     ]
     for case in ("cifar32", "photo224"):

@@ -186,8 +186,9 @@ def resize_weights(
     antialias=True, align_corners=False)`` gives them. Output pixel i samples the span around its
     centre ``scale * (i + 0.5)`` (scale = length / size) with a triangle filter of half-width
     ``support`` = max(scale, 1), over torch's window of input pixels (its rounding included: a
-    pixel on the window's edge has weight 0 exactly but float32 gives it 1e-5), each output's
-    weights normalised to sum 1. The float32 operations are torch's, in its order."""
+    pixel on the window's edge, of weight 0 in exact arithmetic, gets about 1e-5 from float32
+    rounding unless left out as torch leaves it out), each output's weights normalised to sum 1.
+    The float32 operations are torch's, in its order; only the sums' order differs."""
     length = length.float()
     scale = length / size
     support = torch.where(scale >= 1, scale, 1.0)  # the filter widens only to shrink
@@ -253,7 +254,8 @@ def shared_memory_workers(workers: int, batch_bytes: int, path: str = SHARED_MEM
             f"{path} has {free / mb:.0f} MB free but one data-loader worker needs "
             f"{(PREFETCH + 1) * batch_bytes / mb:.0f} MB ({PREFETCH + 1} batches of {batch_bytes / mb:.0f} MB): give "
             f"it {math.ceil(need / 2**30)} GB (docker run --shm-size={math.ceil(need / 2**30)}g), keep the split on "
-            "the device (compute.resident_mb, for images of one size) or run the rule on one thread (no workers)"
+            "the device (compute.resident_mb, for images of one size) or give the job one thread (no workers: "
+            "snakemake --set-threads RULE=1)"
         )
     log.warning(
         "%s has %.0f MB free, %d data-loader workers need %.0f MB: using %d",

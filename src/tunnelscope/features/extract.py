@@ -16,12 +16,13 @@ from tunnelscope.runtime import autocast
 class HostCopies:
     """Each batch's pooled vectors on their way to the host, as numpy arrays of ``dtype``.
 
-    ``lag`` (CUDA): the vectors are cast on the device and copied into pinned (page-locked) host
-    buffers without blocking, and a batch is handed over only when the next one's copies are
-    queued, after the event ``record()`` returned behind its own copies has completed; the host
-    queues the next forward instead of waiting for each copy. The copies run on the device's
-    stream after the forward (pooled vectors: a small fraction of a forward's time). Without
-    ``lag`` each batch is copied at once (pinned memory needs CUDA).
+    ``lag`` (CUDA): the batch's vectors, every layer and pooling, are cast and packed into one
+    buffer on the device and copied into one pinned (page-locked) host buffer without blocking;
+    a batch is handed over only when the next one's copy is queued, after the event ``record()``
+    returned behind its own copy has completed: the host queues the next forward instead of
+    waiting for each copy. The copy runs on the device's stream after the forward (pooled
+    vectors: a small fraction of a forward's time). Without ``lag`` each vector is copied at
+    once, as the CPU path always has (pinned memory needs CUDA).
     """
 
     def __init__(self, dtype, lag: bool = False, pin: bool = False, record=None):
@@ -38,26 +39,30 @@ class HostCopies:
         return cls(dtype, lag=True, pin=True, record=lambda: _recorded_event(device))
 
     def push(self, vectors: dict) -> list[dict]:
-        """Queue the copies of one batch's {key: tensor}; returns the batches now on the host
+        """Queue the copy of one batch's {key: tensor}; returns the batches now on the host
         ({key: (n, D) array}): this one without ``lag``, else the previous one, if any."""
         if not self.lag:
             return [{key: value.cpu().numpy().astype(self.dtype, copy=False) for key, value in vectors.items()}]
-        host = {
-            key: torch.empty(value.shape, dtype=self._host_dtype, pin_memory=self.pin).copy_(value, non_blocking=True)
-            for key, value in vectors.items()
-        }
+        packed = torch.cat([value.reshape(-1) for value in vectors.values()]).to(self._host_dtype)
+        host = torch.empty(packed.shape, dtype=self._host_dtype, pin_memory=self.pin)
+        host.copy_(packed, non_blocking=True)
+        shapes = {key: value.shape for key, value in vectors.items()}
         done = self.record()
         ready = self.drain()
-        self._pending = host, done
+        self._pending = host, shapes, done
         return ready
 
     def drain(self) -> list[dict]:
         """The batch still being copied, once it is on the host ([] if none)."""
         if self._pending is None:
             return []
-        (host, done), self._pending = self._pending, None
+        (host, shapes, done), self._pending = self._pending, None
         done.synchronize()
-        return [{key: value.numpy() for key, value in host.items()}]
+        arrays, start = {}, 0
+        for key, shape in shapes.items():  # views of the one buffer, which they keep alive
+            arrays[key] = host[start : start + shape.numel()].view(shape).numpy()
+            start += shape.numel()
+        return [arrays]
 
 
 def _recorded_event(device: torch.device):
@@ -85,7 +90,7 @@ def embed_batches(
     batch is yielded once the next one's forward is queued."""
     model.eval()
     device = next(model.parameters()).device
-    copies = copies or HostCopies.for_device(device, dtype)
+    copies = HostCopies.for_device(device, dtype) if copies is None else copies
     to_model = Normaliser(mean, std)
     with LayerCapture(model, points, poolings) as capture:
         for images in batches:
