@@ -127,7 +127,7 @@ def crop_batch(
     return out
 
 
-# Float32 canvas per chunk of ``resize_crops``: bounds its temporaries (about three times this) at
+# Float32 canvas per chunk of ``resize_crops``: bounds its temporaries (about four times this) at
 # a few dozen more launches a chunk; a batch of 256 photos at 224 px takes two.
 CHUNK_BYTES = 256 * 2**20
 
