@@ -148,3 +148,71 @@ def test_the_store_owns_the_layer_file_layout(tmp_path):
     assert layer_files(tmp_path, "avg2x2") == [layer_path(tmp_path, "avg2x2", 2), layer_path(tmp_path, "avg2x2", 10)]
     with pytest.raises(FileNotFoundError, match="pooling avg1x1"):
         layer_files(tmp_path, "avg1x1")
+
+
+class _Event:
+    """A stand-in for a CUDA event: records when the copies behind it were waited for."""
+
+    def __init__(self, log: list, index: int):
+        self.log, self.index = log, index
+
+    def synchronize(self):
+        self.log.append(f"sync {self.index}")
+
+
+def test_lagged_host_copies_yield_what_immediate_copies_yield_one_batch_later():
+    """The CUDA path of embed_batches (copies queued, each batch handed over once the next one's
+    forward is queued and its event waited for), run on the CPU without pinned memory: the same
+    arrays, bitwise (float16 rounding included), in the same order, one batch late."""
+    from tunnelscope.features.extract import HostCopies, embed_batches
+
+    model = build_model("vggm11", 5, 0.125).eval()
+    points = probe_points(model)
+    images = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (10, 32, 32, 3), dtype=np.uint8))
+    log, events = [], []
+
+    def batches():
+        for k in range(0, 10, 4):
+            log.append(f"forward {k // 4}")
+            yield images[k : k + 4]
+
+    def record():
+        events.append(_Event(log, len(events)))
+        return events[-1]
+
+    def run(copies):
+        out = []
+        for vectors in embed_batches(model, points, batches(), ["avg2x2", "avg1x1"], np.float16, copies=copies):
+            log.append(f"yield {len(out)}")
+            out.append(vectors)
+        return out
+
+    immediate = run(None)  # the CPU's own choice: HostCopies.for_device
+    assert log == ["forward 0", "yield 0", "forward 1", "yield 1", "forward 2", "yield 2"]
+    log.clear()
+    lagged = run(HostCopies(np.float16, lag=True, record=record))
+    assert log == ["forward 0", "forward 1", "sync 0", "yield 0", "forward 2", "sync 1", "yield 1", "sync 2", "yield 2"]
+    assert len(lagged) == len(immediate) == 3
+    for ours, theirs in zip(lagged, immediate):
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            assert ours[key].dtype == np.float16 and np.array_equal(ours[key], theirs[key]), key
+
+
+def test_host_copies_cast_as_numpy_casts_and_pin_only_for_cuda():
+    """float32 -> float16 on the device (before the copy, half the bytes) rounds as numpy's
+    astype on the host did: ties, overflow to infinity, subnormals."""
+    from tunnelscope.features.extract import HostCopies
+
+    values = torch.tensor([1.0, 65504.0, 65520.0, -70000.0, 1e-8, 3e-5, 1 + 2**-11, 1 + 3 * 2**-11, 0.1])
+    values = torch.cat([values, torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 100])
+    copies = HostCopies(np.float16, lag=True, record=lambda: _Event([], 0))
+    assert copies.push({"a": values}) == []
+    (ours,) = copies.drain()
+    with np.errstate(over="ignore"):
+        assert np.array_equal(ours["a"], values.numpy().astype(np.float16))
+    assert copies.drain() == []
+    cpu = HostCopies.for_device(torch.device("cpu"), np.float32)
+    cuda = HostCopies.for_device(torch.device("cuda:1"), "float16")  # built, never run, without a GPU
+    assert (cpu.lag, cpu.pin) == (False, False) and (cuda.lag, cuda.pin) == (True, True)
+    assert cuda.dtype == np.float16 and cuda.record is not None

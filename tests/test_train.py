@@ -1,4 +1,5 @@
 import json
+import types
 
 import numpy as np
 import pandas as pd
@@ -64,10 +65,9 @@ def test_resize_is_torchvisions_for_the_same_box():
     assert torch.equal(ours, theirs) or torch.equal(ours, theirs.flip(-1))  # flipped or not
 
 
-def test_streamed_crops_are_the_same_wherever_they_are_made(tmp_path):
-    """Crops made in data-loader workers (a CPU run), in this process, or from a canvas of whole
-    images (an accelerator run, here on the CPU) are bitwise the same batches."""
-    from tunnelscope.data.loader import SplitReader
+def _varied_split(tmp_path):
+    """The train split of a store of 70 images of varying sizes (so it streams), the images and
+    their shapes."""
     from tunnelscope.data.store import SplitPlan, Store, byte_chunks, write_store
 
     rng = np.random.default_rng(0)
@@ -79,8 +79,38 @@ def test_streamed_crops_are_the_same_wherever_they_are_made(tmp_path):
         {"dataset": "toy", "num_classes": 3, "resolution": 16, "shorter_side": 18, "native": False},
         {"train": plan, "test": plan},
     )
-    split = Store(tmp_path / "s").splits["train"]
-    order = rng.permutation(70)
+    return Store(tmp_path / "s").splits["train"], images, shapes
+
+
+def test_a_reader_runs_the_workers_shared_memory_holds(tmp_path, monkeypatch, caplog):
+    """Streaming canvases (an accelerator's batches, here on the CPU) with two workers where
+    /dev/shm holds the batches of one: the reader runs one, the same batches; the bytes are
+    those of the largest canvas of the pass."""
+    from tunnelscope.data import loader
+
+    split, _, shapes = _varied_split(tmp_path)
+    order = np.random.default_rng(1).permutation(70)
+    largest = max(len(c) * shapes[c, 0].max() * shapes[c, 1].max() * 3 for c in np.split(order, [32, 64]))
+    reader = loader.SplitReader(split, "whole", 16, "cpu", resident_mb=0, workers=2, crop_in_workers=False)
+    alone = loader.SplitReader(split, "whole", 16, "cpu", resident_mb=0, workers=0, crop_in_workers=False)
+    monkeypatch.setattr(loader.os, "statvfs", _statvfs(3 * largest + 4096))
+    with caplog.at_level("WARNING", logger="tunnelscope.data"):
+        batches = [b.clone() for b in reader.batches(order, 32, torch.Generator().manual_seed(4))]
+    assert f"2 data-loader workers need {5 * largest / 2**20:.0f} MB: using 1" in caplog.text
+    expected = alone.batches(order, 32, torch.Generator().manual_seed(4))
+    assert all(torch.equal(a, b) for a, b in zip(batches, expected)) and len(batches) == 3
+    monkeypatch.setattr(loader.os, "statvfs", _statvfs(3 * largest - 4096))
+    with pytest.raises(RuntimeError, match="^/dev/shm has"):
+        next(reader.batches(order, 32, torch.Generator().manual_seed(4)))
+
+
+def test_streamed_crops_are_the_same_wherever_they_are_made(tmp_path):
+    """Crops made in data-loader workers (a CPU run), in this process, or from a canvas of whole
+    images (an accelerator run, here on the CPU) are bitwise the same batches."""
+    from tunnelscope.data.loader import SplitReader
+
+    split, images, shapes = _varied_split(tmp_path)
+    order = np.random.default_rng(0).permutation(70)
     runs = {}
     for name, workers, in_workers in (("workers", 1, True), ("here", 0, True), ("canvas", 1, False)):
         reader = SplitReader(split, "whole", 16, "cpu", resident_mb=0, workers=workers, crop_in_workers=in_workers)
@@ -101,6 +131,130 @@ def test_streamed_crops_are_the_same_wherever_they_are_made(tmp_path):
         first, torch.from_numpy(shapes[order[:32]]), 16, torch.Generator().manual_seed(4)
     )
     assert torch.equal(runs["workers"][0].float(), expected)
+
+
+# resize_crops' stated tolerance against the float32 interpolate per crop, on the 0-255 scale.
+BATCHED_TOLERANCE = 2e-4
+
+
+def _per_crop_float32(canvas, boxes, flips, size):
+    from tunnelscope.data.loader import crop_batch
+
+    out = torch.empty((len(boxes), size, size, 3)).permute(0, 3, 1, 2)
+    return crop_batch(canvas, boxes, flips, size, out, batched=False)
+
+
+def _photo_canvas(n: int, seed: int):
+    """Canvas of n photo-sized images (shorter side 256, aspect 3:4-4:3, some odd ones) and
+    their sizes, as a 224-px store streams them."""
+    rng = np.random.default_rng(seed)
+    aspect = rng.uniform(3 / 4, 4 / 3, n)
+    heights = np.where(aspect >= 1, 256, np.round(256 / aspect)).astype(np.int64)
+    widths = np.where(aspect >= 1, np.round(256 * aspect), 256).astype(np.int64)
+    heights[:2], widths[:2] = (300, 224), (224, 470)  # narrower than the crops, and a panorama
+    canvas = rng.integers(0, 256, (n, heights.max(), widths.max(), 3), dtype=np.uint8)
+    return torch.from_numpy(canvas), heights, widths
+
+
+def test_batched_crops_match_the_per_crop_resize():
+    """resize_crops (the accelerators' path, run here on the CPU in float32) against the float32
+    interpolate per crop: CIFAR-like resident batches with rrc_flip boxes, photo-sized canvases
+    at 224 px, and boxes at the extremes (one pixel, the whole canvas, its far corner)."""
+    from tunnelscope.data.loader import crop_batch, crop_plan
+
+    generator = torch.Generator().manual_seed(0)
+    cifar = torch.randint(0, 256, (256, 32, 32, 3), dtype=torch.uint8, generator=generator)
+    photos, heights, widths = _photo_canvas(12, seed=1)
+    cases = [
+        (cifar, *crop_plan(np.full(256, 32), np.full(256, 32), generator), 32),
+        (photos, *crop_plan(heights, widths, generator), 224),
+        (
+            cifar[:5],
+            np.array([[0, 0, 1, 1], [31, 31, 1, 1], [0, 0, 32, 32], [30, 0, 2, 32], [5, 7, 3, 20]]),
+            np.array([False, True, True, False, True]),
+            24,
+        ),
+    ]
+    for canvas, boxes, flips, size in cases:
+        ours = crop_batch(canvas, boxes, flips, size, batched=True)
+        assert ours.dtype == torch.float32 and ours.is_contiguous(memory_format=torch.channels_last)
+        reference = _per_crop_float32(canvas, boxes, flips, size)
+        assert (ours - reference).abs().max() <= BATCHED_TOLERANCE, size
+
+
+def test_batched_crops_are_float32_under_autocast_and_chunked_alike(monkeypatch):
+    """bf16 autocast around the data path changes nothing, and neither does the chunking that
+    bounds the temporaries."""
+    from tunnelscope.data import loader
+
+    canvas, heights, widths = _photo_canvas(6, seed=2)
+    boxes, flips = loader.crop_plan(heights, widths, torch.Generator().manual_seed(2))
+    plain = loader.resize_crops(canvas, boxes, flips, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(loader.resize_crops(canvas, boxes, flips, 64), plain)
+    image_bytes = canvas[0].numel() * 4
+    monkeypatch.setattr(loader, "CHUNK_BYTES", 2 * image_bytes)  # chunks of 2 images
+    assert torch.equal(loader.resize_crops(canvas, boxes, flips, 64), plain)
+
+
+def test_accelerators_crop_a_batch_in_a_fixed_number_of_operators(monkeypatch):
+    """The batched path launches as many operators for 64 crops as for 8 (the per-crop path:
+    several per crop); crop_batch takes it by device type, the CPU keeping the per-crop path."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from tunnelscope.data import loader
+
+    def launched(fn):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        return sum(e.cpu_parent is None for e in prof.events())
+
+    canvas = torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8)
+    boxes, flips = loader.crop_plan(np.full(64, 32), np.full(64, 32), torch.Generator().manual_seed(0))
+    few, many = (launched(lambda n=n: loader.resize_crops(canvas[:n], boxes[:n], flips[:n], 32)) for n in (8, 64))
+    assert few == many < 100
+    assert launched(lambda: _per_crop_float32(canvas, boxes, flips, 32)) > 3 * 64
+    assert not loader.batched_crops("cpu") and loader.batched_crops("cuda") and loader.batched_crops("meta")
+    on_meta = loader.crop_batch(canvas.to("meta"), boxes, flips, 32)  # no CPU tensor meets a device one
+    assert on_meta.device.type == "meta" and on_meta.shape == (64, 3, 32, 32)
+    assert on_meta.is_contiguous(memory_format=torch.channels_last)
+    calls = []
+    monkeypatch.setattr(loader, "resize_crops", lambda *args: calls.append(args[0].device.type))
+    loader.crop_batch(canvas.to("meta"), boxes, flips, 32)
+    loader.crop_batch(canvas, boxes, flips, 32)
+    assert calls == ["meta"]  # the CPU canvas went through the per-crop uint8 path
+    with pytest.raises(TypeError, match="canvas tensor"):
+        loader.crop_batch(list(canvas[:2]), boxes[:2], flips[:2], 32, batched=True)
+
+
+def _statvfs(free: int):
+    return lambda path: types.SimpleNamespace(f_bavail=free // 4096, f_frsize=4096)
+
+
+def test_workers_fit_the_free_shared_memory(monkeypatch, caplog):
+    """Two batches per worker and one being handed over must fit /dev/shm: fewer workers when
+    they do not (one log line), a one-line error naming /dev/shm, the bytes and the fix when
+    not even one does, no check where there is no /dev/shm."""
+    from tunnelscope.data import loader
+
+    batch = 90 * 2**20
+    monkeypatch.setattr(loader.os, "statvfs", _statvfs(64 * 2**30))
+    assert loader.shared_memory_workers(7, batch) == 7 and loader.shared_memory_workers(0, batch) == 0
+    monkeypatch.setattr(loader.os, "statvfs", _statvfs(5 * batch + 4096))
+    with caplog.at_level("WARNING", logger="tunnelscope.data"):
+        assert loader.shared_memory_workers(7, batch) == 2
+    assert len(caplog.records) == 1 and "/dev/shm has 450 MB free, 7 data-loader workers need 1350 MB" in caplog.text
+    monkeypatch.setattr(loader.os, "statvfs", _statvfs(64 * 2**20))  # docker's default
+    with pytest.raises(RuntimeError, match=r"^/dev/shm has 64 MB free but one data-loader worker needs 270 MB .*"):
+        loader.shared_memory_workers(7, batch)
+    with pytest.raises(RuntimeError, match=r"--shm-size=2g"):  # what all 7 workers need
+        loader.shared_memory_workers(7, batch)
+
+    def missing(path):
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(loader.os, "statvfs", missing)
+    assert loader.shared_memory_workers(7, batch) == 7
 
 
 @pytest.mark.parametrize("size", [(256, 341), (32, 32), (36, 80)])

@@ -17,7 +17,10 @@ tensors (bilinear, antialiased) and flipped.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import os
 
 import numpy as np
 import torch
@@ -25,8 +28,12 @@ import torch
 from tunnelscope.data.store import StoreSplit
 from tunnelscope.runtime import bound_heap
 
+log = logging.getLogger("tunnelscope.data")
+
 SCALE = (0.08, 1.0)
 RATIO = (3 / 4, 4 / 3)
+SHARED_MEMORY = "/dev/shm"
+PREFETCH = 2  # batches a data-loader worker prepares ahead
 
 
 def rrc_boxes(
@@ -68,8 +75,21 @@ def crop_plan(heights, widths, generator: torch.Generator, scale=SCALE, ratio=RA
     return boxes.numpy(), flips.numpy()
 
 
+def batched_crops(device) -> bool:
+    """Whether ``crop_batch`` resizes a canvas's crops all at once on ``device``: on accelerators,
+    where one launch per crop would keep the device waiting on Python (about 1,500 launches per
+    batch of 256), not on CPUs, where the per-crop uint8 kernel is the fast one (and bitwise what
+    runs have given so far)."""
+    return torch.device(device).type != "cpu"
+
+
 def crop_batch(
-    images, boxes: np.ndarray, flips: np.ndarray, size: int, out: torch.Tensor | None = None
+    images,
+    boxes: np.ndarray,
+    flips: np.ndarray,
+    size: int,
+    out: torch.Tensor | None = None,
+    batched: bool | None = None,
 ) -> torch.Tensor:
     """Crop box k of image k ((h, w, 3) uint8 tensors, or rows of a canvas holding each image in
     its top-left corner), resize it to ``size`` as torchvision's RandomResizedCrop resizes tensors
@@ -77,10 +97,19 @@ def crop_batch(
 
     Returns (n, 3, size, size) in [0, 255] with channels-last strides (as unaugmented batches have
     them, so convolutions take the same kernels either way): uint8 on CPUs, where that kernel is
-    several times faster than on floats, float32 elsewhere. ``out`` may supply the uint8 result.
+    several times faster than on floats, float32 elsewhere. ``out`` may supply the result (and
+    so the dtype the crops are resized in).
+    ``batched`` (default: ``batched_crops`` of the device) resizes a canvas's crops in a few
+    batched kernels (``resize_crops``, float32) instead of one ``interpolate`` per crop.
     """
     device = images[0].device if len(images) else torch.device("cpu")
-    dtype = torch.uint8 if device.type == "cpu" else torch.float32
+    if batched is None:
+        batched = batched_crops(device) and isinstance(images, torch.Tensor)
+    if batched:
+        if not isinstance(images, torch.Tensor):
+            raise TypeError("batched crops are made from a canvas tensor (n, H, W, 3), not a list of images")
+        return resize_crops(images, boxes, flips, size, out)
+    dtype = out.dtype if out is not None else torch.uint8 if device.type == "cpu" else torch.float32
     if out is None:
         out = torch.empty((len(boxes), size, size, 3), dtype=dtype, device=device).permute(0, 3, 1, 2)
     for k, ((top, left, h, w), flip) in enumerate(zip(boxes.tolist(), flips.tolist())):
@@ -96,6 +125,82 @@ def crop_batch(
         )[0]
         out[k] = resized.flip(-1) if flip else resized
     return out
+
+
+# Float32 canvas per chunk of ``resize_crops``: bounds its temporaries (about four times this) at
+# a few dozen more launches a chunk; a batch of 256 photos at 224 px takes two.
+CHUNK_BYTES = 256 * 2**20
+
+
+def resize_crops(
+    canvas: torch.Tensor, boxes: np.ndarray, flips: np.ndarray, size: int, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``crop_batch`` of a canvas (n, H, W, 3) in a few batched kernels: the antialiased bilinear
+    resize is separable, so crop k is ``rows[k] @ image[k] @ columns[k].T`` with the (size x H)
+    and (size x W) weights ``interpolate`` gives each output pixel (``resize_weights``), zero
+    outside the box and mirrored for a flip: two batched products per chunk of images, in
+    float32, whatever autocast is active (TF32 products, if a job turns them on, round the
+    weights to 10 bits).
+
+    Within 2e-4 (on the [0, 255] scale) of the float32 ``interpolate`` per crop; measured on
+    the CPU: at most 7.6e-5 over 224-px crops of photo-sized canvases and 0 over 32-px crops of
+    CIFAR batches (benchmarks/bench_crops.py). Returns (n, 3, size, size) float32, channels-last
+    (or ``out``, filled).
+    """
+    n, height, width, _ = canvas.shape
+    if out is None:
+        out = torch.empty((n, size, size, 3), dtype=torch.float32, device=canvas.device).permute(0, 3, 1, 2)
+    step = max(1, CHUNK_BYTES // (height * width * 3 * 4))
+    with _without_autocast(canvas.device.type):
+        for first in range(0, n, step):
+            part = slice(first, first + step)
+            k = len(boxes[part])
+            # Both axes' spans in one copy, from pageable memory without a host sync (it is
+            # staged at once), and their weights from one call.
+            top, left, h, w = boxes[part].T
+            spans = np.stack([np.r_[top, left], np.r_[h, w], np.r_[np.zeros(k, np.int64), flips[part]]], 1)
+            start, length, flip = torch.from_numpy(spans).to(canvas.device, non_blocking=True).unbind(1)
+            weights = resize_weights(start, length, flip.bool(), size, max(height, width))
+            rows, columns = weights[:k, :, :height], weights[k:, :, :width]
+            # (k, H, 3, W): each image one (H, 3W) matrix for the rows' product, then (3 size, W).
+            images = canvas[part].permute(0, 1, 3, 2).to(torch.float32, memory_format=torch.contiguous_format)
+            resized_rows = torch.bmm(rows, images.flatten(2))
+            resized = torch.bmm(resized_rows.view(k, 3 * size, width), columns.transpose(1, 2))
+            out[part] = resized.view(k, size, 3, size).transpose(1, 2)  # (k, 3, i, j)
+    return out
+
+
+def _without_autocast(device_type: str):
+    """Autocast off for ``device_type`` (nothing to turn off where it has none: meta)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def resize_weights(
+    start: torch.Tensor, length: torch.Tensor, flip: torch.Tensor, size: int, extent: int
+) -> torch.Tensor:
+    """(n, size, extent) float32 weights of the antialiased bilinear resize of span k
+    [start_k, start_k + length_k) of an axis of ``extent`` pixels to ``size`` pixels, output
+    pixels in reverse order where ``flip_k``: the weights torch's ``interpolate(mode="bilinear",
+    antialias=True, align_corners=False)`` gives them. Output pixel i samples the span around its
+    centre ``scale * (i + 0.5)`` (scale = length / size) with a triangle filter of half-width
+    ``support`` = max(scale, 1), over torch's window of input pixels (its rounding included: a
+    pixel on the window's edge, of weight 0 in exact arithmetic, gets about 1e-5 from float32
+    rounding unless left out as torch leaves it out), each output's weights normalised to sum 1.
+    The float32 operations are torch's, in its order; only the sums' order differs."""
+    length = length.float()
+    scale = length / size
+    support = torch.where(scale >= 1, scale, 1.0)  # the filter widens only to shrink
+    i = torch.arange(size, device=start.device, dtype=torch.float32)
+    centre = scale[:, None] * (torch.where(flip[:, None], size - 1 - i, i) + 0.5)  # (n, size)
+    first = (centre - support[:, None] + 0.5).trunc_().clamp_min_(0)[:, :, None]
+    stop = torch.minimum((centre + support[:, None] + 0.5).trunc_(), length[:, None])[:, :, None]
+    offset = (torch.arange(extent, device=start.device) - start[:, None]).float()[:, None, :]  # within the span
+    weights = ((offset - centre[:, :, None]) + 0.5).mul_((1 / support)[:, None, None])
+    weights = weights.abs_().neg_().add_(1).clamp_min_(0)
+    weights *= (offset >= first) & (offset < stop)
+    return weights / weights.sum(-1, keepdim=True)
 
 
 def random_resized_crop_flip(
@@ -123,6 +228,44 @@ def loader_workers(device, threads: int) -> int:
     threads (at 224 px on 2 cores: 0.66x a bare loop with one worker, 0.88x without;
     benchmarks/RESULTS.md)."""
     return max(0, threads - 1) if torch.device(device).type != "cpu" else 0
+
+
+def shared_memory_workers(workers: int, batch_bytes: int, path: str = SHARED_MEMORY) -> int:
+    """How many of ``workers`` data-loader processes fit the free space of ``path`` (/dev/shm),
+    where workers hand their batches over: ``PREFETCH`` batches of ``batch_bytes`` each, plus the
+    one being copied out. Fewer when they do not fit (one line in the log); an error naming the
+    bytes and the fix when not even one does. Torch's "file_system" sharing strategy would not
+    help: both of its strategies place the batches in /dev/shm (``shm_open``). Nothing to check
+    where there is no /dev/shm (macOS)."""
+    if workers == 0:
+        return 0
+    try:
+        stat = os.statvfs(path)
+    except OSError:
+        return workers
+    free = stat.f_bavail * stat.f_frsize
+    fit = max(0, (free // max(batch_bytes, 1) - 1) // PREFETCH)
+    if fit >= workers:
+        return workers
+    need = (PREFETCH * workers + 1) * batch_bytes
+    mb = 2**20
+    if fit == 0:
+        raise RuntimeError(
+            f"{path} has {free / mb:.0f} MB free but one data-loader worker needs "
+            f"{(PREFETCH + 1) * batch_bytes / mb:.0f} MB ({PREFETCH + 1} batches of {batch_bytes / mb:.0f} MB): give "
+            f"it {math.ceil(need / 2**30)} GB (docker run --shm-size={math.ceil(need / 2**30)}g), keep the split on "
+            "the device (compute.resident_mb, for images of one size) or give the job one thread (no workers: "
+            "snakemake --set-threads RULE=1)"
+        )
+    log.warning(
+        "%s has %.0f MB free, %d data-loader workers need %.0f MB: using %d",
+        path,
+        free / mb,
+        workers,
+        need / mb,
+        fit,
+    )
+    return fit
 
 
 class _Batches(torch.utils.data.Dataset):
@@ -208,16 +351,19 @@ class SplitReader:
             return
         if crop_in_workers is None:
             crop_in_workers = self.device.type == "cpu"
-        mode = "center" if view == "center" else "crops" if crop_in_workers else "canvas"
+        self._mode = "center" if view == "center" else "crops" if crop_in_workers else "canvas"
         self._items = _Chunks()
-        self._loader = torch.utils.data.DataLoader(
-            _Batches(split, mode, size),
+        self._loader = self._data_loader(workers)
+
+    def _data_loader(self, workers: int) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            _Batches(self.split, self._mode, self.size),
             batch_size=None,
             sampler=self._items,
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,
-            prefetch_factor=2 if workers else None,
+            prefetch_factor=PREFETCH if workers else None,
             worker_init_fn=_init_worker,
         )
 
@@ -235,7 +381,7 @@ class SplitReader:
         if generator is None:
             raise ValueError("the whole-image view draws its crops from a generator: pass one")
         plans = [crop_plan(self.split.heights[c], self.split.widths[c], generator) for c in chunks]
-        if not self.resident and self._loader.dataset.mode == "crops":
+        if not self.resident and self._mode == "crops":
             yield from self._batches([(c, boxes, flips) for c, (boxes, flips) in zip(chunks, plans)])
             return
         for images, (boxes, flips) in zip(self._batches(chunks), plans):  # resident images or canvases
@@ -243,9 +389,23 @@ class SplitReader:
 
     def _batches(self, items):
         if self.resident:
-            for chunk in items:
-                yield self._images[torch.from_numpy(chunk).to(self.device)]
+            for chunk in items:  # a pageable copy without a host sync: it is staged at once
+                yield self._images[torch.from_numpy(chunk).to(self.device, non_blocking=True)]
             return
+        workers = shared_memory_workers(self._loader.num_workers, self._largest_batch(items))
+        if workers != self._loader.num_workers:
+            self._loader = self._data_loader(workers)
         self._items.items = items
         for item in self._loader:
             yield item.to(self.device, non_blocking=True)
+
+    def _largest_batch(self, items) -> int:
+        """Bytes of the largest of these batches as workers hand them over: R x R crops, or a
+        canvas as large as the batch's tallest and widest images."""
+        chunks = [item[0] if isinstance(item, tuple) else item for item in items]
+        if not chunks:
+            return 0
+        if self._mode != "canvas":
+            return max(map(len, chunks)) * self.size * self.size * 3
+        split = self.split
+        return max(len(c) * int(split.heights[c].max()) * int(split.widths[c].max()) * 3 for c in chunks)

@@ -2,7 +2,9 @@
 
 Batches of eval crops stream from the prepared store (or sit on the device for small sets); each
 batch's pooled vectors go to a writer thread that appends them to every layer's file while the
-next batch runs, so memory holds a batch or two, not the eval set.
+next batch runs, so memory holds a batch or two, not the eval set. On a GPU the vectors reach the
+host through pinned buffers without blocking, a batch behind the forward passes
+(``extract.HostCopies``).
 """
 
 from __future__ import annotations
