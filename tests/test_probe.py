@@ -219,12 +219,12 @@ def write_layers(embed_dir, dims=(4, 6)):
 
 
 def test_probe_job_takes_its_device_from_the_runtime(tmp_path, monkeypatch):
-    """The GPU slot is claimed by runtime.pick_device, as for training and extraction."""
+    """The device is the job's (runtime.job_device, set up by the probe script), as for training and extraction."""
     import tunnelscope.probe.layers as layers
 
     write_layers(tmp_path)
     asked = []
-    monkeypatch.setattr(layers, "pick_device", lambda: asked.append("device") or torch.device("cpu"))
+    monkeypatch.setattr(layers, "job_device", lambda: asked.append("device") or torch.device("cpu"))
     table, weights, _ = layers.probe_layers(str(tmp_path), probe_job_params("lbfgs"))
     assert asked == ["device"] and table.layer.tolist() == [1, 2] and sorted(weights) == ["layer_001", "layer_002"]
     assert (table.seed == 5).all() and table.test_acc.min() > 0.8

@@ -149,22 +149,6 @@ def test_validation_split_is_stratified_and_seeded():
     assert np.array_equal(val, stratified_split(labels, 0.2, seed=0, stream=7919)[1])
 
 
-def test_gpu_slots_are_claimed_one_job_each(tmp_path):
-    from tunnelscope.runtime import _HELD_LOCKS, claim_slot
-
-    held = len(_HELD_LOCKS)
-    try:
-        assert claim_slot(2, str(tmp_path)) == 0
-        assert claim_slot(2, str(tmp_path)) == 1  # slot 0 is locked by the first claim
-        assert claim_slot(2, str(tmp_path)) is None
-    finally:
-        for handle in _HELD_LOCKS[held:]:
-            handle.close()
-        del _HELD_LOCKS[held:]
-    assert claim_slot(1, str(tmp_path)) == 0  # released locks are free again
-    _HELD_LOCKS.pop().close()
-
-
 def test_schedule_start_factor_floor_and_per_epoch_stepping():
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.AdamW([param], lr=1.0)
