@@ -28,7 +28,7 @@ from tunnelscope.data.store import (
 from tunnelscope.data.transforms import to_input
 from tunnelscope.models.build import build_model
 from tunnelscope.registry import IMAGENET_MEAN, IMAGENET_STD
-from tunnelscope.runtime import autocast, pick_device
+from tunnelscope.runtime import autocast, job_device
 from tunnelscope.study.config import load_schema, section_defaults
 from tunnelscope.training.loop import pretrain
 
@@ -73,7 +73,7 @@ def main():
     args = p.parse_args()
     if args.smoke:
         args.images, args.epochs, args.width = 64, 1, 0.125
-    device, threads = pick_device(), os.cpu_count()
+    device, threads = job_device(), os.cpu_count()
     rng = np.random.default_rng(0)
     r = args.resolution
     images = rng.integers(0, 256, size=(args.images, r, r, 3), dtype=np.uint8)
