@@ -132,6 +132,13 @@ def test_auto_falls_back_to_the_cpu_with_one_warning(job, monkeypatch, caplog):
     assert "running on the CPU" in warning.getMessage() and "Tesla V100" in warning.getMessage()
 
 
+def test_auto_on_a_machine_without_a_gpu_is_quiet(job, monkeypatch, caplog):
+    fake_cuda(monkeypatch, gpus=())
+    with caplog.at_level(logging.WARNING, logger="tunnelscope.runtime"):
+        assert runtime.job_device({"device": "auto"}, gpus_given=0) == torch.device("cpu")
+    assert not caplog.records
+
+
 def test_cuda_setting_requires_a_gpu(job, monkeypatch):
     fake_cuda(monkeypatch, gpus=())
     with pytest.raises(runtime.DeviceError, match="compute.device is cuda but cannot use it: CUDA is unavailable"):
@@ -328,7 +335,7 @@ def test_determinism_is_set_before_cuda_is_asked(job, monkeypatch):
     assert seen == {"cublas": ":4096:8"}
     assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
     assert not torch.backends.cudnn.benchmark and not torch.backends.cudnn.allow_tf32
-    assert not torch.backends.cuda.matmul.allow_tf32
+    assert torch.get_float32_matmul_precision() == "highest" and not torch.backends.cuda.matmul.allow_tf32
     runtime.apply_determinism(False)
     assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.allow_tf32  # torch's defaults
 

@@ -78,8 +78,8 @@ def cuda_problem() -> str:
     """Why CUDA cannot run here ("" when every visible GPU can): unavailable, or a GPU whose
     architecture this torch build has no kernels for (its first kernel would fail)."""
     if not torch.cuda.is_available():
-        names = ", ".join(gpuhost.gpu_names()) or "no NVIDIA GPU found"
-        return f"CUDA is unavailable to {torch_build()} (GPU: {names}; driver {gpuhost.driver_version()})"
+        names = ", ".join(gpuhost.gpu_names()) or "none found"
+        return f"CUDA is unavailable to {torch_build()}; NVIDIA GPU: {names}, driver {gpuhost.driver_version()}"
     if torch.version.cuda is None:  # a ROCm build: its own checks
         return ""
     arch_list = torch.cuda.get_arch_list()
@@ -105,18 +105,18 @@ def choose_device(compute: dict, gpus_given: int | None = None) -> torch.device 
     problem = cuda_problem()
     if not problem:
         return None
-    if setting == "auto":
-        log.warning("compute.device auto: running on the CPU, days slower than a GPU: %s", problem)
-        return torch.device("cpu")
     seen = torch.cuda.is_available()  # a GPU torch sees but cannot run counts as given
     grant = gpuhost.gpu_grant(gpus_given) or (f"torch sees {torch.cuda.device_count()} GPU(s)" if seen else "")
-    if setting == "cuda" or grant:
-        why = "compute.device is cuda" if setting == "cuda" and not grant else f"this job was given a GPU ({grant})"
-        raise DeviceError(
-            f"{why} but cannot use it: {problem}. Install a torch build for this GPU and driver "
-            f"({INSTALL_HINT}), or set compute.device: cpu (or auto to fall back to the CPU)"
-        )
-    return torch.device("cpu")  # strict on a machine without a GPU
+    if not grant and setting != "cuda":
+        return torch.device("cpu")  # a machine without a GPU
+    if setting == "auto":
+        log.warning("compute.device auto: running on the CPU, days slower than a GPU (given: %s): %s", grant, problem)
+        return torch.device("cpu")
+    why = f"this job was given a GPU ({grant})" if grant else "compute.device is cuda"
+    raise DeviceError(
+        f"{why} but cannot use it: {problem}. Install a torch build for this GPU and driver "
+        f"({INSTALL_HINT}), or set compute.device: cpu (or auto to fall back to the CPU)"
+    )
 
 
 def claim_gpu(uuids: list[str], lock_dir: str) -> int | None:
@@ -197,8 +197,11 @@ def apply_determinism(on: bool) -> None:
     torch.use_deterministic_algorithms(on)
     torch.backends.cudnn.deterministic = on
     torch.backends.cudnn.benchmark = False
+    # TF32: convolutions by cuDNN's legacy switch (torch's default on), matrix products by the
+    # public precision call (torch's default already highest); torch refuses reads after a mix
+    # of these and the per-backend fp32_precision settings, so nothing here uses those.
     torch.backends.cudnn.allow_tf32 = not on
-    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
 
 
 def cpu_model() -> str:
