@@ -215,10 +215,11 @@ def test_a_job_waits_for_a_gpu_rather_than_share_one(job, caplog):
 
 
 JOB_SCRIPT = """
-import sys, time, types
+import logging, sys, time, types
 from pathlib import Path
 import torch
 from tunnelscope import runtime
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="log %(message)s", force=True)
 gpus = 2
 torch.cuda.is_available = lambda: True
 torch.cuda.device_count = lambda: gpus
@@ -249,23 +250,30 @@ def test_concurrent_jobs_get_different_gpus_and_a_third_waits(job, tmp_path):
             [sys.executable, str(script), str(releases[i])], env=env, stdout=subprocess.PIPE, text=True
         )
 
+    def next_line(process, prefix):
+        """The next line ``process`` prints that starts with ``prefix``, as words; a job that
+        gets a device while it should wait fails the test (rather than hang it)."""
+        while line := process.stdout.readline():
+            if line.startswith(prefix):
+                return line.split()
+            assert not line.startswith("device"), f"got a GPU while all were locked: {line}"
+        raise AssertionError(f"the job ended before printing {prefix!r}")
+
     jobs = [start(0), start(1)]
-    first = [jobs[0].stdout.readline().split() + jobs[0].stdout.readline().split()]
-    first.append(jobs[1].stdout.readline().split() + jobs[1].stdout.readline().split())
-    assert sorted(line[-1] for line in first) == ["cuda:0", "cuda:1"]  # distinct GPUs
-    assert all(line[:2] == ["set_device", line[-1][-1]] for line in first)  # each made its own current
-    jobs.append(start(2))
-    time.sleep(1.5)
-    assert jobs[2].poll() is None
-    holder_of_gpu0 = next(j for j, line in zip(jobs, first) if line[-1] == "cuda:0")
-    releases[jobs.index(holder_of_gpu0)].touch()
-    holder_of_gpu0.wait(timeout=30)
-    third = jobs[2].stdout.readline().split() + jobs[2].stdout.readline().split()
-    assert third[-1] == "cuda:0"  # waited for the freed GPU instead of sharing one
-    for release in releases:
-        release.touch()
-    for process in jobs:
-        assert process.wait(timeout=30) == 0
+    try:
+        first = [next_line(j, "set_device") + next_line(j, "device") for j in jobs]
+        assert sorted(line[-1] for line in first) == ["cuda:0", "cuda:1"]  # distinct GPUs
+        assert all(line[1] == line[-1][-1] for line in first)  # each made its own GPU current
+        jobs.append(start(2))
+        assert "all 2 GPUs are locked by other jobs" in " ".join(next_line(jobs[2], "log all"))  # it waits
+        holder_of_gpu0 = next(i for i, line in enumerate(first) if line[-1] == "cuda:0")
+        releases[holder_of_gpu0].touch()  # the job on GPU 0 ends ...
+        assert next_line(jobs[2], "device")[-1] == "cuda:0"  # ... and the waiting one takes it
+    finally:
+        for release in releases:
+            release.touch()
+        codes = [process.wait(timeout=60) for process in jobs]
+    assert codes == [0] * len(jobs)
 
 
 def test_another_users_lock_directory_is_not_used(job, monkeypatch):
