@@ -126,7 +126,7 @@ def main():
     p.add_argument(
         "--device",
         type=torch.device,
-        help="where our solvers run (default: the probe job's, runtime.pick_device: a free GPU when present)",
+        help="where our solvers run (default: the probe job's, runtime.job_device: a GPU of its own when CUDA can run)",
     )
     args = p.parse_args()
     args.device = chosen_device(args)

@@ -28,7 +28,7 @@ from tunnelscope.data.store import (
 from tunnelscope.data.transforms import to_input
 from tunnelscope.models.build import build_model
 from tunnelscope.registry import IMAGENET_MEAN, IMAGENET_STD
-from tunnelscope.runtime import autocast, pick_device
+from tunnelscope.runtime import autocast, job_device
 from tunnelscope.study.config import load_schema, section_defaults
 from tunnelscope.training.loop import pretrain
 
@@ -79,7 +79,7 @@ def main():
     if args.smoke:
         args.images, args.epochs, args.width = 64, 1, 0.125
     # The cores this process may use (a job's share under SLURM or taskset), not the machine's.
-    device, threads = pick_device(), len(os.sched_getaffinity(0))
+    device, threads = job_device(), len(os.sched_getaffinity(0))
     augment = args.augment or args.stream
     rng = np.random.default_rng(0)
     r = args.resolution

@@ -30,7 +30,7 @@ def add_device_args(p: argparse.ArgumentParser, device: bool = True) -> None:
         p.add_argument(
             "--device",
             type=torch.device,
-            help="default: the pipeline's choice (runtime.pick_device: a free GPU when present, else the CPU)",
+            help="default: the pipeline's choice (runtime.job_device: a GPU of its own when CUDA can run, else the CPU)",
         )
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16 autocast on both sides")
     p.add_argument("--channels-last", action="store_true", help="NHWC model weights on both sides")
@@ -38,9 +38,9 @@ def add_device_args(p: argparse.ArgumentParser, device: bool = True) -> None:
 
 def chosen_device(args: argparse.Namespace):
     """``--device``, else the device a pipeline job would get."""
-    from tunnelscope.runtime import pick_device
+    from tunnelscope.runtime import job_device
 
-    return args.device or pick_device()
+    return args.device or job_device()
 
 
 def synchronize(device) -> None:

@@ -2,7 +2,8 @@
 even when another fails, then one summary table (also written to OUTDIR/summary.md).
 
 Parts: the device and torch build; training at 32 px (fp32; bf16 + channels-last; resident
-RandomResizedCrop + flip, the CIFAR case) and at 224 px streamed from the store; streamed
+RandomResizedCrop + flip, the CIFAR case); a batch's crops resized in batched products against
+one resize per crop; training at 224 px streamed from the store; streamed
 embedding; every probe solver; two concurrent jobs taking different GPUs (where two are visible);
 one tiny cell (deterministic) trained twice (checkpoint digests equal?), once killed with SIGKILL
 after its first epoch and resumed (the same digest?), and run on the CPU beside the GPU (ID
@@ -67,6 +68,13 @@ def _headline(markdown: str, columns: int = 4) -> str:
 
 def _bench(script: str, args: list[str], log: Path, timeout: float, columns: int = 3) -> str:
     return _headline(_run([sys.executable, f"benchmarks/{script}", *args], log, timeout), columns)
+
+
+def crops_part(args: list[str], log: Path) -> str:
+    """Milliseconds per batch of 256 of each resize path, per case (32 px resident, 224 px canvases)."""
+    output = _run([sys.executable, "benchmarks/bench_crops.py", *args], log, 600)
+    rows = [line.strip("| ").split(" | ") for line in output.splitlines() if line.startswith("|") and "---" not in line]
+    return "; ".join(f"{row[0]} {row[1]} {row[3]} ms" for row in rows[1:])
 
 
 def probe_part(args: list[str], log: Path) -> str:
@@ -237,6 +245,7 @@ def parts(out: Path, dry: bool) -> list[tuple[str, object]]:
         ("train 32 fp32", lambda log: _bench("bench_train.py", sized(train32), log, 600)),
         ("train 32 bf16+NHWC", lambda log: _bench("bench_train.py", sized(train32) + fast, log, 600)),
         ("train 32 rrc_flip resident", lambda log: _bench("bench_train.py", sized(train32) + fast + ["--augment"], log, 600)),
+        ("crops: batched vs per crop", lambda log: crops_part(sized(["--draws", "5"]), log)),
         ("train 224 streamed", lambda log: _bench("bench_train.py", sized(train224 + ["--batch", "256", "--epochs", "2"]) + fast + ["--stream"], log, 900)),
         ("embed 224 streamed", lambda log: _bench("bench_extract.py", sized(["--images", "8192", "--width", "1.0", "--resolution", "224", "--batch", "256"]) + fast + ["--stream"], log, 600)),
         ("probe solvers", lambda log: probe_part(sized(["--rows", "50000", "--dims", "512", "2048"]), log)),

@@ -10,7 +10,7 @@ SRC = REPO / "src" / "tunnelscope"
 
 # Stages in data-flow order: a module may import its own stage or an earlier one, never a later.
 STAGES = [
-    {"registry", "io", "runtime", "joblog"},
+    {"registry", "io", "gpuhost", "runtime", "joblog"},
     {"study"},
     {"data"},
     {"models"},

@@ -71,7 +71,7 @@ def test_every_solver_runs_in_a_job_on_another_device(tmp_path, monkeypatch, sol
     import tunnelscope.probe.layers as layers
 
     write_layers(tmp_path)
-    monkeypatch.setattr(layers, "pick_device", lambda: torch.device("meta"))
+    monkeypatch.setattr(layers, "job_device", lambda *args, **kwargs: torch.device("meta"))
     with MetaAsAccelerator():
         table, weights, _ = layers.probe_layers(str(tmp_path), probe_job_params(solver))
     assert table.device_type.eq(device_type).all() and table.precision.eq("fp32").all() and len(weights) == 2

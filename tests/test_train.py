@@ -305,22 +305,6 @@ def test_validation_split_is_stratified_and_seeded():
     assert np.array_equal(val, stratified_split(labels, 0.2, seed=0, stream=7919)[1])
 
 
-def test_gpu_slots_are_claimed_one_job_each(tmp_path):
-    from tunnelscope.runtime import _HELD_LOCKS, claim_slot
-
-    held = len(_HELD_LOCKS)
-    try:
-        assert claim_slot(2, str(tmp_path)) == 0
-        assert claim_slot(2, str(tmp_path)) == 1  # slot 0 is locked by the first claim
-        assert claim_slot(2, str(tmp_path)) is None
-    finally:
-        for handle in _HELD_LOCKS[held:]:
-            handle.close()
-        del _HELD_LOCKS[held:]
-    assert claim_slot(1, str(tmp_path)) == 0  # released locks are free again
-    _HELD_LOCKS.pop().close()
-
-
 def test_schedule_start_factor_floor_and_per_epoch_stepping():
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.AdamW([param], lr=1.0)
@@ -672,7 +656,7 @@ def test_a_training_step_waits_for_the_device_at_most_once(tmp_path, monkeypatch
             raise _Stop
 
     order = loop.epoch_order
-    monkeypatch.setattr(loop, "pick_device", lambda *args, **kwargs: torch.device("meta"))
+    monkeypatch.setattr(loop, "job_device", lambda *args, **kwargs: torch.device("meta"))
     monkeypatch.setattr(loop, "autocast", lambda *args, **kwargs: nullcontext())  # fp32; torch.autocast has no meta
     monkeypatch.setattr(loop, "SplitReader", ReaderFeedingMeta)
     monkeypatch.setattr(loop, "accuracy", lambda *args, **kwargs: events.append("eval") or 0.5)

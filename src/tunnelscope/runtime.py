@@ -1,15 +1,21 @@
-"""Process-wide runtime choices: the device, GPU slots, autocast precision and the heap."""
+"""Process-wide runtime choices: the job's device (its checks, GPU lock and determinism), autocast\nprecision and the heap."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import fcntl
 import functools
 import logging
 import os
-import tempfile
+import platform
+import socket
+import time
 
 import torch
+
+from tunnelscope import gpuhost
+from tunnelscope.registry import SETTING_CHOICES
 
 log = logging.getLogger("tunnelscope.runtime")
 
@@ -38,39 +44,195 @@ def bound_heap(threshold: int = 1 << 20) -> bool:
 
 _HELD_LOCKS: list = []  # open lock files keep their GPU claimed until the process exits
 
+DEVICE_SETTINGS = SETTING_CHOICES["compute.device"]
+JOB_DEFAULTS = {"device": "strict", "deterministic": False}  # the schema's, for calls outside a workflow job
+INSTALL_HINT = "README 'On GPUs'"
 
-def claim_slot(count: int, lock_dir: str) -> int | None:
-    """Index of the first of ``count`` slots whose lock file this process could lock, else None."""
-    import fcntl
 
-    for index in range(count):
-        handle = open(os.path.join(lock_dir, f"tunnelscope-gpu{index}.lock"), "w")
+class DeviceError(RuntimeError):
+    """A job was given a GPU it cannot use, or asked for one that is not there."""
+
+
+def arch_supported(capability: tuple[int, int], arch_list: list[str]) -> bool:
+    """Whether a torch build with kernels for ``arch_list`` (torch.cuda.get_arch_list()) runs on
+    a GPU of compute ``capability``: a cubin sm_XY runs on the same major at minor Y or above
+    (an sm_XYa one only on X.Y), PTX compute_XY is compiled for any capability X.Y or above."""
+    device = 10 * capability[0] + capability[1]
+    for arch in arch_list:
+        kind, _, code = arch.partition("_")
+        exact = code.endswith("a")
+        code_cc = int(code.rstrip("af"))
+        if kind == "compute" and device >= code_cc:
+            return True
+        if kind == "sm" and (device == code_cc if exact else code_cc // 10 == capability[0] and device >= code_cc):
+            return True
+    return False
+
+
+def torch_build() -> str:
+    return f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'}, kernels {' '.join(torch.cuda.get_arch_list()) or 'none'})"
+
+
+@functools.cache
+def cuda_problem() -> str:
+    """Why CUDA cannot run here ("" when every visible GPU can): unavailable, or a GPU whose
+    architecture this torch build has no kernels for (its first kernel would fail)."""
+    if not torch.cuda.is_available():
+        names = ", ".join(gpuhost.gpu_names()) or "none found"
+        return f"CUDA is unavailable to {torch_build()}; NVIDIA GPU: {names}, driver {gpuhost.driver_version()}"
+    if torch.version.cuda is None:  # a ROCm build: its own checks
+        return ""
+    arch_list = torch.cuda.get_arch_list()
+    for index in range(torch.cuda.device_count()):
+        capability = torch.cuda.get_device_capability(index)
+        if arch_list and not arch_supported(capability, arch_list):
+            name = torch.cuda.get_device_name(index)
+            return (
+                f"GPU {index} ({name}, sm_{capability[0]}{capability[1]}; driver {gpuhost.driver_version()}) "
+                f"is not among the architectures of {torch_build()}"
+            )
+    return ""
+
+
+def choose_device(compute: dict, gpus_given: int | None = None) -> torch.device | None:
+    """The device kind ``compute.device`` asks for here: CPU, or None for "a GPU" (cuda_problem
+    is empty). Raises DeviceError when a GPU was given or required but cannot run."""
+    setting = compute.get("device", JOB_DEFAULTS["device"])
+    if setting not in DEVICE_SETTINGS:
+        raise ValueError(f"compute.device: {setting!r} is not one of {', '.join(DEVICE_SETTINGS)}")
+    if setting == "cpu":
+        return torch.device("cpu")
+    problem = cuda_problem()
+    if not problem:
+        return None
+    seen = torch.cuda.is_available()  # a GPU torch sees but cannot run counts as given
+    grant = gpuhost.gpu_grant(gpus_given) or (f"torch sees {torch.cuda.device_count()} GPU(s)" if seen else "")
+    if not grant and setting != "cuda":
+        return torch.device("cpu")  # a machine without a GPU
+    if setting == "auto":
+        log.warning("compute.device auto: running on the CPU, days slower than a GPU (given: %s): %s", grant, problem)
+        return torch.device("cpu")
+    why = f"this job was given a GPU ({grant})" if grant else "compute.device is cuda"
+    raise DeviceError(
+        f"{why} but cannot use it: {problem}. Install a torch build for this GPU and driver "
+        f"({INSTALL_HINT}), or set compute.device: cpu (or auto to fall back to the CPU)"
+    )
+
+
+def claim_gpu(uuids: list[str], lock_dir: str) -> int | None:
+    """Index of the first GPU whose lock file (named by its UUID, so that sessions seeing the
+    GPUs in different orders or subsets agree) this process could lock, else None. The lock
+    holds until the process exits."""
+    for index, uuid in enumerate(uuids):
+        handle = open(os.path.join(lock_dir, f"gpu-{uuid}.lock"), "a")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.close()
             continue
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")  # who holds it, for people
+        handle.flush()
         _HELD_LOCKS.append(handle)
         return index
     return None
 
 
-@functools.cache
-def pick_device() -> torch.device:
-    """CUDA when present, else CPU. On a multi-GPU workstation each job locks a free GPU, so
-    concurrent jobs (at most the profile's ``gpu`` count) never share one; under SLURM the
-    scheduler's CUDA_VISIBLE_DEVICES already isolates the job. Once per process: a job that
-    asks again (a continual-learning evaluation embeds twice) keeps the GPU it claimed."""
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
+def wait_for_gpu(uuids: list[str], lock_dir: str, poll_s: float = 2.0, report_s: float = 60.0) -> int:
+    """claim_gpu, retried every ``poll_s`` while every GPU is locked by another job (a line in
+    the log every ``report_s``): waiting beats sharing a GPU, whose memory two jobs may not fit."""
+    started = time.monotonic()
+    reported = -report_s
+    while (index := claim_gpu(uuids, lock_dir)) is None:
+        waited = time.monotonic() - started
+        if waited - reported >= report_s:
+            log.info("all %d GPUs are locked by other jobs (%s); waited %.0f s for one", len(uuids), lock_dir, waited)
+            reported = waited
+        time.sleep(poll_s)
+    return index
+
+
+def _take_gpu() -> torch.device:
+    """A GPU of this job's own, made current before anything else touches CUDA (pinned memory,
+    bf16 checks and model.to would otherwise open a context on GPU 0)."""
     count = torch.cuda.device_count()
-    if count == 1 or "SLURM_JOB_ID" in os.environ:
-        return torch.device("cuda:0")
-    index = claim_slot(count, os.environ.get("TUNNELSCOPE_GPU_LOCK_DIR", tempfile.gettempdir()))
-    if index is None:
-        log.warning("all %d GPUs are claimed by other jobs; sharing cuda:0", count)
-        index = 0
-    return torch.device(f"cuda:{index}")
+    index = 0
+    if count > 1:
+        uuids = [str(torch.cuda.get_device_properties(i).uuid) for i in range(count)]
+        index = wait_for_gpu(uuids, gpuhost.gpu_lock_dir())
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+_JOB: dict = {}  # this process's job: its settings and device, fixed by the first job_device call
+
+
+def job_device(compute: dict | None = None, gpus_given: int | None = None) -> torch.device:
+    """This process's device. The first call sets the job up from ``compute`` (its ``device``
+    and ``deterministic`` settings; schema defaults for those missing) and ``gpus_given`` (the
+    job's Snakemake ``gpu`` resource): determinism first, then the CPU or a GPU of its own.
+    Later calls (a continual evaluation embeds twice, then probes) get the same device; a
+    setting that differs from the first call's is an error."""
+    asked = {k: v for k, v in (compute or {}).items() if k in JOB_DEFAULTS}
+    if _JOB:
+        for key, value in asked.items():
+            if _JOB["settings"][key] != value:
+                raise RuntimeError(f"compute.{key} is {value} here but {_JOB['settings'][key]} for this process's job")
+        return _JOB["device"]
+    settings = {**JOB_DEFAULTS, **asked}
+    apply_determinism(settings["deterministic"])
+    device = choose_device(settings, gpus_given) or _take_gpu()
+    _JOB.update(settings=settings, device=device)
+    info = device_info(device)
+    log.info("device %s: %s", device, ", ".join(f"{k} {v}" for k, v in info.items() if v and k != "device"))
+    return device
+
+
+def apply_determinism(on: bool) -> None:
+    """compute.deterministic: cuDNN's deterministic algorithms without benchmarking, torch's
+    deterministic algorithms (an operation without one stops the job, naming it), cuBLAS with
+    a fixed workspace, no TF32. Off: torch's defaults (TF32 convolutions included)."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = False
+    # TF32: convolutions by cuDNN's legacy switch (torch's default on), matrix products by the
+    # public precision call (torch's default already highest); torch refuses reads after a mix
+    # of these and the per-backend fp32_precision settings, so nothing here uses those.
+    torch.backends.cudnn.allow_tf32 = not on
+    torch.set_float32_matmul_precision("highest")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def device_info(device: torch.device | str) -> dict:
+    """What ran a job, for its outputs' metadata: the device, its model, compute capability,
+    CUDA and driver versions (None on the CPU) and torch's version."""
+    device = torch.device(device)
+    info = {
+        "device": str(device),
+        "device_name": cpu_model() or platform.machine(),
+        "device_capability": None,
+        "cuda_version": None,
+        "driver_version": None,
+        "torch_version": torch.__version__,
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info |= {
+            "device_name": props.name,
+            "device_capability": f"{props.major}.{props.minor}",
+            "cuda_version": torch.version.cuda,
+            "driver_version": gpuhost.driver_version(),
+        }
+    return info
 
 
 def autocast(device: torch.device, precision: str):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+from tunnelscope.gpuhost import gpus_present
 from tunnelscope.registry import COMPOSED, SOLVERS, TRAINED, TRANSFORM_TAG, network_slug
 from tunnelscope.study.config import ConfigError, Study, load_schema
 
@@ -33,6 +34,20 @@ try:
 except WorkflowError:
     # No --cores: a cluster executor or report generation; profiles set threads.
     HEAVY_THREADS = 2
+
+# GPUs. A run that schedules jobs on this machine (not a cluster executor, whose --jobs Snakemake
+# keeps as nodes; not a job a cluster runs) counts the NVIDIA GPUs it may use, without torch.
+# Each GPU rule (pretrain, embed, probe, the continual runs) asks for one of them (none on a
+# machine without, or with compute.device: cpu), and unless --resources gpu=N says otherwise, at
+# most as many GPU jobs as GPUs run at once: a plain `snakemake --cores N` never stacks GPU jobs.
+# On a cluster the profile's gpu resource asks the scheduler (profiles/slurm).
+SCHEDULES_HERE = workflow.is_main_process and workflow.global_resources["_nodes"].value is None
+GPUS_HERE = gpus_present() if SCHEDULES_HERE else 0
+GPU_PER_JOB = int(GPUS_HERE > 0 and STUDY.config["compute"]["device"] != "cpu")
+if SCHEDULES_HERE and "gpu" not in workflow.global_resources:
+    workflow.register_resource("gpu", GPUS_HERE)
+# A job's device setting travels as a resource, not a param: changing it reruns nothing.
+DEVICE = STUDY.config["compute"]["device"]
 
 
 wildcard_constraints:

@@ -25,6 +25,8 @@ rule continual_train:
         ENV
     threads: HEAVY_THREADS
     resources:
+        gpu=GPU_PER_JOB,
+        device=DEVICE,
         channels_last=lambda wc: int(STUDY.config["compute"]["channels_last"]),
         resident_mb=lambda wc: STUDY.config["compute"]["resident_mb"],
     params:
@@ -76,6 +78,8 @@ rule continual_finetune:
         ENV
     threads: HEAVY_THREADS
     resources:
+        gpu=GPU_PER_JOB,
+        device=DEVICE,
         channels_last=lambda wc: int(STUDY.config["compute"]["channels_last"]),
         resident_mb=lambda wc: STUDY.config["compute"]["resident_mb"],
     params:
@@ -105,6 +109,8 @@ rule continual_evaluate:
         ENV
     threads: HEAVY_THREADS
     resources:
+        gpu=GPU_PER_JOB,
+        device=DEVICE,
         channels_last=lambda wc: int(STUDY.config["compute"]["channels_last"]),
         resident_mb=lambda wc: STUDY.config["compute"]["resident_mb"],
         embed_batch=lambda wc: STUDY.config["embed"]["batch_size"],

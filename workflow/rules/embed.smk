@@ -13,6 +13,8 @@ rule embed:
         ENV
     threads: HEAVY_THREADS
     resources:
+        gpu=GPU_PER_JOB,
+        device=DEVICE,
         channels_last=lambda wc: int(STUDY.config["compute"]["channels_last"]),
         # Splits up to this size stay on the device; a speed knob (the same crops either way).
         resident_mb=lambda wc: STUDY.config["compute"]["resident_mb"],

@@ -15,6 +15,11 @@ rule probe:
     conda:
         ENV
     threads: 1
+    resources:
+        gpu=GPU_PER_JOB,
+        device=DEVICE,
+        # Not a param: the embeddings it reads change when it does (embed's params hold it).
+        deterministic=int(STUDY.config["compute"]["deterministic"]),
     params:
         settings=lambda wc: STUDY.probe_params(wc.cell, wc.eval_set, wc.solver),
     script:

@@ -1,7 +1,10 @@
 from tunnelscope.features.embed import embed_eval_set
 from tunnelscope.joblog import job_logging
+from tunnelscope.runtime import job_device
 
 with job_logging(snakemake.log[0]):
+    compute = {**snakemake.params.settings["compute"], "device": snakemake.resources.device}
+    job_device(compute, snakemake.resources.get("gpu", 0))
     embed_eval_set(
         snakemake.params.settings,
         checkpoint=snakemake.input.checkpoint,

@@ -6,6 +6,7 @@ import json
 
 from tunnelscope.data.store import Store
 from tunnelscope.joblog import job_logging
+from tunnelscope.runtime import job_device
 from tunnelscope.training.loop import pretrain
 
 
@@ -29,6 +30,7 @@ def frozen(inputs, params: dict) -> dict:
 
 with job_logging(snakemake.log[0]):
     params, out = snakemake.params.settings, snakemake.output
+    job_device({**params["compute"], "device": snakemake.resources.device}, snakemake.resources.get("gpu", 0))
     pretrain(
         params,
         Store(snakemake.input.data),

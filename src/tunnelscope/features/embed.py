@@ -23,7 +23,7 @@ from tunnelscope.features.extract import embed_batches
 from tunnelscope.features.store import EmbeddingWriter, layer_path
 from tunnelscope.io import atomic_dir, file_sha256
 from tunnelscope.models.build import probe_points
-from tunnelscope.runtime import pick_device
+from tunnelscope.runtime import device_info, job_device
 from tunnelscope.training.checkpoints import load_backbone
 
 log = logging.getLogger("tunnelscope.embed")
@@ -42,7 +42,7 @@ def embed_eval_set(
     """Embed one eval set; ``params`` may narrow it to a class range ``classes`` [first, stop)
     (labels counted from first) and to ``layers: last``."""
     torch.set_num_threads(max(1, threads))
-    device = pick_device()
+    device = job_device(params.get("compute"))  # the job's, set up by its script
     model, meta = load_backbone(checkpoint, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -65,6 +65,7 @@ def embed_eval_set(
         "num_layers": num_layers,
         "checkpoint": checkpoint,
         "checkpoint_sha256": file_sha256(checkpoint),
+        **device_info(device),
     }
     poolings, dtype = params["pooling"], np.dtype(params["dtype"])
     total = sum(-(-len(rows[s]) // batch_size) for s in SPLITS)

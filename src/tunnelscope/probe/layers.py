@@ -26,7 +26,7 @@ from tunnelscope.probe.logistic import fit_sklearn_probe
 from tunnelscope.probe.predictions import layer_column, prediction_table
 from tunnelscope.probe.recipe import fit_paper_probes
 from tunnelscope.registry import CELL_VARIABLES
-from tunnelscope.runtime import pick_device
+from tunnelscope.runtime import job_device
 
 log = logging.getLogger("tunnelscope.probe")
 
@@ -109,7 +109,7 @@ def probe_layers(
     front = {k: params[k] for k in CELL_KEYS}
     # The solvers read their own seed as "seed"; in the job's params that key is the cell's.
     settings = {**params, "seed": params["probe_seed"]}
-    device = pick_device()  # a GPU slot of its own, as every job that computes on a device
+    device = job_device()  # the job's, set up by its script (a GPU of its own), as for training
     files = layer_files(embed_dir, params["pooling"])
     n_classes = int(read_metadata(files[0])["num_classes"])
     started = time.perf_counter()

@@ -30,7 +30,7 @@ from tunnelscope.metrics.tunnel import id_tunnel_start
 from tunnelscope.models.build import probe_points
 from tunnelscope.probe.layers import probe_layers
 from tunnelscope.registry import ARCHS, CELL_VARIABLES, TRAINED
-from tunnelscope.runtime import pick_device
+from tunnelscope.runtime import job_device
 from tunnelscope.training.checkpoints import load_backbone, save_backbone
 from tunnelscope.training.loop import accuracy
 
@@ -176,7 +176,7 @@ def evaluate(
     (task, layer) with the probe's results, ``network``, ``task`` and ``head_acc``."""
     family = ARCHS[params["arch"]]["family"]
     store = Store(data_path)
-    model, _ = load_backbone(checkpoint, pick_device())
+    model, _ = load_backbone(checkpoint, job_device(params["compute"]))
     tables = []
     for task, (first, stop) in enumerate(params["tasks"], start=1):
         where = Path(out_dir) / f"task{task}"

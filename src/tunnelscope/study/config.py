@@ -728,8 +728,9 @@ class Study:
         )
 
     def _compute(self) -> dict:
-        """Result-affecting compute settings (precision); channels_last is a speed knob only."""
-        return {"precision": self.config["compute"]["precision"]}
+        """Result-affecting compute settings (precision, determinism on a GPU); channels_last and
+        the device setting are not (the device a job used is recorded in its outputs)."""
+        return {k: self.config["compute"][k] for k in ("precision", "deterministic")}
 
     def probe_params(self, cell: str, eval_set: str, solver: str | None = None) -> dict:
         """Settings of one probe job; ``solver`` one of the cell's solvers (default the first)."""

@@ -30,7 +30,7 @@ from tunnelscope.registry import (
     IMAGENET_STD,
     cell_id,
 )
-from tunnelscope.runtime import autocast, pick_device
+from tunnelscope.runtime import autocast, device_info, job_device
 from tunnelscope.training.checkpoints import (
     backbone_info,
     paper_parameter_count,
@@ -202,7 +202,7 @@ def pretrain(
     mode, so their normalisation statistics stay too.
     """
     torch.set_num_threads(max(1, threads))
-    device = pick_device()
+    device = job_device(params["compute"])  # the job's: set up by its script, or here outside a workflow
     cfg, seed = params["training"], params["seed"]
     torch.manual_seed(seed)
     cell = cell_id(**{k: params[k] for k in CELL_VARIABLES})
@@ -422,7 +422,7 @@ def pretrain(
         "final_train_acc": kept["train_acc"],
         "final_val_acc": kept["val_acc"],
         "test_acc": test_acc,
-        "device": str(device),
+        **device_info(device),
     }
     if params.get("task") is not None:
         info |= {
