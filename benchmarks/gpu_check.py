@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -137,7 +138,7 @@ def two_jobs_part(log: Path, dry: bool) -> str:
 
 def cell_config(out: Path, name: str, dry: bool, device: str) -> Path:
     """One tiny, deterministic cell: a VGGm-11 on procedural shapes with glyphs as OOD set."""
-    per_class = (24, 8) if dry else (300, 60)
+    per_class = (60, 8) if dry else (300, 60)
     config = {
         "results": str(out / name),
         "datasets": {
@@ -204,15 +205,19 @@ def resume_part(out: Path, log: Path, dry: bool, device: str) -> str:
         while not list((out / "cell-resume" / "cells").glob("*/train_state.pt")):
             if job.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("training ended or stalled before its first resume state")
-            time.sleep(0.2)
+            time.sleep(0.02)
         os.killpg(job.pid, signal.SIGKILL)
         job.wait()
     _run(snakemake_argv(config, "--unlock"), log, 120)
     _run([*argv, "--rerun-incomplete"], log, 600)
     resumed, whole = (digest(Path(target(out, n, "checkpoint"))) for n in ("cell-resume", "cell-a"))
+    job_log = (out / "cell-resume" / "logs" / "pretrain" / f"{CELL}.log").read_text()
+    found = re.findall(r"from saved state after epoch (\d+)", job_log)
+    if not found:
+        raise RuntimeError("the rerun trained from scratch: it did not resume")
     if resumed != whole:
         raise RuntimeError(f"resumed checkpoint {resumed[:12]} differs from the uninterrupted {whole[:12]}")
-    return "killed after epoch 1, resumed: checkpoint equal to the uninterrupted run's"
+    return f"killed, resumed after epoch {found[-1]}: checkpoint equal to the uninterrupted run's"
 
 
 def cpu_gpu_part(out: Path, log: Path, dry: bool) -> str:

@@ -1,5 +1,6 @@
 """The benchmark scripts run (smoke mode: tiny sizes, no ratios asserted), so they cannot rot."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,3 +17,22 @@ def test_benchmark_smoke(script):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "###" in result.stdout
+
+
+@pytest.mark.integration
+def test_the_device_check_runs_to_its_summary_on_the_cpu(tmp_path):
+    """gpu_check.sh --dry: every part on the CPU at tiny sizes, including a SIGKILLed and resumed
+    training whose checkpoint must equal the uninterrupted run's, and two runs bitwise equal."""
+    out = tmp_path / "check"
+    result = subprocess.run(
+        ["bash", str(BENCH / "gpu_check.sh"), "--dry", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    summary = (out / "summary.md").read_text()
+    assert result.returncode == 0, summary + result.stderr[-2000:]
+    rows = [line for line in summary.splitlines() if line.startswith("| ") and not line.startswith("| part")]
+    assert len(rows) == 12 and all("| ok |" in row or "| n/a |" in row for row in rows), summary
+    assert "resumed after epoch" in summary and "checkpoint sha256" in summary
