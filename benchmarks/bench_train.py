@@ -74,12 +74,17 @@ def main():
         action="store_true",
         help="RandomResizedCrop + flip of resident images (the CIFAR case); implied by --stream",
     )
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="compute.deterministic on both sides (deterministic kernels, no TF32): its cost against a run without",
+    )
     add_device_args(p, device=False)
     args = p.parse_args()
     if args.smoke:
         args.images, args.epochs, args.width = 64, 1, 0.125
     # The cores this process may use (a job's share under SLURM or taskset), not the machine's.
-    device, threads = job_device(), len(os.sched_getaffinity(0))
+    device, threads = job_device({"deterministic": args.deterministic}), len(os.sched_getaffinity(0))
     augment = args.augment or args.stream
     rng = np.random.default_rng(0)
     r = args.resolution
@@ -108,7 +113,7 @@ def main():
         "model": {"width": args.width},
         "training": training,
         "normalization": normalization,
-        "compute": {"precision": args.precision},
+        "compute": {"precision": args.precision, "deterministic": args.deterministic},
     }
     n_fit = int(args.images * 0.9)
 
@@ -165,7 +170,7 @@ def main():
         "Pretrain loop vs bare training loop",
         [
             f"{args.arch} width {args.width}, {args.images} images at {r}px (10% held out; {data}), batch {args.batch}, {args.precision}, {device}"
-            f"{', channels-last' if args.channels_last else ''}, {args.epochs} epochs; {math.ceil(n_fit / args.batch)} steps/epoch",
+            f"{', channels-last' if args.channels_last else ''}{', deterministic' if args.deterministic else ''}, {args.epochs} epochs; {math.ceil(n_fit / args.batch)} steps/epoch",
             "",
             "| bare loop on device tensors (img/s) | pretrain() (img/s) | ratio | target |",
             "|---|---|---|---|",

@@ -2,7 +2,7 @@
 even when another fails, then one summary table (also written to OUTDIR/summary.md).
 
 Parts: the device and torch build; training at 32 px (fp32; bf16 + channels-last; resident
-RandomResizedCrop + flip, the CIFAR case); a batch's crops resized in batched products against
+RandomResizedCrop + flip, the CIFAR case; compute.deterministic's cost); a batch's crops resized in batched products against
 one resize per crop; training at 224 px streamed from the store; streamed
 embedding; every probe solver; two concurrent jobs taking different GPUs (where two are visible);
 one tiny cell (deterministic) trained twice (checkpoint digests equal?), once killed with SIGKILL
@@ -249,6 +249,7 @@ def parts(out: Path, dry: bool) -> list[tuple[str, object]]:
         ("device", lambda log: device_part(log)),
         ("train 32 fp32", lambda log: _bench("bench_train.py", sized(train32), log, 600)),
         ("train 32 bf16+NHWC", lambda log: _bench("bench_train.py", sized(train32) + fast, log, 600)),
+        ("train 32 bf16+NHWC deterministic", lambda log: _bench("bench_train.py", sized(train32) + fast + ["--deterministic"], log, 600)),
         ("train 32 rrc_flip resident", lambda log: _bench("bench_train.py", sized(train32) + fast + ["--augment"], log, 600)),
         ("crops: batched vs per crop", lambda log: crops_part(sized(["--draws", "5"]), log)),
         ("train 224 streamed", lambda log: _bench("bench_train.py", sized(train224 + ["--batch", "256", "--epochs", "2"]) + fast + ["--stream"], log, 900)),

@@ -34,5 +34,5 @@ def test_the_device_check_runs_to_its_summary_on_the_cpu(tmp_path):
     summary = (out / "summary.md").read_text()
     assert result.returncode == 0, summary + result.stderr[-2000:]
     rows = [line for line in summary.splitlines() if line.startswith("| ") and not line.startswith("| part")]
-    assert len(rows) == 12 and all("| ok |" in row or "| n/a |" in row for row in rows), summary
+    assert len(rows) == 13 and all("| ok |" in row or "| n/a |" in row for row in rows), summary
     assert "resumed after epoch" in summary and "checkpoint sha256" in summary
