@@ -217,8 +217,9 @@ def test_results_inside_another_studys_results_or_above_home_are_refused(default
     monkeypatch.setenv("HOME", str(tmp_path / "users" / "me"))
     with pytest.raises(ConfigError, match=f"results: {tmp_path / 'users'} is above the home directory"):
         validate(dict(default_config, results=str(tmp_path / "users")), schema)
-    with pytest.raises(ConfigError, match="results: ~ .* is the home directory"):
+    with pytest.raises(ConfigError, match=f"results: {tmp_path / 'users' / 'me'} is the home directory"):
         validate(dict(default_config, results="~"), schema)
+    assert validate(dict(default_config, results="~/study"), schema)["results"] == str(tmp_path / "users/me/study")
 
 
 def test_ood_sets_of_the_id_sets_files_with_other_classes_are_allowed(default_config, schema, tmp_path):

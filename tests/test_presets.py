@@ -3,6 +3,7 @@ dry-runs, and builds the params of every job on fake dataset trees: `tunnelscope
 "valid" only where the run will not fail on the config."""
 
 import json
+import os
 import subprocess
 import sys
 from collections import defaultdict
@@ -16,6 +17,7 @@ from tunnelscope.data.sources import load_source, split_sizes
 from tunnelscope.registry import COMPOSED, TRAINED
 from tunnelscope.study.config import Study, dataset_defaults
 
+SRC_ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}  # this checkout's code, from any directory
 PRESETS = ["config.yaml", *sorted(p.relative_to(REPO).as_posix() for p in (REPO / "config").glob("*.yaml"))]
 
 
@@ -130,3 +132,72 @@ def test_the_preset_walk_calls_every_params_method(schema, tmp_path):
         config = yaml.safe_load((REPO / preset).read_text())
         called |= set(every_params(Study(config, schema)))
     assert called == {name for name in dir(Study) if name.endswith("_params")}
+
+
+def test_single_trees_without_test_fraction_or_seed_validate_dry_run_and_build(schema, tmp_path):
+    """NINCO, ImageNet-R and a layout: single tree, given neither test_fraction nor seed."""
+    datasets = {
+        "tree": {"source": "imagefolder", "root": "tree", "layout": "single"},
+        "ninco": {"source": "ninco", "root": "ninco"},
+        "imagenet-r": {"source": "imagenet_r", "root": "imagenet-r"},
+    }
+    config = {
+        "results": str(tmp_path / "results"),
+        "datasets": fake_roots(datasets, tmp_path),
+        "grid": {"arch": ["vggm11"], "id_dataset": ["tree"], "resolution": [32]},
+        "ood_sets": ["ninco", "imagenet-r"],
+    }
+    (tmp_path / "single.yaml").write_text(yaml.safe_dump(config))
+    validate = subprocess.run(
+        [sys.executable, "-m", "tunnelscope.cli", "validate", "single.yaml", "--no-budget"],
+        cwd=tmp_path,
+        env=SRC_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert validate.returncode == 0 and "single.yaml: valid;" in validate.stdout, validate.stderr[-2000:]
+    dry = subprocess.run(
+        snakemake_cmd(tmp_path, "-n", "--cores", "1", configfile=tmp_path / "single.yaml"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert dry.returncode == 0, (dry.stdout + dry.stderr)[-2000:]
+    study = Study(config, schema)
+    for params in every_params(study)["prepare_params"]:
+        assert (params["spec"]["test_fraction"], params["spec"]["seed"]) == (0.2, 0)
+        raw = load_source(params["spec"])
+        assert len(raw["test"].labels) == 4 and len(raw["train"].labels) == 20  # 4 classes of 6, 1 held out each
+
+
+@pytest.mark.parametrize(
+    "edit,expected",
+    [
+        (lambda c: c.update(results="/"), "results: / is the filesystem root"),
+        (lambda c: c["ood_sets"].append("shapes"), "ood_sets[4]: 'shapes' is the ID set of grid.id_dataset[0]"),
+    ],
+)
+def test_validate_and_the_dry_run_refuse_in_one_line_before_any_job(edit, expected, tmp_path):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    edit(config)
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(config))
+    validate = subprocess.run(
+        [sys.executable, "-m", "tunnelscope.cli", "validate", "study.yaml"],
+        cwd=tmp_path,
+        env=SRC_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert validate.returncode == 1 and validate.stdout == ""
+    assert validate.stderr.startswith(f"tunnelscope: config error in study.yaml: {expected}")
+    assert validate.stderr.count("\n") == 1
+    dry = subprocess.run(
+        snakemake_cmd(tmp_path, "-n", "--cores", "1", configfile=tmp_path / "study.yaml"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert dry.returncode != 0 and f"tunnelscope: config error: {expected}" in dry.stderr
+    assert "rule " not in dry.stdout + dry.stderr  # no job planned
