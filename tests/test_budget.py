@@ -127,7 +127,8 @@ def test_a_missing_root_is_a_warning_and_the_budget_never_zero(tmp_path, capsys)
     assert f"warning: datasets.c100.root: directory {tmp_path / 'no-cifar'} not found (published sizes used)" in out
     assert "warning: datasets.empty.root:" in out
     assert "budget: no estimate" in out and "0 job-min" not in out
-    config["grid"] = [config["grid"], {**config["grid"], "id_dataset": ["c100"]}]  # one cell sized from published sizes
+    # one cell sized from published sizes (its own ood_sets: an OOD set is never the ID set)
+    config["grid"] = [config["grid"], {**config["grid"], "id_dataset": ["c100"], "ood_sets": ["empty"]}]
     code, out, _ = _validate(tmp_path, capsys, config)
     assert (
         code == 0

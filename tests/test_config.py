@@ -1,7 +1,9 @@
 import copy
+from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from tunnelscope.registry import ARCHS
 from tunnelscope.study.config import ConfigError, Study, validate
 
@@ -76,7 +78,36 @@ def test_schema_architectures_match_the_registry(schema):
             lambda c: c["datasets"]["shapes"].update(classes=1),
             "datasets.shapes.classes: 1 is less than the minimum of 2",
         ),
-        (lambda c: c["datasets"].update({"bad_name": c["datasets"]["digits"]}), "datasets: 'bad_name' does not match"),
+        (
+            lambda c: c["datasets"].update({"pacs_sketch": c["datasets"]["digits"]}),
+            "datasets: 'pacs_sketch' is not a valid name: dataset names are letters, digits and hyphens, starting with a letter; no underscores or other signs: write pacs-sketch",
+        ),
+        (
+            lambda c: c.update(pretrained={"r50_sup": {"arch": "timm/resnet50", "download": True}}),
+            "pretrained: 'r50_sup' is not a valid name: pretrained names are letters, digits and hyphens",
+        ),
+        (
+            lambda c: c["ood_sets"].append("shapes"),
+            "ood_sets[4]: 'shapes' is the ID set of grid.id_dataset[0]; an OOD set must differ from the ID set",
+        ),
+        (
+            lambda c: c.update(grid=dict(c["grid"], ood_sets=["digits", "shapes"])),
+            "grid.ood_sets[1]: 'shapes' is the ID set of grid.id_dataset[0]",
+        ),
+        (
+            lambda c: (
+                c["datasets"].update(again=dict(c["datasets"]["shapes"], mean=[0.5] * 3, std=[0.2] * 3)),
+                c["ood_sets"].append("again"),
+            ),
+            "ood_sets[4]: 'again' holds the same test images as 'shapes', the ID set of grid.id_dataset[0]",
+        ),
+        (lambda c: c.update(results="/"), "results: / is the filesystem root"),
+        (lambda c: c.update(results=str(Path.home())), f"results: {Path.home()} is the home directory"),
+        (lambda c: c.update(results="~"), "is the home directory"),
+        (
+            lambda c: c.update(results=str(REPO)),
+            f"results: {REPO} is a workflow's directory, such as the repository root",
+        ),
         (lambda c: c.update(ood_sets="digits"), "ood_sets: 'digits' is not of type 'array'"),
         (
             lambda c: (
@@ -160,6 +191,65 @@ def test_bad_configs_give_one_line_naming_the_key(default_config, schema, edit, 
         validate(config, schema)
     message = str(info.value)
     assert expected in message and "\n" not in message
+
+
+def test_results_inside_another_studys_results_or_above_home_are_refused(default_config, schema, tmp_path, monkeypatch):
+    other = tmp_path / "results-other"
+    (other / "prepared" / "shapes" / "r32").mkdir(parents=True)
+    (other / "prepared" / "shapes" / "r32" / "store.json").write_text("{}")
+    for inside in (other / "prepared" / "shapes", other / "mine"):
+        with pytest.raises(ConfigError) as info:
+            validate(dict(default_config, results=str(inside)), schema)
+        assert str(info.value).startswith(
+            f"results: {inside} is inside {other}, the results directory of another study"
+        )
+        assert "prepared/shapes/r32/store.json" in str(info.value) and "\n" not in str(info.value)
+    cells = tmp_path / "results-cells"
+    (cells / "cells" / "vggm11_shapes_r32_none_s0").mkdir(parents=True)
+    (cells / "cells" / "vggm11_shapes_r32_none_s0" / "cell.json").write_text("{}")
+    with pytest.raises(
+        ConfigError, match="the results directory of another study .it holds cells/vggm11_shapes_r32_none_s0/cell.json"
+    ):
+        validate(dict(default_config, results=str(cells / "cells" / "x")), schema)
+    # a study's own results directory, and a sibling of another's, are its own to use
+    assert validate(dict(default_config, results=str(other)), schema)["results"] == str(other)
+    validate(dict(default_config, results=str(tmp_path / "results-new")), schema)
+    monkeypatch.setenv("HOME", str(tmp_path / "users" / "me"))
+    with pytest.raises(ConfigError, match=f"results: {tmp_path / 'users'} is above the home directory"):
+        validate(dict(default_config, results=str(tmp_path / "users")), schema)
+    with pytest.raises(ConfigError, match=f"results: {tmp_path / 'users' / 'me'} is the home directory"):
+        validate(dict(default_config, results="~"), schema)
+    assert validate(dict(default_config, results="~/study"), schema)["results"] == str(tmp_path / "users/me/study")
+
+
+def test_ood_sets_of_the_id_sets_files_with_other_classes_are_allowed(default_config, schema, tmp_path):
+    """Sets sharing a source and root but not their classes hold other images (near OOD)."""
+    default_config["datasets"] = {
+        "pets-a": {"source": "imagefolder", "root": str(tmp_path), "classes": ["a", "b"]},
+        "pets-b": {"source": "imagefolder", "root": str(tmp_path), "classes": ["c", "d"]},
+        "pets-a-thin": {"source": "imagefolder", "root": str(tmp_path) + "/", "classes": ["a", "b"], "per_class": 5},
+    }
+    default_config["grid"]["id_dataset"] = ["pets-a"]
+    default_config["ood_sets"] = ["pets-b"]
+    Study(default_config, schema)
+    default_config["ood_sets"] = ["pets-b", "pets-a-thin"]  # per_class thins the train split only
+    with pytest.raises(ConfigError, match="ood_sets.1.: 'pets-a-thin' holds the same test images as 'pets-a'"):
+        Study(default_config, schema)
+
+
+def test_every_source_gets_its_schema_defaults(default_config, schema):
+    """A file source's defaults were never filled: NINCO, ImageNet-R and layout: single trees
+    then failed in prepare with KeyError 'test_fraction', then 'seed'."""
+    default_config["datasets"].update(
+        ninco={"source": "ninco", "root": "data/ninco"},
+        tree={"source": "imagefolder", "root": "data/tree", "layout": "single"},
+    )
+    default_config["ood_sets"] += ["ninco", "tree"]
+    study = Study(default_config, schema)
+    for name in ("ninco", "tree"):
+        spec = study.prepare_params(name, "r32")["spec"]
+        assert (spec["test_fraction"], spec["seed"], spec["on_bad_image"], spec["download"]) == (0.2, 0, "error", False)
+    assert study.prepare_params("shapes-noise", "r32")["spec"]["seed"] == 0  # generated sources, as before
 
 
 def test_defaults_are_filled(default_config, schema):

@@ -7,11 +7,51 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+
+
+def _umask_from_proc() -> int | None:
+    """This process's umask as Linux reports it (4.7 and later), without changing it."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _umask_at_import() -> int:
+    # os.umask can only be read by setting it: process-wide, so a thread creating a file in
+    # between would get mode 0; done once here, while importing, not per write.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_IMPORT_UMASK = _umask_from_proc()
+if _IMPORT_UMASK is None:
+    _IMPORT_UMASK = _umask_at_import()
+
+
+def umask() -> int:
+    """The current umask: read from /proc where it can be (a later os.umask is seen), else the
+    one at import."""
+    current = _umask_from_proc()
+    return _IMPORT_UMASK if current is None else current
+
+
+def _shareable(path: str | os.PathLike, directory: bool = False) -> None:
+    """Give a temporary from mkstemp (0600) or mkdtemp (0700) the mode an ordinary open or mkdir
+    would have had (0644 / 0755 under umask 022), so that collaborators can read a study."""
+    kept = stat.S_IMODE(os.stat(path).st_mode) & 0o7000  # setgid inherited from a group directory
+    os.chmod(path, kept | ((0o777 if directory else 0o666) & ~umask()))
 
 
 def _remove_stale(path: Path) -> None:
@@ -28,7 +68,7 @@ def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
 
     A killed job therefore never leaves a file under the final name that a later job could
-    take for complete.
+    take for complete. The file gets the umask's mode, as an ordinary open would give it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,6 +77,7 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield tmp
+        _shareable(tmp)
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -45,13 +86,15 @@ def atomic_path(path: str | os.PathLike):
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike):
-    """Like ``atomic_path`` for a directory: filled under a temporary name, then renamed."""
+    """Like ``atomic_path`` for a directory: filled under a temporary name, then renamed; the
+    directory gets the umask's mode (the files in it get theirs from whoever writes them)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        _shareable(tmp, directory=True)
         if path.exists():
             if any(path.iterdir()):  # never replace finished output silently
                 raise FileExistsError(f"{path}: exists and is not empty; remove it to write it again")

@@ -39,6 +39,7 @@ from tunnelscope.data.store import (
 )
 from tunnelscope.registry import DEFAULT_TRANSFORM
 from tunnelscope.runtime import bound_heap
+from tunnelscope.study.config import dataset_defaults
 
 log = logging.getLogger("tunnelscope.datasets")
 
@@ -121,7 +122,7 @@ def _imagefolder(
     spec: dict, root: Path, default_classes: list[str] | None = None, test_dir: str = "test"
 ) -> dict[str, RawSplit]:
     classes = _class_list(spec, default_classes)
-    if spec.get("layout", "split_dirs") == "single":
+    if spec["layout"] == "single":
         classes = _class_folders(root, classes)
         return _stratified(_folder_split(root, classes), spec["test_fraction"], spec["seed"])
     train_root, test_root = _need_dir(root / "train"), _need_dir(root / test_dir)
@@ -292,7 +293,7 @@ FILE_READERS = {
     "cifar100": lambda spec, root: _cifar(root, hundred=True),
     "stl10": lambda spec, root: _stl10(root),
     "cub200": lambda spec, root: _cub(root),
-    "flowers102": lambda spec, root: _flowers(root, spec.get("splits", "official")),
+    "flowers102": lambda spec, root: _flowers(root, spec["splits"]),
     "fgvc_aircraft": lambda spec, root: _aircraft(root),
     "oxford_pets": lambda spec, root: _pets(root),
     "ninco": lambda spec, root: _single_tree(spec, _need_dir(root), "NINCO_OOD_classes"),
@@ -301,7 +302,8 @@ FILE_READERS = {
 
 
 def load_source(spec: dict) -> dict[str, RawSplit]:
-    """Raw train/test splits of a file-based dataset spec."""
+    """Raw train/test splits of a file-based dataset spec (its schema defaults filled in)."""
+    spec = dataset_defaults(spec)
     source = spec["source"]
     root = Path(spec["root"])
     if spec.get("download"):
@@ -334,6 +336,7 @@ def split_sizes(spec: dict) -> tuple[dict[str, int], int, bool]:
     sizes, scaled to the spec's classes) of a dataset spec. Counting lists the files and decodes
     none; it never downloads. Raises DatasetError where the files are missing and no published
     size is known."""
+    spec = dataset_defaults(spec)
     if spec["source"] == "corrupted":
         return split_sizes(spec["base"])
     if spec["source"] == "synthetic":
@@ -361,7 +364,7 @@ def _subset(splits: dict[str, RawSplit], spec: dict) -> dict[str, RawSplit]:
     if k:
         splits = {s: replace(_select(r, r.labels < k), classes=r.classes and r.classes[:k]) for s, r in splits.items()}
     if n:
-        rng = np.random.default_rng([spec.get("seed", 0), 104729])
+        rng = np.random.default_rng([spec["seed"], 104729])
         train = splits["train"]
         keep = np.zeros(len(train.labels), dtype=bool)
         for c in np.unique(train.labels):
@@ -412,6 +415,7 @@ def prepare(
     with ThreadPoolExecutor(max(1, threads)) as pool:
 
         def plans_of(spec: dict) -> dict[str, SplitPlan]:
+            spec = dataset_defaults(spec)
             if spec["source"] == "corrupted":
                 meta["corruption"] = {k: spec[k] for k in ("of", "corruption", "severity", "seed")}
                 return {s: _corrupted_plan(plan, spec, s, pool) for s, plan in plans_of(spec["base"]).items()}
@@ -422,7 +426,7 @@ def prepare(
             meta["num_classes"] = _num_classes(raw)
             if raw["train"].classes:  # for legends (the t-SNE figure); sources without names have none
                 meta["class_names"] = raw["train"].classes[: meta["num_classes"]]
-            on_bad = spec.get("on_bad_image", "error")
+            on_bad = _on_bad_image(spec)
             return {
                 s: _raw_plan(
                     raw[s], resolution, shorter, native, interpolation, on_bad, pool, f"{name}/{s}", chunk_bytes
@@ -431,8 +435,14 @@ def prepare(
             }
 
         plans = plans_of(spec)
-        write_store(out_dir, meta, plans, spec.get("on_bad_image", "error"))
+        write_store(out_dir, meta, plans, _on_bad_image(spec))
     return Store(out_dir)
+
+
+def _on_bad_image(spec: dict) -> str:
+    """The on_bad_image setting of the files a spec reads (a corrupted copy: its clean set's);
+    generated sources have no unreadable files."""
+    return dataset_defaults(spec.get("base", spec)).get("on_bad_image", "error")
 
 
 def _corrupted_plan(plan: SplitPlan, spec: dict, split: str, pool) -> SplitPlan:

@@ -9,9 +9,13 @@ setting that changes its result changes.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import itertools
+import json
 import math
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,8 +59,21 @@ def _path(parts) -> str:
     return out or "<top level>"
 
 
+# What each propertyNames pattern of the schema asks for, in words (cell ids join names with "_").
+NAME_RULE = "letters, digits and hyphens, starting with a letter; no underscores or other signs"
+
+
+def _name_error(where: str, name: str) -> str:
+    kind = {"datasets": "dataset names", "pretrained": "pretrained names"}.get(where, "names")
+    fixed = re.sub(r"[^A-Za-z0-9-]+", "-", name).strip("-")
+    hint = f": write {fixed}" if re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", fixed) else ""
+    return f"{where}: {name!r} is not a valid name: {kind} are {NAME_RULE}{hint}"
+
+
 def _one_line(error: jsonschema.ValidationError) -> str:
     where = _path(error.absolute_path)
+    if error.validator == "pattern" and "propertyNames" in error.absolute_schema_path:
+        return _name_error(where, error.instance)
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed))
@@ -99,8 +116,7 @@ def _fill_defaults(schema: dict, data, root: dict):
     if not isinstance(data, dict):
         return
     for sub in schema.get("allOf", []):
-        cond = sub.get("if", {}).get("properties", {})
-        if all(data.get(k) == v.get("const") for k, v in cond.items()):
+        if _condition_holds(sub.get("if", {}), data):
             _fill_defaults(sub.get("then", {}), data, root)
     for key, sub in schema.get("properties", {}).items():
         if key == "overrides":
@@ -122,12 +138,39 @@ def _fill_defaults(schema: dict, data, root: dict):
                 _fill_defaults(extra, data[key], root)
 
 
+def _condition_holds(condition: dict, data: dict) -> bool:
+    """Whether an if/then branch applies: every key its ``if`` names is present and the ``if``
+    schema holds (a ``not``/``enum`` condition too, as the file sources' branch has)."""
+    named = condition.get("properties", {})
+    return all(k in data for k in named) and _validator(json.dumps(condition, sort_keys=True)).is_valid(data)
+
+
+@functools.cache
+def _validator(schema_json: str) -> jsonschema.Draft202012Validator:
+    """One validator per ``if`` schema: building one costs about 0.2 ms, 60 of them per study."""
+    return jsonschema.Draft202012Validator(json.loads(schema_json))
+
+
 def section_defaults(schema: dict, name: str) -> dict:
     """Every default of one settings section of the schema (``training``, ``probe``, ...): the
     settings a library call outside a study starts from."""
     settings: dict = {}
     _fill_defaults(schema["$defs"][name], settings, schema)
     return settings
+
+
+def dataset_defaults(spec: dict) -> dict:
+    """A copy of a dataset spec with its source's schema defaults filled in, as a study's are: the
+    spec a library call (``data.sources.prepare``) reads when it gets one written by hand."""
+    spec = copy.deepcopy(spec)
+    schema = _packaged_schema()
+    _fill_defaults(schema["$defs"]["dataset"], spec, schema)
+    return spec
+
+
+@functools.cache
+def _packaged_schema() -> dict:
+    return load_schema()  # read-only here: _fill_defaults copies what it inserts
 
 
 @dataclass(frozen=True)
@@ -223,6 +266,8 @@ def validate(config: dict, schema: dict) -> dict:
     for block in blocks:
         _fill_defaults(schema["$defs"]["grid_block"], block, schema)
     config["grid"] = blocks
+    config["results"] = os.path.expanduser(config["results"])  # as a shell would; never a folder named ~
+    _check_results(config["results"])
     _check_pretrained(config["pretrained"])
     _check_datasets(config["datasets"])
     names = set(config["datasets"])
@@ -256,6 +301,7 @@ def validate(config: dict, schema: dict) -> dict:
             for i, name in enumerate(ood or []):
                 if name not in names:
                     raise ConfigError(f"{prefix}ood_sets[{i}]: unknown dataset {name!r}; defined: {defined}")
+        _check_ood_not_id(block, where, config)
     for i, entry in enumerate(config["overrides"]):
         for key, value in entry["where"].items():
             levels = [v for block in blocks for v in block[key]]
@@ -273,6 +319,90 @@ def validate(config: dict, schema: dict) -> dict:
             f"tunnel_length.threshold: {config['tunnel_length']['threshold']} is not one of metrics.id_start_thresholds ({', '.join(map(str, thresholds))})"
         )
     return config
+
+
+# Keys of a dataset spec that leave its test images as they are: normalisation, storage, and
+# per_class, which thins the train split only.
+SAME_TEST_IMAGES_KEYS = ("mean", "std", "native_resolution", "download", "on_bad_image", "per_class", "base")
+
+
+def _same_test_images(a: dict, b: dict) -> bool:
+    """Whether two dataset specs hold the same test images: same source, root and every other
+    selecting setting. Specs that share a source and root but select other classes (a class
+    subset, a class list) or another split hold other images, and may be one cell's ID and OOD
+    sets (a near-OOD design)."""
+
+    def selection(spec: dict) -> dict:
+        kept = {k: v for k, v in spec.items() if k not in SAME_TEST_IMAGES_KEYS}
+        if "root" in kept:
+            kept["root"] = os.path.normpath(kept["root"])
+        return kept
+
+    return selection(a) == selection(b)
+
+
+def _check_ood_not_id(block: dict, where: str, config: dict) -> None:
+    """No cell of ``block`` probes its ID set, or its test images under another name, as an OOD
+    set: such a set was left out of the cell's eval sets, and cell_metrics failed on it after
+    the whole chain had run."""
+    own = "ood_sets" in block
+    ood_sets, key = (block["ood_sets"], f"{where}.ood_sets") if own else (config["ood_sets"], "ood_sets")
+    datasets = config["datasets"]
+    for j, id_set in enumerate(block["id_dataset"]):
+        for i, name in enumerate(ood_sets):
+            if name == id_set:
+                same = f"is the ID set of {where}.id_dataset[{j}]"
+            elif _same_test_images(datasets[name], datasets[id_set]):
+                same = f"holds the same test images as {id_set!r}, the ID set of {where}.id_dataset[{j}] (same source and selection)"
+            else:
+                continue
+            fix = "remove it" if own else f"remove it, or give {where} its own ood_sets"
+            raise ConfigError(f"{key}[{i}]: {name!r} {same}; an OOD set must differ from the ID set: {fix}")
+
+
+# Files that mark a directory as a study's results (a prepared store, a cell): another study's
+# results must not be written inside it.
+RESULTS_MARKERS = ("prepared/*/*/store.json", "cells/*/cell.json")
+
+
+def _check_results(results: str) -> None:
+    """``results`` is a directory of the study's own: not the filesystem root, the home directory
+    or a directory above it, a workflow's directory (the repository root holds the Snakefile), or
+    a directory inside another study's results."""
+    path = Path(results).resolve()
+    named = results if Path(results) == path else f"{results} ({path})"
+    advice = "give a directory of the study's own, e.g. results-NAME"
+    if path == Path(path.anchor):
+        raise ConfigError(f"results: {named} is the filesystem root; {advice}")
+    home = _home()
+    if home is not None and (path == home or path in home.parents):
+        where = "the home directory" if path == home else f"above the home directory {home}"
+        raise ConfigError(f"results: {named} is {where}; {advice}")
+    if (path / "Snakefile").is_file():
+        raise ConfigError(
+            f"results: {named} is a workflow's directory, such as the repository root (it holds a Snakefile); {advice}"
+        )
+    for parent in path.parents:
+        marker = next(
+            (
+                m
+                for pattern in RESULTS_MARKERS
+                if (parent / pattern.split("/")[0]).is_dir()
+                for m in parent.glob(pattern)
+            ),
+            None,
+        )
+        if marker is not None:
+            raise ConfigError(
+                f"results: {named} is inside {parent}, the results directory of another study (it holds {marker.relative_to(parent)}); {advice} outside it"
+            )
+
+
+def _home() -> Path | None:
+    try:
+        return Path.home().resolve()
+    except (RuntimeError, KeyError):  # no HOME and no passwd entry
+        return None
 
 
 def _check_python_file(arch: str, key: str) -> None:
