@@ -8,8 +8,9 @@ is updated. A run of another config, or from another working directory, has no s
 refused unless its settings are identical to the recorded ones (then it computes the same files).
 
 ``study.lock`` keeps two runs out of one results directory at once (Snakemake's own lock is per
-working directory). Only the Snakemake main process checks, locks and records; the Snakefile does
-none of it in the jobs that a cluster executor runs, nor in dry runs, reports or ``--unlock``.
+working directory). Only the Snakemake main process checks, locks and records, and it locks and
+records only in a run that starts jobs (dry runs, reports and ``--unlock`` only check); the jobs
+that a cluster executor runs read the Snakefile too, and do none of it.
 """
 
 from __future__ import annotations
@@ -195,8 +196,8 @@ class ResultsLock:
     The kernel releases a flock when its holder dies, however it dies (kill -9 included), so a
     lock file nobody holds is free. The file names its holder while held and is emptied on a clean
     exit: a free lock file that still names a holder is a run that was killed. It is never
-    deleted: a run could otherwise lock a file that another has just unlinked. flock works across
-    NFS clients (Linux emulates it with byte-range locks there)."""
+    deleted: a run could otherwise lock a file that another has just unlinked. On NFS, Linux maps
+    flock to NFS byte-range locks, which other clients see."""
 
     def __init__(self, results):
         self.path = Path(results) / LOCK
