@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,13 @@ def run(workdir: Path, config: Path, *args: str) -> subprocess.CompletedProcess:
 
 def settings(config: dict) -> dict:
     return manifest.study_settings(Study(copy.deepcopy(config), load_schema()).config)
+
+
+def tunnelscope(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """The tunnelscope CLI of this checkout, in ``workdir``."""
+    cmd = [sys.executable, "-m", "tunnelscope.cli", *args]
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -195,13 +203,6 @@ def test_a_job_run_for_a_cluster_neither_checks_nor_locks(owned, tmp_path):
     assert (workdir / "out/prepared/toy-glyphs/r32/store.json").exists()
 
 
-def adopt(workdir: Path, config: Path) -> subprocess.CompletedProcess:
-    """``tunnelscope adopt CONFIG`` in ``workdir``, on this checkout's library."""
-    cmd = [sys.executable, "-m", "tunnelscope.cli", "adopt", str(config)]
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
-
-
 @pytest.mark.integration
 def test_adopt_hands_the_directory_to_another_config_but_not_during_a_run(tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
@@ -211,12 +212,12 @@ def test_adopt_hands_the_directory_to_another_config_but_not_during_a_run(tmp_pa
     assert run(second, other, "-n").returncode != 0
     holder = hold_lock(results)
     try:
-        refused = adopt(second, other)
+        refused = tunnelscope(second, "adopt", str(other))
     finally:
         holder.kill()
         holder.wait()
     assert refused.returncode == 1 and "is in use by another run" in refused.stderr
-    adopted = adopt(second, other)
+    adopted = tunnelscope(second, "adopt", str(other))
     assert adopted.returncode == 0, adopted.stderr
     assert f"recorded as the results of {other} in {second} (was: {first / 'tiny.yaml'} in {first})" in adopted.stdout
     assert "warning: the settings differ at training.epochs (1 there, 2 here)" in adopted.stdout
@@ -236,11 +237,12 @@ def test_an_edited_config_of_the_same_study_runs_and_updates_the_record(tmp_path
 
 
 @pytest.mark.integration
-def test_dry_runs_and_unlock_write_nothing(tmp_path):
+def test_dry_runs_unlock_and_validate_write_nothing(tmp_path):
     config = write_config(tmp_path)
     for args in (("-n",), ("--unlock",)):
         result = run(tmp_path, config, *args)
         assert result.returncode == 0, result.stderr[-3000:]
+    assert tunnelscope(tmp_path, "validate", str(config), "--no-budget").returncode == 0
     assert not (tmp_path / "out").exists()
 
 
@@ -262,11 +264,18 @@ def test_a_concurrent_run_is_refused_naming_the_one_running(tmp_path):
 @pytest.mark.integration
 def test_a_run_killed_with_sigkill_leaves_a_lock_the_next_run_clears(tmp_path):
     config = write_config(tmp_path)
-    holder = hold_lock(tmp_path / "out")
-    holder.send_signal(signal.SIGKILL)
-    holder.wait()
+    lock = tmp_path / "out" / manifest.LOCK
+    cmd = snakemake_cmd(tmp_path, "--cores", "1", TARGET, configfile=config)
+    killed = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (lock.exists() and lock.read_text()):  # the lock taken: its first job is starting
+        assert killed.poll() is None and time.monotonic() < deadline, "the run ended before it was killed"
+        time.sleep(0.05)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert run(tmp_path, config, "--unlock").returncode == 0  # Snakemake's own lock, on the working directory
     result = run(tmp_path, config, TARGET)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"tunnelscope: a previous run (pid {holder.pid} " in result.stderr
-    assert "ended without cleaning up" in result.stderr and "; continuing" in result.stderr
-    assert (tmp_path / "out" / manifest.LOCK).read_text() == ""
+    assert f"tunnelscope: a previous run (pid {killed.pid} " in result.stderr
+    assert f"ended without cleaning up {lock}; continuing" in result.stderr
+    assert lock.read_text() == ""
