@@ -157,7 +157,8 @@ def check(results, owner: Owner, settings: dict) -> None:
         return
     if record["fingerprint"] == fingerprint(settings):
         return
-    difference = first_difference(record["settings"], settings)
+    # a record edited by hand may differ only in its fingerprint
+    difference = first_difference(record["settings"], settings) or "its settings"
     advice = ADVICE.format(workdir=owner.workdir, config=" ".join(owner.configs) or "CONFIG")
     raise ManifestError(
         f"results directory {Path(results).resolve()} holds another study: {Owner.from_record(record['owner'])} "
