@@ -7,6 +7,7 @@ from snakemake.exceptions import WorkflowError
 
 from tunnelscope.gpuhost import gpus_present
 from tunnelscope.registry import COMPOSED, SOLVERS, TRAINED, TRANSFORM_TAG, network_slug
+from tunnelscope.study import manifest
 from tunnelscope.study.config import ConfigError, Study, load_schema
 
 try:
@@ -16,6 +17,18 @@ except ConfigError as error:
 
 RESULTS = STUDY.results
 CELLS = list(STUDY.cells)  # grid order: the aggregate tables list cells in it
+
+# One study per results directory (tunnelscope.study.manifest). Checked here, as the Snakefile is
+# read, so that a run with nothing to do (no onstart), a dry run or a report of another study is
+# refused too; written only in onstart, before the first job of a real run. Only the main
+# process: the jobs that a cluster executor runs read this Snakefile too.
+if workflow.is_main_process:
+    OWNER = manifest.Owner.here(workflow.configfiles)
+    SETTINGS = manifest.study_settings(STUDY.config)
+    try:
+        manifest.check(RESULTS, OWNER, SETTINGS)
+    except manifest.ManifestError as error:
+        sys.exit(f"tunnelscope: {error}")
 
 
 def cell_pattern(cells):
@@ -116,6 +129,15 @@ onstart:
     )
     if missing:
         sys.exit("tunnelscope: " + "; ".join(missing))
+    # Then the results directory: locked for the life of this process, checked again under the
+    # lock, and the study recorded (by the main process only, as above).
+    if workflow.is_main_process:
+        try:
+            _, note = manifest.claim(RESULTS, OWNER, SETTINGS)
+        except manifest.ManifestError as error:
+            sys.exit(f"tunnelscope: {error}")
+        if note:
+            print(f"tunnelscope: {note}", file=sys.stderr)
 
 
 AGGREGATED = ("curves", "metrics", "layer_stats")  # grid-wide tables, each beside its seed summary
