@@ -319,7 +319,8 @@ def fit_lbfgs_probe(x_train, y_train, x_test, y_test, n_classes: int, params: di
         except ProbeFailure as failure:
             if attempt is None:
                 reason = f"{failure}" + (" (also with the preconditioner)" if basis is not None else "")
-                return failed_result(reason, x_raw.shape[1], n_classes, len(y_test), fallback="; ".join(notes), **facts)
+                facts |= {"val_acc": float("nan"), "l2": float("nan"), "fallback": "; ".join(notes)}
+                return failed_result(reason, x_raw.shape[1], n_classes, len(y_test), **facts)
             notes.append(f"{failure} with the preconditioner: fitted without it")
     xte = torch.as_tensor(x_test, dtype=torch.float32, device=device)
     yte = torch.as_tensor(y_test, dtype=torch.long, device=device)
