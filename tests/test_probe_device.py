@@ -35,13 +35,14 @@ def paper_layers(d=6):
 
 def test_paper_solver_runs_on_another_device():
     """Its heads and epoch orders are drawn on the CPU and moved; the host reads two values per
-    head and epoch, then each head's predictions and weights once."""
+    head and epoch and one per epoch (are all losses finite?), then each head's predictions and
+    weights once."""
     layers, y = paper_layers()
     params = dict(PAPER, seed=0)
     with MetaAsAccelerator() as mode:
         rows = recipe.fit_paper_probes(layers, y[:200], y[200:], 3, params, device="meta")
     assert [row["device_type"] for row in rows] == ["meta", "meta"] and rows[1]["weights"].shape == (4, 3)
-    assert mode.reads == {"scalar": 2 * len(layers) * params["epochs"], "copy": 2 * len(layers)}
+    assert mode.reads == {"scalar": (2 * len(layers) + 1) * params["epochs"], "copy": 2 * len(layers)}
 
 
 def test_a_paper_epoch_reads_nothing_back_per_batch():

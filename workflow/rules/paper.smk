@@ -159,6 +159,7 @@ rule paper_page:
         slopes=SLOPES,
         provenance=rules.provenance.output[0],
         cells=AGGREGATE["cells"],
+        curves=AGGREGATE["curves"],  # its failure column: the probe-health lines
     output:
         f"{RESULTS}/paper/index.html",
     log:

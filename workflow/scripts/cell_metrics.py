@@ -1,6 +1,7 @@
 """One cell's tunnel metrics from its probe tables: under its first solver (rule cell_metrics) or
 under each of its solvers (rule solver_metrics). The cell_metrics rows also carry the cell's
-training health (``trained``, ``untrained_reason``; metrics.health), warned here when false."""
+training health (``trained``, ``untrained_reason``; metrics.health), warned here when false, and
+the layers whose probes failed (``failed_layers``: missing in the metrics), warned too."""
 
 import json
 
@@ -32,6 +33,14 @@ with job_logging(snakemake.log[0]) as log:
                 snakemake.wildcards.cell,
                 health["untrained_reason"],
             )
+    for row in table[table.n_failed_layers > 0].itertuples():
+        log.warning(
+            "%s, %s: %d failed probes (layers %s) are missing; the metrics use the other layers",
+            snakemake.wildcards.cell,
+            row.ood_set,
+            row.n_failed_layers,
+            row.failed_layers,
+        )
     write_table(table, snakemake.output[0])
     shown = ["solver", "ood_set", "tunnel_start"] if BY_SOLVER else ["ood_set", "tunnel", "ood_best_layer"]
     log.info("\n%s", table[[*shown, "ood_retained", "pearson", "alignment"]].to_string(index=False))

@@ -1,7 +1,7 @@
 from tunnelscope.figures.paper import html_page
 from tunnelscope.io import read_table
 from tunnelscope.joblog import job_logging
-from tunnelscope.metrics.health import health_lines
+from tunnelscope.metrics.health import health_lines, probe_failure_lines
 
 with job_logging(snakemake.log[0]):
     i = snakemake.input
@@ -16,4 +16,5 @@ with job_logging(snakemake.log[0]):
         best_layers=(i.best_layers, snakemake.params.alpha),
         absent=snakemake.params.absent,
         health=health_lines(read_table(i.cells), snakemake.params.untrained["include_untrained"]),
+        probe_health=probe_failure_lines(read_table(i.curves)),
     )

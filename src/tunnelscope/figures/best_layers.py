@@ -57,11 +57,17 @@ def summary_table(best: pd.DataFrame) -> pd.DataFrame:
                 f"gap validation-chosen − last, points [{level} CI]": _percent(
                     row.gap_val_chosen_last, row.gap_val_chosen_last_ci_low, row.gap_val_chosen_last_ci_high
                 ),
-                f"tunnel ({row.tunnel_rule} rule)": "yes" if row.tunnel else "no",
+                f"tunnel ({row.tunnel_rule} rule)": _tunnel(row.tunnel),
+                "failed probes (layers, left out)": getattr(row, "failed_layers", "") or "none",
                 "backbone trained": _trained(row),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _tunnel(verdict) -> str:
+    """yes / no, or undecided where the last layer's probe failed (None)."""
+    return "undecided" if verdict is None or pd.isna(verdict) else "yes" if verdict else "no"
 
 
 def best_layers_figure(best: pd.DataFrame, curves: pd.DataFrame, png: str, pdf: str) -> None:
@@ -80,7 +86,12 @@ def best_layers_figure(best: pd.DataFrame, curves: pd.DataFrame, png: str, pdf: 
         match = (curves[keys] == pd.Series({k: getattr(row, k) for k in keys})).all(axis=1)
         curve = curves[match & (curves.eval_set == row.ood_set)].sort_values("layer")
         layers, acc, n = curve.layer.to_numpy(), curve.test_acc.to_numpy(), curve.n_test.to_numpy()
-        bounds = np.array([accuracy_interval(round(a * k), k, row.confidence) for a, k in zip(acc, n)])
+        bounds = np.array(
+            [
+                accuracy_interval(round(a * k), k, row.confidence) if np.isfinite(a) else (np.nan,) * 2
+                for a, k in zip(acc, n)
+            ]
+        )  # a failed probe (NaN) is a gap in the curve
         ax.fill_between(layers, 100 * bounds[:, 0], 100 * bounds[:, 1], color="tab:red", alpha=0.2, lw=0)
         ax.plot(layers, 100 * acc, color="tab:red", lw=1)
         tied = np.isin(layers, [int(v) for v in str(row.indistinguishable_layers).split(",") if v])
@@ -99,7 +110,7 @@ def best_layers_figure(best: pd.DataFrame, curves: pd.DataFrame, png: str, pdf: 
                 ls="",
                 zorder=6,
             )
-        fit_title(ax, f"{_backbone(row)}\n{row.ood_set}: tunnel {'yes' if row.tunnel else 'no'}", fontsize="x-small")
+        fit_title(ax, f"{_backbone(row)}\n{row.ood_set}: tunnel {_tunnel(row.tunnel)}", fontsize="x-small")
         integer_axis(ax.xaxis)
         ax.set_xlabel("probed layer (index)")
     for ax in axes[:, 0]:

@@ -258,6 +258,14 @@ def _table(csv: str, href: str, caption: str, title: str) -> list[str]:
     ]
 
 
+def _note_and_list(lines: list[str]) -> list[str]:
+    """The first line as a note, the others as a list under it."""
+    return [
+        *(f"<p class='note'>{html.escape(line)}</p>" for line in lines[:1]),
+        *([f"<ul>{''.join(f'<li>{html.escape(line)}</li>' for line in lines[1:])}</ul>"] if lines[1:] else []),
+    ]
+
+
 def html_page(
     page: str,
     overview: str,
@@ -269,12 +277,14 @@ def html_page(
     best_layers: tuple[str, float] | None = None,
     absent: list[str] = (),
     health: list[str] = (),
+    probe_health: list[str] = (),
 ) -> None:
     """A static page with every figure and table, readable without Snakemake: the given files,
     linked relative to the page, figures with the Snakemake report's captions (captions.FIGURES).
     ``best_layers``: (its readable CSV, metrics.alpha), shown first among the tables;
     ``absent``: one line per study-level part the grid does not fill (Study.absent_parts);
-    ``health``: the training-health lines (metrics.health.health_lines)."""
+    ``health``, ``probe_health``: the training-health and probe-health lines
+    (metrics.health.health_lines, probe_failure_lines), each a note then a list."""
 
     def link(path: str) -> str:
         return os.path.relpath(path, Path(page).parent)
@@ -282,8 +292,8 @@ def html_page(
     parts = [
         *PAGE_HEAD,
         "<h1>tunnelscope paper build</h1>",
-        *(f"<p class='note'>{html.escape(line)}</p>" for line in health[:1]),
-        *([f"<ul>{''.join(f'<li>{html.escape(line)}</li>' for line in health[1:])}</ul>"] if health[1:] else []),
+        *_note_and_list(health),
+        *_note_and_list(probe_health),
         *(f"<p class='note'>{html.escape(line)}</p>" for line in absent),
         *_figure(overview, link(overview), confidence, heading=False),
     ]

@@ -20,6 +20,10 @@ comparison between two layers is paired: the same test images, the same labels.
   ``paper`` solvers have no validation split: the choice is reported unavailable (``val_chosen_layer``
   empty, ``val_selection`` says why).
 
+Failed probes (probe/failure.py) are missing: every comparison is among the other layers, the
+row counts them (``n_failed_layers``, ``failed_layers``), and without the last layer the gaps to
+it are NaN and ``tunnel`` None (undecided).
+
 Tunnel rules (``metrics.tunnel_rule``): ``paper``, the papers' argmax rule (a tunnel iff the best
 layer is not the last and beats it, by however little); ``significant``, a tunnel iff in
 addition the last layer is significantly below the best (McNemar p < alpha).
@@ -31,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from tunnelscope.metrics.paired import accuracy_interval, first_argmax, mcnemar_p, paired_difference_interval
-from tunnelscope.metrics.tunnel import CELL_FACTS
+from tunnelscope.metrics.tunnel import CELL_FACTS, failed_layers
 from tunnelscope.probe.predictions import correct
 
 
@@ -49,16 +53,20 @@ def _layer_list(layers) -> str:
 
 
 def best_layer_row(probe_rows: pd.DataFrame, predictions: pd.DataFrame, alpha: float, tunnel_rule: str) -> dict:
-    """The answer for one (cell, OOD set) from its probe rows and its predictions table."""
+    """The answer for one (cell, OOD set) from its probe rows and its predictions table, among
+    the layers whose probes did not fail."""
     probe_rows = probe_rows.sort_values("layer")
+    n_classes, solver, num_layers = int(probe_rows.n_classes.iloc[0]), probe_rows.solver.iloc[0], len(probe_rows)
+    failed = failed_layers(probe_rows)
+    lost = probe_rows.layer.to_numpy()[failed]
+    probe_rows = probe_rows[~failed]
     layers, names = probe_rows.layer.to_numpy(), probe_rows.layer_name.to_numpy()
-    hits = correct(predictions, layers)
+    hits = correct(predictions, layers) if len(layers) else np.zeros((len(predictions), 0), dtype=bool)
     n = len(hits)
     confidence = 1.0 - alpha
     accuracy = hits.mean(0)
-    best = first_argmax(accuracy)
-    last = len(layers) - 1
-    n_classes = int(probe_rows.n_classes.iloc[0])
+    best = first_argmax(accuracy) if len(layers) else None
+    last = len(layers) - 1 if not failed[-1] else None
     p_values = np.array([mcnemar_p(hits[:, best], hits[:, i]) for i in range(len(layers))])
     tied = [layers[i] for i in range(len(layers)) if p_values[i] >= alpha]
 
@@ -77,21 +85,26 @@ def best_layer_row(probe_rows: pd.DataFrame, predictions: pd.DataFrame, alpha: f
         }
 
     def gap(prefix: str, i: int | None) -> dict:
+        known = i is not None and last is not None
         diff, low, high = (
-            paired_difference_interval(hits[:, i], hits[:, last], confidence) if i is not None else (float("nan"),) * 3
+            paired_difference_interval(hits[:, i], hits[:, last], confidence) if known else (float("nan"),) * 3
         )
-        p = mcnemar_p(hits[:, i], hits[:, last]) if i is not None else float("nan")
+        p = mcnemar_p(hits[:, i], hits[:, last]) if known else float("nan")
         return {f"gap_{prefix}_last": diff, f"gap_{prefix}_last_ci_low": low, f"gap_{prefix}_last_ci_high": high} | {
             f"{prefix}_vs_last_p": p
         }
 
-    chosen, selection = validation_choice(probe_rows)
-    significant = bool(accuracy[best] > accuracy[last] and p_values[last] < alpha)
-    argmax_tunnel = bool(best < last and accuracy[best] > accuracy[last])
-    tunnel = argmax_tunnel if tunnel_rule == "paper" else argmax_tunnel and significant
+    chosen, selection = validation_choice(probe_rows) if len(layers) else (None, "unavailable: every probe failed")
+    tunnel = None  # undecided without the last layer
+    if last is not None:
+        significant = bool(accuracy[best] > accuracy[last] and p_values[last] < alpha)
+        argmax_tunnel = bool(best < last and accuracy[best] > accuracy[last])
+        tunnel = argmax_tunnel if tunnel_rule == "paper" else argmax_tunnel and significant
     return {
-        "solver": probe_rows.solver.iloc[0],
-        "num_layers": len(layers),
+        "solver": solver,
+        "num_layers": num_layers,
+        "n_failed_layers": len(lost),
+        "failed_layers": _layer_list(lost),
         "n_test": n,
         "n_classes": n_classes,
         "chance": 1.0 / n_classes,

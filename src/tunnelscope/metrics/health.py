@@ -5,6 +5,9 @@ tunnel metrics (often a "strong" tunnel); such cells are flagged ``trained: fals
 ``cells`` and ``metrics`` tables and left out of the study-level analysis unless
 ``analysis.include_untrained``. Computed after training, from ``cell.json`` and
 ``train_log.csv``, so changing the rule never retrains anything.
+
+Probe health: a layer whose probe failed (probe/failure.py) is listed by ``probe_failure_lines``
+from the probe curves, as the training health is from the cells.
 """
 
 from __future__ import annotations
@@ -98,3 +101,25 @@ def health_lines(cells: pd.DataFrame, include_untrained: bool = False) -> list[s
     )
     head = f"Training health: {len(bad)} of {len(cells)} cells did not train and are {fate}:"
     return [head, *(f"{cell}: {reason}" for cell, reason in zip(row_cells(bad), bad.untrained_reason))]
+
+
+def probe_failure_lines(curves: pd.DataFrame) -> list[str]:
+    """What the paper page says about probe health, from the aggregated probe curves: one line
+    when every probe fitted, else one per failed probe (cell, eval set, solver, layer, reason)
+    after a line saying they count as missing."""
+    if "failure" not in curves.columns or curves.empty:
+        return []
+    bad = curves[curves.failure.fillna("").astype(str) != ""]
+    if bad.empty:
+        return [f"Probe health: all {len(curves)} probes fitted (docs/protocol.md, Failed probes)."]
+    head = (
+        f"Probe health: {len(bad)} of {len(curves)} probes failed; their accuracies are missing (NaN) and the "
+        "metrics are computed over the other layers (n_failed_layers, failed_layers in the metrics tables):"
+    )
+    return [
+        head,
+        *(
+            f"{cell}, {row.eval_set} ({row.solver}) layer {row.layer} ({row.layer_name}): {row.failure}"
+            for cell, row in zip(row_cells(bad), bad.itertuples())
+        ),
+    ]

@@ -1,6 +1,9 @@
 """Tunnel metrics over one backbone's probe curves (Harun et al. 2024, Sec. 3.2; docs/protocol.md).
 
-Curves are probe test accuracies as fractions, one value per probed layer 1..L.
+Curves are probe test accuracies as fractions, one value per probed layer 1..L. A layer whose
+probe failed (probe/failure.py) is NaN there: missing, never the best layer, and left out of the
+correlation; what needs its accuracy (the last layer's, for the tunnel) is NaN or None in turn,
+and each metrics row counts the failed layers (``n_failed_layers``, ``failed_layers``).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from tunnelscope.metrics.paired import last_significantly_below_best
+from tunnelscope.metrics.paired import first_argmax, last_significantly_below_best
 from tunnelscope.probe.predictions import correct
 from tunnelscope.registry import CELL_VARIABLES
 
@@ -37,29 +40,44 @@ def tunnel_metrics(
     Alignment A = (a_id - 1/C_id)(a_ood - 1/C_ood) takes both accuracies at the last layer
     (``alignment_layer`` "last", the paper's) or at l_m ("ood_best"); ``id_accuracy``, when
     given, replaces the ID probe's accuracy (the backbone's own top-1).
+
+    NaN entries are failed layers: l_m is the first maximum of the others; without the last
+    layer's (or any) OOD accuracy the tunnel is undecided: ``tunnel`` None, its start, length and
+    % retained NaN. Pearson r is taken over the layers with both accuracies.
     """
     id_curve = np.asarray(id_curve, dtype=float)
     ood = np.asarray(ood_curve, dtype=float)
     if id_curve.shape != ood.shape or ood.ndim != 1 or len(ood) == 0:
         raise ValueError(f"ID and OOD curves must be equal-length 1-D, got {id_curve.shape} and {ood.shape}")
     n_layers = len(ood)
-    l_m = int(np.argmax(ood)) + 1
+    l_m = first_argmax(ood) + 1  # NaN, a failed layer, is never the best
     a_m, a_p = float(ood[l_m - 1]), float(ood[-1])
-    tunnel = l_m < n_layers and a_m > a_p and (last_below_best is None or last_below_best)
     at = n_layers if alignment_layer == "last" else l_m
     a_id = float(id_curve[at - 1]) if id_accuracy is None else float(id_accuracy)
+    both = np.isfinite(id_curve) & np.isfinite(ood)
     return {
         "num_layers": n_layers,
-        "ood_best_layer": l_m,
+        "ood_best_layer": l_m if math.isfinite(a_m) else math.nan,
         "ood_best_acc": a_m,
         "ood_last_acc": a_p,
         "id_last_acc": float(id_curve[-1]),
+        **_tunnel(l_m, a_m, a_p, n_layers, last_below_best),
+        "pearson": pearson(id_curve[both], ood[both]),
+        "alignment": (a_id - 1.0 / id_classes) * (float(ood[at - 1]) - 1.0 / ood_classes),
+    }
+
+
+def _tunnel(l_m: int, a_m: float, a_p: float, n_layers: int, last_below_best: bool | None) -> dict:
+    """The tunnel of an OOD curve of best layer l_m (accuracy a_m) and last accuracy a_p;
+    undecided (None, NaN) where either accuracy is missing."""
+    if not (math.isfinite(a_m) and math.isfinite(a_p)):
+        return {"tunnel": None, "tunnel_start": math.nan, "tunnel_length": math.nan, "ood_retained": math.nan}
+    tunnel = l_m < n_layers and a_m > a_p and (last_below_best is None or last_below_best)
+    return {
         "tunnel": bool(tunnel),
         "tunnel_start": l_m if tunnel else n_layers,
         "tunnel_length": n_layers - l_m if tunnel else 0,
         "ood_retained": 100.0 * a_p / a_m if a_m > 0 else 100.0,
-        "pearson": pearson(id_curve, ood),
-        "alignment": (a_id - 1.0 / id_classes) * (float(ood[at - 1]) - 1.0 / ood_classes),
     }
 
 
@@ -77,8 +95,11 @@ def id_tunnel_start(id_curve, threshold: float) -> int:
     return int(np.flatnonzero(curve >= threshold * curve[-1])[0]) + 1
 
 
-def strength(mean_retained: float) -> str:
-    """Tunnel strength class from % OOD retained averaged over a backbone's OOD sets."""
+def strength(mean_retained: float) -> str | None:
+    """Tunnel strength class from % OOD retained averaged over a backbone's OOD sets (None
+    where every OOD set's is missing: failed probes)."""
+    if isinstance(mean_retained, float) and math.isnan(mean_retained):
+        return None
     for lower, name in STRENGTH_BANDS:
         if mean_retained >= lower:
             return name
@@ -116,12 +137,13 @@ def cell_metrics(
     order of ``params['ood_sets']`` (``ood_index`` 1.. is that position); ``params`` also holds
     id_start_thresholds, alignment_layer, alignment_id, tunnel_rule and alpha (metrics
     settings). ``predictions`` (by eval set, probe/predictions.py) give ``last_vs_best_p``, the
-    McNemar p of the last layer against the best, and are needed by the ``significant`` rule."""
+    McNemar p of the last layer against the best, and are needed by the ``significant`` rule.
+    Failed layers (``failed_layers``) are missing: NaN in the curves (``tunnel_metrics``)."""
     probes = probes.sort_values(["eval_set", "layer"])
     id_rows = probes[probes.role == "id"]
     if id_rows.empty:
         raise ValueError("the probe table has no ID rows")
-    id_curve = id_rows.test_acc.to_numpy()
+    id_curve = np.where(failed_layers(id_rows), np.nan, id_rows.test_acc.to_numpy())
     id_classes = int(id_rows.n_classes.iloc[0])
     id_accuracy = None
     if params["alignment_id"] == "backbone":
@@ -138,8 +160,14 @@ def cell_metrics(
             raise ValueError(f"OOD set {eval_set}: no probe rows")
         if len(ood) != len(id_curve):
             raise ValueError(f"eval set {eval_set}: {len(ood)} layers probed, ID has {len(id_curve)}")
-        curve = ood.test_acc.to_numpy()
-        below, p = _last_below_best(ood, (predictions or {}).get(eval_set), params, eval_set)
+        ood_failed = failed_layers(ood)
+        curve = np.where(ood_failed, np.nan, ood.test_acc.to_numpy())
+        below, p = (
+            (None, float("nan"))  # no last layer to test: the tunnel is undecided
+            if ood_failed[-1]
+            else _last_below_best(ood[~ood_failed], (predictions or {}).get(eval_set), params, eval_set)
+        )
+        failed = ood.layer.to_numpy()[ood_failed | np.isnan(id_curve)]
         row = {
             "ood_set": eval_set,
             "ood_index": index,
@@ -147,9 +175,11 @@ def cell_metrics(
                 id_curve, curve, id_classes, int(ood.n_classes.iloc[0]), params["alignment_layer"], id_accuracy, below
             ),
             "last_vs_best_p": p,
+            "n_failed_layers": len(failed),
+            "failed_layers": ",".join(str(int(layer)) for layer in failed),
         }
         for thr in params["id_start_thresholds"]:
-            start = id_tunnel_start(id_curve, thr)
+            start = id_tunnel_start(id_curve, thr) if np.isfinite(id_curve[-1]) else math.nan
             row[f"id_start_{round(thr * 100)}"] = start
             row[f"id_tunnel_length_{round(thr * 100)}"] = len(id_curve) - start
         rows.append(row)
@@ -160,6 +190,14 @@ def cell_metrics(
         table[key] = cell_info.get(key)
     table["backbone_test_acc"] = cell_info.get("test_acc")
     return table
+
+
+def failed_layers(probe_rows: pd.DataFrame) -> np.ndarray:
+    """Which of ``probe_rows`` are failed probes (probe/failure.py): a ``failure`` reason, or, in
+    a table from before that column, a NaN test accuracy."""
+    if "failure" in probe_rows.columns:
+        return probe_rows.failure.fillna("").astype(str).str.len().to_numpy() > 0
+    return probe_rows.test_acc.isna().to_numpy()
 
 
 def _last_below_best(ood: pd.DataFrame, predictions: pd.DataFrame | None, params: dict, eval_set: str):

@@ -5,6 +5,11 @@ Each solver is a module of this package (``lbfgs``: L-BFGS on standardised featu
 strength chosen on a validation split, the default; ``sklearn``: scikit-learn at a fixed ``C``, a
 reference; ``paper``: the papers' AdamW recipe) with its config keys in ``registry.SOLVERS``;
 ``SOLVER_FITS`` below says how the job calls it.
+
+A layer whose probe failed (probe/failure.py: features, loss, preconditioner or weights not
+finite, no fallback recovering the fit) is a row with ``converged`` false, the reason in
+``failure`` and NaN accuracies; the job log names every such layer, and every fit a fallback
+recovered (``fallback``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from tqdm import tqdm
 
 from tunnelscope.features.store import layer_files, read_embeddings, read_metadata
 from tunnelscope.io import atomic_path
+from tunnelscope.probe.failure import failed_result, features_problem
 from tunnelscope.probe.lbfgs import fit_lbfgs_probe
 from tunnelscope.probe.logistic import fit_sklearn_probe
 from tunnelscope.probe.predictions import layer_column, prediction_table
@@ -79,15 +85,38 @@ def _read_layer(path: Path) -> tuple[tuple[dict, int, np.ndarray], tuple]:
 
 
 def _fit_layer(fit: Callable, path: Path, n_classes: int, settings: dict, device):
-    """Read one layer and fit it; its features are freed on return, before the next is read."""
+    """Read one layer and fit it, unless its features are not finite (then a failed result, no
+    solver having run); its features are freed on return, before the next is read."""
     info, data = _read_layer(path)
+    problem = features_problem(data[0], data[2])
+    if problem:
+        return info, failed_result(problem, data[0].shape[1], n_classes, len(data[3]), precision="", device_type="")
     return info, fit(*data, n_classes, settings, device)
 
 
 def _fit_together(fit: Callable, files: list[Path], n_classes: int, settings: dict, family: str, device) -> list:
-    """Every layer in memory at once, for a solver that fits them all in one pass."""
+    """Every layer in memory at once, for a solver that fits them all in one pass (a layer of
+    features that are not finite fails there, and its reason says why)."""
     infos, layers = zip(*map(_read_layer, files))
-    return list(zip(infos, fit(list(layers), n_classes, settings, family, device)))
+    results = fit(list(layers), n_classes, settings, family, device)
+    for (x_train, _, x_test, _), result in zip(layers, results):
+        problem = features_problem(x_train, x_test) if result["failure"] else ""
+        result["failure"] = f"{problem}: {result['failure']}" if problem else result["failure"]
+    return list(zip(infos, results))
+
+
+def _log_fit(meta: dict, result: dict) -> None:
+    """The job log's line on one layer, and a warning for a failed, recovered or unconverged fit."""
+    where = f"layer {meta['layer']} ({meta['layer_name']})"
+    if result["failure"]:
+        log.warning("%s: probe failed, its accuracy is missing: %s", where, result["failure"])
+    elif not result["converged"]:
+        log.warning("%s: probe did not converge in %d iterations", where, result["n_iter"])
+    if result["fallback"]:
+        log.warning("%s: %s", where, result["fallback"])
+    log.info(
+        "layer %3d %-24s dim %5d test acc %.4f", meta["layer"], meta["layer_name"], meta["dim"], result["test_acc"]
+    )
 
 
 def probe_layers(
@@ -125,11 +154,7 @@ def probe_layers(
         weights[f"layer_{meta['layer']:03d}"] = result.pop("weights")
         predicted[layer_column(meta["layer"])] = result.pop("test_pred")
         n_test = len(labels)
-        if not result["converged"]:
-            log.warning("layer %d: probe did not converge in %d iterations", meta["layer"], result["n_iter"])
-        log.info(
-            "layer %3d %-24s dim %5d test acc %.4f", meta["layer"], meta["layer_name"], meta["dim"], result["test_acc"]
-        )
+        _log_fit(meta, result)
         rows.append(
             {
                 **front,
@@ -144,14 +169,24 @@ def probe_layers(
                 **result,
             }
         )
+    fitted_rows = [row for row in rows if row["device_type"]] or rows  # a layer of bad features ran nowhere
     log.info(
         "%d layers probed in %.1fs (%s on %s, %s products)",
         len(rows),
         time.perf_counter() - started,
         params["solver"],
-        rows[0]["device_type"],
-        rows[0]["precision"],
+        fitted_rows[0]["device_type"],
+        fitted_rows[0]["precision"],
     )
+    failed = [row["layer"] for row in rows if row["failure"]]
+    if failed:
+        log.warning(
+            "%s: %d of %d layers failed (%s; column failure): their accuracies are NaN, missing in the metrics",
+            params["eval_set"],
+            len(failed),
+            len(rows),
+            ", ".join(map(str, failed)),
+        )
     return pd.DataFrame(rows), weights, prediction_table(labels, predicted, n_classes)
 
 

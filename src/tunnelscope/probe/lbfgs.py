@@ -9,10 +9,13 @@ Config keys: ``registry.SOLVERS["lbfgs"]``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
 from tunnelscope.data.splits import stratified_split
+from tunnelscope.probe.failure import ProbeFailure, all_finite, failed_result, nonfinite_count
 
 # Largest feature dim that gets the eigenbasis preconditioner. Its set-up (second-moment matrix,
 # ~d / 2C L-BFGS iterations' worth, and eigh, d^3) paid off up to 512 dims (CIFAR-10 VGGm layer 7:
@@ -24,6 +27,8 @@ _MATMUL_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # only no decrease at all; bfloat16 products move loss differences by 2e-5 to 1e-4 of the loss
 # (measured between nearby weights on the CIFAR-10 VGGm layers), so steps are stopped below 1e-5.
 _LOSS_RESOLUTION = {torch.float32: 0.0, torch.bfloat16: 1e-5}
+# Standard deviations are clamped here; a channel below it is dead (constant on the training rows).
+_MIN_STD = 1e-6
 
 
 def matmul_precision(requested: str, device: str | torch.device = "cpu") -> str:
@@ -51,11 +56,14 @@ def native_bf16(device: str | torch.device) -> bool:
     return False
 
 
-def prepare_features(x: torch.Tensor, standardize: bool, dtype: torch.dtype = torch.float32):
+def prepare_features(
+    x: torch.Tensor, standardize: bool, dtype: torch.dtype = torch.float32, notes: list[str] | None = None
+):
     """Training features as the solver wants them: centred and scaled to unit variance
     (population std, as StandardScaler) when ``standardize``, cast to the product ``dtype``,
     with the preconditioner's basis (eigenvalues >= 0, eigenvectors) of their second-moment
-    matrix, or None above MAX_ROTATED_DIM. Returns (features, mean, std, basis).
+    matrix, or None above MAX_ROTATED_DIM. Returns (features, mean, std, basis); a fallback the
+    basis needed (``eigenbasis``) is appended to ``notes``.
 
     The variances are read off the diagonal of the second-moment matrix of the centred data and
     the scaling is applied to that matrix, so the data is centred, multiplied and cast once
@@ -69,13 +77,54 @@ def prepare_features(x: torch.Tensor, standardize: bool, dtype: torch.dtype = to
     moments = centred.t() @ centred / n if d <= MAX_ROTATED_DIM else None
     if standardize:  # population variances, off the moments' diagonal where they are computed
         variance = moments.diagonal() if moments is not None else centred.pow(2).mean(0)
-        std = variance.sqrt().clamp_min(1e-6)
+        std = variance.sqrt().clamp_min(_MIN_STD)
     basis = None
     if moments is not None:
-        eigenvalues, axes = torch.linalg.eigh(moments / std[:, None] / std)
-        basis = (eigenvalues.clamp_min(0), axes)
+        basis, note = eigenbasis(moments / std[:, None] / std, dead=moments.diagonal() < _MIN_STD**2)
+        if note and notes is not None:
+            notes.append(note)
     features = centred.mul_(std.reciprocal()) if standardize else centred  # centred is our own copy
     return features.to(dtype), mean, std, basis
+
+
+def _eigh(matrix: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, str]:
+    """((eigenvalues, eigenvectors), "") of a symmetric matrix, or (None, what went wrong)."""
+    try:
+        eigenvalues, axes = torch.linalg.eigh(matrix)
+    except torch.linalg.LinAlgError:
+        return None, "did not converge"
+    if not (all_finite(eigenvalues) and all_finite(axes)):
+        return None, "returned values that are not finite"
+    return (eigenvalues, axes), ""
+
+
+def eigenbasis(matrix: torch.Tensor, dead: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, str]:
+    """The preconditioner's basis (eigenvalues clamped at 0, eigenvectors) of a second-moment
+    ``matrix``, or None, and "" or the fallback it took.
+
+    float32 eigh of a matrix with many ``dead`` channels (zero rows and columns: a repeated zero
+    eigenvalue) can fail to converge or, in LAPACK builds seen on one thread, return NaN. Then
+    the live channels' block is decomposed in float64 and each dead channel keeps its own axis;
+    if that fails too, no preconditioner. Any orthonormal basis gives the same optimum (the
+    change of variables is invertible), so a fallback changes the steps taken, not the answer.
+    """
+    found, problem = _eigh(matrix)
+    if found is not None:
+        eigenvalues, axes = found
+        return (eigenvalues.clamp_min(0), axes), ""
+    d, live = len(matrix), (~dead).nonzero().squeeze(1)
+    first = f"{str(matrix.dtype).removeprefix('torch.')} eigh of the {d}x{d} moment matrix {problem}"
+    block, problem = _eigh(matrix[live][:, live].double())
+    if block is None:
+        return None, f"{first}; float64 eigh of its live channels {problem} too: no preconditioner"
+    eigenvalues = matrix.diagonal().double().clone()  # a dead channel's own second moment
+    axes = torch.eye(d, dtype=torch.float64, device=matrix.device)
+    eigenvalues[live], axes[live[:, None], live] = block
+    basis = (eigenvalues.clamp_min(0).to(matrix.dtype), axes.to(matrix.dtype))
+    return (
+        basis,
+        f"{first}; float64 eigh of its {len(live)} live channels used ({d - len(live)} dead on their own axes)",
+    )
 
 
 def _lbfgs_direction(g: torch.Tensor, pairs: list) -> torch.Tensor:
@@ -101,9 +150,12 @@ def minimize_lbfgs(
     (loss as a float, gradient).
 
     Returns (u, iterations, converged); converged means it stopped before ``max_iter``: the
-    largest gradient entry fell to ``tol``, or the loss stopped falling (a step lowered it by
-    at most ``ftol`` |loss|, or ``max_evals`` trial steps found no acceptable one): the floor
-    set by the precision of the evaluations.
+    largest gradient entry fell to ``tol``, or the loss stopped falling after at least one step
+    (a step lowered it by at most ``ftol`` |loss|, or ``max_evals`` trial steps found no
+    acceptable one): the floor set by the precision of the evaluations. A line search that finds
+    no step from the start is not convergence. Raises ProbeFailure when the loss or gradient at
+    the current point, or the loss at every trial step, is not finite (NaN never passes Armijo,
+    so without this check such a search would end as if converged).
 
     Written here rather than using torch.optim.LBFGS, which costs 1.4 s per process (its
     constructor imports torch._dynamo), ~1 ms of Python per iteration and 1.3-1.7 evaluations
@@ -115,7 +167,7 @@ def minimize_lbfgs(
     f, g = fg(u)
     pairs: list[tuple[torch.Tensor, torch.Tensor, float]] = []
     for it in range(max_iter):
-        if float(g.abs().max()) <= tol:
+        if _largest(f, g, it) <= tol:
             return u, it, True
         direction = _lbfgs_direction(g, pairs)
         slope = float(torch.dot(g, direction))
@@ -123,9 +175,10 @@ def minimize_lbfgs(
             pairs = []
             direction = _lbfgs_direction(g, pairs)
             slope = float(torch.dot(g, direction))
-        step = 1.0
+        step, finite_trial = 1.0, False
         for _ in range(max_evals):
             f_new, g_new = fg(u + step * direction)
+            finite_trial = finite_trial or math.isfinite(f_new)
             slope_new = float(torch.dot(g_new, direction))
             # Armijo; or, where the decrease is below the loss's resolution, the curvature
             # condition alone: the directional derivative still resolves progress there.
@@ -134,7 +187,9 @@ def minimize_lbfgs(
             # overshoot: the secant root of the directional derivative; else halve
             step *= min(0.5, max(0.1, slope / (slope - slope_new))) if slope_new > 0 else 0.5
         else:
-            return u, it, True
+            if not finite_trial:
+                raise ProbeFailure(f"loss not finite at all {max_evals} trial steps of L-BFGS iteration {it}")
+            return u, it, it > 0
         s, y = step * direction, g_new - g
         sy = float(torch.dot(s, y))
         if sy > 1e-10 * float(torch.linalg.vector_norm(s) * torch.linalg.vector_norm(y)):  # scale-free
@@ -143,7 +198,17 @@ def minimize_lbfgs(
         u, f, g = u + s, f_new, g_new
         if decrease <= ftol * abs(f):
             return u, it + 1, True
-    return u, max_iter, float(g.abs().max()) <= tol
+    return u, max_iter, _largest(f, g, max_iter) <= tol
+
+
+def _largest(f: float, g: torch.Tensor, it: int) -> float:
+    """The largest gradient entry; ProbeFailure where it or the loss is not finite (both are
+    read back to the host anyway, so the check costs nothing)."""
+    largest = float(g.abs().max())
+    for name, value in (("loss", f), ("gradient", largest)):
+        if not math.isfinite(value):
+            raise ProbeFailure(f"{name} not finite at L-BFGS iteration {it}")
+    return largest
 
 
 def fit_softmax(
@@ -233,24 +298,30 @@ def fit_lbfgs_probe(x_train, y_train, x_test, y_test, n_classes: int, params: di
     is computed from it.
 
     Standardisation is folded into the weights at the end, so only the training rows are ever
-    transformed; test rows are scored as they are."""
+    transformed; test rows are scored as they are.
+
+    A fit that fails with the preconditioner (ProbeFailure: something not finite) is redone
+    without it; ``fallback`` names what was needed. If that fails too, the result is a failed one
+    (probe/failure.py): ``converged`` false, ``failure`` the reason, NaN accuracies."""
     x_raw = torch.as_tensor(x_train, dtype=torch.float32, device=device)  # left as is by prepare_features
     ytr = torch.as_tensor(y_train, dtype=torch.long, device=device)
     precision = matmul_precision(params["precision"], device)
-    xtr, mean, std, basis = prepare_features(x_raw, params["standardize"], _MATMUL_DTYPE[precision])
-    fit_idx, val_idx = stratified_split(np.asarray(y_train), params["val_fraction"], params["seed"], stream=2718)
-    fit_idx, val_idx = torch.as_tensor(fit_idx, device=device), torch.as_tensor(val_idx, device=device)
-    x_fit, y_fit, x_val, y_val = xtr[fit_idx], ytr[fit_idx], xtr[val_idx].float(), ytr[val_idx]
-    grid = sorted(params["l2_grid"], reverse=True)  # strong to weak: each fit warm-starts the next
-    best, w = None, None
-    for l2 in grid:
-        w, _, _ = fit_softmax(x_fit, y_fit, n_classes, l2, w, params["select_max_iter"], params["tol"], basis)
-        acc = _accuracy(w, x_val, y_val)
-        if best is None or acc > best[1]:
-            best = (l2, acc, w)
-    l2, val_acc, w0 = best
-    w, n_iter, converged = fit_softmax(xtr, ytr, n_classes, l2, w0, params["max_iter"], params["tol"], basis)
-    w = _unstandardise(w, mean, std)
+    notes: list[str] = []
+    xtr, mean, std, basis = prepare_features(x_raw, params["standardize"], _MATMUL_DTYPE[precision], notes)
+    facts = {"precision": precision, "device_type": x_raw.device.type}
+    for attempt in [basis, None] if basis is not None else [None]:
+        try:
+            l2, val_acc, w, n_iter, converged = _select_and_refit(xtr, ytr, y_train, n_classes, params, attempt)
+            w = _unstandardise(w, mean, std)
+            if not all_finite(w):
+                raise ProbeFailure(f"{nonfinite_count(w)} weights not finite")
+            break
+        except ProbeFailure as failure:
+            if attempt is None:
+                reason = f"{failure}" + (" (also with the preconditioner)" if basis is not None else "")
+                facts |= {"val_acc": float("nan"), "l2": float("nan"), "fallback": "; ".join(notes)}
+                return failed_result(reason, x_raw.shape[1], n_classes, len(y_test), **facts)
+            notes.append(f"{failure} with the preconditioner: fitted without it")
     xte = torch.as_tensor(x_test, dtype=torch.float32, device=device)
     yte = torch.as_tensor(y_test, dtype=torch.long, device=device)
     test_pred = _predict(w, xte)
@@ -262,7 +333,25 @@ def fit_lbfgs_probe(x_train, y_train, x_test, y_test, n_classes: int, params: di
         "l2": l2,
         "n_iter": n_iter,
         "converged": converged,
-        "precision": precision,
-        "device_type": x_raw.device.type,
+        "failure": "",
+        "fallback": "; ".join(notes),
+        **facts,
         "weights": w.cpu().numpy(),
     }
+
+
+def _select_and_refit(xtr, ytr, y_train, n_classes: int, params: dict, basis):
+    """(chosen l2, its validation accuracy, weights refitted on all training rows, iterations,
+    converged): the grid walked from strong to weak L2, each fit warm-starting the next."""
+    fit_idx, val_idx = stratified_split(np.asarray(y_train), params["val_fraction"], params["seed"], stream=2718)
+    fit_idx, val_idx = torch.as_tensor(fit_idx, device=xtr.device), torch.as_tensor(val_idx, device=xtr.device)
+    x_fit, y_fit, x_val, y_val = xtr[fit_idx], ytr[fit_idx], xtr[val_idx].float(), ytr[val_idx]
+    best, w = None, None
+    for l2 in sorted(params["l2_grid"], reverse=True):
+        w, _, _ = fit_softmax(x_fit, y_fit, n_classes, l2, w, params["select_max_iter"], params["tol"], basis)
+        acc = _accuracy(w, x_val, y_val)
+        if best is None or acc > best[1]:
+            best = (l2, acc, w)
+    l2, val_acc, w0 = best
+    w, n_iter, converged = fit_softmax(xtr, ytr, n_classes, l2, w0, params["max_iter"], params["tol"], basis)
+    return l2, val_acc, w, n_iter, converged

@@ -9,6 +9,8 @@ import warnings
 
 import numpy as np
 
+from tunnelscope.probe.failure import all_finite, failed_result, nonfinite_count
+
 
 def fit_sklearn_probe(
     x_train, y_train, x_test, y_test, C: float, max_iter: int, standardize: bool, n_classes: int | None = None
@@ -16,7 +18,8 @@ def fit_sklearn_probe(
     """scikit-learn's LogisticRegression; the weights take one column per class of ``n_classes``
     (default those seen), a class absent from the training rows getting a bias no logit reaches.
     ``test_pred``: the class predicted for each test row, in order (``test_acc`` is its mean
-    agreement with ``y_test``)."""
+    agreement with ``y_test``). Coefficients that are not finite make it a failed result
+    (probe/failure.py); scikit-learn itself refuses features that are not finite."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -29,6 +32,11 @@ def fit_sklearn_probe(
         model.fit(x_train, y_train)
     n_iter = int(np.max(clf.n_iter_))
     coef, intercept = clf.coef_, clf.intercept_
+    if not (all_finite(coef) and all_finite(intercept)):
+        reason = f"{nonfinite_count(coef) + nonfinite_count(intercept)} coefficients not finite"
+        return failed_result(
+            reason, coef.shape[1], n_classes or len(clf.classes_), len(y_test), **_FACTS, n_iter=n_iter
+        )
     if coef.shape[0] == 1:  # binary: one logit z for class 1, i.e. logits (0, z)
         coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
     classes = np.asarray(clf.classes_, dtype=int)
@@ -47,7 +55,12 @@ def fit_sklearn_probe(
         "test_pred": test_pred,
         "n_iter": n_iter,
         "converged": n_iter < max_iter,
+        "failure": "",
+        "fallback": "",
         "weights": np.vstack([coef.T, intercept[None]]).astype(np.float32),
-        "precision": "fp32",  # scikit-learn keeps float32 features as they are
-        "device_type": "cpu",  # numpy on the CPU, whatever device the job holds
+        **_FACTS,
     }
+
+
+# scikit-learn keeps float32 features as they are, in numpy on the CPU whatever device the job holds.
+_FACTS = {"precision": "fp32", "device_type": "cpu"}

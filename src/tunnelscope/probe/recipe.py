@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from tunnelscope.data.splits import epoch_order
+from tunnelscope.probe.failure import all_finite, failed_result, nonfinite_count
 
 
 def fit_paper_probes(
@@ -28,6 +29,11 @@ def fit_paper_probes(
     row (``test_pred``). The recipe has no validation split, so no ``val_acc``. It runs in float32
     on ``device``; its random draws are made on the CPU, so a seed gives the same initial weights
     and epoch orders on every device.
+
+    A head whose training loss is not finite in some epoch (summed on the device over its
+    batches; whether all are finite is read once per epoch), or whose reported weights are not, has
+    failed (probe/failure.py: ``converged`` false, ``failure`` the reason, NaN accuracies); the
+    recipe has no fallback. The other heads are unaffected: each has its own parameters.
     """
     # A CPU generator, and every draw made on the CPU then moved: the heads' initial weights and
     # the epoch orders are the same numbers on every device (a CUDA tensor refuses a CPU generator).
@@ -43,10 +49,14 @@ def fit_paper_probes(
     best = [(-1.0, 0, 0.0, None, None)] * len(heads)  # (test acc, epoch, train acc, weights, test predictions)
     last = best
     order = epoch_order(len(ytr), params["repeats"], gen).to(device)
+    diverged = [None] * len(heads)  # per head: the first epoch of non-finite loss
     for epoch in range(params["epochs"]):
         if epoch and params["reshuffle"]:
             order = epoch_order(len(ytr), params["repeats"], gen).to(device)
-        train_epoch(heads, opt, xs_train, ytr, order, params["batch_size"], params["label_smoothing"])
+        losses = train_epoch(heads, opt, xs_train, ytr, order, params["batch_size"], params["label_smoothing"])
+        if not all_finite(losses):  # one read per epoch; which heads, only when some diverged
+            finite = losses.isfinite().tolist()
+            diverged = [first or (None if ok else epoch + 1) for first, ok in zip(diverged, finite)]
         heads.eval()
         with torch.no_grad():  # the host reads: two per head and epoch, none per batch
             last = []
@@ -60,20 +70,36 @@ def fit_paper_probes(
             for b, cur in zip(best, last)
         ]
     chosen = best if params["report"] == "best_test" else [(*row[:3], _head_weights(row[3]), row[4]) for row in last]
-    return [
-        {
-            "train_acc": tr,
-            "test_acc": te,
-            "test_pred": pred.cpu().numpy(),
-            "epoch": ep,
-            "n_iter": params["epochs"],
-            "converged": True,
-            "weights": w,
-            "precision": "fp32",
-            "device_type": torch.device(device).type,
-        }
-        for te, ep, tr, w, pred in chosen
-    ]
+    facts = {"n_iter": params["epochs"], "precision": "fp32", "device_type": torch.device(device).type}
+    results = []
+    for (te, ep, tr, w, pred), first_bad, x in zip(chosen, diverged, xs_train):
+        reason = _head_failure(first_bad, w)
+        if reason:
+            results.append(failed_result(reason, x.shape[1], n_classes, len(yte), epoch=ep, **facts))
+            continue
+        results.append(
+            {
+                "train_acc": tr,
+                "test_acc": te,
+                "test_pred": pred.cpu().numpy(),
+                "epoch": ep,
+                "converged": True,
+                "failure": "",
+                "fallback": "",
+                "weights": w,
+                **facts,
+            }
+        )
+    return results
+
+
+def _head_failure(diverged_epoch: int | None, weights: np.ndarray) -> str:
+    """Why a head's result is no measurement ("" when it is one)."""
+    if diverged_epoch is not None:
+        return f"train loss not finite in epoch {diverged_epoch}"
+    if not all_finite(weights):
+        return f"{nonfinite_count(weights)} weights not finite"
+    return ""
 
 
 def init_heads(dims: list[int], n_classes: int, init_std: float, generator: torch.Generator) -> torch.nn.ModuleList:
@@ -86,16 +112,23 @@ def init_heads(dims: list[int], n_classes: int, init_std: float, generator: torc
     return heads
 
 
-def train_epoch(heads, opt, xs_train: list, y: torch.Tensor, order: torch.Tensor, batch_size: int, smoothing: float):
+def train_epoch(
+    heads, opt, xs_train: list, y: torch.Tensor, order: torch.Tensor, batch_size: int, smoothing: float
+) -> torch.Tensor:
     """One pass of every head over ``order`` (on the features' device), minibatches shared by
-    all heads; no value is read back to the host."""
+    all heads; no value is read back to the host. Returns each head's loss summed over the
+    batches, on the device (a NaN in any batch stays NaN)."""
     heads.train()
+    total = torch.zeros(len(heads), device=order.device)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        loss = sum(F.cross_entropy(head(x[idx]), y[idx], label_smoothing=smoothing) for head, x in zip(heads, xs_train))
+        losses = [F.cross_entropy(head(x[idx]), y[idx], label_smoothing=smoothing) for head, x in zip(heads, xs_train)]
+        loss = sum(losses)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        total += torch.stack(losses).detach()
+    return total
 
 
 def _head_acc(head, x, y) -> float:
