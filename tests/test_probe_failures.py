@@ -267,3 +267,11 @@ def test_the_page_names_the_failed_probes():
     assert probe_failure_lines(curves.assign(failure="")) == [
         "Probe health: all 2 probes fitted (docs/protocol.md, Failed probes)."
     ]
+
+
+def test_a_failed_last_id_probe_leaves_the_continual_swap_no_layer_to_cut_at():
+    from tunnelscope.protocols.continual import locate_tunnel
+
+    with pytest.raises(ValueError, match="task 2's network: the last layer's ID probe failed"):
+        locate_tunnel({1: np.array([0.5, 0.9, 0.9]), 2: np.array([0.5, 0.9, np.nan])}, 0.95, "earlier")
+    assert locate_tunnel({1: np.array([0.5, np.nan, 0.9])}, 0.95, "task1")["start_layer"] == 3

@@ -90,8 +90,11 @@ def pearson(x, y) -> float:
 
 
 def id_tunnel_start(id_curve, threshold: float) -> int:
-    """Masarczyk's rule: first layer (1-based) whose ID accuracy >= threshold x the last layer's."""
+    """Masarczyk's rule: first layer (1-based) whose ID accuracy >= threshold x the last layer's
+    (a failed probe, NaN, never qualifies). A failed last layer leaves no rule: a ValueError."""
     curve = np.asarray(id_curve, dtype=float)
+    if not np.isfinite(curve[-1]):
+        raise ValueError("the last layer's ID probe failed (no accuracy): the tunnel start is undecided")
     return int(np.flatnonzero(curve >= threshold * curve[-1])[0]) + 1
 
 

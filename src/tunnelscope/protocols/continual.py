@@ -96,7 +96,12 @@ def id_curve(evaluation: pd.DataFrame, task: int) -> np.ndarray:
 def locate_tunnel(curves: dict[int, np.ndarray], threshold: float, rule: str) -> dict:
     """Tunnel start on each curve (task -> the ID curve of the network trained last on it) and
     the one ``rule`` picks: task1, task2, or the earlier of the two."""
-    starts = {f"task{t}": id_tunnel_start(curve, threshold) for t, curve in curves.items()}
+    starts = {}
+    for t, curve in curves.items():
+        try:
+            starts[f"task{t}"] = id_tunnel_start(curve, threshold)
+        except ValueError as exc:  # a failed probe: the swap has no layer to cut at
+            raise ValueError(f"continual: task {t}'s network: {exc} (see its evaluation's probe log)") from exc
     start = min(starts.values()) if rule == "earlier" else starts[rule]
     return {"threshold": threshold, "curve": rule, "starts": starts, "start_layer": start}
 
