@@ -275,3 +275,12 @@ def test_a_failed_last_id_probe_leaves_the_continual_swap_no_layer_to_cut_at():
     with pytest.raises(ValueError, match="task 2's network: the last layer's ID probe failed"):
         locate_tunnel({1: np.array([0.5, 0.9, 0.9]), 2: np.array([0.5, 0.9, np.nan])}, 0.95, "earlier")
     assert locate_tunnel({1: np.array([0.5, np.nan, 0.9])}, 0.95, "task1")["start_layer"] == 3
+
+
+def test_solvers_agree_on_a_tunnel_only_where_both_decided():
+    from tunnelscope.protocols.solvers import _agreement
+
+    a = pd.Series([True, None, False, None], dtype=object)
+    b = pd.Series([True, None, True, False], dtype=object)
+    assert _agreement(a, b) == 0.5  # the pairs with an undecided side are left out
+    assert math.isnan(_agreement(pd.Series([None], dtype=object), pd.Series([None], dtype=object)))

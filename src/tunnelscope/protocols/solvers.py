@@ -35,6 +35,12 @@ def solver_metrics(
     )
 
 
+def _agreement(a: pd.Series, b: pd.Series) -> float:
+    """Share of pairs where both solvers decided (no failed last-layer probe) and agree."""
+    decided = a.notna() & b.notna()
+    return float((a[decided] == b[decided]).mean()) if decided.any() else float("nan")
+
+
 def solver_comparison(metrics: pd.DataFrame, reference: str, confidence: float = CONFIDENCE) -> pd.DataFrame:
     """How each metric moves from the ``reference`` solver to every other one, over all
     (cell, OOD set) pairs: mean difference (other - reference), mean absolute difference, the
@@ -75,7 +81,7 @@ def solver_comparison(metrics: pd.DataFrame, reference: str, confidence: float =
                     "mean_difference": float(diff.mean()),
                     "mean_abs_difference": float(diff.abs().mean()),
                     "spearman": float(rho),
-                    "tunnel_agreement": float((paired.tunnel == paired.tunnel_other).mean()),
+                    "tunnel_agreement": _agreement(paired.tunnel, paired.tunnel_other),
                 }
             )
     return pd.DataFrame(rows)
