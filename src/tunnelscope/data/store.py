@@ -42,7 +42,7 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from tunnelscope.integrity import check_file_crc32, crc32_range, damaged, file_crc32, relative
+from tunnelscope.integrity import DamageError, crc32_range, file_crc32
 from tunnelscope.io import atomic_path
 
 log = logging.getLogger("tunnelscope.store")
@@ -54,6 +54,20 @@ CHUNK_BYTES = 64 << 20  # pixels decoded per chunk: the bound on prepare's memor
 
 class StoreError(RuntimeError):
     """An unreadable or incomplete store, naming its path."""
+
+
+class StoreDamage(DamageError, StoreError):
+    """A store file that is cut short or differs from what prepare wrote."""
+
+
+def damaged(path, problem: str, root) -> StoreDamage:
+    return StoreDamage(path, problem, root)
+
+
+def check_file_crc32(path, expected: int, root) -> None:
+    found = file_crc32(path)
+    if found != expected:
+        raise damaged(path, f"CRC-32 {found:08x}, {expected:08x} when written", root)
 
 
 def stored_size(height: int, width: int, resolution: int, shorter_side: int, native: bool) -> tuple[int, int]:
@@ -232,21 +246,21 @@ class StoreSplit:
         self.name, self.root = split, root
         for name in ("index", "labels"):  # small: checked whole when opened
             if f"{name}_crc32" in info:
-                check_file_crc32(root / f"{split}.{name}.npy", info[f"{name}_crc32"], relative(root))
+                check_file_crc32(root / f"{split}.{name}.npy", info[f"{name}_crc32"], root)
         try:
             index = np.load(root / f"{split}.index.npy")
             self.labels = np.load(root / f"{split}.labels.npy")
             self._data_start = _data_start(self.path)
         except StoreError as exc:
-            raise damaged(self.path, str(exc).removeprefix(f"{self.path}: "), relative(root)) from exc
+            raise damaged(self.path, str(exc).removeprefix(f"{self.path}: "), root) from exc
         except (OSError, ValueError) as exc:
-            raise damaged(root, f"split {split} is not readable ({exc})", relative(root)) from exc
+            raise damaged(root, f"split {split} is not readable ({exc})", root) from exc
         self.offsets, self.heights, self.widths = (index[:, k] for k in range(3))
         total = os.path.getsize(self.path) - self._data_start
         if len(self.labels) != len(index) or (
             len(index) and int(self.offsets[-1] + self.heights[-1] * self.widths[-1] * 3) > total
         ):
-            raise damaged(self.path, "inconsistent with its index", relative(root))
+            raise damaged(self.path, "inconsistent with its index", root)
         self.uniform_shape = tuple(info["uniform_shape"]) if info["uniform_shape"] else None
         # Stores written before checksums have no chunks: read unchecked (Store warns).
         self._chunks = np.asarray(info.get("chunks", []), dtype=np.int64).reshape(-1, 3)
@@ -268,13 +282,13 @@ class StoreSplit:
         first, end, expected = (int(v) for v in self._chunks[k])
         found, n = crc32_range(self._open(), self._data_start + first, self._data_start + end)
         if n != end - first:
-            raise damaged(self.path, f"cut short in chunk {k} (bytes {first}-{end})", relative(self.root))
+            raise damaged(self.path, f"cut short in chunk {k} (bytes {first}-{end})", self.root)
         if found != expected:
             raise damaged(
                 self.path,
                 f"chunk {k} (bytes {first}-{end} of the pixel data) has CRC-32 {found:08x}, {expected:08x} when "
                 "written; its images were not used",
-                relative(self.root),
+                self.root,
             )
         self._checked[k] = True
 
@@ -311,7 +325,7 @@ class StoreSplit:
             h = rows
         data = bytearray(h * w * 3)
         if os.preadv(fd, [data], self._data_start + int(self.offsets[i]) + top * w * 3) != len(data):
-            raise damaged(self.path, f"image {i} is cut short", relative(self.root))
+            raise damaged(self.path, f"image {i} is cut short", self.root)
         return np.frombuffer(data, dtype=np.uint8).reshape(h, w, 3)
 
     def array(self) -> np.ndarray:
@@ -333,13 +347,13 @@ class Store:
         try:
             self.meta = json.loads((self.root / "store.json").read_text())
         except (OSError, ValueError) as exc:
-            raise damaged(self.root / "store.json", f"not a prepared store's ({exc})", relative(self.root)) from exc
+            raise damaged(self.root, f"not a prepared store ({exc})", self.root) from exc
         if self.meta.get("format") != FORMAT or self.meta.get("version") != VERSION:
             raise StoreError(
                 f"{self.root}: store format {self.meta.get('format')} v{self.meta.get('version')}, this tunnelscope reads {FORMAT} v{VERSION}; delete it and rerun"
             )
         if "checksum" in self.meta and _doc_crc32(self.meta) != self.meta["checksum"]:
-            raise damaged(self.root / "store.json", "differs from what prepare wrote (CRC-32)", relative(self.root))
+            raise damaged(self.root / "store.json", "differs from what prepare wrote (CRC-32)", self.root)
         self.splits = {name: StoreSplit(self.root, name, info) for name, info in self.meta["splits"].items()}
         if not all(s.has_checksums for s in self.splits.values()):
             log.warning("%s: written before stores had checksums; read unchecked (rebuild it to check)", self.root)
