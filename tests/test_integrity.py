@@ -242,7 +242,8 @@ def test_damage_is_named_by_its_reader_and_verify_and_the_advice_rebuilds_it_bit
         # The job that reads it fails, names it and says how to rebuild it.
         failed = run(workdir, reader, "--forcerun", reader, check=False)
         assert failed.returncode != 0
-        line = next(x for x in failed.stderr.splitlines() if "DamageError: " in x).split("DamageError: ", 1)[1]
+        line = next(x for x in failed.stderr.splitlines() if "to rebuild it run: " in x)
+        line = line[line.index(f"{damaged}: ") :]  # after the exception's class name
         assert line.startswith(f"{damaged}: ") and line.endswith(f"--forcerun {target}"), line
         advice = shlex.split(line.split("to rebuild it run: ", 1)[1])
         # verify names it too, with the same command (--cores all and the config as given aside).
