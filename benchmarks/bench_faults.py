@@ -270,16 +270,62 @@ def smoke(root: Path) -> list[str]:
     return rows
 
 
+def cost(root: Path, store_mb: float) -> list[str]:
+    """The checksum pass over a streamed store (over the default resident limit of 1024 MB) against
+    an embed of it that includes the same pass (VGGm-11 at 0.125 width, 224 px, one thread)."""
+    import numpy as np
+
+    from tunnelscope.data.store import Store, write_arrays
+    from tunnelscope.features.embed import embed_eval_set
+    from tunnelscope.models.build import build_model
+    from tunnelscope.study.config import Study, load_schema
+    from tunnelscope.training.checkpoints import save_backbone
+
+    config = study_config()
+    config["grid"]["resolution"] = [224]
+    study = Study(config, load_schema())
+    cell = next(iter(study.cells))
+    meta = {"params": study.pretrain_params(cell), "num_classes": 4, "mean": [0.5] * 3, "std": [0.25] * 3}
+    save_backbone(build_model("vggm11", 4, 0.125, 224), root / "ck.safetensors", meta)
+    n = max(2, int(store_mb * 2**20 // (256 * 256 * 3)) // 2 * 2)
+    images = np.random.default_rng(0).integers(0, 256, (n, 256, 256, 3), dtype=np.uint8)
+    labels = np.arange(n) % 4
+    half = n // 2
+    write_arrays(
+        root / "big", {"train": (images[:half], labels[:half]), "test": (images[half:], labels[half:])}, 4, 224
+    )
+    del images
+    store = Store(root / "big")
+    start = time.perf_counter()
+    store.check()
+    check = time.perf_counter() - start
+    start = time.perf_counter()
+    embed_eval_set(
+        study.embed_params(cell, "toy"), str(root / "ck.safetensors"), str(root / "big"), str(root / "emb"), 128, 1
+    )
+    embed = time.perf_counter() - start
+    mb = sum(s.nbytes for s in store.splits.values()) / 2**20
+    return [
+        "| store | images | CRC-32 pass (s) | embed job incl. the pass (s) | share |",
+        "|---|---|---|---|---|",
+        f"| {mb:,.0f} MB, streamed | {n:,} | {check:.2f} | {embed:.1f} | {check / embed:.2%} |",
+    ]
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--kills", type=int, default=12, help="SIGKILLs, spread over the heavy rules (default 12)")
     p.add_argument("--seed", type=int, default=0, help="seed of the kill delays")
+    p.add_argument("--cost", type=float, metavar="MB", help="only the checksum cost, on a streamed store of MB")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_faults.") as tmp:
         root = Path(tmp)
         if args.smoke:
             rows = smoke(root / "smoke")
             title = "Fault matrix, smoke (library readers)"
+        elif args.cost:
+            rows = cost(root, args.cost)
+            title = "Checksum cost: a streamed store's CRC-32 pass against its embed"
         else:
             rows = matrix(root, args.kills, args.seed)
             title = "Fault matrix: SIGKILLs and damaged files of a one-cell study"
