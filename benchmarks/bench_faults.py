@@ -100,13 +100,7 @@ def follow_advice(workdir: Path, text: str) -> bool:
     rebuild = re.search(r"to rebuild (?:it|them) run: (.*)$", text, re.M)
     if rebuild:
         advice = shlex.split(rebuild.group(1))
-        cmd = [
-            sys.executable,
-            "-m",
-            *advice[: advice.index("--forcerun")],
-            *TABLES,
-            *advice[advice.index("--forcerun") :],
-        ]
+        cmd = [sys.executable, "-m", "snakemake", *TABLES, *advice[1:]]  # targets first: --configfile takes several
         return subprocess.run(cmd, cwd=workdir, env=ENV, capture_output=True, timeout=1800).returncode == 0
     if "--unlock" in text:
         snakemake(workdir, "--unlock")

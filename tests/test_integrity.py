@@ -251,7 +251,7 @@ def test_damage_is_named_by_its_reader_and_verify_and_the_advice_rebuilds_it_bit
         assert status == 1 and f"{damaged}: " in out and f"--forcerun {target}" in out, out
         # Following the advice (to the tables only: the figures would only slow the test).
         assert advice[0] == "snakemake" and advice[-2:] == ["--forcerun", target]
-        cmd = [sys.executable, "-m", *advice[:-2], *TABLES, *advice[-2:]]
+        cmd = [sys.executable, "-m", "snakemake", *TABLES, *advice[1:]]  # targets first: --configfile takes several
         rebuilt = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=workdir)
         assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
         for table in TABLES:
