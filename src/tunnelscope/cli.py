@@ -1,4 +1,4 @@
-"""Command-line entry point: ``tunnelscope validate | layers | analyze | adopt | profile install``."""
+"""Command-line entry point: ``tunnelscope validate | layers | best-layers | analyze | verify | adopt | profile install``."""
 
 from __future__ import annotations
 
@@ -406,6 +406,21 @@ def _adopt(args) -> int:
     return 0
 
 
+def _verify(args) -> int:
+    """Check every file the study wrote; list the damaged, missing or incomplete ones with the
+    command that rebuilds them (exit 1), or one line when all is well."""
+    from tunnelscope.integrity import rebuild_base
+    from tunnelscope.verify import report
+
+    study, code = _read_study(args.config, args.schema)
+    if study is None:
+        return code
+    base = rebuild_base("all", REPO / "Snakefile", [args.config])
+    status, lines = report(study, args.config, base)
+    print("\n".join(lines), file=sys.stderr if status else sys.stdout)
+    return status
+
+
 def _profile_names() -> list[str]:
     return sorted(entry.name for entry in PROFILES.iterdir() if entry.joinpath("config.yaml").is_file())
 
@@ -574,6 +589,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     adopt.add_argument("config", help="the YAML config file that owns the results directory from now on")
     adopt.set_defaults(func=_adopt)
+    ver = sub.add_parser(
+        "verify",
+        help="check every file a study wrote against its checksum; print the commands that rebuild damaged ones",
+        description="Check every file the study of CONFIG wrote (prepared stores chunk by chunk, checkpoints, "
+        "embeddings, probe and metric tables, probe weights) against the checksum recorded when it was written, as "
+        "the jobs that read them do. Lists the damaged, missing or incomplete ones and the snakemake command that "
+        "rebuilds them and everything made from them (exit 1); one line and exit 0 when all is intact. Run it in the "
+        "study's working directory.",
+    )
+    ver.add_argument("config", nargs="?", default="config.yaml", help="the study's config (default: config.yaml)")
+    ver.add_argument(
+        "--schema", default=str(SCHEMA_PATH), help="JSON schema (default: the one shipped with tunnelscope)"
+    )
+    ver.set_defaults(func=_verify)
     prof = sub.add_parser(
         "profile", help="install a shipped Snakemake profile (local, slurm) where snakemake --profile NAME finds it"
     )

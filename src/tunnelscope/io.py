@@ -105,18 +105,22 @@ def atomic_dir(path: str | os.PathLike):
 
 
 def write_table(df: pd.DataFrame, parquet: str, csv: str | None = None) -> None:
+    """``df`` as Parquet with page checksums (checked by ``read_table``), and as CSV if asked."""
     with atomic_path(parquet) as tmp:
-        df.to_parquet(tmp, index=False)
+        df.to_parquet(tmp, index=False, write_page_checksum=True)
     if csv:
         with atomic_path(csv) as tmp:
             df.to_csv(tmp, index=False)
 
 
 def read_table(path: str) -> pd.DataFrame:
+    """A Parquet table, its page checksums checked: a damaged one is a ``DamageError`` naming it."""
+    from tunnelscope.integrity import damaged, relative
+
     try:
-        return pd.read_parquet(path)
+        return pd.read_parquet(path, page_checksum_verification=True)
     except (OSError, pa.ArrowException) as exc:
-        raise RuntimeError(f"{path}: not a readable Parquet table ({exc})") from exc
+        raise damaged(path, f"not a readable Parquet table ({exc})", relative(path)) from exc
 
 
 def file_sha256(path: str | os.PathLike) -> str:

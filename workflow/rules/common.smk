@@ -1,4 +1,5 @@
 # Shared state of the DAG: the validated study, its cells, and path helpers.
+import os
 import re
 import sys
 from pathlib import Path
@@ -6,6 +7,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from tunnelscope.gpuhost import gpus_present
+from tunnelscope.integrity import REBUILD_ENV, rebuild_base
 from tunnelscope.registry import COMPOSED, SOLVERS, TRAINED, TRANSFORM_TAG, network_slug
 from tunnelscope.study import manifest
 from tunnelscope.study.config import ConfigError, Study, load_schema
@@ -16,6 +18,21 @@ except ConfigError as error:
     sys.exit(f"tunnelscope: config error: {error}")
 
 RESULTS = STUDY.results
+
+# The command that rebuilds this study's files, which every damage message of its jobs ends with
+# (tunnelscope.integrity): the jobs inherit it through the environment.
+try:
+    RUN_CORES = workflow.cores
+except WorkflowError:  # no --cores: a cluster executor or report generation
+    RUN_CORES = None
+if workflow.is_main_process or REBUILD_ENV not in os.environ:
+    os.environ[REBUILD_ENV] = rebuild_base(
+        RUN_CORES,
+        workflow.main_snakefile,
+        workflow.overwrite_configfiles,
+        Path.cwd(),
+        workflow.workdir_init,
+    )
 CELLS = list(STUDY.cells)  # grid order: the aggregate tables list cells in it
 
 # One study per results directory (tunnelscope.study.manifest). Checked here, as the Snakefile is

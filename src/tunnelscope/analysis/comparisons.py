@@ -72,7 +72,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise TableError(f"{path}: no such file")
-    table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    table = pd.read_parquet(path, page_checksum_verification=True) if path.suffix == ".parquet" else pd.read_csv(path)
     if is_release_table(table):
         table = from_release(table)
     return check_table(table)

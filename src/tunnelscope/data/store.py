@@ -7,7 +7,8 @@ resolution R. The eval view is then the centre R x R crop, exactly the eval tran
 training view is a RandomResizedCrop over the *whole* image, as torchvision's does on the
 original. The files are plain NumPy, readable without tunnelscope:
 
-    store.json              format, version, dataset, classes, resolution, shorter side, splits
+    store.json              format, version, dataset, classes, resolution, shorter side, splits,
+                            checksums (CRC-32 of each chunk of pixels and of the index files)
     {split}.pixels.npy      1-D uint8: the H x W x 3 bytes of every image, one after another
     {split}.index.npy       (N, 3) int64: byte offset, height and width of each image
     {split}.labels.npy      (N,) int64
@@ -16,7 +17,11 @@ original. The files are plain NumPy, readable without tunnelscope:
 
 ``write_store`` fills a sibling ``.NAME.partial`` directory chunk by chunk and records each
 finished chunk, so a killed ``prepare`` resumes where it stopped; the directory is renamed to its
-final name only once complete, so a store that exists is a complete one. Reads go through
+final name only once complete, so a store that exists is a complete one. Each chunk's CRC-32
+is read back from the file once written and kept in store.json; a reading process checks a
+chunk the first time it reads an image of it (``StoreSplit.image``), so damage is reported before
+any image of the chunk is used, at the cost of one checksum pass per job over what it reads
+(benchmarks/RESULTS.md, "Checksum cost"). Reads go through
 ``os.pread`` rather than a memory map: mapped pages count against a job's resident memory (and
 a cluster's memory limit) while reads leave them in the page cache only.
 """
@@ -28,6 +33,7 @@ import json
 import logging
 import os
 import shutil
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +42,7 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from tunnelscope.integrity import DamageError, crc32_range, file_crc32
 from tunnelscope.io import atomic_path
 
 log = logging.getLogger("tunnelscope.store")
@@ -47,6 +54,20 @@ CHUNK_BYTES = 64 << 20  # pixels decoded per chunk: the bound on prepare's memor
 
 class StoreError(RuntimeError):
     """An unreadable or incomplete store, naming its path."""
+
+
+class StoreDamage(DamageError, StoreError):
+    """A store file that is cut short or differs from what prepare wrote."""
+
+
+def damaged(path, problem: str, root) -> StoreDamage:
+    return StoreDamage(path, problem, root)
+
+
+def check_file_crc32(path, expected: int, root) -> None:
+    found = file_crc32(path)
+    if found != expected:
+        raise damaged(path, f"CRC-32 {found:08x}, {expected:08x} when written", root)
 
 
 def stored_size(height: int, width: int, resolution: int, shorter_side: int, native: bool) -> tuple[int, int]:
@@ -118,12 +139,18 @@ def write_store(out_dir: str | Path, meta: dict, plans: dict[str, SplitPlan], on
     for split, plan in plans.items():
         summary[split] = _write_split(partial, split, plan, progress, progress_path, on_bad_image)
     doc = {"format": FORMAT, "version": VERSION, **meta, "splits": summary}
+    doc["checksum"] = _doc_crc32(doc)
     with atomic_path(partial / "store.json") as tmp:
         Path(tmp).write_text(json.dumps(doc, indent=1, sort_keys=True))
     progress_path.unlink()
     if out.exists():
         shutil.rmtree(out)  # an empty directory Snakemake made, or an older store being replaced
     os.replace(partial, out)
+
+
+def _doc_crc32(doc: dict) -> int:
+    """CRC-32 of store.json's content other than this checksum itself."""
+    return zlib.crc32(json.dumps({k: v for k, v in doc.items() if k != "checksum"}, sort_keys=True).encode())
 
 
 def _write_split(
@@ -133,6 +160,7 @@ def _write_split(
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     pixels_path = partial / f"{split}.pixels.npy"
     done = set(progress["done"].setdefault(split, []))
+    crcs = progress.setdefault("crc", {}).setdefault(split, {})
     bad = set(progress["bad"].setdefault(split, []))
     if not (pixels_path.exists() and done):
         _allocate(pixels_path, int(offsets[-1]))
@@ -161,6 +189,8 @@ def _write_split(
                 raise StoreError(f"image {i} of {split} came out {image.shape}, planned {(*plan.shapes[i], 3)}")
             os.pwrite(fd, np.ascontiguousarray(image).data, start_byte + int(offsets[i]))
         os.fdatasync(fd)  # the chunk is on disk before the progress file says so
+        # Its checksum from the bytes as they lie in the file (read back from the page cache).
+        crcs[str(k)] = crc32_range(fd, start_byte + int(offsets[start]), start_byte + int(offsets[stop]))[0]
         progress["done"][split].append(k)
         progress["bad"][split] = sorted(bad)
         with atomic_path(progress_path) as tmp:
@@ -181,6 +211,10 @@ def _write_split(
         "images": int(len(keep)),
         "pixel_bytes": int(offsets[-1]),
         "uniform_shape": list(shapes.pop()) if len(shapes) == 1 else None,
+        # (first byte, end byte, CRC-32) of each chunk of pixel data (from the data's start)
+        "chunks": [[int(offsets[a]), int(offsets[b]), crcs[str(k)]] for k, (a, b) in enumerate(plan.chunks)],
+        "index_crc32": file_crc32(partial / f"{split}.index.npy"),
+        "labels_crc32": file_crc32(partial / f"{split}.labels.npy"),
     }
 
 
@@ -207,31 +241,74 @@ def _data_start(path: Path) -> int:
 class StoreSplit:
     """One split of a store: labels, stored sizes, and the images read on demand."""
 
-    def __init__(self, root: Path, split: str, uniform_shape):
+    def __init__(self, root: Path, split: str, info: dict):
         self.path = root / f"{split}.pixels.npy"
-        self.name = split
+        self.name, self.root = split, root
+        for name in ("index", "labels"):  # small: checked whole when opened
+            if f"{name}_crc32" in info:
+                check_file_crc32(root / f"{split}.{name}.npy", info[f"{name}_crc32"], root)
         try:
             index = np.load(root / f"{split}.index.npy")
             self.labels = np.load(root / f"{split}.labels.npy")
             self._data_start = _data_start(self.path)
         except StoreError as exc:
-            raise StoreError(f"{exc}; delete the store and rerun") from exc
+            raise damaged(self.path, str(exc).removeprefix(f"{self.path}: "), root) from exc
         except (OSError, ValueError) as exc:
-            raise StoreError(f"{root}: split {split} is not readable ({exc}); delete the store and rerun") from exc
+            raise damaged(root, f"split {split} is not readable ({exc})", root) from exc
         self.offsets, self.heights, self.widths = (index[:, k] for k in range(3))
         total = os.path.getsize(self.path) - self._data_start
         if len(self.labels) != len(index) or (
             len(index) and int(self.offsets[-1] + self.heights[-1] * self.widths[-1] * 3) > total
         ):
-            raise StoreError(f"{self.path}: inconsistent with its index; delete the store and rerun")
-        self.uniform_shape = tuple(uniform_shape) if uniform_shape else None
+            raise damaged(self.path, "inconsistent with its index", root)
+        self.uniform_shape = tuple(info["uniform_shape"]) if info["uniform_shape"] else None
+        # Stores written before checksums have no chunks: read unchecked (Store warns).
+        self._chunks = np.asarray(info.get("chunks", []), dtype=np.int64).reshape(-1, 3)
+        self._checked = np.zeros(len(self._chunks), dtype=bool)  # chunks this process has checked
         self._fd, self._pid = None, None
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getstate__(self):  # data-loader workers reopen the file in their own process
+    def __getstate__(self):  # data-loader workers reopen the file (and trust what was checked)
         return {**self.__dict__, "_fd": None, "_pid": None}
+
+    @property
+    def has_checksums(self) -> bool:
+        return bool(len(self._chunks))
+
+    def check_chunk(self, k: int) -> None:
+        """Compare chunk ``k``'s bytes with the CRC-32 recorded when it was written."""
+        first, end, expected = (int(v) for v in self._chunks[k])
+        found, n = crc32_range(self._open(), self._data_start + first, self._data_start + end)
+        if n != end - first:
+            raise damaged(self.path, f"cut short in chunk {k} (bytes {first}-{end})", self.root)
+        if found != expected:
+            raise damaged(
+                self.path,
+                f"chunk {k} (bytes {first}-{end} of the pixel data) has CRC-32 {found:08x}, {expected:08x} when "
+                "written; its images were not used",
+                self.root,
+            )
+        self._checked[k] = True
+
+    def check(self) -> None:
+        """Check every chunk (``tunnelscope verify``)."""
+        for k in range(len(self._chunks)):
+            self.check_chunk(k)
+
+    def _open(self) -> int:
+        if self._pid != os.getpid():
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        return self._fd
+
+    def _check_image(self, i: int) -> None:
+        """The chunk of image ``i`` checked, once per process (an image lies in one chunk)."""
+        if not len(self._chunks):
+            return
+        k = int(np.searchsorted(self._chunks[:, 0], self.offsets[i], side="right")) - 1
+        if not self._checked[k]:
+            self.check_chunk(k)
 
     @property
     def nbytes(self) -> int:
@@ -239,16 +316,16 @@ class StoreSplit:
 
     def image(self, i: int, top: int = 0, rows: int | None = None) -> np.ndarray:
         """Image ``i`` as a fresh (h, w, 3) uint8 array; or only its ``rows`` rows from ``top``."""
-        if self._pid != os.getpid():
-            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        fd = self._open()
+        self._check_image(i)
         h, w = int(self.heights[i]), int(self.widths[i])
         if rows is not None:
             if not 0 <= top <= top + rows <= h:
                 raise IndexError(f"rows {top}:{top + rows} of image {i}, which has {h}")
             h = rows
         data = bytearray(h * w * 3)
-        if os.preadv(self._fd, [data], self._data_start + int(self.offsets[i]) + top * w * 3) != len(data):
-            raise StoreError(f"{self.path}: image {i} is cut short; delete the store and rerun")
+        if os.preadv(fd, [data], self._data_start + int(self.offsets[i]) + top * w * 3) != len(data):
+            raise damaged(self.path, f"image {i} is cut short", self.root)
         return np.frombuffer(data, dtype=np.uint8).reshape(h, w, 3)
 
     def array(self) -> np.ndarray:
@@ -270,14 +347,16 @@ class Store:
         try:
             self.meta = json.loads((self.root / "store.json").read_text())
         except (OSError, ValueError) as exc:
-            raise StoreError(f"{self.root}: not a prepared store ({exc}); delete it and rerun prepare") from exc
+            raise damaged(self.root, f"not a prepared store ({exc})", self.root) from exc
         if self.meta.get("format") != FORMAT or self.meta.get("version") != VERSION:
             raise StoreError(
                 f"{self.root}: store format {self.meta.get('format')} v{self.meta.get('version')}, this tunnelscope reads {FORMAT} v{VERSION}; delete it and rerun"
             )
-        self.splits = {
-            name: StoreSplit(self.root, name, info["uniform_shape"]) for name, info in self.meta["splits"].items()
-        }
+        if "checksum" in self.meta and _doc_crc32(self.meta) != self.meta["checksum"]:
+            raise damaged(self.root / "store.json", "differs from what prepare wrote (CRC-32)", self.root)
+        self.splits = {name: StoreSplit(self.root, name, info) for name, info in self.meta["splits"].items()}
+        if not all(s.has_checksums for s in self.splits.values()):
+            log.warning("%s: written before stores had checksums; read unchecked (rebuild it to check)", self.root)
 
     @property
     def num_classes(self) -> int:
@@ -286,6 +365,11 @@ class Store:
     @property
     def resolution(self) -> int:
         return int(self.meta["resolution"])
+
+    def check(self) -> None:
+        """Check every chunk of every split against its recorded checksum."""
+        for split in self.splits.values():
+            split.check()
 
     def check_resolution(self, resolution: int) -> None:
         if self.resolution != resolution:

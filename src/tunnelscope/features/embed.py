@@ -20,7 +20,7 @@ from tunnelscope.data.loader import SplitReader, loader_workers
 from tunnelscope.data.splits import SPLITS
 from tunnelscope.data.store import Store
 from tunnelscope.features.extract import embed_batches
-from tunnelscope.features.store import EmbeddingWriter, layer_path
+from tunnelscope.features.store import EmbeddingWriter, layer_path, write_checksums
 from tunnelscope.io import atomic_dir, file_sha256
 from tunnelscope.models.build import probe_points
 from tunnelscope.runtime import device_info, job_device
@@ -109,6 +109,7 @@ def embed_eval_set(
         for (index, pooling), writer in writers.items():
             writer.close()
             log.info("layer %3d %-10s dim %5d", index, pooling, writer.width // dtype.itemsize)
+        write_checksums(tmp)
     bar.close()
 
 

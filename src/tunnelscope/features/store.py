@@ -3,6 +3,11 @@
 One Parquet file per layer: ``sample_id``, ``split`` (dictionary train/test), ``label`` and
 the vector as a fixed-size binary column; the file metadata names the layer, pooling, dims,
 dtype and the checkpoint it came from. Readable by pandas, polars and duckdb (README).
+
+Damage is caught twice over: every page carries a CRC-32 (Parquet page checksums, checked on
+read), and ``EMBED_DIR/checksums.json`` holds each layer file's CRC-32, checked before a file is
+read: page checksums leave the footer (schema, metadata) uncovered, where a changed byte can
+rename a column or change a recorded fact unnoticed.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tunnelscope.integrity import check_file_crc32, damaged, file_crc32, relative
 from tunnelscope.io import atomic_path
 
 # Vectors sit in one fixed-size binary column: Parquet stores a list<float16> column with a
@@ -25,6 +31,7 @@ _VECTOR_DTYPES = {"float16": "<f2", "float32": "<f4"}
 _ROW_GROUP_BYTES = 8 << 20  # several row groups per file, so readers decode them in parallel
 
 
+CHECKSUMS = "checksums.json"  # in an embeddings directory: {"POOLING/layer_NNN.parquet": CRC-32}
 SPLIT_NAMES = pa.array(["train", "test"])  # the split column's dictionary, the same in every row group
 
 
@@ -83,6 +90,7 @@ class EmbeddingWriter:
             compression={"sample_id": "zstd", "split": "zstd", "label": "zstd", "embedding": "lz4"},
             use_dictionary=["split"],
             write_statistics=["sample_id", "label"],
+            write_page_checksum=True,
         )
         self._schema = schema
 
@@ -138,7 +146,7 @@ def _read_vectors(path, file: pq.ParquetFile, dim: int, dtype: str) -> np.ndarra
     target = torch.from_numpy(out)
 
     def decode(block: range, reader: pq.ParquetFile | None = None) -> None:
-        reader = reader or pq.ParquetFile(path, memory_map=True)  # one reader per thread
+        reader = reader or pq.ParquetFile(path, memory_map=True, page_checksum_verification=True)  # one per thread
         for i in block:
             chunk = reader.read_row_group(i, columns=["embedding"], use_threads=False).column(0)
             target[starts[i] : starts[i + 1]] = torch.from_numpy(_vectors(chunk, dim, dtype))
@@ -153,13 +161,44 @@ def _read_vectors(path, file: pq.ParquetFile, dim: int, dtype: str) -> np.ndarra
     return out
 
 
+def write_checksums(embed_dir) -> None:
+    """Record the CRC-32 of every layer file of an embeddings directory (its last file)."""
+    root = Path(embed_dir)
+    sums = {str(f.relative_to(root)): file_crc32(f) for f in sorted(root.glob("*/layer_*.parquet"))}
+    with atomic_path(root / CHECKSUMS) as tmp:
+        Path(tmp).write_text(json.dumps(sums, indent=1, sort_keys=True))
+
+
+def embed_dir_of(path) -> Path:
+    """The embeddings directory (a job's output) holding a layer file."""
+    return Path(path).parent.parent
+
+
+def check_layer_file(path) -> None:
+    """A layer file's CRC-32 against its directory's checksums.json (none for directories
+    written before checksums: page checksums alone)."""
+    path, root = Path(path), embed_dir_of(path)
+    target = relative(root)
+    if not (root / CHECKSUMS).exists():
+        return
+    try:
+        expected = json.loads((root / CHECKSUMS).read_text())[str(path.relative_to(root))]
+    except (OSError, ValueError, KeyError) as exc:
+        raise damaged(root / CHECKSUMS, f"has no readable checksum of {path.name} ({exc})", target) from exc
+    check_file_crc32(path, expected, target)
+
+
+def _unreadable(path, exc: Exception) -> Exception:
+    return damaged(path, f"not a readable tunnelscope embedding file ({exc})", relative(embed_dir_of(path)))
+
+
 def read_metadata(path) -> dict:
     """The metadata of one layer file (layer, layer_name, pooling, dim, dtype, num_classes, ...),
     without reading its rows."""
     try:
         return json.loads(pq.read_schema(path).metadata[b"tunnelscope"])
-    except (OSError, pa.ArrowException, KeyError, TypeError) as exc:
-        raise RuntimeError(f"{path}: not a readable tunnelscope embedding file ({exc})") from exc
+    except (OSError, pa.ArrowException, KeyError, TypeError, ValueError) as exc:
+        raise _unreadable(path, exc) from exc
 
 
 def read_embeddings(path, select=None) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
@@ -167,9 +206,11 @@ def read_embeddings(path, select=None) -> tuple[dict, np.ndarray, np.ndarray, np
 
     ``select(labels, splits)`` -> boolean mask keeps only those rows; their vectors are decoded
     row group by row group, so memory holds the kept rows and one group, not the whole file.
+    The file is checked first (``check_layer_file``) and its pages as they are decoded.
     """
+    check_layer_file(path)
     try:
-        file = pq.ParquetFile(path, memory_map=True)
+        file = pq.ParquetFile(path, memory_map=True, page_checksum_verification=True)
         meta = json.loads(file.schema_arrow.metadata[b"tunnelscope"])
         _check_columns(file.schema_arrow)
         table = file.read(columns=["label", "split"])
@@ -180,8 +221,8 @@ def read_embeddings(path, select=None) -> tuple[dict, np.ndarray, np.ndarray, np
             labels, splits = labels[keep], splits[keep]
         else:
             vectors = _read_vectors(path, file, meta["dim"], meta["dtype"])
-    except (OSError, pa.ArrowException, KeyError, TypeError) as exc:
-        raise RuntimeError(f"{path}: not a readable tunnelscope embedding file ({exc})") from exc
+    except (OSError, pa.ArrowException, KeyError, TypeError, ValueError) as exc:
+        raise _unreadable(path, exc) from exc
     return meta, vectors, labels, splits
 
 

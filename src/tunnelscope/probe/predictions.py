@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tunnelscope.io import read_table
+
 
 def layer_column(layer: int) -> str:
     """A layer's column in a predictions table."""
@@ -42,5 +44,5 @@ def read_predictions(paths) -> dict[tuple[str, str], pd.DataFrame]:
     for path in map(Path, paths):
         if not path.name.endswith(SUFFIX):
             raise ValueError(f"{path}: not a predictions table (*{SUFFIX})")
-        tables[path.parent.name, path.name.removesuffix(SUFFIX)] = pd.read_parquet(path)
+        tables[path.parent.name, path.name.removesuffix(SUFFIX)] = read_table(path)
     return tables

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 
 import pandas as pd
+import torch
 from safetensors.torch import load_file, save_file
 
+from tunnelscope.integrity import damaged, relative
 from tunnelscope.io import atomic_path, write_json
 from tunnelscope.models.build import (
     build_model,
@@ -75,11 +78,28 @@ def paper_parameter_count(arch: str, width: float, resolution: int, kwargs: dict
     return int(round(count / 1e4) * 1e4)
 
 
+# The safetensors metadata key of the SHA-256 over the checkpoint's facts and weights.
+DIGEST_KEY = "tunnelscope_sha256"
+
+
+def weights_sha256(state: dict, facts: str) -> str:
+    """SHA-256 of a checkpoint's facts (the "tunnelscope" metadata string) and every tensor's
+    name, dtype, shape and bytes, in name order: what a damaged header or weight would change."""
+    digest = hashlib.sha256(facts.encode())
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def save_backbone(model, checkpoint: str, meta: dict) -> None:
-    """Weights as safetensors with ``meta`` (what ``load_backbone`` rebuilds from), atomically."""
+    """Weights as safetensors with ``meta`` (what ``load_backbone`` rebuilds from) and their
+    SHA-256 (``weights_sha256``, checked by every reader), atomically."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    facts = json.dumps(meta, sort_keys=True)
     with atomic_path(checkpoint) as tmp:
-        save_file(state, tmp, metadata={"tunnelscope": json.dumps(meta, sort_keys=True)})
+        save_file(state, tmp, metadata={"tunnelscope": facts, DIGEST_KEY: weights_sha256(state, facts)})
 
 
 def import_pretrained(params: dict, checkpoint: str, train_log: str, info_path: str) -> dict:
@@ -141,16 +161,33 @@ def import_pretrained(params: dict, checkpoint: str, train_log: str, info_path: 
     return info
 
 
-def load_backbone(checkpoint: str, device=None):
-    """Rebuild a pretrained backbone from its safetensors checkpoint (no pickle involved)."""
+def read_checkpoint(checkpoint: str) -> tuple[dict, dict]:
+    """(facts, weights) of a checkpoint, checked against the SHA-256 recorded in it: a
+    ``DamageError`` naming the file (and how to rebuild it) when unreadable or changed.
+    Checkpoints written before the digest are read unchecked, with a warning."""
     from safetensors import safe_open
 
     try:
         with safe_open(checkpoint, framework="pt") as fh:
-            meta = json.loads(fh.metadata()["tunnelscope"])
+            header = fh.metadata()
+        meta = json.loads(header["tunnelscope"])
         weights = load_file(checkpoint)
     except Exception as exc:  # safetensors raises several types for corrupt files
-        raise RuntimeError(f"{checkpoint}: not a readable tunnelscope checkpoint ({exc})") from exc
+        raise damaged(checkpoint, f"not a readable tunnelscope checkpoint ({exc})", relative(checkpoint)) from exc
+    recorded = header.get(DIGEST_KEY)
+    if recorded is None:
+        log.warning("%s: written before checkpoints had a digest; read unchecked", checkpoint)
+    elif weights_sha256(weights, header["tunnelscope"]) != recorded:
+        raise damaged(
+            checkpoint, "its weights or facts differ from the SHA-256 recorded when it was saved", relative(checkpoint)
+        )
+    return meta, weights
+
+
+def load_backbone(checkpoint: str, device=None):
+    """Rebuild a pretrained backbone from its safetensors checkpoint (no pickle involved), checked
+    (``read_checkpoint``) before use."""
+    meta, weights = read_checkpoint(checkpoint)
     p = meta["params"]
     if "kwargs" in meta:  # an imported python: model, called with its entry's kwargs as they are
         model = build_python_model(p["arch"], meta["kwargs"])

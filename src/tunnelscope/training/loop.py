@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file
 from tqdm import tqdm
 
 from tunnelscope.data.loader import SplitReader, loader_workers
@@ -34,6 +33,7 @@ from tunnelscope.runtime import autocast, device_info, job_device
 from tunnelscope.training.checkpoints import (
     backbone_info,
     paper_parameter_count,
+    read_checkpoint,
     save_backbone,
 )
 from tunnelscope.training.schedule import lr_schedule
@@ -261,8 +261,9 @@ def pretrain(
     probe_points(model, "default", rule)  # a bad name fails before training
     check_forward_order(model, rule, size)
     if init_checkpoint:
+        _, weights = read_checkpoint(init_checkpoint)  # checked: a damaged one is named, never used
         try:
-            model.load_state_dict(load_file(init_checkpoint, device=str(device)))
+            model.load_state_dict(weights)
         except Exception as exc:  # a missing, corrupt or mismatched checkpoint
             raise RuntimeError(
                 f"cell {cell}: initial weights {init_checkpoint} do not load into {params['arch']} ({exc})"

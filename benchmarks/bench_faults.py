@@ -1,0 +1,330 @@
+"""The fault matrix: SIGKILLs during the heavy jobs, damaged files, and what recovers them.
+
+A one-cell study (the tiny config's cell on toy, OOD set toy-glyphs) is built once to its
+aggregate tables (the reference). Each case starts from a copy of it:
+
+- kill: the outputs of one heavy rule are forced to rebuild and the whole snakemake process group
+  gets SIGKILL at a random point while that rule's job runs;
+- damage: one file of a kind gets 256 bytes inverted (same size) or is cut to half its size, and
+  the job that reads it is forced to run (none for the final tables: `tunnelscope verify` then).
+
+Then a plain rerun (`snakemake --cores 2 TABLES`). "bitwise": it succeeds and the tables equal the
+reference byte for byte; "advice": it fails, and following what it printed (Snakemake's --unlock or
+--rerun-incomplete, tunnelscope's `to rebuild it run: ...`) gives equal tables; "lost": neither,
+or a damaged file used silently (exit 0, tables differ). ``--smoke``: the damage half through the
+library readers only, on files made in memory (no snakemake).
+
+Also the checksums' cost per heavy job: the checksum work each job does, timed directly, against
+the job's time (the reference run's benchmark files, and an embed of a streamed store larger than
+the default resident limit).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from common import parser, report
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+CELL = "vggm11_toy_r32_none_s0"
+TABLES = ["out/aggregate/curves.parquet", "out/aggregate/metrics.parquet"]
+KILL_RULES = {  # rule: an output of its job to force (a glob under the workdir)
+    "prepare": "out/prepared/toy/r32",
+    "pretrain": f"out/cells/{CELL}/checkpoint.safetensors",
+    "embed": f"out/cells/{CELL}/embeddings/toy",
+    "probe": f"out/cells/{CELL}/probes/lbfgs/toy.parquet",
+    "cell_metrics": f"out/cells/{CELL}/metrics.parquet",
+    "aggregate_table": "out/aggregate/curves.parquet",
+}
+# kind: (file, the output of the job that reads it, or None for a final table)
+FILES = {
+    "store pixels": ("out/prepared/toy/r32/train.pixels.npy", f"out/cells/{CELL}/checkpoint.safetensors"),
+    "store index": ("out/prepared/toy/r32/test.index.npy", f"out/cells/{CELL}/checkpoint.safetensors"),
+    "checkpoint": (f"out/cells/{CELL}/checkpoint.safetensors", f"out/cells/{CELL}/embeddings/toy"),
+    "embedding": (
+        f"out/cells/{CELL}/embeddings/toy/avg2x2/layer_002.parquet",
+        f"out/cells/{CELL}/probes/lbfgs/toy.parquet",
+    ),
+    "probe table": (f"out/cells/{CELL}/probes/lbfgs/toy.parquet", f"out/cells/{CELL}/metrics.parquet"),
+    "predictions": (f"out/cells/{CELL}/probes/lbfgs/toy.predictions.parquet", f"out/cells/{CELL}/metrics.parquet"),
+    "metrics table": (f"out/cells/{CELL}/metrics.parquet", "out/aggregate/metrics.parquet"),
+    "aggregate table": ("out/aggregate/curves.parquet", None),
+}
+ENV = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+def snakemake(workdir: Path, *args, wait: bool = True):
+    from conftest import snakemake_cmd
+
+    cmd = snakemake_cmd(workdir, "--cores", "2", *args)
+    if not wait:  # its own process group, killed whole
+        return subprocess.Popen(
+            cmd, cwd=workdir, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+    return subprocess.run(cmd, cwd=workdir, env=ENV, capture_output=True, text=True, timeout=1800)
+
+
+def damage(path: Path, how: str) -> None:
+    size = path.stat().st_size
+    if how == "truncate":
+        os.truncate(path, size // 2)
+        return
+    offset = max(0, size // 2 - 128) if size > 4096 else max(0, size - 400)
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        data = fh.read(256)
+        fh.seek(offset)
+        fh.write(bytes(b ^ 0xFF for b in data))
+
+
+def tables_equal(workdir: Path, reference: dict) -> bool:
+    return all((workdir / t).exists() and (workdir / t).read_bytes() == reference[t] for t in TABLES)
+
+
+def follow_advice(workdir: Path, text: str) -> bool:
+    """Run what a failure printed: tunnelscope's rebuild command, else Snakemake's own advice."""
+    rebuild = re.search(r"to rebuild (?:it|them) run: (.*)$", text, re.M)
+    if rebuild:
+        advice = shlex.split(rebuild.group(1))
+        cmd = [sys.executable, "-m", "snakemake", *TABLES, *advice[1:]]  # targets first: --configfile takes several
+        return subprocess.run(cmd, cwd=workdir, env=ENV, capture_output=True, timeout=1800).returncode == 0
+    if "--unlock" in text:
+        snakemake(workdir, "--unlock")
+        return snakemake(workdir, *TABLES).returncode == 0
+    if "--rerun-incomplete" in text:
+        return snakemake(workdir, "--rerun-incomplete", *TABLES).returncode == 0
+    return False
+
+
+def verify(workdir: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "tunnelscope.cli", "verify", "tiny.yaml"]
+    return subprocess.run(cmd, cwd=workdir, env=ENV, capture_output=True, text=True, timeout=600)
+
+
+def outcome(workdir: Path, first: subprocess.CompletedProcess, reference: dict) -> str:
+    if first.returncode == 0:
+        return "bitwise" if tables_equal(workdir, reference) else "lost (used silently)"
+    if follow_advice(workdir, first.stdout + first.stderr) and tables_equal(workdir, reference):
+        return "advice"
+    return "lost"
+
+
+def kill_case(reference_dir: Path, workdir: Path, rule: str, rng: random.Random, reference: dict) -> tuple[str, str]:
+    shutil.copytree(reference_dir, workdir, symlinks=True)
+    target = KILL_RULES[rule]
+    proc = snakemake(workdir, *TABLES, "--forcerun", target, wait=False)
+    log = workdir / "logs"
+    start = time.time()
+    while time.time() - start < 300 and proc.poll() is None:  # until the rule's job has started
+        if any(rule in str(p) for p in log.rglob("*.log") if p.stat().st_mtime > start - 1):
+            break
+        time.sleep(0.2)
+    delay = rng.uniform(0.5, 8.0)
+    time.sleep(delay)
+    killed = proc.poll() is None
+    if killed:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = snakemake(workdir, *TABLES)
+    when = f"{delay:.1f} s into {rule}" if killed else f"{rule} (finished before the kill)"
+    return when, outcome(workdir, first, reference)
+
+
+def damage_case(reference_dir: Path, workdir: Path, kind: str, how: str, reference: dict) -> tuple[str, str, str]:
+    shutil.copytree(reference_dir, workdir, symlinks=True)
+    path, reader = FILES[kind]
+    damage(workdir / path, how)
+    named = verify(workdir)
+    by_verify = "named" if named.returncode != 0 and path in named.stderr else "missed"
+    if reader is None:  # a final table: nothing reads it; verify's advice
+        return (
+            by_verify,
+            "n/a",
+            "advice" if follow_advice(workdir, named.stderr) and tables_equal(workdir, reference) else "lost",
+        )
+    first = snakemake(workdir, *TABLES, "--forcerun", reader)
+    by_reader = (
+        "named"
+        if first.returncode != 0 and f"{path}: " in first.stderr
+        else "exit 0"
+        if first.returncode == 0
+        else "failed, not named"
+    )
+    return by_verify, by_reader, outcome(workdir, first, reference)
+
+
+def study_config() -> dict:
+    from conftest import TINY
+
+    config = copy.deepcopy(TINY)
+    config["grid"]["augmentation"] = ["none"]
+    config["ood_sets"] = ["toy-glyphs"]
+    config["datasets"] = {k: v for k, v in config["datasets"].items() if k in ("toy", "toy-glyphs")}
+    return config
+
+
+def matrix(root: Path, kills: int, seed: int) -> list[str]:
+    reference_dir = root / "reference"
+    reference_dir.mkdir()
+    (reference_dir / "tiny.yaml").write_text(yaml.safe_dump(study_config()))
+    result = snakemake(reference_dir, *TABLES)
+    if result.returncode:
+        raise SystemExit(result.stderr[-3000:])
+    reference = {t: (reference_dir / t).read_bytes() for t in TABLES}
+    rng = random.Random(seed)
+    rows = ["| case | named by verify | named by its reader | outcome |", "|---|---|---|---|"]
+    rules = list(KILL_RULES) * (-(-kills // len(KILL_RULES)))
+    for n, rule in enumerate(rules[:kills]):
+        when, result = kill_case(reference_dir, root / f"kill{n}", rule, rng, reference)
+        rows.append(f"| SIGKILL {when} | n/a | n/a | {result} |")
+        print(rows[-1], flush=True)
+    for kind in FILES:
+        for how in ("same-size", "truncate"):
+            by_verify, by_reader, result = damage_case(
+                reference_dir, root / f"{kind}-{how}".replace(" ", "-"), kind, how, reference
+            )
+            rows.append(f"| {kind}, {how} | {by_verify} | {by_reader} | {result} |")
+            print(rows[-1], flush=True)
+    return rows
+
+
+def smoke(root: Path) -> list[str]:
+    """Each file kind made in memory, damaged both ways, read by its library reader."""
+    import numpy as np
+    import pandas as pd
+
+    from tunnelscope.data.store import Store, write_arrays
+    from tunnelscope.features.store import read_embeddings, write_checksums, write_embeddings
+    from tunnelscope.integrity import DamageError
+    from tunnelscope.io import read_table, write_table
+    from tunnelscope.models.build import build_model
+    from tunnelscope.training.checkpoints import load_backbone, save_backbone
+
+    rng = np.random.default_rng(0)
+
+    def store():
+        images = rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8)
+        s = write_arrays(root / "store", {"train": (images, np.arange(64) % 4)}, 4, 8)
+        return s.root / "train.pixels.npy", lambda: Store(s.root).splits["train"].array()
+
+    def checkpoint():
+        path = root / "checkpoint.safetensors"
+        meta = {"params": {"arch": "vggm11", "resolution": 32, "model": {"width": 0.125}}, "num_classes": 4}
+        save_backbone(build_model("vggm11", 4, 0.125, 32), path, meta)
+        return path, lambda: load_backbone(str(path))
+
+    def embedding():
+        path = root / "emb" / "toy" / "avg2x2" / "layer_000.parquet"
+        n = 2000
+        write_embeddings(
+            path,
+            rng.standard_normal((n, 32)).astype(np.float16),
+            np.arange(n) % 4,
+            np.full(n, "train"),
+            np.arange(n),
+            {},
+        )
+        write_checksums(root / "emb" / "toy")
+        return path, lambda: read_embeddings(path)
+
+    def table():
+        path = root / "table.parquet"
+        write_table(pd.DataFrame({"layer": np.arange(2000), "acc": rng.random(2000)}), str(path))
+        return path, lambda: read_table(str(path))
+
+    rows = ["| file kind | damage | reader |", "|---|---|---|"]
+    for make in (store, checkpoint, embedding, table):
+        for how in ("same-size", "truncate"):
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir()
+            path, read = make()
+            damage(path, how)
+            try:
+                read()
+                result = "used silently"
+            except DamageError as exc:
+                result = "named" if str(exc).startswith(f"{path}: ") and "--forcerun" in str(exc) else "unnamed"
+            rows.append(f"| {make.__name__} | {how} | {result} |")
+            if result != "named":
+                raise SystemExit(f"{make.__name__}, {how}: {result}")
+    return rows
+
+
+def cost(root: Path, store_mb: float) -> list[str]:
+    """The checksum pass over a streamed store (over the default resident limit of 1024 MB) against
+    an embed of it that includes the same pass (VGGm-11 at 0.125 width, 224 px, one thread)."""
+    import numpy as np
+
+    from tunnelscope.data.store import Store, write_arrays
+    from tunnelscope.features.embed import embed_eval_set
+    from tunnelscope.models.build import build_model
+    from tunnelscope.study.config import Study, load_schema
+    from tunnelscope.training.checkpoints import save_backbone
+
+    config = study_config()
+    config["grid"]["resolution"] = [224]
+    study = Study(config, load_schema())
+    cell = next(iter(study.cells))
+    meta = {"params": study.pretrain_params(cell), "num_classes": 4, "mean": [0.5] * 3, "std": [0.25] * 3}
+    save_backbone(build_model("vggm11", 4, 0.125, 224), root / "ck.safetensors", meta)
+    n = max(2, int(store_mb * 2**20 // (256 * 256 * 3)) // 2 * 2)
+    images = np.random.default_rng(0).integers(0, 256, (n, 256, 256, 3), dtype=np.uint8)
+    labels = np.arange(n) % 4
+    half = n // 2
+    write_arrays(
+        root / "big", {"train": (images[:half], labels[:half]), "test": (images[half:], labels[half:])}, 4, 224
+    )
+    del images
+    store = Store(root / "big")
+    start = time.perf_counter()
+    store.check()
+    check = time.perf_counter() - start
+    start = time.perf_counter()
+    embed_eval_set(
+        study.embed_params(cell, "toy"), str(root / "ck.safetensors"), str(root / "big"), str(root / "emb"), 128, 1
+    )
+    embed = time.perf_counter() - start
+    mb = sum(s.nbytes for s in store.splits.values()) / 2**20
+    return [
+        "| store | images | CRC-32 pass (s) | embed job incl. the pass (s) | share |",
+        "|---|---|---|---|---|",
+        f"| {mb:,.0f} MB, streamed | {n:,} | {check:.2f} | {embed:.1f} | {check / embed:.2%} |",
+    ]
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--kills", type=int, default=12, help="SIGKILLs, spread over the heavy rules (default 12)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the kill delays")
+    p.add_argument("--cost", type=float, metavar="MB", help="only the checksum cost, on a streamed store of MB")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench_faults.") as tmp:
+        root = Path(tmp)
+        if args.smoke:
+            rows = smoke(root / "smoke")
+            title = "Fault matrix, smoke (library readers)"
+        elif args.cost:
+            rows = cost(root, args.cost)
+            title = "Checksum cost: a streamed store's CRC-32 pass against its embed"
+        else:
+            rows = matrix(root, args.kills, args.seed)
+            title = "Fault matrix: SIGKILLs and damaged files of a one-cell study"
+    report(title, rows, args)
+
+
+if __name__ == "__main__":
+    main()

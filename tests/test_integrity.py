@@ -1,0 +1,260 @@
+"""Checksums where data is read, and ``tunnelscope verify`` (issue 27): a changed byte in a store
+chunk, a checkpoint or an embedding file is named by the job that reads it and by verify, never
+used, and the printed advice rebuilds tables bitwise equal to an undamaged run's."""
+
+import copy
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from conftest import TINY, snakemake_cmd
+from tunnelscope.cli import main
+from tunnelscope.data.store import Store, write_arrays
+from tunnelscope.features.store import read_embeddings, write_checksums, write_embeddings
+from tunnelscope.integrity import REBUILD_ENV, DamageError, rebuild_command
+from tunnelscope.io import read_table, write_table
+from tunnelscope.training.checkpoints import load_backbone, save_backbone
+
+BASE = "snakemake --cores 2 --configfile /study/tiny.yaml"
+
+
+@pytest.fixture(autouse=True)
+def rebuild_env(monkeypatch):
+    monkeypatch.setenv(REBUILD_ENV, BASE)
+
+
+def flip(path, offset: int, n: int = 256) -> None:
+    """Same-size damage: ``n`` bytes from ``offset`` inverted (negative: from the end)."""
+    size = os.path.getsize(path)
+    offset = offset % size
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        data = fh.read(n)
+        fh.seek(offset)
+        fh.write(bytes(b ^ 0xFF for b in data))
+
+
+def assert_named(exc_info, path, target) -> None:
+    message = str(exc_info.value)
+    assert "\n" not in message and message.startswith(f"{path}: ")
+    assert message.endswith(f"to rebuild it run: {BASE} --forcerun {target}"), message
+
+
+def small_store(root, n=64):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(n, 8, 8, 3), dtype=np.uint8)
+    return write_arrays(
+        Path(root) / "toy", {"train": (images, np.arange(n) % 4), "test": (images[:8], np.arange(8) % 4)}, 4, 8
+    )
+
+
+def test_a_changed_byte_in_a_store_chunk_is_named_before_any_image_of_it_is_used(tmp_path, monkeypatch):
+    monkeypatch.setattr("tunnelscope.data.store.CHUNK_BYTES", 8 * 8 * 3 * 16)  # 4 chunks of 16 images
+    import tunnelscope.data.store as store_module
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(64, 8, 8, 3), dtype=np.uint8)
+    shapes = np.tile([8, 8], (64, 1))
+    plan = store_module.SplitPlan(
+        np.arange(64) % 4, shapes, lambda a, b: images[a:b], store_module.byte_chunks(shapes, 8 * 8 * 3 * 16)
+    )
+    meta = {"dataset": "toy", "num_classes": 4, "resolution": 8, "shorter_side": 8, "native": True}
+    store_module.write_store(tmp_path / "toy", meta, {"train": plan})
+    assert len(Store(tmp_path / "toy").meta["splits"]["train"]["chunks"]) == 4
+    pixels = tmp_path / "toy" / "train.pixels.npy"
+    flip(pixels, os.path.getsize(pixels) - 20 * 8 * 8 * 3, 1)  # one byte of image 44, chunk 2
+    split = Store(tmp_path / "toy").splits["train"]
+    assert np.array_equal(split.image(3), images[3])  # chunk 0 is intact and read
+    with pytest.raises(DamageError, match="chunk 2 ") as exc:
+        split.image(40)
+    assert_named(exc, pixels, tmp_path / "toy")
+    with pytest.raises(DamageError, match="chunk 2 "):
+        Store(tmp_path / "toy").check()
+
+
+def test_a_truncated_store_or_a_changed_store_json_is_named(tmp_path):
+    store = small_store(tmp_path)
+    pixels = store.root / "train.pixels.npy"
+    with open(pixels, "r+b") as fh:
+        fh.truncate(os.path.getsize(pixels) - 10)
+    with pytest.raises(DamageError, match="truncated") as exc:
+        Store(store.root)
+    assert_named(exc, pixels, store.root)
+    store = small_store(tmp_path / "again")
+    meta = store.root / "store.json"
+    meta.write_text(meta.read_text().replace('"num_classes": 4', '"num_classes": 5'))
+    with pytest.raises(DamageError, match="CRC-32") as exc:
+        Store(store.root)
+    assert_named(exc, meta, store.root)
+
+
+def tiny_model():
+    from tunnelscope.models.build import build_model
+
+    torch.manual_seed(0)
+    return build_model("vggm11", 4, 0.125, 32)
+
+
+META = {"params": {"arch": "vggm11", "resolution": 32, "model": {"width": 0.125}}, "num_classes": 4}
+
+
+@pytest.mark.parametrize("where", ["weights", "facts"])
+def test_a_changed_checkpoint_is_named_and_not_loaded(tmp_path, where):
+    path = tmp_path / "checkpoint.safetensors"
+    save_backbone(tiny_model(), path, META)
+    load_backbone(str(path))  # intact: loads
+    if where == "weights":
+        flip(path, -4000)
+    else:  # a fact changed in the header, the JSON still valid
+        data = path.read_bytes()
+        path.write_bytes(data.replace(b'\\"resolution\\": 32', b'\\"resolution\\": 33', 1))
+        assert path.read_bytes() != data
+    with pytest.raises(DamageError) as exc:
+        load_backbone(str(path))
+    assert_named(exc, path, path)
+
+
+def embeddings(tmp_path):
+    root = tmp_path / "embeddings" / "toy"
+    rng = np.random.default_rng(0)
+    n = 3000
+    for layer in range(2):
+        write_embeddings(
+            root / "avg2x2" / f"layer_{layer:03d}.parquet",
+            rng.standard_normal((n, 64)).astype(np.float16),
+            np.arange(n) % 4,
+            np.where(np.arange(n) < 2000, "train", "test"),
+            np.arange(n),
+            {"layer": layer, "num_classes": 4},
+        )
+    write_checksums(root)
+    return root
+
+
+@pytest.mark.parametrize("offset", [3000, -200])  # a data page; the footer (schema and metadata)
+def test_a_changed_embedding_file_is_named_and_not_read(tmp_path, offset):
+    root = embeddings(tmp_path)
+    path = root / "avg2x2" / "layer_001.parquet"
+    read_embeddings(path)
+    flip(path, offset, 16)
+    with pytest.raises(DamageError) as exc:
+        read_embeddings(path)
+    assert_named(exc, path, root)
+    read_embeddings(root / "avg2x2" / "layer_000.parquet")  # the other layer is intact
+
+
+def test_page_checksums_catch_a_changed_data_page_the_digest_file_aside(tmp_path):
+    root = embeddings(tmp_path)
+    (root / "checksums.json").unlink()  # page checksums alone, as for a table
+    path = root / "avg2x2" / "layer_000.parquet"
+    flip(path, os.path.getsize(path) // 2, 16)  # in the vectors' pages
+    with pytest.raises(DamageError, match="not a readable tunnelscope embedding file"):
+        read_embeddings(path)
+    table = tmp_path / "probe.parquet"
+    write_table(pd.DataFrame({"layer": np.arange(500), "acc": np.linspace(0, 1, 500)}), table)
+    flip(table, 600, 8)
+    with pytest.raises(DamageError) as exc:
+        read_table(table)
+    assert_named(exc, table, table)
+
+
+def test_the_advice_forceruns_the_damaged_outputs():
+    assert (
+        rebuild_command(["out/a b", "out/c"], "snakemake --cores 1") == "snakemake --cores 1 --forcerun 'out/a b' out/c"
+    )
+
+
+# --- the study, end to end -------------------------------------------------------------------
+
+CELL = "vggm11_toy_r32_none_s0"
+TABLES = ["out/aggregate/curves.parquet", "out/aggregate/metrics.parquet"]
+
+
+def run(workdir, *args, check=True):
+    result = subprocess.run(
+        snakemake_cmd(workdir, "--cores", "2", *args), capture_output=True, text=True, timeout=900, cwd=workdir
+    )
+    assert not check or result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def one_cell(tmp_path_factory):
+    """One cell, one OOD set of the tiny study, built to its aggregate tables."""
+    workdir = tmp_path_factory.mktemp("integrity")
+    config = copy.deepcopy(TINY)
+    config["grid"]["augmentation"] = ["none"]
+    config["ood_sets"] = ["toy-glyphs"]
+    config["datasets"] = {k: v for k, v in config["datasets"].items() if k in ("toy", "toy-glyphs")}
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(config))
+    run(workdir, *TABLES)
+    return workdir
+
+
+def verify(workdir, capsys) -> tuple[int, str]:
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        status = main(["verify", "tiny.yaml"])
+    finally:
+        os.chdir(cwd)
+    out = capsys.readouterr()
+    return status, out.out + out.err
+
+
+DAMAGE = {  # the file, the job that reads it (the output it makes) and the output to rebuild
+    "store": (
+        "out/prepared/toy/r32/train.pixels.npy",
+        f"out/cells/{CELL}/checkpoint.safetensors",
+        "out/prepared/toy/r32",
+    ),
+    "checkpoint": (
+        f"out/cells/{CELL}/checkpoint.safetensors",
+        f"out/cells/{CELL}/embeddings/toy-glyphs",
+        f"out/cells/{CELL}/checkpoint.safetensors",
+    ),
+    "embedding": (
+        f"out/cells/{CELL}/embeddings/toy/avg2x2/layer_002.parquet",
+        f"out/cells/{CELL}/probes/lbfgs/toy.parquet",
+        f"out/cells/{CELL}/embeddings/toy",
+    ),
+}
+
+
+@pytest.mark.integration
+def test_damage_is_named_by_its_reader_and_verify_and_the_advice_rebuilds_it_bitwise(one_cell, tmp_path, capsys):
+    status, out = verify(one_cell, capsys)
+    assert status == 0 and "all intact" in out, out
+    reference = {t: (one_cell / t).read_bytes() for t in TABLES}
+    for case, (damaged, reader, target) in DAMAGE.items():
+        workdir = tmp_path / case
+        shutil.copytree(one_cell, workdir, symlinks=True)
+        flip(workdir / damaged, -3000 if case != "embedding" else 3000)
+        # The job that reads it fails, names it and says how to rebuild it.
+        failed = run(workdir, reader, "--forcerun", reader, check=False)
+        assert failed.returncode != 0
+        line = next(x for x in failed.stderr.splitlines() if "to rebuild it run: " in x)
+        line = line[line.index(f"{damaged}: ") :]  # after the exception's class name
+        assert line.startswith(f"{damaged}: ") and line.endswith(f"--forcerun {target}"), line
+        advice = shlex.split(line.split("to rebuild it run: ", 1)[1])
+        # verify names it too, with the same command (--cores all and the config as given aside).
+        status, out = verify(workdir, capsys)
+        assert status == 1 and f"{damaged}: " in out and f"--forcerun {target}" in out, out
+        # Following the advice (to the tables only: the figures would only slow the test).
+        assert advice[0] == "snakemake" and advice[-2:] == ["--forcerun", target]
+        cmd = [sys.executable, "-m", "snakemake", *TABLES, *advice[1:]]  # targets first: --configfile takes several
+        rebuilt = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=workdir)
+        assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+        for table in TABLES:
+            assert (workdir / table).read_bytes() == reference[table], f"{case}: {table} differs"
+        status, out = verify(workdir, capsys)
+        assert status == 0, out
