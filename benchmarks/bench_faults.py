@@ -95,18 +95,26 @@ def tables_equal(workdir: Path, reference: dict) -> bool:
     return all((workdir / t).exists() and (workdir / t).read_bytes() == reference[t] for t in TABLES)
 
 
-def follow_advice(workdir: Path, text: str) -> bool:
-    """Run what a failure printed: tunnelscope's rebuild command, else Snakemake's own advice."""
-    rebuild = re.search(r"to rebuild (?:it|them) run: (.*)$", text, re.M)
-    if rebuild:
-        advice = shlex.split(rebuild.group(1))
-        cmd = [sys.executable, "-m", "snakemake", *TABLES, *advice[1:]]  # targets first: --configfile takes several
-        return subprocess.run(cmd, cwd=workdir, env=ENV, capture_output=True, timeout=1800).returncode == 0
-    if "--unlock" in text:
-        snakemake(workdir, "--unlock")
-        return snakemake(workdir, *TABLES).returncode == 0
-    if "--rerun-incomplete" in text:
-        return snakemake(workdir, "--rerun-incomplete", *TABLES).returncode == 0
+def follow_advice(workdir: Path, text: str, steps: int = 3) -> bool:
+    """Run what a failure printed (tunnelscope's rebuild command, else Snakemake's own advice),
+    and again what that run prints, as a user would: a kill can need --unlock, then
+    --rerun-incomplete. True when a run succeeds within ``steps``."""
+    for _ in range(steps):
+        rebuild = re.search(r"to rebuild (?:it|them) run: (.*)$", text, re.M)
+        if rebuild:
+            advice = shlex.split(rebuild.group(1))
+            cmd = [sys.executable, "-m", "snakemake", *TABLES, *advice[1:]]  # targets first: --configfile takes several
+            done = subprocess.run(cmd, cwd=workdir, env=ENV, capture_output=True, text=True, timeout=1800)
+        elif "--unlock" in text:
+            snakemake(workdir, "--unlock")
+            done = snakemake(workdir, *TABLES)
+        elif "--rerun-incomplete" in text:
+            done = snakemake(workdir, "--rerun-incomplete", *TABLES)
+        else:
+            return False
+        if done.returncode == 0:
+            return True
+        text = done.stdout + done.stderr
     return False
 
 
