@@ -258,3 +258,19 @@ def test_damage_is_named_by_its_reader_and_verify_and_the_advice_rebuilds_it_bit
             assert (workdir / table).read_bytes() == reference[table], f"{case}: {table} differs"
         status, out = verify(workdir, capsys)
         assert status == 0, out
+
+
+def test_a_checkpoint_is_the_same_bytes_in_every_process(tmp_path):
+    """safetensors writes its metadata map in a random order per process: with the digest under
+    a second key, two runs' checkpoints differed in their bytes (seen in gpu_check's two runs)."""
+    script = (
+        "import sys, torch; sys.path.insert(0, 'tests'); from test_integrity import tiny_model, META; "
+        "from tunnelscope.training.checkpoints import save_backbone; torch.manual_seed(0); "
+        "save_backbone(tiny_model(), sys.argv[1], META)"
+    )
+    paths = [tmp_path / f"{k}.safetensors" for k in range(4)]
+    for path in paths:
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True, cwd=Path(__file__).parents[1])
+    assert len({path.read_bytes() for path in paths}) == 1
+    _, meta = load_backbone(str(paths[0]))
+    assert "sha256" not in meta  # the digest is checked and dropped, not handed to readers

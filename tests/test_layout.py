@@ -10,7 +10,7 @@ SRC = REPO / "src" / "tunnelscope"
 
 # Stages in data-flow order: a module may import its own stage or an earlier one, never a later.
 STAGES = [
-    {"registry", "io", "gpuhost", "runtime", "joblog"},
+    {"registry", "io", "integrity", "gpuhost", "runtime", "joblog"},
     {"study"},
     {"data"},
     {"models"},
@@ -21,7 +21,7 @@ STAGES = [
     {"protocols"},
     {"analysis"},
     {"figures"},
-    {"budget"},
+    {"budget", "verify"},
     {"cli"},
 ]
 RANK = {name: i for i, stage in enumerate(STAGES) for name in stage}

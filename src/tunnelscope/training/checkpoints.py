@@ -78,12 +78,14 @@ def paper_parameter_count(arch: str, width: float, resolution: int, kwargs: dict
     return int(round(count / 1e4) * 1e4)
 
 
-# The safetensors metadata key of the SHA-256 over the checkpoint's facts and weights.
-DIGEST_KEY = "tunnelscope_sha256"
+# Where the SHA-256 over a checkpoint's facts and weights sits: a field of the one metadata
+# value. One key, not two: safetensors writes its metadata map in a random order per process, so
+# a second key would make two runs' checkpoints differ in their bytes.
+DIGEST_FIELD = "sha256"
 
 
 def weights_sha256(state: dict, facts: str) -> str:
-    """SHA-256 of a checkpoint's facts (the "tunnelscope" metadata string) and every tensor's
+    """SHA-256 of a checkpoint's facts (their JSON, sorted keys, without the digest) and every tensor's
     name, dtype, shape and bytes, in name order: what a damaged header or weight would change."""
     digest = hashlib.sha256(facts.encode())
     for name in sorted(state):
@@ -98,8 +100,9 @@ def save_backbone(model, checkpoint: str, meta: dict) -> None:
     SHA-256 (``weights_sha256``, checked by every reader), atomically."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     facts = json.dumps(meta, sort_keys=True)
+    signed = json.dumps({**meta, DIGEST_FIELD: weights_sha256(state, facts)}, sort_keys=True)
     with atomic_path(checkpoint) as tmp:
-        save_file(state, tmp, metadata={"tunnelscope": facts, DIGEST_KEY: weights_sha256(state, facts)})
+        save_file(state, tmp, metadata={"tunnelscope": signed})
 
 
 def import_pretrained(params: dict, checkpoint: str, train_log: str, info_path: str) -> dict:
@@ -174,10 +177,10 @@ def read_checkpoint(checkpoint: str) -> tuple[dict, dict]:
         weights = load_file(checkpoint)
     except Exception as exc:  # safetensors raises several types for corrupt files
         raise damaged(checkpoint, f"not a readable tunnelscope checkpoint ({exc})", relative(checkpoint)) from exc
-    recorded = header.get(DIGEST_KEY)
+    recorded = meta.pop(DIGEST_FIELD, None)
     if recorded is None:
         log.warning("%s: written before checkpoints had a digest; read unchecked", checkpoint)
-    elif weights_sha256(weights, header["tunnelscope"]) != recorded:
+    elif weights_sha256(weights, json.dumps(meta, sort_keys=True)) != recorded:
         raise damaged(
             checkpoint, "its weights or facts differ from the SHA-256 recorded when it was saved", relative(checkpoint)
         )
