@@ -57,11 +57,16 @@ def _run(argv: list[str], log: Path, timeout: float, env: dict | None = None) ->
     return done.stdout
 
 
-def _headline(markdown: str, columns: int = 4) -> str:
-    """A benchmark's headline: the first columns of its table's last row, each named by its header."""
-    rows = [
+def _table_rows(markdown: str) -> list[list[str]]:
+    """The cells of a markdown table's rows, its header first."""
+    return [
         line.strip("| ").split(" | ") for line in markdown.splitlines() if line.startswith("|") and "---" not in line
     ]
+
+
+def _headline(markdown: str, columns: int = 4) -> str:
+    """A benchmark's headline: the first columns of its table's last row, each named by its header."""
+    rows = _table_rows(markdown)
     if not rows:
         return markdown.strip().splitlines()[-1]
     return ", ".join(f"{name} {value}" for name, value in list(zip(rows[0], rows[-1]))[:columns])
@@ -74,8 +79,7 @@ def _bench(script: str, args: list[str], log: Path, timeout: float, columns: int
 def crops_part(args: list[str], log: Path) -> str:
     """Milliseconds per batch of 256 of each resize path, per case (32 px resident, 224 px canvases)."""
     output = _run([sys.executable, "benchmarks/bench_crops.py", *args], log, 600)
-    rows = [line.strip("| ").split(" | ") for line in output.splitlines() if line.startswith("|") and "---" not in line]
-    return "; ".join(f"{row[0]} {row[1]} {row[3]} ms" for row in rows[1:])
+    return "; ".join(f"{row[0]} {row[1]} {row[3]} ms" for row in _table_rows(output)[1:])
 
 
 def probe_part(args: list[str], log: Path) -> str:
