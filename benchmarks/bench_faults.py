@@ -4,7 +4,8 @@ A one-cell study (the tiny config's cell on toy, OOD set toy-glyphs) is built on
 aggregate tables (the reference). Each case starts from a copy of it:
 
 - kill: the outputs of one heavy rule are forced to rebuild and the whole snakemake process group
-  gets SIGKILL at a random point while that rule's job runs;
+  gets SIGKILL at a random point while that rule's job runs (``kill_when``; the test suite kills
+  at a fixed point of a probe job with the same functions);
 - damage: one file of a kind gets 256 bytes inverted (same size) or is cut to half its size, and
   the job that reads it is forced to run (none for the final tables: `tunnelscope verify` then).
 
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -63,7 +65,10 @@ FILES = {
     "predictions": (f"out/cells/{CELL}/probes/lbfgs/toy.predictions.parquet", f"out/cells/{CELL}/metrics.parquet"),
     "metrics table": (f"out/cells/{CELL}/metrics.parquet", "out/aggregate/metrics.parquet"),
     "aggregate table": ("out/aggregate/curves.parquet", None),
+    "aggregate CSV": ("out/aggregate/curves.csv", None),
 }
+# Compared byte for byte with the undamaged run's: the tables, and the CSV a case damages.
+FINAL = [*TABLES, "out/aggregate/curves.csv"]
 ENV = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 
@@ -92,7 +97,7 @@ def damage(path: Path, how: str) -> None:
 
 
 def tables_equal(workdir: Path, reference: dict) -> bool:
-    return all((workdir / t).exists() and (workdir / t).read_bytes() == reference[t] for t in TABLES)
+    return all((workdir / t).exists() and (workdir / t).read_bytes() == data for t, data in reference.items())
 
 
 def follow_advice(workdir: Path, text: str, steps: int = 3) -> bool:
@@ -131,22 +136,42 @@ def outcome(workdir: Path, first: subprocess.CompletedProcess, reference: dict) 
     return "lost"
 
 
-def kill_case(reference_dir: Path, workdir: Path, rule: str, rng: random.Random, reference: dict) -> tuple[str, str]:
-    shutil.copytree(reference_dir, workdir, symlinks=True)
-    target = KILL_RULES[rule]
-    proc = snakemake(workdir, *TABLES, "--forcerun", target, wait=False)
-    log = workdir / "logs"
-    start = time.time()
-    while time.time() - start < 300 and proc.poll() is None:  # until the rule's job has started
-        if any(rule in str(p) for p in log.rglob("*.log") if p.stat().st_mtime > start - 1):
-            break
-        time.sleep(0.2)
-    delay = rng.uniform(0.5, 8.0)
-    time.sleep(delay)
+def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 300) -> bool:
+    """SIGKILL ``proc``'s whole process group (snakemake and its jobs) as soon as ``ready()``
+    holds (or after ``timeout`` s); True when the run was still going then."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and not ready() and time.monotonic() < deadline:
+        time.sleep(0.02)
     killed = proc.poll() is None
     if killed:
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    return killed
+
+
+def job_started(workdir: Path, rule: str) -> Callable[[], bool]:
+    """Whether a job of ``rule`` has written its log since now."""
+    since = time.time() - 1
+    return lambda: any(rule in str(p) for p in (workdir / "logs").rglob("*.log") if p.stat().st_mtime > since)
+
+
+def after(delay: float, event: Callable[[], bool]) -> Callable[[], bool]:
+    """A condition that holds from ``delay`` seconds after ``event`` first holds."""
+    seen: list[float] = []
+
+    def ready() -> bool:
+        if not seen and event():
+            seen.append(time.monotonic())
+        return bool(seen) and time.monotonic() - seen[0] >= delay
+
+    return ready
+
+
+def kill_case(reference_dir: Path, workdir: Path, rule: str, rng: random.Random, reference: dict) -> tuple[str, str]:
+    shutil.copytree(reference_dir, workdir, symlinks=True)
+    proc = snakemake(workdir, *TABLES, "--forcerun", KILL_RULES[rule], wait=False)
+    delay = rng.uniform(0.5, 8.0)
+    killed = kill_when(proc, after(delay, job_started(workdir, rule)))
     first = snakemake(workdir, *TABLES)
     when = f"{delay:.1f} s into {rule}" if killed else f"{rule} (finished before the kill)"
     return when, outcome(workdir, first, reference)
@@ -192,7 +217,7 @@ def matrix(root: Path, kills: int, seed: int) -> list[str]:
     result = snakemake(reference_dir, *TABLES)
     if result.returncode:
         raise SystemExit(result.stderr[-3000:])
-    reference = {t: (reference_dir / t).read_bytes() for t in TABLES}
+    reference = {t: (reference_dir / t).read_bytes() for t in FINAL}
     rng = random.Random(seed)
     rows = ["| case | named by verify | named by its reader | outcome |", "|---|---|---|---|"]
     rules = list(KILL_RULES) * (-(-kills // len(KILL_RULES)))
@@ -218,7 +243,7 @@ def smoke(root: Path) -> list[str]:
     from tunnelscope.data.store import Store, write_arrays
     from tunnelscope.features.store import read_embeddings, write_checksums, write_embeddings
     from tunnelscope.integrity import DamageError
-    from tunnelscope.io import read_table, write_table
+    from tunnelscope.io import read_csv, read_table, write_csv, write_table
     from tunnelscope.models.build import build_model
     from tunnelscope.training.checkpoints import load_backbone, save_backbone
 
@@ -254,8 +279,13 @@ def smoke(root: Path) -> list[str]:
         write_table(pd.DataFrame({"layer": np.arange(2000), "acc": rng.random(2000)}), str(path))
         return path, lambda: read_table(str(path))
 
+    def csv():
+        path = root / "table.csv"
+        write_csv(pd.DataFrame({"layer": np.arange(2000), "acc": rng.random(2000)}), path)
+        return path, lambda: read_csv(path)
+
     rows = ["| file kind | damage | reader |", "|---|---|---|"]
-    for make in (store, checkpoint, embedding, table):
+    for make in (store, checkpoint, embedding, table, csv):
         for how in ("same-size", "truncate"):
             shutil.rmtree(root, ignore_errors=True)
             root.mkdir()

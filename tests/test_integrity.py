@@ -8,6 +8,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +168,56 @@ def test_page_checksums_catch_a_changed_data_page_the_digest_file_aside(tmp_path
     assert_named(exc, table, table)
 
 
+def small_table(n=20):
+    return pd.DataFrame({"layer": np.arange(n), "acc": np.linspace(0, 1, n)})
+
+
+def footer_metadata_offset(path) -> int:
+    """Where the pandas schema (JSON) lies in a Parquet file's footer key-value metadata: bytes
+    page checksums do not cover."""
+    return path.read_bytes().rindex(b'"columns"')
+
+
+@pytest.mark.parametrize("kind", ["parquet footer", "csv", "tex"])
+def test_a_changed_table_file_is_named_by_its_reader_and_by_verify(tmp_path, kind):
+    from types import SimpleNamespace
+
+    from tunnelscope.figures.tables import write as write_tex_table
+    from tunnelscope.io import check_digest, digest_path, read_csv
+    from tunnelscope.verify import check_results
+
+    write_table(small_table(), tmp_path / "t.parquet", tmp_path / "t.csv")
+    write_tex_table("t", small_table(), small_table(), tmp_path / "u.csv", tmp_path / "u.tex", caption="t")
+    path, read = {
+        "parquet footer": (tmp_path / "t.parquet", read_table),
+        "csv": (tmp_path / "t.csv", read_csv),
+        "tex": (tmp_path / "u.tex", check_digest),
+    }[kind]
+    assert digest_path(path).read_text().split()[1] == path.name  # sha256sum's format
+    read(path)  # intact
+    study = SimpleNamespace(results=tmp_path, prepared=list)
+    assert check_results(study) == (4, [])
+    flip(path, footer_metadata_offset(path) if kind == "parquet footer" else len(path.read_bytes()) // 2, 2)
+    with pytest.raises(DamageError, match="SHA-256 .* not the one recorded when written") as exc:
+        read(path)
+    assert_named(exc, path, path)
+    checked, findings = check_results(study)
+    assert checked == 4 and [(f.path, f.target) for f in findings] == [(path, path)]
+
+
+def test_a_table_without_a_recorded_digest_is_read_and_a_rewrite_records_a_new_one(tmp_path):
+    from tunnelscope.io import digest_path, read_csv, write_csv
+
+    path = tmp_path / "t.csv"
+    small_table().to_csv(path, index=False)  # a table tunnelscope did not write (a user's)
+    assert read_csv(path).equals(small_table())
+    write_csv(small_table(5), path)
+    old = digest_path(path).read_text()
+    write_csv(small_table(7), path)  # rewritten: the digest follows
+    assert digest_path(path).read_text() != old and len(read_csv(path)) == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".t.csv.sha256", "t.csv"]  # nothing else left
+
+
 def test_the_advice_forceruns_the_damaged_outputs():
     assert (
         rebuild_command(["out/a b", "out/c"], "snakemake --cores 1") == "snakemake --cores 1 --forcerun 'out/a b' out/c"
@@ -274,3 +325,29 @@ def test_a_checkpoint_is_the_same_bytes_in_every_process(tmp_path):
     assert len({path.read_bytes() for path in paths}) == 1
     _, meta = load_backbone(str(paths[0]))
     assert "sha256" not in meta  # the digest is checked and dropped, not handed to readers
+
+
+@pytest.mark.integration
+def test_a_run_killed_inside_a_probe_job_recovers_bitwise_by_following_the_printed_advice(one_cell, tmp_path):
+    """One case of benchmarks/bench_faults.py's kill matrix, with its functions: SIGKILL of the
+    whole process group as soon as a probe job has logged its first layer (mid-job: its outputs
+    not yet written); a plain rerun stops, and following what it prints gives bitwise tables."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import bench_faults
+
+    workdir = tmp_path / "killed"
+    shutil.copytree(one_cell, workdir, symlinks=True)
+    probe = f"out/cells/{CELL}/probes/lbfgs/toy-glyphs.parquet"  # the cheaper of the cell's two probes
+    log = workdir / "logs" / "probe" / f"{CELL}_toy-glyphs_lbfgs.log"
+    log.unlink()  # the undamaged run's
+    running = bench_faults.snakemake(workdir, *TABLES, "--forcerun", probe, wait=False)
+    first_layer = lambda: log.exists() and " test acc " in log.read_text()  # noqa: E731
+    assert bench_faults.kill_when(running, first_layer, timeout=600), "the run ended before the kill"
+    assert first_layer() and not (workdir / probe).exists()  # killed inside the probe job
+    killed_at = time.time()
+    rerun = bench_faults.snakemake(workdir, *TABLES)
+    assert rerun.returncode != 0, "a plain rerun recovered: the advice was not needed"
+    reference = {t: (one_cell / t).read_bytes() for t in TABLES}
+    assert bench_faults.outcome(workdir, rerun, reference) == "advice", rerun.stderr[-3000:]
+    # The tables compared are the rebuilt ones, not the undamaged run's left in place by the kill.
+    assert all((workdir / t).stat().st_mtime > killed_at for t in [probe, *TABLES])

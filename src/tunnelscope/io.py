@@ -1,4 +1,13 @@
-"""Atomic file writes and the project's small tables (Parquet + CSV, JSON)."""
+"""Atomic file writes and the project's small tables (Parquet + CSV, JSON).
+
+Every table file (Parquet, CSV, LaTeX) has its SHA-256 recorded beside it when written, in a
+hidden sidecar ``.NAME.sha256`` (``sha256sum`` format: ``sha256sum -c`` checks it too), and its
+readers check it first. A sidecar, rather than one digest file per directory, because each table
+has exactly one writer (its job), so no two rules ever write one digest file (a shared one would
+need merging under a lock, racy on network filesystems); and rather than a digest in the Parquet
+footer, because a digest cannot cover the footer holding it, nor a CSV or TeX file. Snakemake
+neither declares nor tracks the sidecars: they change no job's inputs or outputs.
+"""
 
 from __future__ import annotations
 
@@ -63,12 +72,24 @@ def _remove_stale(path: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
+def digest_path(path: str | os.PathLike) -> Path:
+    """Where the SHA-256 of table file ``path`` is recorded: a hidden sidecar beside it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.sha256")
+
+
+def _write_digest(path: Path, digest: str) -> None:
+    with atomic_path(digest_path(path)) as tmp:
+        Path(tmp).write_text(f"{digest}  {path.name}\n")
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike):
+def atomic_path(path: str | os.PathLike, digest: bool = False):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
 
     A killed job therefore never leaves a file under the final name that a later job could
     take for complete. The file gets the umask's mode, as an ordinary open would give it.
+    ``digest``: record its SHA-256 (``digest_path``), for ``check_digest``: for table files.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +99,14 @@ def atomic_path(path: str | os.PathLike):
     try:
         yield tmp
         _shareable(tmp)
+        recorded = file_sha256(tmp) if digest else None
+        if recorded:
+            # The old digest goes before the new file lands and the new one after: a kill in
+            # between leaves a file with no digest (unchecked), never one with a wrong digest.
+            digest_path(path).unlink(missing_ok=True)
         os.replace(tmp, path)
+        if recorded:
+            _write_digest(path, recorded)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -104,31 +132,61 @@ def atomic_dir(path: str | os.PathLike):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_table(df: pd.DataFrame, parquet: str, csv: str | None = None) -> None:
-    """``df`` as Parquet with page checksums (checked by ``read_table``), and as CSV if asked."""
-    with atomic_path(parquet) as tmp:
-        df.to_parquet(tmp, index=False, write_page_checksum=True)
-    if csv:
-        with atomic_path(csv) as tmp:
-            df.to_csv(tmp, index=False)
-
-
-def read_table(path: str) -> pd.DataFrame:
-    """A Parquet table, its page checksums checked: a damaged one is a ``DamageError`` naming it."""
+def check_digest(path: str | os.PathLike) -> None:
+    """Raise a ``DamageError`` naming ``path`` unless its SHA-256 is the one recorded when it was
+    written; a file with no digest recorded (not written by tunnelscope) passes."""
     from tunnelscope.integrity import damaged, relative
 
+    sidecar = digest_path(path)
+    try:
+        recorded = sidecar.read_text().split()
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError) as exc:
+        raise damaged(path, f"its digest {sidecar.name} is unreadable ({exc})", relative(path)) from exc
+    found = file_sha256(path)
+    if recorded[:1] != [found]:
+        raise damaged(
+            path, f"SHA-256 {found[:16]}..., not the one recorded when written ({sidecar.name})", relative(path)
+        )
+
+
+def write_table(df: pd.DataFrame, parquet: str, csv: str | None = None) -> None:
+    """``df`` as Parquet with page checksums, and as CSV if asked; each file's digest recorded
+    (checked by ``read_table`` and ``read_csv``)."""
+    with atomic_path(parquet, digest=True) as tmp:
+        df.to_parquet(tmp, index=False, write_page_checksum=True)
+    if csv:
+        write_csv(df, csv)
+
+
+def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """``df`` as a CSV table (no index), its digest recorded."""
+    with atomic_path(path, digest=True) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """A Parquet table, its digest and page checksums checked: a damaged one is a
+    ``DamageError`` naming it."""
+    from tunnelscope.integrity import damaged, relative
+
+    check_digest(path)
     try:
         return pd.read_parquet(path, page_checksum_verification=True)
     except (OSError, pa.ArrowException) as exc:
         raise damaged(path, f"not a readable Parquet table ({exc})", relative(path)) from exc
 
 
+def read_csv(path: str | os.PathLike, **kwargs) -> pd.DataFrame:
+    """A CSV table, its digest checked first (``pd.read_csv``'s ``kwargs``)."""
+    check_digest(path)
+    return pd.read_csv(path, **kwargs)
+
+
 def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def write_json(obj, path) -> None:

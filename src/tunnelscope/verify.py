@@ -1,7 +1,8 @@
 """``tunnelscope verify``: every file a study wrote, checked as the jobs that read it check it.
 
 Stores (each chunk), checkpoints (their SHA-256), embedding files (checksums.json and page
-checksums), every other Parquet table (page checksums), the probes' weights (the CRC-32 of each
+checksums), every table file, Parquet, CSV or LaTeX (the SHA-256 its writer recorded beside it,
+``io.digest_path``; Parquet also its page checksums), the probes' weights (the CRC-32 of each
 array in the .npz) and the JSON files; a prepared store the study needs and lacks is missing, and
 a killed job's temporary (``.NAME.*.tmp``, ``.NAME.partial``) is listed as incomplete: the job's
 rerun clears it.
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tunnelscope.integrity import DamageError, damaged, rebuild_command, relative
+from tunnelscope.io import check_digest, digest_path
 
 
 @dataclass
@@ -61,6 +63,8 @@ def _checker(path: Path):
         return _check_layer if path.parents[2].name == "embeddings" else _check_table
     if path.name.endswith(".npz"):
         return _check_npz
+    if digest_path(path).exists():  # a CSV or LaTeX table
+        return check_digest
     if path.suffix == ".json":
         return _check_json
     return None

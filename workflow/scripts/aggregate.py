@@ -5,7 +5,7 @@ import json
 
 import pandas as pd
 
-from tunnelscope.io import read_table, write_table
+from tunnelscope.io import read_csv, read_table, write_table
 from tunnelscope.joblog import job_logging
 from tunnelscope.metrics.health import training_health
 from tunnelscope.metrics.seeds import summarise
@@ -17,7 +17,7 @@ with job_logging(snakemake.log[0]) as log:
         for path, train_log in zip(snakemake.input.info, snakemake.input.train_logs):
             with open(path) as fh:
                 info = json.load(fh)
-            cells.append({**info, **training_health(info, pd.read_csv(train_log), snakemake.params.health)})
+            cells.append({**info, **training_health(info, read_csv(train_log), snakemake.params.health)})
         table = pd.DataFrame(cells)
         if not table.trained.all():
             log.warning(

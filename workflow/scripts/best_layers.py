@@ -5,7 +5,7 @@ import json
 
 import pandas as pd
 
-from tunnelscope.io import read_table, write_table
+from tunnelscope.io import read_csv, read_table, write_table
 from tunnelscope.joblog import job_logging
 from tunnelscope.metrics.best_layers import best_layers
 from tunnelscope.metrics.health import training_health
@@ -17,7 +17,7 @@ with job_logging(snakemake.log[0]) as log:
     with open(snakemake.input.info) as fh:
         info = json.load(fh)
     table = best_layers(probes, predictions, info, snakemake.params.settings)
-    table = table.assign(**training_health(info, pd.read_csv(snakemake.input.train_log), snakemake.params.health))
+    table = table.assign(**training_health(info, read_csv(snakemake.input.train_log), snakemake.params.health))
     write_table(table, snakemake.output[0])
     shown = ["ood_set", "best_layer", "best_acc", "n_indistinguishable", "val_chosen_layer", "gap_best_last", "tunnel"]
     log.info("\n%s", table[shown].to_string(index=False))

@@ -3,7 +3,7 @@
 import pandas as pd
 
 from tunnelscope.figures.best_layers import summary_table
-from tunnelscope.io import atomic_path, read_table, write_table
+from tunnelscope.io import read_table, write_csv, write_table
 from tunnelscope.joblog import job_logging
 
 with job_logging(snakemake.log[0]) as log:
@@ -11,6 +11,5 @@ with job_logging(snakemake.log[0]) as log:
     table = pd.concat([read_table(p) for p in snakemake.input], ignore_index=True)
     write_table(table, out.table, out.csv)
     summary = summary_table(table)
-    with atomic_path(out.summary) as tmp:
-        summary.to_csv(tmp, index=False)
+    write_csv(summary, out.summary)
     log.info("\n%s", summary.to_string(index=False))

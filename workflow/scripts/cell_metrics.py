@@ -7,7 +7,7 @@ import json
 
 import pandas as pd
 
-from tunnelscope.io import read_table, write_table
+from tunnelscope.io import read_csv, read_table, write_table
 from tunnelscope.joblog import job_logging
 from tunnelscope.metrics.health import training_health
 from tunnelscope.metrics.tunnel import cell_metrics
@@ -25,7 +25,7 @@ with job_logging(snakemake.log[0]) as log:
         table = solver_metrics(probes, info, snakemake.params.settings, predictions)
     else:
         table = cell_metrics(probes, info, snakemake.params.settings, {e: p for (_, e), p in predictions.items()})
-        health = training_health(info, pd.read_csv(snakemake.input.train_log), snakemake.params.health)
+        health = training_health(info, read_csv(snakemake.input.train_log), snakemake.params.health)
         table = table.assign(**health)
         if not health["trained"]:
             log.warning(

@@ -3,7 +3,7 @@ from pathlib import Path
 
 from tunnelscope.figures import tables
 from tunnelscope.figures.continual import continual_figure
-from tunnelscope.io import atomic_path, read_table
+from tunnelscope.io import read_table, write_csv
 from tunnelscope.joblog import job_logging
 from tunnelscope.protocols import continual
 from tunnelscope.registry import CELL_VARIABLES
@@ -17,8 +17,7 @@ with job_logging(snakemake.log[0]) as log:
             tunnels[Path(path).parent.name] = json.load(fh)
     run_of = {tuple(variables[k] for k in CELL_VARIABLES): run for run, variables in params["runs"].items()}
     scores = continual.scores(evaluations, tunnels, run_of)
-    with atomic_path(out.scores) as tmp:
-        scores.to_csv(tmp, index=False)
+    write_csv(scores, out.scores)
     confidence = snakemake.params.seeds["confidence"]
     csv, latex = tables.continual_table(scores, [label for _, label in params["networks"]], params["score"], confidence)
     tables.write("continual", csv, latex, out.csv, out.tex, confidence, caption=snakemake.params.caption)

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from tunnelscope import io
 from tunnelscope.metrics.health import study_rows
 from tunnelscope.metrics.seeds import CONFIDENCE, SEED, t_interval
 from tunnelscope.registry import CELL_VARIABLES, DERIVED_VARIABLES
@@ -72,7 +73,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise TableError(f"{path}: no such file")
-    table = pd.read_parquet(path, page_checksum_verification=True) if path.suffix == ".parquet" else pd.read_csv(path)
+    table = io.read_table(path) if path.suffix == ".parquet" else io.read_csv(path)
     if is_release_table(table):
         table = from_release(table)
     return check_table(table)
@@ -469,7 +470,7 @@ def analyze(table: pd.DataFrame, out_dir: str | Path, settings: dict | None = No
     """Write shap_slopes.csv, shap_fit.csv, paired_tests.csv and level_means.csv to out_dir,
     over the rows of trained cells (a ``trained`` column, metrics.health) unless
     ``include_untrained``."""
-    from tunnelscope.io import atomic_path
+    from tunnelscope.io import write_csv
 
     settings = {**DEFAULT_SETTINGS, **(settings or {})}
     table, left_out = study_rows(table, settings["include_untrained"])
@@ -485,8 +486,7 @@ def analyze(table: pd.DataFrame, out_dir: str | Path, settings: dict | None = No
     results = {"shap_slopes": slopes, "shap_fit": fit, "paired_tests": paired, "level_means": means}
     out = Path(out_dir)
     for name, frame in results.items():
-        with atomic_path(out / f"{name}.csv") as tmp:
-            frame.to_csv(tmp, index=False)
+        write_csv(frame, out / f"{name}.csv")
     for row in slopes.itertuples():
         if row.note:
             log.info("%s / %s: %s", row.target, row.variable, row.note)

@@ -26,7 +26,7 @@ from tunnelscope.figures.style import (
     sns,
     wrap_text,
 )
-from tunnelscope.io import atomic_path
+from tunnelscope.io import atomic_path, read_csv
 from tunnelscope.metrics.seeds import (
     BACKBONE,
     CONFIDENCE,
@@ -254,7 +254,7 @@ def _table(csv: str, href: str, caption: str, title: str) -> list[str]:
     return [
         f"<h2>{html.escape(title)}</h2>",
         f"<p>{html.escape(caption)} <a href='{html.escape(href)}'>CSV</a></p>",
-        pd.read_csv(csv).to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–"),
+        read_csv(csv).to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–"),
     ]
 
 

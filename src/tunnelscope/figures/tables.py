@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from tunnelscope.figures.captions import table_caption
-from tunnelscope.io import atomic_path
+from tunnelscope.io import atomic_path, write_csv
 from tunnelscope.metrics.seeds import CONFIDENCE, seed_summary
 from tunnelscope.registry import ARCHS
 
@@ -200,8 +200,7 @@ def write(
     caption: str | None = None,
 ) -> None:
     """A table as CSV and LaTeX; the caption defaults to the paper table's (captions.TABLES)."""
-    with atomic_path(csv_path) as tmp:
-        csv.to_csv(tmp, index=False)
+    write_csv(csv, csv_path)
     tex = latex.to_latex(
         index=False,
         caption=_latex_text(caption or table_caption(name, confidence)),
@@ -211,7 +210,7 @@ def write(
     )
     for text, macro in LATEX_SYMBOLS.items():
         tex = tex.replace(text, macro)
-    with atomic_path(tex_path) as tmp:
+    with atomic_path(tex_path, digest=True) as tmp:
         Path(tmp).write_text(tex)
 
 

@@ -155,7 +155,7 @@ def import_pretrained(params: dict, checkpoint: str, train_log: str, info_path: 
             **({"kwargs": spec.get("kwargs", {})} if parse_python_arch(spec["arch"]) else {}),
         },
     )
-    with atomic_path(train_log) as tmp:
+    with atomic_path(train_log, digest=True) as tmp:
         pd.DataFrame(columns=["epoch", "train_loss", "train_acc", "val_acc", "lr", "seconds"]).to_csv(tmp, index=False)
     write_json(info, info_path)
     log.info(

@@ -432,7 +432,7 @@ def pretrain(
             "trainable_params": sum(p.numel() for p in trainable),
         }
     save_backbone(model, checkpoint, {"params": params, "num_classes": store.num_classes})
-    with atomic_path(train_log) as tmp:
+    with atomic_path(train_log, digest=True) as tmp:
         pd.DataFrame(history).to_csv(tmp, index=False)
     write_json(info, info_path)
     state_file.unlink(missing_ok=True)
