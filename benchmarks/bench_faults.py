@@ -210,7 +210,7 @@ def study_config() -> dict:
     return config
 
 
-def matrix(root: Path, kills: int, seed: int) -> list[str]:
+def matrix(root: Path, kills: int, seed: int, kinds: list[str]) -> list[str]:
     reference_dir = root / "reference"
     reference_dir.mkdir()
     (reference_dir / "tiny.yaml").write_text(yaml.safe_dump(study_config()))
@@ -225,7 +225,7 @@ def matrix(root: Path, kills: int, seed: int) -> list[str]:
         when, result = kill_case(reference_dir, root / f"kill{n}", rule, rng, reference)
         rows.append(f"| SIGKILL {when} | n/a | n/a | {result} |")
         print(rows[-1], flush=True)
-    for kind in FILES:
+    for kind in kinds:
         for how in ("same-size", "truncate"):
             by_verify, by_reader, result = damage_case(
                 reference_dir, root / f"{kind}-{how}".replace(" ", "-"), kind, how, reference
@@ -344,22 +344,83 @@ def cost(root: Path, store_mb: float) -> list[str]:
     ]
 
 
+def table_cost(root: Path, repeats: int) -> list[str]:
+    """The table digests' cost: writing and reading a table (Parquet and CSV) with their SHA-256
+    recorded and checked against the same without, at the sizes a study writes: CPU time of this
+    process (user + sys; wall time is noise on a shared machine), alternating, median of ``repeats``."""
+    import numpy as np
+    import pandas as pd
+
+    from tunnelscope.io import atomic_path, check_digest, read_csv, read_table, write_table
+
+    def plain_write(df, parquet, csv):
+        with atomic_path(parquet) as tmp:
+            df.to_parquet(tmp, index=False, write_page_checksum=True)
+        with atomic_path(csv) as tmp:
+            df.to_csv(tmp, index=False)
+
+    def plain_read(parquet, csv):
+        return pd.read_parquet(parquet, page_checksum_verification=True), pd.read_csv(csv)
+
+    def digest_read(parquet, csv):
+        return read_table(parquet), read_csv(csv)
+
+    rng = np.random.default_rng(0)
+    sizes = {  # what a study writes: a probe's layer table, the aggregate curves, predictions
+        "20 x 10 (a probe table)": pd.DataFrame(rng.random((20, 10)), columns=[f"c{k}" for k in range(10)]),
+        "10,000 x 20 (aggregate curves)": pd.DataFrame(rng.random((10_000, 20)), columns=[f"c{k}" for k in range(20)]),
+        "50,000 x 21 int16 (predictions)": pd.DataFrame(
+            rng.integers(0, 1000, (50_000, 21), dtype=np.int16), columns=[f"c{k}" for k in range(21)]
+        ),
+    }
+    rows = [
+        "| table (rows x columns) | Parquet + CSV bytes | write + read, plain (CPU ms) "
+        "| with digests recorded and checked (CPU ms) | digests' cost (CPU ms) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, df in sizes.items():
+        parquet, csv = root / "t.parquet", root / "t.csv"
+        times = {key: [] for key in ("plain write", "digest write", "plain read", "digest read")}
+        for _ in range(repeats):  # alternating, so load changes hit both alike
+            for key, fn in (("plain write", plain_write), ("digest write", write_table)):
+                start = time.process_time()
+                fn(df, str(parquet), str(csv))
+                times[key].append(time.process_time() - start)
+            for key, fn in (("plain read", plain_read), ("digest read", digest_read)):
+                start = time.process_time()
+                fn(parquet, csv)
+                times[key].append(time.process_time() - start)
+        check_digest(parquet)
+        ms = {key: 1000 * sorted(v)[len(v) // 2] for key, v in times.items()}
+        plain, digest = ms["plain write"] + ms["plain read"], ms["digest write"] + ms["digest read"]
+        size = parquet.stat().st_size + csv.stat().st_size
+        rows.append(f"| {name} | {size:,} | {plain:.1f} | {digest:.1f} | {digest - plain:+.1f} |")
+    return rows
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--kills", type=int, default=12, help="SIGKILLs, spread over the heavy rules (default 12)")
     p.add_argument("--seed", type=int, default=0, help="seed of the kill delays")
+    p.add_argument("--damage", nargs="+", choices=list(FILES), metavar="KIND", help="damage only these file kinds")
     p.add_argument("--cost", type=float, metavar="MB", help="only the checksum cost, on a streamed store of MB")
+    p.add_argument(
+        "--table-cost", type=int, metavar="N", help="only the table digests' cost, median of N writes and reads"
+    )
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_faults.") as tmp:
         root = Path(tmp)
         if args.smoke:
             rows = smoke(root / "smoke")
             title = "Fault matrix, smoke (library readers)"
+        elif args.table_cost:
+            rows = table_cost(root, args.table_cost)
+            title = "Table digests' cost: writes and reads with and without the SHA-256 sidecar"
         elif args.cost:
             rows = cost(root, args.cost)
             title = "Checksum cost: a streamed store's CRC-32 pass against its embed"
         else:
-            rows = matrix(root, args.kills, args.seed)
+            rows = matrix(root, args.kills, args.seed, args.damage or list(FILES))
             title = "Fault matrix: SIGKILLs and damaged files of a one-cell study"
     report(title, rows, args)
 

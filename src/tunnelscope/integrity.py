@@ -2,8 +2,9 @@
 
 Each kind of output carries what proves it unchanged since it was written: a prepared store a
 CRC-32 per chunk of pixels and per index file (store.json), a checkpoint the SHA-256 of its
-weights and facts (safetensors metadata), every Parquet file CRC-32 page checksums, and an
-embeddings directory the CRC-32 of each layer file (checksums.json). A job that reads a file
+weights and facts (safetensors metadata), every Parquet file CRC-32 page checksums, an
+embeddings directory the CRC-32 of each layer file (checksums.json), and every table file
+(Parquet, CSV, LaTeX) its SHA-256 in a sidecar (io.digest_path). A job that reads a file
 checks it first and stops with a ``DamageError``: one line naming the file, ending with the
 commands that rebuild it, the ones ``tunnelscope verify`` prints.
 

@@ -168,10 +168,11 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
     """A Parquet table, its digest and page checksums checked: a damaged one is a
-    ``DamageError`` naming it."""
+    ``DamageError`` naming it. (A list of paths, as a rule's input may be, is read as one.)"""
     from tunnelscope.integrity import damaged, relative
 
-    check_digest(path)
+    for one in [path] if isinstance(path, (str, os.PathLike)) else path:
+        check_digest(one)
     try:
         return pd.read_parquet(path, page_checksum_verification=True)
     except (OSError, pa.ArrowException) as exc:
