@@ -3,9 +3,12 @@
 A one-cell study (the tiny config's cell on toy, OOD set toy-glyphs) is built once to its
 aggregate tables (the reference). Each case starts from a copy of it:
 
-- kill: the outputs of one heavy rule are forced to rebuild and the whole snakemake process group
-  gets SIGKILL at a random point while that rule's job runs (``kill_when``; the test suite kills
-  at a fixed point of a probe job with the same functions);
+- kill: the outputs of one heavy rule and every output made from them are removed (``unbuild``:
+  the state a first run reaches that job in) and the whole snakemake process group gets SIGKILL
+  at a random point while that rule's job runs (``kill_when``; the test suite kills at a fixed
+  point of a probe job with the same functions). Not ``--forcerun`` of the finished study: that
+  leaves the old tables in place, so after ``--unlock`` a plain rerun says "Nothing to be done"
+  and the tables compare equal without anything having been rebuilt;
 - damage: one file of a kind gets 256 bytes inverted (same size) or is cut to half its size, and
   the job that reads it is forced to run (none for the final tables: `tunnelscope verify` then).
 
@@ -167,9 +170,26 @@ def after(delay: float, event: Callable[[], bool]) -> Callable[[], bool]:
     return ready
 
 
+def unbuild(workdir: Path, target: str) -> None:
+    """Remove ``target``, every output made from it on the way to the tables and their digests:
+    the state a first run of the study is in when it reaches ``target``'s job."""
+    from tunnelscope.io import digest_path
+
+    plan = snakemake(workdir, *TABLES, "--forcerun", target, "--dry-run")
+    outputs = re.findall(r"^\s+output: (.*)$", plan.stdout + plan.stderr, re.M)
+    if plan.returncode or not outputs:
+        raise RuntimeError(f"no jobs planned for {target}: {plan.stderr[-2000:]}")
+    for path in (workdir / name for line in outputs for name in line.split(", ")):
+        if path.is_dir():
+            shutil.rmtree(path)
+        path.unlink(missing_ok=True)
+        digest_path(path).unlink(missing_ok=True)
+
+
 def kill_case(reference_dir: Path, workdir: Path, rule: str, rng: random.Random, reference: dict) -> tuple[str, str]:
     shutil.copytree(reference_dir, workdir, symlinks=True)
-    proc = snakemake(workdir, *TABLES, "--forcerun", KILL_RULES[rule], wait=False)
+    unbuild(workdir, KILL_RULES[rule])
+    proc = snakemake(workdir, *TABLES, wait=False)
     delay = rng.uniform(0.5, 8.0)
     killed = kill_when(proc, after(delay, job_started(workdir, rule)))
     first = snakemake(workdir, *TABLES)
