@@ -144,7 +144,7 @@ def test_schema_architectures_match_the_registry(schema):
         ),
         (
             lambda c: c.update(analysis={"comparisons": [{"name": "r", "variable": "resolution", "levels": [32, 96]}]}),
-            "analysis.comparisons[0].levels[1]: 96 is not a resolution of any cell; grid levels: 32, 48",
+            "analysis.comparisons[0].levels[1]: 96 is not a resolution of any cell; grid levels: 32",
         ),
         (
             lambda c: c.update(analysis={"comparisons": [{"name": "r", "variable": "colour"}]}),
@@ -261,7 +261,7 @@ def test_defaults_are_filled(default_config, schema):
 
 
 def test_overrides_change_only_the_matching_cells(default_config, schema):
-    default_config["overrides"] = [{"where": {"resolution": 32, "augmentation": "none"}, "training": {"epochs": 2}}]
+    default_config["overrides"] = [{"where": {"arch": "vggm11", "id_dataset": "shapes"}, "training": {"epochs": 2}}]
     study = Study(default_config, schema)
     changed = [cid for cid, c in study.cells.items() if c.training["epochs"] == 2]
     assert changed == ["vggm11_shapes_r32_none_s0"]
@@ -312,7 +312,7 @@ def test_a_solver_list_gives_each_solver_its_own_settings_and_the_first_drives_t
     )
     assert study.tsne_params(cell)["seed"] == 3 and study.tsne_params(cell)["tsne_seed"] == 9
     assert study.shifted_sets(cell) == ["shapes-noise"]  # the default study's noisy copy of its ID set
-    default_config["overrides"] = [{"where": {"resolution": 48}, "probe": {"solver": ["sklearn", "paper"]}}]
+    default_config["overrides"] = [{"where": {"arch": "vggm17"}, "probe": {"solver": ["sklearn", "paper"]}}]
     with pytest.raises(ConfigError, match="probe.solver: the cells with several solvers must list the same one first"):
         Study(default_config, schema)
 
@@ -330,8 +330,8 @@ def test_probe_params_keep_the_cell_seed_apart_from_the_probe_seed(default_confi
 
 def test_eval_sets_put_the_id_set_first(default_config, schema):
     study = Study(default_config, schema)
-    assert study.eval_sets("vggm11_shapes_r48_none_s0") == [
-        "shapes",
+    assert study.eval_sets("vggm17_shapes-3c_r32_none_s0") == [
+        "shapes-3c",
         "shapes-novel",
         "glyphs",
         "digits",
@@ -403,17 +403,17 @@ def test_overrides_select_lists_of_levels_and_set_probe_settings(default_config,
     default_config["probe"] = {"solver": "paper", "paper": {"epochs": 5}}
     default_config["overrides"] = [
         {
-            "where": {"resolution": [32, 48], "augmentation": "rrc_flip"},
+            "where": {"arch": ["vggm11", "vggm17"], "id_dataset": "shapes-3c"},
             "probe": {"paper": {"lr": 0.5}},
             "training": {"epochs": 2},
         }
     ]
     study = Study(default_config, schema)
     changed = {cid for cid, c in study.cells.items() if c.training["epochs"] == 2}
-    assert changed == {"vggm11_shapes_r32_rrc_flip_s0", "vggm11_shapes_r48_rrc_flip_s0"}
-    params = study.probe_params("vggm11_shapes_r48_rrc_flip_s0", "digits")["paper"]
+    assert changed == {"vggm11_shapes-3c_r32_none_s0", "vggm17_shapes-3c_r32_none_s0"}
+    params = study.probe_params("vggm17_shapes-3c_r32_none_s0", "digits")["paper"]
     assert params["lr"] == 0.5 and params["epochs"] == 5 and params["report"] == "last"  # merged key by key
-    assert study.probe_params("vggm11_shapes_r48_none_s0", "digits")["paper"]["lr"] is None
+    assert study.probe_params("vggm17_shapes_r32_none_s0", "digits")["paper"]["lr"] is None
 
 
 def test_cells_keep_grid_order_and_datasets_their_preprocessing(default_config, schema):
