@@ -136,7 +136,7 @@ def main():
     )
     args = p.parse_args()
     if args.smoke:
-        args.archs, args.images, args.rounds, args.width, args.stream_224 = ["vggm11", "vit-t"], 64, 1, 0.125, 16
+        args.archs, args.images, args.rounds, args.width, args.stream_224 = ["vggm11"], 64, 1, 0.125, 8
     job_device({"deterministic": False})
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(args.images, 32, 32, 3), dtype=np.uint8)
