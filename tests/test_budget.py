@@ -180,3 +180,26 @@ def test_a_model_that_cannot_run_at_the_resolution_is_an_error(tmp_path, capsys)
     code, out, err = _validate(tmp_path, capsys, {**copy.deepcopy(TINY), "model": {}, "grid": grid})
     assert code == 1 and "valid" not in out and err.count("\n") == 1
     assert "cell torchvision-vit_b_16_toy_r32_none_s0: torchvision/vit_b_16 cannot be built or run at 32 px" in err
+
+
+def test_reference_rates_are_scaled_for_what_compute_resolves_to_here(tmp_path, monkeypatch):
+    """Without a run's benchmark files, pretrain and embed rates are the reference machine's
+    float32 NCHW ones times the measured speed-up of the study's compute settings as this CPU
+    resolves them: bf16 only where it has native bf16."""
+    import torch
+
+    study = _study(TINY, tmp_path)
+    budgets = budget.cell_budgets(study)
+    stage_job = next((s, j) for s, j in budgets[0].jobs if s == "pretrain")
+
+    def rate(compute):
+        return budget.calibrate(budgets, tmp_path, compute).of(*stage_job, "vggm11")
+
+    reference = budget.REFERENCE_RATES["pretrain"]
+    assert rate(None) == rate({"precision": "fp32", "channels_last": False}) == reference
+    speedup = budget.REFERENCE_SPEEDUP["pretrain", "cnn", "bf16", True]
+    assert rate({"precision": "bf16", "channels_last": "auto"}) == pytest.approx(reference * speedup)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False})
+    assert rate({"precision": "auto", "channels_last": "auto"}) == reference  # fp32 NHWC: not measured
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    assert rate({"precision": "auto", "channels_last": "auto"}) == pytest.approx(reference * speedup)

@@ -113,7 +113,7 @@ def test_schema_architectures_match_the_registry(schema):
             lambda c: (
                 c["compute"].update(precision="fp8") if "compute" in c else c.update(compute={"precision": "fp8"})
             ),
-            "compute.precision: 'fp8' is not one of fp32, bf16",
+            "compute.precision: 'fp8' is not one of auto, fp32, bf16",
         ),
         (lambda c: c.update(overrides=[{"training": {"epochs": 1}}]), "overrides[0]: 'where' is a required property"),
         (lambda c: c.update(overrides=[{"where": {"colour": "red"}}]), "overrides[0].where: unknown key 'colour'"),

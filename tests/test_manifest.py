@@ -60,10 +60,11 @@ def test_settings_leave_out_what_changes_no_output_and_resolve_paths(tmp_path, m
     monkeypatch.chdir(tmp_path)
     base = settings(TINY)
     for key, value in (
-        ("compute", {"device": "cpu", "channels_last": True, "resident_mb": 1}),
+        ("compute", {"device": "cpu", "resident_mb": 1}),
         ("embed", {"batch_size": 7}),
     ):
         assert settings({**TINY, key: value}) == base, key
+    assert settings({**TINY, "compute": {"channels_last": False}}) != base  # changes a CNN's results
     assert settings({**TINY, "results": "elsewhere"}) == base
     assert settings({**TINY, "training": {**TINY["training"], "epochs": 2}}) != base
     (tmp_path / "data").mkdir()

@@ -113,8 +113,10 @@ def test_auto_precision_is_bf16_only_on_gpus_that_have_it_natively(monkeypatch, 
 
 
 def test_auto_precision_is_fp32_on_a_device_of_unknown_bf16(monkeypatch):
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
     assert matmul_precision("auto", "cpu") == "bf16" and matmul_precision("auto", "meta") == "fp32"
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "avx2": True})
+    assert matmul_precision("auto", "cpu") == "fp32"
 
 
 # --- static check: seeded draws land on the CPU ---------------------------------------------------

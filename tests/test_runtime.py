@@ -434,6 +434,73 @@ def test_gpu_rules_take_one_of_the_gpus_present(tmp_path):
     }
 
 
+# --- compute auto: precision by the device's native bf16, channels_last by the model ---
+
+
+def cpu_with(monkeypatch, **capabilities):
+    """torch.cpu.get_capabilities as on a CPU with exactly these features."""
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+
+
+def gpu_of(monkeypatch, capability):
+    """torch.cuda as on a GPU of ``capability``: bf16 counts as supported below 8.0 only with
+    emulation, as torch answers."""
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation or capability >= (8, 0)
+    )
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+
+
+def test_auto_precision_is_bf16_on_this_cpu_exactly_where_it_reports_native_bf16():
+    capabilities = torch.cpu.get_capabilities()
+    native = bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+    assert runtime.resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "expected"),
+    [
+        ({"avx512_bf16": True, "amx_bf16": False}, "bf16"),  # this machine's AMD EPYC
+        ({"avx512_bf16": False, "amx_bf16": True}, "bf16"),  # a Sapphire Rapids Xeon
+        ({"avx512_f": True, "avx2": True, "avx512_bf16": False}, "fp32"),  # AVX-512 without BF16
+        ({"architecture": "arm64", "bf16": True}, "fp32"),  # not measured: left at fp32
+    ],
+)
+def test_auto_precision_follows_the_cpus_native_bf16(monkeypatch, capabilities, expected):
+    cpu_with(monkeypatch, **capabilities)
+    assert runtime.resolve_precision("auto", "cpu") == expected
+    assert runtime.resolve_precision("fp32", "cpu") == "fp32" and runtime.resolve_precision("bf16", "cpu") == "bf16"
+
+
+@pytest.mark.parametrize(
+    ("capability", "expected"), [((7, 0), "fp32"), ((7, 5), "fp32"), ((8, 0), "bf16"), ((9, 0), "bf16")]
+)
+def test_auto_precision_on_a_gpu_is_the_probes_rule(monkeypatch, capability, expected):
+    gpu_of(monkeypatch, capability)
+    cpu_with(monkeypatch, avx512_bf16=True)  # the host's CPU does not count for a GPU job
+    assert runtime.resolve_precision("auto", "cuda:0") == expected
+    assert runtime.resolve_precision("bf16", "cuda:0") == "bf16"
+
+
+@pytest.mark.parametrize(
+    ("arch", "expected"),
+    [("vggm11", True), ("vggm11-dagger", True), ("resnet18", True), ("vit-t", False), ("mlp3-w32", False)],
+)
+def test_auto_channels_last_is_on_for_convolutional_models(arch, expected):
+    from tunnelscope.models.build import build_model
+
+    model = build_model(arch, 4, 1.0 if arch.startswith("mlp") else 0.125, 32)  # an MLP's width is in its name
+    assert runtime.resolve_channels_last("auto", model) is expected
+    assert runtime.resolve_channels_last(False, model) is False and runtime.resolve_channels_last(True, model) is True
+
+
+def test_compute_settings_outside_their_choices_are_named():
+    with pytest.raises(ValueError, match=r"^compute.precision: 'fp16' is not one of auto, fp32, bf16$"):
+        runtime.resolve_precision("fp16", "cpu")
+    with pytest.raises(ValueError, match=r"^compute.channels_last: 'yes' is not one of auto, true, false$"):
+        runtime.resolve_channels_last("yes", torch.nn.Linear(2, 2))
+
+
 SCHEDULE = """
 workflow.register_resource("gpu", {limit})
 

@@ -360,6 +360,24 @@ def test_best_val_checkpoint_and_lr_scaling(tmp_path):
     assert info["n_train"] == 120 and info["n_fit"] == 96
 
 
+@pytest.mark.parametrize(("bf16_native", "precision"), [(True, "bf16"), (False, "fp32")])
+def test_auto_compute_is_resolved_on_the_cpu_and_recorded(tmp_path, monkeypatch, caplog, bf16_native, precision):
+    """compute auto on a CPU with and without native bf16 (mocked capability): cell.json and the
+    job log say what ran (bf16 autocast or fp32; NHWC for VGGm)."""
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_f": True, "avx512_bf16": bf16_native})
+    params = dict(PARAMS, augmentation="none", compute={"precision": "auto", "channels_last": "auto"})
+    params["training"] = dict(TRAINING, epochs=1, warmup_epochs=0)
+    with caplog.at_level("INFO", logger="tunnelscope.train"):
+        pretrain(
+            params,
+            toy_store(tmp_path, 40),
+            *(tmp_path / f for f in ("c.safetensors", "log.csv", "cell.json", "state.pt")),
+        )
+    info = json.loads((tmp_path / "cell.json").read_text())
+    assert (info["precision"], info["channels_last"]) == (precision, True)
+    assert f"vggm11_toy_r32_none_s0: {precision}, channels_last (NHWC)" in caplog.messages
+
+
 def test_gamma_is_coded_as_the_paper(tmp_path):
     info, _ = _pretrain(tmp_path, epochs=1)
     hundred = count_parameters(build_model("vggm11", 100, 0.125, 32))

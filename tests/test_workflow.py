@@ -12,7 +12,9 @@ import yaml
 from PIL import Image
 
 from conftest import CELLS, EVAL_SETS, REPO, TINY, planned_jobs, snakemake, snakemake_cmd
+from tunnelscope.features.store import read_metadata
 from tunnelscope.figures.captions import TABLES as PAPER_TABLES
+from tunnelscope.runtime import resolve_precision
 
 pytestmark = pytest.mark.integration
 
@@ -27,13 +29,15 @@ def test_all_outputs_exist_and_parse(study):
     assert len(metrics) == len(CELLS) * 3  # one row per OOD set
     assert metrics.ood_retained.between(0, 100).all()
     assert pd.read_csv(out / "aggregate/metrics.csv").shape == metrics.shape
+    auto = {"precision": resolve_precision("auto", "cpu"), "channels_last": True}  # compute auto, VGGm on this CPU
     for cell in CELLS:
         info = json.loads((out / "cells" / cell / "cell.json").read_text())
         assert info["num_layers"] == 10 and info["id_classes"] == 4
+        assert {k: info[k] for k in auto} == auto
         log = pd.read_csv(out / "cells" / cell / "train_log.csv")
         assert log.epoch.tolist() == [1]
         layers = sorted((out / "cells" / cell / "embeddings" / "digits" / "avg2x2").glob("layer_*.parquet"))
-        assert len(layers) == 10
+        assert len(layers) == 10 and {k: read_metadata(layers[0])[k] for k in auto} == auto
         table = pd.read_parquet(layers[0])
         assert {"sample_id", "split", "label", "embedding"} <= set(table.columns)
         assert len(table) == 1797  # every digit image, train and test
@@ -231,6 +235,25 @@ def test_editing_one_cell_reruns_exactly_its_chain(study):
     expected |= {("provenance", ""), ("paper_page", "")}
     expected |= {("paper_table", f"table={t}") for t in PAPER_TABLES}
     assert jobs == expected
+
+
+def test_compute_settings_rerun_what_they_change_and_nothing_else(study):
+    """channels_last changes a CNN's results in the last bits (checked bitwise on a CPU): set
+    from auto to false it reruns every pretrain and embed; the device setting and resident_mb
+    change no result and rerun nothing."""
+    settings = {"channels_last": False, "device": "cpu", "resident_mb": 1}
+    for key, value in settings.items():
+        (study / "tiny.yaml").write_text(yaml.safe_dump(dict(TINY, compute={key: value})))
+        try:
+            jobs = planned_jobs(snakemake(study, "-n"))
+        finally:
+            (study / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+        rules = {rule for rule, _ in jobs}
+        if key == "channels_last":
+            assert {w for rule, w in jobs if rule == "pretrain"} == {f"cell={cell}" for cell in CELLS}
+            assert len([1 for rule, _ in jobs if rule == "embed"]) == len(CELLS) * len(EVAL_SETS)
+        else:
+            assert "pretrain" not in rules and "embed" not in rules, (key, rules)
 
 
 def test_invalid_config_fails_before_any_job_with_one_line(tmp_path):

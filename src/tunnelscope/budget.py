@@ -29,6 +29,16 @@ UNIT = {"prepare": "images", "pretrain": "FLOP", "embed": "FLOP", "probe": "prod
 # jobs side by side): the medians over the 312 jobs of a config/claims.yaml run, prepare timed
 # alone (benchmarks/RESULTS.md, "Budget estimate").
 REFERENCE_RATES = {"prepare": 700.0, "pretrain": 6.1e10, "embed": 3.3e10, "probe": 7.6e7}
+# That run's pretrain and embed jobs were float32 NCHW. What compute auto resolves to on such a CPU
+# (AVX512-BF16) is faster by these factors, per (stage, model family, precision, channels_last):
+# CPU-second ratios of bench_compute.py on the reference machine (VGGm-11 for cnn, ViT-T for vit;
+# CPU seconds rather than images/s: the machine was loaded by other processes, RESULTS.md).
+REFERENCE_SPEEDUP = {
+    ("pretrain", "cnn", "bf16", True): 1.58,
+    ("embed", "cnn", "bf16", True): 1.43,
+    ("pretrain", "vit", "bf16", False): 1.00,
+    ("embed", "vit", "bf16", False): 1.18,
+}
 TRAIN_STEP_FLOPS = 3  # forward + backward (two products per forward one)
 
 
@@ -47,6 +57,8 @@ class Rates:
     by_kind: dict[tuple[str, str], float]
     by_stage: dict[str, float]
     measured: dict[tuple[str, str], float] = field(default_factory=dict)  # (stage, job) -> seconds taken
+    # (stage, arch) -> factor on a stage's reference rate for the compute settings of that arch
+    speedup: dict[tuple[str, str], float] = field(default_factory=dict)
 
     @property
     def jobs(self) -> dict[str, int]:
@@ -54,7 +66,8 @@ class Rates:
         return {stage: sum(s == stage for s, _ in self.measured) for stage in STAGES}
 
     def of(self, stage: str, job: str, arch: str) -> float:
-        return self.by_kind.get((stage, job_kind(stage, job, arch))) or self.by_stage[stage]
+        measured = self.by_kind.get((stage, job_kind(stage, job, arch)))
+        return measured or self.by_stage[stage] * self.speedup.get((stage, arch), 1.0)
 
 
 class BudgetError(ValueError):
@@ -304,9 +317,24 @@ def _benchmark_seconds(path: Path) -> float | None:
     return float(rows[-1]["s"]) if rows else None
 
 
-def calibrate(budgets: list[CellBudget], results: str | Path) -> Rates:
+def reference_speedup(stage: str, arch: str, compute: dict) -> float:
+    """REFERENCE_SPEEDUP of ``arch`` under the ``compute`` settings as a CPU job here resolves
+    them (``auto`` by this machine's bf16 and the architecture's family; 1 where not measured)."""
+    from tunnelscope.registry import arch_facts
+    from tunnelscope.runtime import resolve_precision
+
+    family = (arch_facts(arch) or {}).get("family")
+    channels_last = compute.get("channels_last", "auto")
+    channels_last = family == "cnn" if channels_last == "auto" else channels_last
+    precision = resolve_precision(compute.get("precision", "auto"), "cpu")
+    return REFERENCE_SPEEDUP.get((stage, family, precision, channels_last), 1.0)
+
+
+def calibrate(budgets: list[CellBudget], results: str | Path, compute: dict | None = None) -> Rates:
     """Rates from the benchmark files that a run of this study left under ``results/benchmarks``
-    (one per job, named as the job), as medians over jobs."""
+    (one per job, named as the job), as medians over jobs. A stage without any falls back to the
+    reference machine's rate, scaled for the study's ``compute`` settings (``reference_speedup``;
+    without them, the reference's float32 NCHW)."""
     root = Path(results) / "benchmarks"
     samples, measured = {}, {}
     for budget in budgets:
@@ -317,10 +345,17 @@ def calibrate(budgets: list[CellBudget], results: str | Path) -> Rates:
                 measured[stage, job] = seconds
                 samples.setdefault((stage, job_kind(stage, job, budget.arch)), []).append(units / seconds)
     by_stage = {stage: [r for (s, _), rates in samples.items() if s == stage for r in rates] for stage in STAGES}
+    speedup = {
+        (stage, budget.arch): reference_speedup(stage, budget.arch, compute)
+        for budget in budgets
+        for stage in ("pretrain", "embed")
+        if compute is not None and not by_stage[stage]
+    }
     return Rates(
         by_kind={key: statistics.median(rates) for key, rates in samples.items()},
         by_stage={stage: statistics.median(r) if r else REFERENCE_RATES[stage] for stage, r in by_stage.items()},
         measured=measured,
+        speedup=speedup,
     )
 
 

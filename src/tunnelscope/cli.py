@@ -136,7 +136,7 @@ def _positive_int(text: str) -> int:
 def _print_budget(study: Study, budgets: list, parallel_jobs: int) -> None:
     from tunnelscope import budget
 
-    rates = budget.calibrate(budgets, study.results)
+    rates = budget.calibrate(budgets, study.results, study.config["compute"])
     if budgets:
         print(f"  {'cell':<40} {'eval sets':>9} {'train img-ep':>12} {'TFLOP':>8} {'job-min':>8}")
     backbones = {**study.cells, **study.runs}
@@ -180,7 +180,18 @@ def _print_budget(study: Study, budgets: list, parallel_jobs: int) -> None:
         where = f"the median of {n} jobs in {study.results}/benchmarks" if n else "from the reference machine"
         kinds = sorted(k for s, k in rates.by_kind if s == stage and k)
         per_kind = f" (its own for {', '.join(kinds)})" if kinds else ""
-        print(f"  {stage:<8} {rates.by_stage[stage]:.3g} {budget.UNIT[stage]}/s, {where}{per_kind}")
+        factors = sorted({f"{f:.2f}x for {arch}" for (s, arch), f in rates.speedup.items() if s == stage and f != 1})
+        scaled = f" (float32 NCHW; compute {_compute_here(study)}: {', '.join(factors)})" if factors else ""
+        print(f"  {stage:<8} {rates.by_stage[stage]:.3g} {budget.UNIT[stage]}/s, {where}{per_kind}{scaled}")
+
+
+def _compute_here(study: Study) -> str:
+    """The study's compute precision and channels_last, with what auto resolves to on this CPU."""
+    from tunnelscope.runtime import resolve_precision
+
+    precision, channels_last = (study.config["compute"][k] for k in ("precision", "channels_last"))
+    resolved = f" = {resolve_precision(precision, 'cpu')} here" if precision == "auto" else ""
+    return f"precision {precision}{resolved}, channels_last {channels_last}"
 
 
 def _layers(args) -> int:

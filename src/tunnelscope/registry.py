@@ -151,7 +151,8 @@ SOLVERS = {
 
 # Choices of single settings, by their dotted config key: the code branches on these strings.
 SETTING_CHOICES = {
-    "compute.precision": ("fp32", "bf16"),
+    "compute.precision": ("auto", "fp32", "bf16"),
+    "compute.channels_last": ("auto", True, False),
     "compute.device": ("strict", "auto", "cpu", "cuda"),
     "probe.precision": ("auto", "fp32", "bf16"),
     "probe.paper.report": ("last", "best_test"),

@@ -27,7 +27,6 @@ rule continual_train:
     resources:
         gpu=GPU_PER_JOB,
         device=DEVICE,
-        channels_last=lambda wc: int(STUDY.config["compute"]["channels_last"]),
         resident_mb=lambda wc: STUDY.config["compute"]["resident_mb"],
     params:
         settings=lambda wc: STUDY.continual_train_params(wc.run, wc.network),
@@ -80,7 +79,6 @@ rule continual_finetune:
     resources:
         gpu=GPU_PER_JOB,
         device=DEVICE,
-        channels_last=lambda wc: int(STUDY.config["compute"]["channels_last"]),
         resident_mb=lambda wc: STUDY.config["compute"]["resident_mb"],
     params:
         settings=lambda wc: STUDY.continual_finetune_params(wc.run, wc.network),
@@ -111,7 +109,6 @@ rule continual_evaluate:
     resources:
         gpu=GPU_PER_JOB,
         device=DEVICE,
-        channels_last=lambda wc: int(STUDY.config["compute"]["channels_last"]),
         resident_mb=lambda wc: STUDY.config["compute"]["resident_mb"],
         embed_batch=lambda wc: STUDY.config["embed"]["batch_size"],
     params:

@@ -18,7 +18,6 @@ rule pretrain:
     resources:
         gpu=GPU_PER_JOB,
         device=DEVICE,
-        channels_last=lambda wc: int(STUDY.config["compute"]["channels_last"]),
         # Splits up to this size stay on the device; a speed knob (the same crops either way).
         resident_mb=lambda wc: STUDY.config["compute"]["resident_mb"],
     params:

@@ -19,6 +19,10 @@ with job_logging(snakemake.log[0]) as log:
                 info = json.load(fh)
             cells.append({**info, **training_health(info, read_csv(train_log), snakemake.params.health)})
         table = pd.DataFrame(cells)
+        for setting in ("precision", "channels_last"):  # compute's auto, as each job resolved it
+            if setting in table and table[setting].nunique() > 1:
+                counts = ", ".join(f"{value} in {n}" for value, n in table[setting].value_counts().items())
+                log.warning("compute.%s resolved differently across cells (%s): see cells.csv", setting, counts)
         if not table.trained.all():
             log.warning(
                 "%d of %d cells did not train (see trained, untrained_reason)", (~table.trained).sum(), len(table)

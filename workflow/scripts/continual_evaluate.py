@@ -13,7 +13,6 @@ with job_logging(snakemake.log[0]):
         out_dir=snakemake.output.embeddings,
         batch_size=snakemake.resources.embed_batch,
         threads=snakemake.threads,
-        channels_last=bool(snakemake.resources.channels_last),
         resident_mb=snakemake.resources.resident_mb,
     )
     write_table(table, snakemake.output.evaluation)

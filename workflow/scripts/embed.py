@@ -12,6 +12,5 @@ with job_logging(snakemake.log[0]):
         out_dir=snakemake.output[0],
         batch_size=snakemake.resources.embed_batch,
         threads=snakemake.threads,
-        channels_last=bool(snakemake.resources.channels_last),
         resident_mb=snakemake.resources.resident_mb,
     )

@@ -39,7 +39,6 @@ with job_logging(snakemake.log[0]):
         info_path=out.info,
         state_path=snakemake.params.state,
         threads=snakemake.threads,
-        channels_last=bool(snakemake.resources.channels_last),
         resident_mb=snakemake.resources.resident_mb,
         init_checkpoint=init_checkpoint(snakemake.input),
         **frozen(snakemake.input, params),

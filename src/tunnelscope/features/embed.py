@@ -23,7 +23,7 @@ from tunnelscope.features.extract import embed_batches
 from tunnelscope.features.store import EmbeddingWriter, layer_path, write_checksums
 from tunnelscope.io import atomic_dir, file_sha256
 from tunnelscope.models.build import probe_points
-from tunnelscope.runtime import device_info, job_device
+from tunnelscope.runtime import device_info, job_device, resolve_compute
 from tunnelscope.training.checkpoints import load_backbone
 
 log = logging.getLogger("tunnelscope.embed")
@@ -36,15 +36,27 @@ def embed_eval_set(
     out_dir: str,
     batch_size: int = 256,
     threads: int = 1,
-    channels_last: bool = False,
+    channels_last: bool | str | None = None,
     resident_mb: float = 1024,
 ) -> None:
     """Embed one eval set; ``params`` may narrow it to a class range ``classes`` [first, stop)
-    (labels counted from first) and to ``layers: last``."""
+    (labels counted from first) and to ``layers: last``. Its ``compute`` precision and
+    channels_last (``auto`` when missing; ``channels_last`` given here overrides it) are resolved
+    for the device and model, logged and recorded in every layer file's metadata."""
     torch.set_num_threads(max(1, threads))
     device = job_device(params.get("compute"))  # the job's, set up by its script
     model, meta = load_backbone(checkpoint, device)
-    if channels_last:
+    requested = params.get("compute") or {}
+    if channels_last is not None:
+        requested = {**requested, "channels_last": channels_last}
+    compute = resolve_compute(requested, device, model)
+    log.info(
+        "embed %s: %s, %s",
+        params["eval_set"],
+        compute["precision"],
+        "channels_last (NHWC)" if compute["channels_last"] else "NCHW",
+    )
+    if compute["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     points = probe_points(model, params["side"], params["model"].get("probe_points", "default"))
     num_layers = len(points)
@@ -65,6 +77,7 @@ def embed_eval_set(
         "num_layers": num_layers,
         "checkpoint": checkpoint,
         "checkpoint_sha256": file_sha256(checkpoint),
+        **compute,
         **device_info(device),
     }
     poolings, dtype = params["pooling"], np.dtype(params["dtype"])
@@ -92,7 +105,7 @@ def embed_eval_set(
                 reader.batches(rows[split], batch_size),
                 poolings,
                 dtype,
-                params["compute"]["precision"],
+                compute["precision"],
                 **normalise,
             ):
                 n = len(next(iter(vectors.values())))

@@ -16,6 +16,7 @@ import torch
 
 from tunnelscope.data.splits import stratified_split
 from tunnelscope.probe.failure import ProbeFailure, all_finite, failed_result, nonfinite_count
+from tunnelscope.runtime import native_bf16
 
 # Largest feature dim that gets the eigenbasis preconditioner. Its set-up (second-moment matrix,
 # ~d / 2C L-BFGS iterations' worth, and eigh, d^3) paid off up to 512 dims (CIFAR-10 VGGm layer 7:
@@ -37,23 +38,6 @@ def matmul_precision(requested: str, device: str | torch.device = "cpu") -> str:
     if requested != "auto":
         return requested
     return "bf16" if native_bf16(device) else "fp32"
-
-
-def native_bf16(device: str | torch.device) -> bool:
-    """Whether ``device`` multiplies bfloat16 in hardware: a CUDA GPU of compute capability 8.0
-    or more (torch emulates bf16 on older ones, which its default ``is_bf16_supported()`` counts
-    too), a CPU with AVX512-BF16 or AMX; no other device is assumed to."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        # is_bf16_supported asks the current device (and answers True on ROCm); the capability is this one's.
-        native = torch.cuda.is_bf16_supported(including_emulation=False)
-        return native and torch.cuda.get_device_capability(device) >= (8, 0)
-    if device.type == "cpu":
-        return any(
-            getattr(torch.cpu, name, lambda: False)()
-            for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        )
-    return False
 
 
 def prepare_features(

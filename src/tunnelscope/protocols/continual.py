@@ -173,7 +173,7 @@ def evaluate(
     out_dir: str,
     batch_size: int = 256,
     threads: int = 1,
-    channels_last: bool = False,
+    channels_last: bool | str | None = None,
     resident_mb: float = 1024,
 ) -> pd.DataFrame:
     """One configuration on both tasks: embeddings of every layer (its own task's curve) or of

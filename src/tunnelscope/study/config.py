@@ -858,9 +858,10 @@ class Study:
         )
 
     def _compute(self) -> dict:
-        """Result-affecting compute settings (precision, determinism on a GPU); channels_last and
-        the device setting are not (the device a job used is recorded in its outputs)."""
-        return {k: self.config["compute"][k] for k in ("precision", "deterministic")}
+        """Result-affecting compute settings (precision, channels_last, determinism on a GPU), as
+        written: ``auto`` is resolved by each job, on its device (the DAG is built without torch),
+        and recorded in its outputs. The device setting is not (the device a job used is recorded)."""
+        return {k: self.config["compute"][k] for k in ("precision", "channels_last", "deterministic")}
 
     def probe_params(self, cell: str, eval_set: str, solver: str | None = None) -> dict:
         """Settings of one probe job; ``solver`` one of the cell's solvers (default the first)."""

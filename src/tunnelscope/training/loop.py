@@ -29,7 +29,7 @@ from tunnelscope.registry import (
     IMAGENET_STD,
     cell_id,
 )
-from tunnelscope.runtime import autocast, device_info, job_device
+from tunnelscope.runtime import autocast, device_info, job_device, resolve_compute
 from tunnelscope.training.checkpoints import (
     backbone_info,
     paper_parameter_count,
@@ -180,7 +180,7 @@ def pretrain(
     info_path: str,
     state_path: str,
     threads: int = 1,
-    channels_last: bool = False,
+    channels_last: bool | str | None = None,
     resident_mb: float = 1024,
     init_checkpoint: str | None = None,
     frozen: tuple[str, ...] | list[str] = (),
@@ -192,7 +192,10 @@ def pretrain(
     and fits ``resident_mb``, else streamed batch by batch (``loader.SplitReader``); either way
     the same crops, so results do not depend on it. ``state_path`` holds the full training state
     after every epoch; a rerun with the same params resumes from it (after a crash or a cluster
-    pre-emption) and deletes it at the end. ``training.checkpoint`` picks the weights kept: the
+    pre-emption) and deletes it at the end. ``params['compute']``'s precision and channels_last
+    (``auto`` when missing; ``channels_last`` given here overrides it, for benchmarks) are resolved
+    for the device and model (``runtime.resolve_compute``), logged and recorded in the cell info.
+    ``training.checkpoint`` picks the weights kept: the
     last epoch's, or the best epoch's on the held-out split (best_val) or on the ID test split
     (best_test, the paper's choice).
 
@@ -268,13 +271,16 @@ def pretrain(
             raise RuntimeError(
                 f"cell {cell}: initial weights {init_checkpoint} do not load into {params['arch']} ({exc})"
             ) from exc
-    if channels_last:
+    requested = params["compute"] if channels_last is None else {**params["compute"], "channels_last": channels_last}
+    compute = resolve_compute(requested, device, model)
+    log.info("%s: %s, %s", cell, compute["precision"], "channels_last (NHWC)" if compute["channels_last"] else "NCHW")
+    if compute["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     frozen_modules = _freeze(model, frozen, cell)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError(f"cell {cell}: every parameter is frozen; nothing to train")
-    precision = params["compute"]["precision"]
+    precision = compute["precision"]
     lr = cfg["lr"] * (cfg["batch_size"] / cfg["lr_scaling_batch"] if cfg["lr_scaling_batch"] else 1.0)
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=cfg["weight_decay"])
     mixer = _mixer(cfg, len(range(store.num_classes)[columns]))  # as many classes as logits
@@ -303,10 +309,12 @@ def pretrain(
     history: list[dict] = []
     start_epoch = 0
     best = {"score": -1.0, "epoch": 0, "weights": None}  # the kept epoch under best_val / best_test
-    # A resume state is only valid for the same settings, starting weights and frozen parts.
+    # A resume state is only valid for the same settings (auto resolved the same way: a state
+    # moved to another machine), starting weights and frozen parts.
     fingerprint = _fingerprint(
         {
             **params,
+            "resolved": compute,
             "init": file_sha256(init_checkpoint) if init_checkpoint else None,
             "frozen": sorted(frozen),
             "freeze_norm_stats": freeze_norm_stats,
@@ -423,6 +431,7 @@ def pretrain(
         "final_train_acc": kept["train_acc"],
         "final_val_acc": kept["val_acc"],
         "test_acc": test_acc,
+        **compute,
         **device_info(device),
     }
     if params.get("task") is not None:
