@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _pytest.nodeid import NodeId
 
 from tunnelscope.study.config import load_schema
 
@@ -45,6 +46,7 @@ def _work_group(item) -> str | None:
     return None
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the groups
 def pytest_collection_modifyitems(config, items):
     """Group tests sharing costly fixtures (--dist loadgroup), and start the modules with
     integration tests first, so that the longest runs are not the last ones left on one worker
@@ -52,6 +54,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if group := _work_group(item):
             item.add_marker(pytest.mark.xdist_group(group))
+            if config.getoption("loadgroup", False):
+                # xdist 3.8 puts the group into the node id by setting item._nodeid, which pytest
+                # 9.2 no longer reads (the id is a NodeId in item._id); without this, no groups.
+                item._id = NodeId.parse(f"{item.nodeid}@{group}")
     slow_modules = {item.module for item in items if item.get_closest_marker("integration")}
     items.sort(key=lambda item: item.module not in slow_modules)
 
