@@ -48,17 +48,26 @@ def installed(tmp_path_factory):
     return env_dir
 
 
+def clean_env() -> dict[str, str]:
+    """This environment without a PYTHONPATH (a checkout's src/, or xdist's) or an active venv."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+
+
 def run(env_dir, *args, cwd):
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     return subprocess.run(
-        [env_dir / "bin" / "tunnelscope", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+        [env_dir / "bin" / "tunnelscope", *args], capture_output=True, text=True, cwd=cwd, env=clean_env(), timeout=300
     )
 
 
 def test_the_installed_package_is_the_wheel_not_the_checkout(installed, tmp_path):
     code = "import tunnelscope.study.config as c; print(c.__file__); print(c.SCHEMA_PATH.is_file())"
     out = subprocess.run(
-        [installed / "bin" / "python", "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True
+        [installed / "bin" / "python", "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean_env(),
+        check=True,
     ).stdout.split()
     assert str(installed) in out[0] and out[1] == "True"
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY, snakemake_cmd
+from conftest import CORES, TINY, snakemake_cmd
 from tunnelscope.cli import main
 from tunnelscope.data.store import Store, write_arrays
 from tunnelscope.features.store import read_embeddings, write_checksums, write_embeddings
@@ -231,7 +231,7 @@ TABLES = ["out/aggregate/curves.parquet", "out/aggregate/metrics.parquet"]
 
 def run(workdir, *args, check=True):
     result = subprocess.run(
-        snakemake_cmd(workdir, "--cores", "2", *args), capture_output=True, text=True, timeout=900, cwd=workdir
+        snakemake_cmd(workdir, "--cores", CORES, *args), capture_output=True, text=True, timeout=900, cwd=workdir
     )
     assert not check or result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
