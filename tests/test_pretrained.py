@@ -21,6 +21,7 @@ from tunnelscope.features.store import read_embeddings
 from tunnelscope.models.build import build_model, probe_points
 from tunnelscope.models.weights import load_pretrained, model_preprocessing
 from tunnelscope.registry import parse_transform_tag
+from tunnelscope.runtime import resolve_compute
 from tunnelscope.study.config import ConfigError, Study
 
 ARCH = "timm/test_convnext"
@@ -57,11 +58,25 @@ def test_pretrained_cell_embeds_like_the_in_memory_model(tmp_path):
     store = Store(tmp_path / "out/prepared/toy/r32-bicubic-c0.95")  # test_convnext's own crop_pct
     images = np.concatenate([store.splits[s].array() for s in SPLITS])  # synthetic: stored at 32
     own = model_preprocessing(model, ARCH)
-    expected = embed_images(model, points, images, ["avg2x2"], 256, np.float16, mean=own["mean"], std=own["std"])
+    layer_file = tmp_path / f"out/cells/{CELL}/embeddings/toy/avg2x2/layer_{{:03d}}.parquet"
+    meta = read_embeddings(layer_file.with_name(layer_file.name.format(points[0].index)))[0]
+    ran_with = {key: meta[key] for key in ("precision", "channels_last")}
+    assert ran_with == resolve_compute({}, "cpu", model)  # compute's defaults (auto), as resolved here
+    if ran_with["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    expected = embed_images(
+        model,
+        points,
+        images,
+        ["avg2x2"],
+        256,
+        np.float16,
+        precision=ran_with["precision"],
+        mean=own["mean"],
+        std=own["std"],
+    )
     for point in points:
-        _, got, _, _ = read_embeddings(
-            tmp_path / f"out/cells/{CELL}/embeddings/toy/avg2x2/layer_{point.index:03d}.parquet"
-        )
+        _, got, _, _ = read_embeddings(layer_file.with_name(layer_file.name.format(point.index)))
         np.testing.assert_array_equal(got, expected[(point.index, "avg2x2")].astype(np.float32))
     curves = __import__("pandas").read_csv(tmp_path / "out/aggregate/curves.csv")
     assert len(curves) == 2 * len(points)  # ID and one OOD set, every probe point
