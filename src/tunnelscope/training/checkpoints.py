@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tunnelscope.integrity import damaged, relative
-from tunnelscope.io import atomic_path, write_json
+from tunnelscope.io import atomic_path, write_csv, write_json
 from tunnelscope.models.build import (
     build_model,
     build_python_model,
@@ -155,8 +155,7 @@ def import_pretrained(params: dict, checkpoint: str, train_log: str, info_path: 
             **({"kwargs": spec.get("kwargs", {})} if parse_python_arch(spec["arch"]) else {}),
         },
     )
-    with atomic_path(train_log, digest=True) as tmp:
-        pd.DataFrame(columns=["epoch", "train_loss", "train_acc", "val_acc", "lr", "seconds"]).to_csv(tmp, index=False)
+    write_csv(pd.DataFrame(columns=["epoch", "train_loss", "train_acc", "val_acc", "lr", "seconds"]), train_log)
     write_json(info, info_path)
     log.info(
         "%s: %s with %d parameters, %d probe points", params["arch"], spec["arch"], info["params"], info["num_layers"]

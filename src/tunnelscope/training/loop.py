@@ -21,7 +21,7 @@ from tunnelscope.data.loader import SplitReader, loader_workers
 from tunnelscope.data.splits import epoch_order, stratified_split
 from tunnelscope.data.store import Store
 from tunnelscope.data.transforms import Normaliser
-from tunnelscope.io import atomic_path, file_sha256, write_json
+from tunnelscope.io import atomic_path, file_sha256, write_csv, write_json
 from tunnelscope.models.build import build_model, check_forward_order, probe_points
 from tunnelscope.registry import (
     CELL_VARIABLES,
@@ -441,8 +441,7 @@ def pretrain(
             "trainable_params": sum(p.numel() for p in trainable),
         }
     save_backbone(model, checkpoint, {"params": params, "num_classes": store.num_classes})
-    with atomic_path(train_log, digest=True) as tmp:
-        pd.DataFrame(history).to_csv(tmp, index=False)
+    write_csv(pd.DataFrame(history), train_log)
     write_json(info, info_path)
     state_file.unlink(missing_ok=True)
     log.info("%s done: test accuracy %.3f, %d parameters", cell, test_acc, info["params"])
