@@ -71,10 +71,17 @@ def test_shap_slopes_recover_planted_effects():
 
 
 def test_automatic_comparisons_pair_every_level_pair_on_the_other_variables():
-    tests, _ = analysis.comparisons(analysis.check_table(planted_table()), "auto")
+    tests, _ = analysis.comparisons(analysis.check_table(planted_table()), "auto", unit="row")
     aug = tests[(tests.variable == "augmentation") & (tests.target == "ood_retained")].iloc[0]
     assert aug.n_pairs == 3 * 2 * 4  # resolution x depth x OOD set, one backbone per pair
     assert aug.mean_to > aug.mean_from and aug.significant and aug.magnitude == "large"
+    assert aug.unit == "row" and aug.verdict == "holds"
+    # The same rows as 6 backbone pairs, all up: exact p 2/2^6, times 5 tests of % retained by Holm.
+    assert aug.n_backbone_pairs == 6 and aug.backbone_up == 6 and aug.backbone_p == pytest.approx(0.03125)
+    assert aug.backbone_p_holm == pytest.approx(5 * 0.03125)
+    tests, _ = analysis.comparisons(analysis.check_table(planted_table()), "auto")
+    aug = tests[(tests.variable == "augmentation") & (tests.target == "ood_retained")].iloc[0]
+    assert aug.unit == "backbone" and not aug.significant and aug.verdict == "direction only"
     depth = tests[(tests.variable == "depth") & (tests.target == "ood_retained")].iloc[0]
     assert depth.cliffs_delta < 0 and depth.n_pairs == 2 * 3 * 4
     res = tests[(tests.variable == "resolution") & (tests.target == "ood_retained")]
@@ -176,3 +183,108 @@ def test_analyze_cli_writes_the_four_tables(tmp_path):
         text=True,
     )
     assert bad.returncode == 1 and "missing.csv" in bad.stderr
+
+
+def test_holm_matches_the_step_down_by_hand():
+    # sorted 0.01, 0.02, 0.03, 0.2 -> 4 x 0.01, 3 x 0.02, max(0.06, 2 x 0.03), max(0.06, 0.2); NaN left out
+    adjusted = analysis.holm([0.03, 0.01, np.nan, 0.2, 0.02])
+    np.testing.assert_allclose(adjusted, [0.06, 0.04, np.nan, 0.2, 0.06])
+    assert analysis.holm([0.5, 0.9]).tolist() == [1.0, 1.0]
+
+
+def test_cluster_bootstrap_of_balanced_rows_is_the_bootstrap_of_backbone_means():
+    """Whole backbones resampled: rows of 6 backbones x 8 OOD sets give exactly the interval of
+    the 6 backbone means (same resampled indices), far wider than treating the 48 rows as
+    independent; fewer than MIN_CLUSTERS backbones give none."""
+    rng = np.random.default_rng(1)
+    backbone_means = rng.normal(70, 10, size=6)
+    values = np.repeat(backbone_means, 8) + rng.normal(0, 1, size=48) * np.tile([1, -1], 24)
+    clusters = np.repeat(np.arange(6), 8)
+    exact = analysis.bootstrap_interval(values.reshape(6, 8).mean(axis=1), 500)
+    np.testing.assert_allclose(analysis.cluster_bootstrap_interval(values, clusters, 500), exact)
+    row_low, row_high = analysis.bootstrap_interval(values, 500)
+    assert exact[1] - exact[0] > 2 * (row_high - row_low)
+    assert np.isnan(analysis.cluster_bootstrap_interval(values[:24], clusters[:24], 500)).all()
+
+
+def test_cluster_delta_interval_pools_the_resampled_pairs():
+    rng = np.random.default_rng(2)
+    after, before = rng.normal(1, 1, 40), rng.normal(0, 1, 40)
+    clusters = np.repeat(np.arange(5), 8)
+    low, high = analysis.cluster_delta_interval(after, before, clusters, 500)
+    assert low < analysis.cliffs_delta(after, before) < high
+    # Resampled cluster indices become per-cluster counts (the data itself: each cluster once).
+    counts = analysis._resample_counts(np.arange(5)[None, :], 5)
+    assert counts.tolist() == [[1, 1, 1, 1, 1]]
+
+
+def one_pair_effect_table() -> pd.DataFrame:
+    """Augmentation none -> rrc_flip in 4 backbone pairs over 8 OOD sets; only arch "a" moves
+    (+10 on every OOD set). The other pairs move by +0.5 / -0.4 (b, d) or -0.5 / +0.4 (c) on
+    alternate OOD sets: backbone means +0.05, -0.05, +0.05, rows mostly smaller than a's."""
+    rows = []
+    wobble = {"a": (10.0, 10.0), "b": (0.5, -0.4), "c": (-0.5, 0.4), "d": (0.5, -0.4)}
+    for depth, arch in enumerate("abcd"):
+        for k in range(8):
+            base = 60.0 + 3 * k + depth
+            for aug in ("none", "rrc_flip"):
+                shift = wobble[arch][k % 2] if aug == "rrc_flip" else 0.0
+                rows.append(
+                    {
+                        "arch": arch,
+                        "augmentation": aug,
+                        "ood_set": f"ood{k}",
+                        "family": "cnn",
+                        "stem": 3,
+                        "spatial_reduction": 0.5,
+                        "resolution": 32,
+                        "id_classes": 10,
+                        "gamma": 1.0,
+                        "depth": 11 + depth,
+                        "ood_retained": base + shift,
+                        "pearson": 0.5,
+                        "alignment": 0.1,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_an_effect_in_one_backbone_pair_is_significant_by_rows_only():
+    table = analysis.check_table(one_pair_effect_table())
+    spec = [{"name": "augmentation", "variable": "augmentation"}]
+    tests, means = analysis.comparisons(table, spec)
+    row = tests[tests.target == "ood_retained"].iloc[0]
+    assert row.n_pairs == 32 and row.wilcoxon_p < 0.02  # 32 "independent" rows
+    assert row.n_backbone_pairs == 4 and row.backbone_up == 3 and row.backbone_p > 0.3
+    assert not row.significant and row.verdict == "direction only"
+    assert "4 backbone pairs: a two-sided Wilcoxon p cannot fall below 0.125" in row.note
+    by_rows = analysis.comparisons(table, spec, unit="row")[0].query("target == 'ood_retained'").iloc[0]
+    assert by_rows.significant and by_rows.verdict == "holds"
+    level = means[(means.target == "ood_retained") & (means.level == "rrc_flip")].iloc[0]
+    assert level.n_backbones == 4 and level.cluster_ci_high - level.cluster_ci_low > 0
+
+
+def test_verdict_rule_covers_its_four_outcomes():
+    def row(**kw):
+        base = dict(
+            cliffs_delta=0.4,
+            mean_from=1.0,
+            mean_to=2.0,
+            backbone_p_holm=0.01,
+            wilcoxon_p=0.01,
+            _backbone_shift=5.0,
+            _row_shift=5.0,
+            backbone_up=5,
+            backbone_down=1,
+            pairs_up=5,
+            pairs_down=1,
+            n_backbone_pairs=6,
+            n_pairs=6,
+        )
+        return pd.Series({**base, **kw})
+
+    assert analysis._verdict(row(), True, 0.05) == "holds"
+    assert analysis._verdict(row(_backbone_shift=-5.0), True, 0.05) == "opposite"
+    assert analysis._verdict(row(backbone_p_holm=0.2), True, 0.05) == "direction only"
+    assert analysis._verdict(row(backbone_p_holm=0.2, backbone_up=3, backbone_down=3), True, 0.05) == "not supported"
+    assert analysis._verdict(row(cliffs_delta=0.0, mean_to=1.0), False, 0.05) == "not supported"

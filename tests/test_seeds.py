@@ -167,9 +167,10 @@ def test_pairs_match_on_the_seed_even_when_a_declared_match_leaves_it_out():
         table[table.augmentation == "none"], table[table.augmentation == "rrc_flip"], spec["match"], None
     )
     assert (across.seed_from != across.seed_to).any()  # what the declared match alone would pair
-    tests, _ = analysis.run_comparison(table, spec, 0.05, 200)
+    tests, _ = analysis.run_comparison(table, spec, 0.05, 200, unit="row")
     row = next(t for t in tests if t["target"] == "ood_retained")
     assert row["n_pairs"] == 12 and row["mean_to"] - row["mean_from"] == pytest.approx(1.0)
+    assert row["n_backbone_pairs"] == 1  # one backbone pair, its two seeds averaged
     assert row["cliffs_delta"] > 0 and row["significant"] and row["n_seeds"] == 2
     matched, _ = analysis.pair_rows(
         table[table.augmentation == "none"],

@@ -134,3 +134,35 @@ def test_latex_is_escaped_and_symbols_are_math(tmp_path):
     assert r"(\%)" not in tex.split("caption")[0] and "%" not in tex.replace(
         r"\%", ""
     )  # no bare % comments the rest out
+
+
+def test_effect_sizes_show_both_levels_where_the_analysis_has_them():
+    paired = pd.DataFrame(
+        [
+            {
+                "comparison": "depth",
+                "target": t,
+                "level_from": 11,
+                "level_to": 17,
+                "abs_delta": 0.5,
+                "wilcoxon_p": 0.0001,
+                "n_pairs": 48,
+                "n_backbone_pairs": 6,
+                "backbone_p": 0.03125,
+                "backbone_p_holm": 0.8125,
+                "verdict": "direction only",
+            }
+            for t in ("ood_retained", "pearson", "alignment")
+        ]
+    )
+    csv, latex = tables.effect_sizes(paired)
+    assert csv.columns.tolist()[3:8] == [
+        "% retained |δ|",
+        "% retained p",
+        "% retained p (backbones)",
+        "% retained p (backbones, Holm)",
+        "% retained verdict",
+    ]
+    assert csv.columns.tolist()[-2:] == ["pairs", "backbone pairs"] and csv["backbone pairs"].iloc[0] == 6
+    assert "% retained p (backbones)" not in latex and latex["Pearson p (backbones, Holm)"].iloc[0] == "0.812"
+    assert latex["alignment p"].iloc[0] == "< 0.001" and latex["alignment verdict"].iloc[0] == "direction only"

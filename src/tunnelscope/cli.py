@@ -368,10 +368,16 @@ def _analyze(args) -> int:
         print(f"tunnelscope: {table_path}: {exc}", file=sys.stderr)
         return 1
     fit = results["shap_fit"].set_index("target").r2
-    n = results["paired_tests"].comparison.nunique()
+    paired = results["paired_tests"]
+    n = paired.comparison.nunique()
     print(
         f"wrote {', '.join(f'{k}.csv' for k in results)} to {args.out}; {n} comparisons ({'from ' + config_path if config_path else 'auto'}); in-sample R2: "
         + ", ".join(f"{t} {r:.2f}" for t, r in fit.items())
+    )
+    verdicts = paired.verdict[paired.verdict.fillna("") != ""].value_counts()
+    print(
+        f"verdicts at the {settings['unit']} level (analysis.unit): "
+        + (", ".join(f"{verdict} {count}" for verdict, count in verdicts.items()) or "none")
     )
     return 0
 
@@ -579,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ana.add_argument(
         "--config",
-        help="a study config whose analysis section (comparisons, SHAP slope normalisation, alpha) to use (default: automatic comparisons; config/paper.yaml's for the released table)",
+        help="a study config whose analysis section (comparisons, unit, SHAP slope normalisation, alpha) to use (default: automatic comparisons at the backbone unit; config/paper.yaml's for the released table, at the row unit)",
     )
     ana.add_argument(
         "--schema", default=str(SCHEMA_PATH), help="JSON schema of --config (default: the one shipped with tunnelscope)"

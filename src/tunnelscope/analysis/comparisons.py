@@ -8,6 +8,14 @@ one backbone of each level with all else equal: means, Cliff's delta and the Wil
 signed-rank test) and per-level means with bootstrap 95% intervals, for the comparisons of
 ``analysis.comparisons``. Pairs always match on the seed; with several seeds, level means and
 Cliff's delta also get a t-interval across seeds (``seeds.t_interval``).
+
+Two units of analysis (``analysis.unit``, docs/protocol.md "The unit of analysis"): ``row``, the
+paper's, takes every (backbone pair x OOD set x seed) row as an independent observation;
+``backbone`` takes the backbone pair: each backbone's target is averaged over the pair's OOD sets
+within a seed, then over the seeds (seeds are replicates of one backbone, nested in it), and the
+Wilcoxon and sign tests run on those pairs, Holm-corrected across the comparisons of one target.
+Both are always computed; the unit decides ``significant`` and ``verdict``. Cluster-bootstrap
+intervals resample whole backbones (level means) or backbone pairs (Cliff's delta).
 """
 
 from __future__ import annotations
@@ -51,6 +59,8 @@ COMPARED = (
 # (Masarczyk et al.'s), whose one-hot column exists only in tables that have them, so the paper's
 # own fit is unchanged.
 FAMILIES = ("cnn", "vit", "mlp")
+# The column with_backbones adds; pairs carry it as _backbone_from / _backbone_to.
+BACKBONE = "_backbone"
 CLIFF_BANDS = ((0.474, "large"), (0.33, "medium"), (0.147, "small"))  # below the last: negligible
 DEFAULT_SETTINGS = {
     "comparisons": "auto",
@@ -59,7 +69,14 @@ DEFAULT_SETTINGS = {
     "bootstrap_resamples": 2000,
     "seed_confidence": CONFIDENCE,
     "include_untrained": False,
+    "unit": "backbone",
 }
+UNITS = ("backbone", "row")
+# Fewer clusters give no cluster-bootstrap interval: 3 backbones have only 10 distinct resamples
+# (2 have 3), so a percentile interval over them says little and runs narrow.
+MIN_CLUSTERS = 4
+# The verdict of a paired test, one rule (``verdict``): the unit's test against the rows' direction.
+VERDICTS = ("holds", "direction only", "not supported", "opposite")
 
 
 class TableError(ValueError):
@@ -210,6 +227,80 @@ def bootstrap_interval(values: np.ndarray, n_resamples: int) -> tuple[float, flo
     return mean, mean
 
 
+def _resample_counts(indices: np.ndarray, k: int) -> np.ndarray:
+    """(resamples, k) counts of each cluster in resamples of cluster indices (last axis)."""
+    flat = indices.reshape(-1, indices.shape[-1])
+    offsets = k * np.arange(len(flat))[:, None]
+    counts = np.bincount((flat + offsets).ravel(), minlength=k * len(flat)).reshape(len(flat), k)
+    return counts.reshape(*indices.shape[:-1], k)
+
+
+def _cluster_bootstrap(statistic, k: int, n_resamples: int) -> tuple[float, float]:
+    """Percentile bootstrap 95% interval of ``statistic(counts)`` over resamples of k clusters
+    with replacement (scipy's bootstrap, resampling the cluster indices; counts has the
+    resamples on the leading axes and one column per cluster)."""
+    ci = stats.bootstrap(
+        (np.arange(k),),
+        lambda idx, axis=-1: statistic(_resample_counts(idx, k)),
+        n_resamples=n_resamples,
+        method="percentile",
+        vectorized=True,
+        random_state=0,
+    ).confidence_interval
+    return float(ci.low), float(ci.high)
+
+
+def cluster_bootstrap_interval(values, clusters, n_resamples: int) -> tuple[float, float]:
+    """Percentile bootstrap 95% interval of the mean over rows, resampling whole clusters
+    (backbones) with all their rows: the OOD sets and seeds of one backbone share its training,
+    so its rows are not independent draws. NaN with fewer than ``MIN_CLUSTERS``; the mean itself
+    for 0-spread data."""
+    values = np.asarray(values, dtype=float)
+    codes, uniques = pd.factorize(pd.Series(clusters))
+    k = len(uniques)
+    if k < MIN_CLUSTERS:
+        return float("nan"), float("nan")
+    if np.ptp(values) == 0:
+        mean = float(values.mean()) if len(values) else float("nan")
+        return mean, mean
+    sums = np.bincount(codes, weights=values, minlength=k)
+    sizes = np.bincount(codes, minlength=k).astype(float)
+    return _cluster_bootstrap(lambda w: (w @ sums) / (w @ sizes), k, n_resamples)
+
+
+def cluster_delta_interval(after, before, clusters, n_resamples: int) -> tuple[float, float]:
+    """Percentile bootstrap 95% interval of Cliff's delta(after, before) over paired rows,
+    resampling whole clusters (backbone pairs). Each resample's delta is the pooled one over its
+    rows, from the cluster-by-cluster sums of sign(after - before) (exact, no row copies). NaN
+    with fewer than ``MIN_CLUSTERS`` clusters."""
+    after, before = np.asarray(after, dtype=float), np.asarray(before, dtype=float)
+    codes, uniques = pd.factorize(pd.Series(clusters))
+    k = len(uniques)
+    if k < MIN_CLUSTERS:
+        return float("nan"), float("nan")
+    if np.ptp(np.concatenate([after, before])) == 0:
+        delta = cliffs_delta(after, before)
+        return delta, delta
+    member = np.eye(k)[codes]  # (rows, clusters)
+    signs = member.T @ np.sign(after[:, None] - before[None, :]) @ member  # [c, d]: to rows of c vs from rows of d
+    sizes = member.sum(axis=0)
+    return _cluster_bootstrap(
+        lambda w: np.einsum("...i,ij,...j->...", w, signs, w) / ((w @ sizes) ** 2), k, n_resamples
+    )
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p-values (NaN stays NaN and does not count). The same as
+    statsmodels' multipletests(method="holm"), which is not a dependency: four lines."""
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full_like(p, np.nan)
+    finite = np.flatnonzero(~np.isnan(p))
+    order = finite[np.argsort(p[finite], kind="stable")]
+    steps = p[order] * (len(order) - np.arange(len(order)))
+    adjusted[order] = np.minimum(1.0, np.maximum.accumulate(steps))
+    return adjusted
+
+
 # ---------------------------------------------------------------- comparisons
 
 
@@ -310,6 +401,23 @@ def comparison_match(table: pd.DataFrame, spec: dict) -> list[str]:
     return match
 
 
+def backbone_columns(table: pd.DataFrame) -> list[str]:
+    """What identifies a backbone (a trained network less its seed) in an analysis table: the cell
+    variables but the seed, and the SHAP variables (which identify it where those are absent)."""
+    return [c for c in dict.fromkeys((*CELL_VARIABLES, *VARIABLES)) if c != SEED and c in table.columns]
+
+
+def with_backbones(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with a ``_backbone`` id per row (rows of one backbone share it across OOD sets
+    and seeds); without identifying columns every row is its own backbone."""
+    if BACKBONE in table.columns:
+        return table
+    columns = backbone_columns(table)
+    if not columns:
+        return table.assign(**{BACKBONE: np.arange(len(table))})
+    return table.assign(**{BACKBONE: table.groupby(columns, sort=False, dropna=False).ngroup()})
+
+
 def seed_interval(rows: pd.DataFrame, statistic, confidence: float) -> dict:
     """n_seeds and the t-interval across seeds of ``statistic(rows of one seed)``; NaN bounds
     with fewer than two seeds (or no seed column)."""
@@ -320,13 +428,20 @@ def seed_interval(rows: pd.DataFrame, statistic, confidence: float) -> dict:
 
 
 def run_comparison(
-    table: pd.DataFrame, spec: dict, alpha: float, n_resamples: int, confidence: float = CONFIDENCE
+    table: pd.DataFrame,
+    spec: dict,
+    alpha: float,
+    n_resamples: int,
+    confidence: float = CONFIDENCE,
+    unit: str = "backbone",
 ) -> tuple[list[dict], list[dict]]:
-    """(paired test rows, level mean rows) of one comparison."""
+    """(paired test rows, level mean rows) of one comparison; ``significant`` and ``verdict`` at
+    ``unit``, Holm over this comparison's tests of a target (``comparisons`` redoes it over all)."""
     name, variable = spec["name"], spec["variable"]
     head = {"comparison": name, "variable": variable}
     if variable not in table.columns:
         return [{**head, "target": t, "note": f"not estimable: no column {variable}"} for t in TARGETS], []
+    table = with_backbones(table)
     rows = select(table, spec.get("where", {}))
     present = present_levels(rows[variable])
     if spec.get("levels"):
@@ -337,9 +452,11 @@ def run_comparison(
     for level in levels:
         group = rows[level_mask(rows[variable], level)]
         for target in TARGETS:
-            values = group[target].dropna().to_numpy(dtype=float)
+            present = group.dropna(subset=[target])
+            values = present[target].to_numpy(dtype=float)
             low, high = bootstrap_interval(values, n_resamples)
-            seeds = seed_interval(group.dropna(subset=[target]), lambda g: g[target].mean(), confidence)
+            cluster_low, cluster_high = cluster_bootstrap_interval(values, present[BACKBONE], n_resamples)
+            seeds = seed_interval(present, lambda g: g[target].mean(), confidence)
             means.append(
                 {
                     **head,
@@ -349,6 +466,9 @@ def run_comparison(
                     "mean": float(values.mean()) if len(values) else float("nan"),
                     "ci_low": low,
                     "ci_high": high,
+                    "n_backbones": int(present[BACKBONE].nunique()),
+                    "cluster_ci_low": cluster_low,
+                    "cluster_ci_high": cluster_high,
                     "n_seeds": seeds["n_seeds"],
                     "seed_ci_low": seeds["ci_low"],
                     "seed_ci_high": seeds["ci_high"],
@@ -369,7 +489,10 @@ def run_comparison(
             else ""
         )
         for target in TARGETS:
-            pair = matched[[f"{target}_from", f"{target}_to"] + ([SEED] if SEED in matched.columns else [])].dropna()
+            pair = matched[
+                [f"{target}_from", f"{target}_to", f"{BACKBONE}_from", f"{BACKBONE}_to"]
+                + ([SEED] if SEED in matched.columns else [])
+            ].dropna()
             row = {
                 **head,
                 "target": target,
@@ -378,8 +501,10 @@ def run_comparison(
                 "n_from": int(a[target].notna().sum()),
                 "n_to": int(b[target].notna().sum()),
             }
-            tests.append(_compare(row, pair, a[target].dropna(), b[target].dropna(), alpha, note, confidence))
-    return tests, means
+            tests.append(
+                _compare(row, pair, a[target].dropna(), b[target].dropna(), alpha, note, confidence, n_resamples)
+            )
+    return judge(pd.DataFrame(tests), alpha, unit).to_dict("records"), means
 
 
 def _compare(
@@ -390,10 +515,12 @@ def _compare(
     alpha: float,
     note: str,
     confidence: float = CONFIDENCE,
+    n_resamples: int = 2000,
 ) -> dict:
     """Means, Cliff's delta and the Wilcoxon test over the matched pairs, so all three compare
-    like with like (and the t-interval across seeds of the delta within each seed's pairs);
-    without pairs, means and delta over all rows of the two levels, no test."""
+    like with like (and the t-interval across seeds of the delta within each seed's pairs), and
+    the same at the backbone level (``backbone_level``); without pairs, means and delta over all
+    rows of the two levels, no test."""
     target = row["target"]
     row = {**row, "n_pairs": len(pair)}
     if len(pair):
@@ -417,16 +544,111 @@ def _compare(
     )
     x, y = after.to_numpy(), before.to_numpy()
     p = 1.0 if np.allclose(x - y, 0) else float(stats.wilcoxon(x, y).pvalue)
-    return {**row, "wilcoxon_p": p, "significant": bool(p < alpha), "note": note}
+    row.update(
+        wilcoxon_p=p, pairs_up=int((x > y).sum()), pairs_down=int((x < y).sum()), _row_shift=_signed_rank_sum(x - y)
+    )
+    clusters = pair[f"{BACKBONE}_from"].astype(str) + " " + pair[f"{BACKBONE}_to"].astype(str)
+    low, high = cluster_delta_interval(x, y, clusters, n_resamples)
+    row.update(delta_cluster_low=low, delta_cluster_high=high, **backbone_level(pair, target))
+    if row["n_backbone_pairs"] and 2.0 / 2 ** row["n_backbone_pairs"] >= alpha:
+        floor = f"{row['n_backbone_pairs']} backbone pairs: a two-sided Wilcoxon p cannot fall below {2.0 / 2 ** row['n_backbone_pairs']:.3g}"
+        note = f"{note}; {floor}" if note else floor
+    return {**row, "note": note}
+
+
+def backbone_pairs(pair: pd.DataFrame, target: str) -> pd.DataFrame:
+    """One row per backbone pair (``_backbone_from``, ``_backbone_to``): the target of each side
+    averaged over the pair's matched OOD sets within a seed, then over the seeds. Seeds are
+    averaged, not paired as units of their own: they replicate one backbone pair, so counting
+    each would overstate the independent pairs as counting OOD sets does."""
+    keys = [f"{BACKBONE}_from", f"{BACKBONE}_to"]
+    columns = [f"{target}_from", f"{target}_to"]
+    within = pair.groupby(keys + ([SEED] if SEED in pair.columns else []), sort=False)[columns].mean()
+    return within.groupby(level=keys, sort=False).mean()
+
+
+def backbone_level(pair: pd.DataFrame, target: str) -> dict:
+    """Over the backbone pairs of ``pair``: their count, means of each side, how many move up
+    and down, the two-sided Wilcoxon signed-rank p (exact for small n; 1 when no pair moves)
+    and the sign test's (exact binomial of up against down)."""
+    means = backbone_pairs(pair, target)
+    before, after = means[f"{target}_from"].to_numpy(), means[f"{target}_to"].to_numpy()
+    diff = after - before
+    up, down = int((diff > 0).sum()), int((diff < 0).sum())
+    moved = not np.allclose(diff, 0)
+    return {
+        "n_backbone_pairs": len(means),
+        "backbone_mean_from": float(before.mean()) if len(means) else float("nan"),
+        "backbone_mean_to": float(after.mean()) if len(means) else float("nan"),
+        "backbone_up": up,
+        "backbone_down": down,
+        "backbone_p": float(stats.wilcoxon(diff).pvalue) if moved else 1.0,
+        "backbone_sign_p": float(stats.binomtest(up, up + down).pvalue) if up + down else 1.0,
+        "_backbone_shift": _signed_rank_sum(diff) if moved else 0.0,
+    }
+
+
+def _signed_rank_sum(diff: np.ndarray) -> float:
+    """W+ - W- of the Wilcoxon signed-rank test (zeros dropped): the direction its p is about."""
+    diff = diff[diff != 0]
+    return float((np.sign(diff) * stats.rankdata(np.abs(diff))).sum())
+
+
+def judge(tests: pd.DataFrame, alpha: float, unit: str) -> pd.DataFrame:
+    """``backbone_p_holm`` (Holm over the tests of each target), ``unit``, ``significant`` and
+    ``verdict`` of paired test rows.
+
+    The verdict rule, at the unit (backbone: Holm-adjusted backbone p and backbone pairs; row:
+    the uncorrected row p and row pairs, as the paper tests). The reference direction is that of
+    the rows' Cliff's delta (its mean difference where delta is 0): what a table of row-level
+    effects reports. "holds": p < alpha in the reference direction; "opposite": p < alpha the
+    other way; "direction only": not significant, but more than half of the pairs move the
+    reference way; "not supported": otherwise (and wherever the rows show no direction)."""
+    if tests.empty or "backbone_p" not in tests.columns:
+        return tests.assign(unit=unit)
+    tests = tests.copy()
+    tests["backbone_p_holm"] = np.nan
+    for _, index in tests.groupby("target", sort=False).groups.items():
+        tests.loc[index, "backbone_p_holm"] = holm(tests.loc[index, "backbone_p"])
+    at_backbone = unit == "backbone"
+    p = tests.backbone_p_holm if at_backbone else tests.wilcoxon_p
+    tests["unit"] = unit
+    tests["significant"] = (p < alpha).where(p.notna())
+    tests["verdict"] = [_verdict(row, at_backbone, alpha) for _, row in tests.iterrows()]
+    return tests
+
+
+def _verdict(row: pd.Series, at_backbone: bool, alpha: float) -> str:
+    p = row.backbone_p_holm if at_backbone else row.wilcoxon_p
+    if pd.isna(p):
+        return ""
+    reference = np.sign(row.cliffs_delta) or np.sign(row.mean_to - row.mean_from)
+    if reference == 0:
+        return "not supported"
+    shift = row["_backbone_shift"] if at_backbone else row["_row_shift"]
+    up, down = (row.backbone_up, row.backbone_down) if at_backbone else (row.pairs_up, row.pairs_down)
+    n = row.n_backbone_pairs if at_backbone else row.n_pairs
+    if p < alpha:
+        return "holds" if np.sign(shift) == reference else "opposite"
+    return "direction only" if (up if reference > 0 else down) > n / 2 else "not supported"
 
 
 def comparisons(
-    table: pd.DataFrame, specs, alpha: float = 0.05, n_resamples: int = 2000, confidence: float = CONFIDENCE
+    table: pd.DataFrame,
+    specs,
+    alpha: float = 0.05,
+    n_resamples: int = 2000,
+    confidence: float = CONFIDENCE,
+    unit: str = "backbone",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(paired tests, level means) of every comparison; ``specs`` "auto" or a list."""
+    """(paired tests, level means) of every comparison; ``specs`` "auto" or a list; Holm's
+    correction over all of them per target, ``significant`` and ``verdict`` at ``unit``."""
+    if unit not in UNITS:
+        raise ValueError(f"analysis.unit must be one of {', '.join(UNITS)}, not {unit!r}")
     tests, means = [], []
+    table = with_backbones(table)
     for spec in auto_comparisons(table) if specs == "auto" else specs:
-        t, m = run_comparison(table, spec, alpha, n_resamples, confidence)
+        t, m = run_comparison(table, spec, alpha, n_resamples, confidence, unit)
         tests += t
         means += m
     columns = [
@@ -448,6 +670,20 @@ def comparisons(
         "n_seeds",
         "delta_ci_low",
         "delta_ci_high",
+        "pairs_up",
+        "pairs_down",
+        "delta_cluster_low",
+        "delta_cluster_high",
+        "n_backbone_pairs",
+        "backbone_mean_from",
+        "backbone_mean_to",
+        "backbone_up",
+        "backbone_down",
+        "backbone_p",
+        "backbone_sign_p",
+        "backbone_p_holm",
+        "unit",
+        "verdict",
         "note",
     ]
     mean_columns = [
@@ -459,11 +695,15 @@ def comparisons(
         "mean",
         "ci_low",
         "ci_high",
+        "n_backbones",
+        "cluster_ci_low",
+        "cluster_ci_high",
         "n_seeds",
         "seed_ci_low",
         "seed_ci_high",
     ]
-    return pd.DataFrame(tests).reindex(columns=columns), pd.DataFrame(means).reindex(columns=mean_columns)
+    judged = judge(pd.DataFrame(tests), alpha, unit)
+    return judged.reindex(columns=columns), pd.DataFrame(means).reindex(columns=mean_columns)
 
 
 def analyze(table: pd.DataFrame, out_dir: str | Path, settings: dict | None = None) -> dict[str, pd.DataFrame]:
@@ -481,7 +721,12 @@ def analyze(table: pd.DataFrame, out_dir: str | Path, settings: dict | None = No
     table = check_table(table)
     slopes, fit = shap_slopes(table, settings["shap_slope_normalisation"])
     paired, means = comparisons(
-        table, settings["comparisons"], settings["alpha"], settings["bootstrap_resamples"], settings["seed_confidence"]
+        table,
+        settings["comparisons"],
+        settings["alpha"],
+        settings["bootstrap_resamples"],
+        settings["seed_confidence"],
+        settings["unit"],
     )
     results = {"shap_slopes": slopes, "shap_fit": fit, "paired_tests": paired, "level_means": means}
     out = Path(out_dir)

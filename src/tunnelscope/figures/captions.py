@@ -35,7 +35,10 @@ TABLES = {
         "Tables 1 and 13",
         "Per comparison and level pair, over the matched pairs (one backbone of each level, all else equal): "
         "the magnitude of Cliff's delta between the two levels' values and the Wilcoxon signed-rank p-value, for % OOD retained, "
-        "Pearson correlation and ID/OOD alignment.",
+        "Pearson correlation and ID/OOD alignment; p over the (backbone pair x OOD set x seed) rows as the paper tests, and "
+        "over the backbone pairs (each side averaged over the OOD sets, then the seeds) with Holm's correction across the "
+        "comparisons of a target. Verdict at analysis.unit: holds (p < alpha the rows' way), opposite (p < alpha the other "
+        "way), direction only (not significant, most pairs the rows' way), not supported.",
     ),
 }
 

@@ -135,18 +135,26 @@ def level_means(means: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return csv.round(4), latex
 
 
+# Columns of Tables 1 and 13 per target at the backbone level (analysis.comparisons'
+# backbone_level and judge), where the paired tests have them; the raw backbone p stays in the CSV.
+BACKBONE_COLUMNS = {"backbone_p": "p (backbones)", "backbone_p_holm": "p (backbones, Holm)", "verdict": "verdict"}
+
+
 def effect_sizes(paired: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(CSV, LaTeX) of Tables 1 and 13: |delta| and p per comparison, level pair and target. With
-    several seeds, |delta| gets the t-interval of the per-seed delta, signed so that positive
-    is the direction of the pooled delta (an interval reaching below 0: seeds disagree)."""
+    """(CSV, LaTeX) of Tables 1 and 13: |delta| and p per comparison, level pair and target, at
+    both levels: the row pairs' Wilcoxon p, and (where the analysis has them) the backbone pairs'
+    p, raw and Holm-adjusted, and the verdict at the analysis unit. With several seeds, |delta|
+    gets the t-interval of the per-seed delta, signed so that positive is the direction of the
+    pooled delta (an interval reaching below 0: seeds disagree)."""
     tests = paired.dropna(subset=["level_from"]).assign(
         level_from=lambda t: t.level_from.map(_level), level_to=lambda t: t.level_to.map(_level)
     )
     with_ci = "n_seeds" in tests.columns and bool(tests.n_seeds.max() > 1)
+    backbone = [c for c in BACKBONE_COLUMNS if c in tests.columns]
+    counts = {"n_pairs": "pairs", "n_seeds": "seeds", "n_backbone_pairs": "backbone pairs"}
     keys = ["comparison", "level_from", "level_to"]
-    wide = tests[tests.target == "ood_retained"][keys + ["n_pairs"] + (["n_seeds"] if with_ci else [])].rename(
-        columns={"n_pairs": "pairs", "n_seeds": "seeds"}
-    )
+    count_columns = ["n_pairs"] + (["n_backbone_pairs"] if backbone else []) + (["n_seeds"] if with_ci else [])
+    wide = tests[tests.target == "ood_retained"][keys + count_columns].rename(columns=counts)
     for target, label in TARGET_NAMES.items():
         part = tests[tests.target == target]
         columns = {f"{label} |δ|": part.abs_delta}
@@ -154,13 +162,16 @@ def effect_sizes(paired: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
             sign = np.where(part.cliffs_delta < 0, -1.0, 1.0)
             low, high = sign * part.delta_ci_low, sign * part.delta_ci_high
             columns |= {f"{label} |δ| ci_low": np.minimum(low, high), f"{label} |δ| ci_high": np.maximum(low, high)}
-        wide = wide.merge(part[keys].assign(**columns, **{f"{label} p": part.wilcoxon_p}), on=keys, how="left")
-    wide = wide[[c for c in wide.columns if c not in ("pairs", "seeds")] + ["pairs"] + (["seeds"] if with_ci else [])]
-    latex = wide[[c for c in wide.columns if not c.endswith(CI)]].copy()
+        columns[f"{label} p"] = part.wilcoxon_p
+        columns |= {f"{label} {BACKBONE_COLUMNS[c]}": part[c] for c in backbone}
+        wide = wide.merge(part[keys].assign(**columns), on=keys, how="left")
+    tail = [counts[c] for c in count_columns]
+    wide = wide[[c for c in wide.columns if c not in tail] + tail]
+    latex = wide[[c for c in wide.columns if not c.endswith(CI) and not c.endswith(" p (backbones)")]].copy()
     for col in latex.columns:
         if col.endswith("|δ|"):
             latex[col] = [_fmt_ci(row, col, 3, with_ci, brackets=True) for _, row in wide.iterrows()]
-        elif col.endswith(" p"):
+        elif col.endswith((" p", " Holm)")):
             latex[col] = latex[col].map(_fmt_p)
     return wide.round(4), latex.rename(columns={"level_from": "from", "level_to": "to"})
 
