@@ -119,9 +119,9 @@ FIGURES = {
         "weak [90, 95), medium [80, 90), strong < 80 (the paper found 4 / 8 / 13 / 39 of 64)."
     ),
     "layer_stats": (
-        "Representation statistics of the ID test embeddings per probed layer: numerical rank, RankMe, NC1 (within- over "
-        "between-class scatter) and linear CKA to the last probed layer. Tunnel layers show falling rank and NC1 and CKA "
-        "close to 1. With several seeds per backbone, one line per backbone (the seed mean) shaded with the {confidence} "
+        "Representation statistics of the ID test embeddings per probed layer: numerical rank (exact), RankMe (Garrido et "
+        "al.'s convention), NC1 (within- over between-class scatter) and linear CKA (biased) to the last probed layer. "
+        "Tunnel layers show falling rank and NC1 and CKA close to 1. With several seeds per backbone, one line per backbone (the seed mean) shaded with the {confidence} "
         "t-interval across seeds (on the NC1 log axis a band reaching 0 is cut at a tenth of the line's smallest value)."
     ),
     "best_layers": (
