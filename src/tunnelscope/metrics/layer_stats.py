@@ -20,9 +20,10 @@ def centred_spectrum(x: np.ndarray) -> np.ndarray:
     """Squared singular values of the centred rows, largest first: (n - 1) x the eigenvalues of the
     feature covariance. Exact, from the eigenvalues of the smaller Gram matrix (d x d, or n x n
     when d > n: the same non-zero eigenvalues): O(n d min(n, d)) time for the product plus
-    O(min(n, d)^3) for ``eigvalsh``, O(min(n, d)^2) memory; cheaper than the SVD of the rows
-    (benchmarks/RESULTS.md). Squaring costs resolution only below ratios of about n x 1e-16 to the
-    largest eigenvalue, far under any rank_tol."""
+    O(min(n, d)^3) for ``eigvalsh``, O(min(n, d)^2) memory: 0.8 CPU s on a 2,000 x 2,048 layer,
+    against 3.0 for the random projection it replaced (benchmarks/RESULTS.md). Squaring costs
+    resolution only below ratios of about n x 1e-16 to the largest eigenvalue, far under any
+    rank_tol (the schema's minimum is 1e-10)."""
     x = np.asarray(x, dtype=np.float64)
     x = x - x.mean(0)
     gram = x.T @ x if x.shape[1] <= x.shape[0] else x @ x.T
