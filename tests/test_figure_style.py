@@ -169,3 +169,27 @@ def test_strength_classes_darken_in_order(drawn):
     assert lightness == sorted(lightness, reverse=True)  # negligible lightest, strong darkest
     ticks = ax.get_yticks()
     assert np.array_equal(ticks, np.round(ticks))
+
+
+def test_curves_by_variable_averages_curves_of_different_depths_on_one_grid(drawn):
+    """A 10-point curve rising with depth and a 16-point one falling: on the union of their depths
+    the mean would jump between the two at every other point; on one grid it is their mean."""
+    rising = curves(["vggm11"], layers=10).assign(test_acc=lambda t: 0.5 + 0.5 * t.relative_depth)
+    falling = curves(["resnet18"], layers=16).assign(test_acc=lambda t: 1.0 - 0.5 * t.relative_depth)
+    both = pd.concat([rising, falling])
+    both = pd.concat([both, both.assign(augmentation="none", test_acc=lambda t: 0.9 * t.test_acc)])
+    metrics = (
+        both[list(paper.CELL_COLUMNS)]
+        .drop_duplicates()
+        .assign(depth=lambda t: t.arch.map({"vggm11": 11, "resnet18": 18}), stem=3, spatial_reduction=0.5)
+        .assign(family="cnn", resolution=224, id_classes=100, gamma=1.0)
+    )
+    assert paper.curves_by_variable(both, metrics, "v.png", "v.pdf") == ["augmentation", "depth"]
+    grid = np.linspace(0.1, 1.0, 16)  # from the 10-point curve's first depth, as many points as the longer
+    expected = ((0.5 + 0.5 * grid) + (1.0 - 0.5 * grid) / (1.0 - 0.5 / 16)) / 2  # each curve over its own max
+    lines = [line for line in drawn[-1].axes[0].lines if len(line.get_xdata()) > 1]
+    assert len(lines) == 2  # one per augmentation level, each the mean of both backbones
+    for line in lines:
+        assert np.allclose(line.get_xdata(), grid) and np.allclose(line.get_ydata(), expected)
+    same_depth = curves(LONG[:2], layers=12)
+    assert np.allclose(paper.depth_grid(same_depth), np.arange(1, 13) / 12)  # shared depths stay as they are

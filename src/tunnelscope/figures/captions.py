@@ -107,9 +107,11 @@ FIGURES = {
     ),
     "curves_by_variable": (
         "How each training variable shapes the tunnel: the mean normalised OOD probe curve over relative depth, one line "
-        "per level of every variable that varies in this grid (shading ±1 SD over cells and OOD sets; with several seeds "
-        "per backbone, the {confidence} t-interval across the seeds' level curves). A curve that peaks early and falls is "
-        "a tunnel; one that keeps rising is not."
+        "per level of every variable that varies in this grid, each curve first interpolated onto one relative-depth grid "
+        "(from the deepest first probe point to 1, as many points as the longest curve) so that backbones of different "
+        "depths are averaged at the same depths (shading ±1 SD over cells and OOD sets; with several seeds per backbone, "
+        "the {confidence} t-interval across the seeds' level curves). A curve that peaks early and falls is a tunnel; one "
+        "that keeps rising is not."
     ),
     "shap_slopes": (
         "SHAP slopes per variable and target (% OOD retained / 100, Pearson ρ, ID/OOD alignment; docs/protocol.md): a "
@@ -122,10 +124,11 @@ FIGURES = {
         "weak [90, 95), medium [80, 90), strong < 80 (the paper found 4 / 8 / 13 / 39 of 64)."
     ),
     "layer_stats": (
-        "Representation statistics of the ID test embeddings per probed layer: numerical rank, RankMe, NC1 (within- over "
-        "between-class scatter) and linear CKA to the last probed layer. Tunnel layers show falling rank and NC1 and CKA "
-        "close to 1. With several seeds per backbone, one line per backbone (the seed mean) shaded with the {confidence} "
-        "t-interval across seeds (on the NC1 log axis a band reaching 0 is cut at a tenth of the line's smallest value)."
+        "Representation statistics of the ID test embeddings per probed layer: numerical rank (exact), RankMe (Garrido et "
+        "al.'s convention), NC1 (within- over between-class scatter) and linear CKA (biased) to the last probed layer. "
+        "Tunnel layers show falling rank and NC1 and CKA close to 1. With several seeds per backbone, one line per "
+        "backbone (the seed mean) shaded with the {confidence} t-interval across seeds (on the NC1 log axis a band "
+        "reaching 0 is cut at a tenth of the line's smallest value)."
     ),
     "best_layers": (
         "OOD linear-probe test accuracy per probed layer of every backbone and OOD set, shaded with its Wilson interval "

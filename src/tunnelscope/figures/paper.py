@@ -12,6 +12,7 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from tunnelscope.analysis.comparisons import VARIABLES, present_levels
@@ -56,19 +57,44 @@ PACKAGES = [
 ]
 
 
+CURVE = CELL_COLUMNS + ["eval_set"]  # one probe curve
+
+
+def depth_grid(curves: pd.DataFrame) -> np.ndarray:
+    """One relative-depth grid for curves of different depths: from the deepest of their first
+    points (so that every curve covers all of it, no extrapolation) to 1, with as many points as
+    the longest curve. Curves that share one depth L get their own points, layer / L."""
+    per_curve = curves.groupby(CURVE).relative_depth
+    return np.linspace(per_curve.min().max(), 1.0, per_curve.size().max())
+
+
+def on_depth_grid(curves: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Each curve's ``column`` linearly interpolated at ``depth_grid(curves)``, one row per curve
+    and grid point: averages over backbones with 10 and 16 probe points then take every curve at
+    the same depths. A curve's NaN layers (failed probes) are left out of its interpolation."""
+    grid = depth_grid(curves)
+    rows = []
+    for key, curve in curves.groupby(CURVE, sort=False):
+        known = curve[curve[column].notna()].sort_values("relative_depth")
+        values = np.interp(grid, known.relative_depth, known[column]) if len(known) else np.full(len(grid), np.nan)
+        rows.append(pd.DataFrame({**dict(zip(CURVE, key)), "relative_depth": grid, column: values}))
+    return pd.concat(rows, ignore_index=True)
+
+
 def _normalised_ood(curves: pd.DataFrame) -> pd.DataFrame:
-    """Per (cell, OOD set): normalised OOD accuracy over relative depth."""
+    """Per (cell, OOD set): normalised OOD accuracy on the common relative-depth grid."""
     ood = curves[curves.role == "ood"].copy()
-    ood["normalised"] = ood.groupby(CELL_COLUMNS + ["eval_set"]).test_acc.transform(lambda c: normalise(c.to_numpy()))
-    return ood
+    ood["normalised"] = ood.groupby(CURVE).test_acc.transform(lambda c: normalise(c.to_numpy()))
+    return on_depth_grid(ood, "normalised")
 
 
 def curves_by_variable(
     curves: pd.DataFrame, metrics: pd.DataFrame, png: str, pdf: str, confidence: float = CONFIDENCE
 ) -> list[str]:
-    """One panel per variable with at least two levels: mean normalised OOD curve per level,
-    shaded ±1 SD over cells and OOD sets, or with several seeds per backbone the t-interval
-    across the seeds' level curves."""
+    """One panel per variable with at least two levels: mean normalised OOD curve per level, the
+    curves first interpolated onto one relative-depth grid (``on_depth_grid``), shaded ±1 SD over
+    cells and OOD sets, or with several seeds per backbone the t-interval across the seeds' level
+    curves."""
     apply_style()
     ood = _normalised_ood(curves).merge(
         metrics[CELL_COLUMNS + [v for v in VARIABLES if v not in CELL_COLUMNS]].drop_duplicates(CELL_COLUMNS),

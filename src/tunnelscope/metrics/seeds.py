@@ -112,7 +112,7 @@ SUMMARIES = {
         ["eval_set", "role", "pooling", "solver", "layer", "layer_name", "relative_depth", "dim", "n_classes"],
         ["test_acc", "train_acc", "val_acc"],
     ),
-    "layer_stats": (["layer"], ["numerical_rank", "rankme", "nc1", "cka_to_last"]),
+    "layer_stats": (["layer"], ["numerical_rank", "rankme", "rankme_cov", "nc1", "cka_to_last"]),
 }
 
 
