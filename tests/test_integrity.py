@@ -341,7 +341,7 @@ def test_a_run_killed_inside_a_probe_job_recovers_bitwise_by_following_the_print
     probe = f"out/cells/{CELL}/probes/lbfgs/toy-glyphs.parquet"  # the cheaper of the cell's two probes
     bench_faults.unbuild(workdir, probe)
     assert not any((workdir / t).exists() for t in [probe, *TABLES])
-    log = workdir / "logs" / "probe" / f"{CELL}_toy-glyphs_lbfgs.log"
+    log = workdir / "out" / "logs" / "probe" / f"{CELL}_toy-glyphs_lbfgs.log"
     log.unlink()  # the undamaged run's
     running = bench_faults.snakemake(workdir, *TABLES, wait=False)
     first_layer = lambda: log.exists() and " test acc " in log.read_text()  # noqa: E731

@@ -6,7 +6,7 @@ rule embed:
     output:
         directory(f"{RESULTS}/cells/{{cell}}/embeddings/{{eval_set}}"),
     log:
-        "logs/embed/{cell}_{eval_set}.log",
+        f"{RESULTS}/logs/embed/{{cell}}_{{eval_set}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/embed/{{cell}}_{{eval_set}}.tsv"
     conda:
