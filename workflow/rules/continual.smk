@@ -94,7 +94,7 @@ rule continual_evaluate:
         checkpoint=lambda wc: network_checkpoint(wc.run, wc.network),
         data=lambda wc: STUDY.run_prepared_path(wc.run),
     output:
-        embeddings=directory(f"{CONTINUAL}/{{run}}/{{network}}/embeddings"),
+        embeddings=embeddings_output(f"{CONTINUAL}/{{run}}/{{network}}/embeddings"),
         evaluation=f"{CONTINUAL}/{{run}}/{{network}}/evaluation.parquet",
     log:
         f"{RESULTS}/logs/continual_evaluate/{{run}}_{{network}}.log",
