@@ -75,6 +75,20 @@ def test_all_outputs_exist_and_parse(study):
     np.testing.assert_allclose(retained["mean"], expected, atol=1e-3)
 
 
+def test_the_budgets_embedding_disk_is_within_10_percent_of_the_files(study):
+    """validate's embed disk of one eval set (vectors plus EMBED_ROW_BYTES a row and layer)
+    against the Parquet files the run wrote: the digits set, 1,797 images, in each cell."""
+    from tunnelscope import budget
+    from tunnelscope.study.config import Study, load_schema
+
+    poolings = budget.embed_poolings(Study(TINY, load_schema()))
+    facts = budget.model_facts("vggm11", 4, 0.125, 32, "default", poolings, "default")
+    for cell in CELLS:
+        files = (study / "out" / "cells" / cell / "embeddings" / "digits").rglob("layer_*.parquet")
+        written = sum(p.stat().st_size for p in files)
+        assert budget.embedding_bytes(facts, 1797, "float16") == pytest.approx(written, rel=0.1)
+
+
 def test_seed_summaries_stand_beside_the_per_seed_tables(study):
     """One seed per backbone: each summary holds that seed's values, n_seeds 1 and no interval,
     and the paper tables print no interval."""

@@ -533,8 +533,10 @@ def main(argv: list[str] | None = None) -> int:
         "validate",
         help="check a study config; list its cells with their budget estimate",
         description="Check a study config, then list its cells with their eval sets, training image-epochs, TFLOPs "
-        "and estimated job-minutes, and the study's total. Rates come from the benchmark files of a run of the same "
-        "config where there are some (RESULTS/benchmarks), else from the reference machine (a 2-core CPU). What the run "
+        "and estimated job-minutes, and the study's total time and disk per stage (with the embeddings kept and with "
+        "embed.keep false). Rates come from the benchmark files of a run of the same "
+        "config where there are some (RESULTS/benchmarks), else from --rates (default: the reference machine, a 2-core "
+        "CPU). What the run "
         "would fail on is an error (exit 1, one line naming the key); data or weights not there yet, published models' "
         "preprocessing that differs from their own, and patch grids under 4x4 are 'warning:' lines.",
     )
