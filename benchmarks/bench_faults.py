@@ -155,7 +155,7 @@ def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float 
 def job_started(workdir: Path, rule: str) -> Callable[[], bool]:
     """Whether a job of ``rule`` has written its log since now."""
     since = time.time() - 1
-    return lambda: any(rule in str(p) for p in (workdir / "logs").rglob("*.log") if p.stat().st_mtime > since)
+    return lambda: any(rule in str(p) for p in (workdir / "out" / "logs").rglob("*.log") if p.stat().st_mtime > since)
 
 
 def after(delay: float, event: Callable[[], bool]) -> Callable[[], bool]:

@@ -203,3 +203,95 @@ def test_reference_rates_are_scaled_for_what_compute_resolves_to_here(tmp_path, 
     assert rate({"precision": "auto", "channels_last": "auto"}) == reference  # fp32 NHWC: not measured
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
     assert rate({"precision": "auto", "channels_last": "auto"}) == pytest.approx(reference * speedup)
+
+
+def test_disk_per_stage_follows_dims_images_dtype_and_parameters(tmp_path):
+    from tunnelscope.models.build import build_model, count_parameters
+
+    cell = _units(_study(TINY, tmp_path))[CELLS[0]]
+    facts = budget.model_facts("vggm11", 4, 0.125, 32, "default", ("avg2x2",), "default")
+    images = {"toy": 128, "toy-glyphs": 54, "digits": 1797, "toy-blur": 128}  # train + test of each eval set
+    vectors = 2 * sum(facts.dims["avg2x2"]) * sum(images.values())  # float16
+    rows = budget.EMBED_ROW_BYTES * len(facts.dims["avg2x2"]) * sum(images.values())
+    assert cell.disk["embed"] == pytest.approx(vectors + rows)
+    assert cell.disk["prepare"] == pytest.approx(sum(images.values()) * 32 * 32 * 3)  # native 32 px stores
+    assert cell.disk["pretrain"] == 4 * count_parameters(build_model("vggm11", 4, 0.125, 32)) == 4 * facts.params
+    wide = _units(_study({**TINY, "embed": {"dtype": "float32", "pooling": ["avg2x2", "avg1x1"]}}, tmp_path))
+    both = budget.model_facts("vggm11", 4, 0.125, 32, "default", ("avg1x1", "avg2x2"), "default")
+    assert both.dims["avg2x2"] == facts.dims["avg2x2"] and sum(both.dims["avg1x1"]) * 4 == sum(facts.dims["avg2x2"])
+    layers = 2 * len(facts.dims["avg2x2"])
+    expected = (4 * sum(map(sum, both.dims.values())) + budget.EMBED_ROW_BYTES * layers) * sum(images.values())
+    assert wide[CELLS[0]].disk["embed"] == pytest.approx(expected)
+
+
+def test_validate_prints_disk_with_and_without_the_embeddings(tmp_path, capsys):
+    code, out, _ = _validate(tmp_path, capsys, TINY)
+    assert code == 0
+    disk = next(line for line in out.splitlines() if line.startswith("disk: "))
+    assert "embeddings kept: embed.keep true" in disk and "with embed.keep false" in disk
+    stages = [line.split()[0] for line in out.splitlines()[out.splitlines().index(disk) + 1 :]]
+    assert stages == ["prepare", "pretrain", "embed", "probe"]
+    code, out, _ = _validate(tmp_path, capsys, {**TINY, "embed": {"keep": False}})
+    assert "embeddings deleted: embed.keep false" in out
+
+
+def test_named_and_given_rates(tmp_path, capsys):
+    study = _study(TINY, tmp_path)
+    budgets = budget.cell_budgets(study)
+    assert budget.calibrate(budgets, tmp_path, fallback="a100").by_stage == budget.RATE_SETS["a100"][0]
+    path = tmp_path / "benchmarks" / "probe" / f"{CELLS[0]}_toy_lbfgs.tsv"
+    path.parent.mkdir(parents=True)
+    path.write_text("s\th:m:s\tmax_rss\n3.0\t0:00:03\t1\n")
+    measured = budget.calibrate(budgets, tmp_path)
+    assert measured.origin["probe"] == "measured" and measured.origin["embed"] == "cpu"
+    given = budget.calibrate(budgets, tmp_path, given={"probe": 5.0})
+    assert given.of("probe", f"{CELLS[0]}_toy_lbfgs", "vggm11") == 5.0 and given.origin["probe"] == "given"
+    code, out, _ = _validate(tmp_path, capsys, TINY, "--rates", "a100", "--rate", "embed=2e12")
+    assert code == 0 and "--rates a100: an ESTIMATE for one NVIDIA A100" in out
+    assert "  embed    2e+12 FLOP/s, given (--rate)" in out and "  pretrain 6.1e+13 FLOP/s, --rates a100" in out
+    with pytest.raises(SystemExit):
+        main(["validate", str(tmp_path / "study.yaml"), "--rate", "train=5"])
+    assert "--rate: train=5: STAGE is one of prepare, pretrain, embed, probe" in capsys.readouterr().err
+
+
+def test_the_shipped_model_facts_are_current_and_cover_every_preset(monkeypatch):
+    """The table's fingerprint is this code's (else regenerate: python -m tunnelscope.budget);
+    budgeting every preset measures no model; two entries measured anew match it."""
+    import json
+    from pathlib import Path
+
+    table = json.loads(budget.COSTS_TABLE.read_text())
+    assert table["fingerprint"] == budget.costs_fingerprint(), "stale: run python -m tunnelscope.budget"
+    repo = Path(__file__).resolve().parents[1]
+    unmeasured = lambda *args: pytest.fail(f"not in the shipped table: {args}")  # noqa: E731
+    monkeypatch.setattr(budget, "_measure_facts", unmeasured)
+    for preset in [repo / "config.yaml", *sorted((repo / "config").glob("*.yaml"))]:
+        study = Study(yaml.safe_load(preset.read_text()), load_schema())
+        if not any(c.arch.startswith("python:") for c in study.cells.values()):
+            budget.cell_budgets(study)
+    monkeypatch.undo()
+    small = [k for k in table["facts"] if json.loads(k)[0] in ("vggm11", "resnet18") and json.loads(k)[3] == 32]
+    for key in small[:2]:
+        arch, classes, width, resolution, rule, poolings, side, kwargs, built = json.loads(key)
+        rule = tuple(rule) if isinstance(rule, list) else rule
+        measured = budget._measure_facts(
+            arch, classes, width, resolution, rule, tuple(poolings), side, json.dumps(kwargs), "null"
+        )
+        assert measured.to_json() == table["facts"][key]
+
+
+def test_validating_the_paper_preset_imports_no_torch():
+    """The budget of config/paper.yaml's 64 cells from the shipped table: no model built, no torch
+    imported (what kept `validate config/paper.yaml` at 51 CPU-seconds; now about 1)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    code = "import sys; from tunnelscope.cli import main; main(['validate', 'config/paper.yaml']); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-1] == "False"
+    # the figures README.md gives
+    assert "921 GB with the embeddings kept, 67.4 GB with embed.keep false" in result.stdout
+    assert "  embed       853 GB  embeddings (float32, avg2x2)" in result.stdout

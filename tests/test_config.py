@@ -290,7 +290,7 @@ def test_stage_params_are_sorted_builtin_and_minimal(default_config, schema):
     assert "probe" not in pretrain and "l2_grid" not in pretrain
     assert "C" not in probe and "paper" not in probe and "l2_grid" in probe
     assert "training" not in probe and probe["role"] == "ood"
-    assert "batch_size" not in embed  # does not change results
+    assert "batch_size" not in embed and "keep" not in embed  # neither changes results
     assert study.probe_params(cell, "shapes")["role"] == "id"
 
 

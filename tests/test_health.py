@@ -264,9 +264,9 @@ def test_a_one_model_study_of_an_untrained_cell(tmp_path, schema):
     )
     assert not cells.trained.any() and not metrics.trained.any()
     assert cells.untrained_reason[0].startswith("ID test accuracy") and "below 0.362" in cells.untrained_reason[0]
-    assert "did not train" in (tmp_path / f"logs/cell_metrics/{cell}.log").read_text()
+    assert "did not train" in (out / f"logs/cell_metrics/{cell}.log").read_text()
     assert len(pd.read_csv(out / "paper/tables/ood_retained.csv")) == 0  # left out of Tables 4-7
-    assert f"left out 1 untrained cell(s): {cell}" in (tmp_path / "logs/paper_table/ood_retained.log").read_text()
+    assert f"left out 1 untrained cell(s): {cell}" in (out / "logs/paper_table/ood_retained.log").read_text()
     assert len(pd.read_csv(out / "paper/tables/id_accuracy.csv")) == 1  # Table 11 shows it
     pngs = sorted(out.rglob("*.png"))
     assert {p.name for p in pngs} == {"tunnel_curves.png", "layer_stats.png", "best_layers.png"}

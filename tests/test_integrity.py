@@ -8,6 +8,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -341,7 +342,7 @@ def test_a_run_killed_inside_a_probe_job_recovers_bitwise_by_following_the_print
     probe = f"out/cells/{CELL}/probes/lbfgs/toy-glyphs.parquet"  # the cheaper of the cell's two probes
     bench_faults.unbuild(workdir, probe)
     assert not any((workdir / t).exists() for t in [probe, *TABLES])
-    log = workdir / "logs" / "probe" / f"{CELL}_toy-glyphs_lbfgs.log"
+    log = workdir / "out" / "logs" / "probe" / f"{CELL}_toy-glyphs_lbfgs.log"
     log.unlink()  # the undamaged run's
     running = bench_faults.snakemake(workdir, *TABLES, wait=False)
     first_layer = lambda: log.exists() and " test acc " in log.read_text()  # noqa: E731
@@ -352,3 +353,31 @@ def test_a_run_killed_inside_a_probe_job_recovers_bitwise_by_following_the_print
     reference = {t: (one_cell / t).read_bytes() for t in TABLES}
     assert bench_faults.outcome(workdir, rerun, reference) == "advice", rerun.stderr[-3000:]
     assert (workdir / probe).exists()
+
+
+@pytest.mark.integration
+def test_embed_keep_false_deletes_the_embeddings_after_their_probes_and_changes_no_table(one_cell, tmp_path):
+    """The one-cell study with embed.keep false, its OOD set's embed job and all made from it
+    unbuilt (bench_faults.unbuild; changing keep alone reruns nothing): the run embeds, probes,
+    then deletes those embeddings; every table it rebuilt is bitwise the kept run's."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import bench_faults
+
+    workdir = tmp_path / "unkept"
+    shutil.copytree(one_cell, workdir, symlinks=True)
+    config = yaml.safe_load((workdir / "tiny.yaml").read_text())
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump({**config, "embed": {"keep": False}}))
+    embeddings = workdir / "out" / "cells" / CELL / "embeddings" / "toy-glyphs"
+    bench_faults.unbuild(workdir, str(embeddings.relative_to(workdir)))
+    assert not embeddings.exists() and not (workdir / TABLES[0]).exists()
+    started = time.time()
+    rerun = run(workdir, *TABLES)
+    assert "Removing temporary output" in rerun.stderr and not embeddings.exists(), rerun.stderr[-3000:]
+    rebuilt = sorted(
+        p.relative_to(workdir)
+        for p in (workdir / "out").rglob("*")
+        if p.suffix in (".parquet", ".csv", ".npz") and p.stat().st_mtime >= started
+    )
+    assert len(rebuilt) >= len(TABLES) + 2  # the tables and the OOD set's probes at least
+    for path in rebuilt:
+        assert (workdir / path).read_bytes() == (one_cell / path).read_bytes(), f"{path} differs"

@@ -62,6 +62,7 @@ def test_settings_leave_out_what_changes_no_output_and_resolve_paths(tmp_path, m
     for key, value in (
         ("compute", {"device": "cpu", "resident_mb": 1}),
         ("embed", {"batch_size": 7}),
+        ("embed", {"keep": False}),
     ):
         assert settings({**TINY, key: value}) == base, key
     assert settings({**TINY, "compute": {"channels_last": False}}) != base  # changes a CNN's results

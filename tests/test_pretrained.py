@@ -49,7 +49,8 @@ def test_pretrained_cell_embeds_like_the_in_memory_model(tmp_path):
     }
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
     snakemake(tmp_path)  # the whole study: import, embed, probe, metrics, analysis, paper
-    assert (tmp_path / f"logs/import_pretrained/{CELL}.log").exists() and not (tmp_path / "logs/pretrain").exists()
+    assert (tmp_path / f"out/logs/import_pretrained/{CELL}.log").exists()
+    assert not (tmp_path / "out/logs/pretrain").exists()
     info = json.loads((tmp_path / f"out/cells/{CELL}/cell.json").read_text())
     points = probe_points(model, "default", "paper")
     assert info["num_layers"] == len(points) == 10 and info["id_classes"] == 10  # the stem and 9 depthwise convs

@@ -46,7 +46,7 @@ def test_all_outputs_exist_and_parse(study):
             with Image.open(out / "cells" / cell / fig) as img:
                 assert img.size[0] > 300
         assert (out / "cells" / cell / "figure.pdf").stat().st_size > 1000
-        assert (study / "logs" / "pretrain" / f"{cell}.log").read_text().strip()
+        assert (out / "logs" / "pretrain" / f"{cell}.log").read_text().strip()
     with Image.open(out / "figures/tunnel_curves.png") as img:
         assert np.asarray(img).std() > 0
     stats = pd.read_parquet(out / "aggregate/layer_stats.parquet")
@@ -73,6 +73,20 @@ def test_all_outputs_exist_and_parse(study):
     assert retained.augmentation.tolist() == ["no aug", "aug"]  # grid order
     expected = metrics.groupby("augmentation", sort=False).ood_retained.mean().to_numpy()
     np.testing.assert_allclose(retained["mean"], expected, atol=1e-3)
+
+
+def test_the_budgets_embedding_disk_is_within_10_percent_of_the_files(study):
+    """validate's embed disk of one eval set (vectors plus EMBED_ROW_BYTES a row and layer)
+    against the Parquet files the run wrote: the digits set, 1,797 images, in each cell."""
+    from tunnelscope import budget
+    from tunnelscope.study.config import Study, load_schema
+
+    poolings = budget.embed_poolings(Study(TINY, load_schema()))
+    facts = budget.model_facts("vggm11", 4, 0.125, 32, "default", poolings, "default")
+    for cell in CELLS:
+        files = (study / "out" / "cells" / cell / "embeddings" / "digits").rglob("layer_*.parquet")
+        written = sum(p.stat().st_size for p in files)
+        assert budget.embedding_bytes(facts, 1797, "float16") == pytest.approx(written, rel=0.1)
 
 
 def test_seed_summaries_stand_beside_the_per_seed_tables(study):
@@ -292,6 +306,23 @@ def test_paper_grid_dry_run_without_data(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
     assert counts["pretrain"] == "64" and counts["probe"] == "576" and counts["embed"] == "576"
+
+
+def test_two_presets_in_one_working_directory_keep_their_logs_under_their_results(tmp_path):
+    """config/cifar10.yaml and config/claims.yaml share jobs (the same pretrain cell): planned in
+    one working directory, every log and benchmark file of each lies under its own results:."""
+    planned = {}
+    for preset in ("cifar10", "claims"):
+        cmd = snakemake_cmd(tmp_path, "-n", "--cores", "2", configfile=REPO / f"config/{preset}.yaml")
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        results = yaml.safe_load((REPO / f"config/{preset}.yaml").read_text())["results"]
+        paths = re.findall(r"^\s+(?:log|benchmark): (.+)$", result.stdout, re.M)
+        assert paths and all(p.startswith(f"{results}/logs/") or p.startswith(f"{results}/benchmarks/") for p in paths)
+        planned[preset] = (planned_jobs(result.stdout), set(paths))
+    (cifar_jobs, cifar_paths), (claims_jobs, claims_paths) = planned.values()
+    assert ("pretrain", "cell=vggm11_cifar10_r32_none_s0") in cifar_jobs & claims_jobs
+    assert not cifar_paths & claims_paths
 
 
 def test_missing_dataset_root_stops_before_any_job(tmp_path):

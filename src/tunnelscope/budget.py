@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import json
 import math
 import statistics
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from tunnelscope.data.sources import load_source, split_sizes
@@ -39,7 +41,38 @@ REFERENCE_SPEEDUP = {
     ("pretrain", "vit", "bf16", False): 1.00,
     ("embed", "vit", "bf16", False): 1.18,
 }
+# Named rate sets for --rates, each with where its numbers come from. "cpu" is the measured
+# reference. "a100" is an ESTIMATE, unmeasured here: pretrain from NVIDIA DeepLearningExamples'
+# ResNet-50 v1.5 PyTorch README (one A100 80GB, mixed precision: 2,470 training images/s; 8.2
+# GFLOP a forward pass, counted as here: 3 x 8.2e9 x 2,470 = 6.1e13 FLOP/s); embed at the same
+# FLOP rate (inference runs faster, but these models are far smaller than ResNet-50 at 224 px);
+# probe 100x the reference (benchmarks/RESULTS.md expects 2-3 orders of magnitude on CUDA);
+# prepare is CPU work (decoding, resizing) and keeps the reference's rate.
+RATE_SETS = {
+    "cpu": (
+        REFERENCE_RATES,
+        "from the reference machine (measured: a 2-core CPU, one thread per job; benchmarks/RESULTS.md)",
+    ),
+    "a100": (
+        {"prepare": 700.0, "pretrain": 6.1e13, "embed": 6.1e13, "probe": 7.6e9},
+        "an ESTIMATE for one NVIDIA A100 per job (published ResNet-50 training throughput in these units, "
+        "tunnelscope.budget.RATE_SETS; small models at 32-128 px reach a fraction of it: run one cell, then "
+        "validate again)",
+    ),
+}
 TRAIN_STEP_FLOPS = 3  # forward + backward (two products per forward one)
+
+# Disk per stage, in bytes: prepare's stores (uint8 pixels, each image's shorter side resized to
+# resolution / crop_pct; square images assumed, wider ones take more), pretrain's checkpoints
+# (float32 parameters), embed's Parquet files (the vectors in embed.dtype plus sample id, split and
+# label: EMBED_ROW_BYTES a row and layer, the measured overhead of the 1,797-image digits set's
+# files over their vectors, 1.6 %) and probe's outputs (float32 weights per feature and class, an
+# int64 prediction per test image and layer).
+DISK_STAGES = {"prepare": "stores", "pretrain": "checkpoints", "embed": "embeddings", "probe": "probes"}
+EMBED_BYTES = {"float16": 2, "float32": 4}
+EMBED_ROW_BYTES = 5
+PARAM_BYTES = PROBE_WEIGHT_BYTES = 4
+PREDICTION_BYTES = 8
 
 
 def job_kind(stage: str, job: str, arch: str) -> str:
@@ -59,6 +92,8 @@ class Rates:
     measured: dict[tuple[str, str], float] = field(default_factory=dict)  # (stage, job) -> seconds taken
     # (stage, arch) -> factor on a stage's reference rate for the compute settings of that arch
     speedup: dict[tuple[str, str], float] = field(default_factory=dict)
+    # stage -> where its rate comes from: "measured", "given" (--rate) or a RATE_SETS name
+    origin: dict[str, str] = field(default_factory=dict)
 
     @property
     def jobs(self) -> dict[str, int]:
@@ -83,8 +118,12 @@ class CellBudget:
     image_epochs: int = 0  # training images x epochs of every training job
     eval_sets: int = 0
     jobs: dict[tuple[str, str], float] = field(default_factory=dict)  # (stage, job) -> units
+    disk: dict[str, float] = field(default_factory=dict)  # stage -> bytes written (DISK_STAGES)
     missing: list[str] = field(default_factory=list)  # datasets whose files are not there to count
     nominal: list[str] = field(default_factory=list)  # datasets sized from their published sizes
+
+    def add_disk(self, stage: str, size: float) -> None:
+        self.disk[stage] = self.disk.get(stage, 0.0) + size
 
     def units(self, stage: str) -> float:
         return sum(u for (s, _), u in self.jobs.items() if s == stage)
@@ -117,39 +156,134 @@ def _patch_grid(model, resolution: int) -> int | None:
     return resolution // (patch[0] if isinstance(patch, (tuple, list)) else int(patch))
 
 
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the budget needs of one model setting: forward FLOPs of one image, the pooled dim of
+    every probe point per pooling, the parameter count and the patch grid (None: no patches)."""
+
+    flops: float
+    dims: dict[str, tuple[int, ...]]
+    params: int
+    patch_grid: int | None
+
+    def to_json(self) -> dict:
+        return {
+            "flops": self.flops,
+            "dims": {k: list(v) for k, v in self.dims.items()},
+            "params": self.params,
+            "patch_grid": self.patch_grid,
+        }
+
+    @classmethod
+    def from_json(cls, entry: dict) -> ModelFacts:
+        return cls(
+            entry["flops"], {k: tuple(v) for k, v in entry["dims"].items()}, entry["params"], entry["patch_grid"]
+        )
+
+
+# Model facts of every setting the shipped presets use, so that validating them builds no model
+# (config/paper.yaml: 23 settings, ~0.5 s of CPU each on the meta device). Valid only for the
+# fingerprint it records (costs_fingerprint); regenerate with ``python -m tunnelscope.budget``.
+COSTS_TABLE = resources.files("tunnelscope").joinpath("resources", "model_costs.json")
+_COST_SOURCES = ("models",)  # the package folders whose code decides FLOPs, dims and parameters
+
+
+_SEEN: dict[str, ModelFacts] = {}  # every cacheable setting this process looked up (write_costs_table)
+
+
+def costs_fingerprint() -> str:
+    """SHA-256 of what the shipped facts depend on: the model code, the poolings, torch's minor
+    version (its FLOP counter) and timm's version (its models), read without importing either."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from tunnelscope.registry import POOLINGS
+
+    digest = hashlib.sha256(repr(POOLINGS).encode())
+    root = Path(__file__).parent
+    for folder in _COST_SOURCES:
+        for path in sorted((root / folder).glob("*.py")):
+            digest.update(path.name.encode() + path.read_bytes())
+    for package, parts in (("torch", 2), ("timm", 3)):
+        try:
+            digest.update(".".join(version(package).split("+")[0].split(".")[:parts]).encode())
+        except PackageNotFoundError:
+            digest.update(b"-")
+    return digest.hexdigest()
+
+
 @functools.cache
-def _model_costs(
+def _shipped_facts() -> dict[str, dict]:
+    """The shipped table's entries, or none where its fingerprint is not this installation's."""
+    try:
+        table = json.loads(COSTS_TABLE.read_text())
+    except (OSError, ValueError):
+        return {}
+    return table["facts"] if table.get("fingerprint") == costs_fingerprint() else {}
+
+
+def facts_key(
+    arch, classes, width, resolution, enumeration, poolings, side, kwargs_json, pretrained_json
+) -> str | None:
+    """The table key of a model setting; None for a python: model (its file may change any time).
+    A published model is keyed by what builds it (its arch and head), not by where its weights are."""
+    pretrained = json.loads(pretrained_json)
+    source = pretrained["arch"] if pretrained else arch
+    if source.startswith("python:"):
+        return None
+    built = {"arch": pretrained["arch"], "num_classes": pretrained["num_classes"]} if pretrained else None
+    enumeration = list(enumeration) if isinstance(enumeration, tuple) else enumeration
+    return json.dumps(
+        [arch, classes, width, resolution, enumeration, sorted(poolings), side, json.loads(kwargs_json), built]
+    )
+
+
+def model_facts(
     arch: str,
     classes: int,
     width: float,
     resolution: int,
     enumeration: str | tuple[str, ...],
-    pooling: str,
+    poolings: tuple[str, ...],
     side: str,
     kwargs_json: str = "{}",
     pretrained_json: str = "null",
-) -> tuple[float, tuple[int, ...], int | None]:
-    """Forward FLOPs of one image, the pooled dim of every probe point and the patch grid; one
-    model build per distinct setting (``enumeration``: a rule or a tuple of module names;
+) -> ModelFacts:
+    """ModelFacts of one setting (``enumeration``: a rule or a tuple of module names;
     ``kwargs_json``: a python: model's model.kwargs; ``pretrained_json``: a published backbone's
-    entry; as JSON so that the cache can key on them)."""
+    entry; as JSON so that the cache can key on them): from the shipped table where it holds the
+    setting, else measured once per process."""
+    args = (arch, classes, width, resolution, enumeration, tuple(sorted(poolings)), side, kwargs_json, pretrained_json)
+    key = facts_key(*args)
+    entry = _shipped_facts().get(key)
+    facts = ModelFacts.from_json(entry) if entry else _measure_facts(*args)
+    if key is not None:
+        _SEEN[key] = facts
+    return facts
+
+
+@functools.cache
+def _measure_facts(arch, classes, width, resolution, enumeration, poolings, side, kwargs_json, pretrained_json):
+    """ModelFacts from one model build and one forward pass (on PyTorch's meta device where every
+    operation has a meta kernel: shapes only, no weights initialised or multiplied)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from tunnelscope.models.build import build_cell_model, probe_points
     from tunnelscope.models.capture import layer_shapes, pooled_dims
 
-    def measure(device: str):
+    def measure(device: str) -> ModelFacts:
         with torch.device(device):
             settings = {"width": width, "kwargs": json.loads(kwargs_json)}
             model = build_cell_model(arch, settings, classes, resolution, json.loads(pretrained_json)).eval()
             points = probe_points(model, side, enumeration)
             with torch.no_grad(), FlopCounterMode(display=False) as counter:
                 model(torch.zeros(1, 3, resolution, resolution))
-            dims = tuple(pooled_dims(layer_shapes(model, points, resolution), points, pooling))
-        return float(counter.get_total_flops()), dims, _patch_grid(model, resolution)
+            shapes = layer_shapes(model, points, resolution)
+            dims = {pooling: tuple(pooled_dims(shapes, points, pooling)) for pooling in poolings}
+            params = sum(p.numel() for p in model.parameters())
+        return ModelFacts(float(counter.get_total_flops()), dims, params, _patch_grid(model, resolution))
 
-    try:  # shapes only, no weights initialised or multiplied: a tenth of the time
+    try:
         return measure("meta")
     except NotImplementedError:  # an operation without a meta kernel
         return measure("cpu")
@@ -209,7 +343,7 @@ def cell_budgets(study: Study, sizes: dict | None = None) -> list[CellBudget]:
     """Every cell's units per stage, then every continual run's (run_budgets); prepare is charged
     to the first that reads a store. Raises BudgetError where a cell's model cannot be built."""
     sizes = dataset_sizes(study) if sizes is None else sizes
-    side = study.config["embed"]["side"]
+    side, poolings = study.config["embed"]["side"], embed_poolings(study)
     prepared = set()
     out = []
     for cid, cell in study.cells.items():
@@ -223,13 +357,13 @@ def cell_budgets(study: Study, sizes: dict | None = None) -> list[CellBudget]:
             continue
         arch = cell.pretrained["arch"] if cell.pretrained else cell.arch
         try:
-            flops, dims, budget.patch_grid = _model_costs(
+            facts = model_facts(
                 cell.arch,
                 id_sizes[1] if id_sizes else 0,
                 cell.model["width"],
                 cell.resolution,
                 _hashable(cell.model.get("probe_points", "default")),
-                cell.probe["pooling"],
+                poolings,
                 side,
                 json.dumps(cell.model.get("kwargs", {}), sort_keys=True),
                 json.dumps(cell.pretrained, sort_keys=True),
@@ -238,9 +372,11 @@ def cell_budgets(study: Study, sizes: dict | None = None) -> list[CellBudget]:
             raise BudgetError(
                 f"cell {cid}: {arch} cannot be built or run at {cell.resolution} px ({type(exc).__name__}: {exc})"
             ) from None
+        flops, dims, budget.patch_grid = facts.flops, facts.dims[cell.probe["pooling"]], facts.patch_grid
         if id_sizes is None:
             out.append(budget)
             continue
+        budget.add_disk("pretrain", PARAM_BYTES * facts.params)
         budget.train_images = id_sizes[0]["train"]
         if cell.pretrained is None:
             budget.image_epochs = budget.train_images * cell.training["epochs"]
@@ -250,12 +386,16 @@ def cell_budgets(study: Study, sizes: dict | None = None) -> list[CellBudget]:
             if store not in prepared:
                 prepared.add(store)
                 budget.jobs["prepare", "/".join(store)] = float(images[d])
+                budget.add_disk("prepare", store_bytes(store[1], images[d]))
         if cell.pretrained is None:
             budget.jobs["pretrain", cid] = TRAIN_STEP_FLOPS * flops * budget.train_images * cell.training["epochs"]
         for d in images:
             budget.jobs["embed", f"{cid}_{d}"] = flops * images[d]
+            budget.add_disk("embed", embedding_bytes(facts, images[d], study.config["embed"]["dtype"]))
             for solver in study.solvers(cid):
                 budget.jobs["probe", f"{cid}_{d}_{solver}"] = float(sum(dims) * images[d] * eval_sizes[d][1])
+                test_images = eval_sizes[d][0]["test"]
+                budget.add_disk("probe", probe_bytes(dims, eval_sizes[d][1], test_images))
         out.append(budget)
     return out + run_budgets(study, sizes, prepared)
 
@@ -280,35 +420,64 @@ def run_budgets(study: Study, sizes: dict, prepared: set | None = None) -> list[
             continue
         split, classes, counted = found
         budget.nominal = [] if counted else [run.id_dataset]
-        flops, dims, budget.patch_grid = _model_costs(
+        facts = model_facts(
             run.arch,
             classes,
             run.model["width"],
             run.resolution,
             _hashable(run.model.get("probe_points", "default")),
-            study.config["probe"]["pooling"],
+            embed_poolings(study),
             side,
         )
+        flops, dims, budget.patch_grid = facts.flops, facts.dims[study.config["probe"]["pooling"]], facts.patch_grid
         share = {t: (stop - first) / classes for t, (first, stop) in enumerate(section["tasks"], start=1)}
         store = (run.id_dataset, study.run_prepared_path(rid).rsplit("/", 1)[-1])
         if store not in prepared:
             prepared.add(store)
             budget.jobs["prepare", "/".join(store)] = float(sum(split[k] for k in SPLITS))
+            budget.add_disk("prepare", store_bytes(store[1], sum(split[k] for k in SPLITS)))
         trainings = [(network, task, run.training) for network, task in TRAINED.items()]
         trainings += [(e["name"], e["task"], run.finetune_training) for e in section["finetune"]]
         for network, task, recipe in trainings:
             images = split["train"] * share[task] * recipe["epochs"]
             budget.image_epochs += int(images)
             budget.jobs["pretrain", f"{rid}_{network_slug(network)}"] = TRAIN_STEP_FLOPS * flops * images
+            budget.add_disk("pretrain", PARAM_BYTES * facts.params)
         for slug, label in study.continual_networks():
             own = TRAINED.get(label)
             for task, fraction in share.items():
                 images = sum(split[k] for k in SPLITS) * fraction
                 budget.jobs["embed", f"{rid}_{slug}_task{task}"] = flops * images
+                budget.add_disk("embed", embedding_bytes(facts, images, study.config["embed"]["dtype"]))
                 width = sum(dims) if task == own else dims[-1]
                 task_classes = classes * fraction
                 budget.jobs["probe", f"{rid}_{slug}_task{task}_{solver}"] = float(width * images * task_classes)
     return out
+
+
+def embed_poolings(study: Study) -> tuple[str, ...]:
+    pooling = study.config["embed"]["pooling"]
+    return (pooling,) if isinstance(pooling, str) else tuple(pooling)
+
+
+def store_bytes(transform: str, images: float) -> float:
+    """A prepared store's pixels: each image's shorter side resized to resolution / crop_pct."""
+    from tunnelscope.registry import parse_transform_tag
+
+    tag = parse_transform_tag(transform)
+    side = int(tag["resolution"] / tag.get("crop_pct", 1.0))
+    return images * side * side * 3
+
+
+def embedding_bytes(facts: ModelFacts, images: float, dtype: str) -> float:
+    """One eval set's embeddings: every probe point's vector under every pooling, one row each."""
+    layers = sum(len(d) for d in facts.dims.values())
+    return images * (EMBED_BYTES[dtype] * sum(sum(d) for d in facts.dims.values()) + EMBED_ROW_BYTES * layers)
+
+
+def probe_bytes(dims: tuple[int, ...], classes: int, test_images: int) -> float:
+    """One probe job's weights (a vector per class and layer) and predictions."""
+    return PROBE_WEIGHT_BYTES * sum(dims) * classes + PREDICTION_BYTES * test_images * len(dims)
 
 
 def _benchmark_seconds(path: Path) -> float | None:
@@ -321,20 +490,31 @@ def reference_speedup(stage: str, arch: str, compute: dict) -> float:
     """REFERENCE_SPEEDUP of ``arch`` under the ``compute`` settings as a CPU job here resolves
     them (``auto`` by this machine's bf16 and the architecture's family; 1 where not measured)."""
     from tunnelscope.registry import arch_facts
-    from tunnelscope.runtime import resolve_precision
 
     family = (arch_facts(arch) or {}).get("family")
     channels_last = compute.get("channels_last", "auto")
     channels_last = family == "cnn" if channels_last == "auto" else channels_last
-    precision = resolve_precision(compute.get("precision", "auto"), "cpu")
+    precision = compute.get("precision", "auto")
+    if precision == "auto":  # asks torch about this CPU: imported only then (seconds)
+        from tunnelscope.runtime import resolve_precision
+
+        precision = resolve_precision(precision, "cpu")
     return REFERENCE_SPEEDUP.get((stage, family, precision, channels_last), 1.0)
 
 
-def calibrate(budgets: list[CellBudget], results: str | Path, compute: dict | None = None) -> Rates:
+def calibrate(
+    budgets: list[CellBudget],
+    results: str | Path,
+    compute: dict | None = None,
+    fallback: str = "cpu",
+    given: dict[str, float] | None = None,
+) -> Rates:
     """Rates from the benchmark files that a run of this study left under ``results/benchmarks``
     (one per job, named as the job), as medians over jobs. A stage without any falls back to the
-    reference machine's rate, scaled for the study's ``compute`` settings (``reference_speedup``;
-    without them, the reference's float32 NCHW)."""
+    ``fallback`` set of RATE_SETS; the reference CPU's ("cpu") scaled for the study's ``compute``
+    settings (``reference_speedup``; without them, the reference's float32 NCHW). A stage in
+    ``given`` (--rate) takes that rate for every job, measured or not."""
+    given = given or {}
     root = Path(results) / "benchmarks"
     samples, measured = {}, {}
     for budget in budgets:
@@ -349,13 +529,18 @@ def calibrate(budgets: list[CellBudget], results: str | Path, compute: dict | No
         (stage, budget.arch): reference_speedup(stage, budget.arch, compute)
         for budget in budgets
         for stage in ("pretrain", "embed")
-        if compute is not None and not by_stage[stage]
+        if compute is not None and fallback == "cpu" and not by_stage[stage] and stage not in given
     }
+    reference = RATE_SETS[fallback][0]
     return Rates(
-        by_kind={key: statistics.median(rates) for key, rates in samples.items()},
-        by_stage={stage: statistics.median(r) if r else REFERENCE_RATES[stage] for stage, r in by_stage.items()},
+        by_kind={key: statistics.median(rates) for key, rates in samples.items() if key[0] not in given},
+        by_stage={
+            stage: given.get(stage) or (statistics.median(r) if r else reference[stage])
+            for stage, r in by_stage.items()
+        },
         measured=measured,
         speedup=speedup,
+        origin={stage: "given" if stage in given else "measured" if r else fallback for stage, r in by_stage.items()},
     )
 
 
@@ -438,3 +623,44 @@ def patch_warnings(study: Study, budgets: list[CellBudget]) -> list[str]:
         for b in budgets
         if b.patch_grid is not None and b.patch_grid < 4
     ]
+
+
+# ----------------------------------------------- the shipped table of model facts
+
+
+def write_costs_table(configs: list[Path], path: Path | None = None) -> int:
+    """Every cacheable model setting of ``configs`` (the shipped presets) into the table at ``path``
+    (default the shipped one), under this installation's fingerprint; the number of settings. A
+    table whose fingerprint differs is not read, so each setting is measured anew."""
+    import yaml
+
+    from tunnelscope.study.config import load_schema
+
+    _SEEN.clear()
+    for config in configs:
+        cell_budgets(Study(yaml.safe_load(config.read_text()), load_schema()))
+    table = {"fingerprint": costs_fingerprint(), "facts": {k: _SEEN[k].to_json() for k in sorted(_SEEN)}}
+    Path(path or str(COSTS_TABLE)).write_text(json.dumps(table, indent=1) + "\n")
+    return len(_SEEN)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m tunnelscope.budget",
+        description="Regenerate the shipped table of model facts (FLOPs, pooled dims, parameters) from the presets.",
+    )
+    parser.add_argument(
+        "configs", nargs="*", type=Path, help="configs to cover (default: config.yaml and config/*.yaml)"
+    )
+    args = parser.parse_args(argv)
+    repo = Path(__file__).resolve().parents[2]
+    configs = args.configs or [repo / "config.yaml", *sorted((repo / "config").glob("*.yaml"))]
+    count = write_costs_table(configs)
+    print(f"{COSTS_TABLE}: {count} model settings of {len(configs)} configs")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

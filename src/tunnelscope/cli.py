@@ -71,7 +71,7 @@ def _validate(args) -> int:
         for cid in study.cells:
             print(f"  {cid}: eval sets {', '.join(study.eval_sets(cid))}")
     else:
-        _print_budget(study, budgets, args.jobs)
+        _print_budget(study, budgets, args)
     if study.runs:
         print(
             f"continual learning: {len(study.runs)} runs, each of {', '.join(label for _, label in study.continual_networks())}"
@@ -85,7 +85,6 @@ def _check_own_models(study: Study) -> str | None:
     """What the config cannot say without torch: every python: model builds, and every list of
     probe points names modules of its model that a forward pass runs, in that order. The first
     problem, in one line, or None."""
-    from tunnelscope.models.build import build_cell_model, check_forward_order, probe_points
     from tunnelscope.study.config import known_classes
 
     checked = set()
@@ -94,6 +93,9 @@ def _check_own_models(study: Study) -> str | None:
         source = cell.pretrained["arch"] if cell.pretrained else cell.arch
         if parse_python_arch(source) is None and not isinstance(rule, list):
             continue
+        # imported here: torch takes seconds to import, and most studies build no model here
+        from tunnelscope.models.build import build_cell_model, check_forward_order, probe_points
+
         key = json.dumps([cell.arch, cell.model, cell.resolution], sort_keys=True)
         if key in checked:
             continue
@@ -133,10 +135,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _print_budget(study: Study, budgets: list, parallel_jobs: int) -> None:
+def _print_budget(study: Study, budgets: list, args) -> None:
     from tunnelscope import budget
 
-    rates = budget.calibrate(budgets, study.results, study.config["compute"])
+    parallel_jobs = args.jobs
+    rates = budget.calibrate(budgets, study.results, study.config["compute"], args.rates, dict(args.rate))
     if budgets:
         print(f"  {'cell':<40} {'eval sets':>9} {'train img-ep':>12} {'TFLOP':>8} {'job-min':>8}")
     backbones = {**study.cells, **study.runs}
@@ -176,13 +179,61 @@ def _print_budget(study: Study, budgets: list, parallel_jobs: int) -> None:
         )
     print("rates per job:")
     for stage in budget.STAGES:
-        n = rates.jobs[stage]
-        where = f"the median of {n} jobs in {study.results}/benchmarks" if n else "from the reference machine"
+        n, origin = rates.jobs[stage], rates.origin[stage]
+        where = {
+            "measured": f"the median of {n} jobs in {study.results}/benchmarks",
+            "given": "given (--rate)",
+        }.get(origin) or f"--rates {origin}"
         kinds = sorted(k for s, k in rates.by_kind if s == stage and k)
         per_kind = f" (its own for {', '.join(kinds)})" if kinds else ""
         factors = sorted({f"{f:.2f}x for {arch}" for (s, arch), f in rates.speedup.items() if s == stage and f != 1})
         scaled = f" (float32 NCHW; compute {_compute_here(study)}: {', '.join(factors)})" if factors else ""
         print(f"  {stage:<8} {rates.by_stage[stage]:.3g} {budget.UNIT[stage]}/s, {where}{per_kind}{scaled}")
+    if args.rates in rates.origin.values():
+        print(f"  --rates {args.rates}: {budget.RATE_SETS[args.rates][1]}")
+    _print_disk(study, budgets)
+
+
+def _print_disk(study: Study, budgets: list) -> None:
+    """Disk per stage and in all, with the embeddings kept and with embed.keep false."""
+    from tunnelscope import budget
+
+    per_stage = {stage: sum(b.disk.get(stage, 0.0) for b in budgets) for stage in budget.DISK_STAGES}
+    total, embeddings = sum(per_stage.values()), per_stage["embed"]
+    keep = "kept: embed.keep true" if study.config["embed"]["keep"] else "deleted: embed.keep false"
+    print(
+        f"disk: {_size(total if study.config['embed']['keep'] else total - embeddings)} written to {study.results} "
+        f"(embeddings {keep}); {_size(total)} with the embeddings kept, {_size(total - embeddings)} with "
+        "embed.keep false (each eval set's deleted once every job reading it has finished)"
+    )
+    pooling, dtype = ", ".join(budget.embed_poolings(study)), study.config["embed"]["dtype"]
+    what = {**budget.DISK_STAGES, "embed": f"embeddings ({dtype}, {pooling})"}
+    for stage, size in per_stage.items():
+        print(f"  {stage:<8} {_size(size):>9}  {what[stage]}")
+
+
+def _size(size: float) -> str:
+    """Bytes in decimal units (GB = 1e9 bytes), three significant digits."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size:.0f} B"
+
+
+def _stage_rate(text: str) -> tuple[str, float]:
+    """--rate STAGE=VALUE: a stage of the budget and its units per second."""
+    from tunnelscope.budget import STAGES, UNIT
+
+    stage, _, value = text.partition("=")
+    if stage not in STAGES:
+        raise argparse.ArgumentTypeError(f"{text}: STAGE is one of {', '.join(STAGES)}")
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = 0.0
+    if not rate > 0:
+        raise argparse.ArgumentTypeError(f"{text}: VALUE is a positive number of {UNIT[stage]} per second")
+    return stage, rate
 
 
 def _compute_here(study: Study) -> str:
@@ -480,14 +531,18 @@ def _profile_install(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tunnelscope.budget import RATE_SETS
+
     parser = argparse.ArgumentParser(prog="tunnelscope", description="Layer-wise OOD transfer of image networks.")
     sub = parser.add_subparsers(dest="command", required=True)
     val = sub.add_parser(
         "validate",
         help="check a study config; list its cells with their budget estimate",
         description="Check a study config, then list its cells with their eval sets, training image-epochs, TFLOPs "
-        "and estimated job-minutes, and the study's total. Rates come from the benchmark files of a run of the same "
-        "config where there are some (RESULTS/benchmarks), else from the reference machine (a 2-core CPU). What the run "
+        "and estimated job-minutes, and the study's total time and disk per stage (with the embeddings kept and with "
+        "embed.keep false). Rates come from the benchmark files of a run of the same "
+        "config where there are some (RESULTS/benchmarks), else from --rates (default: the reference machine, a 2-core "
+        "CPU). What the run "
         "would fail on is an error (exit 1, one line naming the key); data or weights not there yet, published models' "
         "preprocessing that differs from their own, and patch grids under 4x4 are 'warning:' lines.",
     )
@@ -497,6 +552,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     val.add_argument(
         "--jobs", type=_positive_int, default=2, help="jobs that run at a time, for the wall-time estimate (default 2)"
+    )
+    val.add_argument(
+        "--rates",
+        choices=sorted(RATE_SETS),
+        default="cpu",
+        help="the rates of stages without measured jobs: cpu, the measured 2-core reference CPU (default), or a100, "
+        "an ESTIMATE for one NVIDIA A100 per job from published ResNet-50 throughput (see tunnelscope.budget.RATE_SETS)",
+    )
+    val.add_argument(
+        "--rate",
+        type=_stage_rate,
+        action="append",
+        default=[],
+        metavar="STAGE=VALUE",
+        help="a stage's rate per job in its units per second (prepare images, pretrain and embed FLOP, probe "
+        "products), e.g. embed=2e13; overrides measured rates too; repeat for several stages",
     )
     val.add_argument(
         "--no-budget",

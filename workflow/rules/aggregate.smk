@@ -12,7 +12,7 @@ rule aggregate_table:
         seeds=f"{RESULTS}/aggregate/{{table}}_seeds.parquet",
         seeds_csv=f"{RESULTS}/aggregate/{{table}}_seeds.csv",
     log:
-        "logs/aggregate_{table}.log",
+        f"{RESULTS}/logs/aggregate_{{table}}.log",
     wildcard_constraints:
         table="|".join(AGGREGATED),
     conda:
@@ -36,7 +36,7 @@ rule aggregate_cells:
             category="Training health",
         ),
     log:
-        "logs/aggregate_cells.log",
+        f"{RESULTS}/logs/aggregate_cells.log",
     conda:
         ENV
     params:
@@ -58,7 +58,7 @@ rule best_layers_table:
             category="Tables",
         ),
     log:
-        "logs/best_layers_table.log",
+        f"{RESULTS}/logs/best_layers_table.log",
     conda:
         ENV
     params:

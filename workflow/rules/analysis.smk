@@ -5,7 +5,7 @@ rule layer_stats:
     output:
         f"{RESULTS}/cells/{{cell}}/layer_stats.parquet",
     log:
-        "logs/layer_stats/{cell}.log",
+        f"{RESULTS}/logs/layer_stats/{{cell}}.log",
     conda:
         ENV
     params:
@@ -24,7 +24,7 @@ rule analysis:
         paired=f"{RESULTS}/analysis/paired_tests.csv",
         means=f"{RESULTS}/analysis/level_means.csv",
     log:
-        "logs/analysis.log",
+        f"{RESULTS}/logs/analysis.log",
     conda:
         ENV
     params:

@@ -48,6 +48,12 @@ if workflow.is_main_process:
         sys.exit(f"tunnelscope: {error}")
 
 
+def embeddings_output(path):
+    """An embeddings directory; with embed.keep false, temp(): Snakemake deletes it once every job
+    of the run that reads it has finished."""
+    return directory(path) if STUDY.config["embed"]["keep"] else temp(directory(path))
+
+
 def cell_pattern(cells):
     """A wildcard constraint matching exactly these cells (nothing when there are none)."""
     return "|".join(map(re.escape, cells)) or "(?!)"

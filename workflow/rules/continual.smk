@@ -15,7 +15,7 @@ rule continual_train:
         train_log=f"{CONTINUAL}/{{run}}/{{network}}/train_log.csv",
         info=f"{CONTINUAL}/{{run}}/{{network}}/cell.json",
     log:
-        "logs/continual_train/{run}_{network}.log",
+        f"{RESULTS}/logs/continual_train/{{run}}_{{network}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/continual_train/{{run}}_{{network}}.tsv"
     wildcard_constraints:
@@ -45,7 +45,7 @@ rule continual_swap:
         e1t2=f"{CONTINUAL}/{{run}}/e1-t2/checkpoint.safetensors",
         e2t1=f"{CONTINUAL}/{{run}}/e2-t1/checkpoint.safetensors",
     log:
-        "logs/continual_swap/{run}.log",
+        f"{RESULTS}/logs/continual_swap/{{run}}.log",
     wildcard_constraints:
         run=cell_pattern(RUNS),
     conda:
@@ -67,7 +67,7 @@ rule continual_finetune:
         train_log=f"{CONTINUAL}/{{run}}/{{network}}/train_log.csv",
         info=f"{CONTINUAL}/{{run}}/{{network}}/cell.json",
     log:
-        "logs/continual_finetune/{run}_{network}.log",
+        f"{RESULTS}/logs/continual_finetune/{{run}}_{{network}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/continual_finetune/{{run}}_{{network}}.tsv"
     wildcard_constraints:
@@ -94,10 +94,10 @@ rule continual_evaluate:
         checkpoint=lambda wc: network_checkpoint(wc.run, wc.network),
         data=lambda wc: STUDY.run_prepared_path(wc.run),
     output:
-        embeddings=directory(f"{CONTINUAL}/{{run}}/{{network}}/embeddings"),
+        embeddings=embeddings_output(f"{CONTINUAL}/{{run}}/{{network}}/embeddings"),
         evaluation=f"{CONTINUAL}/{{run}}/{{network}}/evaluation.parquet",
     log:
-        "logs/continual_evaluate/{run}_{network}.log",
+        f"{RESULTS}/logs/continual_evaluate/{{run}}_{{network}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/continual_evaluate/{{run}}_{{network}}.tsv"
     wildcard_constraints:
@@ -137,7 +137,7 @@ rule continual_table:
         ),
         pdf=f"{CONTINUAL}/tunnel_curves.pdf",
     log:
-        "logs/continual_table.log",
+        f"{RESULTS}/logs/continual_table.log",
     conda:
         ENV
     params:

@@ -4,9 +4,9 @@ rule embed:
         checkpoint=rules.pretrain.output.checkpoint,
         data=lambda wc: STUDY.prepared_path(wc.eval_set, wc.cell),
     output:
-        directory(f"{RESULTS}/cells/{{cell}}/embeddings/{{eval_set}}"),
+        embeddings_output(f"{RESULTS}/cells/{{cell}}/embeddings/{{eval_set}}"),
     log:
-        "logs/embed/{cell}_{eval_set}.log",
+        f"{RESULTS}/logs/embed/{{cell}}_{{eval_set}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/embed/{{cell}}_{{eval_set}}.tsv"
     conda:

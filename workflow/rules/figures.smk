@@ -14,7 +14,7 @@ rule cell_figure:
         ),
         pdf=f"{RESULTS}/cells/{{cell}}/figure.pdf",
     log:
-        "logs/cell_figure/{cell}.log",
+        f"{RESULTS}/logs/cell_figure/{{cell}}.log",
     conda:
         ENV
     params:
@@ -36,7 +36,7 @@ rule overview_figure:
         ),
         pdf=f"{RESULTS}/figures/tunnel_curves.pdf",
     log:
-        "logs/overview_figure.log",
+        f"{RESULTS}/logs/overview_figure.log",
     conda:
         ENV
     params:
@@ -54,7 +54,7 @@ rule tsne:
     output:
         coords=f"{RESULTS}/cells/{{cell}}/tsne.parquet",
     log:
-        "logs/tsne/{cell}.log",
+        f"{RESULTS}/logs/tsne/{{cell}}.log",
     conda:
         ENV
     params:
@@ -76,7 +76,7 @@ rule tsne_figure:
         ),
         pdf=f"{RESULTS}/cells/{{cell}}/tsne.pdf",
     log:
-        "logs/tsne_figure/{cell}.log",
+        f"{RESULTS}/logs/tsne_figure/{{cell}}.log",
     conda:
         ENV
     params:
@@ -99,7 +99,7 @@ rule best_layers_figure:
         ),
         pdf=f"{RESULTS}/figures/best_layers.pdf",
     log:
-        "logs/best_layers_figure.log",
+        f"{RESULTS}/logs/best_layers_figure.log",
     conda:
         ENV
     params:

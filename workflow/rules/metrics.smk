@@ -8,7 +8,7 @@ rule cell_metrics:
     output:
         f"{RESULTS}/cells/{{cell}}/metrics.parquet",
     log:
-        "logs/cell_metrics/{cell}.log",
+        f"{RESULTS}/logs/cell_metrics/{{cell}}.log",
     conda:
         ENV
     params:
@@ -29,7 +29,7 @@ rule best_layers:
     output:
         f"{RESULTS}/cells/{{cell}}/best_layers.parquet",
     log:
-        "logs/best_layers/{cell}.log",
+        f"{RESULTS}/logs/best_layers/{{cell}}.log",
     conda:
         ENV
     params:

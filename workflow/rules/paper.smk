@@ -24,7 +24,7 @@ rule paper_table:
         ),
         tex=f"{RESULTS}/paper/tables/{{table}}.tex",
     log:
-        "logs/paper_table/{table}.log",
+        f"{RESULTS}/logs/paper_table/{{table}}.log",
     wildcard_constraints:
         table="|".join(TABLES),
     conda:
@@ -51,7 +51,7 @@ rule curves_by_variable_figure:
         ),
         pdf=f"{RESULTS}/paper/curves_by_variable.pdf",
     log:
-        "logs/curves_by_variable_figure.log",
+        f"{RESULTS}/logs/curves_by_variable_figure.log",
     conda:
         ENV
     params:
@@ -74,7 +74,7 @@ rule shap_slopes_figure:
         ),
         pdf=f"{RESULTS}/paper/shap_slopes.pdf",
     log:
-        "logs/shap_slopes_figure.log",
+        f"{RESULTS}/logs/shap_slopes_figure.log",
     conda:
         ENV
     params:
@@ -95,7 +95,7 @@ rule strength_histogram_figure:
         ),
         pdf=f"{RESULTS}/paper/strength_histogram.pdf",
     log:
-        "logs/strength_histogram_figure.log",
+        f"{RESULTS}/logs/strength_histogram_figure.log",
     conda:
         ENV
     params:
@@ -117,7 +117,7 @@ rule layer_stats_figure:
         ),
         pdf=f"{RESULTS}/paper/layer_stats.pdf",
     log:
-        "logs/layer_stats_figure.log",
+        f"{RESULTS}/logs/layer_stats_figure.log",
     conda:
         ENV
     params:
@@ -134,7 +134,7 @@ rule provenance:
     output:
         f"{RESULTS}/paper/provenance.json",
     log:
-        "logs/provenance.log",
+        f"{RESULTS}/logs/provenance.log",
     conda:
         ENV
     params:
@@ -163,7 +163,7 @@ rule paper_page:
     output:
         f"{RESULTS}/paper/index.html",
     log:
-        "logs/paper_page.log",
+        f"{RESULTS}/logs/paper_page.log",
     conda:
         ENV
     params:

@@ -4,7 +4,7 @@ rule prepare:
     output:
         directory(f"{RESULTS}/prepared/{{dataset}}/{{transform}}"),
     log:
-        "logs/prepare/{dataset}_{transform}.log",
+        f"{RESULTS}/logs/prepare/{{dataset}}_{{transform}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/prepare/{{dataset}}/{{transform}}.tsv"
     conda:

@@ -7,7 +7,7 @@ rule pretrain:
         train_log=f"{RESULTS}/cells/{{cell}}/train_log.csv",
         info=f"{RESULTS}/cells/{{cell}}/cell.json",
     log:
-        "logs/pretrain/{cell}.log",
+        f"{RESULTS}/logs/pretrain/{{cell}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/pretrain/{{cell}}.tsv"
     wildcard_constraints:
@@ -40,7 +40,7 @@ rule import_pretrained:
         train_log=f"{RESULTS}/cells/{{cell}}/train_log.csv",
         info=f"{RESULTS}/cells/{{cell}}/cell.json",
     log:
-        "logs/import_pretrained/{cell}.log",
+        f"{RESULTS}/logs/import_pretrained/{{cell}}.log",
     wildcard_constraints:
         cell=cell_pattern(STUDY.pretrained_cells()),
     conda:

@@ -9,7 +9,7 @@ rule probe:
         weights=f"{RESULTS}/cells/{{cell}}/probes/{{solver}}/{{eval_set}}.weights.npz",
         predictions=f"{RESULTS}/cells/{{cell}}/probes/{{solver}}/{{eval_set}}.predictions.parquet",
     log:
-        "logs/probe/{cell}_{eval_set}_{solver}.log",
+        f"{RESULTS}/logs/probe/{{cell}}_{{eval_set}}_{{solver}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/probe/{{cell}}_{{eval_set}}_{{solver}}.tsv"
     conda:

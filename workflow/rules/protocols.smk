@@ -15,7 +15,7 @@ rule zero_shot:
     output:
         f"{RESULTS}/cells/{{cell}}/zero_shot/{{eval_set}}.parquet",
     log:
-        "logs/zero_shot/{cell}_{eval_set}.log",
+        f"{RESULTS}/logs/zero_shot/{{cell}}_{{eval_set}}.log",
     conda:
         ENV
     params:
@@ -44,7 +44,7 @@ rule zero_shot_table:
         ),
         pdf=f"{RESULTS}/paper/zero_shot.pdf",
     log:
-        "logs/zero_shot_table.log",
+        f"{RESULTS}/logs/zero_shot_table.log",
     conda:
         ENV
     params:
@@ -66,7 +66,7 @@ rule solver_metrics:
     output:
         f"{RESULTS}/cells/{{cell}}/solver_metrics.parquet",
     log:
-        "logs/solver_metrics/{cell}.log",
+        f"{RESULTS}/logs/solver_metrics/{{cell}}.log",
     conda:
         ENV
     params:
@@ -98,7 +98,7 @@ rule solver_table:
         ),
         pdf=f"{RESULTS}/paper/solvers.pdf",
     log:
-        "logs/solver_table.log",
+        f"{RESULTS}/logs/solver_table.log",
     conda:
         ENV
     params:

@@ -16,7 +16,7 @@ rule tunnel_length_figure:
         cells=f"{RESULTS}/tunnel_length/tunnel_length_cells.csv",
         summary=f"{RESULTS}/tunnel_length/tunnel_length.csv",
     log:
-        "logs/tunnel_length_figure.log",
+        f"{RESULTS}/logs/tunnel_length_figure.log",
     conda:
         ENV
     params:
@@ -39,7 +39,7 @@ rule rank_per_layer_figure:
         pdf=f"{RESULTS}/tunnel_length/rank_per_layer.pdf",
         table=f"{RESULTS}/tunnel_length/rank_per_layer.csv",
     log:
-        "logs/rank_per_layer_figure.log",
+        f"{RESULTS}/logs/rank_per_layer_figure.log",
     conda:
         ENV
     params:

@@ -38,7 +38,6 @@ from tunnelscope.data.store import (
     write_store,
 )
 from tunnelscope.registry import DEFAULT_TRANSFORM
-from tunnelscope.runtime import bound_heap
 from tunnelscope.study.config import dataset_defaults
 
 log = logging.getLogger("tunnelscope.datasets")
@@ -402,6 +401,8 @@ def prepare(
     each image resized to the eval transform's shorter side int(R / crop_pct) with
     ``interpolation``, or kept as it is where ``native`` and its shorter side is R already;
     synthetic sets are rendered at R. Memory stays at one chunk of ``chunk_bytes`` of pixels."""
+    from tunnelscope.runtime import bound_heap  # here: runtime imports torch, which validate need not
+
     bound_heap()
     shorter = int(resolution / crop_pct)
     meta = {

@@ -46,6 +46,9 @@ from tunnelscope.study import preprocessing
 
 # SHAP's gradient-boosting fit needs this many (cell, OOD set) rows (analysis.comparisons.shap_slopes).
 SHAP_MIN_ROWS = 3
+# embed settings that change no embedding (how fast it is written, whether it is kept): left out
+# of the embed jobs' params, so that changing them reruns nothing (study.manifest.NON_RESULT_KEYS).
+EMBED_NON_RESULT_KEYS = ("batch_size", "keep")
 
 
 class ConfigError(ValueError):
@@ -844,7 +847,7 @@ class Study:
 
     def embed_params(self, cell: str, eval_set: str) -> dict:
         c = self.cells[cell]
-        embed = {k: v for k, v in self.config["embed"].items() if k != "batch_size"}
+        embed = {k: v for k, v in self.config["embed"].items() if k not in EMBED_NON_RESULT_KEYS}
         norm = self.normalization(cell, eval_set)
         return _sorted(
             {
@@ -1020,7 +1023,7 @@ class Study:
         """Embed settings, the probe's, and per task which layers: every layer where the network
         gives its own task's ID curve (E1+T1 on task 1, E2+T2 on task 2), else the last."""
         own = TRAINED.get(self.continual_label(network))
-        embed = {k: v for k, v in self.config["embed"].items() if k != "batch_size"}
+        embed = {k: v for k, v in self.config["embed"].items() if k not in EMBED_NON_RESULT_KEYS}
         probe = self.config["probe"]
         probe = _probe_settings({**probe, **_solvers(probe)})
         layers = {str(t): "all" if t == own else "last" for t in (1, 2)}

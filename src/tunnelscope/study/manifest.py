@@ -35,7 +35,7 @@ FORMAT = 1
 # Keys that change no output (the Study leaves them out of every job's params: see Study._compute
 # and embed_params), and ``results``, the directory itself. Configs that differ only here are one
 # study.
-NON_RESULT_KEYS = ("results", "compute.device", "compute.resident_mb", "embed.batch_size")
+NON_RESULT_KEYS = ("results", "compute.device", "compute.resident_mb", "embed.batch_size", "embed.keep")
 # Values that are paths, relative to the working directory: compared resolved, so that "data/x"
 # from two working directories counts as two datasets.
 PATH_KEYS = {"root", "class_list", "weights", "hf_cache"}
