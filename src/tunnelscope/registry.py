@@ -161,6 +161,7 @@ SETTING_CHOICES = {
     "metrics.alignment_id": ("probe", "backbone"),
     "metrics.tunnel_rule": ("significant", "paper"),
     "analysis.shap_slope_normalisation": ("none", "l1"),
+    "analysis.unit": ("backbone", "row"),
     "model.preprocessing": ("dataset", "imagenet"),
     "pretrained.interpolation": ("bicubic", "bilinear", "nearest"),
     "pretrained.preprocessing": ("model", "paper"),

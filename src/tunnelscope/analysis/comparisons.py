@@ -32,7 +32,7 @@ from scipy import stats
 from tunnelscope import io
 from tunnelscope.metrics.health import study_rows
 from tunnelscope.metrics.seeds import CONFIDENCE, SEED, t_interval
-from tunnelscope.registry import CELL_VARIABLES, DERIVED_VARIABLES
+from tunnelscope.registry import CELL_VARIABLES, DERIVED_VARIABLES, SETTING_CHOICES
 from tunnelscope.study.config import SHAP_MIN_ROWS
 
 log = logging.getLogger("tunnelscope.analysis")
@@ -71,7 +71,7 @@ DEFAULT_SETTINGS = {
     "include_untrained": False,
     "unit": "backbone",
 }
-UNITS = ("backbone", "row")
+UNITS = SETTING_CHOICES["analysis.unit"]
 # Fewer clusters give no cluster-bootstrap interval: 3 backbones have only 10 distinct resamples
 # (2 have 3), so a percentile interval over them says little and runs narrow.
 MIN_CLUSTERS = 4
