@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from tunnelscope import __version__
 from tunnelscope.registry import CAPTURE_SIDES, POOLINGS, PROBE_POINT_RULES, parse_python_arch
 from tunnelscope.study.config import SCHEMA_PATH, ConfigError, Study, load_schema
 
@@ -475,6 +476,7 @@ def _profile_install(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tunnelscope", description="Layer-wise OOD transfer of image networks.")
+    parser.add_argument("--version", action="version", version=f"tunnelscope {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     val = sub.add_parser(
         "validate",
