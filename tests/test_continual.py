@@ -450,9 +450,9 @@ def test_the_table_shows_seed_means_with_intervals():
     assert csv.configuration.tolist() == LABELS and csv.seeds.eq(3).all()
     column = [c for c in csv.columns if c.endswith("task 1")][0]
     assert (
-        csv[column].iloc[0] == pytest.approx(62.0)
-        and csv[f"{column} ci_low"].iloc[0] < 62.0 < csv[f"{column} ci_high"].iloc[0]
+        csv[column].iloc[0] == pytest.approx(0.62)  # a fraction in the CSV, % in LaTeX
+        and csv[f"{column} ci_low"].iloc[0] < 0.62 < csv[f"{column} ci_high"].iloc[0]
     )
-    assert "±" in latex.iloc[0, 1] and " / " in latex.iloc[0, 1]
+    assert "±" in latex.iloc[0, 1] and " / " in latex.iloc[0, 1] and latex.iloc[0, 1].startswith("62.00 ± ")
     single, _ = continual_table(pd.DataFrame(rows[: 2 * len(LABELS)]), LABELS, "probe")
     assert "seeds" not in single.columns
