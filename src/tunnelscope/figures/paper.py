@@ -21,6 +21,7 @@ from tunnelscope.figures.plots import draw_band
 from tunnelscope.figures.style import (
     apply_style,
     integer_axis,
+    panel_grid,
     plt,
     save_figure,
     say,
@@ -176,7 +177,7 @@ def layer_stats_figure(stats: pd.DataFrame, png: str, pdf: str, confidence: floa
         lines = stats.assign(cell=stats[CELL_COLUMNS].astype(str).agg(" ".join, axis=1))
     lines["relative_depth"] = lines.layer / lines.groupby("cell").layer.transform("max")
     lines["cell"] = lines.cell.map(lambda name: wrap_text(name, LEGEND_CHARS))  # timm names are long
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
+    fig, axes = panel_grid(len(LAYER_STATS), (4.25, 3.6), max_cols=2)
     for ax, (column, label) in zip(axes, LAYER_STATS.items()):
         if column == "nc1":
             ax.set_yscale("log")
