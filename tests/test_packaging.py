@@ -1,7 +1,6 @@
 """The package beside others: ranges as requirements, the tested set as a constraints lock,
-``--version``, provenance's source revision and devices, and job progress without frames."""
+``--version``, provenance's source revision and devices."""
 
-import io
 import re
 import subprocess
 import tomllib
@@ -13,7 +12,6 @@ from packaging.specifiers import SpecifierSet
 
 import tunnelscope
 from conftest import REPO
-from tunnelscope import joblog
 from tunnelscope.cli import main
 from tunnelscope.figures.paper import devices, source_revision
 
@@ -89,39 +87,3 @@ def test_devices_groups_the_cells_by_what_ran_them():
             "cells": ["vggm11_toy_r32_none_s1", "vggm11_toy_r32_none_s2"],
         },
     ]
-
-
-class _Terminal(io.StringIO):
-    def isatty(self):
-        return True
-
-
-def test_progress_off_a_terminal_writes_whole_lines(monkeypatch):
-    monkeypatch.setattr(joblog, "LINE_INTERVAL_S", 0.0)
-    log = io.StringIO()
-    for _ in joblog.progress_bar(range(3), desc="epoch 1/2", file=log, leave=False):
-        pass
-    bar = joblog.progress_bar(total=4, desc="epoch 2/2", file=log, leave=False)
-    bar.update(4)
-    bar.close()
-    text = log.getvalue()
-    assert "\r" not in text and "\x1b" not in text
-    assert [line.split(" [")[0] for line in text.splitlines()] == [
-        "epoch 1/2: 1/3",
-        "epoch 1/2: 2/3",
-        "epoch 1/2: 3/3",
-        "epoch 2/2: 4/4",
-    ]
-
-
-def test_progress_off_a_terminal_is_throttled_to_its_last_line():
-    log = io.StringIO()
-    for _ in joblog.progress_bar(range(1000), desc="probe", file=log, leave=False):
-        pass
-    assert log.getvalue().splitlines() == [log.getvalue().strip()] and "probe: 1000/1000" in log.getvalue()
-
-
-def test_progress_on_a_terminal_is_tqdms_bar():
-    bar = joblog.progress_bar(total=2, file=_Terminal(), leave=False)
-    assert type(bar) is not joblog.LineProgress
-    bar.close()
