@@ -72,6 +72,9 @@ def test_source_revision_names_the_commit_or_says_there_is_none(tmp_path):
     assert source_revision(tmp_path) == {"commit": head, "modified": False}
     (tmp_path / "a.py").write_text("x = 2\n")
     assert source_revision(tmp_path) == {"commit": head, "modified": True}
+    (tmp_path / "venv" / "site-packages").mkdir(parents=True)  # an install inside a checkout, untracked
+    (tmp_path / "venv" / "site-packages" / "b.py").write_text("y = 1\n")
+    assert source_revision(tmp_path / "venv" / "site-packages") == "not a git checkout"
 
 
 def test_devices_groups_the_cells_by_what_ran_them():

@@ -222,8 +222,10 @@ def _git(directory: Path, *args: str) -> str:
 def source_revision(directory: Path = Path(__file__).parent) -> dict | str:
     """The git commit of the checkout holding ``directory`` (the running tunnelscope code by
     default) and whether tracked files differ from it; "not a git checkout" where there is none
-    (an installed wheel) or git is not installed."""
+    (an installed wheel, even in a virtualenv inside a checkout: its files are not tracked) or git
+    is not installed."""
     try:
+        _git(directory, "ls-files", "--error-unmatch", "--", ".")  # the code itself under version control
         modified = bool(_git(directory, "status", "--porcelain", "--untracked-files=no"))
         return {"commit": _git(directory, "rev-parse", "HEAD"), "modified": modified}
     except (OSError, subprocess.CalledProcessError):
