@@ -32,9 +32,14 @@ def test_progress_off_a_terminal_writes_whole_lines(monkeypatch):
 
 def test_progress_off_a_terminal_is_throttled_to_its_last_line():
     log = io.StringIO()
-    for _ in joblog.progress_bar(range(1000), desc="probe", file=log, leave=False):
-        pass
-    assert log.getvalue().splitlines() == [log.getvalue().strip()] and "probe: 1000/1000" in log.getvalue()
+    bar = joblog.progress_bar(total=1000, desc="epoch 1/1", file=log, leave=False)
+    for step in range(1000):
+        bar.update()
+        if step % 25 == 24:
+            bar.set_postfix(loss=f"{1 / (step + 1):.3f}")  # as the training loop does
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("epoch 1/1: 1000/1000") and "loss=0.001" in lines[0]
 
 
 def test_progress_on_a_terminal_is_tqdms_bar():

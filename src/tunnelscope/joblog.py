@@ -60,6 +60,10 @@ class LineProgress(tqdm):
     def clear(self, nolock=False):
         pass
 
+    def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+        # shown with the next line, not as a line of its own (every 25 steps in training)
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
     def close(self):
         if not self.disable and self.n != getattr(self, "_last_line_n", self.initial):
             self.display()
