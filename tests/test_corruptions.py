@@ -185,7 +185,8 @@ def test_corruptions_follow_cifar10c_formulas_at_32px(name, severity):
 
 def test_noise_is_cifar10c_formula_on_the_images_own_draws():
     image = photo()
-    draws = torch.randn(image.shape, generator=corruptions.image_generator(0, "test", 1)).double()
+    h, w, c = image.shape  # drawn channel plane by channel plane
+    draws = torch.randn((c, h, w), generator=corruptions.image_generator(0, "test", 1)).permute(1, 2, 0).double()
     expected = _published(image / 255.0 + 0.08 * draws.numpy())
     assert np.array_equal(
         corruptions.corrupt(image, "gaussian_noise", 3, corruptions.image_generator(0, "test", 1)), expected

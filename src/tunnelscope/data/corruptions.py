@@ -57,8 +57,10 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
 
 def _noise(image: np.ndarray, sigma: float, generator: torch.Generator) -> np.ndarray:
     # torch's generator, not numpy's global one: a prepare job's threads share that, so its copies
-    # would depend on thread timing. float32 draws, the ones copies made before this port drew.
-    draws = torch.randn(image.shape, generator=generator).double().numpy()
+    # would depend on thread timing. float32 draws in channel-plane order: the draws of the copies
+    # made before this port, so a copy changes only by its truncation.
+    h, w, c = image.shape
+    draws = torch.randn((c, h, w), generator=generator).permute(1, 2, 0).double().numpy()
     return _to_uint8(_unit(image) + sigma * draws)
 
 
