@@ -6,16 +6,17 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint dry-run clean
 
-# Reinstall whenever the pinned dependencies change.
-$(STAMP): pyproject.toml
+# The exact tested set (constraints.txt, a pip constraints file) within pyproject's ranges;
+# reinstall whenever either changes.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
 run: $(STAMP)  ## run the default study (config.yaml) on this machine
 	$(VENV)/bin/snakemake --cores $(CORES)
 
-test: lint  ## the linters, then the whole test suite
+test: $(STAMP) lint  ## the linters, then the whole test suite
 	$(VENV)/bin/python -m pytest
 
 # Python: ruff's lint and formatting; the workflow layer: snakefmt's formatting and Snakemake's

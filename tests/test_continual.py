@@ -373,8 +373,8 @@ def test_the_continual_experiment_end_to_end(tmp_path):
     out, run = tmp_path / "out", tmp_path / "out/continual/resnet18_toy_r32_none_s0"
     table = pd.read_csv(out / "paper/tables/continual.csv").set_index("configuration")
     assert table.index.tolist() == LABELS and table.columns.tolist() == ["32² task 1", "32² task 2"]
-    assert table.notna().all().all() and table.stack().between(0, 100).all()
-    assert table.loc["E1+T1", "32² task 1"] > 60 and table.loc["E2+T2", "32² task 2"] > 60  # 4 classes: chance is 25%
+    assert table.notna().all().all() and table.stack().between(0, 1).all()  # fractions, as in every table
+    assert table.loc["E1+T1", "32² task 1"] > 0.6 and table.loc["E2+T2", "32² task 2"] > 0.6  # 4 classes: chance 25%
     assert table.loc["E1+T2", "32² task 1"] != table.loc["E1+T1", "32² task 1"]  # another task's tunnel changes task 1
     assert "E2+T1 fine-tuned & " in (out / "paper/tables/continual.tex").read_text()
 
@@ -450,9 +450,9 @@ def test_the_table_shows_seed_means_with_intervals():
     assert csv.configuration.tolist() == LABELS and csv.seeds.eq(3).all()
     column = [c for c in csv.columns if c.endswith("task 1")][0]
     assert (
-        csv[column].iloc[0] == pytest.approx(62.0)
-        and csv[f"{column} ci_low"].iloc[0] < 62.0 < csv[f"{column} ci_high"].iloc[0]
+        csv[column].iloc[0] == pytest.approx(0.62)  # a fraction in the CSV, % in LaTeX
+        and csv[f"{column} ci_low"].iloc[0] < 0.62 < csv[f"{column} ci_high"].iloc[0]
     )
-    assert "±" in latex.iloc[0, 1] and " / " in latex.iloc[0, 1]
+    assert "±" in latex.iloc[0, 1] and " / " in latex.iloc[0, 1] and latex.iloc[0, 1].startswith("62.00 ± ")
     single, _ = continual_table(pd.DataFrame(rows[: 2 * len(LABELS)]), LABELS, "probe")
     assert "seeds" not in single.columns

@@ -1,5 +1,6 @@
 """Corrupted copies of an eval set: the corruptions themselves, their config, and their store."""
 
+import colorsys
 import warnings
 
 import numpy as np
@@ -132,3 +133,73 @@ def test_threads_do_not_change_the_copy(tmp_path):
     torch.manual_seed(0)  # the global generator plays no part
     again = prepare("toy-noise", config["datasets"]["toy-noise"], 32, tmp_path / "again", threads=2)
     assert np.array_equal(again.splits["test"].image(2), stores[0].splits["test"].image(2))
+
+
+# CIFAR-10-C's generator (make_cifar_c.py), written out here as independent references: every
+# corruption on the [0, 1] image in float64, then np.uint8(np.clip(x, 0, 1) * 255).
+def _published(x: np.ndarray) -> np.ndarray:
+    return np.uint8(np.clip(x, 0, 1) * 255)
+
+
+def _skimage_gaussian(x: np.ndarray, sigma: float) -> np.ndarray:
+    """skimage.filters.gaussian(x, sigma, channel_axis=-1): a separable Gaussian kernel of
+    radius int(4 sigma + 0.5), normalised, edges extended (mode 'nearest')."""
+    radius = int(4.0 * sigma + 0.5)
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    padded = np.pad(x, ((radius, radius), (radius, radius), (0, 0)), mode="edge")
+    rows = sum(w * padded[k : k + x.shape[0]] for k, w in enumerate(taps))
+    return sum(w * rows[:, k : k + x.shape[1]] for k, w in enumerate(taps))
+
+
+def _hsv_brightness(x: np.ndarray, amount: float) -> np.ndarray:
+    """skimage.color's rgb2hsv, V + amount clipped to 1, hsv2rgb: per pixel, by colorsys."""
+    out = np.empty_like(x)
+    for index in np.ndindex(x.shape[:2]):
+        h, s, v = colorsys.rgb_to_hsv(*x[index])
+        out[index] = colorsys.hsv_to_rgb(h, s, min(v + amount, 1.0))
+    return out
+
+
+PUBLISHED = {
+    "gaussian_blur": lambda x, c: _skimage_gaussian(x, c),
+    "contrast": lambda x, c: (x - x.mean(axis=(0, 1), keepdims=True)) * c + x.mean(axis=(0, 1), keepdims=True),
+    "brightness": _hsv_brightness,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+@pytest.mark.parametrize("severity", [1, 3, 5])
+def test_corruptions_follow_cifar10c_formulas_at_32px(name, severity):
+    image = np.random.default_rng(severity).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    image[:3, :3] = 0  # black pixels: brightness turns them grey
+    reference = PUBLISHED[name](image / 255.0, corruptions.PARAMETERS[name][severity - 1])
+    got = corruptions.corrupt(image, name, severity).astype(int)
+    # Where the reference lies within float64 rounding of a whole level, truncation may land on
+    # either side (in CIFAR-10-C's own skimage arithmetic too): one level apart there, equal elsewhere.
+    levels = np.clip(reference, 0, 1) * 255
+    on_edge = np.abs(levels - np.round(levels)) < 1e-9
+    assert np.array_equal(got[~on_edge], _published(reference)[~on_edge])
+    assert np.all(np.abs(got[on_edge] - levels[on_edge]) < 1 + 1e-6)
+
+
+def test_noise_is_cifar10c_formula_on_the_images_own_draws():
+    image = photo()
+    h, w, c = image.shape  # drawn channel plane by channel plane
+    draws = torch.randn((c, h, w), generator=corruptions.image_generator(0, "test", 1)).permute(1, 2, 0).double()
+    expected = _published(image / 255.0 + 0.08 * draws.numpy())
+    assert np.array_equal(
+        corruptions.corrupt(image, "gaussian_noise", 3, corruptions.image_generator(0, "test", 1)), expected
+    )
+
+
+def test_parameters_are_cifar10cs():
+    assert corruptions.PARAMETERS == {
+        "gaussian_noise": (0.04, 0.06, 0.08, 0.09, 0.10),
+        "gaussian_blur": (0.4, 0.6, 0.7, 0.8, 1.0),
+        "contrast": (0.75, 0.5, 0.4, 0.3, 0.15),
+        "brightness": (0.05, 0.1, 0.15, 0.2, 0.3),
+        "jpeg": (80, 65, 58, 50, 40),
+        "pixelate": (0.95, 0.9, 0.85, 0.75, 0.65),
+    }
+    assert tuple(CORRUPTIONS) == tuple(corruptions.PARAMETERS)  # nothing offered beyond CIFAR-10-C's

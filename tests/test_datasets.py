@@ -4,15 +4,17 @@ import pickle
 from importlib import resources
 from pathlib import Path
 
+import legacy_readers
 import numpy as np
 import pytest
 from PIL import Image
 
 from tunnelscope.data import synthetic
 from tunnelscope.data.loader import center_crop
-from tunnelscope.data.sources import load_source, prepare
+from tunnelscope.data.sources import FILE_READERS, load_source, prepare
 from tunnelscope.data.store import DatasetError, Store, StoreError
 from tunnelscope.data.transforms import eval_transform
+from tunnelscope.study.config import dataset_defaults
 
 RNG = np.random.default_rng(0)
 
@@ -117,6 +119,14 @@ def _write_cifar(root: Path, hundred: bool, n_train=6, n_test=4):
         for name in files:
             with open(base / name, "wb") as fh:
                 pickle.dump(batch(n_train if split == "train" else n_test, 0), fh)
+    _write_cifar_meta(base, hundred)
+
+
+def _write_cifar_meta(base: Path, hundred: bool, n_classes: int = 5):
+    """The meta file of the official layout: the class names."""
+    key = "fine_label_names" if hundred else "label_names"
+    with open(base / ("meta" if hundred else "batches.meta"), "wb") as fh:
+        pickle.dump({key: [f"class{i}" for i in range(n_classes)]}, fh)
 
 
 @pytest.mark.parametrize("hundred", [False, True])
@@ -138,6 +148,7 @@ def test_cifar_image_layout_is_channel_planes(tmp_path):
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         with open(base / name, "wb") as fh:
             pickle.dump({"data": red.reshape(1, -1), "labels": [0]}, fh)
+    _write_cifar_meta(base, hundred=False, n_classes=1)
     img = load_source(_spec("cifar10", tmp_path))["test"].items[0]
     assert img.shape == (32, 32, 3) and img[..., 0].min() == 255 and img[..., 1].max() == 0
 
@@ -357,3 +368,79 @@ def test_prepare_killed_part_way_resumes_to_the_same_store(tmp_path):
     assert not (tmp_path / ".killed.partial").exists()
     for name in sorted(p.name for p in full.iterdir()):
         assert (full / name).read_bytes() == (killed / name).read_bytes(), name
+
+
+def _write_stl10(root: Path, sizes=(("train", 5), ("test", 3))):
+    base = root / "stl10_binary"
+    base.mkdir(parents=True)
+    for split, n in sizes:
+        RNG.integers(0, 256, size=(n, 3, 96, 96), dtype=np.uint8).tofile(base / f"{split}_X.bin")
+        RNG.integers(1, 11, size=n, dtype=np.uint8).tofile(base / f"{split}_y.bin")
+
+
+def _write_flowers(root: Path, n: int = 9):
+    from scipy.io import savemat
+
+    base = root / "flowers-102"
+    for i in range(1, n + 1):
+        _image(base / "jpg" / f"image_{i:05d}.jpg", size=(20 + i, 14))
+    savemat(base / "imagelabels.mat", {"labels": np.array([[1 + i % 3 for i in range(n)]])})
+    ids = RNG.permutation(np.arange(1, n + 1))  # the real setid.mat lists are not sorted
+    savemat(base / "setid.mat", {"trnid": ids[None, :3], "valid": ids[None, 3:6], "tstid": ids[None, 6:]})
+
+
+def _write_aircraft(root: Path):
+    base = root / "fgvc-aircraft-2013b" / "data"
+    for i in range(5):
+        _image(base / "images" / f"{1000 + i}.jpg")
+    (base / "variants.txt").write_text("707-320\nA300B4\nF/A-18\n")
+    (base / "images_variant_trainval.txt").write_text("1000 707-320\n1001 F/A-18\n1002 A300B4\n")
+    (base / "images_variant_test.txt").write_text("1003 707-320\n1004 F/A-18\n")
+
+
+def _write_pets(root: Path):
+    base = root / "oxford-iiit-pet"
+    names = ("Abyssinian_1", "Abyssinian_2", "beagle_1", "great_pyrenees_3")
+    for name in names:
+        _image(base / "images" / f"{name}.jpg")
+    (base / "annotations").mkdir()
+    (base / "annotations" / "trainval.txt").write_text("Abyssinian_1 1 1 1\nbeagle_1 2 2 1\ngreat_pyrenees_3 3 2 2\n")
+    (base / "annotations" / "test.txt").write_text("Abyssinian_2 1 1 1\n")
+
+
+LAYOUTS = {
+    "cifar10": lambda root: _write_cifar(root, hundred=False),
+    "cifar100": lambda root: _write_cifar(root, hundred=True),
+    "stl10": _write_stl10,
+    "flowers102": _write_flowers,
+    "fgvc_aircraft": _write_aircraft,
+    "oxford_pets": _write_pets,
+}
+
+
+@pytest.mark.parametrize("source", list(LAYOUTS))
+def test_torchvision_readers_give_the_hand_written_readers_images_and_labels(tmp_path, source):
+    """torchvision's dataset classes replaced the readers in tests/legacy_readers.py: the same
+    images (arrays, or files in the same order), labels and class names on each official layout."""
+    LAYOUTS[source](tmp_path)
+    for splits in ("official", "release") if source == "flowers102" else ("official",):
+        spec = dataset_defaults(_spec(source, tmp_path, **({"splits": splits} if source == "flowers102" else {})))
+        new, old = FILE_READERS[source](spec, tmp_path), legacy_readers.READERS[source](spec, tmp_path)
+        assert new.keys() == old.keys() == {"train", "test"}
+        for split in new:
+            assert new[split].labels.dtype == np.int64 and new[split].labels.tolist() == old[split].labels.tolist()
+            assert new[split].classes == old[split].classes
+            assert len(new[split].items) == len(old[split].items) > 0
+            for a, b in zip(new[split].items, old[split].items):
+                assert np.array_equal(a, b) if isinstance(b, np.ndarray) else Path(a) == b
+
+
+def test_a_missing_or_foreign_file_is_named(tmp_path):
+    _write_cifar(tmp_path, hundred=False)
+    (tmp_path / "cifar-10-batches-py" / "batches.meta").unlink()
+    with pytest.raises(DatasetError, match="batches.meta"):
+        load_source(_spec("cifar10", tmp_path))
+    _write_aircraft(tmp_path)
+    (tmp_path / "fgvc-aircraft-2013b/data/images_variant_test.txt").write_text("1003 747-400\n")
+    with pytest.raises(DatasetError, match="not a readable FGVCAircraft layout .*747-400"):
+        load_source(_spec("fgvc_aircraft", tmp_path))

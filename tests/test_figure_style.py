@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 from matplotlib.colors import to_rgb  # noqa: E402
 
 from tunnelscope.figures import paper, plots  # noqa: E402
-from tunnelscope.figures.style import wrap_text  # noqa: E402
+from tunnelscope.figures.style import panel_grid, wrap_text  # noqa: E402
 
 LONG = [
     "timm/vit_small_patch16_224.augreg_in21k_ft_in1k",
@@ -193,3 +193,25 @@ def test_curves_by_variable_averages_curves_of_different_depths_on_one_grid(draw
         assert np.allclose(line.get_xdata(), grid) and np.allclose(line.get_ydata(), expected)
     same_depth = curves(LONG[:2], layers=12)
     assert np.allclose(paper.depth_grid(same_depth), np.arange(1, 13) / 12)  # shared depths stay as they are
+
+
+@pytest.mark.parametrize(("n", "max_cols", "shape"), [(1, 3, (1, 1)), (4, 2, (2, 2)), (5, 3, (2, 3)), (6, 3, (2, 3))])
+def test_panel_grid_wraps_wide_figures_into_rows(n, max_cols, shape):
+    fig, axes = panel_grid(n, (4.0, 3.0), max_cols=max_cols, sharey=True)
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == n and visible == axes  # reading order; the last row's spare slots hidden
+    assert tuple(fig.get_size_inches()) == (4.0 * shape[1], 3.0 * shape[0])
+    plt.close(fig)
+
+
+def test_layer_stats_panels_stand_two_by_two(tmp_path):
+    stats = pd.DataFrame(
+        [
+            {"arch": "vggm11", "id_dataset": "toy", "resolution": 32, "augmentation": "none", "seed": 0, "layer": layer}
+            | {c: float(layer + 1) for c in paper.LAYER_STATS}
+            for layer in range(4)
+        ]
+    )
+    paper.layer_stats_figure(stats, str(tmp_path / "s.png"), str(tmp_path / "s.pdf"))
+    width, height = plt.imread(tmp_path / "s.png").shape[1::-1]
+    assert width < 1.5 * height  # was one row of four, about 4.7 times as wide as high

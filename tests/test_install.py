@@ -10,6 +10,7 @@ import venv
 
 import pytest
 
+import tunnelscope
 from conftest import REPO
 
 pytestmark = pytest.mark.integration
@@ -70,6 +71,8 @@ def test_the_installed_package_is_the_wheel_not_the_checkout(installed, tmp_path
         check=True,
     ).stdout.split()
     assert str(installed) in out[0] and out[1] == "True"
+    version = run(installed, "--version", cwd=tmp_path)
+    assert version.returncode == 0 and version.stdout.strip() == f"tunnelscope {tunnelscope.__version__}"
 
 
 def test_validate_from_another_directory(installed, tmp_path):

@@ -1,6 +1,8 @@
 """The paper build and the HTML reports, looked at in a real headless Chromium."""
 
+import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -72,7 +74,13 @@ def test_paper_outputs_exist(study):
     for name in ("id_accuracy", "ood_accuracy", "ood_retained", "pearson", "alignment", "level_means", "effect_sizes"):
         assert "\\begin{tabular}" in (paper / "tables" / f"{name}.tex").read_text()
         assert f"tables/{name}.csv" in (paper / "index.html").read_text()
-    assert "vggm11" in (paper / "provenance.json").read_text()
+    provenance = json.loads((paper / "provenance.json").read_text())
+    assert "vggm11" in {cell["arch"] for cell in provenance["cells"]}
+    source = provenance["source"]  # this checkout's commit (a wheel: "not a git checkout")
+    assert source == "not a git checkout" or re.fullmatch(r"[0-9a-f]{40}", source["commit"]), source
+    assert sum(len(d["cells"]) for d in provenance["devices"]) == len(provenance["cells"])
+    assert {d["device"] for d in provenance["devices"]} == {"cpu"}
+    assert any(line.startswith("tunnelscope==") for line in provenance["installed"])
     assert SHARED_CAPTION in (paper / "index.html").read_text()
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 
 from tunnelscope.figures import tables
+from tunnelscope.io import write_table
 
 
 def _cells():
@@ -41,7 +42,7 @@ def test_id_accuracy_is_laid_out_like_table_11():
         "224 rrc_flip",
     ]
     assert csv.arch.tolist() == ["vggm11", "resnet50-sup", "resnet50-swav"]  # grid order, published models kept apart
-    assert csv.iloc[0]["32 rrc_flip"] == 60.0 and np.isnan(csv.iloc[0]["224 rrc_flip"])
+    assert csv.iloc[0]["32 rrc_flip"] == 0.6 and np.isnan(csv.iloc[0]["224 rrc_flip"])  # a fraction; LaTeX in %
     assert (
         latex.iloc[0]["32²"] == "50.00 / 60.00"
         and latex.iloc[0]["224²"] == "70.00 / –"
@@ -166,3 +167,46 @@ def test_effect_sizes_show_both_levels_where_the_analysis_has_them():
     assert csv.columns.tolist()[-2:] == ["pairs", "backbone pairs"] and csv["backbone pairs"].iloc[0] == 6
     assert "% retained p (backbones)" not in latex and latex["Pearson p (backbones, Holm)"].iloc[0] == "0.812"
     assert latex["alignment p"].iloc[0] == "< 0.001" and latex["alignment verdict"].iloc[0] == "direction only"
+
+
+def test_accuracy_tables_hold_fractions_and_print_percent():
+    """One unit for accuracies in every CSV (a fraction, as in the Parquet tables); the LaTeX
+    prints % as the paper does; augmentation levels keep the config's names."""
+    rows = [
+        {
+            "arch": "a",
+            "label": "A",
+            "id_dataset": "in",
+            "resolution": 32,
+            "augmentation": aug,
+            "seed": 0,
+            "ood_set": "x",
+            "ood_index": 1,
+            "ood_last_acc": acc,
+        }
+        for aug, acc in (("none", 0.6424000263214111), ("rrc_flip", 0.5))
+    ]
+    csv, latex = tables.ood_table(pd.DataFrame(rows), "ood_accuracy")
+    assert csv["x"].tolist() == [0.6424, 0.5] and latex["x"].tolist() == ["64.24", "50.00"]
+    assert csv.augmentation.tolist() == latex.augmentation.tolist() == ["none", "rrc_flip"]
+    summary = pd.DataFrame(
+        [{"arch": "a", "resolution": 32, "augmentation": "none", "seed": 0, "eval_set": "x-noise", "num_layers": 3}]
+    ).assign(
+        zero_shot_layer=1,
+        zero_shot_acc=0.25,
+        zero_shot_last_acc=0.2,
+        zero_shot_oracle_acc=0.3,
+        shifted_probe_layer=2,
+        shifted_probe_acc=0.4,
+        shifted_probe_last_acc=0.35,
+    )
+    csv, latex = tables.zero_shot_table(summary)
+    assert csv.zero_shot_acc.tolist() == [0.25] and latex["ZS acc"].tolist() == ["25.00"]
+    assert latex.backbone.tolist() == ["a 32² none s0"]
+
+
+def test_csv_rounds_float_noise_and_parquet_keeps_full_precision(tmp_path):
+    table = pd.DataFrame({"acc": np.float32([0.6424, 0.1]).astype(float), "lr": [1.25e-5, 3.0], "n": [1, 2]})
+    write_table(table, tmp_path / "t.parquet", tmp_path / "t.csv")
+    assert (tmp_path / "t.csv").read_text().splitlines() == ["acc,lr,n", "0.6424,1.25e-05,1", "0.1,3,2"]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "t.parquet"), table, check_exact=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from tunnelscope import __version__
 from tunnelscope.registry import CAPTURE_SIDES, POOLINGS, PROBE_POINT_RULES, parse_python_arch
 from tunnelscope.study.config import SCHEMA_PATH, ConfigError, Study, load_schema
 
@@ -286,11 +287,8 @@ def _layers(args) -> int:
     print(
         f"{args.arch}: {report['params']:,} parameters ({built}); {len(layers)} probe points ({named}), pooling {args.pooling}"
     )
-    width = max(28, *(len(row["name"]) for row in layers))
-    print(f"{'index':>5}  {'module':<{width}} {'side':<6} {'shape':<18} {'dim':>6}")
-    for row in layers:
-        shape = "x".join(map(str, row["shape"]))
-        print(f"{row['index']:>5}  {row['name']:<{width}} {row['side']:<6} {shape:<18} {row['dim']:>6}")
+    rows = [[r["index"], r["name"], r["side"], "x".join(map(str, r["shape"])), r["dim"]] for r in layers]
+    _print_columns(["index", "module", "side", "shape", "dim"], rows)
     names = yaml.safe_dump([row["name"] for row in layers], default_flow_style=True, width=10**6).strip()
     print(f"as names: probe_points: {names}")
     return 0
@@ -342,12 +340,21 @@ def _print_modules(args, model, shapes: dict) -> int:
     print(
         f"{args.arch}: {len(shapes)} modules; any name below may be listed in probe_points (captured at its output for one {args.resolution}px image)"
     )
-    width = max(28, *(len(n) for n in shapes))
-    print(f"{'module':<{width}} {'type':<24} {'output':<18}")
-    for name, shape in shapes.items():
-        out = "x".join(map(str, shape)) if shape is not None else "(not run)"
-        print(f"{name:<{width}} {type(modules[name]).__name__:<24} {out:<18}")
+    rows = [
+        [name, type(modules[name]).__name__, "x".join(map(str, shape)) if shape is not None else "(not run)"]
+        for name, shape in shapes.items()
+    ]
+    _print_columns(["module", "type", "output"], rows)
     return 0
+
+
+def _print_columns(header: list[str], rows: list[list]) -> None:
+    """A plain-text table: each column as wide as its widest entry, numbers right-aligned."""
+    widths = [max(len(str(v)) for v in column) for column in zip(header, *rows)]
+    numeric = [bool(rows) and all(isinstance(row[i], int) for row in rows) for i in range(len(header))]
+    for line in [header, *rows]:
+        cells = [f"{v!s:>{w}}" if num else f"{v!s:<{w}}" for v, w, num in zip(line, widths, numeric)]
+        print("  ".join(cells).rstrip())
 
 
 def _is_release(path: str) -> bool:
@@ -534,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     from tunnelscope.budget import RATE_SETS
 
     parser = argparse.ArgumentParser(prog="tunnelscope", description="Layer-wise OOD transfer of image networks.")
+    parser.add_argument("--version", action="version", version=f"tunnelscope {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     val = sub.add_parser(
         "validate",

@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 
 @contextlib.contextmanager
 def job_logging(logfile: str | None):
@@ -30,3 +32,47 @@ def job_logging(logfile: str | None):
         for h in handlers:
             root.removeHandler(h)
             h.close()
+
+
+# Between a bar's plain lines off a terminal: at most one per LINE_INTERVAL_S (its last line,
+# when it closes, always comes).
+LINE_INTERVAL_S = 30.0
+
+
+class LineProgress(tqdm):
+    """tqdm for a file that is not a terminal (a job's log, a cluster job's output): each
+    refresh a whole line, no carriage-return frames, no bar glyphs; the last line when it closes
+    (one per epoch for the training loop's per-epoch bars)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["mininterval"] = max(kwargs.get("mininterval", 0.0), LINE_INTERVAL_S)
+        kwargs.setdefault("bar_format", "{desc}: {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+        super().__init__(*args, **kwargs)
+
+    def display(self, msg=None, pos=None):
+        # tqdm passes msg="" to erase a bar; the opening 0/N adds nothing to a log.
+        if msg is None and self.n != self.initial:
+            self.fp.write(f"{self}\n")
+            self.fp.flush()
+            self._last_line_n = self.n
+        return False
+
+    def clear(self, nolock=False):
+        pass
+
+    def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+        # shown with the next line, not as a line of its own (every 25 steps in training)
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+    def close(self):
+        if not self.disable and self.n != getattr(self, "_last_line_n", self.initial):
+            self.display()
+        self.leave = False  # the line above is the bar's last word: nothing to erase or repeat
+        super().close()
+
+
+def progress_bar(*args, file=None, **kwargs) -> tqdm:
+    """A progress bar (tqdm's arguments): tqdm's own on a terminal, else ``LineProgress``."""
+    stream = file if file is not None else sys.stderr
+    cls = tqdm if getattr(stream, "isatty", lambda: False)() else LineProgress
+    return cls(*args, file=stream, **kwargs)

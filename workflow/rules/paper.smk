@@ -128,9 +128,11 @@ rule layer_stats_figure:
 
 
 rule provenance:
-    """The study's cells, its whole config and the software versions that built it."""
+    """The study's cells, its whole config, the git commit and software versions that built it
+    and the devices its cells ran on."""
     input:
-        AGGREGATE["metrics"],
+        metrics=AGGREGATE["metrics"],
+        cells=AGGREGATE["cells"],
     output:
         f"{RESULTS}/paper/provenance.json",
     log:

@@ -6,11 +6,13 @@ names it, ``RESULTS/prepared/DATASET/TAG``): every image kept whole at the eval 
 resize, train and test splits, written chunk by chunk. Training and extraction read that store instead of decoding and
 resizing the same images again every epoch.
 
-The readers below parse each dataset's official on-disk layout (the one torchvision's
-downloader produces) and return file paths, so decoding runs threaded while the store is
-written. torchvision's dataset classes are used only to download: they verify the MD5 of the
-official archives and so refuse any other copy (a re-packed mirror, or the small files the tests
-write), and they decode one image per ``__getitem__``.
+The readers below return each split's images (arrays, or file paths, so decoding runs threaded
+while the store is written) and labels. CIFAR, STL-10, Flowers-102, FGVC-Aircraft and
+Oxford-IIIT Pets are read by torchvision's dataset classes (their official on-disk layout, the
+one torchvision's downloader produces), with their MD5 check of each file cut to a presence check
+(``_official``) and their images taken from the lists they build, not decoded one per
+``__getitem__``. CUB-200 (no torchvision reader) and the folder trees (with class lists, subsets
+and per-class probe sets of their own) are read by the readers here.
 """
 
 from __future__ import annotations
@@ -139,50 +141,57 @@ def _single_tree(spec: dict, root: Path, subdir: str) -> dict[str, RawSplit]:
     return _stratified(_folder_split(tree, classes), spec["test_fraction"], spec["seed"])
 
 
-def _unpickle(path: Path) -> dict:
-    # CIFAR's official format is a Python pickle; read only files the user pointed us at.
+def _official(cls, root: Path, files: dict, **kwargs):
+    """torchvision's reader ``cls`` of a dataset's official on-disk layout, its files' MD5 check
+    cut to a presence check: torchvision checks each file against the official archive's MD5,
+    which guards its downloads but refuses any trimmed or re-packed copy (and the tests' small
+    files); the store records digests of its own. ``files``: the class attributes listing
+    (file name, md5) pairs, given with md5 None."""
+    reader = type(cls.__name__, (cls,), files)
     try:
-        with open(_need_file(path), "rb") as fh:
-            return pickle.load(fh, encoding="latin1")
-    except (pickle.UnpicklingError, EOFError, ValueError) as exc:
-        raise DatasetError(f"{path}: not a readable CIFAR batch ({exc})") from exc
+        return reader(str(root), download=False, **kwargs)
+    except (RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as exc:
+        raise DatasetError(f"{root}: not a readable {cls.__name__} layout ({type(exc).__name__}: {exc})") from exc
+
+
+def _unverified(pairs) -> list[list]:
+    return [[name, None] for name, _ in pairs]
 
 
 def _cifar(root: Path, hundred: bool) -> dict[str, RawSplit]:
-    if hundred:
-        base = _need_dir(root / "cifar-100-python")
-        files, key = {"train": ["train"], "test": ["test"]}, "fine_labels"
-    else:
-        base = _need_dir(root / "cifar-10-batches-py")
-        files, key = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}, "labels"
+    import torchvision.datasets as tvd
+
+    cls = tvd.CIFAR100 if hundred else tvd.CIFAR10
+    base = _need_dir(root / cls.base_folder)
+    for name, _ in cls.train_list + cls.test_list + [(cls.meta["filename"], None)]:
+        _need_file(base / name)
+    files = {
+        "train_list": _unverified(cls.train_list),
+        "test_list": _unverified(cls.test_list),
+        "meta": {**cls.meta, "md5": None},
+    }
     out = {}
-    for split, names in files.items():
-        batches = [_unpickle(base / n) for n in names]
-        data = np.concatenate([np.asarray(b["data"], dtype=np.uint8).reshape(-1, 3, 32, 32) for b in batches])
-        labels = np.concatenate([np.asarray(b[key], dtype=np.int64) for b in batches])
-        out[split] = RawSplit(list(data.transpose(0, 2, 3, 1)), labels, _cifar_names(base, hundred))
+    for split in SPLITS:
+        data = _official(cls, root, files, train=split == "train")
+        out[split] = RawSplit(list(data.data), np.asarray(data.targets, dtype=np.int64), list(data.classes))
     return out
 
 
-def _cifar_names(base: Path, hundred: bool) -> list[str] | None:
-    """CIFAR's class names from its meta file (None where it is missing)."""
-    path = base / ("meta" if hundred else "batches.meta")
-    if not path.is_file():
-        return None
-    return [str(n) for n in _unpickle(path)["fine_label_names" if hundred else "label_names"]]
-
-
 def _stl10(root: Path) -> dict[str, RawSplit]:
-    base = _need_dir(root / "stl10_binary")
+    import torchvision.datasets as tvd
+
+    base = _need_dir(root / tvd.STL10.base_folder)
+    labelled = [f"{split}_{part}.bin" for split in SPLITS for part in "Xy"]  # not the unlabeled images
+    for name in labelled:
+        _need_file(base / name)
+    files = {"train_list": _unverified(tvd.STL10.train_list[:2]), "test_list": _unverified(tvd.STL10.test_list)}
     out = {}
     for split in SPLITS:
-        raw = np.fromfile(_need_file(base / f"{split}_X.bin"), dtype=np.uint8)
-        labels = np.fromfile(_need_file(base / f"{split}_y.bin"), dtype=np.uint8).astype(np.int64) - 1
-        if raw.size != len(labels) * 3 * 96 * 96:
-            raise DatasetError(f"{base / f'{split}_X.bin'}: size does not match {len(labels)} labels of 3x96x96 images")
-        # Stored column-major per channel: (N, C, W, H).
-        images = raw.reshape(-1, 3, 96, 96).transpose(0, 3, 2, 1)
-        out[split] = RawSplit(list(images), labels)
+        data = _official(tvd.STL10, root, files, split=split)
+        if len(data.data) != len(data.labels):
+            raise DatasetError(f"{base / f'{split}_X.bin'}: {len(data.data)} images for {len(data.labels)} labels")
+        # torchvision gives (N, C, H, W); the store takes HxWxC
+        out[split] = RawSplit(list(data.data.transpose(0, 2, 3, 1)), data.labels.astype(np.int64))
     return out
 
 
@@ -210,49 +219,52 @@ FLOWERS_SPLITS = {
 
 
 def _flowers(root: Path, splits: str) -> dict[str, RawSplit]:
-    from scipy.io import loadmat
+    import torchvision.datasets as tvd
 
     base = _need_dir(root / "flowers-102")
-    labels = loadmat(_need_file(base / "imagelabels.mat"))["labels"].ravel().astype(np.int64) - 1
-    sets = loadmat(_need_file(base / "setid.mat"))
+    for key in ("label", "setid"):
+        _need_file(base / tvd.Flowers102._file_dict[key][0])
+    files = {"_file_dict": {key: (name, None) for key, (name, _) in tvd.Flowers102._file_dict.items()}}
+    torchvision_split = {"trnid": "train", "valid": "val", "tstid": "test"}
     out = {}
     for split, keys in FLOWERS_SPLITS[splits].items():
-        ids = np.sort(np.concatenate([sets[key].ravel() for key in keys]))
-        out[split] = RawSplit([base / "jpg" / f"image_{i:05d}.jpg" for i in ids], labels[ids - 1])
+        parts = [_official(tvd.Flowers102, root, files, split=torchvision_split[key]) for key in keys]
+        # in image-id order (the names' zero-padded ids), as the legacy reader listed them
+        pairs = sorted(
+            ((path, label) for part in parts for path, label in zip(part._image_files, part._labels)),
+            key=lambda pair: pair[0].name,
+        )
+        out[split] = RawSplit([path for path, _ in pairs], np.array([label for _, label in pairs], dtype=np.int64))
     return out
 
 
 def _aircraft(root: Path) -> dict[str, RawSplit]:
+    import torchvision.datasets as tvd
+
     base = _need_dir(root / "fgvc-aircraft-2013b" / "data")
-    classes = [line.strip() for line in _need_file(base / "variants.txt").read_text().splitlines() if line.strip()]
-    index = {c: i for i, c in enumerate(classes)}
+    for name in ("variants.txt", "images_variant_trainval.txt", "images_variant_test.txt"):
+        _need_file(base / name)
     out = {}
-    for split, name in (("train", "trainval"), ("test", "test")):
-        listing = _need_file(base / f"images_variant_{name}.txt")
-        items, labels = [], []
-        for line in listing.read_text().splitlines():
-            if not line.strip():
-                continue
-            image_id, variant = line.strip().split(" ", 1)
-            if variant not in index:
-                raise DatasetError(f"{listing}: variant {variant!r} is not in variants.txt")
-            items.append(base / "images" / f"{image_id}.jpg")
-            labels.append(index[variant])
-        out[split] = RawSplit(items, np.array(labels, dtype=np.int64), classes)
+    for split in ("trainval", "test"):
+        data = _official(tvd.FGVCAircraft, root, {}, split=split, annotation_level="variant")
+        out["train" if split == "trainval" else split] = RawSplit(
+            [Path(p) for p in data._image_files], np.array(data._labels, dtype=np.int64), list(data.classes)
+        )
     return out
 
 
 def _pets(root: Path) -> dict[str, RawSplit]:
+    import torchvision.datasets as tvd
+
     base = _need_dir(root / "oxford-iiit-pet")
+    for name in ("trainval.txt", "test.txt"):
+        _need_file(base / "annotations" / name)
     out = {}
-    for split, name in (("train", "trainval"), ("test", "test")):
-        rows = [
-            line.split()
-            for line in _need_file(base / "annotations" / f"{name}.txt").read_text().splitlines()
-            if line.strip()
-        ]
-        items = [base / "images" / f"{r[0]}.jpg" for r in rows]
-        out[split] = RawSplit(items, np.array([int(r[1]) - 1 for r in rows], dtype=np.int64))
+    for split in ("trainval", "test"):
+        data = _official(tvd.OxfordIIITPet, root, {}, split=split, target_types="category")
+        out["train" if split == "trainval" else split] = RawSplit(
+            list(data._images), np.array(data._labels, dtype=np.int64)
+        )
     return out
 
 

@@ -40,10 +40,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from tunnelscope.integrity import DamageError, crc32_range, file_crc32
 from tunnelscope.io import atomic_path
+from tunnelscope.joblog import progress_bar
 
 log = logging.getLogger("tunnelscope.store")
 
@@ -167,7 +167,7 @@ def _write_split(
     fd = os.open(pixels_path, os.O_RDWR)
     start_byte = _data_start(pixels_path)
     todo = [(k, c) for k, c in enumerate(plan.chunks) if k not in done]
-    bar = tqdm(
+    bar = progress_bar(
         total=len(plan.labels),
         initial=len(plan.labels) - sum(stop - start for _, (start, stop) in todo),
         desc=f"prepare {split}",

@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from tunnelscope.data.loader import SplitReader, loader_workers
 from tunnelscope.data.splits import SPLITS
@@ -22,6 +21,7 @@ from tunnelscope.data.store import Store
 from tunnelscope.features.extract import embed_batches
 from tunnelscope.features.store import EmbeddingWriter, layer_path, write_checksums
 from tunnelscope.io import atomic_dir, file_sha256
+from tunnelscope.joblog import progress_bar
 from tunnelscope.models.build import probe_points
 from tunnelscope.runtime import device_info, job_device, resolve_compute
 from tunnelscope.training.checkpoints import load_backbone
@@ -82,7 +82,7 @@ def embed_eval_set(
     }
     poolings, dtype = params["pooling"], np.dtype(params["dtype"])
     total = sum(-(-len(rows[s]) // batch_size) for s in SPLITS)
-    bar = tqdm(total=total, desc=f"embed {params['eval_set']}", leave=False, mininterval=1.0)
+    bar = progress_bar(total=total, desc=f"embed {params['eval_set']}", leave=False, mininterval=1.0)
     with atomic_dir(out_dir) as tmp, ThreadPoolExecutor(1) as writer_thread:
         writers = {
             (point.index, pooling): EmbeddingWriter(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from tunnelscope.data.transforms import Normaliser
+from tunnelscope.joblog import progress_bar
 from tunnelscope.models.capture import LayerCapture
 from tunnelscope.models.points import ProbePoint
 from tunnelscope.registry import IMAGENET_MEAN, IMAGENET_STD
@@ -115,7 +115,7 @@ def embed_images(
     reference the streamed embed job is checked against (and a helper for notebooks)."""
     batches = (
         torch.from_numpy(images[i : i + batch_size]).to(device)
-        for i in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, mininterval=1.0)
+        for i in progress_bar(range(0, len(images), batch_size), desc=desc, leave=False, mininterval=1.0)
     )
     parts: dict[tuple, list] = {}
     for vectors in embed_batches(model, points, batches, poolings, dtype, **options):

@@ -7,12 +7,13 @@ Kept free of heavy imports: the workflow reads it while the DAG is built.
 TABLES = {
     "id_accuracy": (
         "Table 11",
-        "ID top-1 accuracy (%) of every backbone on its ID test set, per resolution: no augmentation / augmentation "
+        "ID top-1 accuracy (CSV: a fraction; LaTeX: %) of every backbone on its ID test set, per resolution: one value per augmentation level, "
+        "as none / rrc_flip "
         "(the kept checkpoint's).",
     ),
     "ood_accuracy": (
         "Tables 4-7",
-        "Last-layer OOD linear-probe accuracy (%) per backbone and OOD set, and their mean.",
+        "Last-layer OOD linear-probe accuracy (CSV: a fraction; LaTeX: %) per backbone and OOD set, and their mean.",
     ),
     "ood_retained": (
         "Tables 4-7",
@@ -48,7 +49,7 @@ ANALYSIS_TABLES = ("level_means", "effect_sizes")
 # The continual-learning table (rule continual_table), laid out like the paper's Table 2.
 CONTINUAL_TABLE = (
     "Table 2",
-    "Continual learning: accuracy (%) on task 1 / task 2 of each configuration, per resolution (seed means; with several seeds ± half their t-interval (analysis.seed_confidence)). "
+    "Continual learning: accuracy (CSV: a fraction; LaTeX: %) on task 1 / task 2 of each configuration, per resolution (seed means; with several seeds ± half their t-interval (analysis.seed_confidence)). "
     "E = extractor (the layers before the tunnel), T = tunnel (the rest, classifier included); 1 / 2 = of the network "
     "after training on task 1 / after then training on task 2; fine-tuned rows train the parts they name on their task. "
     "Scored by continual.score: a linear probe on the last probed layer, or the network's own classifier over the task's classes.",
@@ -66,7 +67,7 @@ def table_caption(name: str, confidence: float = 0.95) -> str:
 
 # Tables of this project's own protocol comparisons (not in the paper).
 ZERO_SHOT_CAPTION = (
-    "Zero-shot against the paper's protocol on shifted copies of the ID set, per backbone: test accuracy (%) on the "
+    "Zero-shot against the paper's protocol on shifted copies of the ID set, per backbone: test accuracy (CSV: a fraction; LaTeX: %) on the "
     "shifted test rows outside the small validation part, at the layer zero-shot picks on that part and at the last "
     "layer, the best zero-shot layer in hindsight, and the probe trained on the shifted set (the paper's protocol) at "
     "its best and last layer."

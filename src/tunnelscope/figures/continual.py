@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from tunnelscope.figures.style import apply_style, plt, save_figure, sns
+from tunnelscope.figures.style import apply_style, panel_grid, save_figure, sns
 from tunnelscope.registry import ARCHS, CELL_VARIABLES, TRAINED
 
 
@@ -20,9 +20,9 @@ def continual_figure(
     )
     curves["run"] = [run_of[tuple(row)] for row in curves[list(CELL_VARIABLES)].itertuples(index=False)]
     runs = list(dict.fromkeys(curves.sort_values("resolution", kind="stable").run))
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 3.8), squeeze=False)
+    fig, axes = panel_grid(len(runs), (5.2, 3.8))
     palette = dict(zip(TRAINED, sns.color_palette("colorblind", 2)))
-    for ax, run in zip(axes.flat, runs):
+    for ax, run in zip(axes, runs):
         tunnel, part = tunnels[run], curves[curves.run == run]
         ax.axvspan(
             tunnel["start_layer"] - 0.5,

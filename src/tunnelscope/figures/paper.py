@@ -9,6 +9,7 @@ import html
 import json
 import os
 import platform
+import subprocess
 from importlib import metadata
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from tunnelscope.figures.plots import draw_band
 from tunnelscope.figures.style import (
     apply_style,
     integer_axis,
+    panel_grid,
     plt,
     save_figure,
     say,
@@ -28,6 +30,7 @@ from tunnelscope.figures.style import (
     wrap_text,
 )
 from tunnelscope.io import atomic_path, read_csv
+from tunnelscope.metrics.health import row_cells
 from tunnelscope.metrics.seeds import (
     BACKBONE,
     CONFIDENCE,
@@ -200,7 +203,7 @@ def layer_stats_figure(stats: pd.DataFrame, png: str, pdf: str, confidence: floa
         lines = stats.assign(cell=stats[CELL_COLUMNS].astype(str).agg(" ".join, axis=1))
     lines["relative_depth"] = lines.layer / lines.groupby("cell").layer.transform("max")
     lines["cell"] = lines.cell.map(lambda name: wrap_text(name, LEGEND_CHARS))  # timm names are long
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
+    fig, axes = panel_grid(len(LAYER_STATS), (4.25, 3.6), max_cols=2)
     for ax, (column, label) in zip(axes, LAYER_STATS.items()):
         if column == "nc1":
             ax.set_yscale("log")
@@ -232,26 +235,62 @@ def layer_stats_figure(stats: pd.DataFrame, png: str, pdf: str, confidence: floa
     save_figure(fig, png, pdf)
 
 
-def provenance(metrics: pd.DataFrame, config: dict) -> dict:
+# What ran each cell (cell.json, from runtime.device_info): a row per distinct device.
+DEVICE_COLUMNS = ["device", "device_name", "device_capability", "cuda_version", "driver_version", "torch_version"]
+
+
+def _git(directory: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(directory), *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def source_revision(directory: Path = Path(__file__).parent) -> dict | str:
+    """The git commit of the checkout holding ``directory`` (the running tunnelscope code by
+    default) and whether tracked files differ from it; "not a git checkout" where there is none
+    (an installed wheel, even in a virtualenv inside a checkout: its files are not tracked) or git
+    is not installed."""
+    try:
+        _git(directory, "ls-files", "--error-unmatch", "--", ".")  # the code itself under version control
+        modified = bool(_git(directory, "status", "--porcelain", "--untracked-files=no"))
+        return {"commit": _git(directory, "rev-parse", "HEAD"), "modified": modified}
+    except (OSError, subprocess.CalledProcessError):
+        return "not a git checkout"
+
+
+def devices(cells: pd.DataFrame) -> list[dict]:
+    """Each distinct device the cells ran on (the aggregate cells table), with those cells."""
+    present = [c for c in DEVICE_COLUMNS if c in cells.columns]
+    facts = cells[present].assign(cell=row_cells(cells))
+    return [
+        {**{k: None if pd.isna(v) else v for k, v in zip(present, key)}, "cells": sorted(group["cell"])}
+        for key, group in facts.groupby(present, sort=True, dropna=False)
+    ]
+
+
+def provenance(metrics: pd.DataFrame, config: dict, cells: pd.DataFrame | None = None) -> dict:
     versions = {}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    cells = metrics.drop_duplicates(CELL_COLUMNS)[CELL_COLUMNS].to_dict("records")
+    installed = sorted({f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions()}, key=str.lower)
     return {
-        "cells": cells,
+        "cells": metrics.drop_duplicates(CELL_COLUMNS)[CELL_COLUMNS].to_dict("records"),
         "config": config,
+        "source": source_revision(),
         "software": versions,
+        "installed": installed,  # every distribution in the environment that built this page
+        "devices": devices(cells) if cells is not None else [],
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
 
 
-def write_provenance(metrics: pd.DataFrame, config: dict, path: str) -> None:
+def write_provenance(metrics: pd.DataFrame, config: dict, path: str, cells: pd.DataFrame | None = None) -> None:
     with atomic_path(Path(path)) as tmp:
-        Path(tmp).write_text(json.dumps(provenance(metrics, config), indent=1, sort_keys=True, default=str))
+        Path(tmp).write_text(json.dumps(provenance(metrics, config, cells), indent=1, sort_keys=True, default=str))
 
 
 PAGE_HEAD = [

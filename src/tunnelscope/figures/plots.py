@@ -13,6 +13,7 @@ from tunnelscope.figures.style import (
     fit_suptitle,
     fit_title,
     integer_axis,
+    panel_grid,
     plt,
     save_figure,
     sns,
@@ -229,7 +230,7 @@ def solver_figure(metrics: pd.DataFrame, reference: str, png: str, pdf: str) -> 
     ref = metrics[metrics.solver == reference]
     others = [s for s in metrics.solver.unique() if s != reference]
     palette = dict(zip(others, sns.color_palette("colorblind", len(others))))
-    fig, axes = plt.subplots(1, len(SOLVER_PANELS), figsize=(3.6 * len(SOLVER_PANELS), 3.6))
+    fig, axes = panel_grid(len(SOLVER_PANELS), (3.6, 3.6), max_cols=2)
     for ax, (metric, label) in zip(axes, SOLVER_PANELS.items()):
         values = [ref[metric].astype(float)]  # the axes' common range
         for solver in others:

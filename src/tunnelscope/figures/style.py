@@ -26,6 +26,7 @@ __all__ = [
     "fit_suptitle",
     "fit_title",
     "integer_axis",
+    "panel_grid",
     "plt",
     "save_figure",
     "say",
@@ -34,6 +35,8 @@ __all__ = [
 ]
 
 ID_COLOUR = "black"
+# Panels in one row of a multi-panel figure: three at about 4 in each stay readable at page width.
+MAX_PANELS_PER_ROW = 3
 # A name longer than a line breaks after / or . (timm/vit_small_patch16_224.augreg_in21k_ft_in1k),
 # a part still too long after _ or -.
 _NAME_BREAKS = (re.compile(r"[^/.]+[/.]*|[/.]+"), re.compile(r"[^_-]+[_-]*|[_-]+"))
@@ -45,6 +48,21 @@ def apply_style():
 
 class EmptyFigureError(ValueError):
     """A figure with an axes that shows nothing: its script must say why instead (paper.say)."""
+
+
+def panel_grid(n: int, panel_size: tuple[float, float], max_cols: int = MAX_PANELS_PER_ROW, **kwargs):
+    """(figure, its ``n`` axes in reading order) for ``n`` panels of ``panel_size`` inches,
+    wrapped into rows of at most ``max_cols``; the last row's spare slots are hidden.
+    ``kwargs`` go to ``plt.subplots`` (sharey=...)."""
+    n = max(n, 1)
+    ncols = min(n, max_cols)
+    nrows = -(-n // ncols)
+    fig, grid = plt.subplots(
+        nrows, ncols, figsize=(panel_size[0] * ncols, panel_size[1] * nrows), squeeze=False, **kwargs
+    )
+    for spare in grid.flat[n:]:
+        spare.set_visible(False)
+    return fig, list(grid.flat[:n])
 
 
 def blank_axes(fig) -> list:

@@ -6,6 +6,10 @@
   ImageNet cells holds CIFAR-10 for CIFAR-100 cells, as in the paper) and their mean.
 - ``level_means`` (Table 12) and ``effect_sizes`` (Tables 1 and 13) from the analysis.
 
+Units: accuracies are fractions (0-1) in every CSV, as in the Parquet tables; the LaTeX tables
+print them in % as the paper does (captions say so). % retained is a percentage throughout.
+Augmentation levels keep the config's names (none, rrc_flip) in every table.
+
 Backbones are rows in the study's grid order. Seeds are averaged; where a backbone has several,
 the CSV gets ``NAME ci_low`` / ``NAME ci_high`` beside every value column (the t-interval across
 seeds of ``seeds.seed_summary``) and a ``seeds`` column, and the LaTeX cells read
@@ -38,7 +42,8 @@ LATEX_SYMBOLS = {
     "±": r"$\pm$",
 }
 TARGET_NAMES = {"ood_retained": "% retained", "pearson": "Pearson", "alignment": "alignment"}
-# (metrics column, scale, decimals) of the per-OOD-set tables
+# (metrics column, scale of the LaTeX table (100: an accuracy, printed in %), decimals there)
+# of the per-OOD-set tables; their CSVs hold the metrics column's own unit.
 OOD_TABLES = {
     "ood_accuracy": ("ood_last_acc", 100.0, 2),
     "ood_retained": ("ood_retained", 1.0, 2),
@@ -47,16 +52,18 @@ OOD_TABLES = {
 }
 
 
-def _aug_label(value: str) -> str:
-    return "no aug" if value == "none" else "aug"
+def _scaled(frame: pd.DataFrame, columns: list[str], scale: float) -> pd.DataFrame:
+    """``frame`` with ``columns`` multiplied by ``scale`` (a fraction's table printed in %)."""
+    return frame.assign(**{c: frame[c] * scale for c in columns})
 
 
 def id_accuracy(cells: pd.DataFrame, confidence: float = CONFIDENCE) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(CSV table, LaTeX table) of ID top-1 in %: rows (ID set, backbone), columns resolution x
-    augmentation; LaTeX cells read "no aug / aug" as in the paper (each "mean ± half-interval"
-    with several seeds)."""
+    """(CSV table, LaTeX table) of ID top-1 (a fraction in the CSV, % in LaTeX): rows (ID set,
+    backbone), columns resolution x augmentation; LaTeX cells read "none / rrc_flip" (the
+    study's augmentation levels in grid order) as the paper's "no aug / aug" (each "mean ±
+    half-interval" with several seeds)."""
     top1 = cells.assign(
-        top1=100.0 * pd.to_numeric(cells.test_acc, errors="coerce"),
+        top1=pd.to_numeric(cells.test_acc, errors="coerce"),
         setting=cells.resolution.astype(str) + " " + cells.augmentation,
     )
     augs = list(dict.fromkeys(top1.augmentation))
@@ -65,16 +72,18 @@ def id_accuracy(cells: pd.DataFrame, confidence: float = CONFIDENCE) -> tuple[pd
         top1, ["id_dataset", "arch"], "setting", "top1", [f"{r} {a}" for r in resolutions for a in augs], confidence
     )
     wide = _labelled(wide, cells)
+    values = [c for c in wide.columns if c not in ("id_dataset", "arch", "backbone", "seeds")]
+    percent = _scaled(wide, values, 100.0)
     latex = wide[["id_dataset", "backbone"]].rename(columns={"id_dataset": "ID set"})
     for r in resolutions:
         settings = [f"{r} {a}" for a in augs]
         latex[f"{r}²"] = [
             " / ".join(_fmt_ci(row, s, 2, with_ci) for s in settings) if not row[settings].isna().all() else "–"
-            for _, row in wide.iterrows()
+            for _, row in percent.iterrows()
         ]
     if with_ci:
         latex["seeds"] = wide.seeds
-    return wide.round(2), latex
+    return wide.round(4), latex
 
 
 def _labelled(wide: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
@@ -88,7 +97,7 @@ def ood_table(metrics: pd.DataFrame, name: str, confidence: float = CONFIDENCE) 
     """(CSV, LaTeX) of one metric per backbone and OOD set, plus the mean over the OOD sets;
     with several seeds the mean's interval is over each seed's mean over the OOD sets."""
     column, scale, decimals = OOD_TABLES[name]
-    rows = metrics.assign(value=pd.to_numeric(metrics[column], errors="coerce") * scale)
+    rows = metrics.assign(value=pd.to_numeric(metrics[column], errors="coerce"))
     heads = rows.groupby("ood_index", sort=True).ood_set.agg(lambda s: " / ".join(dict.fromkeys(s)))
     csv, with_ci = seed_spread(rows, BACKBONE, "ood_index", "value", list(heads.index), confidence)
     csv = csv.rename(
@@ -105,11 +114,15 @@ def ood_table(metrics: pd.DataFrame, name: str, confidence: float = CONFIDENCE) 
     if with_ci:
         csv = csv[[c for c in csv.columns if c != "seeds"] + ["seeds"]]
     csv = _labelled(csv, rows)
-    csv["augmentation"] = csv.augmentation.map(_aug_label)
+    values = [*heads.to_list(), "mean"]
+    printed = _scaled(csv, [c for c in csv.columns if c.split(" ci_")[0] in values], scale)
     latex = csv[[c for c in csv.columns if c != "arch" and not c.endswith(CI)]].copy()
-    for col in [*heads, "mean"]:
-        latex[col] = [_fmt_ci(row, col, decimals, with_ci) for _, row in csv.iterrows()]
-    return csv.round(decimals + 1), latex.rename(columns={"id_dataset": "ID set", "resolution": "res."})
+    for col in values:
+        latex[col] = [_fmt_ci(row, col, decimals, with_ci) for _, row in printed.iterrows()]
+    # as many decimals as the LaTeX table's, and one more, in the CSV's own unit
+    return csv.round(decimals + 1 + round(np.log10(scale))), latex.rename(
+        columns={"id_dataset": "ID set", "resolution": "res."}
+    )
 
 
 def level_means(means: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -245,7 +258,8 @@ def build(
 
 
 def zero_shot_table(summary: pd.DataFrame, seeds: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(CSV, LaTeX) of protocols.zero_shot_summary: accuracies in %, one row per cell and shifted
+    """(CSV, LaTeX) of protocols.zero_shot_summary: accuracies as fractions in the CSV and in % in
+    LaTeX, one row per cell and shifted
     set; with several seeds per backbone (``seeds``, protocols.zero_shot_seeds' first table) one
     row per backbone and shifted set: seed means, their intervals and the seed count."""
     with_ci = seeds is not None
@@ -254,14 +268,14 @@ def zero_shot_table(summary: pd.DataFrame, seeds: pd.DataFrame | None = None) ->
     else:
         csv = summary.copy()
     accuracies = [c for c in csv.columns if c.split(" ")[0].endswith("_acc")]
-    csv[accuracies] = (100.0 * csv[accuracies]).round(2)
-    rows = [row for _, row in csv.iterrows()]
+    csv[accuracies] = csv[accuracies].round(4)
+    rows = [row for _, row in _scaled(csv, accuracies, 100.0).iterrows()]
 
     def cells(column: str, decimals: int = 2) -> list[str]:
         return [_fmt_ci(row, column, decimals, with_ci) for row in rows]
 
     names = [
-        f"{r.arch} {r.resolution}² {_aug_label(r.augmentation)} " + (f"({r.seeds} seeds)" if with_ci else f"s{r.seed}")
+        f"{r.arch} {r.resolution}² {r.augmentation} " + (f"({r.seeds} seeds)" if with_ci else f"s{r.seed}")
         for r in csv.itertuples()
     ]
     layer = (lambda column: cells(column, 1)) if with_ci else (lambda column: csv[column].astype(str).tolist())
@@ -365,20 +379,24 @@ def continual_table(
     frame: pd.DataFrame, networks: list[str], score: str, confidence: float = CONFIDENCE
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(CSV, LaTeX) laid out like the paper's Table 2: a row per configuration (in ``networks``
-    order), per run setting the accuracy (%) on task 1 and task 2, means over seeds (with
-    several seeds followed by their t-interval columns, and a ``seeds`` column). LaTeX cells read
-    "task 1 / task 2" as in the paper, each "mean ± half-interval" with several seeds."""
-    frame = frame.assign(group=_group_labels(frame), value=100.0 * frame[f"{score}_acc"])
+    order), per run setting the accuracy (a fraction in the CSV, % in LaTeX) on task 1 and task 2,
+    means over seeds (with several seeds followed by their t-interval columns, and a ``seeds``
+    column). LaTeX cells read "task 1 / task 2" as in the paper, each "mean ± half-interval" with
+    several seeds."""
+    frame = frame.assign(group=_group_labels(frame), value=frame[f"{score}_acc"])
     frame["column"] = frame.group + " task " + frame.task.astype(str)
     groups = list(dict.fromkeys(frame.sort_values(["resolution"], kind="stable").group))
     columns = [f"{g} task {t}" for g in groups for t in (1, 2)]
     order = pd.DataFrame({"network": networks})
     spread_frame, with_ci = seed_spread(frame, ["network"], "column", "value", columns, confidence)
     wide = order.merge(spread_frame, on="network", how="left").rename(columns={"network": "configuration"})
+    percent = _scaled(wide, [c for c in wide.columns if c not in ("configuration", "seeds")], 100.0)
     latex = wide[["configuration"]].copy()
     for g in groups:
-        latex[g] = [" / ".join(_fmt_ci(row, f"{g} task {t}", 2, with_ci) for t in (1, 2)) for _, row in wide.iterrows()]
-    return wide.round(2), latex
+        latex[g] = [
+            " / ".join(_fmt_ci(row, f"{g} task {t}", 2, with_ci) for t in (1, 2)) for _, row in percent.iterrows()
+        ]
+    return wide.round(4), latex
 
 
 def _group_labels(frame: pd.DataFrame) -> pd.Series:

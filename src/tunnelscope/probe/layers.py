@@ -22,10 +22,10 @@ from typing import Callable, NamedTuple
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from tunnelscope.features.store import layer_files, read_embeddings, read_metadata
 from tunnelscope.io import atomic_path
+from tunnelscope.joblog import progress_bar
 from tunnelscope.probe.failure import failed_result, features_problem
 from tunnelscope.probe.lbfgs import fit_lbfgs_probe
 from tunnelscope.probe.logistic import fit_sklearn_probe
@@ -145,7 +145,7 @@ def probe_layers(
     if solver.per_layer:
         fitted = (
             _fit_layer(solver.fit, path, n_classes, settings, device)
-            for path in tqdm(files, desc=f"probe {params['eval_set']}", leave=False)
+            for path in progress_bar(files, desc=f"probe {params['eval_set']}", leave=False)
         )
     else:
         fitted = _fit_together(solver.fit, files, n_classes, settings, family, device)

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from tunnelscope.data.loader import SplitReader, loader_workers
 from tunnelscope.data.splits import epoch_order, stratified_split
 from tunnelscope.data.store import Store
 from tunnelscope.data.transforms import Normaliser
 from tunnelscope.io import atomic_path, file_sha256, write_csv, write_json
+from tunnelscope.joblog import progress_bar
 from tunnelscope.models.build import build_model, check_forward_order, probe_points
 from tunnelscope.registry import (
     CELL_VARIABLES,
@@ -350,7 +350,7 @@ def pretrain(
         # pageable memory a non-blocking copy is staged before it returns, with no wait for the GPU.
         epoch_labels = labels[torch.from_numpy(order).to(device, non_blocking=True)]
         totals = _EpochTotals(device, cell, epoch + 1)
-        bar = tqdm(
+        bar = progress_bar(
             total=steps_per_epoch, desc=f"{cell} epoch {epoch + 1}/{cfg['epochs']}", leave=False, mininterval=1.0
         )
         for step, batch in enumerate(fit.batches(order, cfg["batch_size"], gen)):
