@@ -321,6 +321,7 @@ def load_source(spec: dict) -> dict[str, RawSplit]:
         _download(source, root)
     if source not in FILE_READERS:
         raise ValueError(f"unknown dataset source {source!r}; known: {', '.join(FILE_READERS)}")
+    _need_dir(root)  # before a reader imports torchvision (and torch): validate's budget stays light
     splits = FILE_READERS[source](spec, root)
     return _subset(splits, spec)
 
