@@ -198,11 +198,11 @@ def main():
         return
     if args.smoke:
         args.images, args.resolution, args.short, args.width, args.throughput_images, args.repeats = (
-            [200, 800],
+            [100, 300],
             32,
             40,
             0.125,
-            100,
+            60,
             1,
         )
     root = Path(args.work or tempfile.mkdtemp(prefix="bench_data."))

@@ -71,6 +71,9 @@ def _cifar(root: Path, classes: int) -> None:
         labels = [i % classes for i in range(n)]
         with open(base / name, "wb") as fh:
             pickle.dump({"data": np.zeros((n, 3072), np.uint8), "fine_labels" if hundred else "labels": labels}, fh)
+    # the class names, read from the meta file as torchvision's CIFAR reader does
+    with open(base / ("meta" if hundred else "batches.meta"), "wb") as fh:
+        pickle.dump({"fine_label_names" if hundred else "label_names": [f"class{i}" for i in range(classes)]}, fh)
 
 
 def _stl10(root: Path) -> None:
@@ -94,14 +97,14 @@ def _flowers(root: Path) -> None:
     from scipy.io import savemat
 
     base = root / "flowers-102"
-    base.mkdir(parents=True, exist_ok=True)
+    (base / "jpg").mkdir(parents=True, exist_ok=True)  # torchvision's reader checks that it exists
     savemat(base / "imagelabels.mat", {"labels": np.array([[1, 2, 1, 2, 1, 2, 1, 2, 1]])})
     savemat(base / "setid.mat", {"trnid": np.array([[1, 2]]), "valid": np.array([[3, 4]]), "tstid": np.array([[5, 6]])})
 
 
 def _aircraft(root: Path) -> None:
     base = root / "fgvc-aircraft-2013b" / "data"
-    base.mkdir(parents=True, exist_ok=True)
+    (base / "images").mkdir(parents=True, exist_ok=True)
     (base / "variants.txt").write_text("707-320\nA300B4\n")
     (base / "images_variant_trainval.txt").write_text("1000 707-320\n1001 A300B4\n")
     (base / "images_variant_test.txt").write_text("1002 707-320\n1003 A300B4\n")
@@ -110,6 +113,7 @@ def _aircraft(root: Path) -> None:
 def _pets(root: Path) -> None:
     base = root / "oxford-iiit-pet" / "annotations"
     base.mkdir(parents=True, exist_ok=True)
+    (base.parent / "images").mkdir(exist_ok=True)  # torchvision's reader checks that both exist
     (base / "trainval.txt").write_text("Abyssinian_1 1 1 1\nbeagle_1 2 2 1\n")
     (base / "test.txt").write_text("Abyssinian_2 1 1 1\nbeagle_2 2 2 1\n")
 

@@ -1,6 +1,7 @@
 """The benchmark scripts run (smoke mode: tiny sizes, no ratios asserted), so they cannot rot."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,9 +9,12 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+# The device check's dry run (below) runs these in --smoke mode, with more flags than a plain
+# smoke run: they are not run a second time here.
+RUN_BY_DEVICE_CHECK = set(re.findall(r"bench_\w+\.py", (BENCH / "gpu_check.py").read_text()))
 
 
-@pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("bench_*.py")))
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("bench_*.py") if p.name not in RUN_BY_DEVICE_CHECK))
 def test_benchmark_smoke(script):
     result = subprocess.run(
         [sys.executable, str(BENCH / script), "--smoke"], capture_output=True, text=True, timeout=300, cwd=BENCH.parent
