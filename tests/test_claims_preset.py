@@ -2,6 +2,10 @@
 its header states, the pieces add up to the whole study with the same jobs, and no OOD probe
 trains on images a cell's backbone trained on."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,12 +14,13 @@ from fakedata import fake_roots
 
 from conftest import REPO
 from tunnelscope.analysis.comparisons import comparisons, select
-from tunnelscope.data.sources import load_source
+from tunnelscope.budget import shared_training_images, training_overlap_warnings
 from tunnelscope.registry import arch_facts
 from tunnelscope.study.config import Study
 
 WHOLE = REPO / "config/claims.yaml"
 PIECES = [REPO / f"config/claims-{k}.yaml" for k in range(1, 5)]
+SRC_ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}  # this checkout's code, from any directory
 # claim -> backbone pairs, as the header of config/claims.yaml and docs/evidence.md state them
 BACKBONE_PAIRS = {"augmentation": 12, "ID classes": 6, "spatial reduction": 6, "depth": 6, "resolution": 6}
 # ID classes of the claims' ID sets (CIFAR-10 and Caltech-101 without its background class)
@@ -99,43 +104,52 @@ def test_the_pieces_add_up_to_the_whole_study_with_the_same_jobs(schema):
     assert sorted(seen) == sorted(whole.cells)  # every cell once
 
 
-def shared_training_files(s: Study, cell: str, ood_set: str) -> set:
-    """Files of ``cell``'s ID train split that the probe of ``ood_set`` also fits on (a noisy
-    copy: its clean set's train split), read from the file listing alone; per_class cut to 2,
-    which the fake trees hold (the same seeded draw decides the overlap either way)."""
-
-    def train_files(name: str) -> set:
-        spec = s.config["datasets"][name]
-        spec = spec.get("base", spec)
-        return set(load_source({**spec, **({"per_class": 2} if "per_class" in spec else {})})["train"].items)
-
-    return train_files(s.cells[cell].id_dataset) & train_files(ood_set)
+def on_fake_trees(config: dict, base) -> dict:
+    """``config`` with its roots on fake trees under ``base`` and per_class cut to 2, which they
+    hold (the same seeded draws decide an overlap either way)."""
+    datasets = {n: {**s, "per_class": 2} if "per_class" in s else s for n, s in config["datasets"].items()}
+    return {**config, "datasets": fake_roots(datasets, base)}
 
 
 @pytest.mark.parametrize("path", [WHOLE, *PIECES], ids=lambda p: p.name)
 def test_no_ood_probe_trains_on_a_cells_training_images(path, schema, tmp_path):
-    """On fake trees laid out as the real ones."""
-    config = yaml.safe_load(path.read_text())
-    config["datasets"] = fake_roots(config["datasets"], tmp_path)
-    s = Study(config, schema)
+    s = Study(on_fake_trees(yaml.safe_load(path.read_text()), tmp_path), schema)
     for cid in s.cells:
         for ood_set in s.ood_sets(cid):
-            assert not shared_training_files(s, cid, ood_set), f"{path.name}: {ood_set} holds training images of {cid}"
+            assert not shared_training_images(s, cid, ood_set), f"{path.name}: {ood_set} holds training images of {cid}"
+    assert training_overlap_warnings(s) == []
 
 
-def test_a_noisy_copy_of_the_id_set_shares_its_training_images(schema, tmp_path):
-    """The check above can fail: the preset before issue 29 probed a noisy copy of the ID set
-    itself, whose train split is the backbone's training images."""
-    datasets = {
+OLD_DESIGN = {
+    "datasets": {
         "cifar10": {"source": "imagefolder", "root": "data/cifar10", "per_class": 500},
+        "cifar10-2c": {"source": "imagefolder", "root": "data/cifar10", "first_classes": 2, "per_class": 500},
         "cifar10-noise": {"source": "corrupted", "of": "cifar10", "corruption": "gaussian_noise", "severity": 3},
-    }
-    config = {
-        "results": str(tmp_path / "results"),
-        "datasets": fake_roots(datasets, tmp_path),
-        "grid": {"arch": ["vggm11"], "id_dataset": ["cifar10"], "resolution": [32]},
-        "ood_sets": ["cifar10-noise"],
-    }
+    },
+    "grid": {"arch": ["vggm11"], "id_dataset": ["cifar10", "cifar10-2c"], "resolution": [32]},
+    "ood_sets": ["cifar10-noise"],
+}
+
+
+def test_a_noisy_copy_of_the_id_set_trains_on_its_images_and_validate_warns(schema, tmp_path):
+    """The check above can fail: the preset before issue 29 probed a noisy copy of the ID set
+    itself, whose train split is the backbone's training images (and a class subset drawn from
+    the same files shares some); `tunnelscope validate` names each such pair in one line."""
+    config = on_fake_trees({"results": str(tmp_path / "results"), **OLD_DESIGN}, tmp_path)
     s = Study(config, schema)
-    (cell,) = s.cells
-    assert len(shared_training_files(s, cell, "cifar10-noise")) == 2 * 4  # all of it: 2 per class, 4 classes
+    assert len(shared_training_images(s, "vggm11_cifar10_r32_none_s0", "cifar10-noise")) == 2 * 4  # all of it
+    assert shared_training_images(s, "vggm11_cifar10-2c_r32_none_s0", "cifar10-noise")
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(config))
+    validate = subprocess.run(
+        [sys.executable, "-m", "tunnelscope.cli", "validate", "study.yaml", "--no-budget"],
+        cwd=tmp_path,
+        env=SRC_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert validate.returncode == 0, validate.stderr[-2000:]
+    warned = [line for line in validate.stdout.splitlines() if line.startswith("warning: ood_sets: 'cifar10-noise'")]
+    assert len(warned) == 2 and all("a near-ID set, not OOD" in line for line in warned), validate.stdout
+    for name in ("cifar10", "cifar10-2c"):
+        assert any(f"backbones on {name!r} trained on" in line for line in warned), name
