@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import statistics
 from dataclasses import dataclass, field
 from importlib import resources
@@ -323,6 +324,56 @@ def data_warnings(study: Study, sizes: dict) -> list[str]:
             continue
         except (DatasetError, OSError) as exc:
             out.append(f"datasets.{key}.root: {exc} ({fallback})")
+    return out
+
+
+def shared_training_images(study: Study, cell: str, ood_set: str) -> set:
+    """Files of ``cell``'s ID train split that the probe of ``ood_set`` also trains on (a corrupted
+    copy: its clean set's train split), from the file listings alone: empty where the two read
+    different roots, or their files are not there (yet) or are not files (arrays)."""
+
+    def files(name: str) -> set | None:
+        spec = _files_spec(study, name)
+        if "root" not in spec:
+            return None
+        try:
+            items = load_source({**spec, "download": False})["train"].items
+        except (DatasetError, OSError):
+            return None
+        return set(items) if items and isinstance(items[0], Path) else None
+
+    id_set = study.cells[cell].id_dataset
+    a, b = (Path(os.path.normpath(_files_spec(study, d).get("root", ""))) for d in (id_set, ood_set))
+    if not (a == b or a in b.parents or b in a.parents):
+        return set()  # separate trees share no file
+    own, probed = files(id_set), files(ood_set)
+    return own & probed if own and probed else set()
+
+
+def _files_spec(study: Study, name: str) -> dict:
+    """The spec whose files ``name`` reads: its own, or a corrupted copy's clean set's."""
+    spec = study.config["datasets"][name]
+    return spec.get("base", spec)
+
+
+def training_overlap_warnings(study: Study) -> list[str]:
+    """One line per (ID set, OOD set) whose OOD probe trains on images the cell's backbone trained
+    on: a noisy copy of the ID set itself, or a set drawn from the same train images. Such a set
+    is near-ID, not OOD (issue 29). A warning, not an error: the zero-shot protocol scores
+    corrupted copies of the ID set on their test split only, as it should."""
+    out, seen = [], set()
+    for cid in study.trained_cells():
+        for ood_set in study.ood_sets(cid):
+            key = (study.cells[cid].id_dataset, ood_set)
+            if key in seen:
+                continue
+            seen.add(key)
+            if shared := shared_training_images(study, cid, ood_set):
+                out.append(
+                    f"ood_sets: {ood_set!r} trains its probe on {len(shared)} images that the backbones on "
+                    f"{key[0]!r} trained on (cell {cid}): a near-ID set, not OOD; build it from other images, "
+                    "e.g. a test tree read with layout: single"
+                )
     return out
 
 

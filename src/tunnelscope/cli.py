@@ -59,6 +59,7 @@ def _validate(args) -> int:
     lines, warnings = budget.preprocessing_report(study) if study.pretrained else ([], [])
     warnings = [
         *budget.data_warnings(study, sizes),
+        *budget.training_overlap_warnings(study),
         *budget.weights_warnings(study),
         *warnings,
         *budget.patch_warnings(study, budgets),
@@ -552,7 +553,8 @@ def main(argv: list[str] | None = None) -> int:
         "config where there are some (RESULTS/benchmarks), else from --rates (default: the reference machine, a 2-core "
         "CPU). What the run "
         "would fail on is an error (exit 1, one line naming the key); data or weights not there yet, published models' "
-        "preprocessing that differs from their own, and patch grids under 4x4 are 'warning:' lines.",
+        "preprocessing that differs from their own, patch grids under 4x4, and OOD sets whose probe trains on "
+        "images the cell's backbone trained on are 'warning:' lines.",
     )
     val.add_argument("config", help="YAML config file, e.g. config.yaml")
     val.add_argument(
