@@ -131,6 +131,21 @@ def protocol_outputs():
     return outputs
 
 
+def page_items():
+    """The report's items that the paper page shows beside the paper build's own figures and tables
+    (the cells table, per-cell figures, protocols, continual learning, tunnel length), so that the
+    page shows everything the report does (tests/test_report.py compares the two)."""
+    items = [f"{RESULTS}/aggregate/cells.csv"]
+    for cell in CELLS:
+        items += [f"{RESULTS}/cells/{cell}/figure.png", f"{RESULTS}/cells/{cell}/tsne.png"]
+    items += protocol_outputs()
+    if RUNS:
+        items += [rules.continual_table.output.png, rules.continual_table.output.csv]
+    if STUDY.mlp_cells():
+        items += [rules.tunnel_length_figure.output.png, rules.rank_per_layer_figure.output.png]
+    return items
+
+
 # The continual-learning experiment (continual.smk): its runs, networks and their paths.
 RUNS = list(STUDY.runs)
 NETWORKS = [slug for slug, _ in STUDY.continual_networks()]

@@ -1,10 +1,14 @@
+import os
+
+from tunnelscope.figures.captions import item_caption
 from tunnelscope.figures.paper import html_page
 from tunnelscope.io import read_table
 from tunnelscope.joblog import job_logging
 from tunnelscope.metrics.health import health_lines, probe_failure_lines
 
 with job_logging(snakemake.log[0]):
-    i = snakemake.input
+    i, p = snakemake.input, snakemake.params
+    relative = [os.path.relpath(path, p.results) for path in i.more]
     html_page(
         snakemake.output[0],
         i.overview,
@@ -17,4 +21,8 @@ with job_logging(snakemake.log[0]):
         absent=snakemake.params.absent,
         health=health_lines(read_table(i.cells), snakemake.params.untrained["include_untrained"]),
         probe_health=probe_failure_lines(read_table(i.curves)),
+        more=[
+            (path, name.rsplit(".", 1)[0], item_caption(name, 1 - p.alpha, p.health))
+            for path, name in zip(i.more, relative)
+        ],
     )
