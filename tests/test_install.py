@@ -28,7 +28,7 @@ def installed(tmp_path_factory):
     shutil.copytree(
         REPO,
         source,
-        ignore=shutil.ignore_patterns(".git", ".venv", ".snakemake", "results", "logs", "*.egg-info", "__pycache__"),
+        ignore=shutil.ignore_patterns(".git", ".venv", ".snakemake", "results", "*.egg-info", "__pycache__"),
     )
     env_dir = root / "env"
     venv.create(env_dir, with_pip=True)
