@@ -48,7 +48,7 @@ def test_pretrained_cell_embeds_like_the_in_memory_model(tmp_path):
         "ood_sets": ["toy-glyphs"],
     }
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
-    snakemake(tmp_path)  # the whole study: import, embed, probe, metrics, analysis, paper
+    snakemake(tmp_path, "aggregate")  # import, embed, probe, metrics and the tables (no figures)
     assert (tmp_path / f"out/logs/import_pretrained/{CELL}.log").exists()
     assert not (tmp_path / "out/logs/pretrain").exists()
     info = json.loads((tmp_path / f"out/cells/{CELL}/cell.json").read_text())
