@@ -194,6 +194,8 @@ def test_the_preset_counts_the_docs_quote():
         assert int(count) == len(study.runs if runs else study.cells), f"README's presets table: {name}"
     paper = _study("config/paper.yaml")
     assert f"({sum(len(paper.eval_sets(c)) for c in paper.cells)} probe curves)" in _flat("README.md")
+    default_time = re.search(r"^\| `config.yaml` \|.*\| ([^|]+) on 2 CPU cores \|$", _text(REPO / "README.md"), re.M)
+    assert f"**{default_time.group(1)}** of Snakemake time for `make run`" in _flat("README.md")  # one measurement
     claims, masarczyk, continual = (_study(f"config/{n}.yaml") for n in ("claims", "masarczyk", "continual"))
     assert f"{len(claims.cells)} cells (12 backbones × 2 seeds)" in _flat("docs/evidence.md")
     assert claims.backbones() == 12 and {c.seed for c in claims.cells.values()} == {0, 1}
