@@ -1,5 +1,5 @@
 """The docs match the checkout: every repository path README.md and docs/*.md name exists, every
-`tunnelscope` and `snakemake` command line in them parses with the options it uses, every `make`
+link reaches its file and heading, every `tunnelscope` and `snakemake` command line in them parses with the options it uses, every `make`
 target exists, the config reference is what the schema generates, the paper's comparisons shipped
 with the package are config/paper.yaml's, and the preset and dry-run job counts the docs quote hold."""
 
