@@ -6,6 +6,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+from tunnelscope.figures.captions import item_caption
 from tunnelscope.gpuhost import gpus_present
 from tunnelscope.integrity import REBUILD_ENV, rebuild_base
 from tunnelscope.registry import COMPOSED, SOLVERS, TRAINED, TRANSFORM_TAG, network_slug
@@ -144,6 +145,13 @@ def page_items():
     if STUDY.mlp_cells():
         items += [rules.tunnel_length_figure.output.png, rules.rank_per_layer_figure.output.png]
     return items
+
+
+def page_captions():
+    """(title, caption) of each page_items() file: its path under RESULTS, its captions.ITEMS text."""
+    names = [os.path.relpath(path, RESULTS) for path in page_items()]
+    confidence = 1 - STUDY.config["metrics"]["alpha"]
+    return [(n.rsplit(".", 1)[0], item_caption(n, confidence, STUDY.health_params())) for n in names]
 
 
 # The continual-learning experiment (continual.smk): its runs, networks and their paths.

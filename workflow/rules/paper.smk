@@ -174,8 +174,7 @@ rule paper_page:
         alpha=lambda wc: STUDY.config["metrics"]["alpha"],
         untrained=lambda wc: STUDY.untrained_params(),
         absent=lambda wc: STUDY.absent_parts(),
-        health=lambda wc: STUDY.health_params(),
-        results=RESULTS,
+        captions=lambda wc: page_captions(),
     script:
         "../scripts/paper_page.py"
 
