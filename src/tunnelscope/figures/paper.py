@@ -259,8 +259,11 @@ def source_revision(directory: Path = Path(__file__).parent) -> dict | str:
 
 
 def devices(cells: pd.DataFrame) -> list[dict]:
-    """Each distinct device the cells ran on (the aggregate cells table), with those cells."""
+    """Each distinct device the cells ran on (the aggregate cells table), with those cells; none
+    where the table records no device (a study of published models only: nothing was trained)."""
     present = [c for c in DEVICE_COLUMNS if c in cells.columns]
+    if not present:
+        return []
     facts = cells[present].assign(cell=row_cells(cells))
     return [
         {**{k: None if pd.isna(v) else v for k, v in zip(present, key)}, "cells": sorted(group["cell"])}
