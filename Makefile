@@ -31,4 +31,4 @@ dry-run: $(STAMP)
 	$(VENV)/bin/snakemake -n --cores $(CORES)
 
 clean:  ## remove the default study's outputs (not the environment)
-	rm -rf results logs .snakemake
+	rm -rf results .snakemake

@@ -292,6 +292,6 @@ def test_validating_the_paper_preset_imports_no_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines()[-1] == "False"
-    # the figures README.md gives
+    # the figures docs/running.md gives
     assert "921 GB with the embeddings kept, 67.4 GB with embed.keep false" in result.stdout
     assert "  embed       853 GB  embeddings (float32, avg2x2)" in result.stdout

@@ -1,17 +1,20 @@
 """The paper build and the HTML reports, looked at in a real headless Chromium."""
 
+import html
 import json
 import os
 import re
 import shutil
 import subprocess
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import snakemake_cmd
-from tunnelscope.figures.captions import FIGURES
+from conftest import CELLS, snakemake_cmd
+from tunnelscope.figures.captions import FIGURES, item_caption
 
 pytestmark = pytest.mark.integration
 
@@ -90,7 +93,9 @@ def test_paper_page_renders_every_figure(study, chromium, tmp_path):
     probe.write_text(page.read_text().replace("</body>", IMAGE_CHECK + "</body>"))
     dom = _browse(chromium, probe, tmp_path, "--dump-dom")
     total, loaded = map(int, dom.split('data-images="')[1].split('"')[0].split("/"))
-    assert total == 6 and loaded == total  # overview, variables, SHAP, strength, layer statistics, best layers
+    # overview, variables, SHAP, strength, layer statistics, best layers, 2 cell figures, 2 t-SNE
+    # figures, zero-shot (toy-blur is a shifted copy of the ID set)
+    assert total == 11 and loaded == total
     shot = tmp_path / "page.png"
     _browse(chromium, page, tmp_path, f"--screenshot={shot}")
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
@@ -142,11 +147,30 @@ def _report_images(report, chromium):
     return seen
 
 
-def test_snakemake_report_renders_every_figure(study, chromium, tmp_path):
-    report = tmp_path / "report.html"
-    cmd = snakemake_cmd(study, "--report", str(report))
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def report(study, tmp_path_factory):
+    """The study's Snakemake report, built once for the tests below."""
+    report = tmp_path_factory.mktemp("report") / "report.html"
+    result = subprocess.run(snakemake_cmd(study, "--report", str(report)), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    return report
+
+
+def test_the_page_shows_everything_the_report_shows(study, report):
+    """The static page is kept: it shows every file the report embeds (figures and tables), with
+    the same captions where the report's are shared (captions.ITEMS)."""
+    page = (study / "out/paper/index.html").read_text()
+    outputs = {path.name for path in (study / "out").rglob("*")}  # not the report's own logo
+    embedded = sorted(name for name in re.findall(r"filename=([^;\"]+);base64,", report.read_text()) if name in outputs)
+    shown = Counter(Path(link).name for link in re.findall(r"(?:src|href)='([^']+)'", page))
+    # the page may show more (the SHAP slopes table beside its figure), never less
+    assert len(embedded) == 21 and not Counter(embedded) - shown, (embedded, shown)
+    for cell in CELLS:  # the captions the report's caption files render, escaped as the page writes them
+        for item in (f"cells/{cell}/figure.png", f"cells/{cell}/tsne.png"):
+            assert html.escape(item_caption(item)) in page, item
+
+
+def test_snakemake_report_renders_every_figure(report, chromium):
     text = report.read_text()
     assert "SHAP slopes per variable" in text
     assert "Laid out like the paper" in text and "Table 11" in text  # the paper tables, with their captions

@@ -16,7 +16,6 @@ from tunnelscope.registry import CAPTURE_SIDES, POOLINGS, PROBE_POINT_RULES, par
 from tunnelscope.study.config import SCHEMA_PATH, ConfigError, Study, load_schema
 
 REPO = Path(__file__).resolve().parents[2]
-PAPER_PRESET = REPO / "config" / "paper.yaml"
 # The Snakemake profiles shipped in the package; profiles/ at the repository root links here.
 PROFILES = resources.files("tunnelscope").joinpath("profiles")
 
@@ -400,27 +399,23 @@ def _analyze(args) -> int:
         analyze,
         read_table,
     )
-    from tunnelscope.analysis.release import release_path
+    from tunnelscope.analysis.release import paper_analysis, release_path
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if (args.table is None) == (not args.paper):
         print("tunnelscope: analyze needs a TABLE or --paper (the paper's released table), not both", file=sys.stderr)
         return 2
     table_path = str(release_path()) if args.paper else args.table
-    # The paper's released table is analysed with the paper's comparisons unless told otherwise.
-    config_path = args.config or (str(PAPER_PRESET) if args.paper or _is_release(table_path) else None)
     settings = dict(DEFAULT_SETTINGS)
-    if config_path == str(PAPER_PRESET) and not PAPER_PRESET.is_file():
-        print(
-            f"tunnelscope: the paper's comparisons live in config/paper.yaml of the tunnelscope repository, not found at {PAPER_PRESET}; pass --config PATH/TO/paper.yaml",
-            file=sys.stderr,
-        )
-        return 2
-    if config_path:
-        study, code = _read_study(config_path, args.schema)
+    source = "auto"
+    if args.config:
+        study, code = _read_study(args.config, args.schema)
         if study is None:
             return code
-        settings = study.config["analysis"]
+        settings, source = study.config["analysis"], f"from {args.config}"
+    elif args.paper or _is_release(table_path):
+        # The paper's released table is analysed with the paper's comparisons unless told otherwise.
+        settings, source = paper_analysis(), "the paper's, from config/paper.yaml"
     try:
         results = analyze(read_table(table_path), args.out, settings)
     except (TableError, ValueError) as exc:
@@ -430,7 +425,7 @@ def _analyze(args) -> int:
     paired = results["paired_tests"]
     n = paired.comparison.nunique()
     print(
-        f"wrote {', '.join(f'{k}.csv' for k in results)} to {args.out}; {n} comparisons ({'from ' + config_path if config_path else 'auto'}); in-sample R2: "
+        f"wrote {', '.join(f'{k}.csv' for k in results)} to {args.out}; {n} comparisons ({source}); in-sample R2: "
         + ", ".join(f"{t} {r:.2f}" for t, r in fit.items())
     )
     verdicts = paired.verdict[paired.verdict.fillna("") != ""].value_counts()

@@ -46,7 +46,7 @@ _HELD_LOCKS: list = []  # open lock files keep their GPU claimed until the proce
 
 DEVICE_SETTINGS = SETTING_CHOICES["compute.device"]
 JOB_DEFAULTS = {"device": "strict", "deterministic": False}  # the schema's, for calls outside a workflow job
-INSTALL_HINT = "README 'On GPUs'"
+INSTALL_HINT = "docs/running.md, 'On GPUs'"
 
 
 class DeviceError(RuntimeError):

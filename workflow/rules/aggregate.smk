@@ -1,4 +1,4 @@
-from tunnelscope.figures.captions import best_layers_caption
+from tunnelscope.figures.captions import best_layers_caption, item_caption
 
 
 rule aggregate_table:
@@ -41,6 +41,7 @@ rule aggregate_cells:
         ENV
     params:
         health=lambda wc: STUDY.health_params(),
+        caption=lambda wc: item_caption("aggregate/cells.csv", health=STUDY.health_params()),
     script:
         "../scripts/aggregate.py"
 

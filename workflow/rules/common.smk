@@ -6,6 +6,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+from tunnelscope.figures.captions import item_caption
 from tunnelscope.gpuhost import gpus_present
 from tunnelscope.integrity import REBUILD_ENV, rebuild_base
 from tunnelscope.registry import COMPOSED, SOLVERS, TRAINED, TRANSFORM_TAG, network_slug
@@ -129,6 +130,28 @@ def protocol_outputs():
     if multi_solver_cells():
         outputs += [rules.solver_table.output.png, rules.solver_table.output.csv]
     return outputs
+
+
+def page_items():
+    """The report's items that the paper page shows beside the paper build's own figures and tables
+    (the cells table, per-cell figures, protocols, continual learning, tunnel length), so that the
+    page shows everything the report does (tests/test_report.py compares the two)."""
+    items = [f"{RESULTS}/aggregate/cells.csv"]
+    for cell in CELLS:
+        items += [f"{RESULTS}/cells/{cell}/figure.png", f"{RESULTS}/cells/{cell}/tsne.png"]
+    items += protocol_outputs()
+    if RUNS:
+        items += [rules.continual_table.output.png, rules.continual_table.output.csv]
+    if STUDY.mlp_cells():
+        items += [rules.tunnel_length_figure.output.png, rules.rank_per_layer_figure.output.png]
+    return items
+
+
+def page_captions():
+    """(title, caption) of each page_items() file: its path under RESULTS, its captions.ITEMS text."""
+    names = [os.path.relpath(path, RESULTS) for path in page_items()]
+    confidence = 1 - STUDY.config["metrics"]["alpha"]
+    return [(n.rsplit(".", 1)[0], item_caption(n, confidence, STUDY.health_params())) for n in names]
 
 
 # The continual-learning experiment (continual.smk): its runs, networks and their paths.

@@ -2,7 +2,7 @@
 # tunnel located on their ID curves; E1+T2 and E2+T1 by swapping; the finetune configurations;
 # every configuration scored on both tasks; the table. Target: snakemake continual. Its runs,
 # networks and paths are in common.smk.
-from tunnelscope.figures.captions import CONTINUAL_TABLE
+from tunnelscope.figures.captions import CONTINUAL_TABLE, item_caption
 
 
 rule continual_train:
@@ -144,6 +144,8 @@ rule continual_table:
         settings=lambda wc: STUDY.continual_table_params(),
         seeds=lambda wc: STUDY.seed_params(),
         caption=f"{CONTINUAL_TABLE[1]} Laid out like the paper's {CONTINUAL_TABLE[0]}.",
+        report_caption=item_caption("paper/tables/continual.csv"),
+        curves_caption=item_caption("continual/tunnel_curves.png"),
     script:
         "../scripts/continual_table.py"
 

@@ -1,4 +1,4 @@
-from tunnelscope.figures.captions import figure_caption
+from tunnelscope.figures.captions import figure_caption, item_caption
 
 
 rule cell_figure:
@@ -20,6 +20,7 @@ rule cell_figure:
     params:
         title=lambda wc: wc.cell,
         confidence=lambda wc: 1 - STUDY.config["metrics"]["alpha"],
+        caption=lambda wc: item_caption(f"cells/{wc.cell}/figure.png", 1 - STUDY.config["metrics"]["alpha"]),
     script:
         "../scripts/cell_figure.py"
 
@@ -81,6 +82,7 @@ rule tsne_figure:
         ENV
     params:
         title=lambda wc: wc.cell,
+        caption=lambda wc: item_caption(f"cells/{wc.cell}/tsne.png"),
     script:
         "../scripts/tsne_figure.py"
 

@@ -162,6 +162,7 @@ rule paper_page:
         provenance=rules.provenance.output[0],
         cells=AGGREGATE["cells"],
         curves=AGGREGATE["curves"],  # its failure column: the probe-health lines
+        more=lambda wc: page_items(),
     output:
         f"{RESULTS}/paper/index.html",
     log:
@@ -173,6 +174,7 @@ rule paper_page:
         alpha=lambda wc: STUDY.config["metrics"]["alpha"],
         untrained=lambda wc: STUDY.untrained_params(),
         absent=lambda wc: STUDY.absent_parts(),
+        captions=lambda wc: page_captions(),
     script:
         "../scripts/paper_page.py"
 

@@ -2,6 +2,8 @@
 # shifted copies of the ID set, and the solvers of a probe.solver list against the first one.
 # Which cells take part: common.smk.
 
+from tunnelscope.figures.captions import item_caption
+
 
 rule zero_shot:
     """ID-trained probes scored on a shifted copy of the ID test split (layer chosen on a small
@@ -49,6 +51,7 @@ rule zero_shot_table:
         ENV
     params:
         seeds=lambda wc: STUDY.seed_params(),
+        caption=item_caption("paper/zero_shot.png"),
     script:
         "../scripts/zero_shot_table.py"
 
@@ -104,5 +107,6 @@ rule solver_table:
     params:
         reference=lambda wc: STUDY.solvers(multi_solver_cells()[0])[0],
         seeds=lambda wc: STUDY.seed_params(),
+        caption=item_caption("paper/solvers.png"),
     script:
         "../scripts/solver_table.py"

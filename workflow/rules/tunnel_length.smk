@@ -1,6 +1,8 @@
 # MLP cells (Masarczyk et al.): the ID-rule tunnel length against depth and width, and the
 # numerical rank per layer; a rule per figure and its tables, the target rule tunnel_length.
 
+from tunnelscope.figures.captions import item_caption
+
 
 rule tunnel_length_figure:
     """The ID-rule tunnel length against MLP depth and width; per cell and plotted values."""
@@ -21,6 +23,7 @@ rule tunnel_length_figure:
         ENV
     params:
         settings=lambda wc: STUDY.tunnel_length_params(),
+        caption=item_caption("tunnel_length/tunnel_length.png"),
     script:
         "../scripts/tunnel_length_figure.py"
 
@@ -44,6 +47,7 @@ rule rank_per_layer_figure:
         ENV
     params:
         settings=lambda wc: STUDY.tunnel_length_params(),
+        caption=item_caption("tunnel_length/rank_per_layer.png"),
     script:
         "../scripts/rank_per_layer_figure.py"
 

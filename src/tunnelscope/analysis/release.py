@@ -70,9 +70,25 @@ def _release_blocks() -> list[tuple[str, str, int, str]]:
 RELEASE_BLOCKS = _release_blocks()
 
 
+PAPER_ANALYSIS = "resources/paper-analysis.yaml"
+
+
 def release_path():
     """The copy of the released table shipped with tunnelscope (its MIT notice beside it)."""
     return resources.files("tunnelscope").joinpath("resources/paper-results/experiments_results.csv")
+
+
+def paper_analysis() -> dict:
+    """config/paper.yaml's ``analysis`` section (the paper's comparisons, unit and slope
+    normalisation), shipped as resources/paper-analysis.yaml so that ``analyze --paper`` works from
+    an installed package; validated and with its defaults filled as in a study. A test keeps the
+    copy equal to config/paper.yaml's."""
+    import yaml
+
+    from tunnelscope.study.config import load_schema, section_settings
+
+    text = resources.files("tunnelscope").joinpath(PAPER_ANALYSIS).read_text()
+    return section_settings(load_schema(), "analysis", yaml.safe_load(text)["analysis"])
 
 
 def is_release_table(table: pd.DataFrame) -> bool:

@@ -2,7 +2,7 @@
 
 One Parquet file per layer: ``sample_id``, ``split`` (dictionary train/test), ``label`` and
 the vector as a fixed-size binary column; the file metadata names the layer, pooling, dims,
-dtype and the checkpoint it came from. Readable by pandas, polars and duckdb (README).
+dtype and the checkpoint it came from. Readable by pandas, polars and duckdb (docs/outputs.md).
 
 Damage is caught twice over: every page carries a CRC-32 (Parquet page checksums, checked on
 read), and ``EMBED_DIR/checksums.json`` holds each layer file's CRC-32, checked before a file is

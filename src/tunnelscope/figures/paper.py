@@ -259,8 +259,11 @@ def source_revision(directory: Path = Path(__file__).parent) -> dict | str:
 
 
 def devices(cells: pd.DataFrame) -> list[dict]:
-    """Each distinct device the cells ran on (the aggregate cells table), with those cells."""
+    """Each distinct device the cells ran on (the aggregate cells table), with those cells; none
+    where the table records no device (a study of published models only: nothing was trained)."""
     present = [c for c in DEVICE_COLUMNS if c in cells.columns]
+    if not present:
+        return []
     facts = cells[present].assign(cell=row_cells(cells))
     return [
         {**{k: None if pd.isna(v) else v for k, v in zip(present, key)}, "cells": sorted(group["cell"])}
@@ -343,13 +346,15 @@ def html_page(
     absent: list[str] = (),
     health: list[str] = (),
     probe_health: list[str] = (),
+    more: list[tuple[str, str, str]] = (),
 ) -> None:
     """A static page with every figure and table, readable without Snakemake: the given files,
     linked relative to the page, figures with the Snakemake report's captions (captions.FIGURES).
     ``best_layers``: (its readable CSV, metrics.alpha), shown first among the tables;
     ``absent``: one line per study-level part the grid does not fill (Study.absent_parts);
     ``health``, ``probe_health``: the training-health and probe-health lines
-    (metrics.health.health_lines, probe_failure_lines), each a note then a list."""
+    (metrics.health.health_lines, probe_failure_lines), each a note then a list; ``more``: the
+    report's other items (path, title, caption; captions.ITEMS), figures (.png) and tables (.csv)."""
 
     def link(path: str) -> str:
         return os.path.relpath(path, Path(page).parent)
@@ -376,6 +381,15 @@ def html_page(
         )
     if slopes:
         parts += _table(slopes, link(slopes), SHAP_TABLE_CAPTION, _name(slopes).replace("_", " "))
+    for path, title, caption in more:
+        if path.endswith(".csv"):
+            parts += _table(path, link(path), caption, title)
+        else:
+            parts += [
+                f"<h2>{html.escape(title)}</h2>",
+                f"<p><img src='{html.escape(link(path))}' alt='{html.escape(title)}'></p>",
+                f"<p>{html.escape(caption)}</p>",
+            ]
     prov = json.loads(Path(provenance_json).read_text())
     shown = {
         "software": {name: prov["software"].get(name) for name in PACKAGES},

@@ -162,6 +162,18 @@ def section_defaults(schema: dict, name: str) -> dict:
     return settings
 
 
+def section_settings(schema: dict, name: str, data: dict) -> dict:
+    """One top-level section of a study config (``analysis``, ...) validated alone and with its
+    defaults filled, as a study's would be; raise ConfigError naming ``NAME.key``."""
+    section = {"$defs": schema["$defs"], "type": "object", "properties": {name: schema["properties"][name]}}
+    config = {name: copy.deepcopy(data)}
+    errors = list(jsonschema.Draft202012Validator(section).iter_errors(config))
+    if errors:
+        raise ConfigError(_one_line(_deepest(max(errors, key=lambda e: len(e.absolute_path)))))
+    _fill_defaults(section, config, section)
+    return config[name]
+
+
 def dataset_defaults(spec: dict) -> dict:
     """A copy of a dataset spec with its source's schema defaults filled in, as a study's are: the
     spec a library call (``data.sources.prepare``) reads when it gets one written by hand."""

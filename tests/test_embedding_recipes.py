@@ -1,4 +1,4 @@
-"""The README's recipes for reading an embedding file with pandas, polars and duckdb, run as written."""
+"""docs/outputs.md's recipes for reading an embedding file with pandas, polars and duckdb, run as written."""
 
 import re
 
@@ -13,7 +13,7 @@ READERS = ["pandas", "polars", "duckdb"]
 
 
 def _recipes() -> dict[str, str]:
-    return dict(RECIPE.findall((REPO / "README.md").read_text()))
+    return dict(RECIPE.findall((REPO / "docs/outputs.md").read_text()))
 
 
 def test_the_readme_has_a_recipe_per_reader():
@@ -33,7 +33,7 @@ def test_recipe_reads_ids_labels_split_and_vectors(reader, dtype, tmp_path, monk
     write_embeddings(path, vectors, labels, splits, ids, {"layer": 3, "layer_name": "features.7", "pooling": "avg2x2"})
     monkeypatch.chdir(tmp_path)
     names = {}
-    exec(compile(code, f"README.md ({reader} recipe)", "exec"), names)
+    exec(compile(code, f"docs/outputs.md ({reader} recipe)", "exec"), names)
     np.testing.assert_array_equal(names["ids"], ids)
     np.testing.assert_array_equal(names["labels"], labels)
     np.testing.assert_array_equal(names["split"], splits)
