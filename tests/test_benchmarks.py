@@ -14,7 +14,9 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 RUN_BY_DEVICE_CHECK = set(re.findall(r"bench_\w+\.py", (BENCH / "gpu_check.py").read_text()))
 
 
-@pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("bench_*.py") if p.name not in RUN_BY_DEVICE_CHECK))
+@pytest.mark.parametrize(
+    "script", sorted(p.name for p in BENCH.glob("bench_*.py") if p.name not in RUN_BY_DEVICE_CHECK)
+)
 def test_benchmark_smoke(script):
     result = subprocess.run(
         [sys.executable, str(BENCH / script), "--smoke"], capture_output=True, text=True, timeout=300, cwd=BENCH.parent
