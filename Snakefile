@@ -50,3 +50,16 @@ rule all:
         rules.continual.input if RUNS else [],
         # Masarczyk et al.'s tunnel length against MLP depth and width, when the grid has MLPs.
         rules.tunnel_length.input if STUDY.mlp_cells() else [],
+
+
+rule cells:
+    """Target: every cell's own outputs (its chain through the probes, metrics and layer statistics,
+    its figure and t-SNE), nothing study-level. A long grid runs in pieces with Snakemake's batching,
+    a share of the cells at a time (its files sorted by path, so by cell id), then the rest:
+    snakemake cells --batch cells=1/4, ... cells=4/4, then snakemake (docs/running.md)."""
+    input:
+        [
+            f"{RESULTS}/cells/{cell}/{name}"
+            for cell in CELLS
+            for name in ("metrics.parquet", "layer_stats.parquet", "figure.png", "tsne.png")
+        ],
