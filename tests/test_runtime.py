@@ -528,3 +528,19 @@ def test_snakemake_honours_a_gpu_limit_a_snakefile_registers(tmp_path, limit):
     (a0, a1), (b0, b1) = (map(float, (tmp_path / f"job{i}.txt").read_text().split()) for i in range(2))
     overlap = min(a1, b1) > max(a0, b0)
     assert overlap is (limit == 2)
+
+
+def test_a_job_without_determinism_does_not_load_torch_s_compiler():
+    """torch.use_deterministic_algorithms imports torch._dynamo and torch._inductor (about 1 CPU-s
+    of every embed and probe job, benchmarks/RESULTS.md): a job that keeps torch's default does
+    not call it; one that switches determinism on still gets it."""
+    code = (
+        "import sys, torch\n"
+        "from tunnelscope.runtime import apply_determinism\n"
+        "apply_determinism(False)\n"
+        "off = 'torch._dynamo' in sys.modules\n"
+        "apply_determinism(True)\n"
+        "print(off, torch.are_deterministic_algorithms_enabled())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.split() == ["False", "True"]

@@ -194,7 +194,10 @@ def apply_determinism(on: bool) -> None:
     a fixed workspace, no TF32. Off: torch's defaults (TF32 convolutions included)."""
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
-    torch.use_deterministic_algorithms(on)
+    # Only when it changes: the call imports torch._dynamo and torch._inductor, 1-1.5 CPU-s of
+    # every job otherwise (benchmarks/RESULTS.md, "Job start-up").
+    if torch.are_deterministic_algorithms_enabled() != on:
+        torch.use_deterministic_algorithms(on)
     torch.backends.cudnn.deterministic = on
     torch.backends.cudnn.benchmark = False
     # TF32: convolutions by cuDNN's legacy switch (torch's default on), matrix products by the
