@@ -269,7 +269,14 @@ def test_a_one_model_study_of_an_untrained_cell(tmp_path, schema):
     assert f"left out 1 untrained cell(s): {cell}" in (out / "logs/paper_table/ood_retained.log").read_text()
     assert len(pd.read_csv(out / "paper/tables/id_accuracy.csv")) == 1  # Table 11 shows it
     pngs = sorted(out.rglob("*.png"))
-    assert {p.name for p in pngs} == {"tunnel_curves.png", "layer_stats.png", "best_layers.png"}
+    # the study-level figures it can fill, and the cell's own (the page shows what the report shows)
+    assert {p.name for p in pngs} == {
+        "tunnel_curves.png",
+        "layer_stats.png",
+        "best_layers.png",
+        "figure.png",
+        "tsne.png",
+    }
     assert all(drawn(p) for p in pngs)
     page = (out / "paper/index.html").read_text()
     assert "best layers (table)" in page  # the answer, with its intervals
