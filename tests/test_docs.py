@@ -137,9 +137,15 @@ def test_every_snakemake_option_and_make_target_in_the_docs_exists():
     texts = [_text(doc) for doc in DOCS]
     lines = [line for text in texts for line in command_lines(text, "snakemake")]
     assert len(lines) >= 10
+    parser = get_argument_parser()
     for line in lines:
         for option in re.findall(r"(?<!\S)(--?[a-zA-Z][\w-]*)", line):
             assert option in options, f"{line}: snakemake has no option {option}"
+        # --configfile takes every word up to the next option: a target written after it is read
+        # as a config file (`--configfile config/x.yaml cells` fails)
+        words = [w for w in line.split()[1:] if "$" not in w]
+        configs = parser.parse_known_args(words)[0].configfile or []
+        assert all(str(c).endswith(".yaml") for c in configs), f"{line}: --configfile reads {configs}"
     targets = set(re.findall(r"^([\w-]+):", _text(REPO / "Makefile"), re.M))
     named = {t for text in texts for t in re.findall(r"`make (\w[\w-]*)`", text)}
     named |= {t for text in texts for line in command_lines(text, "make") for t in line.split()[1:2]}
