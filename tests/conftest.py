@@ -128,6 +128,13 @@ def snakemake(workdir, *args):
     return result.stdout + result.stderr
 
 
+def tunnelscope_cli(workdir, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The tunnelscope CLI of this checkout (its src/ first on the path), run in ``workdir``."""
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    cmd = [sys.executable, "-m", "tunnelscope.cli", *args]
+    return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def planned_jobs(output: str) -> set[tuple[str, str]]:
     """(rule, wildcards) of every job a dry run lists."""
     jobs = set()

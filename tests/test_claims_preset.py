@@ -1,23 +1,18 @@
 """config/claims.yaml: each claim gets the backbone pairs its header states, and no OOD probe
 trains on images a cell's backbone trained on."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import yaml
 from fakedata import fake_roots
 
-from conftest import REPO
+from conftest import REPO, tunnelscope_cli
 from tunnelscope.analysis.comparisons import comparisons, select
 from tunnelscope.budget import shared_training_images, training_overlap_warnings
 from tunnelscope.registry import arch_facts
 from tunnelscope.study.config import Study
 
 WHOLE = REPO / "config/claims.yaml"
-SRC_ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}  # this checkout's code, from any directory
 # claim -> backbone pairs, as the header of config/claims.yaml and docs/evidence.md state them
 BACKBONE_PAIRS = {"augmentation": 12, "ID classes": 6, "spatial reduction": 6, "depth": 6, "resolution": 6}
 # ID classes of the claims' ID sets (CIFAR-10 and Caltech-101 without its background class)
@@ -113,14 +108,7 @@ def test_a_noisy_copy_of_the_id_set_trains_on_its_images_and_validate_warns(sche
     assert len(shared_training_images(s, "vggm11_cifar10_r32_none_s0", "cifar10-noise")) == 2 * 4  # all of it
     assert shared_training_images(s, "vggm11_cifar10-2c_r32_none_s0", "cifar10-noise")
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(config))
-    validate = subprocess.run(
-        [sys.executable, "-m", "tunnelscope.cli", "validate", "study.yaml", "--no-budget"],
-        cwd=tmp_path,
-        env=SRC_ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    validate = tunnelscope_cli(tmp_path, "validate", "study.yaml", "--no-budget")
     assert validate.returncode == 0, validate.stderr[-2000:]
     warned = [line for line in validate.stdout.splitlines() if line.startswith("warning: ood_sets: 'cifar10-noise'")]
     assert len(warned) == 2 and all("a near-ID set, not OOD" in line for line in warned), validate.stdout

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, TINY, snakemake_cmd
+from conftest import TINY, snakemake_cmd, tunnelscope_cli
 from tunnelscope.study import manifest
 from tunnelscope.study.config import Study, load_schema
 
@@ -34,13 +34,6 @@ def run(workdir: Path, config: Path, *args: str) -> subprocess.CompletedProcess:
 
 def settings(config: dict) -> dict:
     return manifest.study_settings(Study(copy.deepcopy(config), load_schema()).config)
-
-
-def tunnelscope(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    """The tunnelscope CLI of this checkout, in ``workdir``."""
-    cmd = [sys.executable, "-m", "tunnelscope.cli", *args]
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -214,12 +207,12 @@ def test_adopt_hands_the_directory_to_another_config_but_not_during_a_run(tmp_pa
     assert run(second, other, "-n").returncode != 0
     holder = hold_lock(results)
     try:
-        refused = tunnelscope(second, "adopt", str(other))
+        refused = tunnelscope_cli(second, "adopt", str(other))
     finally:
         holder.kill()
         holder.wait()
     assert refused.returncode == 1 and "is in use by another run" in refused.stderr
-    adopted = tunnelscope(second, "adopt", str(other))
+    adopted = tunnelscope_cli(second, "adopt", str(other))
     assert adopted.returncode == 0, adopted.stderr
     assert f"recorded as the results of {other} in {second} (was: {first / 'tiny.yaml'} in {first})" in adopted.stdout
     assert "warning: the settings differ at training.epochs (1 there, 2 here)" in adopted.stdout
@@ -244,7 +237,7 @@ def test_dry_runs_unlock_and_validate_write_nothing(tmp_path):
     for args in (("-n",), ("--unlock",)):
         result = run(tmp_path, config, *args)
         assert result.returncode == 0, result.stderr[-3000:]
-    assert tunnelscope(tmp_path, "validate", str(config), "--no-budget").returncode == 0
+    assert tunnelscope_cli(tmp_path, "validate", str(config), "--no-budget").returncode == 0
     assert not (tmp_path / "out").exists()
 
 

@@ -3,33 +3,24 @@ dry-runs, and builds the params of every job on fake dataset trees: `tunnelscope
 "valid" only where the run will not fail on the config."""
 
 import json
-import os
 import subprocess
-import sys
 from collections import defaultdict
 
 import pytest
 import yaml
 from fakedata import fake_roots
 
-from conftest import REPO, snakemake_cmd
+from conftest import REPO, snakemake_cmd, tunnelscope_cli
 from tunnelscope.data.sources import load_source, split_sizes
 from tunnelscope.registry import COMPOSED, TRAINED
 from tunnelscope.study.config import Study, dataset_defaults
 
-SRC_ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}  # this checkout's code, from any directory
 PRESETS = ["config.yaml", *sorted(p.relative_to(REPO).as_posix() for p in (REPO / "config").glob("*.yaml"))]
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_validates_with_a_budget_and_dry_runs(preset, tmp_path):
-    validate = subprocess.run(
-        [sys.executable, "-m", "tunnelscope.cli", "validate", preset],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    validate = tunnelscope_cli(REPO, "validate", preset)
     assert validate.returncode == 0, validate.stderr[-2000:]
     assert "Traceback" not in validate.stdout + validate.stderr
     assert f"{preset}: valid;" in validate.stdout
@@ -148,14 +139,7 @@ def test_single_trees_without_test_fraction_or_seed_validate_dry_run_and_build(s
         "ood_sets": ["ninco", "imagenet-r"],
     }
     (tmp_path / "single.yaml").write_text(yaml.safe_dump(config))
-    validate = subprocess.run(
-        [sys.executable, "-m", "tunnelscope.cli", "validate", "single.yaml", "--no-budget"],
-        cwd=tmp_path,
-        env=SRC_ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    validate = tunnelscope_cli(tmp_path, "validate", "single.yaml", "--no-budget")
     assert validate.returncode == 0 and "single.yaml: valid;" in validate.stdout, validate.stderr[-2000:]
     dry = subprocess.run(
         snakemake_cmd(tmp_path, "-n", "--cores", "1", configfile=tmp_path / "single.yaml"),
@@ -182,14 +166,7 @@ def test_validate_and_the_dry_run_refuse_in_one_line_before_any_job(edit, expect
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     edit(config)
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(config))
-    validate = subprocess.run(
-        [sys.executable, "-m", "tunnelscope.cli", "validate", "study.yaml"],
-        cwd=tmp_path,
-        env=SRC_ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    validate = tunnelscope_cli(tmp_path, "validate", "study.yaml")
     assert validate.returncode == 1 and validate.stdout == ""
     assert validate.stderr.startswith(f"tunnelscope: config error in study.yaml: {expected}")
     assert validate.stderr.count("\n") == 1
