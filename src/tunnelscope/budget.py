@@ -359,7 +359,7 @@ def _files_spec(study: Study, name: str) -> dict:
 def training_overlap_warnings(study: Study) -> list[str]:
     """One line per (ID set, OOD set) whose OOD probe trains on images the cell's backbone trained
     on: a noisy copy of the ID set itself, or a set drawn from the same train images. Such a set
-    is near-ID, not OOD (issue 29). A warning, not an error: the zero-shot protocol scores
+    is near-ID, not OOD. A warning, not an error: the zero-shot protocol scores
     corrupted copies of the ID set on their test split only, as it should."""
     out, seen = [], set()
     for cid in study.trained_cells():
