@@ -327,20 +327,18 @@ def data_warnings(study: Study, sizes: dict) -> list[str]:
     return out
 
 
-def shared_training_images(study: Study, cell: str, ood_set: str) -> set:
+def shared_training_images(study: Study, cell: str, ood_set: str, listings: dict | None = None) -> set:
     """Files of ``cell``'s ID train split that the probe of ``ood_set`` also trains on (a corrupted
     copy: its clean set's train split), from the file listings alone: empty where the two read
-    different roots, or their files are not there (yet) or are not files (arrays)."""
+    different roots, or their files are not there (yet) or are not files (arrays). ``listings``:
+    dataset name -> its train files, filled as read, so that a caller checking many pairs lists
+    each tree once (an ImageNet listing takes seconds)."""
+    listings = {} if listings is None else listings
 
     def files(name: str) -> set | None:
-        spec = _files_spec(study, name)
-        if "root" not in spec:
-            return None
-        try:
-            items = load_source({**spec, "download": False})["train"].items
-        except (DatasetError, OSError):
-            return None
-        return set(items) if items and isinstance(items[0], Path) else None
+        if name not in listings:
+            listings[name] = _train_files(_files_spec(study, name))
+        return listings[name]
 
     id_set = study.cells[cell].id_dataset
     a, b = (Path(os.path.normpath(_files_spec(study, d).get("root", ""))) for d in (id_set, ood_set))
@@ -348,6 +346,18 @@ def shared_training_images(study: Study, cell: str, ood_set: str) -> set:
         return set()  # separate trees share no file
     own, probed = files(id_set), files(ood_set)
     return own & probed if own and probed else set()
+
+
+def _train_files(spec: dict) -> set | None:
+    """The image files of a dataset's train split; None where it is not read from files or they
+    are not there."""
+    if "root" not in spec:
+        return None
+    try:
+        items = load_source({**spec, "download": False})["train"].items
+    except (DatasetError, OSError):
+        return None
+    return set(items) if items and isinstance(items[0], Path) else None
 
 
 def _files_spec(study: Study, name: str) -> dict:
@@ -361,14 +371,14 @@ def training_overlap_warnings(study: Study) -> list[str]:
     on: a noisy copy of the ID set itself, or a set drawn from the same train images. Such a set
     is near-ID, not OOD. A warning, not an error: the zero-shot protocol scores
     corrupted copies of the ID set on their test split only, as it should."""
-    out, seen = [], set()
+    out, seen, listings = [], set(), {}
     for cid in study.trained_cells():
         for ood_set in study.ood_sets(cid):
             key = (study.cells[cid].id_dataset, ood_set)
             if key in seen:
                 continue
             seen.add(key)
-            if shared := shared_training_images(study, cid, ood_set):
+            if shared := shared_training_images(study, cid, ood_set, listings):
                 out.append(
                     f"ood_sets: {ood_set!r} trains its probe on {len(shared)} images that the backbones on "
                     f"{key[0]!r} trained on (cell {cid}): a near-ID set, not OOD; build it from other images, "
