@@ -58,8 +58,12 @@ rule cells:
     a share of the cells at a time (its files sorted by path, so by cell id), then the rest:
     snakemake cells --batch cells=1/4, ... cells=4/4, then snakemake (docs/running.md)."""
     input:
-        [
-            f"{RESULTS}/cells/{cell}/{name}"
-            for cell in CELLS
-            for name in ("metrics.parquet", "layer_stats.parquet", "figure.png", "tsne.png")
-        ],
+        expand(
+            [
+                rules.cell_metrics.output[0],
+                rules.layer_stats.output[0],
+                rules.cell_figure.output.png,
+                rules.tsne_figure.output.png,
+            ],
+            cell=CELLS,
+        ),
