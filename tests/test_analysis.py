@@ -7,6 +7,9 @@ import pandas as pd
 import pytest
 
 from tunnelscope.analysis import comparisons as analysis
+from tunnelscope.analysis import effect_sizes, paired_tests
+from tunnelscope.analysis import table as analysis_table
+from tunnelscope.analysis.shap_slopes import shap_slopes
 
 
 def test_cliffs_delta_against_brute_force():
@@ -14,7 +17,7 @@ def test_cliffs_delta_against_brute_force():
     for _ in range(20):
         a, b = rng.integers(0, 5, size=rng.integers(1, 9)), rng.integers(0, 5, size=rng.integers(1, 9))
         brute = sum(int(x > y) - int(x < y) for x, y in itertools.product(a, b)) / (len(a) * len(b))
-        assert analysis.cliffs_delta(a, b) == pytest.approx(brute)
+        assert effect_sizes.cliffs_delta(a, b) == pytest.approx(brute)
 
 
 @pytest.mark.parametrize(
@@ -30,7 +33,7 @@ def test_cliffs_delta_against_brute_force():
     ],
 )
 def test_cliffs_magnitude_bands(delta, band):
-    assert analysis.cliffs_magnitude(delta) == band
+    assert effect_sizes.cliffs_magnitude(delta) == band
 
 
 def planted_table(seed=0):
@@ -60,7 +63,7 @@ def planted_table(seed=0):
 
 
 def test_shap_slopes_recover_planted_effects():
-    slopes, fit = analysis.shap_slopes(analysis.check_table(planted_table()))
+    slopes, fit = shap_slopes(analysis_table.check_table(planted_table()))
     r = slopes[slopes.target == "ood_retained"].set_index("variable").slope
     assert r["augmentation"] > 0 and r["resolution"] > 0 and r["depth"] < 0
     assert abs(r["augmentation"]) > abs(r["depth"]) > abs(r["resolution"])
@@ -71,7 +74,7 @@ def test_shap_slopes_recover_planted_effects():
 
 
 def test_automatic_comparisons_pair_every_level_pair_on_the_other_variables():
-    tests, _ = analysis.comparisons(analysis.check_table(planted_table()), "auto", unit="row")
+    tests, _ = analysis.comparisons(analysis_table.check_table(planted_table()), "auto", unit="row")
     aug = tests[(tests.variable == "augmentation") & (tests.target == "ood_retained")].iloc[0]
     assert aug.n_pairs == 3 * 2 * 4  # resolution x depth x OOD set, one backbone per pair
     assert aug.mean_to > aug.mean_from and aug.significant and aug.magnitude == "large"
@@ -79,7 +82,7 @@ def test_automatic_comparisons_pair_every_level_pair_on_the_other_variables():
     # The same rows as 6 backbone pairs, all up: exact p 2/2^6, times 5 tests of % retained by Holm.
     assert aug.n_backbone_pairs == 6 and aug.backbone_up == 6 and aug.backbone_p == pytest.approx(0.03125)
     assert aug.backbone_p_holm == pytest.approx(5 * 0.03125)
-    tests, _ = analysis.comparisons(analysis.check_table(planted_table()), "auto")
+    tests, _ = analysis.comparisons(analysis_table.check_table(planted_table()), "auto")
     aug = tests[(tests.variable == "augmentation") & (tests.target == "ood_retained")].iloc[0]
     assert aug.unit == "backbone" and not aug.significant and aug.verdict == "direction only"
     depth = tests[(tests.variable == "depth") & (tests.target == "ood_retained")].iloc[0]
@@ -139,7 +142,7 @@ def test_declared_comparison_selects_matches_and_pairs_in_order():
 
 
 def test_level_means_with_bootstrap_intervals():
-    _, means = analysis.comparisons(analysis.check_table(planted_table()), "auto")
+    _, means = analysis.comparisons(analysis_table.check_table(planted_table()), "auto")
     row = means[
         (means.variable == "augmentation") & (means.level == "rrc_flip") & (means.target == "ood_retained")
     ].iloc[0]
@@ -149,12 +152,12 @@ def test_level_means_with_bootstrap_intervals():
 def test_malformed_tables_name_the_column():
     table = planted_table().drop(columns=["gamma"])
     with pytest.raises(analysis.TableError, match="'gamma' is missing"):
-        analysis.check_table(table)
+        analysis_table.check_table(table)
     table = planted_table().assign(resolution="big")
     with pytest.raises(analysis.TableError, match="'resolution' must be numeric"):
-        analysis.check_table(table)
+        analysis_table.check_table(table)
     with pytest.raises(analysis.TableError, match="'family' must hold cnn, vit, mlp, found rnn"):
-        analysis.check_table(planted_table().assign(family="rnn"))
+        analysis_table.check_table(planted_table().assign(family="rnn"))
 
 
 def test_analyze_cli_writes_the_four_tables(tmp_path):
@@ -187,9 +190,9 @@ def test_analyze_cli_writes_the_four_tables(tmp_path):
 
 def test_holm_matches_the_step_down_by_hand():
     # sorted 0.01, 0.02, 0.03, 0.2 -> 4 x 0.01, 3 x 0.02, max(0.06, 2 x 0.03), max(0.06, 0.2); NaN left out
-    adjusted = analysis.holm([0.03, 0.01, np.nan, 0.2, 0.02])
+    adjusted = effect_sizes.holm([0.03, 0.01, np.nan, 0.2, 0.02])
     np.testing.assert_allclose(adjusted, [0.06, 0.04, np.nan, 0.2, 0.06])
-    assert analysis.holm([0.5, 0.9]).tolist() == [1.0, 1.0]
+    assert effect_sizes.holm([0.5, 0.9]).tolist() == [1.0, 1.0]
 
 
 def test_cluster_bootstrap_of_balanced_rows_is_the_bootstrap_of_backbone_means():
@@ -200,21 +203,21 @@ def test_cluster_bootstrap_of_balanced_rows_is_the_bootstrap_of_backbone_means()
     backbone_means = rng.normal(70, 10, size=6)
     values = np.repeat(backbone_means, 8) + rng.normal(0, 1, size=48) * np.tile([1, -1], 24)
     clusters = np.repeat(np.arange(6), 8)
-    exact = analysis.bootstrap_interval(values.reshape(6, 8).mean(axis=1), 500)
-    np.testing.assert_allclose(analysis.cluster_bootstrap_interval(values, clusters, 500), exact)
-    row_low, row_high = analysis.bootstrap_interval(values, 500)
+    exact = effect_sizes.bootstrap_interval(values.reshape(6, 8).mean(axis=1), 500)
+    np.testing.assert_allclose(effect_sizes.cluster_bootstrap_interval(values, clusters, 500), exact)
+    row_low, row_high = effect_sizes.bootstrap_interval(values, 500)
     assert exact[1] - exact[0] > 2 * (row_high - row_low)
-    assert np.isnan(analysis.cluster_bootstrap_interval(values[:24], clusters[:24], 500)).all()
+    assert np.isnan(effect_sizes.cluster_bootstrap_interval(values[:24], clusters[:24], 500)).all()
 
 
 def test_cluster_delta_interval_pools_the_resampled_pairs():
     rng = np.random.default_rng(2)
     after, before = rng.normal(1, 1, 40), rng.normal(0, 1, 40)
     clusters = np.repeat(np.arange(5), 8)
-    low, high = analysis.cluster_delta_interval(after, before, clusters, 500)
-    assert low < analysis.cliffs_delta(after, before) < high
+    low, high = effect_sizes.cluster_delta_interval(after, before, clusters, 500)
+    assert low < effect_sizes.cliffs_delta(after, before) < high
     # Resampled cluster indices become per-cluster counts (the data itself: each cluster once).
-    counts = analysis._resample_counts(np.arange(5)[None, :], 5)
+    counts = effect_sizes._resample_counts(np.arange(5)[None, :], 5)
     assert counts.tolist() == [[1, 1, 1, 1, 1]]
 
 
@@ -250,7 +253,7 @@ def one_pair_effect_table() -> pd.DataFrame:
 
 
 def test_an_effect_in_one_backbone_pair_is_significant_by_rows_only():
-    table = analysis.check_table(one_pair_effect_table())
+    table = analysis_table.check_table(one_pair_effect_table())
     spec = [{"name": "augmentation", "variable": "augmentation"}]
     tests, means = analysis.comparisons(table, spec)
     row = tests[tests.target == "ood_retained"].iloc[0]
@@ -283,8 +286,10 @@ def test_verdict_rule_covers_its_four_outcomes():
         )
         return pd.Series({**base, **kw})
 
-    assert analysis._verdict(row(), True, 0.05) == "holds"
-    assert analysis._verdict(row(_backbone_shift=-5.0), True, 0.05) == "opposite"
-    assert analysis._verdict(row(backbone_p_holm=0.2), True, 0.05) == "direction only"
-    assert analysis._verdict(row(backbone_p_holm=0.2, backbone_up=3, backbone_down=3), True, 0.05) == "not supported"
-    assert analysis._verdict(row(cliffs_delta=0.0, mean_to=1.0), False, 0.05) == "not supported"
+    assert paired_tests._verdict(row(), True, 0.05) == "holds"
+    assert paired_tests._verdict(row(_backbone_shift=-5.0), True, 0.05) == "opposite"
+    assert paired_tests._verdict(row(backbone_p_holm=0.2), True, 0.05) == "direction only"
+    assert (
+        paired_tests._verdict(row(backbone_p_holm=0.2, backbone_up=3, backbone_down=3), True, 0.05) == "not supported"
+    )
+    assert paired_tests._verdict(row(cliffs_delta=0.0, mean_to=1.0), False, 0.05) == "not supported"

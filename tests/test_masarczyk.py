@@ -12,7 +12,8 @@ import yaml
 from PIL import Image
 
 from conftest import REPO, snakemake, snakemake_cmd
-from tunnelscope.analysis import comparisons as analysis
+from tunnelscope.analysis import table as analysis_table
+from tunnelscope.analysis.shap_slopes import shap_slopes
 from tunnelscope.analysis.tunnel_length import (
     cell_table,
     rank_table,
@@ -208,11 +209,15 @@ def test_mlp_family_enters_the_shap_analysis_without_changing_cnn_vit_codes():
         for depth in (8, 12, 16)
         for _ in range(4)
     ]
-    table = analysis.check_table(pd.DataFrame(rows))
-    assert list(analysis.encode(table).filter(like="family_").columns) == ["family_cnn", "family_vit", "family_mlp"]
-    slopes, _ = analysis.shap_slopes(table)
+    table = analysis_table.check_table(pd.DataFrame(rows))
+    assert list(analysis_table.encode(table).filter(like="family_").columns) == [
+        "family_cnn",
+        "family_vit",
+        "family_mlp",
+    ]
+    slopes, _ = shap_slopes(table)
     assert slopes.set_index(["target", "variable"]).slope["ood_retained", "family"] < 0  # MLPs retain less, as planted
-    assert "family_mlp" not in analysis.encode(table[table.family == "cnn"]).columns
+    assert "family_mlp" not in analysis_table.encode(table[table.family == "cnn"]).columns
 
 
 # ---------------------------------------------------------------- the tunnel-length tables and figure

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tunnelscope import registry
 from tunnelscope.metrics import tunnel as metrics
 
 
@@ -117,6 +118,7 @@ def test_cell_metrics_table():
         "alpha": 0.05,
     }
     table = metrics.cell_metrics(probes, info, params)
+    assert set(registry.METRICS) <= set(table.columns)  # every metric later stages name is computed
     assert table.ood_set.tolist() == ["oodB", "oodA"] and table.ood_index.tolist() == [1, 2]  # the config's order
     table = table.set_index("ood_set")
     assert table.loc["oodA", "ood_retained"] == pytest.approx(50.0)

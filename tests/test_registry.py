@@ -91,3 +91,14 @@ def test_config_files_name_only_registered_architectures():
                     or arch.startswith(("timm/", "torchvision/"))
                 )
                 assert known, f"{path.name}: {arch}"
+
+
+def test_the_metric_table_labels_every_analysis_target_and_refuses_unknown_names():
+    assert registry.ANALYSIS_TARGETS and all(registry.metric_label(t) for t in registry.ANALYSIS_TARGETS)
+    # every subset lists its metrics in the table's order
+    for subset in (registry.SEED_SUMMARISED_METRICS, registry.ANALYSIS_TARGETS, registry.SOLVER_COMPARED_METRICS):
+        assert list(subset) == [name for name in registry.METRICS if name in subset]
+    with pytest.raises(ValueError, match="metric 'bogus' has no label in registry.METRICS"):
+        registry.metric_label("bogus")
+    with pytest.raises(ValueError, match="metric 'tunnel' has no label"):
+        registry.metric_label("tunnel")

@@ -13,6 +13,7 @@ from matplotlib.collections import PolyCollection  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from tunnelscope.analysis import comparisons as analysis  # noqa: E402
+from tunnelscope.analysis import table as analysis_table  # noqa: E402
 from tunnelscope.figures import paper, plots, tables  # noqa: E402
 from tunnelscope.metrics.seeds import seed_summary, summarise, t_interval  # noqa: E402
 
@@ -114,7 +115,7 @@ def test_the_metrics_summary_keeps_the_backbone_and_classes_its_strength():
 
 
 def test_analysis_gives_level_means_and_deltas_an_interval_across_seeds():
-    table = analysis.check_table(planted_metrics(4))
+    table = analysis_table.check_table(planted_metrics(4))
     tests, means = analysis.comparisons(table, "auto")
     level = means[(means.variable == "augmentation") & (means.target == "ood_retained")].set_index("level")
     assert level.n_seeds.eq(4).all()
@@ -132,7 +133,7 @@ def test_analysis_gives_level_means_and_deltas_an_interval_across_seeds():
     assert csv.loc[0, "% retained |δ| ci_high"] == pytest.approx(row.delta_ci_high) and latex.loc[
         0, "% retained |δ|"
     ].endswith("]")
-    single_tests, single_means = analysis.comparisons(analysis.check_table(planted_metrics(1)), "auto")
+    single_tests, single_means = analysis.comparisons(analysis_table.check_table(planted_metrics(1)), "auto")
     assert single_means.seed_ci_low.isna().all() and single_tests.delta_ci_low.isna().all()
     assert (
         "% retained ci_low" not in tables.level_means(single_means)[0]

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from tunnelscope.figures import tables
 from tunnelscope.io import write_table
@@ -167,6 +168,17 @@ def test_effect_sizes_show_both_levels_where_the_analysis_has_them():
     assert csv.columns.tolist()[-2:] == ["pairs", "backbone pairs"] and csv["backbone pairs"].iloc[0] == 6
     assert "% retained p (backbones)" not in latex and latex["Pearson p (backbones, Holm)"].iloc[0] == "0.812"
     assert latex["alignment p"].iloc[0] == "< 0.001" and latex["alignment verdict"].iloc[0] == "direction only"
+
+
+def test_a_target_the_metric_table_does_not_know_is_an_error_not_a_missing_column():
+    means = pd.DataFrame(
+        [{"comparison": "depth", "level": 11, "target": t, "mean": 1.0, "n": 4} for t in ("ood_retained", "bogus")]
+    )
+    with pytest.raises(ValueError, match="target 'bogus' is not an analysis target of registry.METRICS"):
+        tables.level_means(means)
+    paired = means.rename(columns={"level": "level_from"}).assign(level_to=17, abs_delta=0.1, wilcoxon_p=0.5, n_pairs=4)
+    with pytest.raises(ValueError, match="'bogus'"):
+        tables.effect_sizes(paired)
 
 
 def test_accuracy_tables_hold_fractions_and_print_percent():

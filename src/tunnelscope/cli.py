@@ -393,13 +393,10 @@ def _best_layers(args) -> int:
 def _analyze(args) -> int:
     import logging
 
-    from tunnelscope.analysis.comparisons import (
-        DEFAULT_SETTINGS,
-        TableError,
-        analyze,
-        read_table,
-    )
+    from tunnelscope.analysis.comparisons import DEFAULT_SETTINGS, analyze
     from tunnelscope.analysis.release import paper_analysis, release_path
+    from tunnelscope.analysis.table import TableError
+    from tunnelscope.analysis.table import read_analysis_table as read_table
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if (args.table is None) == (not args.paper):

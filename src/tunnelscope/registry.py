@@ -1,14 +1,15 @@
 """The registry of names: every enumerable choice the config, the CLI, the code and the schema share.
 
 Architectures with their facts, cell variables, dataset sources, poolings, solvers and the keys
-each reads, probe-point rules, corruptions, the transform-tag and cell-id formats. Pure Python and
-free of heavy imports: the Snakefile and the CLI read it while the DAG is built, and
-tests/test_registry.py checks every enum of the config schema against it.
+each reads, the tunnel metrics later stages name, probe-point rules, corruptions, the
+transform-tag and cell-id formats. Pure Python and free of heavy imports: the Snakefile and the
+CLI read it while the DAG is built, and tests/test_registry.py checks every enum of the config schema against it.
 """
 
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 # Facts about each architecture needed before any model is built (cell variables, analysis),
 # coded as Harun et al. code them in their released results table: stem = first conv kernel or
@@ -148,6 +149,49 @@ SOLVERS = {
     "sklearn": ("standardize", "max_iter", "C"),
     "paper": ("paper",),
 }
+
+# The tunnel metrics (columns of metrics.tunnel.cell_metrics, one row per cell and OOD set) that
+# later stages name, in the order their tables list them: the column heading the paper tables
+# print (None where no table prints one), whether the aggregate summarises it over seeds
+# (metrics.seeds), whether the cross-grid analysis compares it (analysis, every target needs a
+# label) and whether protocols.solver_comparison sets the solvers side by side on it.
+# One metric per line, a table to read across: left as written by the formatter.
+class Metric(NamedTuple):
+    label: str | None
+    seed_summarised: bool
+    analysis_target: bool
+    solver_compared: bool
+
+
+# fmt: off
+METRICS = {
+    "ood_retained": Metric("% retained", seed_summarised=True, analysis_target=True, solver_compared=True),
+    "pearson": Metric("Pearson", seed_summarised=True, analysis_target=True, solver_compared=True),
+    "alignment": Metric("alignment", seed_summarised=True, analysis_target=True, solver_compared=True),
+    "tunnel": Metric(None, seed_summarised=True, analysis_target=False, solver_compared=False),
+    "tunnel_start": Metric(None, seed_summarised=True, analysis_target=False, solver_compared=True),
+    "tunnel_length": Metric(None, seed_summarised=True, analysis_target=False, solver_compared=False),
+    "ood_best_layer": Metric(None, seed_summarised=True, analysis_target=False, solver_compared=True),
+    "ood_best_acc": Metric(None, seed_summarised=True, analysis_target=False, solver_compared=False),
+    "ood_last_acc": Metric(None, seed_summarised=True, analysis_target=False, solver_compared=True),
+    "id_last_acc": Metric(None, seed_summarised=True, analysis_target=False, solver_compared=False),
+    "backbone_test_acc": Metric(None, seed_summarised=True, analysis_target=False, solver_compared=False),
+}
+# fmt: on
+SEED_SUMMARISED_METRICS = tuple(name for name, metric in METRICS.items() if metric.seed_summarised)
+ANALYSIS_TARGETS = tuple(name for name, metric in METRICS.items() if metric.analysis_target)
+SOLVER_COMPARED_METRICS = tuple(name for name, metric in METRICS.items() if metric.solver_compared)
+
+
+def metric_label(name: str) -> str:
+    """The column heading tables print for metric ``name``; a name METRICS does not label is an error."""
+    label = METRICS[name].label if name in METRICS else None
+    if label is None:
+        raise ValueError(f"metric {name!r} has no label in registry.METRICS (labelled: {', '.join(LABELLED_METRICS)})")
+    return label
+
+
+LABELLED_METRICS = tuple(name for name, metric in METRICS.items() if metric.label is not None)
 
 # Choices of single settings, by their dotted config key: the code branches on these strings.
 SETTING_CHOICES = {

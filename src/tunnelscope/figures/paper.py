@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tunnelscope.analysis.comparisons import VARIABLES, present_levels
+from tunnelscope.analysis.comparisons import present_levels
+from tunnelscope.analysis.table import VARIABLES
 from tunnelscope.figures.captions import TABLES, best_layers_caption, figure_caption, table_caption
 from tunnelscope.figures.plots import draw_band
 from tunnelscope.figures.style import (
@@ -38,11 +39,11 @@ from tunnelscope.metrics.seeds import (
     several_seeds,
     summarise,
 )
-from tunnelscope.metrics.tunnel import normalise
+from tunnelscope.metrics.tunnel import STRENGTH_BANDS, normalise
 from tunnelscope.registry import CELL_VARIABLES
 
 CELL_COLUMNS = list(CELL_VARIABLES)
-STRENGTHS = ["negligible", "weak", "medium", "strong"]
+STRENGTHS = [name for _, name in STRENGTH_BANDS]  # weakest tunnel first
 PACKAGES = [
     "tunnelscope",
     "torch",

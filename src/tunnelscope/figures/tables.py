@@ -27,7 +27,7 @@ import pandas as pd
 from tunnelscope.figures.captions import table_caption
 from tunnelscope.io import atomic_path, write_csv
 from tunnelscope.metrics.seeds import CONFIDENCE, seed_summary
-from tunnelscope.registry import ARCHS
+from tunnelscope.registry import ANALYSIS_TARGETS, ARCHS, metric_label
 
 # A backbone is keyed by its cell's arch (two published models may share a timm/torchvision
 # label); ``label`` (VGGm-11, ...) is what the tables print.
@@ -41,7 +41,6 @@ LATEX_SYMBOLS = {
     "†": r"$^\dagger$",
     "±": r"$\pm$",
 }
-TARGET_NAMES = {"ood_retained": "% retained", "pearson": "Pearson", "alignment": "alignment"}
 # (metrics column, scale of the LaTeX table (100: an accuracy, printed in %), decimals there)
 # of the per-OOD-set tables; their CSVs hold the metrics column's own unit.
 OOD_TABLES = {
@@ -130,19 +129,18 @@ def level_means(means: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     seeds also its t-interval across the seeds' level means."""
     means = means.assign(level=means.level.map(_level))
     with_ci = "n_seeds" in means.columns and bool(means.n_seeds.max() > 1)
-    keys, targets = ["comparison", "level"], [t for t in TARGET_NAMES if t in set(means.target)]
-    csv = spread(means, keys, "target", "mean", targets).rename(columns=TARGET_NAMES)
+    keys, targets = ["comparison", "level"], analysis_targets(means.target)
+    labels = {target: metric_label(target) for target in targets}
+    csv = spread(means, keys, "target", "mean", targets).rename(columns=labels)
     if with_ci:
         for target in targets:
             for bound in CI:
-                csv[f"{TARGET_NAMES[target]} {bound}"] = spread(means, keys, "target", f"seed_{bound}", [target])[
-                    target
-                ]
-        csv = csv[keys + [c for t in targets for c in _with_bounds(TARGET_NAMES[t], True)]]
+                csv[f"{labels[target]} {bound}"] = spread(means, keys, "target", f"seed_{bound}", [target])[target]
+        csv = csv[keys + [c for t in targets for c in _with_bounds(labels[t], True)]]
     counts = means[means.target == "ood_retained"][keys + ["n"] + (["n_seeds"] if with_ci else [])]
     csv = csv.merge(counts.rename(columns={"n": "rows", "n_seeds": "seeds"}), on=keys, how="left")
     latex = csv[[c for c in csv.columns if not c.endswith(CI)]].copy()
-    for label in TARGET_NAMES.values():
+    for label in labels.values():
         if label in latex:
             latex[label] = [_fmt_ci(row, label, 2, with_ci) for _, row in csv.iterrows()]
     return csv.round(4), latex
@@ -168,8 +166,9 @@ def effect_sizes(paired: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     keys = ["comparison", "level_from", "level_to"]
     count_columns = ["n_pairs"] + (["n_backbone_pairs"] if backbone else []) + (["n_seeds"] if with_ci else [])
     wide = tests[tests.target == "ood_retained"][keys + count_columns].rename(columns=counts)
-    for target, label in TARGET_NAMES.items():
-        part = tests[tests.target == target]
+    analysis_targets(tests.target)
+    for target in ANALYSIS_TARGETS:
+        label, part = metric_label(target), tests[tests.target == target]
         columns = {f"{label} |δ|": part.abs_delta}
         if with_ci:
             sign = np.where(part.cliffs_delta < 0, -1.0, 1.0)
@@ -187,6 +186,17 @@ def effect_sizes(paired: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         elif col.endswith((" p", " Holm)")):
             latex[col] = latex[col].map(_fmt_p)
     return wide.round(4), latex.rename(columns={"level_from": "from", "level_to": "to"})
+
+
+def analysis_targets(found: pd.Series) -> list[str]:
+    """The analysis targets among ``found`` in registry.METRICS order; a target it does not
+    know is an error (a table would leave it out)."""
+    unknown = sorted(set(found) - set(ANALYSIS_TARGETS))
+    if unknown:
+        raise ValueError(
+            f"target {unknown[0]!r} is not an analysis target of registry.METRICS ({', '.join(ANALYSIS_TARGETS)})"
+        )
+    return [target for target in ANALYSIS_TARGETS if target in set(found)]
 
 
 def _level(value):

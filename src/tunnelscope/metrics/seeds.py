@@ -18,7 +18,7 @@ import pandas as pd
 from scipy import stats
 
 from tunnelscope.metrics.tunnel import BACKBONE_FACTS, strength
-from tunnelscope.registry import CELL_VARIABLES
+from tunnelscope.registry import CELL_VARIABLES, SEED_SUMMARISED_METRICS
 
 SEED = "seed"
 CONFIDENCE = 0.95
@@ -91,23 +91,10 @@ def several_seeds(frame: pd.DataFrame) -> bool:
 
 
 # The aggregate tables' seed summaries: (what identifies a row besides the backbone, what is
-# summarised). Identifying columns absent from a table are skipped.
+# summarised; the metrics' from registry.METRICS). Columns absent from a table are skipped.
 _FACTS = [*BACKBONE_FACTS, "num_layers"]
-_METRICS = [
-    "ood_retained",
-    "pearson",
-    "alignment",
-    "tunnel",
-    "tunnel_start",
-    "tunnel_length",
-    "ood_best_layer",
-    "ood_best_acc",
-    "ood_last_acc",
-    "id_last_acc",
-    "backbone_test_acc",
-]
 SUMMARIES = {
-    "metrics": (["ood_set", "ood_index", *_FACTS], _METRICS),
+    "metrics": (["ood_set", "ood_index", *_FACTS], list(SEED_SUMMARISED_METRICS)),
     "curves": (
         ["eval_set", "role", "pooling", "solver", "layer", "layer_name", "relative_depth", "dim", "n_classes"],
         ["test_acc", "train_acc", "val_acc"],

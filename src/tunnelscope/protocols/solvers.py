@@ -13,9 +13,7 @@ from tunnelscope.metrics.seeds import (
     t_interval,
 )
 from tunnelscope.metrics.tunnel import cell_metrics
-from tunnelscope.registry import CELL_VARIABLES
-
-COMPARED_METRICS = ("ood_retained", "pearson", "alignment", "tunnel_start", "ood_best_layer", "ood_last_acc")
+from tunnelscope.registry import CELL_VARIABLES, SOLVER_COMPARED_METRICS
 
 
 def solver_metrics(
@@ -52,7 +50,7 @@ def solver_comparison(metrics: pd.DataFrame, reference: str, confidence: float =
     rows = []
     for solver, other in metrics[metrics.solver != reference].groupby("solver", sort=False):
         paired = ref.merge(other, on=keys, suffixes=("", "_other"))
-        for metric in COMPARED_METRICS:
+        for metric in SOLVER_COMPARED_METRICS:
             a, b = paired[metric].astype(float), paired[f"{metric}_other"].astype(float)
             ok = a.notna() & b.notna()
             diff = (b - a)[ok]
