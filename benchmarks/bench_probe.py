@@ -30,21 +30,21 @@ from tunnelscope.probe.lbfgs import (
     matmul_precision,
     prepare_features,
 )
-from tunnelscope.probe.logistic import fit_sklearn_probe
-from tunnelscope.probe.recipe import fit_paper_probes
+from tunnelscope.probe.paper_recipe import fit_paper_probes
+from tunnelscope.probe.sklearn_logistic import fit_sklearn_probe
 from tunnelscope.study.config import load_schema, section_defaults
 
 DEFAULTS = {
     "standardize": True,
     "val_fraction": 0.2,
-    "seed": 0,
+    "probe_seed": 0,
     "l2_grid": [1e-1, 1e-2, 1e-3, 1e-4, 1e-5],
     "select_max_iter": 20,
     "max_iter": 300,
     "tol": 1e-4,
     "precision": "fp32",
 }
-PAPER = {**section_defaults(load_schema(SCHEMA), "probe")["paper"], "seed": 0}
+PAPER = {**section_defaults(load_schema(SCHEMA), "probe")["paper"], "probe_seed": 0}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -96,7 +96,7 @@ def sklearn_selection(x, y, x_test, y_test):
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
-    fit, val = stratified_split(y, DEFAULTS["val_fraction"], DEFAULTS["seed"], stream=2718)
+    fit, val = stratified_split(y, DEFAULTS["val_fraction"], DEFAULTS["probe_seed"], stream=2718)
     best, clf = None, LogisticRegression(warm_start=True, max_iter=DEFAULTS["select_max_iter"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)

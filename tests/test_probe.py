@@ -13,14 +13,14 @@ from tunnelscope.probe.lbfgs import (
     minimize_lbfgs,
     prepare_features,
 )
-from tunnelscope.probe.logistic import fit_sklearn_probe
-from tunnelscope.probe.recipe import fit_paper_probes
+from tunnelscope.probe.paper_recipe import fit_paper_probes
+from tunnelscope.probe.sklearn_logistic import fit_sklearn_probe
 
 RNG = np.random.default_rng(0)
 LBFGS = {
     "standardize": True,
     "val_fraction": 0.2,
-    "seed": 0,
+    "probe_seed": 0,
     "l2_grid": [1e-1, 1e-3],
     "select_max_iter": 50,
     "max_iter": 300,
@@ -99,7 +99,7 @@ def test_paper_recipe_trains_every_layer_in_one_pass():
     x, y = blobs(d=6)
     layers = [(x[:200], x[200:]), (x[:200, :3], x[200:, :3])]
     params = {
-        "seed": 0,
+        "probe_seed": 0,
         "lr": None,
         "weight_decay": None,
         "epochs": 15,
@@ -173,10 +173,15 @@ def test_wide_features_are_standardised_without_the_preconditioner(monkeypatch):
 
 
 def test_solver_table_names_the_registry_solvers():
-    from tunnelscope.probe.layers import SOLVER_FITS
-    from tunnelscope.registry import SOLVERS
+    from tunnelscope.probe import lbfgs, paper_recipe, sklearn_logistic
+    from tunnelscope.probe.job import SOLVER_FITS
+    from tunnelscope.registry import SOLVER_MODULES, SOLVERS
 
-    assert SOLVER_FITS.keys() == SOLVERS.keys()
+    assert SOLVER_FITS.keys() == SOLVER_MODULES.keys() == SOLVERS.keys()
+    # each solver's entry point, found in the module the registry names
+    assert SOLVER_FITS["lbfgs"] == (lbfgs.fit_layer, True)
+    assert SOLVER_FITS["sklearn"] == (sklearn_logistic.fit_layer, True)
+    assert SOLVER_FITS["paper"] == (paper_recipe.fit_layers, False)
 
 
 PAPER = {
@@ -204,7 +209,7 @@ CELL = {
 
 def probe_job_params(solver):
     """A probe job's params (as Study.probe_params gives them): the cell's, the solver's, probe_seed."""
-    solver_keys = {k: v for k, v in LBFGS.items() if k != "seed"} | {"C": 1.0, "paper": PAPER}
+    solver_keys = {k: v for k, v in LBFGS.items() if k != "probe_seed"} | {"C": 1.0, "paper": PAPER}
     return {**CELL, **solver_keys, "solver": solver, "probe_seed": 0}
 
 
@@ -222,44 +227,44 @@ def write_layers(embed_dir, dims=(4, 6)):
 
 def test_probe_job_takes_its_device_from_the_runtime(tmp_path, monkeypatch):
     """The device is the job's (runtime.job_device, set up by the probe script), as for training and extraction."""
-    import tunnelscope.probe.layers as layers
+    import tunnelscope.probe.job as job
 
     write_layers(tmp_path)
     asked = []
-    monkeypatch.setattr(layers, "job_device", lambda: asked.append("device") or torch.device("cpu"))
-    table, weights, _ = layers.probe_layers(str(tmp_path), probe_job_params("lbfgs"))
+    monkeypatch.setattr(job, "job_device", lambda: asked.append("device") or torch.device("cpu"))
+    table, weights, _ = job.probe_layers(str(tmp_path), probe_job_params("lbfgs"))
     assert asked == ["device"] and table.layer.tolist() == [1, 2] and sorted(weights) == ["layer_001", "layer_002"]
     assert (table.seed == 5).all() and table.test_acc.min() > 0.8
 
 
 def test_per_layer_solvers_stream_the_layers_and_the_paper_recipe_reads_them_all(tmp_path, monkeypatch):
-    import tunnelscope.probe.layers as layers
+    import tunnelscope.probe.job as job
 
     write_layers(tmp_path)
-    events, read = [], layers.read_embeddings
+    events, read = [], job.read_embeddings
 
     def reading(*args, **kwargs):
         events.append("read")
         return read(*args, **kwargs)
 
     def fitting(name):
-        fit = layers.SOLVER_FITS[name].fit
+        fit = job.SOLVER_FITS[name].fit
 
         def recorded(*args):
             events.append("fit")
             return fit(*args)
 
-        return layers.SolverFit(recorded, layers.SOLVER_FITS[name].per_layer)
+        return job.SolverFit(recorded, job.SOLVER_FITS[name].per_layer)
 
-    monkeypatch.setattr(layers, "read_embeddings", reading)
+    monkeypatch.setattr(job, "read_embeddings", reading)
     for solver, expected in (
         ("lbfgs", ["read", "fit", "read", "fit"]),
         ("sklearn", ["read", "fit", "read", "fit"]),
         ("paper", ["read", "read", "fit"]),
     ):
-        monkeypatch.setitem(layers.SOLVER_FITS, solver, fitting(solver))
+        monkeypatch.setitem(job.SOLVER_FITS, solver, fitting(solver))
         events.clear()
-        table, _, _ = layers.probe_layers(str(tmp_path), probe_job_params(solver))
+        table, _, _ = job.probe_layers(str(tmp_path), probe_job_params(solver))
         assert events == expected and table.solver.eq(solver).all() and table.n_train.eq(200).all(), solver
 
 
@@ -267,12 +272,12 @@ def test_per_layer_solvers_stream_the_layers_and_the_paper_recipe_reads_them_all
 def test_predictions_are_the_ones_test_acc_was_computed_from(tmp_path, solver):
     """Every solver returns its class per test image; the job's predictions table holds them in
     the test split's order, and each layer's accuracy on it is exactly the table's test_acc."""
-    import tunnelscope.probe.layers as layers
+    import tunnelscope.probe.job as job
     from tunnelscope.features.store import layer_path, read_embeddings
     from tunnelscope.probe.predictions import correct
 
     write_layers(tmp_path)
-    table, _, predictions = layers.probe_layers(str(tmp_path), probe_job_params(solver))
+    table, _, predictions = job.probe_layers(str(tmp_path), probe_job_params(solver))
     _, _, y, split = read_embeddings(layer_path(tmp_path, "avg2x2", 1))
     assert predictions.columns.tolist() == ["label", "layer_001", "layer_002"]
     assert predictions.dtypes.eq(np.int16).all() and predictions.label.tolist() == y[split == "test"].tolist()

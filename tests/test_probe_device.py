@@ -10,7 +10,7 @@ import torch
 from devicecheck import MetaAsAccelerator
 from test_probe import LBFGS, PAPER, blobs, probe_job_params, write_layers
 
-from tunnelscope.probe import recipe
+from tunnelscope.probe import paper_recipe
 from tunnelscope.probe.lbfgs import fit_lbfgs_probe, matmul_precision
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "tunnelscope"
@@ -38,9 +38,9 @@ def test_paper_solver_runs_on_another_device():
     head and epoch and one per epoch (are all losses finite?), then each head's predictions and
     weights once."""
     layers, y = paper_layers()
-    params = dict(PAPER, seed=0)
+    params = dict(PAPER, probe_seed=0)
     with MetaAsAccelerator() as mode:
-        rows = recipe.fit_paper_probes(layers, y[:200], y[200:], 3, params, device="meta")
+        rows = paper_recipe.fit_paper_probes(layers, y[:200], y[200:], 3, params, device="meta")
     assert [row["device_type"] for row in rows] == ["meta", "meta"] and rows[1]["weights"].shape == (4, 3)
     assert mode.reads == {"scalar": (2 * len(layers) + 1) * params["epochs"], "copy": 2 * len(layers)}
 
@@ -48,11 +48,11 @@ def test_paper_solver_runs_on_another_device():
 def test_a_paper_epoch_reads_nothing_back_per_batch():
     layers, y = paper_layers()
     gen = torch.Generator().manual_seed(0)
-    heads = recipe.init_heads([6, 3], 3, 0.01, gen).to("meta")
+    heads = paper_recipe.init_heads([6, 3], 3, 0.01, gen).to("meta")
     opt = torch.optim.AdamW(heads.parameters(), lr=1e-3)
     xs = [torch.as_tensor(tr, device="meta") for tr, _ in layers]
     with MetaAsAccelerator() as mode:
-        recipe.train_epoch(
+        paper_recipe.train_epoch(
             heads, opt, xs, torch.as_tensor(y[:200], device="meta"), torch.randperm(200).to("meta"), 32, 0.1
         )
     assert not mode.reads and all(p.device.type == "meta" for p in heads.parameters())
@@ -69,21 +69,21 @@ def test_lbfgs_solver_runs_on_another_device():
 def test_every_solver_runs_in_a_job_on_another_device(tmp_path, monkeypatch, solver, device_type):
     """The job's device reaches the torch solvers; scikit-learn runs on the CPU whatever the job
     holds. Every row says which, with the precision of its products."""
-    import tunnelscope.probe.layers as layers
+    import tunnelscope.probe.job as job
 
     write_layers(tmp_path)
-    monkeypatch.setattr(layers, "job_device", lambda *args, **kwargs: torch.device("meta"))
+    monkeypatch.setattr(job, "job_device", lambda *args, **kwargs: torch.device("meta"))
     with MetaAsAccelerator():
-        table, weights, _ = layers.probe_layers(str(tmp_path), probe_job_params(solver))
+        table, weights, _ = job.probe_layers(str(tmp_path), probe_job_params(solver))
     assert table.device_type.eq(device_type).all() and table.precision.eq("fp32").all() and len(weights) == 2
 
 
 @pytest.mark.parametrize("solver", ["lbfgs", "sklearn", "paper"])
 def test_every_probe_row_names_its_precision_and_device(tmp_path, solver):
-    import tunnelscope.probe.layers as layers
+    import tunnelscope.probe.job as job
 
     write_layers(tmp_path)
-    table, _, _ = layers.probe_layers(str(tmp_path), dict(probe_job_params(solver), precision="auto"))
+    table, _, _ = job.probe_layers(str(tmp_path), dict(probe_job_params(solver), precision="auto"))
     expected = matmul_precision("auto", "cpu") if solver == "lbfgs" else "fp32"
     assert table.device_type.eq("cpu").all() and table.precision.eq(expected).all()
 
@@ -241,7 +241,7 @@ def fit(dims, n_classes, device, gen):
 @pytest.mark.parametrize(
     "source",
     [
-        OLD_RECIPE,  # recipe.py before this check
+        OLD_RECIPE,  # paper_recipe.py before this check
         "def f(gen, device):\n    return torch.randperm(9, generator=gen, device=device)",
         "def f(x, gen):\n    return x.uniform_(generator=gen)",  # x: a parameter, of any device
         "def f(n, gen, device):\n    x = torch.empty(n)\n    x.to(device)\n    return x.normal_(generator=gen)",

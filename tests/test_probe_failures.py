@@ -17,9 +17,9 @@ from test_probe import LBFGS, PAPER, blobs, probe_job_params, write_layers
 from tunnelscope.metrics import tunnel
 from tunnelscope.metrics.best_layers import best_layer_row
 from tunnelscope.metrics.health import probe_failure_lines
-from tunnelscope.probe import lbfgs, logistic
+from tunnelscope.probe import lbfgs, sklearn_logistic
 from tunnelscope.probe.failure import NO_CLASS, ProbeFailure
-from tunnelscope.probe.recipe import fit_paper_probes
+from tunnelscope.probe.paper_recipe import fit_paper_probes
 
 REAL_EIGH = torch.linalg.eigh
 GRID = dict(LBFGS, l2_grid=[1e-2])
@@ -134,7 +134,7 @@ def test_a_diverged_paper_head_fails_and_leaves_the_others_alone():
     x, y = blobs(d=6)
     broken = x.copy()
     broken[3, 0] = np.inf
-    params = dict(PAPER, seed=0)
+    params = dict(PAPER, probe_seed=0)
     clean = fit_paper_probes([(x[:200], x[200:]), (x[:200, :3], x[200:, :3])], y[:200], y[200:], 3, params)
     rows = fit_paper_probes([(broken[:200], x[200:]), (x[:200, :3], x[200:, :3])], y[:200], y[200:], 3, params)
     assert rows[0]["failure"] == "train loss not finite in epoch 1" and rows[0]["converged"] is False
@@ -154,14 +154,14 @@ def test_sklearn_coefficients_that_are_not_finite_fail_the_layer(monkeypatch):
 
     monkeypatch.setattr(LogisticRegression, "fit", nan_fit)
     x, y = blobs()
-    result = logistic.fit_sklearn_probe(x[:200], y[:200], x[200:], y[200:], 1.0, 100, True)
+    result = sklearn_logistic.fit_sklearn_probe(x[:200], y[:200], x[200:], y[200:], 1.0, 100, True)
     assert result["failure"] == "1 coefficients not finite" and math.isnan(result["test_acc"])
 
 
 @pytest.mark.parametrize("solver", ["lbfgs", "sklearn", "paper"])
 def test_the_probe_job_names_a_failed_layer(tmp_path, monkeypatch, caplog, solver):
     import tunnelscope.features.store as store
-    import tunnelscope.probe.layers as layers
+    import tunnelscope.probe.job as job
 
     write_layers(tmp_path)
     read = store.read_embeddings
@@ -173,10 +173,10 @@ def test_the_probe_job_names_a_failed_layer(tmp_path, monkeypatch, caplog, solve
             x[0, 0] = np.nan
         return meta, x, y, split
 
-    monkeypatch.setattr(layers, "read_embeddings", nan_in_layer_two)
-    monkeypatch.setattr(layers, "job_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(job, "read_embeddings", nan_in_layer_two)
+    monkeypatch.setattr(job, "job_device", lambda: torch.device("cpu"))
     with caplog.at_level(logging.WARNING, logger="tunnelscope.probe"):
-        table, weights, predictions = layers.probe_layers(str(tmp_path), probe_job_params(solver))
+        table, weights, predictions = job.probe_layers(str(tmp_path), probe_job_params(solver))
     bad = table.set_index("layer").loc[2]
     assert bad.failure.startswith("features not finite: 1 values in the training rows") and not bad.converged
     assert math.isnan(bad.test_acc) and (predictions["layer_002"] == NO_CLASS).all()
@@ -278,7 +278,7 @@ def test_a_failed_last_id_probe_leaves_the_continual_swap_no_layer_to_cut_at():
 
 
 def test_solvers_agree_on_a_tunnel_only_where_both_decided():
-    from tunnelscope.protocols.solvers import _agreement
+    from tunnelscope.protocols.solver_comparison import _agreement
 
     a = pd.Series([True, None, False, None], dtype=object)
     b = pd.Series([True, None, True, False], dtype=object)

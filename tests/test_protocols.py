@@ -7,9 +7,9 @@ import pytest
 from tunnelscope.features.store import layer_path, read_embeddings, write_embeddings
 from tunnelscope.metrics.tsne import choose_rows, tsne_layers
 from tunnelscope.probe.lbfgs import fit_lbfgs_probe
-from tunnelscope.probe.logistic import fit_sklearn_probe
-from tunnelscope.probe.recipe import fit_paper_probes
-from tunnelscope.protocols.solvers import solver_comparison
+from tunnelscope.probe.paper_recipe import fit_paper_probes
+from tunnelscope.probe.sklearn_logistic import fit_sklearn_probe
+from tunnelscope.protocols.solver_comparison import solver_comparison
 from tunnelscope.protocols.zero_shot import (
     probe_logits,
     zero_shot_layers,
@@ -24,7 +24,7 @@ LBFGS = {
     "select_max_iter": 20,
     "tol": 1e-4,
     "precision": "fp32",
-    "seed": 0,
+    "probe_seed": 0,
 }
 PAPER = {
     "epochs": 4,
@@ -36,7 +36,7 @@ PAPER = {
     "reshuffle": True,
     "init_std": 0.01,
     "repeats": 1,
-    "seed": 0,
+    "probe_seed": 0,
 }
 
 

@@ -149,20 +149,23 @@ SOLVERS = {
     "sklearn": ("standardize", "max_iter", "C"),
     "paper": ("paper",),
 }
+# Each solver's module under probe/: it defines ``fit_layer`` (one layer at a time) or
+# ``fit_layers`` (every layer at once), which probe.job calls.
+SOLVER_MODULES = {"lbfgs": "lbfgs", "sklearn": "sklearn_logistic", "paper": "paper_recipe"}
+
+
+class Metric(NamedTuple):
+    """What the later stages do with a tunnel metric (``METRICS``)."""
+
+    label: str | None  # the column heading the paper tables print; None where no table prints one
+    seed_summarised: bool  # the aggregate's seed summary carries it (metrics.seeds)
+    analysis_target: bool  # the cross-grid analysis compares it (analysis/); it needs a label
+    solver_compared: bool  # protocols.solver_comparison sets the solvers side by side on it
+
 
 # The tunnel metrics (columns of metrics.tunnel.cell_metrics, one row per cell and OOD set) that
-# later stages name, in the order their tables list them: the column heading the paper tables
-# print (None where no table prints one), whether the aggregate summarises it over seeds
-# (metrics.seeds), whether the cross-grid analysis compares it (analysis, every target needs a
-# label) and whether protocols.solver_comparison sets the solvers side by side on it.
-# One metric per line, a table to read across: left as written by the formatter.
-class Metric(NamedTuple):
-    label: str | None
-    seed_summarised: bool
-    analysis_target: bool
-    solver_compared: bool
-
-
+# later stages name, in the order their tables list them. One metric per line, a table to read
+# across: left as written by the formatter.
 # fmt: off
 METRICS = {
     "ood_retained": Metric("% retained", seed_summarised=True, analysis_target=True, solver_compared=True),
@@ -181,6 +184,7 @@ METRICS = {
 SEED_SUMMARISED_METRICS = tuple(name for name, metric in METRICS.items() if metric.seed_summarised)
 ANALYSIS_TARGETS = tuple(name for name, metric in METRICS.items() if metric.analysis_target)
 SOLVER_COMPARED_METRICS = tuple(name for name, metric in METRICS.items() if metric.solver_compared)
+LABELLED_METRICS = tuple(name for name, metric in METRICS.items() if metric.label is not None)
 
 
 def metric_label(name: str) -> str:
@@ -190,8 +194,6 @@ def metric_label(name: str) -> str:
         raise ValueError(f"metric {name!r} has no label in registry.METRICS (labelled: {', '.join(LABELLED_METRICS)})")
     return label
 
-
-LABELLED_METRICS = tuple(name for name, metric in METRICS.items() if metric.label is not None)
 
 # Choices of single settings, by their dotted config key: the code branches on these strings.
 SETTING_CHOICES = {

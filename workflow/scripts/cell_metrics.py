@@ -12,7 +12,7 @@ from tunnelscope.joblog import job_logging
 from tunnelscope.metrics.health import training_health
 from tunnelscope.metrics.tunnel import cell_metrics
 from tunnelscope.probe.predictions import read_predictions
-from tunnelscope.protocols.solvers import solver_metrics
+from tunnelscope.protocols.solver_comparison import solver_metrics
 
 BY_SOLVER = snakemake.rule == "solver_metrics"
 

@@ -2,7 +2,7 @@ import json
 
 from tunnelscope.io import write_table
 from tunnelscope.joblog import job_logging
-from tunnelscope.probe.layers import probe_layers, write_weights
+from tunnelscope.probe.job import probe_layers, write_weights
 from tunnelscope.runtime import device_info, job_device
 
 with job_logging(snakemake.log[0]):

@@ -5,7 +5,7 @@ from tunnelscope.figures.plots import solver_figure
 from tunnelscope.figures.tables import solver_table, write
 from tunnelscope.io import read_table, write_table
 from tunnelscope.joblog import job_logging
-from tunnelscope.protocols.solvers import solver_comparison
+from tunnelscope.protocols.solver_comparison import solver_comparison
 
 with job_logging(snakemake.log[0]) as log:
     metrics = pd.concat([read_table(p) for p in snakemake.input], ignore_index=True)

@@ -33,7 +33,7 @@ from tunnelscope.figures.style import (
 from tunnelscope.io import atomic_path, read_csv
 from tunnelscope.metrics.health import row_cells
 from tunnelscope.metrics.seeds import (
-    BACKBONE,
+    BACKBONE_VARIABLES,
     CONFIDENCE,
     seed_summary,
     several_seeds,
@@ -170,7 +170,10 @@ def strength_histogram(metrics: pd.DataFrame, png: str, pdf: str) -> None:
         save_figure(fig, png, pdf)
         return
     per_backbone = (
-        summarise("metrics", metrics).drop_duplicates(BACKBONE).strength.value_counts().reindex(STRENGTHS, fill_value=0)
+        summarise("metrics", metrics)
+        .drop_duplicates(BACKBONE_VARIABLES)
+        .strength.value_counts()
+        .reindex(STRENGTHS, fill_value=0)
     )
     # Ordered classes, a sequential palette: the stronger the tunnel, the darker its bar.
     ax.bar(per_backbone.index, per_backbone.to_numpy(), color=sns.color_palette("rocket_r", len(STRENGTHS)))
@@ -196,9 +199,9 @@ def layer_stats_figure(stats: pd.DataFrame, png: str, pdf: str, confidence: floa
     apply_style()
     several = several_seeds(stats)
     if several:
-        lines = seed_summary(stats, BACKBONE + ["layer"], list(LAYER_STATS), confidence)
-        lines["cell"] = lines[BACKBONE].astype(str).agg(" ".join, axis=1) + lines.groupby(
-            BACKBONE, sort=False
+        lines = seed_summary(stats, BACKBONE_VARIABLES + ["layer"], list(LAYER_STATS), confidence)
+        lines["cell"] = lines[BACKBONE_VARIABLES].astype(str).agg(" ".join, axis=1) + lines.groupby(
+            BACKBONE_VARIABLES, sort=False
         ).n_seeds.transform("max").map(lambda n: f" ({n} seeds)")
     else:
         lines = stats.assign(cell=stats[CELL_COLUMNS].astype(str).agg(" ".join, axis=1))

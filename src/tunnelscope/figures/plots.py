@@ -19,7 +19,7 @@ from tunnelscope.figures.style import (
     sns,
 )
 from tunnelscope.metrics.paired import accuracy_interval
-from tunnelscope.metrics.seeds import BACKBONE, CONFIDENCE, seed_summary
+from tunnelscope.metrics.seeds import BACKBONE_VARIABLES, CONFIDENCE, seed_summary
 from tunnelscope.metrics.tunnel import normalise
 from tunnelscope.registry import CELL_VARIABLES
 
@@ -146,7 +146,7 @@ def overview_figure(curves: pd.DataFrame, png: str, pdf: str, confidence: float 
     """One normalised-curve panel per backbone (its seeds folded into means and intervals),
     laid out in a grid."""
     apply_style()
-    backbones = list(curves.groupby(BACKBONE, sort=True))
+    backbones = list(curves.groupby(BACKBONE_VARIABLES, sort=True))
     ncols = min(4, len(backbones))
     nrows = math.ceil(len(backbones) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.0 * nrows), squeeze=False, sharey=True)
@@ -169,7 +169,7 @@ def zero_shot_figure(
     shifted test rows under both protocols, the clean ID curve for reference, and the layer each
     protocol picks (one star per seed)."""
     apply_style()
-    keys = [*BACKBONE, "eval_set"] + ([] if by_layer is not None else ["seed"])
+    keys = [*BACKBONE_VARIABLES, "eval_set"] + ([] if by_layer is not None else ["seed"])
     curves = (by_layer if by_layer is not None else layers).sort_values("layer")
     panels = list(curves.groupby(keys, sort=True))
     ncols = min(4, len(panels))

@@ -29,9 +29,10 @@ from tunnelscope.io import atomic_path, write_csv
 from tunnelscope.metrics.seeds import CONFIDENCE, seed_summary
 from tunnelscope.registry import ANALYSIS_TARGETS, ARCHS, metric_label
 
-# A backbone is keyed by its cell's arch (two published models may share a timm/torchvision
-# label); ``label`` (VGGm-11, ...) is what the tables print.
-BACKBONE = ["id_dataset", "arch", "resolution", "augmentation"]
+# What keys a backbone's row in the per-OOD-set tables, the ID set first as the paper lists them:
+# its cell's arch (two published models may share a timm/torchvision label); ``label``
+# (VGGm-11, ...) is what the tables print.
+TABLE_ROW_KEYS = ["id_dataset", "arch", "resolution", "augmentation"]
 # Characters of the labels that plain pdflatex needs as math.
 LATEX_SYMBOLS = {
     "|δ|": r"$|\delta|$",
@@ -98,18 +99,21 @@ def ood_table(metrics: pd.DataFrame, name: str, confidence: float = CONFIDENCE) 
     column, scale, decimals = OOD_TABLES[name]
     rows = metrics.assign(value=pd.to_numeric(metrics[column], errors="coerce"))
     heads = rows.groupby("ood_index", sort=True).ood_set.agg(lambda s: " / ".join(dict.fromkeys(s)))
-    csv, with_ci = seed_spread(rows, BACKBONE, "ood_index", "value", list(heads.index), confidence)
+    csv, with_ci = seed_spread(rows, TABLE_ROW_KEYS, "ood_index", "value", list(heads.index), confidence)
     csv = csv.rename(
         columns={index: head for index, head in heads.items()}
         | {f"{index} {bound}": f"{head} {bound}" for index, head in heads.items() for bound in CI}
     )
     over_sets = seed_summary(
-        rows.groupby(BACKBONE + ["seed"], sort=False).value.mean().reset_index(), BACKBONE, ["value"], confidence
+        rows.groupby(TABLE_ROW_KEYS + ["seed"], sort=False).value.mean().reset_index(),
+        TABLE_ROW_KEYS,
+        ["value"],
+        confidence,
     )
     over_sets = over_sets.rename(
         columns={"value": "mean", "value_ci_low": "mean ci_low", "value_ci_high": "mean ci_high"}
     )
-    csv = csv.merge(over_sets[BACKBONE + _with_bounds("mean", with_ci)], on=BACKBONE, how="left")
+    csv = csv.merge(over_sets[TABLE_ROW_KEYS + _with_bounds("mean", with_ci)], on=TABLE_ROW_KEYS, how="left")
     if with_ci:
         csv = csv[[c for c in csv.columns if c != "seeds"] + ["seeds"]]
     csv = _labelled(csv, rows)

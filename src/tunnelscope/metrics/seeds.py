@@ -23,7 +23,7 @@ from tunnelscope.registry import CELL_VARIABLES, SEED_SUMMARISED_METRICS
 SEED = "seed"
 CONFIDENCE = 0.95
 # A backbone: the cell variables other than the seed.
-BACKBONE = [v for v in CELL_VARIABLES if v != SEED]
+BACKBONE_VARIABLES = [v for v in CELL_VARIABLES if v != SEED]
 
 
 def half_width(sd, n, confidence: float = CONFIDENCE):
@@ -87,7 +87,7 @@ def several_seeds(frame: pd.DataFrame) -> bool:
     """Whether any backbone of ``frame`` has two or more seeds."""
     if SEED not in frame.columns or frame.empty:
         return False
-    return bool(frame.groupby(BACKBONE, sort=False, dropna=False)[SEED].nunique().max() > 1)
+    return bool(frame.groupby(BACKBONE_VARIABLES, sort=False, dropna=False)[SEED].nunique().max() > 1)
 
 
 # The aggregate tables' seed summaries: (what identifies a row besides the backbone, what is
@@ -109,13 +109,13 @@ def summarise(name: str, table: pd.DataFrame, confidence: float = CONFIDENCE) ->
     tunnel starts (``id_start_*``, ``id_tunnel_length_*``) and each backbone's ``strength``
     from its seed-mean % OOD retained averaged over its OOD sets."""
     identity, measured = SUMMARIES[name]
-    keys = [c for c in BACKBONE + identity if c in table.columns]
+    keys = [c for c in BACKBONE_VARIABLES + identity if c in table.columns]
     columns = [c for c in measured if c in table.columns]
     columns += (
         [c for c in table.columns if c.startswith(("id_start_", "id_tunnel_length_"))] if name == "metrics" else []
     )
     summary = seed_summary(table, keys, columns, confidence)
     if name == "metrics" and len(summary):
-        mean_retained = summary.groupby(BACKBONE, sort=False, dropna=False).ood_retained.transform("mean")
+        mean_retained = summary.groupby(BACKBONE_VARIABLES, sort=False, dropna=False).ood_retained.transform("mean")
         summary["strength"] = mean_retained.map(strength)
     return summary

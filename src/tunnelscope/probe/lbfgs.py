@@ -327,7 +327,7 @@ def fit_lbfgs_probe(x_train, y_train, x_test, y_test, n_classes: int, params: di
 def _select_and_refit(xtr, ytr, y_train, n_classes: int, params: dict, basis):
     """(chosen l2, its validation accuracy, weights refitted on all training rows, iterations,
     converged): the grid walked from strong to weak L2, each fit warm-starting the next."""
-    fit_idx, val_idx = stratified_split(np.asarray(y_train), params["val_fraction"], params["seed"], stream=2718)
+    fit_idx, val_idx = stratified_split(np.asarray(y_train), params["val_fraction"], params["probe_seed"], stream=2718)
     fit_idx, val_idx = torch.as_tensor(fit_idx, device=xtr.device), torch.as_tensor(val_idx, device=xtr.device)
     x_fit, y_fit, x_val, y_val = xtr[fit_idx], ytr[fit_idx], xtr[val_idx].float(), ytr[val_idx]
     best, w = None, None
@@ -339,3 +339,8 @@ def _select_and_refit(xtr, ytr, y_train, n_classes: int, params: dict, basis):
     l2, val_acc, w0 = best
     w, n_iter, converged = fit_softmax(xtr, ytr, n_classes, l2, w0, params["max_iter"], params["tol"], basis)
     return l2, val_acc, w, n_iter, converged
+
+
+def fit_layer(x_train, y_train, x_test, y_test, n_classes: int, settings: dict, device) -> dict:
+    """One layer's probe as the probe job calls it (probe.job.SolverFit)."""
+    return fit_lbfgs_probe(x_train, y_train, x_test, y_test, n_classes, settings, device)

@@ -28,7 +28,7 @@ from tunnelscope.features.embed import embed_eval_set
 from tunnelscope.io import read_table, write_json
 from tunnelscope.metrics.tunnel import id_tunnel_start
 from tunnelscope.models.build import probe_points
-from tunnelscope.probe.layers import probe_layers
+from tunnelscope.probe.job import probe_layers
 from tunnelscope.registry import ARCHS, CELL_VARIABLES, TRAINED
 from tunnelscope.runtime import job_device
 from tunnelscope.training.checkpoints import load_backbone, save_backbone

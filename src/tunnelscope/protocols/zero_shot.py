@@ -4,7 +4,7 @@ The probes trained on the ID set are scored on a shifted copy of the ID test spl
 is chosen on a small seeded validation part of that copy. Beside it, the paper's protocol (a probe
 trained on the shifted set itself) is scored on the same held-out rows, from its stored weights,
 so the two differ only in the protocol. Torch-free: probes are stored as weight matrices
-(``probe.layers.write_weights``), and scoring them is one product per layer.
+(``probe.job.write_weights``), and scoring them is one product per layer.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pandas as pd
 from tunnelscope.data.splits import stratified_split
 from tunnelscope.features.store import layer_path, read_embeddings
 from tunnelscope.metrics.seeds import (
-    BACKBONE,
+    BACKBONE_VARIABLES,
     CONFIDENCE,
     seed_summary,
 )
@@ -27,7 +27,7 @@ ZERO_SHOT_STREAM = 3141  # the random stream of the shifted validation split (ze
 
 
 def probe_logits(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Logits on raw features ``x`` (n, d) of a probe stored by probe.layers.write_weights."""
+    """Logits on raw features ``x`` (n, d) of a probe stored by probe.job.write_weights."""
     return x.astype(np.float32) @ weights[:-1] + weights[-1]
 
 
@@ -45,7 +45,7 @@ def zero_shot_layers(
     np.load'ed .npz files; ``clean_dir`` / ``shifted_dir`` the two sets' embedding directories."""
     rows, split = [], None
     for probe in id_probes.sort_values("layer").itertuples():
-        key = f"layer_{probe.layer:03d}"  # the probe's entry in the weights (probe.layers.probe_layers)
+        key = f"layer_{probe.layer:03d}"  # the probe's entry in the weights (probe.job.probe_layers)
         path = layer_path(shifted_dir, params["pooling"], probe.layer)
         _, x, y, _ = read_embeddings(path, select=lambda labels, splits: splits == "test")
         _, clean, clean_y, _ = read_embeddings(
@@ -134,7 +134,7 @@ def zero_shot_seeds(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Seed means with t-intervals (seeds.seed_summary) of the summary per backbone and shifted
     set, and of the per-layer accuracies per backbone, shifted set and layer."""
-    keys = [*BACKBONE, "eval_set"]
+    keys = [*BACKBONE_VARIABLES, "eval_set"]
     return seed_summary(summary, [*keys, "num_layers"], ZERO_SHOT_VALUES, confidence), seed_summary(
         layers, [*keys, "layer"], LAYER_VALUES, confidence
     )

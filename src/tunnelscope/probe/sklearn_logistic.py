@@ -64,3 +64,10 @@ def fit_sklearn_probe(
 
 # scikit-learn keeps float32 features as they are, in numpy on the CPU whatever device the job holds.
 _FACTS = {"precision": "fp32", "device_type": "cpu"}
+
+
+def fit_layer(x_train, y_train, x_test, y_test, n_classes: int, settings: dict, device) -> dict:
+    """One layer's probe as the probe job calls it (probe.job.SolverFit); always on the CPU."""
+    return fit_sklearn_probe(
+        x_train, y_train, x_test, y_test, settings["C"], settings["max_iter"], settings["standardize"], n_classes
+    )

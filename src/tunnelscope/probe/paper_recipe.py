@@ -37,7 +37,7 @@ def fit_paper_probes(
     """
     # A CPU generator, and every draw made on the CPU then moved: the heads' initial weights and
     # the epoch orders are the same numbers on every device (a CUDA tensor refuses a CPU generator).
-    gen = torch.Generator().manual_seed(params["seed"])
+    gen = torch.Generator().manual_seed(params["probe_seed"])
     lr = params["lr"] or (1e-2 if family == "vit" else 1e-3)
     wd = params["weight_decay"] if params["weight_decay"] is not None else (1e-4 if family == "vit" else 0.0)
     xs_train = [torch.as_tensor(tr, dtype=torch.float32, device=device) for tr, _ in layers]
@@ -138,3 +138,17 @@ def _head_acc(head, x, y) -> float:
 def _head_weights(head) -> np.ndarray:
     """An nn.Linear as (d + 1, C) weights with the bias as last row (the other solvers' layout)."""
     return torch.cat([head.weight.detach().t(), head.bias.detach()[None]]).cpu().numpy()
+
+
+def fit_layers(layers: list[tuple], n_classes: int, settings: dict, family: str, device) -> list[dict]:
+    """Every layer's probe as the probe job calls it (probe.job.SolverFit): the recipe
+    (``settings["paper"]``) with the probe's seed."""
+    return fit_paper_probes(
+        [(x_train, x_test) for x_train, _, x_test, _ in layers],
+        layers[0][1],
+        layers[0][3],
+        n_classes,
+        {**settings["paper"], "probe_seed": settings["probe_seed"]},
+        family,
+        device,
+    )

@@ -3,8 +3,9 @@ layers in one job, with the solver named by ``probe.solver``.
 
 Each solver is a module of this package (``lbfgs``: L-BFGS on standardised features, the L2
 strength chosen on a validation split, the default; ``sklearn``: scikit-learn at a fixed ``C``, a
-reference; ``paper``: the papers' AdamW recipe) with its config keys in ``registry.SOLVERS``;
-``SOLVER_FITS`` below says how the job calls it.
+reference; ``paper``: the papers' AdamW recipe) with its config keys in ``registry.SOLVERS`` and
+its module in ``registry.SOLVER_MODULES``; the module's ``fit_layer`` or ``fit_layers`` is what
+the job calls (``SolverFit``), with the job's params (the solver's keys and ``probe_seed``).
 
 A layer whose probe failed (probe/failure.py: features, loss, preconditioner or weights not
 finite, no fallback recovering the fit) is a row with ``converged`` false, the reason in
@@ -14,6 +15,7 @@ recovered (``fallback``).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from pathlib import Path
@@ -27,11 +29,8 @@ from tunnelscope.features.store import layer_files, read_embeddings, read_metada
 from tunnelscope.io import atomic_path
 from tunnelscope.joblog import progress_bar
 from tunnelscope.probe.failure import failed_result, features_problem
-from tunnelscope.probe.lbfgs import fit_lbfgs_probe
-from tunnelscope.probe.logistic import fit_sklearn_probe
 from tunnelscope.probe.predictions import layer_column, prediction_table
-from tunnelscope.probe.recipe import fit_paper_probes
-from tunnelscope.registry import CELL_VARIABLES
+from tunnelscope.registry import CELL_VARIABLES, SOLVER_MODULES
 from tunnelscope.runtime import job_device
 
 log = logging.getLogger("tunnelscope.probe")
@@ -50,31 +49,14 @@ class SolverFit(NamedTuple):
     per_layer: bool
 
 
-def _fit_sklearn(x_train, y_train, x_test, y_test, n_classes: int, settings: dict, device) -> dict:
-    return fit_sklearn_probe(
-        x_train, y_train, x_test, y_test, settings["C"], settings["max_iter"], settings["standardize"], n_classes
-    )
-
-
-def _fit_paper(layers: list[tuple], n_classes: int, settings: dict, family: str, device) -> list[dict]:
-    recipe = {**settings["paper"], "seed": settings["seed"]}
-    return fit_paper_probes(
-        [(x_train, x_test) for x_train, _, x_test, _ in layers],
-        layers[0][1],
-        layers[0][3],
-        n_classes,
-        recipe,
-        family,
-        device,
-    )
+def _solver_fit(module_name: str) -> SolverFit:
+    module = importlib.import_module(f"tunnelscope.probe.{module_name}")
+    per_layer = hasattr(module, "fit_layer")
+    return SolverFit(module.fit_layer if per_layer else module.fit_layers, per_layer)
 
 
 # registry.SOLVERS name -> its fit (tests/test_probe.py checks that the two name the same solvers).
-SOLVER_FITS = {
-    "lbfgs": SolverFit(fit_lbfgs_probe, per_layer=True),
-    "sklearn": SolverFit(_fit_sklearn, per_layer=True),
-    "paper": SolverFit(_fit_paper, per_layer=False),
-}
+SOLVER_FITS = {name: _solver_fit(module) for name, module in SOLVER_MODULES.items()}
 
 
 def _read_layer(path: Path) -> tuple[tuple[dict, int, np.ndarray], tuple]:
@@ -136,19 +118,17 @@ def probe_layers(
         raise ValueError(f"probe.solver: unknown solver {params['solver']!r}; known: {', '.join(SOLVER_FITS)}")
     solver = SOLVER_FITS[params["solver"]]
     front = {k: params[k] for k in CELL_KEYS}
-    # The solvers read their own seed as "seed"; in the job's params that key is the cell's.
-    settings = {**params, "seed": params["probe_seed"]}
     device = job_device()  # the job's, set up by its script (a GPU of its own), as for training
     files = layer_files(embed_dir, params["pooling"])
     n_classes = int(read_metadata(files[0])["num_classes"])
     started = time.perf_counter()
     if solver.per_layer:
         fitted = (
-            _fit_layer(solver.fit, path, n_classes, settings, device)
+            _fit_layer(solver.fit, path, n_classes, params, device)
             for path in progress_bar(files, desc=f"probe {params['eval_set']}", leave=False)
         )
     else:
-        fitted = _fit_together(solver.fit, files, n_classes, settings, family, device)
+        fitted = _fit_together(solver.fit, files, n_classes, params, family, device)
     rows, weights, predicted, labels = [], {}, {}, None
     for (meta, n_train, labels), result in fitted:
         weights[f"layer_{meta['layer']:03d}"] = result.pop("weights")
