@@ -9,6 +9,7 @@ import pandas as pd
 from jinja2 import Environment
 
 from conftest import REPO
+from tunnelscope.figures import captions
 from tunnelscope.figures.captions import FIGURES, TABLES, best_layers_caption, figure_caption
 from tunnelscope.figures.paper import html_page
 
@@ -65,3 +66,13 @@ def test_the_page_links_its_inputs_and_shows_the_same_captions(tmp_path):
     assert "src='../figures/tunnel_curves.png'" in text and "src='layer_stats.png'" in text
     assert "href='tables/effect_sizes.csv'" in text and "href='../analysis/shap_slopes.csv'" in text
     assert "2 cells; full config in provenance.json." in text
+
+
+def test_every_caption_file_names_where_its_text_lives():
+    """Each report caption file's first line names the captions.py object its text comes from."""
+    for path in sorted((REPO / "workflow/report").glob("*.rst")):
+        first = path.read_text().splitlines()[0]
+        found = re.fullmatch(r'\.\. The text is tunnelscope\.figures\.captions\.(\w+)(?:\["(\w+)"\])?[,;.].*', first)
+        assert found, f"{path.name}: {first}"
+        source = getattr(captions, found[1])  # an AttributeError names a caption that moved
+        assert found[2] is None or found[2] in source, path.name
