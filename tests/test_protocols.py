@@ -15,6 +15,7 @@ from tunnelscope.protocols.zero_shot import (
     zero_shot_layers,
     zero_shot_summary,
 )
+from tunnelscope.registry import SOLVER_COMPARED_METRICS
 
 LBFGS = {
     "standardize": True,
@@ -186,6 +187,7 @@ def test_solver_comparison_measures_differences_and_agreement():
         for solver, retained, tunnel in (("lbfgs", 80.0 + seed, True), ("paper", 70.0 + 2 * seed, seed < 2)):
             rows.append(
                 {
+                    **dict.fromkeys(SOLVER_COMPARED_METRICS, 1.0),  # the metrics not set here
                     **keys,
                     "seed": seed,
                     "ood_set": "x",
@@ -210,6 +212,9 @@ def test_solver_comparison_measures_differences_and_agreement():
         and retained.mean_difference_ci_low < retained.mean_difference < retained.mean_difference_ci_high
     )
     assert np.isnan(table.loc["pearson"].spearman)  # constant: no rank correlation
+    assert table.index.tolist() == list(SOLVER_COMPARED_METRICS)
+    with pytest.raises(ValueError, match="the metrics table has no column 'pearson'"):
+        solver_comparison(pd.DataFrame(rows).drop(columns="pearson"), "lbfgs")
 
 
 def test_tsne_is_finite_seeded_and_shows_the_chosen_images_at_every_layer(tmp_path):

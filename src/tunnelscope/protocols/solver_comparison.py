@@ -43,7 +43,10 @@ def solver_comparison(metrics: pd.DataFrame, reference: str, confidence: float =
     """How each metric moves from the ``reference`` solver to every other one, over all
     (cell, OOD set) pairs: mean difference (other - reference), mean absolute difference, the
     Spearman correlation of the two (do they order backbones alike?), and how often they agree
-    that there is a tunnel."""
+    that there is a tunnel. Each metric of registry.SOLVER_COMPARED_METRICS must be a column."""
+    missing = [m for m in SOLVER_COMPARED_METRICS if m not in metrics.columns]
+    if missing:
+        raise ValueError(f"solver comparison: the metrics table has no column {missing[0]!r} (registry.METRICS)")
     keys = [*CELL_VARIABLES, "ood_set"]
     seeds = several_seeds(metrics)
     ref = metrics[metrics.solver == reference]
