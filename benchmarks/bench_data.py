@@ -81,7 +81,7 @@ def run_stage(stage: str, work: Path, resolution: int, width: float) -> dict:
     threads = os.cpu_count()
     start = time.perf_counter()
     if stage == "prepare":
-        from tunnelscope.data.sources import prepare
+        from tunnelscope.data.prepare import prepare
 
         spec = {
             "source": "imagefolder",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tunnelscope.data import corruptions
-from tunnelscope.data.sources import prepare
+from tunnelscope.data.prepare import prepare
 from tunnelscope.registry import CORRUPTIONS
 from tunnelscope.study.config import ConfigError, load_schema, validate
 

@@ -11,7 +11,8 @@ from PIL import Image
 
 from tunnelscope.data import synthetic
 from tunnelscope.data.loader import center_crop
-from tunnelscope.data.sources import FILE_READERS, load_source, prepare
+from tunnelscope.data.prepare import prepare
+from tunnelscope.data.sources import FILE_READERS, load_source
 from tunnelscope.data.store import DatasetError, Store, StoreError
 from tunnelscope.data.transforms import eval_transform
 from tunnelscope.study.config import dataset_defaults
@@ -332,7 +333,7 @@ def test_truncated_or_unfinished_stores_are_named(tmp_path):
 
 PREPARE_SCRIPT = """
 import sys
-from tunnelscope.data.sources import prepare
+from tunnelscope.data.prepare import prepare
 spec = {"source": "imagefolder", "root": sys.argv[1], "seed": 0, "test_fraction": 0.2, "on_bad_image": "error", "layout": "split_dirs"}
 prepare("big", spec, 64, sys.argv[2], threads=1, chunk_bytes=60000)  # many small chunks
 """

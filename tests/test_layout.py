@@ -22,7 +22,7 @@ STAGES = [
     {"analysis"},
     {"figures"},
     {"budget", "verify"},
-    {"cli"},
+    {"commands", "cli"},
 ]
 RANK = {name: i for i, stage in enumerate(STAGES) for name in stage}
 

@@ -4,7 +4,7 @@ columns that fit their longest entry."""
 import io
 
 from tunnelscope import joblog
-from tunnelscope.cli import _print_columns
+from tunnelscope.commands.layers import print_columns
 
 
 class _Terminal(io.StringIO):
@@ -53,7 +53,7 @@ def test_layer_columns_fit_their_longest_entry(capsys):
         [1, "blocks.0.attn", "NonDynamicallyQuantizableLinear", "16x192", 192],
         [12, "features.0", "Conv2d", "64x32x32", 16384],
     ]
-    _print_columns(["index", "module", "type", "shape", "dim"], rows)
+    print_columns(["index", "module", "type", "shape", "dim"], rows)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 and lines[0].startswith("index  module")
     for i, column in ((1, "module"), (2, "type"), (3, "shape")):  # each starts in one column on every line

@@ -16,7 +16,8 @@ import yte
 from snakemake.resources import Resource
 
 from conftest import REPO, TINY, snakemake_cmd
-from tunnelscope.cli import PROFILES, main
+from tunnelscope.cli import main
+from tunnelscope.commands.profile import PROFILES
 from tunnelscope.study.config import Study, load_schema
 
 NAMES = ["local", "slurm"]

@@ -46,7 +46,7 @@ def _tree(root: Path, n: int, seed: int = 0) -> None:
 
 
 def _store(root: Path, n: int):
-    from tunnelscope.data.sources import prepare
+    from tunnelscope.data.prepare import prepare
 
     _tree(root / "tree", n)
     spec = {

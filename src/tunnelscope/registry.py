@@ -114,7 +114,7 @@ COMPARISON_VARIABLES = (*CELL_VARIABLES, *DERIVED_VARIABLES)
 # Columns that also identify an analysis row (one per backbone and OOD set).
 ROW_VARIABLES = (*COMPARISON_VARIABLES, "ood_set", "ood_index")
 
-# Dataset sources (data.sources.load_source, data.sources.prepare): generated or derived ones,
+# Dataset sources (data.sources.load_source, data.prepare.prepare): generated or derived ones,
 # then those read from files in their official on-disk layout.
 GENERATED_SOURCES = ("synthetic", "sklearn_digits", "corrupted")
 FILE_SOURCES = (
