@@ -2,6 +2,7 @@
 absent, rates calibrated from a run's benchmark files."""
 
 import copy
+import dataclasses
 
 import pytest
 import yaml
@@ -23,20 +24,26 @@ def _units(study: Study) -> dict[str, dict]:
     return {b.cell: b for b in budget.cell_budgets(study)}
 
 
+def _units_of(cell_budget) -> dict[tuple[str, str], float]:
+    """A cell's jobs as (stage, job name) -> units."""
+    return {(job.stage, job.name): units for job, units in cell_budget.jobs.items()}
+
+
 def test_units_follow_epochs_images_and_resolution(tmp_path):
     base = _units(_study(TINY, tmp_path))[CELLS[0]]
     longer = _units(_study({**TINY, "training": {**TINY["training"], "epochs": 3}}, tmp_path))[CELLS[0]]
     assert longer.units("pretrain") == pytest.approx(3 * base.units("pretrain"))
     assert longer.units("embed") == base.units("embed")
     # the ID set has 4 classes x 24 train images; a training image costs 3 forward passes
-    flops = base.jobs["pretrain", CELLS[0]] / (3 * 96)
-    assert base.jobs["embed", f"{CELLS[0]}_toy"] == pytest.approx(flops * (96 + 32))
-    assert base.jobs["embed", f"{CELLS[0]}_toy-glyphs"] == pytest.approx(flops * (36 + 18))
+    jobs = _units_of(base)
+    flops = jobs["pretrain", CELLS[0]] / (3 * 96)
+    assert jobs["embed", f"{CELLS[0]}_toy"] == pytest.approx(flops * (96 + 32))
+    assert jobs["embed", f"{CELLS[0]}_toy-glyphs"] == pytest.approx(flops * (36 + 18))
     big = _units(_study({**TINY, "grid": {**TINY["grid"], "resolution": [64]}}, tmp_path))
     ratio = big[CELLS[0].replace("r32", "r64")].units("embed") / base.units("embed")
     assert 3.5 < ratio < 4.5  # convolutions cost per pixel
     # every eval set gets one embed and one probe job; each store is prepared once, for the first cell
-    assert {j for s, j in base.jobs if s == "probe"} == {f"{CELLS[0]}_{d}_lbfgs" for d in EVAL_SETS}
+    assert {j for s, j in jobs if s == "probe"} == {f"{CELLS[0]}_{d}_lbfgs" for d in EVAL_SETS}
     second = _units(_study(TINY, tmp_path))[CELLS[1]]
     assert second.units("prepare") == 0 and base.units("prepare") == 2 * (96 + 32) + 36 + 18 + 1797
 
@@ -54,8 +61,8 @@ def test_rates_come_from_the_run_benchmark_files(tmp_path):
     budgets = budget.cell_budgets(study)
     assert budget.calibrate(budgets, tmp_path).by_stage == budget.REFERENCE_RATES
     first = budgets[0]
-    for (stage, job), units in first.jobs.items():
-        path = tmp_path / "benchmarks" / stage / f"{job}.tsv"
+    for job, units in first.jobs.items():
+        path = tmp_path / job.benchmark
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"s\th:m:s\tmax_rss\n{units / 1e6:.6f}\t0:00:01\t1\n")
     rates = budget.calibrate(budgets, tmp_path)
@@ -65,9 +72,10 @@ def test_rates_come_from_the_run_benchmark_files(tmp_path):
         ("embed", "vggm11"),
         ("probe", "lbfgs"),
     }
-    for stage, job in first.jobs:
-        assert rates.of(stage, job, "vggm11") == pytest.approx(1e6, rel=1e-3)
-        assert rates.of(stage, job.replace("lbfgs", "paper"), "resnet18") == pytest.approx(1e6, rel=1e-3)  # the median
+    for job in first.jobs:
+        assert rates.of(job, "vggm11") == pytest.approx(1e6, rel=1e-3)
+        other = dataclasses.replace(job, kind=job.kind.replace("lbfgs", "paper"))
+        assert rates.of(other, "resnet18") == pytest.approx(1e6, rel=1e-3)  # the median
     assert rates.jobs == {"prepare": 4, "pretrain": 1, "embed": 4, "probe": 4}
     assert len(first.jobs) == 13
     assert first.seconds(rates) == pytest.approx(sum(first.jobs.values()) / 1e6, rel=1e-3)
@@ -190,10 +198,10 @@ def test_reference_rates_are_scaled_for_what_compute_resolves_to_here(tmp_path, 
 
     study = _study(TINY, tmp_path)
     budgets = budget.cell_budgets(study)
-    stage_job = next((s, j) for s, j in budgets[0].jobs if s == "pretrain")
+    pretrain = next(job for job in budgets[0].jobs if job.stage == "pretrain")
 
     def rate(compute):
-        return budget.calibrate(budgets, tmp_path, compute).of(*stage_job, "vggm11")
+        return budget.calibrate(budgets, tmp_path, compute).of(pretrain, "vggm11")
 
     reference = budget.REFERENCE_RATES["pretrain"]
     assert rate(None) == rate({"precision": "fp32", "channels_last": False}) == reference
@@ -245,7 +253,8 @@ def test_named_and_given_rates(tmp_path, capsys):
     measured = budget.calibrate(budgets, tmp_path)
     assert measured.origin["probe"] == "measured" and measured.origin["embed"] == "cpu"
     given = budget.calibrate(budgets, tmp_path, given={"probe": 5.0})
-    assert given.of("probe", f"{CELLS[0]}_toy_lbfgs", "vggm11") == 5.0 and given.origin["probe"] == "given"
+    probe = next(job for job in budgets[0].jobs if job.name == f"{CELLS[0]}_toy_lbfgs")
+    assert given.of(probe, "vggm11") == 5.0 and given.origin["probe"] == "given"
     code, out, _ = _validate(tmp_path, capsys, TINY, "--rates", "a100", "--rate", "embed=2e12")
     assert code == 0 and "--rates a100: an ESTIMATE for one NVIDIA A100" in out
     assert "  embed    2e+12 FLOP/s, given (--rate)" in out and "  pretrain 6.1e+13 FLOP/s, --rates a100" in out

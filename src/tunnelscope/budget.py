@@ -24,6 +24,7 @@ from tunnelscope.data.sources import load_source, split_sizes
 from tunnelscope.data.splits import SPLITS
 from tunnelscope.data.store import DatasetError
 from tunnelscope.registry import IMAGENET_MEAN, IMAGENET_STD, TRAINED, network_slug
+from tunnelscope.study import paths
 from tunnelscope.study.config import Study
 
 STAGES = ("prepare", "pretrain", "embed", "probe")
@@ -76,21 +77,28 @@ PARAM_BYTES = PROBE_WEIGHT_BYTES = 4
 PREDICTION_BYTES = 8
 
 
-def job_kind(stage: str, job: str, arch: str) -> str:
-    """What sets a job's speed beyond its units: the solver of a probe job (named CELL_SET_SOLVER),
-    the architecture of pretrain and embed jobs (the FLOPs of small maps run slower than those of
-    large ones); nothing for prepare."""
-    return {"prepare": "", "probe": job.rsplit("_", 1)[-1]}.get(stage, arch)
+@dataclass(frozen=True)
+class Job:
+    """One job of a budget. ``kind``: what sets its speed beyond its units (the solver of a probe
+    job; the architecture of pretrain and embed jobs, as the FLOPs of small maps run slower than
+    those of large ones; nothing for prepare). ``benchmark``: the Snakemake benchmark file a run of
+    it leaves, under the results directory (None where its work is part of another job's: a
+    continual run's embeddings and probes are its evaluate job's)."""
+
+    stage: str
+    name: str
+    kind: str = ""
+    benchmark: str | None = None
 
 
 @dataclass
 class Rates:
-    """Units per second of one job: per (stage, kind) where a run measured that kind (job_kind),
+    """Units per second of one job: per (stage, kind) where a run measured that kind (Job.kind),
     else the stage's median over every measured job, else the reference machine's."""
 
     by_kind: dict[tuple[str, str], float]
     by_stage: dict[str, float]
-    measured: dict[tuple[str, str], float] = field(default_factory=dict)  # (stage, job) -> seconds taken
+    measured: dict[Job, float] = field(default_factory=dict)  # seconds each finished job took
     # (stage, arch) -> factor on a stage's reference rate for the compute settings of that arch
     speedup: dict[tuple[str, str], float] = field(default_factory=dict)
     # stage -> where its rate comes from: "measured", "given" (--rate) or a RATE_SETS name
@@ -99,11 +107,11 @@ class Rates:
     @property
     def jobs(self) -> dict[str, int]:
         """Measured jobs per stage."""
-        return {stage: sum(s == stage for s, _ in self.measured) for stage in STAGES}
+        return {stage: sum(job.stage == stage for job in self.measured) for stage in STAGES}
 
-    def of(self, stage: str, job: str, arch: str) -> float:
-        measured = self.by_kind.get((stage, job_kind(stage, job, arch)))
-        return measured or self.by_stage[stage] * self.speedup.get((stage, arch), 1.0)
+    def of(self, job: Job, arch: str) -> float:
+        measured = self.by_kind.get((job.stage, job.kind))
+        return measured or self.by_stage[job.stage] * self.speedup.get((job.stage, arch), 1.0)
 
 
 class BudgetError(ValueError):
@@ -118,7 +126,7 @@ class CellBudget:
     train_images: int = 0
     image_epochs: int = 0  # training images x epochs of every training job
     eval_sets: int = 0
-    jobs: dict[tuple[str, str], float] = field(default_factory=dict)  # (stage, job) -> units
+    jobs: dict[Job, float] = field(default_factory=dict)  # job -> units
     disk: dict[str, float] = field(default_factory=dict)  # stage -> bytes written (DISK_STAGES)
     missing: list[str] = field(default_factory=list)  # datasets whose files are not there to count
     nominal: list[str] = field(default_factory=list)  # datasets sized from their published sizes
@@ -127,10 +135,10 @@ class CellBudget:
         self.disk[stage] = self.disk.get(stage, 0.0) + size
 
     def units(self, stage: str) -> float:
-        return sum(u for (s, _), u in self.jobs.items() if s == stage)
+        return sum(u for job, u in self.jobs.items() if job.stage == stage)
 
-    def predicted(self, rates: Rates) -> dict[tuple[str, str], float]:
-        return {(stage, job): units / rates.of(stage, job, self.arch) for (stage, job), units in self.jobs.items()}
+    def predicted(self, rates: Rates) -> dict[Job, float]:
+        return {job: units / rates.of(job, self.arch) for job, units in self.jobs.items()}
 
     def seconds(self, rates: Rates) -> float:
         """Predicted seconds of every job (what a fresh run takes)."""
@@ -138,7 +146,7 @@ class CellBudget:
 
     def remaining(self, rates: Rates) -> float:
         """Predicted seconds of the jobs a run has not finished yet."""
-        return sum(s for key, s in self.predicted(rates).items() if key not in rates.measured)
+        return sum(s for job, s in self.predicted(rates).items() if job not in rates.measured)
 
 
 def _sizes(spec: dict) -> tuple[dict[str, int], int, bool] | None:
@@ -400,6 +408,13 @@ def weights_warnings(study: Study) -> list[str]:
     return out
 
 
+def _job(rule: str, kind: str = "", **values) -> Job:
+    """A job of ``rule`` (a continual training counts as a pretrain job) and its benchmark file."""
+    stage = "pretrain" if rule.startswith("continual_") else rule
+    name = paths.JOB_NAMES[rule].format(**values)
+    return Job(stage, name, kind, paths.benchmark_file(rule, **values))
+
+
 def cell_budgets(study: Study, sizes: dict | None = None) -> list[CellBudget]:
     """Every cell's units per stage, then every continual run's (run_budgets); prepare is charged
     to the first that reads a store. Raises BudgetError where a cell's model cannot be built."""
@@ -443,18 +458,20 @@ def cell_budgets(study: Study, sizes: dict | None = None) -> list[CellBudget]:
             budget.image_epochs = budget.train_images * cell.training["epochs"]
         images = {d: sum(s[0][k] for k in SPLITS) for d, s in eval_sizes.items() if s}
         for d in images:
-            store = (d, study.transform(cid, d))
+            store = (d, study.transform_tag(cid, d))
             if store not in prepared:
                 prepared.add(store)
-                budget.jobs["prepare", "/".join(store)] = float(images[d])
+                budget.jobs[_job("prepare", dataset=d, transform=store[1])] = float(images[d])
                 budget.add_disk("prepare", store_bytes(store[1], images[d]))
         if cell.pretrained is None:
-            budget.jobs["pretrain", cid] = TRAIN_STEP_FLOPS * flops * budget.train_images * cell.training["epochs"]
+            units = TRAIN_STEP_FLOPS * flops * budget.train_images * cell.training["epochs"]
+            budget.jobs[_job("pretrain", cell.arch, cell=cid)] = units
         for d in images:
-            budget.jobs["embed", f"{cid}_{d}"] = flops * images[d]
+            budget.jobs[_job("embed", cell.arch, cell=cid, eval_set=d)] = flops * images[d]
             budget.add_disk("embed", embedding_bytes(facts, images[d], study.config["embed"]["dtype"]))
             for solver in study.solvers(cid):
-                budget.jobs["probe", f"{cid}_{d}_{solver}"] = float(sum(dims) * images[d] * eval_sizes[d][1])
+                units = float(sum(dims) * images[d] * eval_sizes[d][1])
+                budget.jobs[_job("probe", solver, cell=cid, eval_set=d, solver=solver)] = units
                 test_images = eval_sizes[d][0]["test"]
                 budget.add_disk("probe", probe_bytes(dims, eval_sizes[d][1], test_images))
         out.append(budget)
@@ -492,27 +509,31 @@ def run_budgets(study: Study, sizes: dict, prepared: set | None = None) -> list[
         )
         flops, dims, budget.patch_grid = facts.flops, facts.dims[study.config["probe"]["pooling"]], facts.patch_grid
         share = {t: (stop - first) / classes for t, (first, stop) in enumerate(section["tasks"], start=1)}
-        store = (run.id_dataset, study.run_prepared_path(rid).rsplit("/", 1)[-1])
+        store = (run.id_dataset, study.run_transform_tag(rid))
         if store not in prepared:
             prepared.add(store)
-            budget.jobs["prepare", "/".join(store)] = float(sum(split[k] for k in SPLITS))
+            budget.jobs[_job("prepare", dataset=store[0], transform=store[1])] = float(sum(split[k] for k in SPLITS))
             budget.add_disk("prepare", store_bytes(store[1], sum(split[k] for k in SPLITS)))
         trainings = [(network, task, run.training) for network, task in TRAINED.items()]
         trainings += [(e["name"], e["task"], run.finetune_training) for e in section["finetune"]]
         for network, task, recipe in trainings:
             images = split["train"] * share[task] * recipe["epochs"]
             budget.image_epochs += int(images)
-            budget.jobs["pretrain", f"{rid}_{network_slug(network)}"] = TRAIN_STEP_FLOPS * flops * images
+            rule = "continual_train" if network in TRAINED else "continual_finetune"
+            budget.jobs[_job(rule, run.arch, run=rid, network=network_slug(network))] = (
+                TRAIN_STEP_FLOPS * flops * images
+            )
             budget.add_disk("pretrain", PARAM_BYTES * facts.params)
         for slug, label in study.continual_networks():
             own = TRAINED.get(label)
             for task, fraction in share.items():
                 images = sum(split[k] for k in SPLITS) * fraction
-                budget.jobs["embed", f"{rid}_{slug}_task{task}"] = flops * images
+                budget.jobs[Job("embed", f"{rid}_{slug}_task{task}", run.arch)] = flops * images
                 budget.add_disk("embed", embedding_bytes(facts, images, study.config["embed"]["dtype"]))
                 width = sum(dims) if task == own else dims[-1]
                 task_classes = classes * fraction
-                budget.jobs["probe", f"{rid}_{slug}_task{task}_{solver}"] = float(width * images * task_classes)
+                units = float(width * images * task_classes)
+                budget.jobs[Job("probe", f"{rid}_{slug}_task{task}_{solver}", solver)] = units
     return out
 
 
@@ -576,15 +597,14 @@ def calibrate(
     settings (``reference_speedup``; without them, the reference's float32 NCHW). A stage in
     ``given`` (--rate) takes that rate for every job, measured or not."""
     given = given or {}
-    root = Path(results) / "benchmarks"
     samples, measured = {}, {}
     for budget in budgets:
-        for (stage, job), units in budget.jobs.items():
-            path = root / stage / f"{job}.tsv"
-            seconds = _benchmark_seconds(path) if path.is_file() else None
+        for job, units in budget.jobs.items():
+            path = Path(results) / job.benchmark if job.benchmark else None
+            seconds = _benchmark_seconds(path) if path and path.is_file() else None
             if seconds:
-                measured[stage, job] = seconds
-                samples.setdefault((stage, job_kind(stage, job, budget.arch)), []).append(units / seconds)
+                measured[job] = seconds
+                samples.setdefault((job.stage, job.kind), []).append(units / seconds)
     by_stage = {stage: [r for (s, _), rates in samples.items() if s == stage for r in rates] for stage in STAGES}
     speedup = {
         (stage, budget.arch): reference_speedup(stage, budget.arch, compute)

@@ -42,7 +42,8 @@ from tunnelscope.registry import (
     parse_transform_tag,
     transform_tag,
 )
-from tunnelscope.study import preprocessing
+from tunnelscope.study import paths, preprocessing
+from tunnelscope.study.paths import ResultsLayout
 
 # SHAP's gradient-boosting fit needs this many (cell, OOD set) rows (analysis.comparisons.shap_slopes).
 SHAP_MIN_ROWS = 3
@@ -377,7 +378,10 @@ def _check_ood_not_id(block: dict, where: str, config: dict) -> None:
 
 # Files that mark a directory as a study's results (a prepared store, a cell): another study's
 # results must not be written inside it.
-RESULTS_MARKERS = ("prepared/*/*/store.json", "cells/*/cell.json")
+RESULTS_MARKERS = (
+    paths.relative("prepared_manifest", dataset="*", transform="*"),
+    paths.relative("cell_info", cell="*"),
+)
 
 
 def _check_results(results: str) -> None:
@@ -784,11 +788,11 @@ class Study:
     def pretrained_cells(self) -> list[str]:
         return sorted(c for c in self.cells if self.cells[c].pretrained is not None)
 
-    def transform(self, cell: str, dataset: str) -> str:
+    def transform_tag(self, cell: str, dataset: str) -> str:
         """Tag of the prepared-image cache a cell reads ``dataset`` from."""
-        return self._transform(self.cells[cell], dataset)
+        return self._transform_tag(self.cells[cell], dataset)
 
-    def _transform(self, c: Cell | Run, dataset: str) -> str:
+    def _transform_tag(self, c: Cell | Run, dataset: str) -> str:
         if c.pretrained:
             return transform_tag(c.resolution, c.pretrained["interpolation"], c.pretrained["crop_pct"])
         native = (
@@ -813,11 +817,16 @@ class Study:
 
     def prepared(self) -> list[tuple[str, str]]:
         """Every (dataset, transform tag) pair some cell or continual run needs."""
-        needed = {(d, self.transform(c, d)) for c in self.cells for d in self.eval_sets(c)}
-        return sorted(needed | {(r.id_dataset, self._transform(r, r.id_dataset)) for r in self.runs.values()})
+        needed = {(d, self.transform_tag(c, d)) for c in self.cells for d in self.eval_sets(c)}
+        return sorted(needed | {(r.id_dataset, self._transform_tag(r, r.id_dataset)) for r in self.runs.values()})
+
+    @property
+    def paths(self) -> ResultsLayout:
+        """Every file of the study under its results directory (study.paths)."""
+        return ResultsLayout(self.results)
 
     def prepared_path(self, dataset: str, cell: str) -> str:
-        return f"{self.results}/prepared/{dataset}/{self.transform(cell, dataset)}"
+        return self.paths.path("prepared", dataset=dataset, transform=self.transform_tag(cell, dataset))
 
     def missing_roots(self, prepared_exists) -> list[str]:
         """One message per dataset whose root is missing while its cache still has to be built."""
@@ -980,9 +989,13 @@ class Study:
         """The finetune entry of a configuration's directory name."""
         return next(e for e in self.config["continual"]["finetune"] if network_slug(e["name"]) == network)
 
-    def run_prepared_path(self, run: str) -> str:
+    def run_transform_tag(self, run: str) -> str:
+        """The eval transform of a continual run's ID set (its prepared store's tag)."""
         r = self.runs[run]
-        return f"{self.results}/prepared/{r.id_dataset}/{self._transform(r, r.id_dataset)}"
+        return self._transform_tag(r, r.id_dataset)
+
+    def run_prepared_path(self, run: str) -> str:
+        return self.paths.path("prepared", dataset=self.runs[run].id_dataset, transform=self.run_transform_tag(run))
 
     def _task(self, index: int) -> dict:
         section = self.config["continual"]
