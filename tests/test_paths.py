@@ -77,4 +77,3 @@ def test_the_budget_reads_the_benchmark_files_the_rules_write(study, monkeypatch
     assert not missing, missing
     rates = budget.calibrate(budgets, tiny.results)
     assert all(origin == "measured" for origin in rates.origin.values()) and len(rates.measured) == len(jobs)
-
