@@ -13,7 +13,8 @@ from tunnelscope.cli import main
 from tunnelscope.data.sources import OFFICIAL_SIZES, split_sizes
 from tunnelscope.data.store import DatasetError
 from tunnelscope.registry import FILE_SOURCES
-from tunnelscope.study.config import ConfigError, Study, load_schema
+from tunnelscope.study.config import Study
+from tunnelscope.study.schema import ConfigError, load_schema
 
 
 def _study(config: dict, results) -> Study:

@@ -11,7 +11,8 @@ import yaml
 from conftest import REPO
 from tunnelscope import budget
 from tunnelscope.study import paths
-from tunnelscope.study.config import Study, load_schema
+from tunnelscope.study.config import Study
+from tunnelscope.study.schema import load_schema
 
 # the top folders of a results directory
 TOP = sorted({template.split("/")[0] for template in paths.TEMPLATES} | {"logs", "benchmarks"})

@@ -22,7 +22,8 @@ from tunnelscope.models.build import build_model, probe_points
 from tunnelscope.models.weights import load_pretrained, model_preprocessing
 from tunnelscope.registry import parse_transform_tag
 from tunnelscope.runtime import resolve_compute
-from tunnelscope.study.config import ConfigError, Study
+from tunnelscope.study.config import Study
+from tunnelscope.study.schema import ConfigError
 
 ARCH = "timm/test_convnext"
 CELL = "tiny-convnext_toy_r32_none_s0"

@@ -715,7 +715,7 @@ def write_costs_table(configs: list[Path], path: Path | None = None) -> int:
     table whose fingerprint differs is not read, so each setting is measured anew."""
     import yaml
 
-    from tunnelscope.study.config import load_schema
+    from tunnelscope.study.schema import load_schema
 
     _SEEN.clear()
     for config in configs:

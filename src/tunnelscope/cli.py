@@ -13,7 +13,8 @@ import yaml
 
 from tunnelscope import __version__
 from tunnelscope.registry import CAPTURE_SIDES, POOLINGS, PROBE_POINT_RULES, parse_python_arch
-from tunnelscope.study.config import SCHEMA_PATH, ConfigError, Study, load_schema
+from tunnelscope.study.config import Study
+from tunnelscope.study.schema import SCHEMA_PATH, ConfigError, load_schema
 
 REPO = Path(__file__).resolve().parents[2]
 # The Snakemake profiles shipped in the package; profiles/ at the repository root links here.
@@ -86,7 +87,7 @@ def _check_own_models(study: Study) -> str | None:
     """What the config cannot say without torch: every python: model builds, and every list of
     probe points names modules of its model that a forward pass runs, in that order. The first
     problem, in one line, or None."""
-    from tunnelscope.study.config import known_classes
+    from tunnelscope.study.checks import known_classes
 
     checked = set()
     for cid, cell in study.cells.items():

@@ -11,7 +11,8 @@ from tunnelscope.gpuhost import gpus_present
 from tunnelscope.integrity import REBUILD_ENV, rebuild_base
 from tunnelscope.registry import COMPOSED, SOLVERS, TRAINED, TRANSFORM_TAG, network_slug
 from tunnelscope.study import manifest
-from tunnelscope.study.config import ConfigError, Study, load_schema
+from tunnelscope.study.config import Study
+from tunnelscope.study.schema import ConfigError, load_schema
 
 try:
     STUDY = Study(config, load_schema())
