@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from conftest import CELLS, EVAL_SETS, TINY
-from tunnelscope import budget
+from tunnelscope import budget, model_facts
 from tunnelscope.cli import main
 from tunnelscope.data.sources import OFFICIAL_SIZES, split_sizes
 from tunnelscope.data.store import DatasetError
@@ -218,7 +218,7 @@ def test_disk_per_stage_follows_dims_images_dtype_and_parameters(tmp_path):
     from tunnelscope.models.build import build_model, count_parameters
 
     cell = _units(_study(TINY, tmp_path))[CELLS[0]]
-    facts = budget.model_facts("vggm11", 4, 0.125, 32, "default", ("avg2x2",), "default")
+    facts = model_facts.model_facts("vggm11", 4, 0.125, 32, "default", ("avg2x2",), "default")
     images = {"toy": 128, "toy-glyphs": 54, "digits": 1797, "toy-blur": 128}  # train + test of each eval set
     vectors = 2 * sum(facts.dims["avg2x2"]) * sum(images.values())  # float16
     rows = budget.EMBED_ROW_BYTES * len(facts.dims["avg2x2"]) * sum(images.values())
@@ -226,7 +226,7 @@ def test_disk_per_stage_follows_dims_images_dtype_and_parameters(tmp_path):
     assert cell.disk["prepare"] == pytest.approx(sum(images.values()) * 32 * 32 * 3)  # native 32 px stores
     assert cell.disk["pretrain"] == 4 * count_parameters(build_model("vggm11", 4, 0.125, 32)) == 4 * facts.params
     wide = _units(_study({**TINY, "embed": {"dtype": "float32", "pooling": ["avg2x2", "avg1x1"]}}, tmp_path))
-    both = budget.model_facts("vggm11", 4, 0.125, 32, "default", ("avg1x1", "avg2x2"), "default")
+    both = model_facts.model_facts("vggm11", 4, 0.125, 32, "default", ("avg1x1", "avg2x2"), "default")
     assert both.dims["avg2x2"] == facts.dims["avg2x2"] and sum(both.dims["avg1x1"]) * 4 == sum(facts.dims["avg2x2"])
     layers = 2 * len(facts.dims["avg2x2"])
     expected = (4 * sum(map(sum, both.dims.values())) + budget.EMBED_ROW_BYTES * layers) * sum(images.values())
@@ -270,11 +270,11 @@ def test_the_shipped_model_facts_are_current_and_cover_every_preset(monkeypatch)
     import json
     from pathlib import Path
 
-    table = json.loads(budget.COSTS_TABLE.read_text())
-    assert table["fingerprint"] == budget.costs_fingerprint(), "stale: run python -m tunnelscope.budget"
+    table = json.loads(model_facts.COSTS_TABLE.read_text())
+    assert table["fingerprint"] == model_facts.costs_fingerprint(), "stale: run python -m tunnelscope.budget"
     repo = Path(__file__).resolve().parents[1]
     unmeasured = lambda *args: pytest.fail(f"not in the shipped table: {args}")  # noqa: E731
-    monkeypatch.setattr(budget, "_measure_facts", unmeasured)
+    monkeypatch.setattr(model_facts, "_measure_facts", unmeasured)
     for preset in [repo / "config.yaml", *sorted((repo / "config").glob("*.yaml"))]:
         study = Study(yaml.safe_load(preset.read_text()), load_schema())
         if not any(c.arch.startswith("python:") for c in study.cells.values()):
@@ -284,7 +284,7 @@ def test_the_shipped_model_facts_are_current_and_cover_every_preset(monkeypatch)
     for key in small[:2]:
         arch, classes, width, resolution, rule, poolings, side, kwargs, built = json.loads(key)
         rule = tuple(rule) if isinstance(rule, list) else rule
-        measured = budget._measure_facts(
+        measured = model_facts._measure_facts(
             arch, classes, width, resolution, rule, tuple(poolings), side, json.dumps(kwargs), "null"
         )
         assert measured.to_json() == table["facts"][key]
