@@ -44,8 +44,8 @@ rule all:
         ]
         if CELLS
         else [],
-        expand(f"{RESULTS}/cells/{{cell}}/figure.png", cell=CELLS),
-        expand(f"{RESULTS}/cells/{{cell}}/tsne.png", cell=CELLS),
+        expand(rules.cell_figure.output.png, cell=CELLS),
+        expand(rules.tsne_figure.output.png, cell=CELLS),
         protocol_outputs(),
         rules.continual.input if RUNS else [],
         # Masarczyk et al.'s tunnel length against MLP depth and width, when the grid has MLPs.

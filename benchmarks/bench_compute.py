@@ -25,7 +25,7 @@ from tunnelscope.features.embed import embed_eval_set
 from tunnelscope.models.build import build_model
 from tunnelscope.registry import IMAGENET_MEAN, IMAGENET_STD
 from tunnelscope.runtime import job_device, resolve_compute
-from tunnelscope.study.config import load_schema, section_defaults
+from tunnelscope.study.schema import load_schema, section_settings
 from tunnelscope.training.loop import pretrain
 
 BASELINE = {"precision": "fp32", "channels_last": False, "deterministic": False}
@@ -47,7 +47,7 @@ def timed(fn) -> tuple[float, float]:
 
 def cell_params(arch: str, resolution: int, augment: bool, args) -> dict:
     training = {
-        **section_defaults(load_schema(SCHEMA), "training"),
+        **section_settings(load_schema(SCHEMA), "training", {}),
         "epochs": args.epochs,
         "batch_size": args.batch,
         "lr": 0.01,

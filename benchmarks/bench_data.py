@@ -52,10 +52,10 @@ def peak_mb() -> dict:
 
 def training_params(resolution: int, width: float) -> dict:
     from tunnelscope.registry import IMAGENET_MEAN, IMAGENET_STD
-    from tunnelscope.study.config import load_schema, section_defaults
+    from tunnelscope.study.schema import load_schema, section_settings
 
     training = {
-        **section_defaults(load_schema(SCHEMA), "training"),
+        **section_settings(load_schema(SCHEMA), "training", {}),
         "epochs": 1,
         "batch_size": 64,
         "warmup_epochs": 0,

@@ -21,7 +21,7 @@ from tunnelscope.features.embed import embed_eval_set
 from tunnelscope.models.build import build_model, probe_points
 from tunnelscope.registry import IMAGENET_MEAN, IMAGENET_STD
 from tunnelscope.runtime import autocast
-from tunnelscope.study.config import load_schema, section_defaults
+from tunnelscope.study.schema import load_schema, section_settings
 from tunnelscope.training.checkpoints import save_backbone
 
 
@@ -64,7 +64,7 @@ def main():
         "seed": 0,
         "eval_set": "bench",
         "model": {"width": args.width},
-        "training": section_defaults(load_schema(SCHEMA), "training"),
+        "training": section_settings(load_schema(SCHEMA), "training", {}),
         "pooling": ["avg2x2"],
         "side": "default",
         "dtype": "float16",

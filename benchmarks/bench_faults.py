@@ -330,7 +330,8 @@ def cost(root: Path, store_mb: float) -> list[str]:
     from tunnelscope.data.store import Store, write_arrays
     from tunnelscope.features.embed import embed_eval_set
     from tunnelscope.models.build import build_model
-    from tunnelscope.study.config import Study, load_schema
+    from tunnelscope.study.config import Study
+    from tunnelscope.study.schema import load_schema
     from tunnelscope.training.checkpoints import save_backbone
 
     config = study_config()

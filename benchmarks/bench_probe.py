@@ -32,7 +32,7 @@ from tunnelscope.probe.lbfgs import (
 )
 from tunnelscope.probe.paper_recipe import fit_paper_probes
 from tunnelscope.probe.sklearn_logistic import fit_sklearn_probe
-from tunnelscope.study.config import load_schema, section_defaults
+from tunnelscope.study.schema import load_schema, section_settings
 
 DEFAULTS = {
     "standardize": True,
@@ -44,7 +44,7 @@ DEFAULTS = {
     "tol": 1e-4,
     "precision": "fp32",
 }
-PAPER = {**section_defaults(load_schema(SCHEMA), "probe")["paper"], "probe_seed": 0}
+PAPER = {**section_settings(load_schema(SCHEMA), "probe", {})["paper"], "probe_seed": 0}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 

@@ -136,7 +136,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     from tunnelscope.data.sources import FILE_READERS
-    from tunnelscope.study.config import dataset_defaults
+    from tunnelscope.study.schema import dataset_defaults
 
     repeats = 1 if args.smoke else args.repeats
     rows = []

@@ -29,7 +29,7 @@ from tunnelscope.data.transforms import to_input
 from tunnelscope.models.build import build_model
 from tunnelscope.registry import IMAGENET_MEAN, IMAGENET_STD
 from tunnelscope.runtime import autocast, job_device
-from tunnelscope.study.config import load_schema, section_defaults
+from tunnelscope.study.schema import load_schema, section_settings
 from tunnelscope.training.loop import pretrain
 
 
@@ -96,7 +96,7 @@ def main():
     else:
         store = write_arrays(f"{work}/store", {"train": (images, labels), "test": (images[:256], labels[:256])}, 10, r)
     training = {
-        **section_defaults(load_schema(SCHEMA), "training"),
+        **section_settings(load_schema(SCHEMA), "training", {}),
         "epochs": args.epochs,
         "batch_size": args.batch,
         "lr": 0.01,

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from _pytest.nodeid import NodeId
 
-from tunnelscope.study.config import load_schema
+from tunnelscope.study.schema import load_schema
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -150,11 +150,13 @@ def test_best_layers_table_in_config_order_and_cell_facts(tmp_path):
     assert table.label.eq("VGGm-11").all() and table.tunnel.all() and table.confidence.eq(0.95).all()
     with pytest.raises(ValueError, match="OOD set c: no probe rows or no predictions"):
         best_layers(probes, {"a": preds}, info, {"ood_sets": ["c"], "alpha": 0.05, "tunnel_rule": "paper"})
-    # predictions tables are found by their path: probes/{solver}/{eval_set}.predictions.parquet
-    path = tmp_path / "probes/lbfgs/toy-blur.predictions.parquet"
-    path.parent.mkdir(parents=True)
+    # a predictions table is known by the probe table beside it, not by its path
+    path = tmp_path / "anywhere.parquet"
     preds.to_parquet(path)
-    assert list(read_predictions([path])) == [("lbfgs", "toy-blur")]
+    beside = _probe_rows(preds, "toy-blur", solver="lbfgs")
+    assert list(read_predictions([path], [beside])) == [("lbfgs", "toy-blur")]
+    with pytest.raises(ValueError, match="1 predictions tables for 2 probe tables"):
+        read_predictions([path], [beside, beside])
 
 
 def test_cell_metrics_under_the_significant_rule_needs_predictions():

@@ -2,17 +2,19 @@
 absent, rates calibrated from a run's benchmark files."""
 
 import copy
+import dataclasses
 
 import pytest
 import yaml
 
 from conftest import CELLS, EVAL_SETS, TINY
-from tunnelscope import budget
+from tunnelscope import budget, model_facts
 from tunnelscope.cli import main
 from tunnelscope.data.sources import OFFICIAL_SIZES, split_sizes
 from tunnelscope.data.store import DatasetError
 from tunnelscope.registry import FILE_SOURCES
-from tunnelscope.study.config import ConfigError, Study, load_schema
+from tunnelscope.study.config import Study
+from tunnelscope.study.schema import ConfigError, load_schema
 
 
 def _study(config: dict, results) -> Study:
@@ -23,20 +25,26 @@ def _units(study: Study) -> dict[str, dict]:
     return {b.cell: b for b in budget.cell_budgets(study)}
 
 
+def _units_of(cell_budget) -> dict[tuple[str, str], float]:
+    """A cell's jobs as (stage, job name) -> units."""
+    return {(job.stage, job.name): units for job, units in cell_budget.jobs.items()}
+
+
 def test_units_follow_epochs_images_and_resolution(tmp_path):
     base = _units(_study(TINY, tmp_path))[CELLS[0]]
     longer = _units(_study({**TINY, "training": {**TINY["training"], "epochs": 3}}, tmp_path))[CELLS[0]]
     assert longer.units("pretrain") == pytest.approx(3 * base.units("pretrain"))
     assert longer.units("embed") == base.units("embed")
     # the ID set has 4 classes x 24 train images; a training image costs 3 forward passes
-    flops = base.jobs["pretrain", CELLS[0]] / (3 * 96)
-    assert base.jobs["embed", f"{CELLS[0]}_toy"] == pytest.approx(flops * (96 + 32))
-    assert base.jobs["embed", f"{CELLS[0]}_toy-glyphs"] == pytest.approx(flops * (36 + 18))
+    jobs = _units_of(base)
+    flops = jobs["pretrain", CELLS[0]] / (3 * 96)
+    assert jobs["embed", f"{CELLS[0]}_toy"] == pytest.approx(flops * (96 + 32))
+    assert jobs["embed", f"{CELLS[0]}_toy-glyphs"] == pytest.approx(flops * (36 + 18))
     big = _units(_study({**TINY, "grid": {**TINY["grid"], "resolution": [64]}}, tmp_path))
     ratio = big[CELLS[0].replace("r32", "r64")].units("embed") / base.units("embed")
     assert 3.5 < ratio < 4.5  # convolutions cost per pixel
     # every eval set gets one embed and one probe job; each store is prepared once, for the first cell
-    assert {j for s, j in base.jobs if s == "probe"} == {f"{CELLS[0]}_{d}_lbfgs" for d in EVAL_SETS}
+    assert {j for s, j in jobs if s == "probe"} == {f"{CELLS[0]}_{d}_lbfgs" for d in EVAL_SETS}
     second = _units(_study(TINY, tmp_path))[CELLS[1]]
     assert second.units("prepare") == 0 and base.units("prepare") == 2 * (96 + 32) + 36 + 18 + 1797
 
@@ -54,8 +62,8 @@ def test_rates_come_from_the_run_benchmark_files(tmp_path):
     budgets = budget.cell_budgets(study)
     assert budget.calibrate(budgets, tmp_path).by_stage == budget.REFERENCE_RATES
     first = budgets[0]
-    for (stage, job), units in first.jobs.items():
-        path = tmp_path / "benchmarks" / stage / f"{job}.tsv"
+    for job, units in first.jobs.items():
+        path = tmp_path / job.benchmark
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"s\th:m:s\tmax_rss\n{units / 1e6:.6f}\t0:00:01\t1\n")
     rates = budget.calibrate(budgets, tmp_path)
@@ -65,9 +73,10 @@ def test_rates_come_from_the_run_benchmark_files(tmp_path):
         ("embed", "vggm11"),
         ("probe", "lbfgs"),
     }
-    for stage, job in first.jobs:
-        assert rates.of(stage, job, "vggm11") == pytest.approx(1e6, rel=1e-3)
-        assert rates.of(stage, job.replace("lbfgs", "paper"), "resnet18") == pytest.approx(1e6, rel=1e-3)  # the median
+    for job in first.jobs:
+        assert rates.of(job, "vggm11") == pytest.approx(1e6, rel=1e-3)
+        other = dataclasses.replace(job, kind=job.kind.replace("lbfgs", "paper"))
+        assert rates.of(other, "resnet18") == pytest.approx(1e6, rel=1e-3)  # the median
     assert rates.jobs == {"prepare": 4, "pretrain": 1, "embed": 4, "probe": 4}
     assert len(first.jobs) == 13
     assert first.seconds(rates) == pytest.approx(sum(first.jobs.values()) / 1e6, rel=1e-3)
@@ -191,10 +200,10 @@ def test_reference_rates_are_scaled_for_what_compute_resolves_to_here(tmp_path, 
 
     study = _study(TINY, tmp_path)
     budgets = budget.cell_budgets(study)
-    stage_job = next((s, j) for s, j in budgets[0].jobs if s == "pretrain")
+    pretrain = next(job for job in budgets[0].jobs if job.stage == "pretrain")
 
     def rate(compute):
-        return budget.calibrate(budgets, tmp_path, compute).of(*stage_job, "vggm11")
+        return budget.calibrate(budgets, tmp_path, compute).of(pretrain, "vggm11")
 
     reference = budget.REFERENCE_RATES["pretrain"]
     assert rate(None) == rate({"precision": "fp32", "channels_last": False}) == reference
@@ -210,7 +219,7 @@ def test_disk_per_stage_follows_dims_images_dtype_and_parameters(tmp_path):
     from tunnelscope.models.build import build_model, count_parameters
 
     cell = _units(_study(TINY, tmp_path))[CELLS[0]]
-    facts = budget.model_facts("vggm11", 4, 0.125, 32, "default", ("avg2x2",), "default")
+    facts = model_facts.model_facts("vggm11", 4, 0.125, 32, "default", ("avg2x2",), "default")
     images = {"toy": 128, "toy-glyphs": 54, "digits": 1797, "toy-blur": 128}  # train + test of each eval set
     vectors = 2 * sum(facts.dims["avg2x2"]) * sum(images.values())  # float16
     rows = budget.EMBED_ROW_BYTES * len(facts.dims["avg2x2"]) * sum(images.values())
@@ -218,7 +227,7 @@ def test_disk_per_stage_follows_dims_images_dtype_and_parameters(tmp_path):
     assert cell.disk["prepare"] == pytest.approx(sum(images.values()) * 32 * 32 * 3)  # native 32 px stores
     assert cell.disk["pretrain"] == 4 * count_parameters(build_model("vggm11", 4, 0.125, 32)) == 4 * facts.params
     wide = _units(_study({**TINY, "embed": {"dtype": "float32", "pooling": ["avg2x2", "avg1x1"]}}, tmp_path))
-    both = budget.model_facts("vggm11", 4, 0.125, 32, "default", ("avg1x1", "avg2x2"), "default")
+    both = model_facts.model_facts("vggm11", 4, 0.125, 32, "default", ("avg1x1", "avg2x2"), "default")
     assert both.dims["avg2x2"] == facts.dims["avg2x2"] and sum(both.dims["avg1x1"]) * 4 == sum(facts.dims["avg2x2"])
     layers = 2 * len(facts.dims["avg2x2"])
     expected = (4 * sum(map(sum, both.dims.values())) + budget.EMBED_ROW_BYTES * layers) * sum(images.values())
@@ -246,7 +255,8 @@ def test_named_and_given_rates(tmp_path, capsys):
     measured = budget.calibrate(budgets, tmp_path)
     assert measured.origin["probe"] == "measured" and measured.origin["embed"] == "cpu"
     given = budget.calibrate(budgets, tmp_path, given={"probe": 5.0})
-    assert given.of("probe", f"{CELLS[0]}_toy_lbfgs", "vggm11") == 5.0 and given.origin["probe"] == "given"
+    probe = next(job for job in budgets[0].jobs if job.name == f"{CELLS[0]}_toy_lbfgs")
+    assert given.of(probe, "vggm11") == 5.0 and given.origin["probe"] == "given"
     code, out, _ = _validate(tmp_path, capsys, TINY, "--rates", "a100", "--rate", "embed=2e12")
     assert code == 0 and "--rates a100: an ESTIMATE for one NVIDIA A100" in out
     assert "  embed    2e+12 FLOP/s, given (--rate)" in out and "  pretrain 6.1e+13 FLOP/s, --rates a100" in out
@@ -261,11 +271,11 @@ def test_the_shipped_model_facts_are_current_and_cover_every_preset(monkeypatch)
     import json
     from pathlib import Path
 
-    table = json.loads(budget.COSTS_TABLE.read_text())
-    assert table["fingerprint"] == budget.costs_fingerprint(), "stale: run python -m tunnelscope.budget"
+    table = json.loads(model_facts.COSTS_TABLE.read_text())
+    assert table["fingerprint"] == model_facts.costs_fingerprint(), "stale: run python -m tunnelscope.budget"
     repo = Path(__file__).resolve().parents[1]
     unmeasured = lambda *args: pytest.fail(f"not in the shipped table: {args}")  # noqa: E731
-    monkeypatch.setattr(budget, "_measure_facts", unmeasured)
+    monkeypatch.setattr(model_facts, "_measure_facts", unmeasured)
     for preset in [repo / "config.yaml", *sorted((repo / "config").glob("*.yaml"))]:
         study = Study(yaml.safe_load(preset.read_text()), load_schema())
         if not any(c.arch.startswith("python:") for c in study.cells.values()):
@@ -275,7 +285,7 @@ def test_the_shipped_model_facts_are_current_and_cover_every_preset(monkeypatch)
     for key in small[:2]:
         arch, classes, width, resolution, rule, poolings, side, kwargs, built = json.loads(key)
         rule = tuple(rule) if isinstance(rule, list) else rule
-        measured = budget._measure_facts(
+        measured = model_facts._measure_facts(
             arch, classes, width, resolution, rule, tuple(poolings), side, json.dumps(kwargs), "null"
         )
         assert measured.to_json() == table["facts"][key]

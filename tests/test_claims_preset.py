@@ -8,7 +8,7 @@ from fakedata import fake_roots
 
 from conftest import REPO, tunnelscope_cli
 from tunnelscope.analysis.comparisons import comparisons, select
-from tunnelscope.budget import shared_training_images, training_overlap_warnings
+from tunnelscope.preflight import shared_training_images, training_overlap_warnings
 from tunnelscope.registry import arch_facts
 from tunnelscope.study.config import Study
 

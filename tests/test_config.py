@@ -5,7 +5,9 @@ import pytest
 
 from conftest import REPO
 from tunnelscope.registry import ARCHS
-from tunnelscope.study.config import ConfigError, Study, validate
+from tunnelscope.study.checks import validate
+from tunnelscope.study.config import Study
+from tunnelscope.study.schema import ConfigError
 
 
 def test_default_config_has_at_least_four_cells_and_two_ood_sets(default_config, schema):
@@ -370,7 +372,7 @@ def test_duplicate_cells_across_blocks_are_rejected(default_config, schema):
 
 
 def test_source_fingerprint_follows_the_tree(tmp_path):
-    from tunnelscope.study.config import source_fingerprint
+    from tunnelscope.study.params import source_fingerprint
 
     assert source_fingerprint(str(tmp_path / "absent")) == "missing"
     (tmp_path / "cat").mkdir()

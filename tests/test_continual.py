@@ -27,7 +27,8 @@ from tunnelscope.protocols.continual import (
     locate_tunnel,
     split_modules,
 )
-from tunnelscope.study.config import ConfigError, Study, load_schema
+from tunnelscope.study.config import Study
+from tunnelscope.study.schema import ConfigError, load_schema
 from tunnelscope.training import loop as train
 from tunnelscope.training.loop import pretrain
 from tunnelscope.training.schedule import lr_schedule

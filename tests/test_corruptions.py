@@ -10,7 +10,8 @@ import torch
 from tunnelscope.data import corruptions
 from tunnelscope.data.prepare import prepare
 from tunnelscope.registry import CORRUPTIONS
-from tunnelscope.study.config import ConfigError, load_schema, validate
+from tunnelscope.study.checks import validate
+from tunnelscope.study.schema import ConfigError, load_schema
 
 
 def photo(seed=0):

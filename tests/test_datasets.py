@@ -15,7 +15,7 @@ from tunnelscope.data.prepare import prepare
 from tunnelscope.data.sources import FILE_READERS, load_source
 from tunnelscope.data.store import DatasetError, Store, StoreError
 from tunnelscope.data.transforms import eval_transform
-from tunnelscope.study.config import dataset_defaults
+from tunnelscope.study.schema import dataset_defaults
 
 RNG = np.random.default_rng(0)
 

@@ -14,8 +14,9 @@ import yaml
 
 from conftest import REPO, snakemake_cmd
 from tunnelscope.cli import main
-from tunnelscope.study.config import Study, load_schema
+from tunnelscope.study.config import Study
 from tunnelscope.study.reference import config_reference
+from tunnelscope.study.schema import load_schema
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 # Repository paths are named relative to its root; outputs (results/...) and placeholders are not.

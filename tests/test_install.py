@@ -61,7 +61,7 @@ def run(env_dir, *args, cwd):
 
 
 def test_the_installed_package_is_the_wheel_not_the_checkout(installed, tmp_path):
-    code = "import tunnelscope.study.config as c; print(c.__file__); print(c.SCHEMA_PATH.is_file())"
+    code = "import tunnelscope.study.schema as c; print(c.__file__); print(c.SCHEMA_PATH.is_file())"
     out = subprocess.run(
         [installed / "bin" / "python", "-c", code],
         capture_output=True,

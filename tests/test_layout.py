@@ -21,7 +21,7 @@ STAGES = [
     {"protocols"},
     {"analysis"},
     {"figures"},
-    {"budget", "verify"},
+    {"budget", "model_facts", "preflight", "verify"},
     {"commands", "cli"},
 ]
 RANK = {name: i for i, stage in enumerate(STAGES) for name in stage}

@@ -14,7 +14,8 @@ import yaml
 
 from conftest import TINY, snakemake_cmd, tunnelscope_cli
 from tunnelscope.study import manifest
-from tunnelscope.study.config import Study, load_schema
+from tunnelscope.study.config import Study
+from tunnelscope.study.schema import load_schema
 
 # The cheapest real run of the tiny study: one prepare job (scikit-learn's digits, a few seconds).
 TARGET = "out/prepared/digits/r32"

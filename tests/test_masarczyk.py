@@ -32,7 +32,8 @@ from tunnelscope.models.build import (
 from tunnelscope.models.capture import layer_shapes
 from tunnelscope.models.mlp import MLP
 from tunnelscope.registry import ARCHS, arch_facts
-from tunnelscope.study.config import ConfigError, Study
+from tunnelscope.study.config import Study
+from tunnelscope.study.schema import ConfigError
 from tunnelscope.training.checkpoints import paper_parameter_count
 
 MLP_STUDY = {

@@ -13,7 +13,8 @@ from tunnelscope.cli import main as cli
 from tunnelscope.models.build import build_model, build_python_model, describe, probe_points
 from tunnelscope.models.weights import load_pretrained
 from tunnelscope.registry import cell_id
-from tunnelscope.study.config import ConfigError, Study
+from tunnelscope.study.config import Study
+from tunnelscope.study.schema import ConfigError
 
 # A small CNN as a researcher's training code would define it: not in timm or torchvision, with
 # no module whose class name marks it as a block, so its probe points must be named.

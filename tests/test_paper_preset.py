@@ -89,18 +89,18 @@ def test_ood_suites_probe_protocol_and_preprocessing(paper):
             and cell.probe["paper"]["epochs"] == 30
         )
     cnn = "vggm11_cifar100_r32_none_s0"
-    assert paper.transform(cnn, "cifar100") == "r32-native" and paper.normalization(cnn, "cifar100")["mean"] == [
+    assert paper.transform_tag(cnn, "cifar100") == "r32-native" and paper.normalization(cnn, "cifar100")["mean"] == [
         0.5071,
         0.4865,
         0.4409,
     ]
     vit = "vit-t_imagenet100_r32_none_s0"
-    assert paper.transform(vit, "cifar100") == "r32" and paper.normalization(vit, "cifar100")["mean"] == [
+    assert paper.transform_tag(vit, "cifar100") == "r32" and paper.normalization(vit, "cifar100")["mean"] == [
         0.485,
         0.456,
         0.406,
     ]
-    assert paper.transform("vggm11_imagenet100_r224_none_s0", "cifar100") == "r224"  # kept as it is at 32 only
+    assert paper.transform_tag("vggm11_imagenet100_r224_none_s0", "cifar100") == "r224"  # kept as it is at 32 only
     subsets = {name: paper.config["datasets"][name] for name in SUBSETS}
     assert all(spec["class_order"] == "sorted" for spec in subsets.values())
     assert [(s.get("first_classes", 100), s["per_class"]) for s in subsets.values()] == [

@@ -13,7 +13,8 @@ from fakedata import fake_roots
 from conftest import REPO, snakemake_cmd, tunnelscope_cli
 from tunnelscope.data.sources import load_source, split_sizes
 from tunnelscope.registry import COMPOSED, TRAINED
-from tunnelscope.study.config import Study, dataset_defaults
+from tunnelscope.study.config import Study
+from tunnelscope.study.schema import dataset_defaults
 
 PRESETS = ["config.yaml", *sorted(p.relative_to(REPO).as_posix() for p in (REPO / "config").glob("*.yaml"))]
 
@@ -42,7 +43,7 @@ def test_preset_validates_with_a_budget_and_dry_runs(preset, tmp_path):
 
 def test_pretrained_preset_keeps_the_papers_eval_transform(schema):
     study = Study(yaml.safe_load((REPO / "config/pretrained.yaml").read_text()), schema)
-    tags = {c.arch: study.transform(cid, "imagenet") for cid, c in study.cells.items()}
+    tags = {c.arch: study.transform_tag(cid, "imagenet") for cid, c in study.cells.items()}
     assert tags == {
         "resnet50-sup": "r224-bilinear-c0.9655",  # the paper's stated per-model values
         "vit-b16-sup": "r224-bilinear-c0.875",

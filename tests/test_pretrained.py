@@ -22,7 +22,8 @@ from tunnelscope.models.build import build_model, probe_points
 from tunnelscope.models.weights import load_pretrained, model_preprocessing
 from tunnelscope.registry import parse_transform_tag
 from tunnelscope.runtime import resolve_compute
-from tunnelscope.study.config import ConfigError, Study
+from tunnelscope.study.config import Study
+from tunnelscope.study.schema import ConfigError
 
 ARCH = "timm/test_convnext"
 CELL = "tiny-convnext_toy_r32_none_s0"
@@ -175,12 +176,12 @@ def _preprocessing_study(schema, resolution=32, **entry) -> Study:
 def test_published_models_use_their_own_preprocessing_unless_told(schema):
     cell = "net_toy_r32_none_s0"
     own = _preprocessing_study(schema)  # test_convnext declares bicubic, crop_pct 0.95, mean/std 0.5
-    assert own.transform(cell, "toy") == "r32-bicubic-c0.95"
+    assert own.transform_tag(cell, "toy") == "r32-bicubic-c0.95"
     assert own.import_params(cell)["pretrained"]["mean"] == [0.5, 0.5, 0.5]
-    assert _preprocessing_study(schema, crop_pct=0.9).transform(cell, "toy") == "r32-bicubic-c0.9"  # the entry wins
+    assert _preprocessing_study(schema, crop_pct=0.9).transform_tag(cell, "toy") == "r32-bicubic-c0.9"  # the entry wins
     paper = _preprocessing_study(schema, preprocessing="paper")
-    assert paper.transform(cell, "toy") == "r32" and paper.import_params(cell)["pretrained"]["mean"] is None
-    assert _preprocessing_study(schema, preprocessing="paper", interpolation="bilinear").transform(cell, "toy") == (
+    assert paper.transform_tag(cell, "toy") == "r32" and paper.import_params(cell)["pretrained"]["mean"] is None
+    assert _preprocessing_study(schema, preprocessing="paper", interpolation="bilinear").transform_tag(cell, "toy") == (
         "r32-bilinear-c0.875"
     )
     with pytest.raises(
@@ -201,7 +202,7 @@ def test_the_resolved_eval_transform_is_the_models_own(schema, arch):
 
     study = _preprocessing_study(schema, 224, arch=arch)
     cell = "net_toy_r224_none_s0"
-    tag = parse_transform_tag(study.transform(cell, "toy"))
+    tag = parse_transform_tag(study.transform_tag(cell, "toy"))
     used = study.import_params(cell)["pretrained"]
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 260, 3), dtype=np.uint8))
     stored = eval_transform(image, tag["resolution"], tag.get("interpolation", "bicubic"), tag.get("crop_pct", 0.875))

@@ -18,7 +18,8 @@ from snakemake.resources import Resource
 from conftest import REPO, TINY, snakemake_cmd
 from tunnelscope.cli import main
 from tunnelscope.commands.profile import PROFILES
-from tunnelscope.study.config import Study, load_schema
+from tunnelscope.study.config import Study
+from tunnelscope.study.schema import load_schema
 
 NAMES = ["local", "slurm"]
 

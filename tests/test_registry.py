@@ -10,7 +10,7 @@ from tunnelscope.data import corruptions, synthetic
 from tunnelscope.data.sources import FILE_READERS
 from tunnelscope.models.build import BUILDERS, build_model, probe_points
 from tunnelscope.models.capture import pool
-from tunnelscope.study.config import SCHEMA_PATH, load_schema, registry_choices
+from tunnelscope.study.schema import SCHEMA_PATH, load_schema, registry_choices
 
 
 def enum_nodes(node, path=()):

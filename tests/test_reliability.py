@@ -17,12 +17,12 @@ from safetensors.torch import load_file
 from tunnelscope import io
 from tunnelscope.data.store import write_arrays
 from tunnelscope.registry import IMAGENET_MEAN, IMAGENET_STD
-from tunnelscope.study.config import load_schema, section_defaults
+from tunnelscope.study.schema import load_schema, section_settings
 from tunnelscope.training.checkpoints import load_backbone
 from tunnelscope.training.loop import pretrain
 
 TRAINING = {
-    **section_defaults(load_schema(), "training"),
+    **section_settings(load_schema(), "training", {}),
     "epochs": 3,
     "batch_size": 32,
     "lr": 0.01,

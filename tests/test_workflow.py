@@ -77,11 +77,12 @@ def test_all_outputs_exist_and_parse(study):
 def test_the_budgets_embedding_disk_is_within_10_percent_of_the_files(study):
     """validate's embed disk of one eval set (vectors plus EMBED_ROW_BYTES a row and layer)
     against the Parquet files the run wrote: the digits set, 1,797 images, in each cell."""
-    from tunnelscope import budget
-    from tunnelscope.study.config import Study, load_schema
+    from tunnelscope import budget, model_facts
+    from tunnelscope.study.config import Study
+    from tunnelscope.study.schema import load_schema
 
     poolings = budget.embed_poolings(Study(TINY, load_schema()))
-    facts = budget.model_facts("vggm11", 4, 0.125, 32, "default", poolings, "default")
+    facts = model_facts.model_facts("vggm11", 4, 0.125, 32, "default", poolings, "default")
     for cell in CELLS:
         files = (study / "out" / "cells" / cell / "embeddings" / "digits").rglob("layer_*.parquet")
         written = sum(p.stat().st_size for p in files)

@@ -19,6 +19,7 @@ import numpy as np
 
 from tunnelscope.integrity import DamageError, damaged, rebuild_command, relative
 from tunnelscope.io import check_digest, digest_path
+from tunnelscope.study.paths import STORE_MANIFEST
 
 
 @dataclass
@@ -33,8 +34,8 @@ def check_results(study) -> tuple[int, list[Finding]]:
     results = Path(study.results)
     findings, checked = [], 0
     for dataset, transform in study.prepared():
-        root = Path(f"{results}/prepared/{dataset}/{transform}")
-        if not (root / "store.json").exists():
+        if not Path(study.paths.path("prepared_manifest", dataset=dataset, transform=transform)).exists():
+            root = Path(study.paths.path("prepared", dataset=dataset, transform=transform))
             findings.append(Finding(root, "missing: a store the study reads", root))
     for path in sorted(results.rglob("*")):
         if path.name.startswith(".") and (path.name.endswith(".tmp") or path.name.endswith(".partial")):
@@ -54,8 +55,8 @@ def check_results(study) -> tuple[int, list[Finding]]:
 def _checker(path: Path):
     """The check for one file or store directory, or None for what has none."""
     if path.is_dir():
-        return _check_store if (path / "store.json").exists() else None
-    if (path.parent / "store.json").exists():
+        return _check_store if (path / STORE_MANIFEST).exists() else None
+    if (path.parent / STORE_MANIFEST).exists():
         return None  # a store's files: checked with their store
     if path.suffix == ".safetensors":
         return _check_checkpoint

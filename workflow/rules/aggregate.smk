@@ -7,12 +7,12 @@ rule aggregate_table:
     input:
         aggregate_inputs,
     output:
-        table=f"{RESULTS}/aggregate/{{table}}.parquet",
-        csv=f"{RESULTS}/aggregate/{{table}}.csv",
-        seeds=f"{RESULTS}/aggregate/{{table}}_seeds.parquet",
-        seeds_csv=f"{RESULTS}/aggregate/{{table}}_seeds.csv",
+        table=PATHS.path("aggregate", ext="parquet"),
+        csv=PATHS.path("aggregate", ext="csv"),
+        seeds=PATHS.path("aggregate_seeds", ext="parquet"),
+        seeds_csv=PATHS.path("aggregate_seeds", ext="csv"),
     log:
-        f"{RESULTS}/logs/aggregate_{{table}}.log",
+        PATHS.log("aggregate_{table}"),
     wildcard_constraints:
         table="|".join(AGGREGATED),
     conda:
@@ -26,22 +26,22 @@ rule aggregate_table:
 rule aggregate_cells:
     """The cells' facts (cell.json of each) and training health (metrics.health), one row per cell."""
     input:
-        info=expand(f"{RESULTS}/cells/{{cell}}/cell.json", cell=CELLS),
-        train_logs=expand(f"{RESULTS}/cells/{{cell}}/train_log.csv", cell=CELLS),
+        info=expand(PATHS.path("cell_info"), cell=CELLS),
+        train_logs=expand(PATHS.path("train_log"), cell=CELLS),
     output:
         table=AGGREGATE["cells"],
         csv=report(
-            f"{RESULTS}/aggregate/cells.csv",
+            PATHS.path("aggregate", table="cells", ext="csv"),
             caption="../report/cells.rst",
             category="Training health",
         ),
     log:
-        f"{RESULTS}/logs/aggregate_cells.log",
+        PATHS.log("aggregate_cells"),
     conda:
         ENV
     params:
         health=lambda wc: STUDY.health_params(),
-        caption=lambda wc: item_caption("aggregate/cells.csv", health=STUDY.health_params()),
+        caption=lambda wc, output: item_caption(under_results(output.csv), health=STUDY.health_params()),
     script:
         "../scripts/aggregate.py"
 
@@ -49,17 +49,17 @@ rule aggregate_cells:
 rule best_layers_table:
     """The cells' best layers in one table, and its readable form for the report and the page."""
     input:
-        expand(f"{RESULTS}/cells/{{cell}}/best_layers.parquet", cell=CELLS),
+        expand(PATHS.path("best_layers"), cell=CELLS),
     output:
-        table=f"{RESULTS}/aggregate/best_layers.parquet",
-        csv=f"{RESULTS}/aggregate/best_layers.csv",
+        table=PATHS.path("aggregate", table="best_layers", ext="parquet"),
+        csv=PATHS.path("aggregate", table="best_layers", ext="csv"),
         summary=report(
-            f"{RESULTS}/paper/tables/best_layers.csv",
+            PATHS.path("paper_table", table="best_layers", ext="csv"),
             caption="../report/best_layers_table.rst",
             category="Tables",
         ),
     log:
-        f"{RESULTS}/logs/best_layers_table.log",
+        PATHS.log("best_layers_table"),
     conda:
         ENV
     params:
@@ -73,4 +73,4 @@ rule aggregate:
     input:
         [path for name, path in AGGREGATE.items()],
         rules.best_layers_table.output,
-        expand(f"{RESULTS}/aggregate/{{table}}_seeds.parquet", table=AGGREGATED),
+        expand(PATHS.path("aggregate_seeds", ext="parquet"), table=AGGREGATED),

@@ -1,11 +1,11 @@
 rule layer_stats:
     """Per layer on the ID set's test split: numerical rank, RankMe, NC1, CKA to the last layer."""
     input:
-        lambda wc: f"{RESULTS}/cells/{wc.cell}/embeddings/{STUDY.cells[wc.cell].id_dataset}",
+        id_embeddings,
     output:
-        f"{RESULTS}/cells/{{cell}}/layer_stats.parquet",
+        PATHS.path("layer_stats"),
     log:
-        f"{RESULTS}/logs/layer_stats/{{cell}}.log",
+        PATHS.log("layer_stats"),
     conda:
         ENV
     params:
@@ -19,12 +19,12 @@ rule analysis:
     input:
         AGGREGATE["metrics"],
     output:
-        slopes=f"{RESULTS}/analysis/shap_slopes.csv",
-        fit=f"{RESULTS}/analysis/shap_fit.csv",
-        paired=f"{RESULTS}/analysis/paired_tests.csv",
-        means=f"{RESULTS}/analysis/level_means.csv",
+        slopes=PATHS.path("analysis", table="shap_slopes"),
+        fit=PATHS.path("analysis", table="shap_fit"),
+        paired=PATHS.path("analysis", table="paired_tests"),
+        means=PATHS.path("analysis", table="level_means"),
     log:
-        f"{RESULTS}/logs/analysis.log",
+        PATHS.log("analysis"),
     conda:
         ENV
     params:

@@ -11,7 +11,8 @@ from tunnelscope.gpuhost import gpus_present
 from tunnelscope.integrity import REBUILD_ENV, rebuild_base
 from tunnelscope.registry import COMPOSED, SOLVERS, TRAINED, TRANSFORM_TAG, network_slug
 from tunnelscope.study import manifest
-from tunnelscope.study.config import ConfigError, Study, load_schema
+from tunnelscope.study.config import Study
+from tunnelscope.study.schema import ConfigError, load_schema
 
 try:
     STUDY = Study(config, load_schema())
@@ -19,6 +20,9 @@ except ConfigError as error:
     sys.exit(f"tunnelscope: config error: {error}")
 
 RESULTS = STUDY.results
+# Every path of the study's files (tunnelscope.study.paths): PATHS.path(NAME) is a rule's pattern,
+# PATHS.path(NAME, cell=...) one job's file; PATHS.log(RULE) and PATHS.benchmark(RULE) likewise.
+PATHS = STUDY.paths
 
 # The command that rebuilds this study's files, which every damage message of its jobs ends with
 # (tunnelscope.integrity): the jobs inherit it through the environment.
@@ -95,22 +99,23 @@ wildcard_constraints:
     solver=cell_pattern(SOLVERS),
 
 
-def embed_dirs(wc):
-    return [f"{RESULTS}/cells/{wc.cell}/embeddings/{e}" for e in STUDY.eval_sets(wc.cell)]
-
-
-def probe_table(cell, eval_set, solver=None, suffix=".parquet"):
-    """A probe job's table (or, with suffix ".weights.npz", its weights); default the cell's
+def probe_file(cell, eval_set, solver=None, name="probe_table"):
+    """A probe job's file (probe_table, probe_weights or probe_predictions); default the cell's
     first solver, the one its metrics use."""
-    return f"{RESULTS}/cells/{cell}/probes/{solver or STUDY.solvers(cell)[0]}/{eval_set}{suffix}"
+    return PATHS.path(name, cell=cell, eval_set=eval_set, solver=solver or STUDY.solvers(cell)[0])
 
 
 def probe_tables(wc):
-    return [probe_table(wc.cell, e) for e in STUDY.eval_sets(wc.cell)]
+    return [probe_file(wc.cell, e) for e in STUDY.eval_sets(wc.cell)]
 
 
 def probe_predictions(wc):
-    return [probe_table(wc.cell, e, suffix=".predictions.parquet") for e in STUDY.eval_sets(wc.cell)]
+    return [probe_file(wc.cell, e, name="probe_predictions") for e in STUDY.eval_sets(wc.cell)]
+
+
+def id_embeddings(wc):
+    """The cell's embeddings of its ID set."""
+    return PATHS.path("embeddings", cell=wc.cell, eval_set=STUDY.cells[wc.cell].id_dataset)
 
 
 # Probe protocols (protocols.smk): the cells and shifted sets each comparison runs on.
@@ -136,9 +141,9 @@ def page_items():
     """The report's items that the paper page shows beside the paper build's own figures and tables
     (the cells table, per-cell figures, protocols, continual learning, tunnel length), so that the
     page shows everything the report does (tests/test_report.py compares the two)."""
-    items = [f"{RESULTS}/aggregate/cells.csv"]
+    items = [rules.aggregate_cells.output.csv]
     for cell in CELLS:
-        items += [f"{RESULTS}/cells/{cell}/figure.png", f"{RESULTS}/cells/{cell}/tsne.png"]
+        items += [PATHS.path(figure, cell=cell, ext="png") for figure in ("cell_figure", "tsne_figure")]
     items += protocol_outputs()
     if RUNS:
         items += [rules.continual_table.output.png, rules.continual_table.output.csv]
@@ -147,9 +152,14 @@ def page_items():
     return items
 
 
+def under_results(path):
+    """A file's path under the results directory: how captions.ITEMS knows it."""
+    return os.path.relpath(path, RESULTS)
+
+
 def page_captions():
     """(title, caption) of each page_items() file: its path under RESULTS, its captions.ITEMS text."""
-    names = [os.path.relpath(path, RESULTS) for path in page_items()]
+    names = [under_results(path) for path in page_items()]
     confidence = 1 - STUDY.config["metrics"]["alpha"]
     return [(n.rsplit(".", 1)[0], item_caption(n, confidence, STUDY.health_params())) for n in names]
 
@@ -160,18 +170,17 @@ NETWORKS = [slug for slug, _ in STUDY.continual_networks()]
 # E1+T1, E2+T2: the two trainings
 TASK_NETWORKS = [network_slug(label) for label in TRAINED]
 FINETUNED = [slug for slug, label in STUDY.continual_networks() if label not in COMPOSED]
-CONTINUAL = f"{RESULTS}/continual"
 
 
 def network_checkpoint(run, network):
-    return f"{CONTINUAL}/{run}/{network}/checkpoint.safetensors"
+    return PATHS.path("continual_checkpoint", run=run, network=network)
 
 
 onstart:
     # Before any job runs (never in a dry run): every dataset root that a pending prepare job
     # reads must exist, so a typo fails now rather than hours into the run.
     missing = STUDY.missing_roots(
-        lambda ds, transform: Path(f"{RESULTS}/prepared/{ds}/{transform}/store.json").exists()
+        lambda ds, transform: Path(PATHS.path("prepared_manifest", dataset=ds, transform=transform)).exists()
     )
     if missing:
         sys.exit("tunnelscope: " + "; ".join(missing))
@@ -187,11 +196,12 @@ onstart:
 
 
 AGGREGATED = ("curves", "metrics", "layer_stats")  # grid-wide tables, each beside its seed summary
-AGGREGATE = {name: f"{RESULTS}/aggregate/{name}.parquet" for name in (*AGGREGATED, "cells")}
+AGGREGATE = {name: PATHS.path("aggregate", table=name, ext="parquet") for name in (*AGGREGATED, "cells")}
 
 
 def aggregate_inputs(wc):
     """The per-cell tables one grid-wide table concatenates."""
     if wc.table == "curves":
-        return [probe_table(c, e) for c in CELLS for e in STUDY.eval_sets(c)]
-    return expand(f"{RESULTS}/cells/{{cell}}/{wc.table}.parquet", cell=CELLS)
+        return [probe_file(c, e) for c in CELLS for e in STUDY.eval_sets(c)]
+    per_cell = {"metrics": "cell_metrics", "layer_stats": "layer_stats"}[wc.table]
+    return expand(PATHS.path(per_cell), cell=CELLS)

@@ -11,13 +11,13 @@ rule continual_train:
         data=lambda wc: STUDY.run_prepared_path(wc.run),
         init=lambda wc: ([network_checkpoint(wc.run, TASK_NETWORKS[0])] if wc.network == TASK_NETWORKS[1] else []),
     output:
-        checkpoint=f"{CONTINUAL}/{{run}}/{{network}}/checkpoint.safetensors",
-        train_log=f"{CONTINUAL}/{{run}}/{{network}}/train_log.csv",
-        info=f"{CONTINUAL}/{{run}}/{{network}}/cell.json",
+        checkpoint=PATHS.path("continual_checkpoint"),
+        train_log=PATHS.path("continual_train_log"),
+        info=PATHS.path("continual_info"),
     log:
-        f"{RESULTS}/logs/continual_train/{{run}}_{{network}}.log",
+        PATHS.log("continual_train"),
     benchmark:
-        f"{RESULTS}/benchmarks/continual_train/{{run}}_{{network}}.tsv"
+        PATHS.benchmark("continual_train")
     wildcard_constraints:
         run=cell_pattern(RUNS),
         network=cell_pattern(TASK_NETWORKS),
@@ -30,7 +30,7 @@ rule continual_train:
         resident_mb=lambda wc: STUDY.config["compute"]["resident_mb"],
     params:
         settings=lambda wc: STUDY.continual_train_params(wc.run, wc.network),
-        state=lambda wc: f"{CONTINUAL}/{wc.run}/{wc.network}/train_state.pt",
+        state=lambda wc: PATHS.path("continual_train_state", run=wc.run, network=wc.network),
     script:
         "../scripts/pretrain.py"
 
@@ -39,13 +39,13 @@ rule continual_swap:
     """Locate the tunnel on the ID curves of E1+T1 and E2+T2; compose E1+T2 and E2+T1."""
     input:
         networks=lambda wc: [network_checkpoint(wc.run, n) for n in TASK_NETWORKS],
-        evaluations=lambda wc: [f"{CONTINUAL}/{wc.run}/{n}/evaluation.parquet" for n in TASK_NETWORKS],
+        evaluations=lambda wc: [PATHS.path("continual_evaluation", run=wc.run, network=n) for n in TASK_NETWORKS],
     output:
-        tunnel=f"{CONTINUAL}/{{run}}/tunnel.json",
-        e1t2=f"{CONTINUAL}/{{run}}/e1-t2/checkpoint.safetensors",
-        e2t1=f"{CONTINUAL}/{{run}}/e2-t1/checkpoint.safetensors",
+        tunnel=PATHS.path("continual_tunnel"),
+        e1t2=PATHS.path("continual_checkpoint", network="e1-t2"),
+        e2t1=PATHS.path("continual_checkpoint", network="e2-t1"),
     log:
-        f"{RESULTS}/logs/continual_swap/{{run}}.log",
+        PATHS.log("continual_swap"),
     wildcard_constraints:
         run=cell_pattern(RUNS),
     conda:
@@ -61,15 +61,15 @@ rule continual_finetune:
     input:
         data=lambda wc: STUDY.run_prepared_path(wc.run),
         init=lambda wc: network_checkpoint(wc.run, network_slug(STUDY.continual_finetune(wc.network)["start"])),
-        tunnel=f"{CONTINUAL}/{{run}}/tunnel.json",
+        tunnel=PATHS.path("continual_tunnel"),
     output:
-        checkpoint=f"{CONTINUAL}/{{run}}/{{network}}/checkpoint.safetensors",
-        train_log=f"{CONTINUAL}/{{run}}/{{network}}/train_log.csv",
-        info=f"{CONTINUAL}/{{run}}/{{network}}/cell.json",
+        checkpoint=PATHS.path("continual_checkpoint"),
+        train_log=PATHS.path("continual_train_log"),
+        info=PATHS.path("continual_info"),
     log:
-        f"{RESULTS}/logs/continual_finetune/{{run}}_{{network}}.log",
+        PATHS.log("continual_finetune"),
     benchmark:
-        f"{RESULTS}/benchmarks/continual_finetune/{{run}}_{{network}}.tsv"
+        PATHS.benchmark("continual_finetune")
     wildcard_constraints:
         run=cell_pattern(RUNS),
         network=cell_pattern(FINETUNED),
@@ -82,7 +82,7 @@ rule continual_finetune:
         resident_mb=lambda wc: STUDY.config["compute"]["resident_mb"],
     params:
         settings=lambda wc: STUDY.continual_finetune_params(wc.run, wc.network),
-        state=lambda wc: f"{CONTINUAL}/{wc.run}/{wc.network}/train_state.pt",
+        state=lambda wc: PATHS.path("continual_train_state", run=wc.run, network=wc.network),
     script:
         "../scripts/pretrain.py"
 
@@ -94,12 +94,12 @@ rule continual_evaluate:
         checkpoint=lambda wc: network_checkpoint(wc.run, wc.network),
         data=lambda wc: STUDY.run_prepared_path(wc.run),
     output:
-        embeddings=embeddings_output(f"{CONTINUAL}/{{run}}/{{network}}/embeddings"),
-        evaluation=f"{CONTINUAL}/{{run}}/{{network}}/evaluation.parquet",
+        embeddings=embeddings_output(PATHS.path("continual_embeddings")),
+        evaluation=PATHS.path("continual_evaluation"),
     log:
-        f"{RESULTS}/logs/continual_evaluate/{{run}}_{{network}}.log",
+        PATHS.log("continual_evaluate"),
     benchmark:
-        f"{RESULTS}/benchmarks/continual_evaluate/{{run}}_{{network}}.tsv"
+        PATHS.benchmark("continual_evaluate")
     wildcard_constraints:
         run=cell_pattern(RUNS),
         network=cell_pattern(NETWORKS),
@@ -120,32 +120,32 @@ rule continual_evaluate:
 rule continual_table:
     """Table 2 (CSV and LaTeX), every score in long form, and the ID curves with their tunnels."""
     input:
-        evaluations=[f"{CONTINUAL}/{r}/{n}/evaluation.parquet" for r in RUNS for n in NETWORKS],
-        tunnels=[f"{CONTINUAL}/{r}/tunnel.json" for r in RUNS],
+        evaluations=[PATHS.path("continual_evaluation", run=r, network=n) for r in RUNS for n in NETWORKS],
+        tunnels=[PATHS.path("continual_tunnel", run=r) for r in RUNS],
     output:
         csv=report(
-            f"{RESULTS}/paper/tables/continual.csv",
+            PATHS.path("paper_table", table="continual", ext="csv"),
             caption="../report/continual_table.rst",
             category="Continual learning",
         ),
-        tex=f"{RESULTS}/paper/tables/continual.tex",
-        scores=f"{CONTINUAL}/scores.csv",
+        tex=PATHS.path("paper_table", table="continual", ext="tex"),
+        scores=PATHS.path("continual_scores"),
         png=report(
-            f"{CONTINUAL}/tunnel_curves.png",
+            PATHS.path("continual_curves", ext="png"),
             caption="../report/continual_curves.rst",
             category="Continual learning",
         ),
-        pdf=f"{CONTINUAL}/tunnel_curves.pdf",
+        pdf=PATHS.path("continual_curves", ext="pdf"),
     log:
-        f"{RESULTS}/logs/continual_table.log",
+        PATHS.log("continual_table"),
     conda:
         ENV
     params:
         settings=lambda wc: STUDY.continual_table_params(),
         seeds=lambda wc: STUDY.seed_params(),
         caption=f"{CONTINUAL_TABLE[1]} Laid out like the paper's {CONTINUAL_TABLE[0]}.",
-        report_caption=item_caption("paper/tables/continual.csv"),
-        curves_caption=item_caption("continual/tunnel_curves.png"),
+        report_caption=lambda wc, output: item_caption(under_results(output.csv)),
+        curves_caption=lambda wc, output: item_caption(under_results(output.png)),
     script:
         "../scripts/continual_table.py"
 

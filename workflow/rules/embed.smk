@@ -4,11 +4,11 @@ rule embed:
         checkpoint=rules.pretrain.output.checkpoint,
         data=lambda wc: STUDY.prepared_path(wc.eval_set, wc.cell),
     output:
-        embeddings_output(f"{RESULTS}/cells/{{cell}}/embeddings/{{eval_set}}"),
+        embeddings_output(PATHS.path("embeddings")),
     log:
-        f"{RESULTS}/logs/embed/{{cell}}_{{eval_set}}.log",
+        PATHS.log("embed"),
     benchmark:
-        f"{RESULTS}/benchmarks/embed/{{cell}}_{{eval_set}}.tsv"
+        PATHS.benchmark("embed")
     conda:
         ENV
     threads: HEAVY_THREADS

@@ -8,19 +8,19 @@ rule cell_figure:
         probe_tables,
     output:
         png=report(
-            f"{RESULTS}/cells/{{cell}}/figure.png",
+            PATHS.path("cell_figure", ext="png"),
             caption="../report/cell_figure.rst",
             category="Cells",
         ),
-        pdf=f"{RESULTS}/cells/{{cell}}/figure.pdf",
+        pdf=PATHS.path("cell_figure", ext="pdf"),
     log:
-        f"{RESULTS}/logs/cell_figure/{{cell}}.log",
+        PATHS.log("cell_figure"),
     conda:
         ENV
     params:
         title=lambda wc: wc.cell,
         confidence=lambda wc: 1 - STUDY.config["metrics"]["alpha"],
-        caption=lambda wc: item_caption(f"cells/{wc.cell}/figure.png", 1 - STUDY.config["metrics"]["alpha"]),
+        caption=lambda wc, output: item_caption(under_results(output.png), 1 - STUDY.config["metrics"]["alpha"]),
     script:
         "../scripts/cell_figure.py"
 
@@ -31,13 +31,13 @@ rule overview_figure:
         AGGREGATE["curves"],
     output:
         png=report(
-            f"{RESULTS}/figures/tunnel_curves.png",
+            PATHS.path("figure", figure="tunnel_curves", ext="png"),
             caption="../report/tunnel_curves.rst",
             category="Overview",
         ),
-        pdf=f"{RESULTS}/figures/tunnel_curves.pdf",
+        pdf=PATHS.path("figure", figure="tunnel_curves", ext="pdf"),
     log:
-        f"{RESULTS}/logs/overview_figure.log",
+        PATHS.log("overview_figure"),
     conda:
         ENV
     params:
@@ -51,11 +51,11 @@ rule overview_figure:
 rule tsne:
     """Per cell: t-SNE coordinates of the ID test embeddings at every probed layer."""
     input:
-        embeddings=lambda wc: f"{RESULTS}/cells/{wc.cell}/embeddings/{STUDY.cells[wc.cell].id_dataset}",
+        embeddings=id_embeddings,
     output:
-        coords=f"{RESULTS}/cells/{{cell}}/tsne.parquet",
+        coords=PATHS.path("tsne"),
     log:
-        f"{RESULTS}/logs/tsne/{{cell}}.log",
+        PATHS.log("tsne"),
     conda:
         ENV
     params:
@@ -71,18 +71,18 @@ rule tsne_figure:
         layer_stats=rules.layer_stats.output,
     output:
         png=report(
-            f"{RESULTS}/cells/{{cell}}/tsne.png",
+            PATHS.path("tsne_figure", ext="png"),
             caption="../report/tsne.rst",
             category="Cells",
         ),
-        pdf=f"{RESULTS}/cells/{{cell}}/tsne.pdf",
+        pdf=PATHS.path("tsne_figure", ext="pdf"),
     log:
-        f"{RESULTS}/logs/tsne_figure/{{cell}}.log",
+        PATHS.log("tsne_figure"),
     conda:
         ENV
     params:
         title=lambda wc: wc.cell,
-        caption=lambda wc: item_caption(f"cells/{wc.cell}/tsne.png"),
+        caption=lambda wc, output: item_caption(under_results(output.png)),
     script:
         "../scripts/tsne_figure.py"
 
@@ -95,13 +95,13 @@ rule best_layers_figure:
         curves=AGGREGATE["curves"],
     output:
         png=report(
-            f"{RESULTS}/figures/best_layers.png",
+            PATHS.path("figure", figure="best_layers", ext="png"),
             caption="../report/best_layers.rst",
             category="Overview",
         ),
-        pdf=f"{RESULTS}/figures/best_layers.pdf",
+        pdf=PATHS.path("figure", figure="best_layers", ext="pdf"),
     log:
-        f"{RESULTS}/logs/best_layers_figure.log",
+        PATHS.log("best_layers_figure"),
     conda:
         ENV
     params:

@@ -6,9 +6,9 @@ rule cell_metrics:
         info=rules.pretrain.output.info,
         train_log=rules.pretrain.output.train_log,
     output:
-        f"{RESULTS}/cells/{{cell}}/metrics.parquet",
+        PATHS.path("cell_metrics"),
     log:
-        f"{RESULTS}/logs/cell_metrics/{{cell}}.log",
+        PATHS.log("cell_metrics"),
     conda:
         ENV
     params:
@@ -27,9 +27,9 @@ rule best_layers:
         info=rules.pretrain.output.info,
         train_log=rules.pretrain.output.train_log,
     output:
-        f"{RESULTS}/cells/{{cell}}/best_layers.parquet",
+        PATHS.path("best_layers"),
     log:
-        f"{RESULTS}/logs/best_layers/{{cell}}.log",
+        PATHS.log("best_layers"),
     conda:
         ENV
     params:

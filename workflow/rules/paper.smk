@@ -18,13 +18,13 @@ rule paper_table:
         means=lambda wc: rules.analysis.output.means if wc.table in ANALYSIS_TABLES else [],
     output:
         csv=report(
-            f"{RESULTS}/paper/tables/{{table}}.csv",
+            PATHS.path("paper_table", ext="csv"),
             caption="../report/paper_table.rst",
             category="Tables",
         ),
-        tex=f"{RESULTS}/paper/tables/{{table}}.tex",
+        tex=PATHS.path("paper_table", ext="tex"),
     log:
-        f"{RESULTS}/logs/paper_table/{{table}}.log",
+        PATHS.log("paper_table"),
     wildcard_constraints:
         table="|".join(TABLES),
     conda:
@@ -45,13 +45,13 @@ rule curves_by_variable_figure:
         metrics=AGGREGATE["metrics"],
     output:
         png=report(
-            f"{RESULTS}/paper/curves_by_variable.png",
+            PATHS.path("paper_figure", figure="curves_by_variable", ext="png"),
             caption="../report/curves_by_variable.rst",
             category="Variables",
         ),
-        pdf=f"{RESULTS}/paper/curves_by_variable.pdf",
+        pdf=PATHS.path("paper_figure", figure="curves_by_variable", ext="pdf"),
     log:
-        f"{RESULTS}/logs/curves_by_variable_figure.log",
+        PATHS.log("curves_by_variable_figure"),
     conda:
         ENV
     params:
@@ -68,13 +68,13 @@ rule shap_slopes_figure:
         rules.analysis.output.slopes,
     output:
         png=report(
-            f"{RESULTS}/paper/shap_slopes.png",
+            PATHS.path("paper_figure", figure="shap_slopes", ext="png"),
             caption="../report/shap_slopes.rst",
             category="Analysis",
         ),
-        pdf=f"{RESULTS}/paper/shap_slopes.pdf",
+        pdf=PATHS.path("paper_figure", figure="shap_slopes", ext="pdf"),
     log:
-        f"{RESULTS}/logs/shap_slopes_figure.log",
+        PATHS.log("shap_slopes_figure"),
     conda:
         ENV
     params:
@@ -89,13 +89,13 @@ rule strength_histogram_figure:
         AGGREGATE["metrics"],
     output:
         png=report(
-            f"{RESULTS}/paper/strength_histogram.png",
+            PATHS.path("paper_figure", figure="strength_histogram", ext="png"),
             caption="../report/strength_histogram.rst",
             category="Analysis",
         ),
-        pdf=f"{RESULTS}/paper/strength_histogram.pdf",
+        pdf=PATHS.path("paper_figure", figure="strength_histogram", ext="pdf"),
     log:
-        f"{RESULTS}/logs/strength_histogram_figure.log",
+        PATHS.log("strength_histogram_figure"),
     conda:
         ENV
     params:
@@ -111,13 +111,13 @@ rule layer_stats_figure:
         AGGREGATE["layer_stats"],
     output:
         png=report(
-            f"{RESULTS}/paper/layer_stats.png",
+            PATHS.path("paper_figure", figure="layer_stats", ext="png"),
             caption="../report/layer_stats.rst",
             category="Representations",
         ),
-        pdf=f"{RESULTS}/paper/layer_stats.pdf",
+        pdf=PATHS.path("paper_figure", figure="layer_stats", ext="pdf"),
     log:
-        f"{RESULTS}/logs/layer_stats_figure.log",
+        PATHS.log("layer_stats_figure"),
     conda:
         ENV
     params:
@@ -134,9 +134,9 @@ rule provenance:
         metrics=AGGREGATE["metrics"],
         cells=AGGREGATE["cells"],
     output:
-        f"{RESULTS}/paper/provenance.json",
+        PATHS.path("provenance"),
     log:
-        f"{RESULTS}/logs/provenance.log",
+        PATHS.log("provenance"),
     conda:
         ENV
     params:
@@ -164,9 +164,9 @@ rule paper_page:
         curves=AGGREGATE["curves"],  # its failure column: the probe-health lines
         more=lambda wc: page_items(),
     output:
-        f"{RESULTS}/paper/index.html",
+        PATHS.path("paper_page"),
     log:
-        f"{RESULTS}/logs/paper_page.log",
+        PATHS.log("paper_page"),
     conda:
         ENV
     params:

@@ -2,11 +2,11 @@ rule prepare:
     """Render or load one dataset through one eval transform (resolution, and for published
     models their interpolation and crop) into the prepared-image cache."""
     output:
-        directory(f"{RESULTS}/prepared/{{dataset}}/{{transform}}"),
+        directory(PATHS.path("prepared")),
     log:
-        f"{RESULTS}/logs/prepare/{{dataset}}_{{transform}}.log",
+        PATHS.log("prepare"),
     benchmark:
-        f"{RESULTS}/benchmarks/prepare/{{dataset}}/{{transform}}.tsv"
+        PATHS.benchmark("prepare")
     conda:
         ENV
     threads: HEAVY_THREADS

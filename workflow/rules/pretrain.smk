@@ -3,13 +3,13 @@ rule pretrain:
     input:
         data=lambda wc: STUDY.prepared_path(STUDY.cells[wc.cell].id_dataset, wc.cell),
     output:
-        checkpoint=f"{RESULTS}/cells/{{cell}}/checkpoint.safetensors",
-        train_log=f"{RESULTS}/cells/{{cell}}/train_log.csv",
-        info=f"{RESULTS}/cells/{{cell}}/cell.json",
+        checkpoint=PATHS.path("checkpoint"),
+        train_log=PATHS.path("train_log"),
+        info=PATHS.path("cell_info"),
     log:
-        f"{RESULTS}/logs/pretrain/{{cell}}.log",
+        PATHS.log("pretrain"),
     benchmark:
-        f"{RESULTS}/benchmarks/pretrain/{{cell}}.tsv"
+        PATHS.benchmark("pretrain")
     wildcard_constraints:
         cell=cell_pattern(STUDY.trained_cells()),
     conda:
@@ -23,7 +23,7 @@ rule pretrain:
     params:
         settings=lambda wc: STUDY.pretrain_params(wc.cell),
         # Resume state outside the outputs, so Snakemake keeps it when a job is killed.
-        state=lambda wc: f"{RESULTS}/cells/{wc.cell}/train_state.pt",
+        state=lambda wc: PATHS.path("train_state", cell=wc.cell),
     script:
         "../scripts/pretrain.py"
 
@@ -36,11 +36,11 @@ rule import_pretrained:
             [STUDY.cells[wc.cell].pretrained["weights"]] if STUDY.cells[wc.cell].pretrained.get("weights") else []
         ),
     output:
-        checkpoint=f"{RESULTS}/cells/{{cell}}/checkpoint.safetensors",
-        train_log=f"{RESULTS}/cells/{{cell}}/train_log.csv",
-        info=f"{RESULTS}/cells/{{cell}}/cell.json",
+        checkpoint=PATHS.path("checkpoint"),
+        train_log=PATHS.path("train_log"),
+        info=PATHS.path("cell_info"),
     log:
-        f"{RESULTS}/logs/import_pretrained/{{cell}}.log",
+        PATHS.log("import_pretrained"),
     wildcard_constraints:
         cell=cell_pattern(STUDY.pretrained_cells()),
     conda:

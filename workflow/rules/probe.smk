@@ -5,13 +5,13 @@ rule probe:
         embeddings=rules.embed.output,
         info=rules.pretrain.output.info,
     output:
-        table=f"{RESULTS}/cells/{{cell}}/probes/{{solver}}/{{eval_set}}.parquet",
-        weights=f"{RESULTS}/cells/{{cell}}/probes/{{solver}}/{{eval_set}}.weights.npz",
-        predictions=f"{RESULTS}/cells/{{cell}}/probes/{{solver}}/{{eval_set}}.predictions.parquet",
+        table=PATHS.path("probe_table"),
+        weights=PATHS.path("probe_weights"),
+        predictions=PATHS.path("probe_predictions"),
     log:
-        f"{RESULTS}/logs/probe/{{cell}}_{{eval_set}}_{{solver}}.log",
+        PATHS.log("probe"),
     benchmark:
-        f"{RESULTS}/benchmarks/probe/{{cell}}_{{eval_set}}_{{solver}}.tsv"
+        PATHS.benchmark("probe")
     conda:
         ENV
     threads: 1

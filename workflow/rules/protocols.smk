@@ -9,15 +9,15 @@ rule zero_shot:
     """ID-trained probes scored on a shifted copy of the ID test split (layer chosen on a small
     part of it), beside the probe trained on the shifted set, on the same rows."""
     input:
-        id_probes=lambda wc: probe_table(wc.cell, STUDY.cells[wc.cell].id_dataset),
-        id_weights=lambda wc: probe_table(wc.cell, STUDY.cells[wc.cell].id_dataset, suffix=".weights.npz"),
-        shifted_weights=lambda wc: probe_table(wc.cell, wc.eval_set, suffix=".weights.npz"),
-        clean=lambda wc: f"{RESULTS}/cells/{wc.cell}/embeddings/{STUDY.cells[wc.cell].id_dataset}",
-        shifted=lambda wc: f"{RESULTS}/cells/{wc.cell}/embeddings/{wc.eval_set}",
+        id_probes=lambda wc: probe_file(wc.cell, STUDY.cells[wc.cell].id_dataset),
+        id_weights=lambda wc: probe_file(wc.cell, STUDY.cells[wc.cell].id_dataset, name="probe_weights"),
+        shifted_weights=lambda wc: probe_file(wc.cell, wc.eval_set, name="probe_weights"),
+        clean=id_embeddings,
+        shifted=lambda wc: PATHS.path("embeddings", cell=wc.cell, eval_set=wc.eval_set),
     output:
-        f"{RESULTS}/cells/{{cell}}/zero_shot/{{eval_set}}.parquet",
+        PATHS.path("zero_shot"),
     log:
-        f"{RESULTS}/logs/zero_shot/{{cell}}_{{eval_set}}.log",
+        PATHS.log("zero_shot"),
     conda:
         ENV
     params:
@@ -29,29 +29,29 @@ rule zero_shot:
 rule zero_shot_table:
     """Zero-shot against the paper's protocol over the study: per-layer table, summary, figure."""
     input:
-        [f"{RESULTS}/cells/{c}/zero_shot/{e}.parquet" for c, e in zero_shot_pairs()],
+        [PATHS.path("zero_shot", cell=c, eval_set=e) for c, e in zero_shot_pairs()],
     output:
-        layers=f"{RESULTS}/aggregate/zero_shot.parquet",
-        layers_csv=f"{RESULTS}/aggregate/zero_shot.csv",
+        layers=PATHS.path("aggregate", table="zero_shot", ext="parquet"),
+        layers_csv=PATHS.path("aggregate", table="zero_shot", ext="csv"),
         csv=report(
-            f"{RESULTS}/paper/tables/zero_shot.csv",
+            PATHS.path("paper_table", table="zero_shot", ext="csv"),
             caption="../report/zero_shot.rst",
             category="Protocols",
         ),
-        tex=f"{RESULTS}/paper/tables/zero_shot.tex",
+        tex=PATHS.path("paper_table", table="zero_shot", ext="tex"),
         png=report(
-            f"{RESULTS}/paper/zero_shot.png",
+            PATHS.path("paper_figure", figure="zero_shot", ext="png"),
             caption="../report/zero_shot.rst",
             category="Protocols",
         ),
-        pdf=f"{RESULTS}/paper/zero_shot.pdf",
+        pdf=PATHS.path("paper_figure", figure="zero_shot", ext="pdf"),
     log:
-        f"{RESULTS}/logs/zero_shot_table.log",
+        PATHS.log("zero_shot_table"),
     conda:
         ENV
     params:
         seeds=lambda wc: STUDY.seed_params(),
-        caption=item_caption("paper/zero_shot.png"),
+        caption=lambda wc, output: item_caption(under_results(output.png)),
     script:
         "../scripts/zero_shot_table.py"
 
@@ -59,17 +59,17 @@ rule zero_shot_table:
 rule solver_metrics:
     """One cell's tunnel metrics under each of its probe solvers."""
     input:
-        probes=lambda wc: [probe_table(wc.cell, e, s) for s in STUDY.solvers(wc.cell) for e in STUDY.eval_sets(wc.cell)],
+        probes=lambda wc: [probe_file(wc.cell, e, s) for s in STUDY.solvers(wc.cell) for e in STUDY.eval_sets(wc.cell)],
         predictions=lambda wc: [
-            probe_table(wc.cell, e, s, ".predictions.parquet")
+            probe_file(wc.cell, e, s, "probe_predictions")
             for s in STUDY.solvers(wc.cell)
             for e in STUDY.eval_sets(wc.cell)
         ],
         info=rules.pretrain.output.info,
     output:
-        f"{RESULTS}/cells/{{cell}}/solver_metrics.parquet",
+        PATHS.path("solver_metrics"),
     log:
-        f"{RESULTS}/logs/solver_metrics/{{cell}}.log",
+        PATHS.log("solver_metrics"),
     conda:
         ENV
     params:
@@ -82,31 +82,31 @@ rule solver_table:
     """How r, rho, A and the tunnel start move between solvers on the same embeddings."""
     input:
         expand(
-            f"{RESULTS}/cells/{{cell}}/solver_metrics.parquet",
+            PATHS.path("solver_metrics"),
             cell=multi_solver_cells(),
         ),
     output:
-        metrics=f"{RESULTS}/aggregate/solver_metrics.parquet",
-        metrics_csv=f"{RESULTS}/aggregate/solver_metrics.csv",
+        metrics=PATHS.path("aggregate", table="solver_metrics", ext="parquet"),
+        metrics_csv=PATHS.path("aggregate", table="solver_metrics", ext="csv"),
         csv=report(
-            f"{RESULTS}/paper/tables/solvers.csv",
+            PATHS.path("paper_table", table="solvers", ext="csv"),
             caption="../report/solvers.rst",
             category="Protocols",
         ),
-        tex=f"{RESULTS}/paper/tables/solvers.tex",
+        tex=PATHS.path("paper_table", table="solvers", ext="tex"),
         png=report(
-            f"{RESULTS}/paper/solvers.png",
+            PATHS.path("paper_figure", figure="solvers", ext="png"),
             caption="../report/solvers.rst",
             category="Protocols",
         ),
-        pdf=f"{RESULTS}/paper/solvers.pdf",
+        pdf=PATHS.path("paper_figure", figure="solvers", ext="pdf"),
     log:
-        f"{RESULTS}/logs/solver_table.log",
+        PATHS.log("solver_table"),
     conda:
         ENV
     params:
         reference=lambda wc: STUDY.solvers(multi_solver_cells()[0])[0],
         seeds=lambda wc: STUDY.seed_params(),
-        caption=item_caption("paper/solvers.png"),
+        caption=lambda wc, output: item_caption(under_results(output.png)),
     script:
         "../scripts/solver_table.py"

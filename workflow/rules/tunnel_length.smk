@@ -10,20 +10,20 @@ rule tunnel_length_figure:
         AGGREGATE["metrics"],
     output:
         png=report(
-            f"{RESULTS}/tunnel_length/tunnel_length.png",
+            PATHS.path("tunnel_length", file="tunnel_length", ext="png"),
             caption="../report/tunnel_length.rst",
             category="Tunnel length",
         ),
-        pdf=f"{RESULTS}/tunnel_length/tunnel_length.pdf",
-        cells=f"{RESULTS}/tunnel_length/tunnel_length_cells.csv",
-        summary=f"{RESULTS}/tunnel_length/tunnel_length.csv",
+        pdf=PATHS.path("tunnel_length", file="tunnel_length", ext="pdf"),
+        cells=PATHS.path("tunnel_length", file="tunnel_length_cells", ext="csv"),
+        summary=PATHS.path("tunnel_length", file="tunnel_length", ext="csv"),
     log:
-        f"{RESULTS}/logs/tunnel_length_figure.log",
+        PATHS.log("tunnel_length_figure"),
     conda:
         ENV
     params:
         settings=lambda wc: STUDY.tunnel_length_params(),
-        caption=item_caption("tunnel_length/tunnel_length.png"),
+        caption=lambda wc, output: item_caption(under_results(output.png)),
     script:
         "../scripts/tunnel_length_figure.py"
 
@@ -35,19 +35,19 @@ rule rank_per_layer_figure:
         layer_stats=AGGREGATE["layer_stats"],
     output:
         png=report(
-            f"{RESULTS}/tunnel_length/rank_per_layer.png",
+            PATHS.path("tunnel_length", file="rank_per_layer", ext="png"),
             caption="../report/rank_per_layer.rst",
             category="Tunnel length",
         ),
-        pdf=f"{RESULTS}/tunnel_length/rank_per_layer.pdf",
-        table=f"{RESULTS}/tunnel_length/rank_per_layer.csv",
+        pdf=PATHS.path("tunnel_length", file="rank_per_layer", ext="pdf"),
+        table=PATHS.path("tunnel_length", file="rank_per_layer", ext="csv"),
     log:
-        f"{RESULTS}/logs/rank_per_layer_figure.log",
+        PATHS.log("rank_per_layer_figure"),
     conda:
         ENV
     params:
         settings=lambda wc: STUDY.tunnel_length_params(),
-        caption=item_caption("tunnel_length/rank_per_layer.png"),
+        caption=lambda wc, output: item_caption(under_results(output.png)),
     script:
         "../scripts/rank_per_layer_figure.py"
 

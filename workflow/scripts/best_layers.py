@@ -12,8 +12,9 @@ from tunnelscope.metrics.health import training_health
 from tunnelscope.probe.predictions import read_predictions
 
 with job_logging(snakemake.log[0]) as log:
-    probes = pd.concat([read_table(p) for p in snakemake.input.probes], ignore_index=True)
-    predictions = {e: p for (_, e), p in read_predictions(snakemake.input.predictions).items()}
+    tables = [read_table(p) for p in snakemake.input.probes]
+    probes = pd.concat(tables, ignore_index=True)
+    predictions = {e: p for (_, e), p in read_predictions(snakemake.input.predictions, tables).items()}
     with open(snakemake.input.info) as fh:
         info = json.load(fh)
     table = best_layers(probes, predictions, info, snakemake.params.settings)

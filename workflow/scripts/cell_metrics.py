@@ -17,10 +17,11 @@ from tunnelscope.protocols.solver_comparison import solver_metrics
 BY_SOLVER = snakemake.rule == "solver_metrics"
 
 with job_logging(snakemake.log[0]) as log:
-    probes = pd.concat([read_table(p) for p in snakemake.input.probes], ignore_index=True)
+    tables = [read_table(p) for p in snakemake.input.probes]
+    probes = pd.concat(tables, ignore_index=True)
     with open(snakemake.input.info) as fh:
         info = json.load(fh)
-    predictions = read_predictions(snakemake.input.predictions)
+    predictions = read_predictions(snakemake.input.predictions, tables)
     if BY_SOLVER:
         table = solver_metrics(probes, info, snakemake.params.settings, predictions)
     else:

@@ -85,7 +85,7 @@ def paper_analysis() -> dict:
     copy equal to config/paper.yaml's."""
     import yaml
 
-    from tunnelscope.study.config import load_schema, section_settings
+    from tunnelscope.study.schema import load_schema, section_settings
 
     text = resources.files("tunnelscope").joinpath(PAPER_ANALYSIS).read_text()
     return section_settings(load_schema(), "analysis", yaml.safe_load(text)["analysis"])

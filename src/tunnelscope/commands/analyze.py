@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from tunnelscope.commands.study_file import read_study
-from tunnelscope.study.config import SCHEMA_PATH
+from tunnelscope.study.schema import SCHEMA_PATH
 
 HELP = "SHAP slopes, paired comparisons and level means of a (backbone x OOD set) table"
 DESCRIPTION = (

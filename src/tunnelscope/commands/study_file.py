@@ -6,7 +6,8 @@ import sys
 
 import yaml
 
-from tunnelscope.study.config import ConfigError, Study, load_schema
+from tunnelscope.study.config import Study
+from tunnelscope.study.schema import ConfigError, load_schema
 
 
 def read_study(path: str, schema: str) -> tuple[Study | None, int]:

@@ -8,7 +8,8 @@ import sys
 
 from tunnelscope.commands.study_file import read_study
 from tunnelscope.registry import parse_python_arch
-from tunnelscope.study.config import SCHEMA_PATH, Study
+from tunnelscope.study.config import Study
+from tunnelscope.study.schema import SCHEMA_PATH
 
 HELP = "check a study config; list its cells with their budget estimate"
 DESCRIPTION = (
@@ -59,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     """Everything that would stop the run is an error (exit 1) before "valid" is printed; data
     that may still arrive, and settings that differ from a model's own, are warnings."""
-    from tunnelscope import budget
+    from tunnelscope import budget, preflight
 
     study, code = read_study(args.config, args.schema)
     if study is None:
@@ -78,13 +79,13 @@ def run(args) -> int:
         return 1
     n_eval = sum(len(study.eval_sets(c)) for c in study.cells)
     print(f"{args.config}: valid; {len(study.cells)} cells, {n_eval} probe jobs")
-    lines, warnings = budget.preprocessing_report(study) if study.pretrained else ([], [])
+    lines, warnings = preflight.preprocessing_report(study) if study.pretrained else ([], [])
     warnings = [
-        *budget.data_warnings(study, sizes),
-        *budget.training_overlap_warnings(study),
-        *budget.weights_warnings(study),
+        *preflight.data_warnings(study, sizes),
+        *preflight.training_overlap_warnings(study),
+        *preflight.weights_warnings(study),
         *warnings,
-        *budget.patch_warnings(study, budgets),
+        *preflight.patch_warnings(study, budgets),
     ]
     for line in warnings:
         print(f"warning: {line}")
@@ -109,7 +110,7 @@ def _check_own_models(study: Study) -> str | None:
     """What the config cannot say without torch: every python: model builds, and every list of
     probe points names modules of its model that a forward pass runs, in that order. The first
     problem, in one line, or None."""
-    from tunnelscope.study.config import known_classes
+    from tunnelscope.study.checks import known_classes
 
     checked = set()
     for cid, cell in study.cells.items():

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from tunnelscope.commands.study_file import read_study
-from tunnelscope.study.config import SCHEMA_PATH
+from tunnelscope.study.schema import SCHEMA_PATH
 
 REPO = Path(__file__).resolve().parents[3]
 

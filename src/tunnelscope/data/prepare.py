@@ -32,7 +32,7 @@ from tunnelscope.data.store import (
     write_store,
 )
 from tunnelscope.registry import DEFAULT_TRANSFORM
-from tunnelscope.study.config import dataset_defaults
+from tunnelscope.study.schema import dataset_defaults
 
 log = logging.getLogger("tunnelscope.datasets")
 

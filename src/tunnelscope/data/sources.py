@@ -24,7 +24,7 @@ import numpy as np
 
 from tunnelscope.data.splits import SPLITS, stratified_split
 from tunnelscope.data.store import DatasetError
-from tunnelscope.study.config import dataset_defaults
+from tunnelscope.study.schema import dataset_defaults
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif"}
 

@@ -3,6 +3,10 @@
 Kept free of heavy imports: the workflow reads it while the DAG is built.
 """
 
+import re
+
+from tunnelscope.study.paths import relative
+
 # name -> (the paper's table it is laid out like, caption)
 TABLES = {
     "id_accuracy": (
@@ -146,41 +150,41 @@ def figure_caption(name: str, confidence: float = 0.95) -> str:
 
 
 # The report's other items, also on the static page (html_page's ``more``): the file's path
-# relative to the results directory, with a cell's directory written CELL -> caption. Their
-# report caption files render the same text from their rules' params.
+# relative to the results directory (study.paths; a cell's as its template, {cell} unfilled) ->
+# caption. Their report caption files render the same text from their rules' params.
 ITEMS = {
-    "cells/CELL/figure.png": (
+    relative("cell_figure", ext="png"): (
         "Cell {cell}. Left: linear-probe test accuracy per probed layer on each eval set, shaded with its {confidence} "
         "Wilson interval over the test images (1 - metrics.alpha); dotted lines: each set's chance level (1 / classes); "
         "the layer axis names each layer's module where the names fit. Right: the same curves normalised by their "
         "maxima, OOD mean ±1 SD, star at the OOD peak."
     ),
-    "cells/CELL/tsne.png": (
+    relative("tsne_figure", ext="png"): (
         "t-SNE of one backbone's ID test embeddings at every probed layer (Harun et al., Fig. 4), beside the numerical "
         "rank of the ID representation per layer (layer_stats). The same seeded choice of tsne.classes classes and "
         "tsne.per_class test images per class is shown at every layer; scikit-learn TSNE, PCA initialisation, seeded. "
         "Where the tunnel compresses representations, classes form tight clusters in its layers while the rank falls."
     ),
-    "paper/zero_shot.png": (
+    relative("paper_figure", figure="zero_shot", ext="png"): (
         "Two protocols on a shifted copy of the ID set (a source: corrupted OOD set whose of is the ID set). Zero-shot: "
         "the probes trained on the clean ID set, scored on the shifted copy of the ID test split; the layer is chosen on "
         "a small seeded validation part of it (zero_shot.val_fraction) and scored on the rest. The paper's protocol: a "
         "probe trained on the shifted set's own training split, scored on the same rest. Dashed: the ID probes on the "
         "clean ID test split."
     ),
-    "paper/solvers.png": (
+    relative("paper_figure", figure="solvers", ext="png"): (
         "Tunnel metrics (% OOD retained, Pearson correlation of the ID and OOD curves, ID/OOD alignment, tunnel start) of "
         "every backbone and OOD set under each solver of probe.solver against the first, on the same embeddings. Points "
         "on the diagonal: the protocols agree."
     ),
-    "continual/tunnel_curves.png": (
+    relative("continual_curves", ext="png"): (
         "The ID linear-probe curves the continual-learning tunnel is located on, one panel per run: the network after "
         "task 1 (E1+T1) probed on task 1 and the network after task 2 (E2+T2) probed on task 2, test accuracy (%) per "
         "probed layer. Dotted lines: the threshold (continual.tunnel_threshold, default 95%) times each curve's last "
         "layer; the tunnel starts at the first layer at or above it on the curve continual.tunnel_curve names. Shaded: "
         "the tunnel used for the swaps, through the last probed layer (the extractor is everything before it)."
     ),
-    "tunnel_length/tunnel_length.png": (
+    relative("tunnel_length", file="tunnel_length", ext="png"): (
         "Tunnel length of the MLP cells by Masarczyk et al.'s ID rule: the tunnel starts at the first probed layer whose "
         "ID linear-probe test accuracy reaches the tunnel_length.threshold fraction (0.95) of the last layer's, and runs "
         "to the last probed layer. Left two columns: its length in layers and as a fraction of the probed (hidden) "
@@ -188,23 +192,25 @@ ITEMS = {
         "depth. Points are means over seeds, shaded bands the Student-t interval of that mean; tunnel_length.csv holds "
         "the plotted values and tunnel_length_cells.csv one row per cell."
     ),
-    "tunnel_length/rank_per_layer.png": (
+    relative("tunnel_length", file="rank_per_layer", ext="png"): (
         "Numerical rank (singular values of the feature covariance above layer_stats.rank_tol times the largest) of each "
         "MLP hidden layer's ID test embeddings, one panel per depth and one line per width: mean over seeds with the "
         "Student-t interval of that mean shaded. The dashed line is the number of ID classes, to which Masarczyk et al. "
         "report the rank collapsing inside the tunnel; dotted lines mark each width's mean ID-rule tunnel start. "
         "rank_per_layer.csv holds the plotted values."
     ),
-    "aggregate/cells.csv": (
+    relative("aggregate", table="cells", ext="csv"): (
         "Every cell's backbone facts and training health. trained is false where the backbone's ID test accuracy stays "
         "below chance + {chance_margin} of the way from chance to perfect{loss}; untrained_reason says which. Such cells "
         "are left out of the study-level analysis, the summary tables and figures unless analysis.include_untrained is "
         "true; published backbones count as trained."
     ),
 }
-ITEMS["paper/tables/zero_shot.csv"] = ITEMS["paper/zero_shot.png"]
-ITEMS["paper/tables/solvers.csv"] = ITEMS["paper/solvers.png"]
-ITEMS["paper/tables/continual.csv"] = (
+for _protocol in ("zero_shot", "solvers"):  # a protocol's table shares its figure's caption
+    ITEMS[relative("paper_table", table=_protocol, ext="csv")] = ITEMS[
+        relative("paper_figure", figure=_protocol, ext="png")
+    ]
+ITEMS[relative("paper_table", table="continual", ext="csv")] = (
     f"{CONTINUAL_TABLE[1]} Laid out like the paper's {CONTINUAL_TABLE[0]}. Every score, with the classifier's "
     "accuracy beside the probe's and each run's tunnel, in continual/scores.csv; LaTeX beside it: "
     "paper/tables/continual.tex."
@@ -212,18 +218,24 @@ ITEMS["paper/tables/continual.csv"] = (
 HEALTH_LOSS = ", or its train loss was not finite, ended above its first epoch's or never fell below it"
 
 
-def item_key(relative: str) -> str:
-    """An item's key in ITEMS: its path under the results directory, a cell's directory as CELL."""
-    parts = relative.split("/")
-    return "/".join(["cells", "CELL", *parts[2:]]) if parts[0] == "cells" else relative
+# each ITEMS key as a pattern: its {cell} matches one cell's directory
+_ITEM_PATTERNS = {key: re.compile(re.escape(key).replace(r"\{cell\}", "(?P<cell>[^/]+)")) for key in ITEMS}
 
 
-def item_caption(relative: str, confidence: float = 0.95, health: dict | None = None) -> str:
-    """The caption of a report item (ITEMS) at its path under the results directory;
+def item_match(path: str) -> tuple[str, str]:
+    """(ITEMS key, cell or "") of a report item at ``path`` under the results directory."""
+    for key, pattern in _ITEM_PATTERNS.items():
+        if found := pattern.fullmatch(path):
+            return key, found.groupdict().get("cell", "")
+    raise KeyError(f"{path}: not a report item of captions.ITEMS")
+
+
+def item_caption(path: str, confidence: float = 0.95, health: dict | None = None) -> str:
+    """The caption of a report item (ITEMS) at ``path`` under the results directory;
     ``health``: the study's metrics.health settings (the cells table's caption states them)."""
     health = health or {"chance_margin": 0.15, "loss": True}
-    cell = relative.split("/")[1] if relative.startswith("cells/") else ""
-    return ITEMS[item_key(relative)].format(
+    key, cell = item_match(path)
+    return ITEMS[key].format(
         cell=cell,
         confidence=f"{confidence:.0%}",
         chance_margin=health["chance_margin"],

@@ -8,8 +8,6 @@ layers on the same images from it.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
@@ -34,15 +32,14 @@ def correct(predictions: pd.DataFrame, layers) -> np.ndarray:
     return np.stack([predictions[layer_column(layer)].to_numpy() == labels for layer in layers], axis=1)
 
 
-SUFFIX = ".predictions.parquet"
-
-
-def read_predictions(paths) -> dict[tuple[str, str], pd.DataFrame]:
-    """Predictions tables by (solver, eval set), from their paths
-    (``.../probes/{solver}/{eval_set}.predictions.parquet``)."""
+def read_predictions(paths, probe_tables: list[pd.DataFrame]) -> dict[tuple[str, str], pd.DataFrame]:
+    """Predictions tables by (solver, eval set): each path beside its probe job's table, the two
+    lists in the same order (as the rules list them), the keys from the probe table's columns."""
+    if len(paths) != len(probe_tables):
+        raise ValueError(f"{len(paths)} predictions tables for {len(probe_tables)} probe tables")
     tables = {}
-    for path in map(Path, paths):
-        if not path.name.endswith(SUFFIX):
-            raise ValueError(f"{path}: not a predictions table (*{SUFFIX})")
-        tables[path.parent.name, path.name.removesuffix(SUFFIX)] = read_table(path)
+    for path, probes in zip(paths, probe_tables):
+        if probes.empty:
+            raise ValueError(f"{path}: its probe table has no rows to say whose predictions these are")
+        tables[probes.solver.iloc[0], probes.eval_set.iloc[0]] = read_table(path)
     return tables

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from tunnelscope.study.config import load_schema
+from tunnelscope.study.schema import load_schema
 
 HEADER = """# Config reference
 
