@@ -10,7 +10,6 @@ else from the reference machine (REFERENCE_RATES)."""
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import statistics
 from dataclasses import dataclass, field
@@ -154,9 +153,6 @@ def _sizes(spec: dict) -> tuple[dict[str, int], int, bool] | None:
         return None
 
 
-@dataclass(frozen=True)
-@functools.cache
-@functools.cache
 def dataset_sizes(study: Study) -> dict[str, tuple[dict[str, int], int, bool] | None]:
     """``split_sizes`` of every set a cell or continual run reads; None where neither files nor a
     published size exist."""

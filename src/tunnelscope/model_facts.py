@@ -6,8 +6,10 @@ the shipped presets (``python -m tunnelscope.budget`` regenerates it, budgeting 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -20,6 +22,7 @@ def _patch_grid(model, resolution: int) -> int | None:
     return resolution // (patch[0] if isinstance(patch, (tuple, list)) else int(patch))
 
 
+@dataclass(frozen=True)
 class ModelFacts:
     """What the budget needs of one model setting: forward FLOPs of one image, the pooled dim of
     every probe point per pooling, the parameter count and the patch grid (None: no patches)."""
@@ -76,6 +79,7 @@ def costs_fingerprint() -> str:
     return digest.hexdigest()
 
 
+@functools.cache
 def _shipped_facts() -> dict[str, dict]:
     """The shipped table's entries, or none where its fingerprint is not this installation's."""
     try:
@@ -125,6 +129,7 @@ def model_facts(
     return facts
 
 
+@functools.cache
 def _measure_facts(arch, classes, width, resolution, enumeration, poolings, side, kwargs_json, pretrained_json):
     """ModelFacts from one model build and one forward pass (on PyTorch's meta device where every
     operation has a meta kernel: shapes only, no weights initialised or multiplied)."""
