@@ -126,3 +126,24 @@ def test_the_dag_code_imports_no_heavy_stack():
             assert not {n.split(".")[0] for n in names} & heavy, (
                 f"{module} (read by the DAG) imports {names} at the top"
             )
+
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 450, 80
+
+
+def test_modules_and_functions_stay_short():
+    """No module over 450 lines; no function over 80, unless the comment line right above its
+    def starts with "# long:" and says why."""
+    long = []
+    for path in sorted(SRC.rglob("*.py")):
+        lines = path.read_text().splitlines()
+        if len(lines) > MAX_MODULE_LINES:
+            long.append(f"{path.relative_to(REPO)}: {len(lines)} lines")
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                size = node.end_lineno - node.lineno + 1
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                said = first >= 2 and lines[first - 2].strip().startswith("# long:")
+                if size > MAX_FUNCTION_LINES and not said:
+                    long.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.name} is {size} lines")
+    assert not long, "split these (or say why above the def, # long: ...):\n" + "\n".join(long)
