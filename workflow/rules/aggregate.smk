@@ -41,7 +41,7 @@ rule aggregate_cells:
         ENV
     params:
         health=lambda wc: STUDY.health_params(),
-        caption=lambda wc, output: item_caption(under_results(output.csv), health=STUDY.health_params()),
+        caption=lambda wc: item_caption(relative("aggregate", table="cells", ext="csv"), health=STUDY.health_params()),
     script:
         "../scripts/aggregate.py"
 

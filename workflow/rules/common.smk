@@ -11,6 +11,7 @@ from tunnelscope.gpuhost import gpus_present
 from tunnelscope.integrity import REBUILD_ENV, rebuild_base
 from tunnelscope.registry import COMPOSED, SOLVERS, TRAINED, TRANSFORM_TAG, network_slug
 from tunnelscope.study import manifest
+from tunnelscope.study.paths import relative
 from tunnelscope.study.config import Study
 from tunnelscope.study.schema import ConfigError, load_schema
 
@@ -152,14 +153,9 @@ def page_items():
     return items
 
 
-def under_results(path):
-    """A file's path under the results directory: how captions.ITEMS knows it."""
-    return os.path.relpath(path, RESULTS)
-
-
 def page_captions():
     """(title, caption) of each page_items() file: its path under RESULTS, its captions.ITEMS text."""
-    names = [under_results(path) for path in page_items()]
+    names = [os.path.relpath(path, RESULTS) for path in page_items()]
     confidence = 1 - STUDY.config["metrics"]["alpha"]
     return [(n.rsplit(".", 1)[0], item_caption(n, confidence, STUDY.health_params())) for n in names]
 

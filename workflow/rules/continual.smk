@@ -144,8 +144,8 @@ rule continual_table:
         settings=lambda wc: STUDY.continual_table_params(),
         seeds=lambda wc: STUDY.seed_params(),
         caption=f"{CONTINUAL_TABLE[1]} Laid out like the paper's {CONTINUAL_TABLE[0]}.",
-        report_caption=lambda wc, output: item_caption(under_results(output.csv)),
-        curves_caption=lambda wc, output: item_caption(under_results(output.png)),
+        report_caption=item_caption(relative("paper_table", table="continual", ext="csv")),
+        curves_caption=item_caption(relative("continual_curves", ext="png")),
     script:
         "../scripts/continual_table.py"
 

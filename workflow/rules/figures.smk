@@ -20,7 +20,9 @@ rule cell_figure:
     params:
         title=lambda wc: wc.cell,
         confidence=lambda wc: 1 - STUDY.config["metrics"]["alpha"],
-        caption=lambda wc, output: item_caption(under_results(output.png), 1 - STUDY.config["metrics"]["alpha"]),
+        caption=lambda wc: item_caption(
+            relative("cell_figure", cell=wc.cell, ext="png"), 1 - STUDY.config["metrics"]["alpha"]
+        ),
     script:
         "../scripts/cell_figure.py"
 
@@ -82,7 +84,7 @@ rule tsne_figure:
         ENV
     params:
         title=lambda wc: wc.cell,
-        caption=lambda wc, output: item_caption(under_results(output.png)),
+        caption=lambda wc: item_caption(relative("tsne_figure", cell=wc.cell, ext="png")),
     script:
         "../scripts/tsne_figure.py"
 

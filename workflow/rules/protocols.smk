@@ -51,7 +51,7 @@ rule zero_shot_table:
         ENV
     params:
         seeds=lambda wc: STUDY.seed_params(),
-        caption=lambda wc, output: item_caption(under_results(output.png)),
+        caption=item_caption(relative("paper_figure", figure="zero_shot", ext="png")),
     script:
         "../scripts/zero_shot_table.py"
 
@@ -107,6 +107,6 @@ rule solver_table:
     params:
         reference=lambda wc: STUDY.solvers(multi_solver_cells()[0])[0],
         seeds=lambda wc: STUDY.seed_params(),
-        caption=lambda wc, output: item_caption(under_results(output.png)),
+        caption=item_caption(relative("paper_figure", figure="solvers", ext="png")),
     script:
         "../scripts/solver_table.py"

@@ -23,7 +23,7 @@ rule tunnel_length_figure:
         ENV
     params:
         settings=lambda wc: STUDY.tunnel_length_params(),
-        caption=lambda wc, output: item_caption(under_results(output.png)),
+        caption=item_caption(relative("tunnel_length", file="tunnel_length", ext="png")),
     script:
         "../scripts/tunnel_length_figure.py"
 
@@ -47,7 +47,7 @@ rule rank_per_layer_figure:
         ENV
     params:
         settings=lambda wc: STUDY.tunnel_length_params(),
-        caption=lambda wc, output: item_caption(under_results(output.png)),
+        caption=item_caption(relative("tunnel_length", file="rank_per_layer", ext="png")),
     script:
         "../scripts/rank_per_layer_figure.py"
 
