@@ -122,7 +122,7 @@ def layer_stats(layers: dict[int, np.ndarray], labels: np.ndarray, rank_tol: flo
     return rows
 
 
-def embed_dir_stats(embed_dir: str, params: dict) -> pd.DataFrame:
+def embed_dir_stats(embed_dir: str, settings: dict) -> pd.DataFrame:
     """Layer statistics of one cell from its ID embeddings (one split, seeded subsample)."""
     from tunnelscope.features.store import layer_files, read_embeddings
 
@@ -131,16 +131,16 @@ def embed_dir_stats(embed_dir: str, params: dict) -> pd.DataFrame:
     def sample(y, split):  # every layer file holds the same samples in the same order
         nonlocal keep
         if keep is None:
-            rows = np.flatnonzero(split == params["split"])
-            if len(rows) > params["max_samples"]:
-                rng = np.random.default_rng(params["seed"])
-                rows = np.sort(rng.choice(rows, params["max_samples"], replace=False))
+            rows = np.flatnonzero(split == settings["split"])
+            if len(rows) > settings["max_samples"]:
+                rng = np.random.default_rng(settings["seed"])
+                rows = np.sort(rng.choice(rows, settings["max_samples"], replace=False))
             keep = np.zeros(len(y), dtype=bool)
             keep[rows] = True
         return keep
 
-    for path in layer_files(embed_dir, params["pooling"]):
+    for path in layer_files(embed_dir, settings["pooling"]):
         meta, x, labels, _ = read_embeddings(path, select=sample)  # only the sampled rows
         layers[meta["layer"]] = x
-    front = {k: params[k] for k in CELL_VARIABLES}
-    return pd.DataFrame([{**front, **row} for row in layer_stats(layers, labels, params["rank_tol"])])
+    front = {k: settings[k] for k in CELL_VARIABLES}
+    return pd.DataFrame([{**front, **row} for row in layer_stats(layers, labels, settings["rank_tol"])])

@@ -48,23 +48,23 @@ def embed_2d(x: np.ndarray, perplexity: float, seed: int, max_iter: int) -> np.n
     return tsne.fit_transform(np.asarray(x, dtype=np.float64)).astype(np.float32)
 
 
-def tsne_layers(embed_dir: str | Path, params: dict) -> pd.DataFrame:
+def tsne_layers(embed_dir: str | Path, settings: dict) -> pd.DataFrame:
     """One row per (layer, shown image): layer, layer_name, row (its index in the layer file's
     shown rows), label, class_name (the dataset's name of the class, else "class N"), x, y."""
-    files = layer_files(embed_dir, params["pooling"])
+    files = layer_files(embed_dir, settings["pooling"])
     keep = None
 
     def shown(labels, splits):  # every layer file holds the same samples in the same order
         nonlocal keep
         if keep is None:
-            keep = choose_rows(labels, splits, params["classes"], params["per_class"], params["tsne_seed"])
+            keep = choose_rows(labels, splits, settings["classes"], settings["per_class"], settings["tsne_seed"])
         return keep
 
-    front = {k: params[k] for k in CELL_VARIABLES}
+    front = {k: settings[k] for k in CELL_VARIABLES}
     parts = []
     for path in files:
         meta, x, labels, _ = read_embeddings(path, select=shown)
-        xy = embed_2d(x, params["perplexity"], params["tsne_seed"], params["max_iter"])
+        xy = embed_2d(x, settings["perplexity"], settings["tsne_seed"], settings["max_iter"])
         names = meta.get("class_names")
         parts.append(
             pd.DataFrame(

@@ -134,10 +134,10 @@ CELL_FACTS = (*CELL_VARIABLES, *BACKBONE_FACTS)
 
 
 def cell_metrics(
-    probes: pd.DataFrame, cell_info: dict, params: dict, predictions: dict[str, pd.DataFrame] | None = None
+    probes: pd.DataFrame, cell_info: dict, settings: dict, predictions: dict[str, pd.DataFrame] | None = None
 ) -> pd.DataFrame:
     """One row per OOD set of one cell, from its probe table (all eval sets, all layers), in the
-    order of ``params['ood_sets']`` (``ood_index`` 1.. is that position); ``params`` also holds
+    order of ``settings['ood_sets']`` (``ood_index`` 1.. is that position); ``settings`` also holds
     id_start_thresholds, alignment_layer, alignment_id, tunnel_rule and alpha (metrics
     settings). ``predictions`` (by eval set, probe/predictions.py) give ``last_vs_best_p``, the
     McNemar p of the last layer against the best, and are needed by the ``significant`` rule.
@@ -149,7 +149,7 @@ def cell_metrics(
     id_curve = np.where(failed_layers(id_rows), np.nan, id_rows.test_acc.to_numpy())
     id_classes = int(id_rows.n_classes.iloc[0])
     id_accuracy = None
-    if params["alignment_id"] == "backbone":
+    if settings["alignment_id"] == "backbone":
         id_accuracy = cell_info.get("test_acc")
         if id_accuracy is None:
             raise ValueError(
@@ -157,7 +157,7 @@ def cell_metrics(
             )
     ood_rows = {name: group for name, group in probes[probes.role == "ood"].groupby("eval_set")}
     rows = []
-    for index, eval_set in enumerate(params["ood_sets"], start=1):
+    for index, eval_set in enumerate(settings["ood_sets"], start=1):
         ood = ood_rows.get(eval_set)
         if ood is None:
             raise ValueError(f"OOD set {eval_set}: no probe rows")
@@ -168,26 +168,26 @@ def cell_metrics(
         below, p = (
             (None, float("nan"))  # no last layer to test: the tunnel is undecided
             if ood_failed[-1]
-            else _last_below_best(ood[~ood_failed], (predictions or {}).get(eval_set), params, eval_set)
+            else _last_below_best(ood[~ood_failed], (predictions or {}).get(eval_set), settings, eval_set)
         )
         failed = ood.layer.to_numpy()[ood_failed | np.isnan(id_curve)]
         row = {
             "ood_set": eval_set,
             "ood_index": index,
             **tunnel_metrics(
-                id_curve, curve, id_classes, int(ood.n_classes.iloc[0]), params["alignment_layer"], id_accuracy, below
+                id_curve, curve, id_classes, int(ood.n_classes.iloc[0]), settings["alignment_layer"], id_accuracy, below
             ),
             "last_vs_best_p": p,
             "n_failed_layers": len(failed),
             "failed_layers": ",".join(str(int(layer)) for layer in failed),
         }
-        for thr in params["id_start_thresholds"]:
+        for thr in settings["id_start_thresholds"]:
             start = id_tunnel_start(id_curve, thr) if np.isfinite(id_curve[-1]) else math.nan
             row[f"id_start_{round(thr * 100)}"] = start
             row[f"id_tunnel_length_{round(thr * 100)}"] = len(id_curve) - start
         rows.append(row)
     table = pd.DataFrame(rows)
-    table["tunnel_rule"] = params["tunnel_rule"]
+    table["tunnel_rule"] = settings["tunnel_rule"]
     table["strength"] = strength(table.ood_retained.mean()) if len(table) else None
     for key in CELL_FACTS:
         table[key] = cell_info.get(key)
@@ -203,12 +203,12 @@ def failed_layers(probe_rows: pd.DataFrame) -> np.ndarray:
     return probe_rows.test_acc.isna().to_numpy()
 
 
-def _last_below_best(ood: pd.DataFrame, predictions: pd.DataFrame | None, params: dict, eval_set: str):
+def _last_below_best(ood: pd.DataFrame, predictions: pd.DataFrame | None, settings: dict, eval_set: str):
     """(the ``significant`` rule's verdict, or None under the ``paper`` rule; McNemar p of the
     last layer against the best, NaN without predictions)."""
     if predictions is None:
-        if params["tunnel_rule"] == "significant":
+        if settings["tunnel_rule"] == "significant":
             raise ValueError(f"metrics.tunnel_rule significant: OOD set {eval_set} has no predictions table")
         return None, float("nan")
-    below, p = last_significantly_below_best(correct(predictions, ood.layer.to_numpy()), params["alpha"])
-    return (below if params["tunnel_rule"] == "significant" else None), p
+    below, p = last_significantly_below_best(correct(predictions, ood.layer.to_numpy()), settings["alpha"])
+    return (below if settings["tunnel_rule"] == "significant" else None), p

@@ -273,7 +273,7 @@ def _unstandardise(w: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
     return torch.cat([raw, (w[-1] - mean @ raw)[None]])
 
 
-def fit_lbfgs_probe(x_train, y_train, x_test, y_test, n_classes: int, params: dict, device="cpu") -> dict:
+def fit_lbfgs_probe(x_train, y_train, x_test, y_test, n_classes: int, settings: dict, device="cpu") -> dict:
     """Choose the L2 strength on a validation split, refit on all training data, score test.
 
     ``val_acc`` is the validation accuracy of the chosen L2 (fitted on the rest of the training
@@ -289,13 +289,13 @@ def fit_lbfgs_probe(x_train, y_train, x_test, y_test, n_classes: int, params: di
     (probe/failure.py): ``converged`` false, ``failure`` the reason, NaN accuracies."""
     x_raw = torch.as_tensor(x_train, dtype=torch.float32, device=device)  # left as is by prepare_features
     ytr = torch.as_tensor(y_train, dtype=torch.long, device=device)
-    precision = matmul_precision(params["precision"], device)
+    precision = matmul_precision(settings["precision"], device)
     notes: list[str] = []
-    xtr, mean, std, basis = prepare_features(x_raw, params["standardize"], _MATMUL_DTYPE[precision], notes)
+    xtr, mean, std, basis = prepare_features(x_raw, settings["standardize"], _MATMUL_DTYPE[precision], notes)
     facts = {"precision": precision, "device_type": x_raw.device.type}
     for attempt in [basis, None] if basis is not None else [None]:
         try:
-            l2, val_acc, w, n_iter, converged = _select_and_refit(xtr, ytr, y_train, n_classes, params, attempt)
+            l2, val_acc, w, n_iter, converged = _select_and_refit(xtr, ytr, y_train, n_classes, settings, attempt)
             w = _unstandardise(w, mean, std)
             if not all_finite(w):
                 raise ProbeFailure(f"{nonfinite_count(w)} weights not finite")
@@ -324,20 +324,22 @@ def fit_lbfgs_probe(x_train, y_train, x_test, y_test, n_classes: int, params: di
     }
 
 
-def _select_and_refit(xtr, ytr, y_train, n_classes: int, params: dict, basis):
+def _select_and_refit(xtr, ytr, y_train, n_classes: int, settings: dict, basis):
     """(chosen l2, its validation accuracy, weights refitted on all training rows, iterations,
     converged): the grid walked from strong to weak L2, each fit warm-starting the next."""
-    fit_idx, val_idx = stratified_split(np.asarray(y_train), params["val_fraction"], params["probe_seed"], stream=2718)
+    fit_idx, val_idx = stratified_split(
+        np.asarray(y_train), settings["val_fraction"], settings["probe_seed"], stream=2718
+    )
     fit_idx, val_idx = torch.as_tensor(fit_idx, device=xtr.device), torch.as_tensor(val_idx, device=xtr.device)
     x_fit, y_fit, x_val, y_val = xtr[fit_idx], ytr[fit_idx], xtr[val_idx].float(), ytr[val_idx]
     best, w = None, None
-    for l2 in sorted(params["l2_grid"], reverse=True):
-        w, _, _ = fit_softmax(x_fit, y_fit, n_classes, l2, w, params["select_max_iter"], params["tol"], basis)
+    for l2 in sorted(settings["l2_grid"], reverse=True):
+        w, _, _ = fit_softmax(x_fit, y_fit, n_classes, l2, w, settings["select_max_iter"], settings["tol"], basis)
         acc = _accuracy(w, x_val, y_val)
         if best is None or acc > best[1]:
             best = (l2, acc, w)
     l2, val_acc, w0 = best
-    w, n_iter, converged = fit_softmax(xtr, ytr, n_classes, l2, w0, params["max_iter"], params["tol"], basis)
+    w, n_iter, converged = fit_softmax(xtr, ytr, n_classes, l2, w0, settings["max_iter"], settings["tol"], basis)
     return l2, val_acc, w, n_iter, converged
 
 
