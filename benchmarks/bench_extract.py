@@ -19,10 +19,10 @@ from tunnelscope.data.store import write_arrays
 from tunnelscope.data.transforms import to_input
 from tunnelscope.features.embed import embed_eval_set
 from tunnelscope.models.build import build_model, probe_points
+from tunnelscope.models.checkpoints import save_backbone
 from tunnelscope.registry import IMAGENET_MEAN, IMAGENET_STD
 from tunnelscope.runtime import autocast
 from tunnelscope.study.config import load_schema, section_defaults
-from tunnelscope.training.checkpoints import save_backbone
 
 
 def main():

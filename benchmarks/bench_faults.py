@@ -265,7 +265,7 @@ def smoke(root: Path) -> list[str]:
     from tunnelscope.integrity import DamageError
     from tunnelscope.io import read_csv, read_table, write_csv, write_table
     from tunnelscope.models.build import build_model
-    from tunnelscope.training.checkpoints import load_backbone, save_backbone
+    from tunnelscope.models.checkpoints import load_backbone, save_backbone
 
     rng = np.random.default_rng(0)
 
@@ -330,8 +330,8 @@ def cost(root: Path, store_mb: float) -> list[str]:
     from tunnelscope.data.store import Store, write_arrays
     from tunnelscope.features.embed import embed_eval_set
     from tunnelscope.models.build import build_model
+    from tunnelscope.models.checkpoints import save_backbone
     from tunnelscope.study.config import Study, load_schema
-    from tunnelscope.training.checkpoints import save_backbone
 
     config = study_config()
     config["grid"]["resolution"] = [224]

@@ -24,7 +24,7 @@ from tunnelscope.data.store import Store, write_arrays
 from tunnelscope.features.store import read_embeddings, write_checksums, write_embeddings
 from tunnelscope.integrity import REBUILD_ENV, DamageError, rebuild_command
 from tunnelscope.io import read_table, write_table
-from tunnelscope.training.checkpoints import load_backbone, save_backbone
+from tunnelscope.models.checkpoints import load_backbone, save_backbone
 
 BASE = "snakemake --cores 2 --configfile /study/tiny.yaml"
 
@@ -323,7 +323,7 @@ def test_a_checkpoint_is_the_same_bytes_in_every_process(tmp_path):
     a second key, two runs' checkpoints differed in their bytes (seen in gpu_check's two runs)."""
     script = (
         "import sys, torch; sys.path.insert(0, 'tests'); from test_integrity import tiny_model, META; "
-        "from tunnelscope.training.checkpoints import save_backbone; torch.manual_seed(0); "
+        "from tunnelscope.models.checkpoints import save_backbone; torch.manual_seed(0); "
         "save_backbone(tiny_model(), sys.argv[1], META)"
     )
     paths = [tmp_path / f"{k}.safetensors" for k in range(4)]

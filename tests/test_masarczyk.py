@@ -32,7 +32,7 @@ from tunnelscope.models.capture import layer_shapes
 from tunnelscope.models.mlp import MLP
 from tunnelscope.registry import ARCHS, arch_facts
 from tunnelscope.study.config import ConfigError, Study
-from tunnelscope.training.checkpoints import paper_parameter_count
+from tunnelscope.training.backbones import paper_parameter_count
 
 MLP_STUDY = {
     "results": "out",

@@ -343,7 +343,7 @@ def test_an_own_model_runs_through_the_workflow_with_named_probe_points(tmp_path
 def test_a_grid_cell_trains_an_own_model_and_its_checkpoint_rebuilds_it(mynet):
     from test_reliability import PARAMS, TRAINING, toy_store
 
-    from tunnelscope.training.checkpoints import load_backbone
+    from tunnelscope.models.checkpoints import load_backbone
     from tunnelscope.training.loop import pretrain
 
     model = {"width": 1.0, "kwargs": {"channels": 4}, "probe_points": POINTS, "source_sha256": "x"}

@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 
 from tunnelscope import io
 from tunnelscope.data.store import write_arrays
+from tunnelscope.models.checkpoints import load_backbone
 from tunnelscope.registry import IMAGENET_MEAN, IMAGENET_STD
 from tunnelscope.study.config import load_schema, section_defaults
-from tunnelscope.training.checkpoints import load_backbone
 from tunnelscope.training.loop import pretrain
 
 TRAINING = {

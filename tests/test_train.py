@@ -10,7 +10,7 @@ from test_reliability import PARAMS, TRAINING, toy_store
 from tunnelscope.data.loader import random_resized_crop_flip, rrc_boxes
 from tunnelscope.data.splits import epoch_order, stratified_split
 from tunnelscope.models.build import build_model, count_parameters
-from tunnelscope.training.checkpoints import paper_parameter_count, paper_params_m
+from tunnelscope.training.backbones import paper_parameter_count, paper_params_m
 from tunnelscope.training.loop import pretrain
 from tunnelscope.training.schedule import lr_schedule
 

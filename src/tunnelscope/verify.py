@@ -80,7 +80,7 @@ def _check_store(root: Path) -> None:
 
 
 def _check_checkpoint(path: Path) -> None:
-    from tunnelscope.training.checkpoints import read_checkpoint
+    from tunnelscope.models.checkpoints import read_checkpoint
 
     read_checkpoint(str(path))
 

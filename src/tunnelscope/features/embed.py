@@ -23,8 +23,8 @@ from tunnelscope.features.store import EmbeddingWriter, layer_path, write_checks
 from tunnelscope.io import atomic_dir, file_sha256
 from tunnelscope.joblog import progress_bar
 from tunnelscope.models.build import probe_points
+from tunnelscope.models.checkpoints import load_backbone
 from tunnelscope.runtime import device_info, job_device, resolve_compute
-from tunnelscope.training.checkpoints import load_backbone
 
 log = logging.getLogger("tunnelscope.embed")
 

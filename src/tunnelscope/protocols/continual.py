@@ -28,11 +28,11 @@ from tunnelscope.features.embed import embed_eval_set
 from tunnelscope.io import read_table, write_json
 from tunnelscope.metrics.tunnel import id_tunnel_start
 from tunnelscope.models.build import probe_points
+from tunnelscope.models.checkpoints import load_backbone, save_backbone
+from tunnelscope.models.evaluation import accuracy
 from tunnelscope.probe.layers import probe_layers
 from tunnelscope.registry import ARCHS, CELL_VARIABLES, TRAINED
 from tunnelscope.runtime import job_device
-from tunnelscope.training.checkpoints import load_backbone, save_backbone
-from tunnelscope.training.loop import accuracy
 
 log = logging.getLogger("tunnelscope.continual")
 

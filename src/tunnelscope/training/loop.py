@@ -23,47 +23,17 @@ from tunnelscope.data.transforms import Normaliser
 from tunnelscope.io import atomic_path, file_sha256, write_csv, write_json
 from tunnelscope.joblog import progress_bar
 from tunnelscope.models.build import build_model, check_forward_order, probe_points
+from tunnelscope.models.checkpoints import read_checkpoint, save_backbone
+from tunnelscope.models.evaluation import accuracy
 from tunnelscope.registry import (
     CELL_VARIABLES,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     cell_id,
 )
 from tunnelscope.runtime import autocast, device_info, job_device, resolve_compute
-from tunnelscope.training.checkpoints import (
-    backbone_info,
-    paper_parameter_count,
-    read_checkpoint,
-    save_backbone,
-)
+from tunnelscope.training.backbones import backbone_info, paper_parameter_count
 from tunnelscope.training.schedule import lr_schedule
 
 log = logging.getLogger("tunnelscope.train")
-
-
-@torch.no_grad()
-def accuracy(
-    model,
-    reader: SplitReader,
-    indices: np.ndarray,
-    labels: torch.Tensor,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
-    batch_size: int = 512,
-    columns: slice = slice(None),
-) -> float:
-    """Top-1 of ``model`` on the eval crops of ``indices`` of a split (``labels`` aligned), the
-    argmax taken over the logits in ``columns`` (a task's classes; labels counted from its first)."""
-    if len(indices) == 0:
-        return float("nan")
-    model.eval()
-    correct, seen = torch.zeros((), dtype=torch.int64, device=labels.device), 0
-    to_model = Normaliser(mean, std)
-    for crops in reader.batches(indices, batch_size):
-        logits = model(to_model(crops.permute(0, 3, 1, 2)))[:, columns]
-        correct += (logits.argmax(1) == labels[seen : seen + len(crops)]).sum()  # counted on the device
-        seen += len(crops)
-    return correct.item() / len(indices)
 
 
 # Steps between reads of an epoch's running loss by the host (a GPU sync each): a non-finite loss
