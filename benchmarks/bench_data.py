@@ -94,12 +94,12 @@ def run_stage(stage: str, work: Path, resolution: int, width: float) -> dict:
         store = prepare("bench", spec, resolution, work / "store", threads=threads)
         extra = {"store_gb": sum(s.nbytes for s in store.splits.values()) / 1e9}
     elif stage == "pretrain":
-        from tunnelscope.data.store import Store
+        from tunnelscope.data.store import ImageStore
         from tunnelscope.training.loop import pretrain
 
         info = pretrain(
             training_params(resolution, width),
-            Store(work / "store"),
+            ImageStore(work / "store"),
             work / "ckpt.safetensors",
             work / "log.csv",
             work / "info.json",
@@ -139,10 +139,10 @@ def throughput(work: Path, resolution: int, images: int) -> tuple[float, float, 
     from torchvision import transforms as T
 
     from tunnelscope.data.loader import SplitReader
-    from tunnelscope.data.store import Store
+    from tunnelscope.data.store import ImageStore
     from tunnelscope.data.transforms import Normaliser
 
-    split = Store(work / "store").splits["train"]
+    split = ImageStore(work / "store").splits["train"]
     order = np.random.default_rng(0).permutation(len(split))[:images]
     gen = torch.Generator().manual_seed(0)
     to_model = Normaliser()

@@ -260,7 +260,7 @@ def smoke(root: Path) -> list[str]:
     import numpy as np
     import pandas as pd
 
-    from tunnelscope.data.store import Store, write_arrays
+    from tunnelscope.data.store import ImageStore, write_arrays
     from tunnelscope.features.store import read_embeddings, write_checksums, write_embeddings
     from tunnelscope.integrity import DamageError
     from tunnelscope.io import read_csv, read_table, write_csv, write_table
@@ -272,7 +272,7 @@ def smoke(root: Path) -> list[str]:
     def store():
         images = rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8)
         s = write_arrays(root / "store", {"train": (images, np.arange(64) % 4)}, 4, 8)
-        return s.root / "train.pixels.npy", lambda: Store(s.root).splits["train"].array()
+        return s.root / "train.pixels.npy", lambda: ImageStore(s.root).splits["train"].array()
 
     def checkpoint():
         path = root / "checkpoint.safetensors"
@@ -327,7 +327,7 @@ def cost(root: Path, store_mb: float) -> list[str]:
     an embed of it that includes the same pass (VGGm-11 at 0.125 width, 224 px, one thread)."""
     import numpy as np
 
-    from tunnelscope.data.store import Store, write_arrays
+    from tunnelscope.data.store import ImageStore, write_arrays
     from tunnelscope.features.embed import embed_eval_set
     from tunnelscope.models.build import build_model
     from tunnelscope.models.checkpoints import save_backbone
@@ -347,7 +347,7 @@ def cost(root: Path, store_mb: float) -> list[str]:
         root / "big", {"train": (images[:half], labels[:half]), "test": (images[half:], labels[half:])}, 4, 224
     )
     del images
-    store = Store(root / "big")
+    store = ImageStore(root / "big")
     start = time.perf_counter()
     store.check()
     check = time.perf_counter() - start

@@ -19,8 +19,8 @@ import torch
 
 from common import SCHEMA, add_device_args, parser, report, synchronize
 from tunnelscope.data.store import (
+    ImageStore,
     SplitPlan,
-    Store,
     byte_chunks,
     write_arrays,
     write_store,
@@ -33,7 +33,7 @@ from tunnelscope.study.config import load_schema, section_defaults
 from tunnelscope.training.loop import pretrain
 
 
-def varying_store(path: str, n: int, resolution: int, rng) -> Store:
+def varying_store(path: str, n: int, resolution: int, rng) -> ImageStore:
     """n images of shorter side int(R * 256 / 224) and aspect 3:4-4:3, as prepare stores ImageNet."""
     short = int(resolution / 0.875)
     long = (short * rng.uniform(1.0, 4 / 3, n)).astype(int)
@@ -53,7 +53,7 @@ def varying_store(path: str, n: int, resolution: int, rng) -> Store:
         {"dataset": "bench", "num_classes": 10, "resolution": resolution, "shorter_side": short, "native": False},
         plans,
     )
-    return Store(path)
+    return ImageStore(path)
 
 
 def main():

@@ -20,12 +20,12 @@ import json, resource, sys
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from test_reliability import PARAMS, TRAINING
-from tunnelscope.data.store import Store
+from tunnelscope.data.store import ImageStore
 stage, store, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 params = dict(PARAMS, resolution=128, model={{"width": 0.0625}}, training=dict(TRAINING, epochs=1, batch_size=32, warmup_epochs=0))
 if stage == "pretrain":
     from tunnelscope.training.loop import pretrain
-    pretrain(params, Store(store), out / "ckpt.safetensors", out / "log.csv", out / "info.json", out / "state.pt", threads=2, resident_mb=0)
+    pretrain(params, ImageStore(store), out / "ckpt.safetensors", out / "log.csv", out / "info.json", out / "state.pt", threads=2, resident_mb=0)
 else:
     from tunnelscope.features.embed import embed_eval_set
     params = dict(params, eval_set="toy", pooling=["avg2x2"], side="default", dtype="float16")

@@ -68,7 +68,7 @@ def test_resize_is_torchvisions_for_the_same_box():
 def _varied_split(tmp_path):
     """The train split of a store of 70 images of varying sizes (so it streams), the images and
     their shapes."""
-    from tunnelscope.data.store import SplitPlan, Store, byte_chunks, write_store
+    from tunnelscope.data.store import ImageStore, SplitPlan, byte_chunks, write_store
 
     rng = np.random.default_rng(0)
     shapes = rng.integers(20, 40, (70, 2))
@@ -79,7 +79,7 @@ def _varied_split(tmp_path):
         {"dataset": "toy", "num_classes": 3, "resolution": 16, "shorter_side": 18, "native": False},
         {"train": plan, "test": plan},
     )
-    return Store(tmp_path / "s").splits["train"], images, shapes
+    return ImageStore(tmp_path / "s").splits["train"], images, shapes
 
 
 def test_a_reader_runs_the_workers_shared_memory_holds(tmp_path, monkeypatch, caplog):

@@ -71,10 +71,10 @@ def _checker(path: Path):
 
 
 def _check_store(root: Path) -> None:
-    from tunnelscope.data.store import Store, StoreError
+    from tunnelscope.data.store import ImageStore, StoreError
 
     try:
-        Store(root).check()
+        ImageStore(root).check()
     except StoreError as exc:
         raise damaged(root, str(exc), relative(root)) from exc
 

@@ -4,7 +4,7 @@ outside ``params.settings["finetune"]["train"]`` frozen at the ``input.tunnel`` 
 
 import json
 
-from tunnelscope.data.store import Store
+from tunnelscope.data.store import ImageStore
 from tunnelscope.joblog import job_logging
 from tunnelscope.runtime import job_device
 from tunnelscope.training.loop import pretrain
@@ -33,7 +33,7 @@ with job_logging(snakemake.log[0]):
     job_device({**params["compute"], "device": snakemake.resources.device}, snakemake.resources.get("gpu", 0))
     pretrain(
         params,
-        Store(snakemake.input.data),
+        ImageStore(snakemake.input.data),
         checkpoint=out.checkpoint,
         train_log=out.train_log,
         info_path=out.info,

@@ -262,7 +262,7 @@ class StoreSplit:
         ):
             raise damaged(self.path, "inconsistent with its index", root)
         self.uniform_shape = tuple(info["uniform_shape"]) if info["uniform_shape"] else None
-        # Stores written before checksums have no chunks: read unchecked (Store warns).
+        # Stores written before checksums have no chunks: read unchecked (ImageStore warns).
         self._chunks = np.asarray(info.get("chunks", []), dtype=np.int64).reshape(-1, 3)
         self._checked = np.zeros(len(self._chunks), dtype=bool)  # chunks this process has checked
         self._fd, self._pid = None, None
@@ -339,7 +339,7 @@ class StoreSplit:
         )
 
 
-class Store:
+class ImageStore:
     """A complete prepared store (``store.json`` exists only in one)."""
 
     def __init__(self, path: str | Path):
@@ -382,7 +382,7 @@ def write_arrays(
     num_classes: int,
     resolution: int,
     name: str = "arrays",
-) -> Store:
+) -> ImageStore:
     """A store of in-memory (images (N, h, w, 3) uint8, labels) per split, stored as they are:
     for tests, benchmarks and sets generated at their resolution."""
     plans = {}
@@ -399,7 +399,7 @@ def write_arrays(
         "native": True,
     }
     write_store(out_dir, meta, plans)
-    return Store(out_dir)
+    return ImageStore(out_dir)
 
 
 def parallel_fill(pool: ThreadPoolExecutor, fill_one: Callable[[int], object]) -> Callable[[int, int], list]:

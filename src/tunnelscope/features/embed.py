@@ -17,7 +17,7 @@ import torch
 
 from tunnelscope.data.loader import SplitReader, loader_workers
 from tunnelscope.data.splits import SPLITS
-from tunnelscope.data.store import Store
+from tunnelscope.data.store import ImageStore
 from tunnelscope.features.extract import embed_batches
 from tunnelscope.features.store import EmbeddingWriter, layer_path, write_checksums
 from tunnelscope.io import atomic_dir, file_sha256
@@ -65,7 +65,7 @@ def embed_eval_set(
     # A trained cell's eval set: the study's normalisation of that set; a published model: its own.
     source = params["normalization"] or meta
     normalise = {k: tuple(source[k]) for k in ("mean", "std") if k in source}
-    store = Store(data_path)
+    store = ImageStore(data_path)
     store.check_resolution(params["resolution"])
     # A class range [first, stop) (a continual-learning task): its images, labels from first.
     first, stop = params.get("classes") or (0, store.num_classes)

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from tunnelscope.data.loader import SplitReader, loader_workers
-from tunnelscope.data.store import Store
+from tunnelscope.data.store import ImageStore
 from tunnelscope.features.embed import embed_eval_set
 from tunnelscope.io import read_table, write_json
 from tunnelscope.metrics.tunnel import id_tunnel_start
@@ -151,7 +151,7 @@ def frozen_modules(tunnel: dict, train: list[str]) -> list[str]:
 
 @torch.no_grad()
 def head_accuracy(
-    model, store: Store, first: int, stop: int, params: dict, batch_size: int, resident_mb: float, threads: int
+    model, store: ImageStore, first: int, stop: int, params: dict, batch_size: int, resident_mb: float, threads: int
 ) -> float:
     """Top-1 of the model's own classifier on the test images of classes [first, stop), the
     argmax over those classes' logits."""
@@ -180,7 +180,7 @@ def evaluate(
     the last one, a probe per embedded layer, and its classifier's accuracy. One row per
     (task, layer) with the probe's results, ``network``, ``task`` and ``head_acc``."""
     family = ARCHS[params["arch"]]["family"]
-    store = Store(data_path)
+    store = ImageStore(data_path)
     model, _ = load_backbone(checkpoint, job_device(params["compute"]))
     tables = []
     for task, (first, stop) in enumerate(params["tasks"], start=1):

@@ -18,7 +18,7 @@ import torch
 
 from tunnelscope.data.loader import SplitReader, loader_workers
 from tunnelscope.data.splits import epoch_order, stratified_split
-from tunnelscope.data.store import Store
+from tunnelscope.data.store import ImageStore
 from tunnelscope.data.transforms import Normaliser
 from tunnelscope.io import atomic_path, file_sha256, write_csv, write_json
 from tunnelscope.joblog import progress_bar
@@ -144,7 +144,7 @@ def _freeze(model, frozen, cell: str) -> list:
 
 def pretrain(
     params: dict,
-    store: Store,
+    store: ImageStore,
     checkpoint: str,
     train_log: str,
     info_path: str,
