@@ -95,20 +95,22 @@ def run_stage(stage: str, work: Path, resolution: int, width: float) -> dict:
         extra = {"store_gb": sum(s.nbytes for s in store.splits.values()) / 1e9}
     elif stage == "pretrain":
         from tunnelscope.data.store import ImageStore
+        from tunnelscope.runtime import JobRuntime
         from tunnelscope.training.loop import pretrain
 
         info = pretrain(
             training_params(resolution, width),
             ImageStore(work / "store"),
-            work / "ckpt.safetensors",
-            work / "log.csv",
-            work / "info.json",
-            work / "state.pt",
-            threads=threads,
+            checkpoint=work / "ckpt.safetensors",
+            train_log=work / "log.csv",
+            info_path=work / "info.json",
+            state_path=work / "state.pt",
+            runtime=JobRuntime(threads=threads),
         )
         extra = {"test_acc": info["test_acc"]}
     else:
         from tunnelscope.features.embed import embed_eval_set
+        from tunnelscope.runtime import JobRuntime
 
         params = {
             **training_params(resolution, width),
@@ -120,11 +122,10 @@ def run_stage(stage: str, work: Path, resolution: int, width: float) -> dict:
         shutil.rmtree(work / "embeddings", ignore_errors=True)
         embed_eval_set(
             params,
-            str(work / "ckpt.safetensors"),
-            str(work / "store"),
-            str(work / "embeddings"),
-            batch_size=128,
-            threads=threads,
+            backbone=str(work / "ckpt.safetensors"),
+            store=str(work / "store"),
+            out_dir=str(work / "embeddings"),
+            runtime=JobRuntime(threads=threads, batch_size=128),
         )
         extra = {}
     return {"stage": stage, "seconds": time.perf_counter() - start, **peak_mb(), **extra}

@@ -21,7 +21,7 @@ from tunnelscope.features.embed import embed_eval_set
 from tunnelscope.models.build import build_model, probe_points
 from tunnelscope.models.checkpoints import save_backbone
 from tunnelscope.registry import IMAGENET_MEAN, IMAGENET_STD
-from tunnelscope.runtime import autocast
+from tunnelscope.runtime import JobRuntime, autocast
 from tunnelscope.study.config import load_schema, section_defaults
 
 
@@ -81,15 +81,18 @@ def main():
 
     def embed_job():
         shutil.rmtree(f"{work}/embeddings", ignore_errors=True)
+        runtime = JobRuntime(
+            threads=os.cpu_count(),
+            batch_size=args.batch,
+            channels_last=args.channels_last,
+            resident_mb=0 if args.stream else 1024,
+        )
         embed_eval_set(
             params,
-            f"{work}/ckpt.safetensors",
-            str(store.root),
-            f"{work}/embeddings",
-            args.batch,
-            os.cpu_count(),
-            args.channels_last,
-            resident_mb=0 if args.stream else 1024,
+            backbone=f"{work}/ckpt.safetensors",
+            store=str(store.root),
+            out_dir=f"{work}/embeddings",
+            runtime=runtime,
         )
 
     try:

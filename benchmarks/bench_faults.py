@@ -331,6 +331,7 @@ def cost(root: Path, store_mb: float) -> list[str]:
     from tunnelscope.features.embed import embed_eval_set
     from tunnelscope.models.build import build_model
     from tunnelscope.models.checkpoints import save_backbone
+    from tunnelscope.runtime import JobRuntime
     from tunnelscope.study.config import Study, load_schema
 
     config = study_config()
@@ -353,7 +354,11 @@ def cost(root: Path, store_mb: float) -> list[str]:
     check = time.perf_counter() - start
     start = time.perf_counter()
     embed_eval_set(
-        study.embed_params(cell, "toy"), str(root / "ck.safetensors"), str(root / "big"), str(root / "emb"), 128, 1
+        study.embed_params(cell, "toy"),
+        backbone=str(root / "ck.safetensors"),
+        store=str(root / "big"),
+        out_dir=str(root / "emb"),
+        runtime=JobRuntime(threads=1, batch_size=128),
     )
     embed = time.perf_counter() - start
     mb = sum(s.nbytes for s in store.splits.values()) / 2**20

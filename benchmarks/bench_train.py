@@ -28,7 +28,7 @@ from tunnelscope.data.store import (
 from tunnelscope.data.transforms import to_input
 from tunnelscope.models.build import build_model
 from tunnelscope.registry import IMAGENET_MEAN, IMAGENET_STD
-from tunnelscope.runtime import autocast, job_device
+from tunnelscope.runtime import JobRuntime, autocast, job_device
 from tunnelscope.study.config import load_schema, section_defaults
 from tunnelscope.training.loop import pretrain
 
@@ -144,13 +144,13 @@ def main():
             pretrain(
                 params,
                 store,
-                f"{tmp}/c.safetensors",
-                f"{tmp}/log.csv",
-                f"{tmp}/info.json",
-                f"{tmp}/state.pt",
-                threads,
-                args.channels_last,
-                resident_mb=0 if args.stream else 1024,
+                checkpoint=f"{tmp}/c.safetensors",
+                train_log=f"{tmp}/log.csv",
+                info_path=f"{tmp}/info.json",
+                state_path=f"{tmp}/state.pt",
+                runtime=JobRuntime(
+                    threads=threads, channels_last=args.channels_last, resident_mb=0 if args.stream else 1024
+                ),
             )
             return time.perf_counter() - start
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -80,3 +81,17 @@ def load_backbone(checkpoint: str, device=None):
         )
     model.load_state_dict(weights)
     return model.to(device or "cpu").eval(), meta
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A backbone loaded from its checkpoint, for a job that uses it more than once (the
+    continual evaluation scores its classifier and embeds its layers)."""
+
+    model: torch.nn.Module
+    meta: dict
+    checkpoint: str
+
+    @classmethod
+    def load(cls, checkpoint: str, device=None) -> Backbone:
+        return cls(*load_backbone(checkpoint, device), checkpoint)
