@@ -20,7 +20,7 @@ import numpy as np
 from bench_train import varying_store
 
 from common import SCHEMA, parser, report
-from tunnelscope.data.store import write_arrays
+from inmemory import write_arrays
 from tunnelscope.features.embed import embed_eval_set
 from tunnelscope.models.build import build_model
 from tunnelscope.registry import IMAGENET_MEAN, IMAGENET_STD

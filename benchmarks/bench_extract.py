@@ -15,8 +15,7 @@ import numpy as np
 import torch
 
 from common import SCHEMA, add_device_args, best_of, chosen_device, parser, report
-from tunnelscope.data.store import write_arrays
-from tunnelscope.data.transforms import to_input
+from inmemory import to_input, write_arrays
 from tunnelscope.features.embed import embed_eval_set
 from tunnelscope.models.build import build_model, probe_points
 from tunnelscope.models.checkpoints import save_backbone

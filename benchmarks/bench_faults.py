@@ -260,8 +260,9 @@ def smoke(root: Path) -> list[str]:
     import numpy as np
     import pandas as pd
 
-    from tunnelscope.data.store import ImageStore, write_arrays
-    from tunnelscope.features.store import read_embeddings, write_checksums, write_embeddings
+    from inmemory import write_arrays, write_embeddings
+    from tunnelscope.data.store import ImageStore
+    from tunnelscope.features.store import read_embeddings, write_checksums
     from tunnelscope.integrity import DamageError
     from tunnelscope.io import read_csv, read_table, write_csv, write_table
     from tunnelscope.models.build import build_model
@@ -327,7 +328,8 @@ def cost(root: Path, store_mb: float) -> list[str]:
     an embed of it that includes the same pass (VGGm-11 at 0.125 width, 224 px, one thread)."""
     import numpy as np
 
-    from tunnelscope.data.store import ImageStore, write_arrays
+    from inmemory import write_arrays
+    from tunnelscope.data.store import ImageStore
     from tunnelscope.features.embed import embed_eval_set
     from tunnelscope.models.build import build_model
     from tunnelscope.models.checkpoints import save_backbone

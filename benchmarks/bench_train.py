@@ -18,14 +18,13 @@ import numpy as np
 import torch
 
 from common import SCHEMA, add_device_args, parser, report, synchronize
+from inmemory import to_input, write_arrays
 from tunnelscope.data.store import (
     ImageStore,
     SplitPlan,
     byte_chunks,
-    write_arrays,
     write_store,
 )
-from tunnelscope.data.transforms import to_input
 from tunnelscope.models.build import build_model
 from tunnelscope.registry import IMAGENET_MEAN, IMAGENET_STD
 from tunnelscope.runtime import JobRuntime, autocast, job_device

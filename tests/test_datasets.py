@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from inmemory import eval_transform
 from tunnelscope.data import synthetic
 from tunnelscope.data.loader import center_crop
 from tunnelscope.data.sources import FILE_READERS, load_source, prepare
 from tunnelscope.data.store import DatasetError, ImageStore, StoreError
-from tunnelscope.data.transforms import eval_transform
 from tunnelscope.study.config import dataset_defaults
 
 RNG = np.random.default_rng(0)

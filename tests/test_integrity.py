@@ -19,9 +19,10 @@ import torch
 import yaml
 
 from conftest import CORES, TINY, snakemake_cmd
+from inmemory import write_arrays, write_embeddings
 from tunnelscope.cli import main
-from tunnelscope.data.store import ImageStore, write_arrays
-from tunnelscope.features.store import read_embeddings, write_checksums, write_embeddings
+from tunnelscope.data.store import ImageStore
+from tunnelscope.features.store import read_embeddings, write_checksums
 from tunnelscope.integrity import REBUILD_ENV, DamageError, rebuild_command
 from tunnelscope.io import read_table, write_table
 from tunnelscope.models.checkpoints import load_backbone, save_backbone

@@ -12,6 +12,7 @@ import yaml
 from PIL import Image
 
 from conftest import REPO, snakemake, snakemake_cmd
+from inmemory import embed_images, to_input
 from tunnelscope.analysis import comparisons as analysis
 from tunnelscope.analysis.tunnel_length import (
     cell_table,
@@ -19,8 +20,6 @@ from tunnelscope.analysis.tunnel_length import (
     seed_interval,
     summary_table,
 )
-from tunnelscope.data.transforms import to_input
-from tunnelscope.features.extract import embed_images
 from tunnelscope.figures.tunnel_length import rank_figure, tunnel_length_figure
 from tunnelscope.models.build import (
     build_model,

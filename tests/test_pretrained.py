@@ -13,10 +13,10 @@ import yaml
 from safetensors.torch import save_file
 
 from conftest import TINY, snakemake
+from inmemory import embed_images
 from tunnelscope.cli import main as cli
 from tunnelscope.data.splits import SPLITS
 from tunnelscope.data.store import ImageStore
-from tunnelscope.features.extract import embed_images
 from tunnelscope.features.store import read_embeddings
 from tunnelscope.models.build import build_model, probe_points
 from tunnelscope.models.weights import load_pretrained, model_preprocessing
@@ -197,7 +197,7 @@ def test_the_resolved_eval_transform_is_the_models_own(schema, arch):
     from PIL import Image
     from timm.data import create_transform, resolve_model_data_config
 
-    from tunnelscope.data.transforms import eval_transform, to_input
+    from inmemory import eval_transform, to_input
 
     study = _preprocessing_study(schema, 224, arch=arch)
     cell = "net_toy_r224_none_s0"

@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from inmemory import write_arrays
 from tunnelscope import io
-from tunnelscope.data.store import write_arrays
 from tunnelscope.models.checkpoints import load_backbone
 from tunnelscope.registry import IMAGENET_MEAN, IMAGENET_STD
 from tunnelscope.study.config import load_schema, section_defaults

@@ -7,7 +7,8 @@ import pytest
 import torch
 from test_reliability import PARAMS, TRAINING, checkpoint_files, toy_store
 
-from tunnelscope.data.loader import random_resized_crop_flip, rrc_boxes
+from inmemory import random_resized_crop_flip
+from tunnelscope.data.loader import rrc_boxes
 from tunnelscope.data.splits import epoch_order, stratified_split
 from tunnelscope.models.build import build_model, count_parameters
 from tunnelscope.training.backbones import paper_parameter_count, paper_params_m

@@ -376,32 +376,6 @@ class ImageStore:
             raise StoreError(f"{self.root}: prepared for {self.resolution} px, read at {resolution} px")
 
 
-def write_arrays(
-    out_dir: str | Path,
-    splits: dict[str, tuple[np.ndarray, np.ndarray]],
-    num_classes: int,
-    resolution: int,
-    name: str = "arrays",
-) -> ImageStore:
-    """A store of in-memory (images (N, h, w, 3) uint8, labels) per split, stored as they are:
-    for tests, benchmarks and sets generated at their resolution."""
-    plans = {}
-    for split, (images, labels) in splits.items():
-        shapes = np.tile(np.asarray(images.shape[1:3], dtype=np.int64), (len(images), 1))
-        plans[split] = SplitPlan(
-            np.asarray(labels, dtype=np.int64), shapes, lambda a, b, im=images: im[a:b], byte_chunks(shapes)
-        )
-    meta = {
-        "dataset": name,
-        "num_classes": int(num_classes),
-        "resolution": int(resolution),
-        "shorter_side": int(resolution),
-        "native": True,
-    }
-    write_store(out_dir, meta, plans)
-    return ImageStore(out_dir)
-
-
 def parallel_fill(pool: ThreadPoolExecutor, fill_one: Callable[[int], object]) -> Callable[[int, int], list]:
     """``fill`` for a plan whose images load one by one: each chunk decoded on the pool's
     threads (PIL releases the GIL while decoding and resizing)."""
