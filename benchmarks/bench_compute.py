@@ -20,11 +20,11 @@ import numpy as np
 from bench_train import varying_store
 
 from common import SCHEMA, parser, report
-from tunnelscope.data.store import write_arrays
+from inmemory import write_arrays
 from tunnelscope.features.embed import embed_eval_set
 from tunnelscope.models.build import build_model
 from tunnelscope.registry import IMAGENET_MEAN, IMAGENET_STD
-from tunnelscope.runtime import job_device, resolve_compute
+from tunnelscope.runtime import JobRuntime, job_device, resolve_compute
 from tunnelscope.study.schema import load_schema, section_settings
 from tunnelscope.training.loop import pretrain
 
@@ -74,8 +74,19 @@ def compare(name: str, store, params: dict, images: int, args, work: str, stream
 
     def train(compute, out):
         os.makedirs(out, exist_ok=True)
-        files = [f"{out}/{f}" for f in ("c.safetensors", "log.csv", "cell.json", "state.pt")]
-        pretrain({**params, "compute": compute}, store, *files, args.threads, resident_mb=resident_mb)
+        names = {
+            "checkpoint": "c.safetensors",
+            "train_log": "log.csv",
+            "info_path": "cell.json",
+            "state_path": "state.pt",
+        }
+        files = {key: f"{out}/{name}" for key, name in names.items()}
+        pretrain(
+            {**params, "compute": compute},
+            store,
+            **files,
+            runtime=JobRuntime(threads=args.threads, resident_mb=resident_mb),
+        )
 
     def embed(compute, out):
         shutil.rmtree(f"{out}/emb", ignore_errors=True)
@@ -89,12 +100,10 @@ def compare(name: str, store, params: dict, images: int, args, work: str, stream
         }
         embed_eval_set(
             embed_params,
-            f"{out}/c.safetensors",
-            str(store.root),
-            f"{out}/emb",
-            args.batch * 2,
-            args.threads,
-            resident_mb=resident_mb,
+            backbone=f"{out}/c.safetensors",
+            store=str(store.root),
+            out_dir=f"{out}/emb",
+            runtime=JobRuntime(threads=args.threads, batch_size=args.batch * 2, resident_mb=resident_mb),
         )
 
     for round_ in range(args.rounds):

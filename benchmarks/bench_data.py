@@ -94,21 +94,23 @@ def run_stage(stage: str, work: Path, resolution: int, width: float) -> dict:
         store = prepare("bench", spec, resolution, work / "store", threads=threads)
         extra = {"store_gb": sum(s.nbytes for s in store.splits.values()) / 1e9}
     elif stage == "pretrain":
-        from tunnelscope.data.store import Store
+        from tunnelscope.data.store import ImageStore
+        from tunnelscope.runtime import JobRuntime
         from tunnelscope.training.loop import pretrain
 
         info = pretrain(
             training_params(resolution, width),
-            Store(work / "store"),
-            work / "ckpt.safetensors",
-            work / "log.csv",
-            work / "info.json",
-            work / "state.pt",
-            threads=threads,
+            ImageStore(work / "store"),
+            checkpoint=work / "ckpt.safetensors",
+            train_log=work / "log.csv",
+            info_path=work / "info.json",
+            state_path=work / "state.pt",
+            runtime=JobRuntime(threads=threads),
         )
         extra = {"test_acc": info["test_acc"]}
     else:
         from tunnelscope.features.embed import embed_eval_set
+        from tunnelscope.runtime import JobRuntime
 
         params = {
             **training_params(resolution, width),
@@ -120,11 +122,10 @@ def run_stage(stage: str, work: Path, resolution: int, width: float) -> dict:
         shutil.rmtree(work / "embeddings", ignore_errors=True)
         embed_eval_set(
             params,
-            str(work / "ckpt.safetensors"),
-            str(work / "store"),
-            str(work / "embeddings"),
-            batch_size=128,
-            threads=threads,
+            backbone=str(work / "ckpt.safetensors"),
+            store=str(work / "store"),
+            out_dir=str(work / "embeddings"),
+            runtime=JobRuntime(threads=threads, batch_size=128),
         )
         extra = {}
     return {"stage": stage, "seconds": time.perf_counter() - start, **peak_mb(), **extra}
@@ -139,10 +140,10 @@ def throughput(work: Path, resolution: int, images: int) -> tuple[float, float, 
     from torchvision import transforms as T
 
     from tunnelscope.data.loader import SplitReader
-    from tunnelscope.data.store import Store
+    from tunnelscope.data.store import ImageStore
     from tunnelscope.data.transforms import Normaliser
 
-    split = Store(work / "store").splits["train"]
+    split = ImageStore(work / "store").splits["train"]
     order = np.random.default_rng(0).permutation(len(split))[:images]
     gen = torch.Generator().manual_seed(0)
     to_model = Normaliser()

@@ -15,14 +15,13 @@ import numpy as np
 import torch
 
 from common import SCHEMA, add_device_args, best_of, chosen_device, parser, report
-from tunnelscope.data.store import write_arrays
-from tunnelscope.data.transforms import to_input
+from inmemory import to_input, write_arrays
 from tunnelscope.features.embed import embed_eval_set
 from tunnelscope.models.build import build_model, probe_points
+from tunnelscope.models.checkpoints import save_backbone
 from tunnelscope.registry import IMAGENET_MEAN, IMAGENET_STD
-from tunnelscope.runtime import autocast
+from tunnelscope.runtime import JobRuntime, autocast
 from tunnelscope.study.schema import load_schema, section_settings
-from tunnelscope.training.checkpoints import save_backbone
 
 
 def main():
@@ -81,15 +80,18 @@ def main():
 
     def embed_job():
         shutil.rmtree(f"{work}/embeddings", ignore_errors=True)
+        runtime = JobRuntime(
+            threads=os.cpu_count(),
+            batch_size=args.batch,
+            channels_last=args.channels_last,
+            resident_mb=0 if args.stream else 1024,
+        )
         embed_eval_set(
             params,
-            f"{work}/ckpt.safetensors",
-            str(store.root),
-            f"{work}/embeddings",
-            args.batch,
-            os.cpu_count(),
-            args.channels_last,
-            resident_mb=0 if args.stream else 1024,
+            backbone=f"{work}/ckpt.safetensors",
+            store=str(store.root),
+            out_dir=f"{work}/embeddings",
+            runtime=runtime,
         )
 
     try:

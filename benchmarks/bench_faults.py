@@ -260,19 +260,20 @@ def smoke(root: Path) -> list[str]:
     import numpy as np
     import pandas as pd
 
-    from tunnelscope.data.store import Store, write_arrays
-    from tunnelscope.features.store import read_embeddings, write_checksums, write_embeddings
+    from inmemory import write_arrays, write_embeddings
+    from tunnelscope.data.store import ImageStore
+    from tunnelscope.features.store import read_embeddings, write_checksums
     from tunnelscope.integrity import DamageError
     from tunnelscope.io import read_csv, read_table, write_csv, write_table
     from tunnelscope.models.build import build_model
-    from tunnelscope.training.checkpoints import load_backbone, save_backbone
+    from tunnelscope.models.checkpoints import load_backbone, save_backbone
 
     rng = np.random.default_rng(0)
 
     def store():
         images = rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8)
         s = write_arrays(root / "store", {"train": (images, np.arange(64) % 4)}, 4, 8)
-        return s.root / "train.pixels.npy", lambda: Store(s.root).splits["train"].array()
+        return s.root / "train.pixels.npy", lambda: ImageStore(s.root).splits["train"].array()
 
     def checkpoint():
         path = root / "checkpoint.safetensors"
@@ -327,12 +328,14 @@ def cost(root: Path, store_mb: float) -> list[str]:
     an embed of it that includes the same pass (VGGm-11 at 0.125 width, 224 px, one thread)."""
     import numpy as np
 
-    from tunnelscope.data.store import Store, write_arrays
+    from inmemory import write_arrays
+    from tunnelscope.data.store import ImageStore
     from tunnelscope.features.embed import embed_eval_set
     from tunnelscope.models.build import build_model
+    from tunnelscope.models.checkpoints import save_backbone
+    from tunnelscope.runtime import JobRuntime
     from tunnelscope.study.config import Study
     from tunnelscope.study.schema import load_schema
-    from tunnelscope.training.checkpoints import save_backbone
 
     config = study_config()
     config["grid"]["resolution"] = [224]
@@ -348,13 +351,17 @@ def cost(root: Path, store_mb: float) -> list[str]:
         root / "big", {"train": (images[:half], labels[:half]), "test": (images[half:], labels[half:])}, 4, 224
     )
     del images
-    store = Store(root / "big")
+    store = ImageStore(root / "big")
     start = time.perf_counter()
     store.check()
     check = time.perf_counter() - start
     start = time.perf_counter()
     embed_eval_set(
-        study.embed_params(cell, "toy"), str(root / "ck.safetensors"), str(root / "big"), str(root / "emb"), 128, 1
+        study.embed_params(cell, "toy"),
+        backbone=str(root / "ck.safetensors"),
+        store=str(root / "big"),
+        out_dir=str(root / "emb"),
+        runtime=JobRuntime(threads=1, batch_size=128),
     )
     embed = time.perf_counter() - start
     mb = sum(s.nbytes for s in store.splits.values()) / 2**20

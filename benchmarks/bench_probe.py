@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from common import SCHEMA, chosen_device, parser, report
+from inmemory import write_embeddings
 from tunnelscope.data.splits import stratified_split
-from tunnelscope.features.store import layer_files, layer_path, read_embeddings, write_embeddings
+from tunnelscope.features.store import layer_files, layer_path, read_embeddings
 from tunnelscope.probe.lbfgs import (
     _accuracy,
     _unstandardise,

@@ -10,7 +10,8 @@ import tempfile
 import numpy as np
 
 from common import best_of, parser, report
-from tunnelscope.features.store import read_embeddings, write_embeddings
+from inmemory import write_embeddings
+from tunnelscope.features.store import read_embeddings
 
 
 def main():

@@ -18,22 +18,21 @@ import numpy as np
 import torch
 
 from common import SCHEMA, add_device_args, parser, report, synchronize
+from inmemory import to_input, write_arrays
 from tunnelscope.data.store import (
+    ImageStore,
     SplitPlan,
-    Store,
     byte_chunks,
-    write_arrays,
     write_store,
 )
-from tunnelscope.data.transforms import to_input
 from tunnelscope.models.build import build_model
 from tunnelscope.registry import IMAGENET_MEAN, IMAGENET_STD
-from tunnelscope.runtime import autocast, job_device
+from tunnelscope.runtime import JobRuntime, autocast, job_device
 from tunnelscope.study.schema import load_schema, section_settings
 from tunnelscope.training.loop import pretrain
 
 
-def varying_store(path: str, n: int, resolution: int, rng) -> Store:
+def varying_store(path: str, n: int, resolution: int, rng) -> ImageStore:
     """n images of shorter side int(R * 256 / 224) and aspect 3:4-4:3, as prepare stores ImageNet."""
     short = int(resolution / 0.875)
     long = (short * rng.uniform(1.0, 4 / 3, n)).astype(int)
@@ -53,7 +52,7 @@ def varying_store(path: str, n: int, resolution: int, rng) -> Store:
         {"dataset": "bench", "num_classes": 10, "resolution": resolution, "shorter_side": short, "native": False},
         plans,
     )
-    return Store(path)
+    return ImageStore(path)
 
 
 def main():
@@ -144,13 +143,13 @@ def main():
             pretrain(
                 params,
                 store,
-                f"{tmp}/c.safetensors",
-                f"{tmp}/log.csv",
-                f"{tmp}/info.json",
-                f"{tmp}/state.pt",
-                threads,
-                args.channels_last,
-                resident_mb=0 if args.stream else 1024,
+                checkpoint=f"{tmp}/c.safetensors",
+                train_log=f"{tmp}/log.csv",
+                info_path=f"{tmp}/info.json",
+                state_path=f"{tmp}/state.pt",
+                runtime=JobRuntime(
+                    threads=threads, channels_last=args.channels_last, resident_mb=0 if args.stream else 1024
+                ),
             )
             return time.perf_counter() - start
 

@@ -11,6 +11,9 @@ from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 SCHEMA = Path(__file__).resolve().parents[1] / "src" / "tunnelscope" / "study" / "config.schema.yaml"
+# The tests' in-memory fixtures (tests/inmemory.py: a store of arrays, a layer file in one call)
+# build the benchmarks' inputs too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def parser(doc: str) -> argparse.ArgumentParser:

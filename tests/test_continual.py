@@ -14,7 +14,7 @@ import torch
 import yaml
 from PIL import Image
 from safetensors.torch import load_file
-from test_reliability import PARAMS, TRAINING, toy_store
+from test_reliability import PARAMS, TRAINING, checkpoint_files, toy_store
 
 from conftest import REPO, planned_jobs, snakemake, snakemake_cmd
 from tunnelscope.figures.tables import continual_table
@@ -47,15 +47,7 @@ def _train(tmp_path, name, task=None, **kwargs):
         params["task"] = task
     out = tmp_path / name
     out.mkdir()
-    info = pretrain(
-        params,
-        toy_store(tmp_path, 96),
-        out / "ckpt.safetensors",
-        out / "log.csv",
-        out / "info.json",
-        out / "state.pt",
-        **kwargs,
-    )
+    info = pretrain(params, toy_store(tmp_path, 96), **checkpoint_files(out), **kwargs)
     return info, load_file(out / "ckpt.safetensors")
 
 
@@ -141,9 +133,7 @@ def test_mixup_and_cutmix_are_seeded_and_resume_bitwise(tmp_path, monkeypatch):
     np.random.seed(12345)  # whatever the generator holds now, the resume restores its saved state
     params = dict(PARAMS, augmentation="none", task=TASK2, training=dict(TRAINING, epochs=3, warmup_epochs=0, **MIXED))
     out = tmp_path / "resumed"
-    pretrain(
-        params, toy_store(tmp_path, 96), out / "ckpt.safetensors", out / "log.csv", out / "info.json", out / "state.pt"
-    )
+    pretrain(params, toy_store(tmp_path, 96), **checkpoint_files(out))
     resumed = load_file(out / "ckpt.safetensors")
     assert all(torch.equal(resumed[k], full[k]) for k in full)
     with pytest.raises(ValueError, match="need an even training.batch_size"):

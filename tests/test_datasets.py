@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from inmemory import eval_transform
 from tunnelscope.data import synthetic
 from tunnelscope.data.loader import center_crop
 from tunnelscope.data.prepare import prepare
 from tunnelscope.data.sources import FILE_READERS, load_source
-from tunnelscope.data.store import DatasetError, Store, StoreError
-from tunnelscope.data.transforms import eval_transform
+from tunnelscope.data.store import DatasetError, ImageStore, StoreError
 from tunnelscope.study.schema import dataset_defaults
 
 RNG = np.random.default_rng(0)
@@ -326,9 +326,9 @@ def test_truncated_or_unfinished_stores_are_named(tmp_path):
     pixels = tmp_path / "toy/train.pixels.npy"
     pixels.write_bytes(pixels.read_bytes()[:200])
     with pytest.raises(StoreError, match="train.pixels.npy: truncated"):
-        Store(tmp_path / "toy")
+        ImageStore(tmp_path / "toy")
     with pytest.raises(StoreError, match="nowhere: not a prepared store"):
-        Store(tmp_path / "nowhere")
+        ImageStore(tmp_path / "nowhere")
 
 
 PREPARE_SCRIPT = """
@@ -364,7 +364,7 @@ def test_prepare_killed_part_way_resumes_to_the_same_store(tmp_path):
     proc.wait()
     assert not killed.exists(), "the run finished before it could be killed"
     with pytest.raises(StoreError):
-        Store(killed)
+        ImageStore(killed)
     subprocess.run([sys.executable, "-c", PREPARE_SCRIPT, str(tmp_path / "tree"), str(killed)], check=True, timeout=300)
     assert not (tmp_path / ".killed.partial").exists()
     for name in sorted(p.name for p in full.iterdir()):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from tunnelscope.features.store import read_embeddings, write_embeddings
+from inmemory import write_embeddings
+from tunnelscope.features.store import read_embeddings
 
 RECIPE = re.compile(r"<!-- embeddings-recipe: (\w+) -->\n```python\n(.*?)```", re.DOTALL)
 READERS = ["pandas", "polars", "duckdb"]

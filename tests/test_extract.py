@@ -5,9 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tunnelscope.data.transforms import to_input
-from tunnelscope.features.extract import embed_images
-from tunnelscope.features.store import read_embeddings, write_embeddings
+from inmemory import embed_images, to_input, write_embeddings
+from tunnelscope.features.store import read_embeddings
 from tunnelscope.models.build import build_model, probe_points
 from tunnelscope.models.capture import pool
 

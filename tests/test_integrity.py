@@ -19,12 +19,13 @@ import torch
 import yaml
 
 from conftest import CORES, TINY, snakemake_cmd
+from inmemory import write_arrays, write_embeddings
 from tunnelscope.cli import main
-from tunnelscope.data.store import Store, write_arrays
-from tunnelscope.features.store import read_embeddings, write_checksums, write_embeddings
+from tunnelscope.data.store import ImageStore
+from tunnelscope.features.store import read_embeddings, write_checksums
 from tunnelscope.integrity import REBUILD_ENV, DamageError, rebuild_command
 from tunnelscope.io import read_table, write_table
-from tunnelscope.training.checkpoints import load_backbone, save_backbone
+from tunnelscope.models.checkpoints import load_backbone, save_backbone
 
 BASE = "snakemake --cores 2 --configfile /study/tiny.yaml"
 
@@ -71,16 +72,16 @@ def test_a_changed_byte_in_a_store_chunk_is_named_before_any_image_of_it_is_used
     )
     meta = {"dataset": "toy", "num_classes": 4, "resolution": 8, "shorter_side": 8, "native": True}
     store_module.write_store(tmp_path / "toy", meta, {"train": plan})
-    assert len(Store(tmp_path / "toy").meta["splits"]["train"]["chunks"]) == 4
+    assert len(ImageStore(tmp_path / "toy").meta["splits"]["train"]["chunks"]) == 4
     pixels = tmp_path / "toy" / "train.pixels.npy"
     flip(pixels, os.path.getsize(pixels) - 20 * 8 * 8 * 3, 1)  # one byte of image 44, chunk 2
-    split = Store(tmp_path / "toy").splits["train"]
+    split = ImageStore(tmp_path / "toy").splits["train"]
     assert np.array_equal(split.image(3), images[3])  # chunk 0 is intact and read
     with pytest.raises(DamageError, match="chunk 2 ") as exc:
         split.image(40)
     assert_named(exc, pixels, tmp_path / "toy")
     with pytest.raises(DamageError, match="chunk 2 "):
-        Store(tmp_path / "toy").check()
+        ImageStore(tmp_path / "toy").check()
 
 
 def test_a_truncated_store_or_a_changed_store_json_is_named(tmp_path):
@@ -89,13 +90,13 @@ def test_a_truncated_store_or_a_changed_store_json_is_named(tmp_path):
     with open(pixels, "r+b") as fh:
         fh.truncate(os.path.getsize(pixels) - 10)
     with pytest.raises(DamageError, match="truncated") as exc:
-        Store(store.root)
+        ImageStore(store.root)
     assert_named(exc, pixels, store.root)
     store = small_store(tmp_path / "again")
     meta = store.root / "store.json"
     meta.write_text(meta.read_text().replace('"num_classes": 4', '"num_classes": 5'))
     with pytest.raises(DamageError, match="CRC-32") as exc:
-        Store(store.root)
+        ImageStore(store.root)
     assert_named(exc, meta, store.root)
 
 
@@ -323,7 +324,7 @@ def test_a_checkpoint_is_the_same_bytes_in_every_process(tmp_path):
     a second key, two runs' checkpoints differed in their bytes (seen in gpu_check's two runs)."""
     script = (
         "import sys, torch; sys.path.insert(0, 'tests'); from test_integrity import tiny_model, META; "
-        "from tunnelscope.training.checkpoints import save_backbone; torch.manual_seed(0); "
+        "from tunnelscope.models.checkpoints import save_backbone; torch.manual_seed(0); "
         "save_backbone(tiny_model(), sys.argv[1], META)"
     )
     paths = [tmp_path / f"{k}.safetensors" for k in range(4)]

@@ -14,8 +14,7 @@ STAGES = [
     {"study"},
     {"data"},
     {"models"},
-    {"training"},
-    {"features"},
+    {"training", "features"},  # siblings: both read and write backbones through models/
     {"probe"},
     {"metrics"},
     {"protocols"},

@@ -12,6 +12,7 @@ import yaml
 from PIL import Image
 
 from conftest import REPO, snakemake, snakemake_cmd
+from inmemory import embed_images, to_input
 from tunnelscope.analysis import table as analysis_table
 from tunnelscope.analysis.shap_slopes import shap_slopes
 from tunnelscope.analysis.tunnel_length import (
@@ -20,8 +21,6 @@ from tunnelscope.analysis.tunnel_length import (
     seed_interval,
     summary_table,
 )
-from tunnelscope.data.transforms import to_input
-from tunnelscope.features.extract import embed_images
 from tunnelscope.figures.tunnel_length import rank_figure, tunnel_length_figure
 from tunnelscope.models.build import (
     build_model,
@@ -34,7 +33,7 @@ from tunnelscope.models.mlp import MLP
 from tunnelscope.registry import ARCHS, arch_facts
 from tunnelscope.study.config import Study
 from tunnelscope.study.schema import ConfigError
-from tunnelscope.training.checkpoints import paper_parameter_count
+from tunnelscope.training.backbones import paper_parameter_count
 
 MLP_STUDY = {
     "results": "out",

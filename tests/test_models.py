@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from tunnelscope.data.transforms import to_input
-from tunnelscope.features.extract import embed_images
+from inmemory import embed_images, to_input
 from tunnelscope.models.build import (
     build_model,
     count_parameters,

@@ -344,23 +344,28 @@ def test_an_own_model_runs_through_the_workflow_with_named_probe_points(tmp_path
 def test_a_grid_cell_trains_an_own_model_and_its_checkpoint_rebuilds_it(mynet):
     from test_reliability import PARAMS, TRAINING, toy_store
 
-    from tunnelscope.training.checkpoints import load_backbone
+    from tunnelscope.models.checkpoints import load_backbone
     from tunnelscope.training.loop import pretrain
 
     model = {"width": 1.0, "kwargs": {"channels": 4}, "probe_points": POINTS, "source_sha256": "x"}
     params = dict(PARAMS, arch=ARCH, augmentation="none", model=model, training=dict(TRAINING, epochs=1))
-    outputs = [mynet / name for name in ("ckpt.safetensors", "log.csv", "info.json", "state.pt")]
+    outputs = dict(
+        zip(
+            ("checkpoint", "train_log", "info_path", "state_path"),
+            (mynet / name for name in ("ckpt.safetensors", "log.csv", "info.json", "state.pt")),
+        )
+    )
     store = toy_store(mynet, 64)
-    info = pretrain(params, store, *outputs)
+    info = pretrain(params, store, **outputs)
     assert info["num_layers"] == 3 and info["depth"] == 3 and info["label"] == ARCH and info["id_classes"] == 4
-    rebuilt, meta = load_backbone(outputs[0])
+    rebuilt, meta = load_backbone(outputs["checkpoint"])
     assert rebuilt.head.out_features == 4 and rebuilt.features[0].out_channels == 4
     # a misspelt probe point stops the job before any training
-    outputs[0].unlink()
+    outputs["checkpoint"].unlink()
     for names, message in ((["features.0", "feature.3"], "no module 'feature.3'"), (POINTS[::-1], "input to output")):
         with pytest.raises(ValueError, match=message):
-            pretrain(dict(params, model=dict(model, probe_points=names)), store, *outputs)
-        assert not outputs[0].exists()
+            pretrain(dict(params, model=dict(model, probe_points=names)), store, **outputs)
+        assert not outputs["checkpoint"].exists()
 
 
 def test_cell_ids_of_own_models_are_path_and_wildcard_safe():

@@ -13,10 +13,10 @@ import yaml
 from safetensors.torch import save_file
 
 from conftest import TINY, snakemake
+from inmemory import embed_images
 from tunnelscope.cli import main as cli
 from tunnelscope.data.splits import SPLITS
-from tunnelscope.data.store import Store
-from tunnelscope.features.extract import embed_images
+from tunnelscope.data.store import ImageStore
 from tunnelscope.features.store import read_embeddings
 from tunnelscope.models.build import build_model, probe_points
 from tunnelscope.models.weights import load_pretrained, model_preprocessing
@@ -57,7 +57,7 @@ def test_pretrained_cell_embeds_like_the_in_memory_model(tmp_path):
     assert info["num_layers"] == len(points) == 10 and info["id_classes"] == 10  # the stem and 9 depthwise convs
 
     torch.set_num_threads(2)  # as the embed job
-    store = Store(tmp_path / "out/prepared/toy/r32-bicubic-c0.95")  # test_convnext's own crop_pct
+    store = ImageStore(tmp_path / "out/prepared/toy/r32-bicubic-c0.95")  # test_convnext's own crop_pct
     images = np.concatenate([store.splits[s].array() for s in SPLITS])  # synthetic: stored at 32
     own = model_preprocessing(model, ARCH)
     layer_file = tmp_path / f"out/cells/{CELL}/embeddings/toy/avg2x2/layer_{{:03d}}.parquet"
@@ -198,7 +198,7 @@ def test_the_resolved_eval_transform_is_the_models_own(schema, arch):
     from PIL import Image
     from timm.data import create_transform, resolve_model_data_config
 
-    from tunnelscope.data.transforms import eval_transform, to_input
+    from inmemory import eval_transform, to_input
 
     study = _preprocessing_study(schema, 224, arch=arch)
     cell = "net_toy_r224_none_s0"

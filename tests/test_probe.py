@@ -214,7 +214,8 @@ def probe_job_params(solver):
 
 
 def write_layers(embed_dir, dims=(4, 6)):
-    from tunnelscope.features.store import layer_path, write_embeddings
+    from inmemory import write_embeddings
+    from tunnelscope.features.store import layer_path
 
     x, y = blobs(d=max(dims))
     split = np.where(np.arange(len(y)) < 200, "train", "test")

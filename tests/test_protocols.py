@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tunnelscope.features.store import layer_path, read_embeddings, write_embeddings
+from inmemory import write_embeddings
+from tunnelscope.features.store import layer_path, read_embeddings
 from tunnelscope.metrics.tsne import choose_rows, tsne_layers
 from tunnelscope.probe.lbfgs import fit_lbfgs_probe
 from tunnelscope.probe.paper_recipe import fit_paper_probes

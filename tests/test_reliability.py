@@ -14,11 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from inmemory import write_arrays
 from tunnelscope import io
-from tunnelscope.data.store import write_arrays
+from tunnelscope.models.checkpoints import load_backbone
 from tunnelscope.registry import IMAGENET_MEAN, IMAGENET_STD
 from tunnelscope.study.schema import load_schema, section_settings
-from tunnelscope.training.checkpoints import load_backbone
 from tunnelscope.training.loop import pretrain
 
 TRAINING = {
@@ -51,16 +51,20 @@ def toy_store(root, n=200, size=32):
     return write_arrays(Path(root) / f"toy{n}", {"train": (images, labels), "test": (images[:40], labels[:40])}, 4, 32)
 
 
+def checkpoint_files(out: Path) -> dict:
+    """pretrain's output paths under ``out``."""
+    names = {
+        "checkpoint": "ckpt.safetensors",
+        "train_log": "log.csv",
+        "info_path": "info.json",
+        "state_path": "state.pt",
+    }
+    return {key: out / name for key, name in names.items()}
+
+
 def run_pretrain(tmp_path, params=PARAMS, store=None):
     store = store or toy_store(tmp_path)
-    return pretrain(
-        params,
-        store,
-        tmp_path / "ckpt.safetensors",
-        tmp_path / "log.csv",
-        tmp_path / "info.json",
-        tmp_path / "state.pt",
-    )
+    return pretrain(params, store, **checkpoint_files(tmp_path))
 
 
 class _Exploit:
@@ -100,14 +104,15 @@ SCRIPT = textwrap.dedent(
     """
     import sys, pathlib
     sys.path.insert(0, {tests!r})
-    from test_reliability import PARAMS, TRAINING, toy_store
+    from test_reliability import PARAMS, TRAINING, checkpoint_files, toy_store
+    from tunnelscope.runtime import JobRuntime
     from tunnelscope.training.loop import pretrain
     out = pathlib.Path(sys.argv[1])
     # best_val: the kept weights come from the resume state's copy of the best epoch;
     # images 36 px wide and resident_mb {resident}: the crops of the streamed or resident path.
     params = dict(PARAMS, training=dict(TRAINING, epochs=4, checkpoint="best_val"))
     store = toy_store(out, 600, size=36)
-    pretrain(params, store, out / "ckpt.safetensors", out / "log.csv", out / "info.json", out / "state.pt", threads=2, resident_mb={resident})
+    pretrain(params, store, **checkpoint_files(out), runtime=JobRuntime(threads=2, resident_mb={resident}))
     """
 )
 

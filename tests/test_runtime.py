@@ -544,3 +544,32 @@ def test_a_job_without_determinism_does_not_load_torch_s_compiler():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.split() == ["False", "True"]
+
+
+class _Resources(dict):
+    """Snakemake's resources: attributes and ``get``."""
+
+    __getattr__ = dict.__getitem__
+
+
+def test_a_jobs_runtime_is_read_from_its_rule_and_overrides_only_channels_last():
+    embed = SimpleNamespace(threads=3, resources=_Resources(device="auto", gpu=1, resident_mb=64, embed_batch=32))
+    assert runtime.JobRuntime.of_job(embed) == runtime.JobRuntime(
+        device="auto", gpus=1, threads=3, resident_mb=64, batch_size=32
+    )
+    probe = runtime.JobRuntime.of_job(SimpleNamespace(threads=1, resources=_Resources(device="cpu")))
+    assert (probe.gpus, probe.resident_mb, probe.batch_size) == (0, 1024, 256)  # the defaults where a rule sets none
+    compute = {"precision": "fp32", "channels_last": "auto"}
+    assert runtime.JobRuntime().compute(compute) == compute
+    assert runtime.JobRuntime(channels_last=False).compute(compute) == {"precision": "fp32", "channels_last": False}
+
+
+def test_a_runtime_starts_the_job_on_its_device_setting(job):
+    threads = torch.get_num_threads()
+    try:
+        assert runtime.JobRuntime(device="cpu", threads=3).start({"deterministic": False}) == torch.device("cpu")
+        assert torch.get_num_threads() == 3 and runtime._JOB["settings"]["device"] == "cpu"
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.raises(RuntimeError, match="compute.device is strict here but cpu"):
+        runtime.JobRuntime(device="strict").start()

@@ -19,17 +19,18 @@ JOB = """
 import json, resource, sys
 sys.path.insert(0, {tests!r})
 from pathlib import Path
-from test_reliability import PARAMS, TRAINING
-from tunnelscope.data.store import Store
+from test_reliability import PARAMS, TRAINING, checkpoint_files
+from tunnelscope.data.store import ImageStore
+from tunnelscope.runtime import JobRuntime
 stage, store, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 params = dict(PARAMS, resolution=128, model={{"width": 0.0625}}, training=dict(TRAINING, epochs=1, batch_size=32, warmup_epochs=0))
 if stage == "pretrain":
     from tunnelscope.training.loop import pretrain
-    pretrain(params, Store(store), out / "ckpt.safetensors", out / "log.csv", out / "info.json", out / "state.pt", threads=2, resident_mb=0)
+    pretrain(params, ImageStore(store), **checkpoint_files(out), runtime=JobRuntime(threads=2, resident_mb=0))
 else:
     from tunnelscope.features.embed import embed_eval_set
     params = dict(params, eval_set="toy", pooling=["avg2x2"], side="default", dtype="float16")
-    embed_eval_set(params, str(out / "ckpt.safetensors"), str(store), str(out / "embeddings"), batch_size=64, threads=2, resident_mb=0)
+    embed_eval_set(params, backbone=str(out / "ckpt.safetensors"), store=str(store), out_dir=str(out / "embeddings"), runtime=JobRuntime(batch_size=64, threads=2, resident_mb=0))
 usage = resource.getrusage
 print(json.dumps((usage(resource.RUSAGE_SELF).ru_maxrss + usage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024))
 """
@@ -99,8 +100,9 @@ import sys
 sys.path.insert(0, {tests!r})
 from test_reliability import PARAMS
 from tunnelscope.features.embed import embed_eval_set
+from tunnelscope.runtime import JobRuntime
 params = dict(PARAMS, resolution=128, model={{"width": 0.0625}}, eval_set="toy", pooling=["avg2x2", "avg1x1"], side="default", dtype="float16")
-embed_eval_set(params, sys.argv[1], sys.argv[2], sys.argv[3], batch_size=16, threads=2, resident_mb=0)
+embed_eval_set(params, backbone=sys.argv[1], store=sys.argv[2], out_dir=sys.argv[3], runtime=JobRuntime(batch_size=16, threads=2, resident_mb=0))
 """
 
 

@@ -5,12 +5,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_reliability import PARAMS, TRAINING, toy_store
+from test_reliability import PARAMS, TRAINING, checkpoint_files, toy_store
 
-from tunnelscope.data.loader import random_resized_crop_flip, rrc_boxes
+from inmemory import random_resized_crop_flip
+from tunnelscope.data.loader import rrc_boxes
 from tunnelscope.data.splits import epoch_order, stratified_split
 from tunnelscope.models.build import build_model, count_parameters
-from tunnelscope.training.checkpoints import paper_parameter_count, paper_params_m
+from tunnelscope.training.backbones import paper_parameter_count, paper_params_m
 from tunnelscope.training.loop import pretrain
 from tunnelscope.training.schedule import lr_schedule
 
@@ -68,7 +69,7 @@ def test_resize_is_torchvisions_for_the_same_box():
 def _varied_split(tmp_path):
     """The train split of a store of 70 images of varying sizes (so it streams), the images and
     their shapes."""
-    from tunnelscope.data.store import SplitPlan, Store, byte_chunks, write_store
+    from tunnelscope.data.store import ImageStore, SplitPlan, byte_chunks, write_store
 
     rng = np.random.default_rng(0)
     shapes = rng.integers(20, 40, (70, 2))
@@ -79,7 +80,7 @@ def _varied_split(tmp_path):
         {"dataset": "toy", "num_classes": 3, "resolution": 16, "shorter_side": 18, "native": False},
         {"train": plan, "test": plan},
     )
-    return Store(tmp_path / "s").splits["train"], images, shapes
+    return ImageStore(tmp_path / "s").splits["train"], images, shapes
 
 
 def test_a_reader_runs_the_workers_shared_memory_holds(tmp_path, monkeypatch, caplog):
@@ -332,14 +333,7 @@ def test_repeated_augmentation_order():
 
 def _pretrain(tmp_path, **training):
     params = dict(PARAMS, augmentation="none", training=dict(TRAINING, warmup_epochs=0, **training))
-    info = pretrain(
-        params,
-        toy_store(tmp_path, 120),
-        tmp_path / "ckpt.safetensors",
-        tmp_path / "log.csv",
-        tmp_path / "info.json",
-        tmp_path / "state.pt",
-    )
+    info = pretrain(params, toy_store(tmp_path, 120), **checkpoint_files(tmp_path))
     return info, pd.read_csv(tmp_path / "log.csv")
 
 
@@ -368,12 +362,8 @@ def test_auto_compute_is_resolved_on_the_cpu_and_recorded(tmp_path, monkeypatch,
     params = dict(PARAMS, augmentation="none", compute={"precision": "auto", "channels_last": "auto"})
     params["training"] = dict(TRAINING, epochs=1, warmup_epochs=0)
     with caplog.at_level("INFO", logger="tunnelscope.train"):
-        pretrain(
-            params,
-            toy_store(tmp_path, 40),
-            *(tmp_path / f for f in ("c.safetensors", "log.csv", "cell.json", "state.pt")),
-        )
-    info = json.loads((tmp_path / "cell.json").read_text())
+        pretrain(params, toy_store(tmp_path, 40), **checkpoint_files(tmp_path))
+    info = json.loads((tmp_path / "info.json").read_text())
     assert (info["precision"], info["channels_last"]) == (precision, True)
     assert f"vggm11_toy_r32_none_s0: {precision}, channels_last (NHWC)" in caplog.messages
 
@@ -447,7 +437,7 @@ def test_resume_state_restores_onto_the_models_device(tmp_path):
     the kept best weights on the CPU. Mapping the file onto the model's device, as the loader
     once did (map_location=device), hands set_state meta tensors: 'RNG state must be a
     torch.ByteTensor', the crash of every GPU resume."""
-    from tunnelscope.training.loop import load_train_state, save_train_state
+    from tunnelscope.training.resume import load_train_state, save_train_state
 
     model, optimizer, scheduler, gen = _small_training()
     np.random.seed(3)
@@ -484,7 +474,7 @@ def test_cuda_generator_of_the_jobs_gpu_is_saved_and_restored(tmp_path, monkeypa
     """On a CUDA device the state holds that GPU's generator (drop_path draws from it) and a
     resume restores it there, the GPU named by the job's device (cuda:1 here, a mocked torch.cuda).
     A state written off CUDA leaves it at its seed, said in the log; on the CPU it is not touched."""
-    from tunnelscope.training.loop import load_train_state, save_train_state
+    from tunnelscope.training.resume import load_train_state, save_train_state
 
     calls = []
     saved = torch.arange(16, dtype=torch.uint8)  # what torch.cuda.get_rng_state returns: a CPU ByteTensor
@@ -520,7 +510,7 @@ def test_cuda_generator_of_the_jobs_gpu_is_saved_and_restored(tmp_path, monkeypa
 def test_a_state_that_cannot_be_restored_is_named(tmp_path, damage, reason):
     """A state with the right settings that does not fit the training objects: one line naming
     the file and saying to delete it, not a raw TypeError that every retry repeats."""
-    from tunnelscope.training.loop import load_train_state, save_train_state
+    from tunnelscope.training.resume import load_train_state, save_train_state
 
     model, optimizer, scheduler, gen = _small_training()
     path = tmp_path / "state.pt"
@@ -536,9 +526,7 @@ def test_a_state_that_cannot_be_restored_is_named(tmp_path, damage, reason):
 
 
 def _train_to(out, params, store, **kwargs):
-    return pretrain(
-        params, store, out / "ckpt.safetensors", out / "log.csv", out / "info.json", out / "state.pt", **kwargs
-    )
+    return pretrain(params, store, **checkpoint_files(out), **kwargs)
 
 
 def test_resume_of_a_state_a_gpu_wrote_is_bitwise_an_uninterrupted_run(tmp_path, monkeypatch):
@@ -652,8 +640,9 @@ def test_a_training_step_waits_for_the_device_at_most_once(tmp_path, monkeypatch
     (isfinite in an if, three .item(), the step's labels copied to the device)."""
     from contextlib import nullcontext
 
+    from tunnelscope import runtime
     from tunnelscope.data.loader import SplitReader
-    from tunnelscope.training import loop
+    from tunnelscope.training import data, loop
 
     store = toy_store(tmp_path, 120)
     syncs = _HostSyncs(monkeypatch)
@@ -674,9 +663,9 @@ def test_a_training_step_waits_for_the_device_at_most_once(tmp_path, monkeypatch
             raise _Stop
 
     order = loop.epoch_order
-    monkeypatch.setattr(loop, "job_device", lambda *args, **kwargs: torch.device("meta"))
+    monkeypatch.setattr(runtime, "job_device", lambda *args, **kwargs: torch.device("meta"))
     monkeypatch.setattr(loop, "autocast", lambda *args, **kwargs: nullcontext())  # fp32; torch.autocast has no meta
-    monkeypatch.setattr(loop, "SplitReader", ReaderFeedingMeta)
+    monkeypatch.setattr(data, "SplitReader", ReaderFeedingMeta)
     monkeypatch.setattr(loop, "accuracy", lambda *args, **kwargs: events.append("eval") or 0.5)
     monkeypatch.setattr(loop, "epoch_order", lambda *args: events.append("epoch") or order(*args))
     monkeypatch.setattr(loop, "save_train_state", save_then_stop)

@@ -115,10 +115,10 @@ def test_a_corrupted_copy_is_its_clean_set_shifted(study):
     """The copy holds the ID set's images, each blurred; its embeddings keep the ID set's rows and
     labels and move away from the clean ones; its probes run as any OOD set's."""
     from tunnelscope.data.corruptions import corrupt, image_generator
-    from tunnelscope.data.store import Store
+    from tunnelscope.data.store import ImageStore
 
     out = study / "out"
-    clean, blurred = (Store(out / "prepared" / name / "r32") for name in ("toy", "toy-blur"))
+    clean, blurred = (ImageStore(out / "prepared" / name / "r32") for name in ("toy", "toy-blur"))
     for i in (0, 7):
         assert np.array_equal(
             blurred.splits["test"].image(i),

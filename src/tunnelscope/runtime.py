@@ -11,6 +11,7 @@ import os
 import platform
 import socket
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -186,6 +187,48 @@ def job_device(compute: dict | None = None, gpus_given: int | None = None) -> to
     info = device_info(device)
     log.info("device %s: %s", device, ", ".join(f"{k} {v}" for k, v in info.items() if v and k != "device"))
     return device
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobRuntime:
+    """How a job runs, never what it computes: the settings a job's rule passes as resources (so
+    that changing them reruns nothing) and the benchmarks vary. ``device``: compute.device for
+    this job (None: the compute settings' own, else the schema default); ``gpus``: the GPUs its
+    scheduler gave it (its ``gpu`` resource); ``threads``: torch's CPU threads; ``resident_mb``:
+    the largest split kept on the device (``loader.SplitReader``); ``batch_size``: embed's
+    images per forward pass; ``channels_last``: overrides compute.channels_last, for benchmarks
+    (it changes results in the last bits: a workflow job leaves it None)."""
+
+    device: str | None = None
+    gpus: int | None = None
+    threads: int = 1
+    resident_mb: float = 1024
+    batch_size: int = 256
+    channels_last: bool | str | None = None
+
+    @classmethod
+    def of_job(cls, job) -> JobRuntime:
+        """The runtime a Snakemake job (a script's ``snakemake`` object) was given by its rule."""
+        resources = job.resources
+        return cls(
+            device=resources.device,
+            gpus=resources.get("gpu", 0),
+            threads=job.threads,
+            resident_mb=resources.get("resident_mb", cls.resident_mb),
+            batch_size=resources.get("embed_batch", cls.batch_size),
+        )
+
+    def start(self, compute: dict | None = None) -> torch.device:
+        """Set torch's CPU threads and return this process's device (``job_device``, which sets
+        the job up on its first call) for a job with ``compute`` settings."""
+        torch.set_num_threads(max(1, self.threads))
+        asked = dict(compute or {}) | ({"device": self.device} if self.device is not None else {})
+        return job_device(asked, self.gpus)
+
+    def compute(self, compute: dict | None) -> dict:
+        """``compute`` with this runtime's channels_last override, if any."""
+        compute = dict(compute or {})
+        return compute if self.channels_last is None else compute | {"channels_last": self.channels_last}
 
 
 def apply_determinism(on: bool) -> None:

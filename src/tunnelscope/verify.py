@@ -72,16 +72,16 @@ def _checker(path: Path):
 
 
 def _check_store(root: Path) -> None:
-    from tunnelscope.data.store import Store, StoreError
+    from tunnelscope.data.store import ImageStore, StoreError
 
     try:
-        Store(root).check()
+        ImageStore(root).check()
     except StoreError as exc:
         raise damaged(root, str(exc), relative(root)) from exc
 
 
 def _check_checkpoint(path: Path) -> None:
-    from tunnelscope.training.checkpoints import read_checkpoint
+    from tunnelscope.models.checkpoints import read_checkpoint
 
     read_checkpoint(str(path))
 

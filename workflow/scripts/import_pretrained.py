@@ -1,5 +1,5 @@
 from tunnelscope.joblog import job_logging
-from tunnelscope.training.checkpoints import import_pretrained
+from tunnelscope.training.backbones import import_pretrained
 
 with job_logging(snakemake.log[0]):
     out = snakemake.output

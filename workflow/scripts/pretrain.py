@@ -4,9 +4,9 @@ outside ``params.settings["finetune"]["train"]`` frozen at the ``input.tunnel`` 
 
 import json
 
-from tunnelscope.data.store import Store
+from tunnelscope.data.store import ImageStore
 from tunnelscope.joblog import job_logging
-from tunnelscope.runtime import job_device
+from tunnelscope.runtime import JobRuntime
 from tunnelscope.training.loop import pretrain
 
 
@@ -30,16 +30,14 @@ def frozen(inputs, params: dict) -> dict:
 
 with job_logging(snakemake.log[0]):
     params, out = snakemake.params.settings, snakemake.output
-    job_device({**params["compute"], "device": snakemake.resources.device}, snakemake.resources.get("gpu", 0))
     pretrain(
         params,
-        Store(snakemake.input.data),
+        ImageStore(snakemake.input.data),
         checkpoint=out.checkpoint,
         train_log=out.train_log,
         info_path=out.info,
         state_path=snakemake.params.state,
-        threads=snakemake.threads,
-        resident_mb=snakemake.resources.resident_mb,
+        runtime=JobRuntime.of_job(snakemake),
         init_checkpoint=init_checkpoint(snakemake.input),
         **frozen(snakemake.input, params),
     )

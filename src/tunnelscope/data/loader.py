@@ -203,16 +203,6 @@ def resize_weights(
     return weights / weights.sum(-1, keepdim=True)
 
 
-def random_resized_crop_flip(
-    canvas: torch.Tensor, sizes: torch.Tensor, size: int, generator: torch.Generator, scale=SCALE, ratio=RATIO
-) -> torch.Tensor:
-    """RandomResizedCrop(size) + HorizontalFlip(0.5) of a batch: ``canvas`` (n, H, W, 3) uint8
-    holds image k in its top-left (h_k, w_k) = ``sizes[k]``; returns (n, 3, size, size) float
-    in [0, 255], channels-last. The draws are ``crop_plan``'s, the resize ``crop_batch``'s."""
-    boxes, flips = crop_plan(sizes[:, 0].cpu(), sizes[:, 1].cpu(), generator, scale, ratio)
-    return crop_batch(canvas, boxes, flips, size).float()
-
-
 def center_crop(images, size: int, axes: int = 0):
     """The eval view of stored images: the centre size x size crop (torchvision's rounding) of
     the (h, w) axes starting at ``axes`` (0: one (h, w, 3) image; 1: an (n, h, w, 3) batch)."""

@@ -24,8 +24,8 @@ from tunnelscope.data.splits import SPLITS
 from tunnelscope.data.store import (
     CHUNK_BYTES,
     DatasetError,
+    ImageStore,
     SplitPlan,
-    Store,
     byte_chunks,
     parallel_fill,
     stored_size,
@@ -47,7 +47,7 @@ def prepare(
     crop_pct: float = DEFAULT_TRANSFORM["crop_pct"],
     native: bool = False,
     chunk_bytes: int = CHUNK_BYTES,
-) -> Store:
+) -> ImageStore:
     """Write one dataset at ``resolution`` into the store ``out_dir`` (resuming a partial one):
     each image resized to the eval transform's shorter side int(R / crop_pct) with
     ``interpolation``, or kept as it is where ``native`` and its shorter side is R already;
@@ -88,7 +88,7 @@ def prepare(
 
         plans = plans_of(spec)
         write_store(out_dir, meta, plans, _on_bad_image(spec))
-    return Store(out_dir)
+    return ImageStore(out_dir)
 
 
 def _on_bad_image(spec: dict) -> str:

@@ -262,7 +262,7 @@ class StoreSplit:
         ):
             raise damaged(self.path, "inconsistent with its index", root)
         self.uniform_shape = tuple(info["uniform_shape"]) if info["uniform_shape"] else None
-        # Stores written before checksums have no chunks: read unchecked (Store warns).
+        # Stores written before checksums have no chunks: read unchecked (ImageStore warns).
         self._chunks = np.asarray(info.get("chunks", []), dtype=np.int64).reshape(-1, 3)
         self._checked = np.zeros(len(self._chunks), dtype=bool)  # chunks this process has checked
         self._fd, self._pid = None, None
@@ -339,7 +339,7 @@ class StoreSplit:
         )
 
 
-class Store:
+class ImageStore:
     """A complete prepared store (``store.json`` exists only in one)."""
 
     def __init__(self, path: str | Path):
@@ -374,32 +374,6 @@ class Store:
     def check_resolution(self, resolution: int) -> None:
         if self.resolution != resolution:
             raise StoreError(f"{self.root}: prepared for {self.resolution} px, read at {resolution} px")
-
-
-def write_arrays(
-    out_dir: str | Path,
-    splits: dict[str, tuple[np.ndarray, np.ndarray]],
-    num_classes: int,
-    resolution: int,
-    name: str = "arrays",
-) -> Store:
-    """A store of in-memory (images (N, h, w, 3) uint8, labels) per split, stored as they are:
-    for tests, benchmarks and sets generated at their resolution."""
-    plans = {}
-    for split, (images, labels) in splits.items():
-        shapes = np.tile(np.asarray(images.shape[1:3], dtype=np.int64), (len(images), 1))
-        plans[split] = SplitPlan(
-            np.asarray(labels, dtype=np.int64), shapes, lambda a, b, im=images: im[a:b], byte_chunks(shapes)
-        )
-    meta = {
-        "dataset": name,
-        "num_classes": int(num_classes),
-        "resolution": int(resolution),
-        "shorter_side": int(resolution),
-        "native": True,
-    }
-    write_store(out_dir, meta, plans)
-    return Store(out_dir)
 
 
 def parallel_fill(pool: ThreadPoolExecutor, fill_one: Callable[[int], object]) -> Callable[[int, int], list]:

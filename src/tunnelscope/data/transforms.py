@@ -1,13 +1,12 @@
-"""Image transforms: the eval transform of a prepared store and the on-device normalisation."""
+"""The on-device normalisation of image batches (the eval transform's resize is prepare's, its
+centre crop the loader's)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image
 
 from tunnelscope.registry import (
-    DEFAULT_TRANSFORM,
     IMAGENET_MEAN,
     IMAGENET_STD,
 )
@@ -40,32 +39,3 @@ class Normaliser:
         scale, shift = self._rows
         out.permute(0, 2, 3, 1).view(-1, w * channels).mul_(scale).add_(shift)
         return out
-
-
-def to_input(images_uint8: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> normalised float (N, 3, H, W), channels-last, freshly allocated."""
-    return Normaliser(mean, std)(images_uint8.permute(0, 3, 1, 2))
-
-
-def eval_transform(
-    image: Image.Image,
-    resolution: int,
-    interpolation: str = DEFAULT_TRANSFORM["interpolation"],
-    crop_pct: float = DEFAULT_TRANSFORM["crop_pct"],
-    native: bool = False,
-) -> np.ndarray:
-    """The paper's eval transform up to normalisation: RGB, Resize(shorter side =
-    int(R / crop_pct), bicubic), CenterCrop(R), with crop_pct = 224/256. Published models may
-    name another interpolation and crop_pct. ``native``: an image whose shorter side is already
-    R is only centre-cropped (CIFAR at 32 in the released CNN code). Normalisation happens on
-    the device later."""
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import functional as TF
-
-    image = image.convert("RGB")
-    if not (native and min(image.size) == resolution):
-        image = TF.resize(image, int(resolution / crop_pct), interpolation=InterpolationMode(interpolation))
-    return np.asarray(TF.center_crop(image, [resolution, resolution]), dtype=np.uint8)
-
-
-# ---------------------------------------------------------------- sources

@@ -6,7 +6,6 @@ import numpy as np
 import torch
 
 from tunnelscope.data.transforms import Normaliser
-from tunnelscope.joblog import progress_bar
 from tunnelscope.models.capture import LayerCapture
 from tunnelscope.models.points import ProbePoint
 from tunnelscope.registry import IMAGENET_MEAN, IMAGENET_STD
@@ -98,27 +97,3 @@ def embed_batches(
                 model(to_model(images.permute(0, 3, 1, 2)))
             yield from copies.push(capture.take())
     yield from copies.drain()
-
-
-def embed_images(
-    model: torch.nn.Module,
-    points: list[ProbePoint],
-    images: np.ndarray,
-    poolings=("avg2x2",),
-    batch_size: int = 256,
-    dtype=np.float16,
-    device="cpu",
-    desc: str = "embed",
-    **options,
-) -> dict[tuple, np.ndarray]:
-    """Embeddings of in-memory ``images`` (N, H, W, 3 uint8), {(index, pooling): (N, D)}: the
-    reference the streamed embed job is checked against (and a helper for notebooks)."""
-    batches = (
-        torch.from_numpy(images[i : i + batch_size]).to(device)
-        for i in progress_bar(range(0, len(images), batch_size), desc=desc, leave=False, mininterval=1.0)
-    )
-    parts: dict[tuple, list] = {}
-    for vectors in embed_batches(model, points, batches, poolings, dtype, **options):
-        for key, value in vectors.items():
-            parts.setdefault(key, []).append(value)
-    return {key: np.concatenate(value) for key, value in parts.items()}

@@ -115,16 +115,6 @@ class EmbeddingWriter:
         self._writer.write_table(table, row_group_size=n)
 
 
-def write_embeddings(
-    path, vectors: np.ndarray, labels: np.ndarray, splits: np.ndarray, sample_ids: np.ndarray, metadata: dict
-) -> None:
-    """One layer's embeddings in one call (see ``EmbeddingWriter``), written atomically."""
-    with atomic_path(path) as tmp:
-        writer = EmbeddingWriter(tmp, metadata)
-        writer.append(vectors, labels, splits, sample_ids)
-        writer.close()
-
-
 def _vectors(column: pa.ChunkedArray, dim: int, dtype: str) -> np.ndarray:
     """(n, dim) view of an embedding column's bytes, in the file's ``dtype``."""
     chunk = column.combine_chunks()

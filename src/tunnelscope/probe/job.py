@@ -31,7 +31,7 @@ from tunnelscope.joblog import progress_bar
 from tunnelscope.probe.failure import failed_result, features_problem
 from tunnelscope.probe.predictions import layer_column, prediction_table
 from tunnelscope.registry import CELL_VARIABLES, SOLVER_MODULES
-from tunnelscope.runtime import job_device
+from tunnelscope.runtime import JobRuntime, job_device
 
 log = logging.getLogger("tunnelscope.probe")
 
@@ -102,7 +102,7 @@ def _log_fit(meta: dict, result: dict) -> None:
 
 
 def probe_layers(
-    embed_dir: str, params: dict, family: str = "cnn", threads: int | None = None
+    embed_dir: str, params: dict, family: str = "cnn", *, runtime: JobRuntime | None = None
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray], pd.DataFrame]:
     """Probe every layer of one (cell, eval set): one row per layer (with the ``precision`` of
     its products and the ``device_type`` it ran on, "cpu" or "cuda", known only here in the job:
@@ -110,10 +110,10 @@ def probe_layers(
     (d + 1, C) float32 weights on raw features, bias last (``layer_NNN`` keys; write_weights;
     protocols.probe_logits scores them); and the predictions (``prediction_table``), from which
     each row's ``test_acc`` was computed.
-    ``threads`` caps torch's CPU threads (the job's share of the cores; torch's default takes
-    them all)."""
-    if threads:
-        torch.set_num_threads(threads)
+    ``runtime.threads`` caps torch's CPU threads (the job's share of the cores; without a
+    runtime, torch's default takes them all)."""
+    if runtime is not None:
+        torch.set_num_threads(max(1, runtime.threads))
     if params["solver"] not in SOLVER_FITS:
         raise ValueError(f"probe.solver: unknown solver {params['solver']!r}; known: {', '.join(SOLVER_FITS)}")
     solver = SOLVER_FITS[params["solver"]]

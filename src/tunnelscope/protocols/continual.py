@@ -23,16 +23,16 @@ import pandas as pd
 import torch
 
 from tunnelscope.data.loader import SplitReader, loader_workers
-from tunnelscope.data.store import Store
+from tunnelscope.data.store import ImageStore
 from tunnelscope.features.embed import embed_eval_set
 from tunnelscope.io import read_table, write_json
 from tunnelscope.metrics.tunnel import id_tunnel_start
 from tunnelscope.models.build import probe_points
+from tunnelscope.models.checkpoints import Backbone, load_backbone, save_backbone
+from tunnelscope.models.evaluation import accuracy
 from tunnelscope.probe.job import probe_layers
 from tunnelscope.registry import ARCHS, CELL_VARIABLES, TRAINED
-from tunnelscope.runtime import job_device
-from tunnelscope.training.checkpoints import load_backbone, save_backbone
-from tunnelscope.training.loop import accuracy
+from tunnelscope.runtime import JobRuntime
 
 log = logging.getLogger("tunnelscope.continual")
 
@@ -150,55 +150,49 @@ def frozen_modules(tunnel: dict, train: list[str]) -> list[str]:
 
 
 @torch.no_grad()
-def head_accuracy(
-    model, store: Store, first: int, stop: int, params: dict, batch_size: int, resident_mb: float, threads: int
-) -> float:
-    """Top-1 of the model's own classifier on the test images of classes [first, stop), the
+def head_accuracy(model, store: ImageStore, classes: tuple[int, int], params: dict, runtime: JobRuntime) -> float:
+    """Top-1 of the model's own classifier on the test images of ``classes`` [first, stop), the
     argmax over those classes' logits."""
+    first, stop = classes
     test = store.splits["test"]
     rows = np.flatnonzero((test.labels >= first) & (test.labels < stop))
     device = next(model.parameters()).device
-    reader = SplitReader(
-        test, "center", params["resolution"], device, resident_mb, workers=min(loader_workers(device, threads), 1)
-    )
+    workers = min(loader_workers(device, runtime.threads), 1)
+    reader = SplitReader(test, "center", params["resolution"], device, runtime.resident_mb, workers=workers)
     labels = torch.from_numpy(test.labels[rows]).to(device) - first
     norm = params["normalization"]
-    return accuracy(model, reader, rows, labels, norm["mean"], norm["std"], batch_size, slice(first, stop))
+    return accuracy(model, reader, rows, labels, norm["mean"], norm["std"], runtime.batch_size, slice(first, stop))
 
 
 def evaluate(
-    params: dict,
-    checkpoint: str,
-    data_path: str,
-    out_dir: str,
-    batch_size: int = 256,
-    threads: int = 1,
-    channels_last: bool | str | None = None,
-    resident_mb: float = 1024,
+    params: dict, *, checkpoint: str, data_path: str, out_dir: str, runtime: JobRuntime = JobRuntime()
 ) -> pd.DataFrame:
     """One configuration on both tasks: embeddings of every layer (its own task's curve) or of
     the last one, a probe per embedded layer, and its classifier's accuracy. One row per
-    (task, layer) with the probe's results, ``network``, ``task`` and ``head_acc``."""
+    (task, layer) with the probe's results, ``network``, ``task`` and ``head_acc``. The store is
+    opened and the backbone loaded once, for every task."""
     family = ARCHS[params["arch"]]["family"]
-    store = Store(data_path)
-    model, _ = load_backbone(checkpoint, job_device(params["compute"]))
+    store = ImageStore(data_path)
+    backbone = Backbone.load(checkpoint, runtime.start(params["compute"]))
+    tasks = dict(enumerate(params["tasks"], start=1))
+    # The classifier is scored first, on the model as loaded: embedding may turn it channels_last.
+    heads = {task: head_accuracy(backbone.model, store, classes, params, runtime) for task, classes in tasks.items()}
     tables = []
-    for task, (first, stop) in enumerate(params["tasks"], start=1):
-        where = Path(out_dir) / f"task{task}"
+    for task, (first, stop) in tasks.items():
+        where = str(Path(out_dir) / f"task{task}")
         embed = {**params, "eval_set": f"task{task}", "classes": [first, stop], "layers": params["layers"][str(task)]}
-        embed_eval_set(embed, checkpoint, data_path, str(where), batch_size, threads, channels_last, resident_mb)
+        embed_eval_set(embed, backbone=backbone, store=store, out_dir=where, runtime=runtime)
         probe = {**params["probe"], **{k: params[k] for k in CELL_VARIABLES}, "eval_set": f"task{task}", "role": "task"}
-        table, _, _ = probe_layers(str(where), probe, family, threads)  # weights, predictions not kept here
-        head = head_accuracy(model, store, first, stop, params, batch_size, resident_mb, threads)
+        table, _, _ = probe_layers(where, probe, family, runtime=runtime)  # weights, predictions not kept here
         log.info(
             "%s task %d: probe at layer %d %.4f, head %.4f",
             params["network"],
             task,
             table.layer.max(),
             table.sort_values("layer").test_acc.iloc[-1],
-            head,
+            heads[task],
         )
-        tables.append(table.assign(network=params["network"], task=task, head_acc=head))
+        tables.append(table.assign(network=params["network"], task=task, head_acc=heads[task]))
     return pd.concat(tables, ignore_index=True)
 
 

@@ -10,60 +10,33 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from tunnelscope.data.loader import SplitReader, loader_workers
-from tunnelscope.data.splits import epoch_order, stratified_split
-from tunnelscope.data.store import Store
+from tunnelscope.data.loader import SplitReader
+from tunnelscope.data.splits import epoch_order
+from tunnelscope.data.store import ImageStore
 from tunnelscope.data.transforms import Normaliser
-from tunnelscope.io import atomic_path, file_sha256, write_csv, write_json
+from tunnelscope.io import file_sha256, write_csv, write_json
 from tunnelscope.joblog import progress_bar
 from tunnelscope.models.build import build_model, check_forward_order, probe_points
+from tunnelscope.models.checkpoints import read_checkpoint, save_backbone
+from tunnelscope.models.evaluation import accuracy
 from tunnelscope.registry import (
     CELL_VARIABLES,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     cell_id,
 )
-from tunnelscope.runtime import autocast, device_info, job_device, resolve_compute
-from tunnelscope.training.checkpoints import (
-    backbone_info,
-    paper_parameter_count,
-    read_checkpoint,
-    save_backbone,
-)
+from tunnelscope.runtime import JobRuntime, autocast, device_info, resolve_compute
+from tunnelscope.training.backbones import backbone_info, paper_parameter_count
+from tunnelscope.training.data import TrainingData, training_data
+from tunnelscope.training.resume import load_train_state, save_train_state
 from tunnelscope.training.schedule import lr_schedule
 
 log = logging.getLogger("tunnelscope.train")
-
-
-@torch.no_grad()
-def accuracy(
-    model,
-    reader: SplitReader,
-    indices: np.ndarray,
-    labels: torch.Tensor,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
-    batch_size: int = 512,
-    columns: slice = slice(None),
-) -> float:
-    """Top-1 of ``model`` on the eval crops of ``indices`` of a split (``labels`` aligned), the
-    argmax taken over the logits in ``columns`` (a task's classes; labels counted from its first)."""
-    if len(indices) == 0:
-        return float("nan")
-    model.eval()
-    correct, seen = torch.zeros((), dtype=torch.int64, device=labels.device), 0
-    to_model = Normaliser(mean, std)
-    for crops in reader.batches(indices, batch_size):
-        logits = model(to_model(crops.permute(0, 3, 1, 2)))[:, columns]
-        correct += (logits.argmax(1) == labels[seen : seen + len(crops)]).sum()  # counted on the device
-        seen += len(crops)
-    return correct.item() / len(indices)
 
 
 # Steps between reads of an epoch's running loss by the host (a GPU sync each): a non-finite loss
@@ -103,28 +76,6 @@ def _fingerprint(params: dict) -> str:
     return json.dumps(params, sort_keys=True)
 
 
-def task_view(task: dict | None, num_classes: int) -> tuple[int, int, int, slice]:
-    """(first, stop, label offset, logit columns) of a continual-learning task's classes: with a
-    shared head the softmax spans every class and labels stay as they are; with a head per task
-    it spans the task's classes, labels counted from its first. No task: every class. (AdamW's
-    decay still shrinks the other tasks' rows of the classifier, but uniformly, so the argmax
-    over their own logits stays as it was.)"""
-    if task is None:
-        return 0, num_classes, 0, slice(None)
-    first, stop = task["classes"]
-    if stop > num_classes:
-        raise ValueError(
-            f"task {task['index']}: classes [{first}, {stop}) exceed the {num_classes} classes of the dataset"
-        )
-    if task["head"] == "per_task":
-        return first, stop, first, slice(first, stop)
-    return first, stop, 0, slice(None)
-
-
-def _rows(labels: np.ndarray, first: int, stop: int) -> np.ndarray:
-    return np.flatnonzero((labels >= first) & (labels < stop))
-
-
 def _mixer(cfg: dict, num_classes: int):
     """timm's Mixup / CutMix with the recipe's label smoothing, or None when both are off."""
     if cfg["mixup_alpha"] == 0 and cfg["cutmix_alpha"] == 0:
@@ -142,24 +93,6 @@ def _mixer(cfg: dict, num_classes: int):
     )
 
 
-def _numpy_rng() -> dict:
-    """numpy's global generator (timm's Mixup draws from it) as tensors and numbers, so a resume
-    state holding it still loads with ``weights_only``."""
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {
-        "keys": torch.from_numpy(keys.astype(np.int64)),
-        "pos": int(pos),
-        "has_gauss": int(has_gauss),
-        "gauss": float(gauss),
-    }
-
-
-def _set_numpy_rng(state: dict) -> None:
-    np.random.set_state(
-        ("MT19937", state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"], state["gauss"])
-    )
-
-
 def _freeze(model, frozen, cell: str) -> list:
     """Stop the gradients of the named modules' own parameters; returns those modules."""
     modules = dict(model.named_modules())
@@ -172,91 +105,16 @@ def _freeze(model, frozen, cell: str) -> list:
     return [modules[name] for name in frozen]
 
 
-def pretrain(
-    params: dict,
-    store: Store,
-    checkpoint: str,
-    train_log: str,
-    info_path: str,
-    state_path: str,
-    threads: int = 1,
-    channels_last: bool | str | None = None,
-    resident_mb: float = 1024,
-    init_checkpoint: str | None = None,
-    frozen: tuple[str, ...] | list[str] = (),
-    freeze_norm_stats: bool = True,
-) -> dict:
-    """Train one cell's backbone; write checkpoint, per-epoch log and cell info.
-
-    Images come from the prepared ``store``: kept on the device when a split has one image size
-    and fits ``resident_mb``, else streamed batch by batch (``loader.SplitReader``); either way
-    the same crops, so results do not depend on it. ``state_path`` holds the full training state
-    after every epoch; a rerun with the same params resumes from it (after a crash or a cluster
-    pre-emption) and deletes it at the end. ``params['compute']``'s precision and channels_last
-    (``auto`` when missing; ``channels_last`` given here overrides it, for benchmarks) are resolved
-    for the device and model (``runtime.resolve_compute``), logged and recorded in the cell info.
-    ``training.checkpoint`` picks the weights kept: the
-    last epoch's, or the best epoch's on the held-out split (best_val) or on the ID test split
-    (best_test, the paper's choice).
-
-    Continual learning: ``params['task']`` (index, classes [first, stop), head) trains and scores
-    on those classes only; ``init_checkpoint`` starts from a saved backbone's weights; the
-    ``frozen`` modules (names) keep their parameters, and with ``freeze_norm_stats`` stay in eval
-    mode, so their normalisation statistics stay too.
-    """
-    torch.set_num_threads(max(1, threads))
-    device = job_device(params["compute"])  # the job's: set up by its script, or here outside a workflow
-    cfg, seed = params["training"], params["seed"]
-    torch.manual_seed(seed)
-    cell = cell_id(**{k: params[k] for k in CELL_VARIABLES})
-    norm, size = params["normalization"], params["resolution"]
-    augment = params["augmentation"] == "rrc_flip"
-    selection = cfg["checkpoint"]
-
-    store.check_resolution(size)
-    train, test = store.splits["train"], store.splits["test"]
-    try:
-        first, stop, offset, columns = task_view(params.get("task"), store.num_classes)
-    except ValueError as exc:
-        raise ValueError(f"cell {cell}: {exc}") from exc
-    rows = _rows(train.labels, first, stop)
-    tr_idx, val_idx = (rows[i] for i in stratified_split(train.labels[rows], cfg["val_fraction"], seed, stream=7919))
-    test_idx = _rows(test.labels, first, stop)
-    if selection != "last" and len({"best_val": val_idx, "best_test": test_idx}[selection]) == 0:
-        split = (
-            "held-out split (training.val_fraction holds out no image of any class)"
-            if selection == "best_val"
-            else "test split"
-        )
-        raise ValueError(f"cell {cell}: training.checkpoint {selection} selects on an empty {split}")
-    # Data-loader processes when a split streams: as many as the device wants for training's
-    # batches, at most one each for the (short) evaluation passes.
-    workers = loader_workers(device, threads)
-    fit = SplitReader(train, "whole" if augment else "center", size, device, resident_mb, workers)
-    train_eval = SplitReader(train, "center", size, device, resident_mb, min(workers, 1)) if augment else fit
-    test_eval = SplitReader(test, "center", size, device, resident_mb, min(workers, 1))
-    labels = torch.from_numpy(train.labels).to(device) - offset
-    y_val = labels[torch.from_numpy(val_idx).to(device)]
-    y_te = torch.from_numpy(test.labels[test_idx]).to(device) - offset
-    where = {True: "on the device", False: "streamed"}
-    log.info(
-        "%s: %d train images (%s), %d test (%s)",
-        cell,
-        len(rows),
-        where[fit.resident],
-        len(test_idx),
-        where[test_eval.resident],
-    )
-
-    def evaluate(reader, indices, y):  # in training-sized batches: memory stays what training needs
-        return accuracy(model, reader, indices, y, norm["mean"], norm["std"], cfg["batch_size"], columns)
-
+def _initial_model(params: dict, num_classes: int, device, cell: str, init_checkpoint: str | None):
+    """The cell's model on the device, its probe points checked, from ``init_checkpoint``'s
+    weights if given (its initialisation draws from torch's generator either way)."""
+    size = params["resolution"]
     model = build_model(
         params["arch"],
-        store.num_classes,
+        num_classes,
         params["model"]["width"],
         size,
-        drop_path=cfg["drop_path"],
+        drop_path=params["training"]["drop_path"],
         kwargs=params["model"].get("kwargs"),
         key=f"cell {cell}: grid.arch",
     ).to(device)
@@ -271,25 +129,46 @@ def pretrain(
             raise RuntimeError(
                 f"cell {cell}: initial weights {init_checkpoint} do not load into {params['arch']} ({exc})"
             ) from exc
-    requested = params["compute"] if channels_last is None else {**params["compute"], "channels_last": channels_last}
-    compute = resolve_compute(requested, device, model)
+    return model
+
+
+@dataclass
+class _Optimisation:
+    """The optimisation step's result: what each training step uses."""
+
+    compute: dict  # precision and channels_last as resolved
+    frozen_modules: list
+    trainable: list
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    mixer: object  # timm's Mixup, or None
+    loss_fn: torch.nn.Module
+    steps_per_epoch: int
+    per_batch: bool  # the schedule steps every batch, else every epoch
+
+
+def _optimisation(params, model, device, runtime: JobRuntime, data: TrainingData, num_classes: int, frozen, cell: str):
+    """Resolve the compute settings (the model turned channels_last in place where they say so),
+    freeze the ``frozen`` modules, and set up AdamW, the schedule, mixing and the loss."""
+    cfg = params["training"]
+    compute = resolve_compute(runtime.compute(params["compute"]), device, model)
     log.info("%s: %s, %s", cell, compute["precision"], "channels_last (NHWC)" if compute["channels_last"] else "NCHW")
     if compute["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)
     frozen_modules = _freeze(model, frozen, cell)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError(f"cell {cell}: every parameter is frozen; nothing to train")
-    precision = compute["precision"]
     lr = cfg["lr"] * (cfg["batch_size"] / cfg["lr_scaling_batch"] if cfg["lr_scaling_batch"] else 1.0)
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=cfg["weight_decay"])
-    mixer = _mixer(cfg, len(range(store.num_classes)[columns]))  # as many classes as logits
+    mixer = _mixer(cfg, len(range(num_classes)[data.columns]))  # as many classes as logits
     # Mixup pairs each batch with its reverse, so it needs even batches: the incomplete last
     # batch of an epoch is dropped, as timm's training loader does.
-    steps_per_epoch = len(tr_idx) // cfg["batch_size"] if mixer else math.ceil(len(tr_idx) / cfg["batch_size"])
+    n_fit = len(data.fit_idx)
+    steps_per_epoch = n_fit // cfg["batch_size"] if mixer else math.ceil(n_fit / cfg["batch_size"])
     if mixer and (steps_per_epoch == 0 or cfg["batch_size"] % 2):
         raise ValueError(
-            f"cell {cell}: mixup / CutMix need an even training.batch_size of at most the {len(tr_idx)} training images, got {cfg['batch_size']}"
+            f"cell {cell}: mixup / CutMix need an even training.batch_size of at most the {n_fit} training images, got {cfg['batch_size']}"
         )
     per_batch = cfg["schedule_step"] == "batch"
     units = steps_per_epoch if per_batch else 1
@@ -303,222 +182,243 @@ def pretrain(
         milestones,
         cfg["step_gamma"],
     )
-    gen = torch.Generator().manual_seed(seed)
-    if mixer:
-        np.random.seed(seed)
-    history: list[dict] = []
-    start_epoch = 0
-    best = {"score": -1.0, "epoch": 0, "weights": None}  # the kept epoch under best_val / best_test
-    # A resume state is only valid for the same settings (auto resolved the same way: a state
-    # moved to another machine), starting weights and frozen parts.
-    fingerprint = _fingerprint(
-        {
-            **params,
-            "resolved": compute,
-            "init": file_sha256(init_checkpoint) if init_checkpoint else None,
-            "frozen": sorted(frozen),
-            "freeze_norm_stats": freeze_norm_stats,
-        }
-    )
-
-    state_file = Path(state_path)
-    if state_file.exists():
-        resumed = load_train_state(state_file, device, fingerprint, model, optimizer, scheduler, gen)
-        if resumed is None:
-            log.info("ignoring saved state %s: it was made with other settings", state_file)
-        else:
-            history, start_epoch, best = resumed
-            log.info("resuming %s from saved state after epoch %d", cell, start_epoch)
-
     if mixer:
         from timm.loss import SoftTargetCrossEntropy
 
         loss_fn = SoftTargetCrossEntropy()
     else:
         loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
-    to_model = Normaliser(norm["mean"], norm["std"])
-    for epoch in range(start_epoch, cfg["epochs"]):
-        model.train()
-        if freeze_norm_stats:
-            for module in frozen_modules:
-                module.eval()
-        t0 = time.perf_counter()
-        order = tr_idx[epoch_order(len(tr_idx), cfg["repeated_augmentation"], gen).numpy()][
-            : steps_per_epoch * cfg["batch_size"]
-        ]
-        # The labels of the epoch's order go to the device once, not in a copy per step; from
-        # pageable memory a non-blocking copy is staged before it returns, with no wait for the GPU.
-        epoch_labels = labels[torch.from_numpy(order).to(device, non_blocking=True)]
-        totals = _EpochTotals(device, cell, epoch + 1)
-        bar = progress_bar(
-            total=steps_per_epoch, desc=f"{cell} epoch {epoch + 1}/{cfg['epochs']}", leave=False, mininterval=1.0
-        )
-        for step, batch in enumerate(fit.batches(order, cfg["batch_size"], gen)):
-            y = epoch_labels[step * cfg["batch_size"] : (step + 1) * cfg["batch_size"]]
-            x = to_model(batch if augment else batch.permute(0, 3, 1, 2))
-            target = y
-            if mixer:
-                x, target = mixer(x, y)
-            with autocast(device, precision):
-                logits = model(x)[:, columns]
-                loss = loss_fn(logits, target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if per_batch:
-                scheduler.step()
-            totals.add(loss, logits, y)
-            bar.update()
-            if (step + 1) % CHECK_EVERY == 0 and step + 1 < steps_per_epoch:
-                total_loss, _ = totals.read(step + 1)
-                bar.set_postfix(loss=f"{total_loss / ((step + 1) * cfg['batch_size']):.3f}")  # the epoch's mean so far
-        total_loss, correct = totals.read(steps_per_epoch)
-        bar.close()
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": total_loss / len(order),
-            "train_acc": correct / len(order),
-            "val_acc": evaluate(train_eval, val_idx, y_val),
-            "lr": optimizer.param_groups[0]["lr"],
-        }
-        if selection == "best_test":
-            row["test_acc"] = evaluate(test_eval, test_idx, y_te)
-        if not per_batch:
-            scheduler.step()
-        row["seconds"] = time.perf_counter() - t0
-        score = {"best_val": row["val_acc"], "best_test": row.get("test_acc")}.get(selection)
-        if score is not None and score > best["score"]:
-            best = {
-                "score": score,
-                "epoch": epoch + 1,
-                "weights": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            }
-        history.append(row)
-        log.info(
-            "%s epoch %d/%d loss %.4f train %.3f val %.3f (%.1fs)",
-            cell,
-            row["epoch"],
-            cfg["epochs"],
-            row["train_loss"],
-            row["train_acc"],
-            row["val_acc"],
-            row["seconds"],
-        )
-        save_train_state(state_file, device, model, optimizer, scheduler, gen, fingerprint, history, epoch + 1, best)
+    return _Optimisation(
+        compute, frozen_modules, trainable, optimizer, scheduler, mixer, loss_fn, steps_per_epoch, per_batch
+    )
 
-    kept = history[-1]
-    if selection != "last" and best["weights"] is None:
+
+@dataclass
+class _Run:
+    """One training run's fixed parts, for its epochs and its end."""
+
+    params: dict
+    cell: str
+    device: torch.device
+    model: torch.nn.Module
+    data: TrainingData
+    opt: _Optimisation
+    gen: torch.Generator  # orders and crops
+    freeze_norm_stats: bool
+    to_model: Normaliser
+
+    def evaluate(self, reader: SplitReader, indices: np.ndarray, y: torch.Tensor) -> float:
+        """Top-1 in training-sized batches: memory stays what training needs."""
+        norm, cfg = self.params["normalization"], self.params["training"]
+        return accuracy(self.model, reader, indices, y, norm["mean"], norm["std"], cfg["batch_size"], self.data.columns)
+
+
+def _resume(run: _Run, state_file: Path, fingerprint: str) -> tuple[list[dict], int, dict]:
+    """(history, epochs done, best) from a saved state made with the same settings, else a fresh start."""
+    fresh = [], 0, {"score": -1.0, "epoch": 0, "weights": None}  # best: the kept epoch under best_val / best_test
+    if not state_file.exists():
+        return fresh
+    opt = run.opt
+    resumed = load_train_state(state_file, run.device, fingerprint, run.model, opt.optimizer, opt.scheduler, run.gen)
+    if resumed is None:
+        log.info("ignoring saved state %s: it was made with other settings", state_file)
+        return fresh
+    log.info("resuming %s from saved state after epoch %d", run.cell, resumed[1])
+    return resumed
+
+
+def _fit_epoch(run: _Run, epoch: int) -> tuple[float, int, int]:
+    """One pass over the epoch's order: (loss sum, correct, images seen)."""
+    cfg, data, opt, model = run.params["training"], run.data, run.opt, run.model
+    batch_size, augment = cfg["batch_size"], run.params["augmentation"] == "rrc_flip"
+    model.train()
+    if run.freeze_norm_stats:
+        for module in opt.frozen_modules:
+            module.eval()
+    order = data.fit_idx[epoch_order(len(data.fit_idx), cfg["repeated_augmentation"], run.gen).numpy()][
+        : opt.steps_per_epoch * batch_size
+    ]
+    # The labels of the epoch's order go to the device once, not in a copy per step; from
+    # pageable memory a non-blocking copy is staged before it returns, with no wait for the GPU.
+    epoch_labels = data.labels[torch.from_numpy(order).to(run.device, non_blocking=True)]
+    totals = _EpochTotals(run.device, run.cell, epoch + 1)
+    bar = progress_bar(
+        total=opt.steps_per_epoch, desc=f"{run.cell} epoch {epoch + 1}/{cfg['epochs']}", leave=False, mininterval=1.0
+    )
+    for step, batch in enumerate(data.fit.batches(order, batch_size, run.gen)):
+        y = epoch_labels[step * batch_size : (step + 1) * batch_size]
+        x = run.to_model(batch if augment else batch.permute(0, 3, 1, 2))
+        target = y
+        if opt.mixer:
+            x, target = opt.mixer(x, y)
+        with autocast(run.device, opt.compute["precision"]):
+            logits = model(x)[:, data.columns]
+            loss = opt.loss_fn(logits, target)
+        opt.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.optimizer.step()
+        if opt.per_batch:
+            opt.scheduler.step()
+        totals.add(loss, logits, y)
+        bar.update()
+        if (step + 1) % CHECK_EVERY == 0 and step + 1 < opt.steps_per_epoch:
+            total_loss, _ = totals.read(step + 1)
+            bar.set_postfix(loss=f"{total_loss / ((step + 1) * batch_size):.3f}")  # the epoch's mean so far
+    total_loss, correct = totals.read(opt.steps_per_epoch)
+    bar.close()
+    return total_loss, correct, len(order)
+
+
+def _epoch(run: _Run, epoch: int, best: dict) -> tuple[dict, dict]:
+    """Train one epoch and score it: (its log row, the best epoch so far)."""
+    cfg, data, opt = run.params["training"], run.data, run.opt
+    t0 = time.perf_counter()
+    total_loss, correct, seen = _fit_epoch(run, epoch)
+    row = {
+        "epoch": epoch + 1,
+        "train_loss": total_loss / seen,
+        "train_acc": correct / seen,
+        "val_acc": run.evaluate(data.train_eval, data.val_idx, data.y_val),
+        "lr": opt.optimizer.param_groups[0]["lr"],
+    }
+    if cfg["checkpoint"] == "best_test":
+        row["test_acc"] = run.evaluate(data.test_eval, data.test_idx, data.y_test)
+    if not opt.per_batch:
+        opt.scheduler.step()
+    row["seconds"] = time.perf_counter() - t0
+    score = {"best_val": row["val_acc"], "best_test": row.get("test_acc")}.get(cfg["checkpoint"])
+    if score is not None and score > best["score"]:
+        weights = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
+        best = {"score": score, "epoch": epoch + 1, "weights": weights}
+    log.info(
+        "%s epoch %d/%d loss %.4f train %.3f val %.3f (%.1fs)",
+        run.cell,
+        row["epoch"],
+        cfg["epochs"],
+        row["train_loss"],
+        row["train_acc"],
+        row["val_acc"],
+        row["seconds"],
+    )
+    return row, best
+
+
+def _kept_epoch(run: _Run, history: list[dict], best: dict) -> dict:
+    """The log row of the epoch whose weights are kept, those weights loaded into the model."""
+    selection = run.params["training"]["checkpoint"]
+    if selection == "last":
+        return history[-1]
+    if best["weights"] is None:
         raise RuntimeError(
-            f"cell {cell}: checkpoint {selection} found no epoch with a score (is the {selection.removeprefix('best_')} split empty?)"
+            f"cell {run.cell}: checkpoint {selection} found no epoch with a score (is the {selection.removeprefix('best_')} split empty?)"
         )
-    if selection != "last":
-        model.load_state_dict(best["weights"])
-        kept = history[best["epoch"] - 1]
-        log.info("%s: kept the weights of epoch %d (%s %.4f)", cell, best["epoch"], selection, best["score"])
-    test_acc = evaluate(test_eval, test_idx, y_te)
+    run.model.load_state_dict(best["weights"])
+    log.info("%s: kept the weights of epoch %d (%s %.4f)", run.cell, best["epoch"], selection, best["score"])
+    return history[best["epoch"] - 1]
+
+
+def _cell_info(run: _Run, kept: dict, test_acc: float, num_classes: int, init_checkpoint: str | None) -> dict:
+    """cell.json of a trained backbone."""
+    params = run.params
+    size, width, kwargs = params["resolution"], params["model"]["width"], params["model"].get("kwargs")
     info = {
         **backbone_info(
-            model,
+            run.model,
             params,
             params["arch"],
-            store.num_classes,
-            len(rows),
-            paper_parameter_count(params["arch"], params["model"]["width"], size, params["model"].get("kwargs")),
+            num_classes,
+            len(run.data.rows),
+            paper_parameter_count(params["arch"], width, size, kwargs),
         ),
-        "n_fit": len(tr_idx),
-        "checkpoint_rule": selection,
+        "n_fit": len(run.data.fit_idx),
+        "checkpoint_rule": params["training"]["checkpoint"],
         "checkpoint_epoch": kept["epoch"],
         "final_train_acc": kept["train_acc"],
         "final_val_acc": kept["val_acc"],
         "test_acc": test_acc,
-        **compute,
-        **device_info(device),
+        **run.opt.compute,
+        **device_info(run.device),
     }
     if params.get("task") is not None:
         info |= {
             "task": params["task"],
             "init_checkpoint": init_checkpoint,
-            "trainable_params": sum(p.numel() for p in trainable),
+            "trainable_params": sum(p.numel() for p in run.opt.trainable),
         }
+    return info
+
+
+def pretrain(
+    params: dict,
+    store: ImageStore,
+    *,
+    checkpoint: str,
+    train_log: str,
+    info_path: str,
+    state_path: str,
+    runtime: JobRuntime = JobRuntime(),
+    init_checkpoint: str | None = None,
+    frozen: tuple[str, ...] | list[str] = (),
+    freeze_norm_stats: bool = True,
+) -> dict:
+    """Train one cell's backbone; write checkpoint, per-epoch log and cell info.
+
+    Images come from the prepared ``store``: kept on the device when a split has one image size
+    and fits ``runtime.resident_mb``, else streamed batch by batch (``loader.SplitReader``);
+    either way the same crops, so results do not depend on it. ``state_path`` holds the full
+    training state after every epoch; a rerun with the same params resumes from it (after a
+    crash or a cluster pre-emption) and deletes it at the end. ``params['compute']``'s precision
+    and channels_last (``auto`` when missing; ``runtime.channels_last`` overrides it, for
+    benchmarks) are resolved for the device and model (``runtime.resolve_compute``), logged and
+    recorded in the cell info. ``training.checkpoint`` picks the weights kept: the last epoch's,
+    or the best epoch's on the held-out split (best_val) or on the ID test split (best_test, the
+    paper's choice).
+
+    Continual learning: ``params['task']`` (index, classes [first, stop), head) trains and scores
+    on those classes only; ``init_checkpoint`` starts from a saved backbone's weights; the
+    ``frozen`` modules (names) keep their parameters, and with ``freeze_norm_stats`` stay in eval
+    mode, so their normalisation statistics stay too.
+
+    The steps draw from the generators in a fixed order (torch's seeded before the model is
+    built, the order-and-crop generator and numpy's after the optimisation is set up): a resumed
+    run continues bitwise.
+    """
+    device = runtime.start(params["compute"])  # the job's: set up by its script, or here outside a workflow
+    seed = params["seed"]
+    torch.manual_seed(seed)
+    cell = cell_id(**{k: params[k] for k in CELL_VARIABLES})
+    data = training_data(params, store, device, runtime, cell)
+    model = _initial_model(params, store.num_classes, device, cell, init_checkpoint)
+    opt = _optimisation(params, model, device, runtime, data, store.num_classes, frozen, cell)
+    gen, norm = torch.Generator().manual_seed(seed), params["normalization"]
+    run = _Run(params, cell, device, model, data, opt, gen, freeze_norm_stats, Normaliser(norm["mean"], norm["std"]))
+    if opt.mixer:
+        np.random.seed(seed)
+    # A resume state is only valid for the same settings (auto resolved the same way: a state
+    # moved to another machine), starting weights and frozen parts.
+    fingerprint = _fingerprint(
+        {
+            **params,
+            "resolved": opt.compute,
+            "init": file_sha256(init_checkpoint) if init_checkpoint else None,
+            "frozen": sorted(frozen),
+            "freeze_norm_stats": freeze_norm_stats,
+        }
+    )
+    state_file = Path(state_path)
+    history, start_epoch, best = _resume(run, state_file, fingerprint)
+    for epoch in range(start_epoch, params["training"]["epochs"]):
+        row, best = _epoch(run, epoch, best)
+        history.append(row)
+        save_train_state(
+            state_file, device, model, opt.optimizer, opt.scheduler, run.gen, fingerprint, history, epoch + 1, best
+        )
+    kept = _kept_epoch(run, history, best)
+    test_acc = run.evaluate(data.test_eval, data.test_idx, data.y_test)
+    info = _cell_info(run, kept, test_acc, store.num_classes, init_checkpoint)
     save_backbone(model, checkpoint, {"params": params, "num_classes": store.num_classes})
     write_csv(pd.DataFrame(history), train_log)
     write_json(info, info_path)
     state_file.unlink(missing_ok=True)
     log.info("%s done: test accuracy %.3f, %d parameters", cell, test_acc, info["params"])
     return info
-
-
-def save_train_state(path: Path, device, model, optimizer, scheduler, gen, fingerprint: str, history, epoch, best):
-    """Everything a rerun needs to continue bitwise after ``epoch``: weights, optimiser and
-    schedule, the kept best weights (on the CPU), the history, and every generator the training
-    draws from: ``gen`` (orders, crops), torch's and numpy's global ones (timm's Mixup), and on a
-    CUDA device its generator (drop_path's draws). Generator states are CPU byte tensors."""
-    state = {
-        "best_score": best["score"],
-        "best_epoch": best["epoch"],
-        "best_weights": best["weights"] or {},
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "generator": gen.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "numpy_rng": _numpy_rng(),
-        "history": json.dumps(history),
-        "epoch": epoch,
-        "fingerprint": fingerprint,
-    }
-    if torch.device(device).type == "cuda":
-        state["cuda_rng"] = torch.cuda.get_rng_state(device)
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_train_state(
-    path: Path, device, fingerprint: str, model, optimizer, scheduler, gen
-) -> tuple[list[dict], int, dict] | None:
-    """Restore what ``save_train_state`` wrote into the training objects: (history, epochs done,
-    best) or None when the state was made with other settings (``fingerprint``). Whatever device
-    wrote it, the file is read onto the CPU: generator states must stay CPU byte tensors (set_state
-    refuses others), weights and AdamW's moments are copied onto the model's device by
-    ``load_state_dict``, and AdamW's ``step`` counts stay on the CPU, where AdamW keeps them when
-    neither fused nor capturable (on a device each step would read them back to the host).
-    A RuntimeError naming the file when it cannot be read or restored."""
-    try:
-        # weights_only: a state file is data; a crafted pickle is refused, never executed.
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # UnpicklingError, RuntimeError (truncated zip), EOFError, ...
-        raise RuntimeError(
-            f"{path}: resume state cannot be loaded safely ({type(exc).__name__}); delete it to train from scratch"
-        ) from exc
-    try:
-        if state["fingerprint"] != fingerprint:
-            return None
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        _set_numpy_rng(state["numpy_rng"])
-        _set_cuda_rng(state.get("cuda_rng"), torch.device(device), path)
-        best = {
-            "score": float(state["best_score"]),
-            "epoch": int(state["best_epoch"]),
-            "weights": state["best_weights"] or None,
-        }
-        return json.loads(state["history"]), int(state["epoch"]), best
-    except Exception as exc:  # a key missing, a tensor of another shape or type, ...
-        first_line = str(exc).strip().split("\n")[0]  # load_state_dict lists every key on lines of its own
-        reason = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
-        raise RuntimeError(
-            f"{path}: resume state cannot be restored ({reason}); delete it to train from scratch"
-        ) from exc
-
-
-def _set_cuda_rng(state: torch.Tensor | None, device: torch.device, path: Path) -> None:
-    """Restore the CUDA generator of ``device`` (the job's GPU, whatever its index)."""
-    if device.type != "cuda":
-        return  # a GPU run's state resumed elsewhere: nothing draws from CUDA here
-    if state is None:
-        log.warning("%s was written off CUDA: the CUDA generator (drop_path) restarts from the seed", path)
-        return
-    torch.cuda.set_rng_state(state, device)
