@@ -110,16 +110,18 @@ def prepare_pets(root: Path, repeats: int) -> tuple[list, list]:
     from PIL import Image
 
     from tunnelscope.data import sources
+    from tunnelscope.data.prepare import prepare
+    from tunnelscope.study.schema import dataset_defaults
 
     for path in (root / "oxford-iiit-pet" / "images").iterdir():
         Image.new("RGB", (64, 48), (path.stat().st_ino % 256, 90, 160)).save(path, quality=90)
-    spec = sources.dataset_defaults({"source": "oxford_pets", "root": str(root)})
+    spec = dataset_defaults({"source": "oxford_pets", "root": str(root)})
     readers = {"legacy": legacy_readers.READERS["oxford_pets"], "torchvision": sources.FILE_READERS["oxford_pets"]}
     best = {name: [np.inf, np.inf] for name in readers}
     for i in range(repeats):
         for name, reader in readers.items():
             sources.FILE_READERS["oxford_pets"] = reader
-            wall, cpu, _ = timed(lambda: sources.prepare("pets", spec, 32, root / f"store-{name}-{i}"))
+            wall, cpu, _ = timed(lambda: prepare("pets", spec, 32, root / f"store-{name}-{i}"))
             best[name] = [min(best[name][0], wall), min(best[name][1], cpu)]
     sources.FILE_READERS["oxford_pets"] = readers["torchvision"]
     return best["legacy"], best["torchvision"]

@@ -15,7 +15,7 @@ from tunnelscope.study.config import Study
 from tunnelscope.study.schema import load_schema
 
 # the top folders of a results directory
-TOP = sorted({template.split("/")[0] for template in paths.TEMPLATES} | {"logs", "benchmarks"})
+TOP = sorted({t.split("/")[0] for t in paths.TEMPLATES.values() if "/" in t} | {"logs", "benchmarks"})
 SPELLED = re.compile(rf"^/?({'|'.join(TOP)})/")
 
 
@@ -48,21 +48,40 @@ def _docstrings(tree) -> set[int]:
     }
 
 
-def test_the_library_spells_no_path_of_the_results_layout():
-    """No string of the library (docstrings aside) starts like a path under a results directory."""
+def _spelled(tree) -> list[ast.Constant]:
+    """Strings (docstrings aside) that start like a path under a results directory, and folder
+    names of one joined onto a path (``results / "aggregate"``)."""
+    docs = _docstrings(tree)
+    found = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs
+        if SPELLED.search(node.value)
+    ]
+    joined = [
+        node.right
+        for node in ast.walk(tree)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and isinstance(node.right, ast.Constant)
+        if node.right.value in TOP
+    ]
+    return found + joined
+
+
+def test_the_library_and_scripts_spell_no_path_of_the_results_layout():
     found = []
-    for module in sorted((REPO / "src" / "tunnelscope").rglob("*.py")):
+    modules = [*(REPO / "src" / "tunnelscope").rglob("*.py"), *(REPO / "workflow" / "scripts").glob("*.py")]
+    for module in sorted(modules):
         if module.name == "paths.py" and module.parent.name == "study":
             continue
-        tree = ast.parse(module.read_text())
-        docs = _docstrings(tree)
         found += [
-            f"{module.relative_to(REPO)}:{node.lineno}: {node.value!r}"
-            for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs
-            if SPELLED.search(node.value)
+            f"{module.relative_to(REPO)}:{n.lineno}: {n.value!r}" for n in _spelled(ast.parse(module.read_text()))
         ]
     assert not found, "paths spelled outside tunnelscope/study/paths.py:\n" + "\n".join(found)
+
+
+def test_the_check_finds_a_spelled_path():
+    code = '"""cells/ in a docstring"""\np = results / "aggregate" / "x.csv"\nq = f"{results}/cells/{c}/m.parquet"'
+    assert [n.value for n in _spelled(ast.parse(code))] == ["/cells/", "aggregate"]
 
 
 @pytest.mark.integration

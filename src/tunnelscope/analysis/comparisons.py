@@ -15,6 +15,10 @@ within a seed, then over the seeds (seeds are replicates of one backbone, nested
 Wilcoxon and sign tests run on those pairs, Holm-corrected across the comparisons of one target.
 Both are always computed; the unit decides ``significant`` and ``verdict``. Cluster-bootstrap
 intervals resample whole backbones (level means) or backbone pairs (Cliff's delta).
+
+This module runs the comparisons and writes the outputs; the pieces live beside it: table.py
+(reading and encoding the input), shap_slopes.py, effect_sizes.py (Cliff's delta, bootstraps,
+Holm) and paired_tests.py (one paired comparison at both units, its verdict).
 """
 
 from __future__ import annotations

@@ -22,9 +22,6 @@ from tunnelscope.analysis.effect_sizes import (
 from tunnelscope.analysis.table import BACKBONE_ID
 from tunnelscope.metrics.seeds import CONFIDENCE, SEED
 
-# The verdict of a paired test, one rule (``judge``): the unit's test against the rows' direction.
-VERDICTS = ("holds", "direction only", "not supported", "opposite")
-
 
 def paired_test(
     row: dict,

@@ -17,7 +17,7 @@ from tunnelscope.registry import CELL_VARIABLES, MLP_NAME, parse_mlp
 # A setting = the cell variables other than the architecture and the seed: one figure row each.
 SETTING = ["id_dataset", "resolution", "augmentation"]
 MLP_KEYS = [*SETTING, "depth", "width"]
-METRICS = {"tunnel_length": "tunnel length (layers)", "tunnel_fraction": "tunnel length / probed layers"}
+LENGTH_METRICS = {"tunnel_length": "tunnel length (layers)", "tunnel_fraction": "tunnel length / probed layers"}
 
 
 def seed_interval(values, confidence: float = 0.95) -> dict:
@@ -67,7 +67,7 @@ def summary_table(cells: pd.DataFrame, confidence: float) -> pd.DataFrame:
     """Per (setting, depth, width) and metric: mean and interval across seeds (the plotted values)."""
     rows = []
     for key, group in cells.groupby(MLP_KEYS, sort=True):
-        for metric in METRICS:
+        for metric in LENGTH_METRICS:
             rows.append({**dict(zip(MLP_KEYS, key)), "metric": metric, **seed_interval(group[metric], confidence)})
     return pd.DataFrame(rows)
 

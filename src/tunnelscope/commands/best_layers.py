@@ -26,8 +26,9 @@ def run(args) -> int:
     set): what the figure and the report show, readable in a terminal."""
     from tunnelscope.figures.best_layers import summary_table
     from tunnelscope.io import read_table
+    from tunnelscope.study.paths import ResultsLayout
 
-    path = Path(args.results) / "aggregate" / "best_layers.parquet"
+    path = Path(ResultsLayout(args.results).path("aggregate", table="best_layers", ext="parquet"))
     if not path.is_file():
         print(
             f"tunnelscope: {path} not found; build it with: snakemake --cores N --configfile CONFIG {path}",

@@ -44,6 +44,7 @@ import numpy as np
 from tunnelscope.integrity import DamageError, crc32_range, file_crc32
 from tunnelscope.io import atomic_path
 from tunnelscope.joblog import progress_bar
+from tunnelscope.study.paths import STORE_MANIFEST
 
 log = logging.getLogger("tunnelscope.store")
 
@@ -140,7 +141,7 @@ def write_store(out_dir: str | Path, meta: dict, plans: dict[str, SplitPlan], on
         summary[split] = _write_split(partial, split, plan, progress, progress_path, on_bad_image)
     doc = {"format": FORMAT, "version": VERSION, **meta, "splits": summary}
     doc["checksum"] = _doc_crc32(doc)
-    with atomic_path(partial / "store.json") as tmp:
+    with atomic_path(partial / STORE_MANIFEST) as tmp:
         Path(tmp).write_text(json.dumps(doc, indent=1, sort_keys=True))
     progress_path.unlink()
     if out.exists():
@@ -345,7 +346,7 @@ class ImageStore:
     def __init__(self, path: str | Path):
         self.root = Path(path)
         try:
-            self.meta = json.loads((self.root / "store.json").read_text())
+            self.meta = json.loads((self.root / STORE_MANIFEST).read_text())
         except (OSError, ValueError) as exc:
             raise damaged(self.root, f"not a prepared store ({exc})", self.root) from exc
         if self.meta.get("format") != FORMAT or self.meta.get("version") != VERSION:
@@ -353,7 +354,7 @@ class ImageStore:
                 f"{self.root}: store format {self.meta.get('format')} v{self.meta.get('version')}, this tunnelscope reads {FORMAT} v{VERSION}; delete it and rerun"
             )
         if "checksum" in self.meta and _doc_crc32(self.meta) != self.meta["checksum"]:
-            raise damaged(self.root / "store.json", "differs from what prepare wrote (CRC-32)", self.root)
+            raise damaged(self.root / STORE_MANIFEST, "differs from what prepare wrote (CRC-32)", self.root)
         self.splits = {name: StoreSplit(self.root, name, info) for name, info in self.meta["splits"].items()}
         if not all(s.has_checksums for s in self.splits.values()):
             log.warning("%s: written before stores had checksums; read unchecked (rebuild it to check)", self.root)

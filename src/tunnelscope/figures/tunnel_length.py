@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib import ticker
 
-from tunnelscope.analysis.tunnel_length import METRICS, SETTING
+from tunnelscope.analysis.tunnel_length import LENGTH_METRICS, SETTING
 from tunnelscope.figures.style import apply_style, integer_axis, plt, save_figure, sns
 
 
@@ -30,7 +30,7 @@ def tunnel_length_figure(summary: pd.DataFrame, confidence: float, png: str, pdf
     against width (a line per depth); mean across seeds with its interval shaded."""
     apply_style()
     settings = summary.groupby(SETTING, sort=True)
-    panels = [(m, "depth", "width") for m in METRICS] + [(m, "width", "depth") for m in METRICS]
+    panels = [(m, "depth", "width") for m in LENGTH_METRICS] + [(m, "width", "depth") for m in LENGTH_METRICS]
     fig, axes = plt.subplots(
         settings.ngroups, len(panels), figsize=(4.3 * len(panels), 3.5 * settings.ngroups), squeeze=False
     )
@@ -43,7 +43,7 @@ def tunnel_length_figure(summary: pd.DataFrame, confidence: float, png: str, pdf
                 one = part[part[line] == level].sort_values(x)
                 _line(ax, one[x].to_numpy(), one, colour, f"{line} {level}")
             ax.set_xlabel("MLP depth (linear layers)" if x == "depth" else "MLP width (hidden units, log scale)")
-            ax.set_ylabel(METRICS[metric])
+            ax.set_ylabel(LENGTH_METRICS[metric])
             if x == "width":
                 ax.set_xscale("log", base=2)
             ax.set_xticks(sorted(part[x].unique()), [str(v) for v in sorted(part[x].unique())])

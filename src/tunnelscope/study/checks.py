@@ -10,8 +10,6 @@ import math
 import os
 from pathlib import Path
 
-import jsonschema
-
 from tunnelscope.registry import (
     ARCHS,
     CELL_VARIABLES,
@@ -23,7 +21,7 @@ from tunnelscope.registry import (
     parse_python_arch,
 )
 from tunnelscope.study import paths, preprocessing
-from tunnelscope.study.schema import ConfigError, deepest_error, fill_defaults, one_line
+from tunnelscope.study.schema import ConfigError, check_against, fill_defaults
 
 
 def validate(config: dict, schema: dict) -> dict:
@@ -31,11 +29,7 @@ def validate(config: dict, schema: dict) -> dict:
     config = copy.deepcopy(config)
     if not isinstance(config, dict):
         raise ConfigError("<top level>: the config must be a mapping of keys to values")
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = list(validator.iter_errors(config))
-    if errors:
-        # The most specific error; not jsonschema's best_match, which splits anyOf alternatives.
-        raise ConfigError(one_line(deepest_error(max(errors, key=lambda e: len(e.absolute_path)))))
+    check_against(schema, config)
     fill_defaults(schema, config, schema)
     embed = config["embed"]
     if isinstance(embed["pooling"], str):

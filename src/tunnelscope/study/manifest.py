@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunnelscope.registry import parse_python_arch
+from tunnelscope.study import paths
 
-MANIFEST = "study.json"
-LOCK = "study.lock"
+MANIFEST = paths.relative("study_manifest")
+LOCK = paths.relative("study_lock")
 FORMAT = 1
 
 # Keys that change no output (the Study leaves them out of every job's params: see Study._compute

@@ -1,9 +1,12 @@
 """Every file a study writes, each named once: its template under the results directory.
 
-The rules, ``Study``, the ``onstart`` check, the budget, ``verify`` and the report's captions all
-take their paths from here, so no path is spelled twice and none is parsed back out of a file
-name. A template's ``{wildcards}`` are Snakemake's: ``ResultsLayout.path`` fills those it is
-given and keeps the others, so the same call gives a rule's output pattern
+The rules, ``Study``, the ``onstart`` check, the budget, ``verify``, the CLI and the report's
+captions all take their paths from here, so no path is spelled twice, and a job's identity (its
+cell, eval set, solver) is never read back out of a file name. (What lies inside a store or an
+embeddings folder is its owner's: data.store, features.store.)
+
+A template's ``{wildcards}`` are Snakemake's: ``ResultsLayout.path`` fills those it is given and
+keeps the others, so the same call gives a rule's output pattern
 (``path("checkpoint")`` -> ``RESULTS/cells/{cell}/checkpoint.safetensors``) or one job's file
 (``path("checkpoint", cell="vggm11_toy_r32_none_s0")``). Torch-free: the DAG reads it.
 """
@@ -15,6 +18,9 @@ STORE_MANIFEST = "store.json"
 
 # name -> template under the results directory
 TEMPLATES = {
+    # the study that owns the results directory, and the lock of a run working there (study.manifest)
+    "study_manifest": "study.json",
+    "study_lock": "study.lock",
     # prepare: one store per (dataset, eval transform)
     "prepared": "prepared/{dataset}/{transform}",
     "prepared_manifest": f"prepared/{{dataset}}/{{transform}}/{STORE_MANIFEST}",

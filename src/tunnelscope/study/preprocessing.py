@@ -17,9 +17,6 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-# What a model declares, and what tunnelscope's eval transform can use of it.
-OWN_KEYS = ("interpolation", "crop_pct", "mean", "std", "resolution", "crop_mode")
-
 
 class UnknownModel(ValueError):
     """A timm/torchvision name that the installed library does not know (one line, with the nearest)."""
@@ -51,7 +48,8 @@ def check_name(arch: str) -> None:
 
 
 def own_preprocessing(arch: str) -> dict:
-    """The eval preprocessing ``arch`` declares (OWN_KEYS); imports timm or torchvision."""
+    """The eval preprocessing ``arch`` declares (interpolation, crop_pct, mean, std, resolution,
+    crop_mode); imports timm or torchvision."""
     check_name(arch)
     family, name = arch.split("/", 1)
     if family == "timm":

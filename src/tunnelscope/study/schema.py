@@ -58,6 +58,14 @@ def one_line(error: jsonschema.ValidationError) -> str:
     return f"{where}: {error.message}"
 
 
+def check_against(schema: dict, config: dict) -> None:
+    """Raise ConfigError with the one line of the most specific violation of ``schema``, if any
+    (not jsonschema's best_match, which splits anyOf alternatives)."""
+    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    if errors:
+        raise ConfigError(one_line(deepest_error(max(errors, key=lambda e: len(e.absolute_path)))))
+
+
 def deepest_error(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
     """The most specific error inside if/then and anyOf wrappers.
 
@@ -126,9 +134,7 @@ def section_settings(schema: dict, name: str, data: dict) -> dict:
     defaults filled, as a study's would be; raise ConfigError naming ``NAME.key``."""
     section = {"$defs": schema["$defs"], "type": "object", "properties": {name: schema["properties"][name]}}
     config = {name: copy.deepcopy(data)}
-    errors = list(jsonschema.Draft202012Validator(section).iter_errors(config))
-    if errors:
-        raise ConfigError(one_line(deepest_error(max(errors, key=lambda e: len(e.absolute_path)))))
+    check_against(section, config)
     fill_defaults(section, config, section)
     return config[name]
 

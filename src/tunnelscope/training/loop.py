@@ -1,7 +1,9 @@
 """Backbone pretraining: the paper recipe (AdamW, label smoothing, warm-up then cosine).
 
-Batches come from the prepared-image store as uint8 (resident on the device for small sets,
-streamed by data-loader workers otherwise) and are augmented and normalised on the device.
+pretrain() in named steps: the data (training/data.py: batches from the prepared-image store
+as uint8, resident on the device for small sets, streamed otherwise, augmented and normalised on
+the device), the model and its optimisation, resuming (training/resume.py), the epochs, the
+checkpoint kept and the outputs written.
 """
 
 from __future__ import annotations
