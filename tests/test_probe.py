@@ -217,7 +217,8 @@ def write_layers(embed_dir, dims=(4, 6)):
     from inmemory import write_embeddings
     from tunnelscope.features.store import layer_path
 
-    x, y = blobs(d=max(dims))
+    # its own seeded draw: the module's RNG would make the layers depend on the tests run before
+    x, y = blobs(d=max(dims), rng=np.random.default_rng(0))
     split = np.where(np.arange(len(y)) < 200, "train", "test")
     for layer, dim in enumerate(dims, start=1):
         meta = {"layer": layer, "layer_name": f"conv{layer}", "num_layers": len(dims), "num_classes": 3}
