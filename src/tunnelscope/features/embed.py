@@ -20,7 +20,7 @@ from tunnelscope.data.splits import SPLITS
 from tunnelscope.data.store import ImageStore
 from tunnelscope.features.extract import embed_batches
 from tunnelscope.features.store import EmbeddingWriter, layer_path, write_checksums
-from tunnelscope.io import atomic_dir, file_sha256
+from tunnelscope.io import atomic_dir
 from tunnelscope.joblog import progress_bar
 from tunnelscope.models.build import probe_points
 from tunnelscope.models.checkpoints import Backbone
@@ -65,7 +65,7 @@ def embed_eval_set(
         "class_names": (store.meta.get("class_names") or [])[first:stop] or None,  # where the source names them
         "num_layers": num_layers,
         "checkpoint": backbone.checkpoint,
-        "checkpoint_sha256": file_sha256(backbone.checkpoint),
+        "checkpoint_sha256": backbone.checkpoint_sha256,
         **compute,
         **device_info(device),
     }

@@ -3,6 +3,7 @@ SHA-256 that every reader checks."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -12,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tunnelscope.integrity import damaged, relative
-from tunnelscope.io import atomic_path
+from tunnelscope.io import atomic_path, file_sha256
 from tunnelscope.models.build import build_model, build_python_model
 
 log = logging.getLogger("tunnelscope.checkpoints")
@@ -95,3 +96,8 @@ class Backbone:
     @classmethod
     def load(cls, checkpoint: str, device=None) -> Backbone:
         return cls(*load_backbone(checkpoint, device), checkpoint)
+
+    @functools.cached_property
+    def checkpoint_sha256(self) -> str:
+        """The checkpoint file's SHA-256, read once however many eval sets it embeds."""
+        return file_sha256(self.checkpoint)

@@ -10,6 +10,7 @@ setting that changes its result changes.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ from tunnelscope.study.checks import (
 )
 from tunnelscope.study.continual import ContinualStudy
 from tunnelscope.study.params import (
-    EMBED_NON_RESULT_KEYS,
+    embed_settings,
     probe_settings,
     solver_settings,
     sorted_params,
@@ -243,7 +244,7 @@ class Study(ContinualStudy):
         needed = {(d, self.transform_tag(c, d)) for c in self.cells for d in self.eval_sets(c)}
         return sorted(needed | {(r.id_dataset, self._transform_tag(r, r.id_dataset)) for r in self.runs.values()})
 
-    @property
+    @functools.cached_property
     def paths(self) -> ResultsLayout:
         """Every file of the study under its results directory (study.paths)."""
         return ResultsLayout(self.results)
@@ -291,7 +292,7 @@ class Study(ContinualStudy):
 
     def embed_params(self, cell: str, eval_set: str) -> dict:
         c = self.cells[cell]
-        embed = {k: v for k, v in self.config["embed"].items() if k not in EMBED_NON_RESULT_KEYS}
+        embed = embed_settings(self.config)
         norm = self.normalization(cell, eval_set)
         return sorted_params(
             {

@@ -5,7 +5,7 @@ rules continual.smk): its networks, their directory names and the params of its 
 from __future__ import annotations
 
 from tunnelscope.registry import COMPOSED, TRAINED, network_slug
-from tunnelscope.study.params import EMBED_NON_RESULT_KEYS, probe_settings, solver_settings, sorted_params
+from tunnelscope.study.params import embed_settings, probe_settings, solver_settings, sorted_params
 
 
 class ContinualStudy:
@@ -82,7 +82,7 @@ class ContinualStudy:
         """Embed settings, the probe's, and per task which layers: every layer where the network
         gives its own task's ID curve (E1+T1 on task 1, E2+T2 on task 2), else the last."""
         own = TRAINED.get(self.continual_label(network))
-        embed = {k: v for k, v in self.config["embed"].items() if k not in EMBED_NON_RESULT_KEYS}
+        embed = embed_settings(self.config)
         probe = self.config["probe"]
         probe = probe_settings({**probe, **solver_settings(probe)})
         layers = {str(t): "all" if t == own else "last" for t in (1, 2)}

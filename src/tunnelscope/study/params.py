@@ -18,6 +18,11 @@ from tunnelscope.registry import (
 EMBED_NON_RESULT_KEYS = ("batch_size", "keep")
 
 
+def embed_settings(config: dict) -> dict:
+    """The embed section's settings that change an embedding (EMBED_NON_RESULT_KEYS left out)."""
+    return {k: v for k, v in config["embed"].items() if k not in EMBED_NON_RESULT_KEYS}
+
+
 def sorted_params(value):
     """``value`` with every dict's keys sorted, tuples as lists: a param Snakemake compares exactly."""
     if isinstance(value, dict):
